@@ -1,0 +1,1 @@
+//! Rollout spec files (YAML and TOML). Filled in by the spec work.

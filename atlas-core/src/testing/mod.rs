@@ -1,0 +1,1 @@
+//! Mock adapters, fault injection and conformance suites (feature `testing`).

@@ -1,0 +1,3 @@
+//! Where Atlas's data lives: backup targets and database drivers.
+//!
+//! This crate is a documented skeleton: its adapters arrive with their own issues.

@@ -1,0 +1,2 @@
+//! Runnable reference programs for Atlas live in `examples/examples/`, one
+//! file each; run one with `cargo run --example NAME`.

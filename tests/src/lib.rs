@@ -1,0 +1,1 @@
+//! End-to-end scenarios across Atlas crates live in `tests/tests/`.

@@ -1,0 +1,2 @@
+//! `cargo xtask test`: placeholder until the xtask work lands.
+fn main() {}
