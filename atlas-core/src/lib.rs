@@ -20,11 +20,14 @@
 //! at the start of `main`, e.g.
 //! `rustls::crypto::aws_lc_rs::default_provider().install_default()`.
 
+pub mod alerts;
 pub mod analysis;
+pub mod backup;
 pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod judge;
 pub mod metrics;
 pub mod notify;
 pub mod probe;

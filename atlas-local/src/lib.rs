@@ -1,3 +1,15 @@
-//! The embedded default for one host: local process workloads, Atlas's weighted HTTP proxy router, a file state store.
+//! # atlas-local
 //!
-//! This crate is a documented skeleton: its adapters arrive with their own issues.
+//! The embedded default for one host, with no Kubernetes and no cloud:
+//!
+//! - [`ProcessWorkloads`](process::ProcessWorkloads) runs each replica of a
+//!   release as an OS process on its own loopback port;
+//! - [`ProxyRouter`](proxy::ProxyRouter) is Atlas's own HTTP/1.1 reverse
+//!   proxy, splitting traffic by weight between the two slots, with
+//!   per-slot metrics usable as a [`MetricProvider`](atlas_core::MetricProvider);
+//! - [`FileStateStore`](file_store::FileStateStore) persists rollout state
+//!   in files, with an OS file lock as the lease.
+
+pub mod file_store;
+pub mod process;
+pub mod proxy;

@@ -1,1 +1,1 @@
-//! Mock adapters, fault injection and conformance suites (feature `testing`).
+//! Mock adapters, fault-injecting wrappers and conformance suites (feature `testing`).

@@ -1,0 +1,1 @@
+//! Alert rules: evaluation over a [`MetricProvider`](crate::MetricProvider).

@@ -1,0 +1,1 @@
+//! Backup targets: the object-store contract backups are written through.

@@ -1,0 +1,1 @@
+//! Statistical judge: canary against stable samples.

@@ -1,0 +1,1 @@
+//! Conformance suites: public async checks per trait.

@@ -1,0 +1,1 @@
+//! Rollout state in files (filled in by its own work).

@@ -1,0 +1,1 @@
+//! Replicas as local OS processes (filled in by its own work).

@@ -1,0 +1,1 @@
+//! The weighted HTTP proxy router (filled in by its own work).
