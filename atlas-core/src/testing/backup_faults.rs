@@ -1,0 +1,1 @@
+//! A fault-injecting backup target (filled in by the backup target work).

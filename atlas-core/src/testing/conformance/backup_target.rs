@@ -1,0 +1,1 @@
+//! Conformance suite for backup targets (filled in by the backup target work).
