@@ -1067,7 +1067,9 @@ impl Driver {
         let mut renew = self.renew_interval();
         let interrupted = loop {
             tokio::select! {
-                r = &mut fut => break Ok(r?),
+                // An adapter that keeps failing is a reason to roll back;
+                // only the store and the lease stop the engine.
+                r = &mut fut => break Ok(r.unwrap_or_else(|e| StepResult::failed(format!("step '{step}' failed: {e}")))),
                 Some(cmd) = self.commands.recv() => {
                     if let Some(i) = self.on_command_during_step(cmd, &step).await? {
                         break Err(i);
