@@ -1,1 +1,0 @@
-//! Rollout spec files (YAML and TOML). Filled in by the spec work.
