@@ -163,16 +163,17 @@ fn parse_quantity(s: &str) -> Option<f64> {
     let split = s.find(|c: char| c.is_ascii_alphabetic())?;
     let (num, unit) = s.split_at(split);
     let num: f64 = num.trim().parse().ok().filter(|v: &f64| v.is_finite())?;
-    let scale = match unit.trim() {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
+    // Divide for sub-second units so `350ms` is exactly 0.35, not 0.35000000000000003.
+    let (mul, div) = match unit.trim() {
+        "ns" => (1.0, 1e9),
+        "us" | "µs" => (1.0, 1e6),
+        "ms" => (1.0, 1e3),
+        "s" => (1.0, 1.0),
+        "m" => (60.0, 1.0),
+        "h" => (3600.0, 1.0),
         _ => return None,
     };
-    Some(num * scale)
+    Some(num * mul / div)
 }
 
 impl TryFrom<String> for Condition {
@@ -200,7 +201,8 @@ pub struct AnalysisMetric {
     /// Name, unique within the template, e.g. `error-rate`.
     pub name: String,
     /// The provider query, with `{{service}}`, `{{canary}}`, `{{stable}}`,
-    /// `{{canary_version}}`, `{{stable_version}}`, `{{window}}` and user
+    /// `{{canary_version}}`, `{{stable_version}}`, `{{window}}` (this
+    /// metric's window in Prometheus syntax, e.g. `60000ms`) and user
     /// arguments substituted before it is sent.
     pub query: String,
     /// How far back each measurement looks. Default: the interval.
@@ -449,11 +451,16 @@ pub async fn run_template(
 ) -> Result<AnalysisOutcome> {
     let mut runs = FuturesUnordered::new();
     for metric in &template.metrics {
+        let window = metric.window.unwrap_or(metric.interval);
+        let mut args = args.clone();
+        // `{{window}}` in Prometheus duration syntax, per metric.
+        args.entry("window".to_string())
+            .or_insert_with(|| format!("{}ms", window.as_millis().max(1)));
         let query = MetricQuery {
             metric: metric.name.clone(),
-            query: render_query(&metric.query, args)?,
-            window: metric.window.unwrap_or(metric.interval),
-            args: args.clone(),
+            query: render_query(&metric.query, &args)?,
+            window,
+            args,
         };
         runs.push(async move {
             let (phase, msg) = run_metric(metric, &query, provider, observe).await;
@@ -608,11 +615,12 @@ mod tests {
             ("== 0", Comparison::Eq, 0.0),
             ("!= 1", Comparison::Ne, 1.0),
             ("< 1.5s", Comparison::Lt, 1.5),
+            ("> 350ms", Comparison::Gt, 0.35),
         ];
         for (s, op, t) in cases {
             let c: Condition = s.parse().unwrap();
             assert_eq!(c.op, op, "{s}");
-            assert!((c.threshold - t).abs() < 1e-12, "{s}: {}", c.threshold);
+            assert_eq!(c.threshold, t, "{s}");
         }
         for bad in [
             "",

@@ -110,7 +110,7 @@ impl fmt::Display for Slot {
 ///
 /// Adapters read `artifact` in their own way: a container image for
 /// Kubernetes, a program path for local processes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
     /// The version label, e.g. `v2` or a git sha. Shown in events and metrics.
@@ -123,6 +123,18 @@ pub struct Release {
     /// Environment variables set for every replica.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+/// Env values often hold secrets: `Debug` shows only their names.
+impl fmt::Debug for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Release")
+            .field("version", &self.version)
+            .field("artifact", &self.artifact)
+            .field("args", &self.args)
+            .field("env", &self.env.keys().map(|k| (k, "<redacted>")).collect::<BTreeMap<_, _>>())
+            .finish()
+    }
 }
 
 impl Release {
@@ -412,6 +424,13 @@ mod tests {
             let err = ServiceName::new(bad).unwrap_err();
             assert!(err.to_string().contains("service name"), "{err}");
         }
+    }
+
+    #[test]
+    fn release_debug_hides_env_values() {
+        let r = Release::new("v1", "app").with_env("DB_PASSWORD", "hunter2");
+        let shown = format!("{r:?}");
+        assert!(shown.contains("DB_PASSWORD") && !shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -123,8 +123,22 @@ impl fmt::Display for ProbeFailure {
 }
 
 impl ProbePolicy {
-    /// Checks the rules: period, timeout and thresholds at least 1.
+    /// The longest period, timeout or initial delay accepted: 365 days, as
+    /// for spec files. Far longer ones would overflow timers.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    /// Checks the rules: period and timeout above zero, durations at most
+    /// [`MAX_DURATION`](Self::MAX_DURATION), thresholds at least 1.
     pub fn validate(&self) -> Result<()> {
+        for (field, d) in [
+            ("probe.initial_delay", self.initial_delay),
+            ("probe.period", self.period),
+            ("probe.timeout", self.timeout),
+        ] {
+            if d > Self::MAX_DURATION {
+                return Err(Error::invalid(field, "must be at most 365 days"));
+            }
+        }
         if self.period.is_zero() {
             return Err(Error::invalid("probe.period", "must be greater than 0"));
         }
