@@ -1,1 +1,949 @@
-//! The weighted HTTP proxy router (filled in by its own work).
+//! Atlas's own traffic router for one host: an HTTP/1.1 reverse proxy that
+//! splits one service's traffic by weight between its blue and green slots.
+//!
+//! [`ProxyRouter`] implements [`TrafficRouter`]:
+//!
+//! - **Split.** The [`TrafficSplit`] in force lives behind an `ArcSwap`:
+//!   each request reads it once, so a change is atomic and requests in
+//!   flight finish where they started. The weighted choice is exact over
+//!   time: of every 100 consecutive weighted choices under one split,
+//!   exactly the canary's percentage go to the canary, evenly spread.
+//! - **Match rule.** A request matching the split's
+//!   [`RequestMatch`](atlas_core::RequestMatch) (header or cookie) goes to
+//!   the canary whatever the weights.
+//! - **Sticky sessions** (option [`ProxyRouterBuilder::sticky_cookie`]): a
+//!   weighted choice sets a cookie naming the slot chosen; a request
+//!   carrying it returns to that slot while the slot has weight > 0.
+//! - **Balancing.** Within a slot, the endpoint with the fewest requests in
+//!   flight wins; ties go round-robin.
+//! - **Draining.** [`set_endpoints`](TrafficRouter::set_endpoints) takes
+//!   endpoints no longer listed out of selection at once and returns when
+//!   their requests in flight finished, or when the grace period (default
+//!   30 s) ran out. New endpoints take traffic at once.
+//! - **Failures.** A failed upstream *connection* (refused, unreachable,
+//!   connect timeout; not an HTTP error status) is retried once on another
+//!   endpoint of the same slot for idempotent methods (GET, HEAD, OPTIONS,
+//!   PUT, DELETE, TRACE) without a request body; anything else gets 502.
+//!   A slot without endpoints answers 503, a router without a split 503,
+//!   an upstream that sends no response head to a bodiless request within
+//!   the response timeout 504. Request and response bodies stream; nothing
+//!   is buffered.
+//! - **Headers.** Hop-by-hop headers (`Connection` and what it names,
+//!   `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
+//!   `Proxy-*`) are stripped both ways; `X-Forwarded-For` is appended to and
+//!   a `Forwarded: for=…;proto=http;host=…` element added. The original
+//!   `Host` is kept. Every response carries [`SLOT_HEADER`]
+//!   (`x-atlas-slot: blue|green`) naming the slot that served it, the
+//!   proxy's own error responses included.
+//! - **Metrics.** [`ProxyRouter::metrics`] gives a [`ProxyMetrics`], a
+//!   [`MetricProvider`](atlas_core::MetricProvider) over a sliding window
+//!   (default 60 s), also served in the Prometheus text format at
+//!   `/metrics` on the admin address ([`ProxyRouterBuilder::admin`]).
+//!
+//! Upstream connections are kept alive in a pool per endpoint (see
+//! [`ProxyRouterBuilder`] for limits and timeouts). CONNECT and protocol
+//! upgrades (WebSocket) are not relayed.
+//!
+//! ```no_run
+//! use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
+//! use atlas_local::proxy::ProxyRouter;
+//!
+//! # async fn demo() -> atlas_core::Result<()> {
+//! let service = ServiceName::new("checkout")?;
+//! let router = ProxyRouter::builder(service.clone())
+//!     .listen("127.0.0.1:8080".parse().unwrap())
+//!     .admin("127.0.0.1:9100".parse().unwrap())
+//!     .build()
+//!     .await?;
+//! let blue = [Endpoint::new("checkout-blue-0", "127.0.0.1:7001".parse().unwrap())];
+//! router.set_endpoints(&service, Slot::Blue, &blue).await?;
+//! router.set_split(&service, &TrafficSplit::all_to(Slot::Blue)).await?;
+//! // … later, 5 % to green:
+//! router.set_split(&service, &TrafficSplit::new(Slot::Blue, 5)?).await?;
+//! router.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod admin;
+mod balance;
+mod body;
+mod headers;
+mod metrics;
+mod server;
+mod upstream;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use async_trait::async_trait;
+use atlas_core::{Endpoint, Error, Result, ServiceName, Slot, TrafficRouter, TrafficSplit};
+use http::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioTimer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+pub use metrics::{ProxyMetrics, WindowStats};
+
+use balance::{SplitState, is_cookie_name, least_outstanding};
+use headers::PeerInfo;
+use server::{ConnCtx, stopped};
+use upstream::{InFlight, PoolConfig, Upstream};
+
+/// The response header naming the slot that served a request: `blue` or
+/// `green`. Set on relayed responses and on the proxy's own 502/503/504
+/// for a chosen slot; absent only when no split was set.
+pub const SLOT_HEADER: &str = "x-atlas-slot";
+
+/// The backend name in errors from this module.
+const BACKEND: &str = "proxy-router";
+
+/// The sticky-session cookie, with its two `Set-Cookie` values prepared.
+#[derive(Debug)]
+struct StickyCookie {
+    name: String,
+    blue: HeaderValue,
+    green: HeaderValue,
+}
+
+impl StickyCookie {
+    fn new(name: String) -> Result<Self> {
+        if !is_cookie_name(&name) {
+            return Err(Error::invalid(
+                "sticky_cookie",
+                format!("{name:?} is not a valid cookie name (an RFC 6265 token)"),
+            ));
+        }
+        let value = |slot: Slot| {
+            HeaderValue::from_str(&format!("{name}={slot}; Path=/; HttpOnly; SameSite=Lax"))
+                .map_err(|_| Error::invalid("sticky_cookie", "must be visible ASCII"))
+        };
+        Ok(StickyCookie {
+            blue: value(Slot::Blue)?,
+            green: value(Slot::Green)?,
+            name,
+        })
+    }
+
+    fn header(&self, slot: Slot) -> HeaderValue {
+        match slot {
+            Slot::Blue => self.blue.clone(),
+            Slot::Green => self.green.clone(),
+        }
+    }
+}
+
+/// The endpoints of one slot.
+struct SlotState {
+    endpoints: ArcSwap<Vec<Arc<Upstream>>>,
+    /// Round-robin start for breaking ties.
+    rr: AtomicUsize,
+    /// Serialises endpoint changes of this slot (never the request path).
+    writer: Mutex<()>,
+}
+
+impl SlotState {
+    fn new() -> Self {
+        SlotState {
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            rr: AtomicUsize::new(0),
+            writer: Mutex::new(()),
+        }
+    }
+}
+
+/// State shared by the router handle, the request path, the admin
+/// endpoint and [`ProxyMetrics`].
+struct Shared {
+    service: ServiceName,
+    split: ArcSwapOption<SplitState>,
+    slots: [SlotState; 2],
+    metrics: metrics::MetricsCore,
+    pool: PoolConfig,
+    grace_period: Duration,
+    sticky: Option<StickyCookie>,
+}
+
+impl Shared {
+    fn slot(&self, slot: Slot) -> &SlotState {
+        match slot {
+            Slot::Blue => &self.slots[0],
+            Slot::Green => &self.slots[1],
+        }
+    }
+
+    fn current_split(&self) -> Option<TrafficSplit> {
+        self.split.load().as_ref().map(|s| s.split.clone())
+    }
+
+    fn sticky_name(&self) -> Option<&str> {
+        self.sticky.as_ref().map(|s| s.name.as_str())
+    }
+
+    /// Chooses an endpoint of `slot` (not `exclude`) and counts the request
+    /// against it. Loops only when the chosen endpoint was removed between
+    /// the list load and the count, which a fresh load resolves.
+    fn pick(&self, slot: Slot, exclude: Option<&Arc<Upstream>>) -> Option<InFlight> {
+        let state = self.slot(slot);
+        for _ in 0..4 {
+            let chosen = least_outstanding(&state.endpoints.load(), &state.rr, exclude)?;
+            if let Some(in_flight) = InFlight::enter(chosen) {
+                return Some(in_flight);
+            }
+        }
+        None
+    }
+
+    async fn set_endpoints(&self, slot: Slot, endpoints: &[Endpoint]) -> Result<()> {
+        validate_endpoints(endpoints)?;
+        let state = self.slot(slot);
+        let removed = {
+            let _writer = state.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = state.endpoints.load_full();
+            let next: Vec<Arc<Upstream>> = endpoints
+                .iter()
+                .map(|ep| {
+                    current
+                        .iter()
+                        .find(|u| u.endpoint == *ep)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Upstream::new(ep.clone())))
+                })
+                .collect();
+            let removed: Vec<Arc<Upstream>> = current
+                .iter()
+                .filter(|u| !endpoints.contains(&u.endpoint))
+                .cloned()
+                .collect();
+            let added = endpoints.len() + removed.len() - current.len();
+            state.endpoints.store(Arc::new(next));
+            for upstream in &removed {
+                upstream.mark_removed();
+            }
+            tracing::info!(
+                endpoints = endpoints.len(),
+                added,
+                removed = removed.len(),
+                "endpoints updated"
+            );
+            removed
+        };
+        let in_flight: usize = removed.iter().map(|u| u.in_flight()).sum();
+        if in_flight == 0 {
+            return Ok(());
+        }
+        let replicas: Vec<&str> = removed
+            .iter()
+            .map(|u| u.endpoint.replica.as_str())
+            .collect();
+        tracing::info!(in_flight, ?replicas, grace_period = ?self.grace_period, "draining removed endpoints");
+        let started = Instant::now();
+        let drained = tokio::time::timeout(
+            self.grace_period,
+            futures::future::join_all(removed.iter().map(|u| u.drained())),
+        )
+        .await;
+        match drained {
+            Ok(_) => tracing::info!(elapsed = ?started.elapsed(), "removed endpoints drained"),
+            Err(_) => tracing::warn!(
+                still_in_flight = removed.iter().map(|u| u.in_flight()).sum::<usize>(),
+                grace_period = ?self.grace_period,
+                "grace period over before removed endpoints drained; returning anyway"
+            ),
+        }
+        Ok(())
+    }
+}
+
+fn validate_endpoints(endpoints: &[Endpoint]) -> Result<()> {
+    let mut names: HashMap<&str, usize> = HashMap::with_capacity(endpoints.len());
+    let mut addrs: HashMap<SocketAddr, usize> = HashMap::with_capacity(endpoints.len());
+    for (i, ep) in endpoints.iter().enumerate() {
+        if ep.replica.trim().is_empty() {
+            return Err(Error::invalid(
+                format!("endpoints[{i}].replica"),
+                "must not be empty",
+            ));
+        }
+        if ep.addr.port() == 0 {
+            return Err(Error::invalid(
+                format!("endpoints[{i}].addr"),
+                format!("port must not be 0 (got {})", ep.addr),
+            ));
+        }
+        if let Some(first) = names.insert(ep.replica.as_str(), i) {
+            return Err(Error::invalid(
+                format!("endpoints[{i}].replica"),
+                format!(
+                    "must be unique within the slot; {:?} is also endpoints[{first}]",
+                    ep.replica
+                ),
+            ));
+        }
+        if let Some(first) = addrs.insert(ep.addr, i) {
+            return Err(Error::invalid(
+                format!("endpoints[{i}].addr"),
+                format!(
+                    "must be unique within the slot; {} is also endpoints[{first}]",
+                    ep.addr
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Configures and starts a [`ProxyRouter`]; from [`ProxyRouter::builder`].
+///
+/// | option | default |
+/// |---|---|
+/// | [`listen`](Self::listen) | `127.0.0.1:0` (any free port; see [`ProxyRouter::local_addr`]) |
+/// | [`admin`](Self::admin) | none (no admin endpoint) |
+/// | [`grace_period`](Self::grace_period) | 30 s |
+/// | [`connect_timeout`](Self::connect_timeout) | 2 s |
+/// | [`response_timeout`](Self::response_timeout) | 60 s |
+/// | [`pool_idle_timeout`](Self::pool_idle_timeout) | 30 s |
+/// | [`pool_max_idle_per_endpoint`](Self::pool_max_idle_per_endpoint) | 128 |
+/// | [`client_header_timeout`](Self::client_header_timeout) | 30 s |
+/// | [`metrics_window`](Self::metrics_window) | 60 s |
+/// | [`sticky_cookie`](Self::sticky_cookie) | none (no sticky sessions) |
+/// | [`initial_split`](Self::initial_split) | none (503 until a split is set) |
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until build() is awaited"]
+pub struct ProxyRouterBuilder {
+    service: ServiceName,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    grace_period: Duration,
+    connect_timeout: Duration,
+    response_timeout: Option<Duration>,
+    pool_idle_timeout: Duration,
+    pool_max_idle: usize,
+    client_header_timeout: Option<Duration>,
+    metrics_window: Duration,
+    sticky_cookie: Option<String>,
+    initial_split: Option<TrafficSplit>,
+}
+
+impl ProxyRouterBuilder {
+    /// Where the proxy listens. Port 0 picks a free port.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Serves `GET /metrics` (Prometheus text format) on `addr`. Port 0
+    /// picks a free port; see [`ProxyRouter::admin_addr`].
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
+    /// How long [`set_endpoints`](TrafficRouter::set_endpoints) waits for
+    /// requests in flight to removed endpoints, and how long
+    /// [`ProxyRouter::shutdown`] waits for open exchanges. Zero does not
+    /// wait. Default 30 s.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
+    }
+
+    /// How long a TCP connect to an upstream may take before it counts as a
+    /// failed connection (retried elsewhere for idempotent requests, else
+    /// 502). Default 2 s, enough for any reachable loopback or LAN peer.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long an upstream may take to send the response head of a
+    /// request without a body (504 after that); `None` waits forever.
+    /// Requests with a body are not timed, so a slow upload is never cut
+    /// off, and response bodies are not limited. Default 60 s, as nginx's
+    /// `proxy_read_timeout`.
+    pub fn response_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.response_timeout = timeout.into();
+        self
+    }
+
+    /// How long an idle upstream connection stays in the pool. Default
+    /// 30 s; keep it below the upstreams' own keep-alive timeout.
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// How many idle connections each endpoint keeps at most (busy
+    /// connections are not limited). Zero disables keep-alive to upstreams.
+    /// Default 128.
+    pub fn pool_max_idle_per_endpoint(mut self, max: usize) -> Self {
+        self.pool_max_idle = max;
+        self
+    }
+
+    /// How long a client may take to send a request head, which also
+    /// bounds how long an idle client keep-alive connection stays open;
+    /// `None` disables it. Default 30 s.
+    pub fn client_header_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.client_header_timeout = timeout.into();
+        self
+    }
+
+    /// The sliding window the metrics keep, 1 s to 24 h; queries ask for
+    /// at most this much. Default 60 s (1 s buckets; longer windows use
+    /// 60 wider buckets).
+    pub fn metrics_window(mut self, window: Duration) -> Self {
+        self.metrics_window = window;
+        self
+    }
+
+    /// Enables sticky sessions with cookie `name`: a weighted choice sets
+    /// `name=blue|green; Path=/; HttpOnly; SameSite=Lax`, and a request
+    /// carrying the cookie goes to the slot it names while that slot has
+    /// weight > 0. Requests pinned by the split's match rule neither read
+    /// nor set it.
+    pub fn sticky_cookie(mut self, name: impl Into<String>) -> Self {
+        self.sticky_cookie = Some(name.into());
+        self
+    }
+
+    /// The split in force from the start, instead of answering 503 until
+    /// [`set_split`](TrafficRouter::set_split) is called.
+    pub fn initial_split(mut self, split: TrafficSplit) -> Self {
+        self.initial_split = Some(split);
+        self
+    }
+
+    /// Validates the options, binds the listeners and starts serving on
+    /// the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the option for a zero connect, pool
+    /// idle, response or header timeout, a metrics window outside 1 s–24 h,
+    /// an invalid sticky cookie name or an invalid initial split match rule;
+    /// [`Error::Backend`] when an address cannot be bound.
+    pub async fn build(self) -> Result<ProxyRouter> {
+        if self.connect_timeout.is_zero() {
+            return Err(Error::invalid(
+                "connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.pool_idle_timeout.is_zero() {
+            return Err(Error::invalid(
+                "pool_idle_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.response_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid(
+                "response_timeout",
+                "must be greater than zero (use None for no limit)",
+            ));
+        }
+        if self.client_header_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid(
+                "client_header_timeout",
+                "must be greater than zero (use None for no limit)",
+            ));
+        }
+        if self.metrics_window < Duration::from_secs(1) || self.metrics_window > metrics::MAX_WINDOW
+        {
+            return Err(Error::invalid(
+                "metrics_window",
+                format!("must be between 1s and 24h, got {:?}", self.metrics_window),
+            ));
+        }
+        let sticky = self.sticky_cookie.map(StickyCookie::new).transpose()?;
+        let initial = self
+            .initial_split
+            .as_ref()
+            .map(SplitState::new)
+            .transpose()?;
+
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|e| {
+                Error::backend_with(BACKEND, format!("cannot listen on {addr} ({what})"), e)
+            })
+        };
+        let listener = bind(self.listen, "proxy").await?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::backend_with(BACKEND, "cannot read the bound address", e))?;
+        let admin_listener = match self.admin {
+            Some(addr) => Some(bind(addr, "admin").await?),
+            None => None,
+        };
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(|e| Error::backend_with(BACKEND, "cannot read the bound admin address", e))?;
+
+        let shared = Arc::new(Shared {
+            service: self.service,
+            split: ArcSwapOption::new(initial.map(Arc::new)),
+            slots: [SlotState::new(), SlotState::new()],
+            metrics: metrics::MetricsCore::new(self.metrics_window),
+            pool: PoolConfig {
+                connect_timeout: self.connect_timeout,
+                idle_timeout: self.pool_idle_timeout,
+                max_idle: self.pool_max_idle,
+                response_timeout: self.response_timeout,
+            },
+            grace_period: self.grace_period,
+            sticky,
+        });
+
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(self.client_header_timeout);
+
+        let (stop, stopped) = watch::channel(false);
+        let span = tracing::info_span!("proxy_router", service = %shared.service);
+        let mut tasks = Vec::with_capacity(3);
+
+        let for_requests = shared.clone();
+        tasks.push(tokio::spawn(
+            server::serve(
+                "proxy",
+                listener,
+                http.clone(),
+                stopped.clone(),
+                self.grace_period,
+                move |peer: SocketAddr| {
+                    let ctx = Arc::new(ConnCtx {
+                        shared: for_requests.clone(),
+                        peer: PeerInfo::new(peer.ip()),
+                    });
+                    service_fn(move |request| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(server::handle(ctx, request).await) }
+                    })
+                },
+            )
+            .instrument(span.clone()),
+        ));
+
+        if let Some(admin_listener) = admin_listener {
+            let metrics = ProxyMetrics {
+                shared: shared.clone(),
+            };
+            tasks.push(tokio::spawn(
+                server::serve(
+                    "admin",
+                    admin_listener,
+                    http,
+                    stopped.clone(),
+                    self.grace_period,
+                    move |_peer: SocketAddr| {
+                        let metrics = metrics.clone();
+                        service_fn(move |request| {
+                            let response = admin::respond(&metrics, &request);
+                            async move { Ok::<_, Infallible>(response) }
+                        })
+                    },
+                )
+                .instrument(span.clone()),
+            ));
+        }
+
+        tasks.push(tokio::spawn(
+            reap_idle(shared.clone(), stopped).instrument(span.clone()),
+        ));
+
+        span.in_scope(|| {
+            tracing::info!(
+                %local_addr,
+                admin_addr = ?admin_addr,
+                split = ?shared.current_split().map(|s| s.to_string()),
+                "proxy router listening"
+            );
+        });
+        Ok(ProxyRouter {
+            shared,
+            local_addr,
+            admin_addr,
+            stop,
+            tasks: Mutex::new(tasks),
+            span,
+        })
+    }
+}
+
+/// Closes expired idle upstream connections in the background, so an
+/// endpoint that stops getting traffic does not hold sockets forever.
+async fn reap_idle(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let every =
+        (shared.pool.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(every) => {
+                for slot in [Slot::Blue, Slot::Green] {
+                    for upstream in shared.slot(slot).endpoints.load().iter() {
+                        upstream.reap(&shared.pool);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Atlas's HTTP/1.1 reverse proxy for one service, splitting its traffic
+/// between the blue and green slots. See the [module docs](self) for
+/// routing, balancing, draining, retries and headers.
+///
+/// Built with [`ProxyRouter::builder`]; serves until
+/// [`shutdown`](Self::shutdown) or until dropped (dropping stops accepting
+/// at once and lets open exchanges finish within the grace period in the
+/// background). Share it with an engine as `Arc<ProxyRouter>`.
+///
+/// [`TrafficRouter`] calls naming another service than the router's fail
+/// with [`Error::NotFound`].
+pub struct ProxyRouter {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    span: tracing::Span,
+}
+
+impl std::fmt::Debug for ProxyRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyRouter")
+            .field("service", &self.shared.service)
+            .field("local_addr", &self.local_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("split", &self.shared.current_split())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyRouter {
+    /// A builder for a router of `service`, with the defaults listed on
+    /// [`ProxyRouterBuilder`].
+    pub fn builder(service: ServiceName) -> ProxyRouterBuilder {
+        ProxyRouterBuilder {
+            service,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
+            grace_period: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Some(Duration::from_secs(60)),
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle: 128,
+            client_header_timeout: Some(Duration::from_secs(30)),
+            metrics_window: Duration::from_secs(60),
+            sticky_cookie: None,
+            initial_split: None,
+        }
+    }
+
+    /// The service this router serves.
+    pub fn service(&self) -> &ServiceName {
+        &self.shared.service
+    }
+
+    /// The address the proxy listens on (the actual port when built with
+    /// port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin endpoint's address, if [`ProxyRouterBuilder::admin`] was set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The proxy's metrics: a [`MetricProvider`](atlas_core::MetricProvider)
+    /// and the Prometheus exposition.
+    pub fn metrics(&self) -> ProxyMetrics {
+        ProxyMetrics {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The endpoints of `slot` that receive new requests (draining ones
+    /// excluded).
+    pub fn endpoints(&self, slot: Slot) -> Vec<Endpoint> {
+        self.shared
+            .slot(slot)
+            .endpoints
+            .load()
+            .iter()
+            .map(|u| u.endpoint.clone())
+            .collect()
+    }
+
+    /// Requests in flight to the listed endpoints of `slot`.
+    pub fn in_flight(&self, slot: Slot) -> usize {
+        self.shared
+            .slot(slot)
+            .endpoints
+            .load()
+            .iter()
+            .map(|u| u.in_flight())
+            .sum()
+    }
+
+    /// Stops accepting connections, closes idle ones, lets exchanges in
+    /// progress finish within the grace period (aborting the rest), and
+    /// returns when everything stopped. Calling it again returns at once.
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        if tasks.is_empty() {
+            return;
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.span
+            .in_scope(|| tracing::info!("proxy router stopped"));
+    }
+
+    fn check_service(&self, service: &ServiceName) -> Result<()> {
+        if *service == self.shared.service {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "service {service} on the proxy router of service {}",
+                self.shared.service
+            )))
+        }
+    }
+}
+
+impl Drop for ProxyRouter {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+#[async_trait]
+impl TrafficRouter for ProxyRouter {
+    /// Applies `split` atomically; returns once new requests follow it
+    /// (at once: there is no propagation delay).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for another service; [`Error::InvalidInput`]
+    /// for a match rule with an invalid header or cookie name or value.
+    async fn set_split(&self, service: &ServiceName, split: &TrafficSplit) -> Result<()> {
+        self.check_service(service)?;
+        let state = SplitState::new(split)?;
+        let previous = self.shared.split.swap(Some(Arc::new(state)));
+        self.span.in_scope(|| {
+            tracing::info!(
+                split = %split,
+                canary_match = ?split.canary_match(),
+                previous = ?previous.as_ref().map(|p| p.split.to_string()),
+                "traffic split applied"
+            );
+        });
+        Ok(())
+    }
+
+    async fn split(&self, service: &ServiceName) -> Result<Option<TrafficSplit>> {
+        self.check_service(service)?;
+        Ok(self.shared.current_split())
+    }
+
+    /// Replaces the endpoints of `slot`. Endpoints are identified by
+    /// replica name and address together; kept ones keep their
+    /// connections and counters. Removed endpoints leave selection at once;
+    /// the call returns when their requests in flight finished, or when
+    /// the grace period ran out (then with `Ok`, logging a warning: the
+    /// requests go on, but the caller may stop those replicas).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for another service; [`Error::InvalidInput`]
+    /// naming the entry for an empty replica name, port 0, or a replica
+    /// name or address listed twice.
+    async fn set_endpoints(
+        &self,
+        service: &ServiceName,
+        slot: Slot,
+        endpoints: &[Endpoint],
+    ) -> Result<()> {
+        self.check_service(service)?;
+        let span = tracing::info_span!(parent: &self.span, "set_endpoints", %slot);
+        self.shared
+            .set_endpoints(slot, endpoints)
+            .instrument(span)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(name: &str, port: u16) -> Endpoint {
+        Endpoint::new(name, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    #[test]
+    fn endpoint_lists_are_validated() {
+        assert!(validate_endpoints(&[ep("a", 1), ep("b", 2)]).is_ok());
+        let err = validate_endpoints(&[ep("a", 1), ep("a", 2)]).unwrap_err();
+        assert!(err.to_string().contains("endpoints[1].replica"), "{err}");
+        let err = validate_endpoints(&[ep("a", 1), ep("b", 1)]).unwrap_err();
+        assert!(err.to_string().contains("endpoints[1].addr"), "{err}");
+        let err = validate_endpoints(&[ep("", 1)]).unwrap_err();
+        assert!(err.to_string().contains("endpoints[0].replica"), "{err}");
+        let err = validate_endpoints(&[ep("a", 0)]).unwrap_err();
+        assert!(err.to_string().contains("port must not be 0"), "{err}");
+    }
+
+    #[test]
+    fn sticky_cookie_names_are_validated() {
+        assert!(StickyCookie::new("atlas-slot".into()).is_ok());
+        let err = StickyCookie::new("bad name".into()).unwrap_err();
+        assert!(err.to_string().contains("sticky_cookie"), "{err}");
+        let c = StickyCookie::new("s".into()).unwrap();
+        assert_eq!(
+            c.header(Slot::Green),
+            "s=green; Path=/; HttpOnly; SameSite=Lax"
+        );
+    }
+
+    #[tokio::test]
+    async fn builder_refuses_bad_options() {
+        let service = ServiceName::new("svc").unwrap();
+        let err = ProxyRouter::builder(service.clone())
+            .connect_timeout(Duration::ZERO)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("connect_timeout"), "{err}");
+        let err = ProxyRouter::builder(service.clone())
+            .metrics_window(Duration::from_millis(10))
+            .build()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("metrics_window"), "{err}");
+        let err = ProxyRouter::builder(service.clone())
+            .response_timeout(Duration::ZERO)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("response_timeout"), "{err}");
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = ProxyRouter::builder(service)
+            .listen(taken.local_addr().unwrap())
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), atlas_core::ErrorKind::Backend, "{err}");
+    }
+
+    #[tokio::test]
+    async fn removal_waits_for_in_flight_and_blocks_new_entries() {
+        let service = ServiceName::new("svc").unwrap();
+        let router = ProxyRouter::builder(service.clone()).build().await.unwrap();
+        let shared = router.shared.clone();
+        shared
+            .set_endpoints(Slot::Blue, &[ep("a", 1001), ep("b", 1002)])
+            .await
+            .unwrap();
+        let a = shared.slot(Slot::Blue).endpoints.load()[0].clone();
+        let held = InFlight::enter(a.clone()).unwrap();
+        let drain = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.set_endpoints(Slot::Blue, &[ep("b", 1002)]).await }
+        });
+        // Once removed, `a` can no longer be entered, and picks go to `b`.
+        while !shared
+            .slot(Slot::Blue)
+            .endpoints
+            .load()
+            .iter()
+            .all(|u| u.endpoint.replica == "b")
+        {
+            tokio::task::yield_now().await;
+        }
+        assert!(InFlight::enter(a.clone()).is_none());
+        for _ in 0..10 {
+            let p = shared.pick(Slot::Blue, None).unwrap();
+            assert_eq!(p.upstream().endpoint.replica, "b");
+        }
+        assert!(!drain.is_finished());
+        drop(held);
+        drain.await.unwrap().unwrap();
+        assert_eq!(a.in_flight(), 0);
+        assert_eq!(a.idle_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn least_outstanding_prefers_idle_endpoints_and_rotates_ties() {
+        let service = ServiceName::new("svc").unwrap();
+        let router = ProxyRouter::builder(service).build().await.unwrap();
+        let shared = router.shared.clone();
+        shared
+            .set_endpoints(Slot::Green, &[ep("a", 1), ep("b", 2), ep("c", 3)])
+            .await
+            .unwrap();
+        // Ties rotate: three picks released at once cover all three.
+        let mut seen: Vec<String> = (0..3)
+            .map(|_| {
+                let p = shared.pick(Slot::Green, None).unwrap();
+                p.upstream().endpoint.replica.clone()
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+        // Held picks spread one per endpoint before any endpoint gets two.
+        let held: Vec<InFlight> = (0..3)
+            .map(|_| shared.pick(Slot::Green, None).unwrap())
+            .collect();
+        let mut names: Vec<&str> = held
+            .iter()
+            .map(|p| p.upstream().endpoint.replica.as_str())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c"]);
+        // With `a` and `b` busier, `c` wins.
+        let extra_a = InFlight::enter(held[0].upstream().clone()).unwrap();
+        let busy = held
+            .iter()
+            .find(|p| p.upstream().endpoint.replica != extra_a.upstream().endpoint.replica)
+            .unwrap();
+        let extra_b = InFlight::enter(busy.upstream().clone()).unwrap();
+        let free = shared.pick(Slot::Green, None).unwrap();
+        assert_ne!(
+            free.upstream().endpoint.replica,
+            extra_a.upstream().endpoint.replica
+        );
+        assert_ne!(
+            free.upstream().endpoint.replica,
+            extra_b.upstream().endpoint.replica
+        );
+        // Excluding the only other choice leaves none.
+        let only = ProxyRouter::builder(ServiceName::new("one").unwrap())
+            .build()
+            .await
+            .unwrap();
+        only.shared
+            .set_endpoints(Slot::Blue, &[ep("x", 9)])
+            .await
+            .unwrap();
+        let x = only.shared.pick(Slot::Blue, None).unwrap();
+        assert!(only.shared.pick(Slot::Blue, Some(x.upstream())).is_none());
+        assert!(only.shared.pick(Slot::Green, None).is_none());
+    }
+}

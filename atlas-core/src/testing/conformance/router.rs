@@ -25,6 +25,56 @@ pub async fn all(router: &dyn TrafficRouter, prefix: &str) {
     services_are_independent(router, &unique_service(prefix), &unique_service(prefix)).await;
 }
 
+/// Runs every check that applies to a router serving exactly one service,
+/// such as Atlas's own proxy: `make(service)` builds a fresh router for
+/// `service`, one per check. In place of the independence of two services,
+/// it checks that a service the router does not serve is refused with a
+/// not-found error rather than silently accepted.
+pub async fn all_single_service<R, F, Fut>(prefix: &str, mut make: F)
+where
+    R: TrafficRouter,
+    F: FnMut(ServiceName) -> Fut,
+    Fut: Future<Output = R>,
+{
+    weights_out_of_range_are_refused();
+    let svc = unique_service(prefix);
+    unset_split_is_none(&make(svc.clone()).await, &svc).await;
+    let svc = unique_service(prefix);
+    split_round_trips(&make(svc.clone()).await, &svc).await;
+    let svc = unique_service(prefix);
+    canary_match_round_trips(&make(svc.clone()).await, &svc).await;
+    let svc = unique_service(prefix);
+    concurrent_splits_never_mix(&make(svc.clone()).await, &svc).await;
+    let svc = unique_service(prefix);
+    endpoints_then_split(&make(svc.clone()).await, &svc).await;
+    let svc = unique_service(prefix);
+    other_services_are_refused(&make(svc.clone()).await, &unique_service(prefix)).await;
+}
+
+/// A single-service router refuses calls for `other`, a service it does
+/// not serve, with a not-found error.
+pub async fn other_services_are_refused(router: &dyn TrafficRouter, other: &ServiceName) {
+    let split = TrafficSplit::new(Slot::Blue, 10).expect("valid split");
+    let err = router
+        .set_split(other, &split)
+        .await
+        .expect_err("set_split for a service the router does not serve must fail");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::NotFound,
+        "set_split of another service: {err}"
+    );
+    let err = router
+        .split(other)
+        .await
+        .expect_err("split() for a service the router does not serve must fail");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::NotFound,
+        "split() of another service: {err}"
+    );
+}
+
 /// Weights above 100 cannot reach a router: [`TrafficSplit::new`] refuses
 /// them with an invalid-input error, and so does deserializing one.
 pub fn weights_out_of_range_are_refused() {

@@ -1,1 +1,0 @@
-//! Replicas as local OS processes (filled in by its own work).

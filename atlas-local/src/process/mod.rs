@@ -1,0 +1,712 @@
+//! [`ProcessWorkloads`]: each replica of a release as a local OS process.
+//!
+//! A release's [`artifact`](atlas_core::Release::artifact) is the program to
+//! run (a path, or a name looked up in `PATH`), its `args` the arguments and
+//! its `env` extra environment on top of Atlas's own. Every replica also
+//! gets:
+//!
+//! | variable | value |
+//! |---|---|
+//! | `PORT` | a free loopback port Atlas chose; the replica must listen on `127.0.0.1:$PORT` |
+//! | `ATLAS_SLOT` | `blue` or `green` |
+//! | `ATLAS_REPLICA` | the replica's index in the slot, from 0 |
+//! | `ATLAS_SERVICE` | the service name |
+//! | `ATLAS_VERSION` | the release version |
+//!
+//! Replica `i` of slot `green` of service `checkout` is named
+//! `checkout-green-i`; its endpoint is `127.0.0.1:$PORT`. Its stdout and
+//! stderr go straight to `{log_dir}/checkout-green-i.log` (appended; Atlas
+//! writes one header line per start, with the program and its arguments but
+//! never the environment, which may hold secrets).
+//!
+//! ## Lifecycle
+//!
+//! - **Readiness.** A watcher task per replica probes it every poll interval
+//!   ([`Readiness`]: a TCP connect by default, or an HTTP `GET` answering
+//!   2xx) until it is ready; [`status`](Workloads::status) counts it ready
+//!   from then on, until it exits or is stopped.
+//! - **Deploy.** A new release in a slot starts all new replicas first, then
+//!   stops all old ones (they drain in the background: SIGTERM, then SIGKILL
+//!   after the grace period). If a new replica cannot be started, the ones
+//!   already started are stopped and the slot keeps its old release and
+//!   replicas. Deploying the release a slot already runs keeps the running
+//!   replicas, replaces the ones that exited, and scales to the new count.
+//!   Either way, deploy clears the slot's recorded failures.
+//! - **Scale.** Starts missing replicas at the lowest free indices; scaling
+//!   down stops the highest indices first, which are the endpoints listed
+//!   last. Scale does not restart replicas that exited.
+//! - **Exit.** A replica that exits on its own is not restarted: it stays in
+//!   the slot, is not counted as updated or ready, and is reported in
+//!   [`SlotStatus::failures`] (`checkout-green-1 exited with status 3`)
+//!   until the next deploy. There is no restart policy; deploying the same
+//!   release again is the restart.
+//! - **Stop.** Signals go to the replica's process group (each replica runs
+//!   in a group of its own, so a Ctrl-C in the terminal reaches Atlas, not
+//!   the replicas): SIGTERM, then SIGKILL once the grace period (default
+//!   30 s, as Kubernetes' `terminationGracePeriodSeconds`) has passed.
+//!   [`ProcessWorkloads::shutdown`] stops every replica that way and waits;
+//!   dropping the [`ProcessWorkloads`] SIGKILLs whatever still runs.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use atlas_core::{Release, ServiceName, Slot, Workloads};
+//! use atlas_local::process::{ProcessWorkloads, Readiness};
+//!
+//! # async fn run() -> atlas_core::Result<()> {
+//! let workloads = ProcessWorkloads::builder()
+//!     .log_dir("/var/tmp/atlas-logs")
+//!     .grace_period(Duration::from_secs(10))
+//!     .readiness(Readiness::http_get("/ready"))
+//!     .build()?;
+//! let service = ServiceName::new("checkout")?;
+//! let release = Release::new("v2", "/usr/local/bin/checkout").with_arg("--quiet");
+//! workloads.deploy(&service, Slot::Green, &release, 2).await?;
+//! let status = workloads.status(&service, Slot::Green).await?;
+//! println!("{} of {} ready", status.ready, status.desired);
+//! workloads.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod readiness;
+mod replica;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use atlas_core::{Endpoint, Error, Release, Result, ServiceName, Slot, SlotStatus, Workloads};
+use tracing::Instrument;
+
+pub use readiness::Readiness;
+use replica::{Observed, Replica, Spec};
+
+/// The backend name in errors.
+const BACKEND: &str = "process-workloads";
+
+/// Default time between SIGTERM and SIGKILL: Kubernetes' default
+/// `terminationGracePeriodSeconds`.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// Default time between two readiness probes or exit checks of a replica.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Default time one readiness probe may take: Kubernetes' default
+/// `timeoutSeconds`.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The most replicas one slot may run: each holds a loopback port and a
+/// process on this one host.
+pub const MAX_REPLICAS: u32 = 1024;
+
+/// Upper bound for the durations in the configuration, so deadlines
+/// computed from them cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// Environment variables Atlas sets for every replica; a release may not set
+/// them itself.
+const RESERVED_ENV: [&str; 5] = [
+    "PORT",
+    "ATLAS_SLOT",
+    "ATLAS_REPLICA",
+    "ATLAS_SERVICE",
+    "ATLAS_VERSION",
+];
+
+/// Validated configuration, shared with the replica watchers.
+#[derive(Debug)]
+struct Config {
+    log_dir: PathBuf,
+    grace_period: Duration,
+    readiness: Readiness,
+    poll_interval: Duration,
+    probe_timeout: Duration,
+}
+
+impl Config {
+    fn log_path(&self, replica: &str) -> PathBuf {
+        self.log_dir.join(format!("{replica}.log"))
+    }
+}
+
+/// Builds a [`ProcessWorkloads`]; every setting has a default.
+#[derive(Debug, Clone)]
+pub struct ProcessWorkloadsBuilder {
+    log_dir: Option<PathBuf>,
+    grace_period: Duration,
+    readiness: Readiness,
+    poll_interval: Duration,
+    probe_timeout: Duration,
+}
+
+impl Default for ProcessWorkloadsBuilder {
+    fn default() -> Self {
+        ProcessWorkloadsBuilder {
+            log_dir: None,
+            grace_period: DEFAULT_GRACE_PERIOD,
+            readiness: Readiness::default(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
+        }
+    }
+}
+
+impl ProcessWorkloadsBuilder {
+    /// Where replica logs go, one `{service}-{slot}-{index}.log` file per
+    /// replica. Created by [`build`](Self::build) if missing. Default:
+    /// `atlas-logs` in the system's temporary directory.
+    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log_dir = Some(dir.into());
+        self
+    }
+
+    /// Time a replica gets between SIGTERM and SIGKILL. Default 30 s; at
+    /// most one hour; zero sends SIGKILL right after SIGTERM.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
+    }
+
+    /// When a replica counts as ready. Default: its port accepts a TCP
+    /// connection.
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Time between two readiness probes (and exit checks) of a replica.
+    /// Default 100 ms; between 1 ms and one hour.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Time one readiness probe may take. Default 1 s; greater than zero,
+    /// at most one hour.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and creates the log directory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the setting that breaks its rule;
+    /// [`Error::Backend`] if the log directory cannot be created.
+    pub fn build(self) -> Result<ProcessWorkloads> {
+        if self.grace_period > MAX_DURATION {
+            return Err(Error::invalid("grace_period", "must be at most 1h"));
+        }
+        if self.poll_interval < Duration::from_millis(1) || self.poll_interval > MAX_DURATION {
+            return Err(Error::invalid(
+                "poll_interval",
+                "must be between 1ms and 1h",
+            ));
+        }
+        if self.probe_timeout.is_zero() || self.probe_timeout > MAX_DURATION {
+            return Err(Error::invalid(
+                "probe_timeout",
+                "must be greater than 0 and at most 1h",
+            ));
+        }
+        self.readiness.validate()?;
+        let log_dir = self
+            .log_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("atlas-logs"));
+        if log_dir.as_os_str().is_empty() {
+            return Err(Error::invalid("log_dir", "must not be empty"));
+        }
+        std::fs::create_dir_all(&log_dir).map_err(|e| {
+            Error::backend_with(
+                BACKEND,
+                format!("cannot create log directory {}", log_dir.display()),
+                e,
+            )
+        })?;
+        let config = Config {
+            log_dir,
+            grace_period: self.grace_period,
+            readiness: self.readiness,
+            poll_interval: self.poll_interval,
+            probe_timeout: self.probe_timeout,
+        };
+        tracing::debug!(?config, "process workloads ready");
+        Ok(ProcessWorkloads {
+            config: Arc::new(config),
+            state: tokio::sync::Mutex::new(State::default()),
+        })
+    }
+}
+
+/// [`Workloads`] as local OS processes, one per replica, on loopback ports.
+/// See the [module documentation](self) for the environment, logs and
+/// lifecycle.
+///
+/// Needs a tokio runtime with I/O and time enabled. Nothing outlives it:
+/// [`shutdown`](Self::shutdown) stops every replica gracefully, and `Drop`
+/// SIGKILLs whatever still runs.
+pub struct ProcessWorkloads {
+    config: Arc<Config>,
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    slots: BTreeMap<(ServiceName, Slot), SlotRecord>,
+    /// Replicas being stopped, kept until their process is gone so shutdown
+    /// and drop reach them too.
+    draining: Vec<Replica>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct SlotRecord {
+    release: Option<Release>,
+    desired: u32,
+    replicas: BTreeMap<u32, Replica>,
+    /// Failures of replicas no longer in `replicas` (scaled away after they
+    /// exited), kept until the next deploy.
+    failures: Vec<String>,
+}
+
+impl State {
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            return Err(Error::precondition("process workloads were shut down"));
+        }
+        Ok(())
+    }
+
+    fn prune_draining(&mut self) {
+        self.draining.retain(|r| !r.is_finished());
+    }
+
+    fn ports_in_use(&self) -> HashSet<u16> {
+        self.slots
+            .values()
+            .flat_map(|s| s.replicas.values())
+            .chain(&self.draining)
+            .map(|r| r.addr().port())
+            .collect()
+    }
+}
+
+impl ProcessWorkloads {
+    /// A builder with the defaults.
+    pub fn builder() -> ProcessWorkloadsBuilder {
+        ProcessWorkloadsBuilder::default()
+    }
+
+    /// The directory replica logs go to.
+    pub fn log_dir(&self) -> &Path {
+        &self.config.log_dir
+    }
+
+    /// The log file of replica `index` of `slot` of `service`.
+    pub fn log_path(&self, service: &ServiceName, slot: Slot, index: u32) -> PathBuf {
+        self.config
+            .log_path(&replica::replica_name(service, slot, index))
+    }
+
+    /// Process ids of the replicas `slot` runs now, by index, including ones
+    /// that exited but not ones being stopped. For diagnostics and tests.
+    pub async fn pids(&self, service: &ServiceName, slot: Slot) -> Vec<(u32, u32)> {
+        let state = self.state.lock().await;
+        state
+            .slots
+            .get(&(service.clone(), slot))
+            .map(|r| r.replicas.values().map(|r| (r.index(), r.pid())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops every replica gracefully (SIGTERM, SIGKILL after the grace
+    /// period), waits until all are gone, and refuses further deploys and
+    /// scales with [`Error::Precondition`]. Calling it again is harmless.
+    pub async fn shutdown(&self) {
+        let replicas: Vec<Replica> = {
+            let mut state = self.state.lock().await;
+            state.closed = true;
+            let mut all: Vec<Replica> = std::mem::take(&mut state.draining);
+            for record in state.slots.values_mut() {
+                record.desired = 0;
+                all.extend(std::mem::take(&mut record.replicas).into_values().rev());
+            }
+            all
+        };
+        tracing::info!(replicas = replicas.len(), "shutting down process workloads");
+        for r in &replicas {
+            r.request_stop();
+        }
+        futures::future::join_all(replicas.into_iter().map(Replica::join)).await;
+        tracing::info!("process workloads shut down");
+    }
+
+    /// Starts or stops replicas so that `record` runs indices `0..replicas`
+    /// (failed replicas below `replicas` stay as they are). Starts first, so
+    /// a start failure leaves the record unchanged.
+    fn scale_record(
+        &self,
+        service: &ServiceName,
+        slot: Slot,
+        record: &mut SlotRecord,
+        draining: &mut Vec<Replica>,
+        mut ports: HashSet<u16>,
+        replicas: u32,
+    ) -> Result<()> {
+        let Some(release) = record.release.clone() else {
+            return Err(Error::not_found(format!(
+                "slot {slot} of {service} runs no release"
+            )));
+        };
+        let mut started = Vec::new();
+        for index in (0..replicas).filter(|i| !record.replicas.contains_key(i)) {
+            match self.start(service, slot, index, &release, &mut ports) {
+                Ok(r) => started.push(r),
+                Err(e) => {
+                    stop_all(started, draining);
+                    return Err(e);
+                }
+            }
+        }
+        for r in started {
+            record.replicas.insert(r.index(), r);
+        }
+        let extra: Vec<u32> = record.replicas.range(replicas..).map(|(i, _)| *i).collect();
+        for index in extra.into_iter().rev() {
+            if let Some(r) = record.replicas.remove(&index) {
+                if let Observed::Failed(reason) = r.observe() {
+                    record.failures.push(reason);
+                }
+                tracing::info!(replica = %r.name(), "stopping replica (scale down)");
+                r.request_stop();
+                draining.push(r);
+            }
+        }
+        record.desired = replicas;
+        Ok(())
+    }
+
+    fn start(
+        &self,
+        service: &ServiceName,
+        slot: Slot,
+        index: u32,
+        release: &Release,
+        ports: &mut HashSet<u16>,
+    ) -> Result<Replica> {
+        let port = free_port(ports)?;
+        ports.insert(port);
+        Replica::spawn(
+            Spec {
+                service,
+                slot,
+                index,
+                release,
+                port,
+            },
+            &self.config,
+        )
+    }
+}
+
+fn stop_all(replicas: Vec<Replica>, draining: &mut Vec<Replica>) {
+    for r in replicas.into_iter().rev() {
+        r.request_stop();
+        draining.push(r);
+    }
+}
+
+/// A loopback port the OS calls free now and none of our replicas holds.
+/// Another program may still take it before the replica binds it; the
+/// replica then fails to start and is reported as failed.
+fn free_port(taken: &HashSet<u16>) -> Result<u16> {
+    for _ in 0..32 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| Error::transient_with(BACKEND, "cannot bind a free loopback port", e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| Error::transient_with(BACKEND, "cannot read a bound port", e))?
+            .port();
+        if !taken.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err(Error::transient(
+        BACKEND,
+        "the OS kept handing out loopback ports our replicas already hold",
+    ))
+}
+
+fn validate_release(release: &Release) -> Result<()> {
+    release.validate()?;
+    if release.artifact.contains('\0') {
+        return Err(Error::invalid(
+            "release.artifact",
+            "must not contain a NUL byte",
+        ));
+    }
+    for (i, arg) in release.args.iter().enumerate() {
+        if arg.contains('\0') {
+            return Err(Error::invalid(
+                format!("release.args[{i}]"),
+                "must not contain a NUL byte",
+            ));
+        }
+    }
+    for (key, value) in &release.env {
+        let field = || format!("release.env.{key}");
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(Error::invalid(
+                format!("release.env key {key:?}"),
+                "must be non-empty, without '=' or NUL",
+            ));
+        }
+        if value.contains('\0') {
+            return Err(Error::invalid(field(), "must not contain a NUL byte"));
+        }
+        if RESERVED_ENV.contains(&key.as_str()) {
+            return Err(Error::invalid(
+                field(),
+                "is set by Atlas for each replica and may not be set by the release",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_replicas(replicas: u32) -> Result<()> {
+    if replicas > MAX_REPLICAS {
+        return Err(Error::invalid(
+            "replicas",
+            format!("must be at most {MAX_REPLICAS} for local processes, got {replicas}"),
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Workloads for ProcessWorkloads {
+    async fn deploy(
+        &self,
+        service: &ServiceName,
+        slot: Slot,
+        release: &Release,
+        replicas: u32,
+    ) -> Result<()> {
+        validate_release(release)?;
+        validate_replicas(replicas)?;
+        let span = tracing::info_span!(
+            "process.deploy",
+            service = %service,
+            slot = %slot,
+            version = %release.version,
+            replicas
+        );
+        async {
+            let mut guard = self.state.lock().await;
+            guard.check_open()?;
+            guard.prune_draining();
+            let ports = guard.ports_in_use();
+            let State {
+                slots, draining, ..
+            } = &mut *guard;
+            let record = slots.entry((service.clone(), slot)).or_default();
+            if record.release.as_ref() == Some(release) {
+                // Same release: keep what runs, replace what exited.
+                let exited: Vec<(u32, String)> = record
+                    .replicas
+                    .values()
+                    .filter_map(|r| match r.observe() {
+                        Observed::Failed(reason) => Some((r.index(), reason)),
+                        _ => None,
+                    })
+                    .collect();
+                for (index, _) in &exited {
+                    record.replicas.remove(index);
+                }
+                if let Err(e) = self.scale_record(service, slot, record, draining, ports, replicas)
+                {
+                    // Keep the failures visible: nothing replaced them.
+                    record.failures.extend(exited.into_iter().map(|(_, reason)| reason));
+                    return Err(e);
+                }
+                record.failures.clear();
+                tracing::info!(replaced = exited.len(), "slot already runs this release; scaled");
+                return Ok(());
+            }
+            let mut ports = ports;
+            let mut new = BTreeMap::new();
+            for index in 0..replicas {
+                match self.start(service, slot, index, release, &mut ports) {
+                    Ok(r) => {
+                        new.insert(index, r);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "deploy failed; the slot keeps its previous release");
+                        stop_all(new.into_values().collect(), draining);
+                        return Err(e);
+                    }
+                }
+            }
+            let old = std::mem::replace(&mut record.replicas, new);
+            let previous = record.release.replace(release.clone());
+            record.desired = replicas;
+            record.failures.clear();
+            tracing::info!(
+                previous = previous.as_ref().map(|r| r.version.as_str()),
+                stopping = old.len(),
+                "deployed; stopping the previous replicas"
+            );
+            stop_all(old.into_values().collect(), draining);
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn scale(&self, service: &ServiceName, slot: Slot, replicas: u32) -> Result<()> {
+        validate_replicas(replicas)?;
+        let span = tracing::info_span!("process.scale", service = %service, slot = %slot, replicas);
+        async {
+            let mut guard = self.state.lock().await;
+            guard.check_open()?;
+            guard.prune_draining();
+            let ports = guard.ports_in_use();
+            let State {
+                slots, draining, ..
+            } = &mut *guard;
+            match slots.get_mut(&(service.clone(), slot)) {
+                Some(record) if record.release.is_some() => {
+                    let from = record.desired;
+                    self.scale_record(service, slot, record, draining, ports, replicas)?;
+                    tracing::info!(from, to = replicas, "scaled");
+                    Ok(())
+                }
+                _ if replicas == 0 => Ok(()),
+                _ => Err(Error::not_found(format!(
+                    "slot {slot} of {service} runs no release to scale"
+                ))),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn status(&self, service: &ServiceName, slot: Slot) -> Result<SlotStatus> {
+        let mut guard = self.state.lock().await;
+        guard.prune_draining();
+        let Some(record) = guard.slots.get(&(service.clone(), slot)) else {
+            return Ok(SlotStatus::empty(slot));
+        };
+        let Some(release) = &record.release else {
+            return Ok(SlotStatus::empty(slot));
+        };
+        let mut status = SlotStatus::empty(slot);
+        status.version = Some(release.version.clone());
+        status.desired = record.desired;
+        status.failures = record.failures.clone();
+        for r in record.replicas.values() {
+            match r.observe() {
+                Observed::Ready => {
+                    status.updated += 1;
+                    status.ready += 1;
+                    status.endpoints.push(Endpoint::new(r.name(), r.addr()));
+                }
+                Observed::Starting => status.updated += 1,
+                Observed::Failed(reason) => status.failures.push(reason),
+            }
+        }
+        tracing::trace!(service = %service, ?status, "process workloads status");
+        Ok(status)
+    }
+}
+
+impl fmt::Debug for ProcessWorkloads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessWorkloads")
+            .field("log_dir", &self.config.log_dir)
+            .field("grace_period", &self.config.grace_period)
+            .field("readiness", &self.config.readiness)
+            .field("poll_interval", &self.config.poll_interval)
+            .field("probe_timeout", &self.config.probe_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ProcessWorkloads {
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        let mut killed = 0usize;
+        for r in state
+            .slots
+            .values()
+            .flat_map(|s| s.replicas.values())
+            .chain(&state.draining)
+        {
+            r.kill_now();
+            killed += 1;
+        }
+        if killed > 0 {
+            tracing::info!(
+                replicas = killed,
+                "process workloads dropped; replicas killed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_refuses_bad_settings() {
+        let err = ProcessWorkloads::builder()
+            .poll_interval(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("poll_interval"), "{err}");
+        let err = ProcessWorkloads::builder()
+            .probe_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("probe_timeout"), "{err}");
+        let err = ProcessWorkloads::builder()
+            .grace_period(Duration::from_secs(7200))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("grace_period"), "{err}");
+        let err = ProcessWorkloads::builder()
+            .readiness(Readiness::http_get("ready"))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("readiness.path"), "{err}");
+        let err = ProcessWorkloads::builder()
+            .readiness(Readiness::http_get("/re ady"))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("readiness.path"), "{err}");
+    }
+
+    #[test]
+    fn releases_may_not_set_atlas_variables() {
+        let release = Release::new("v1", "/bin/true").with_env("PORT", "80");
+        let err = validate_release(&release).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid release.env.PORT: is set by Atlas for each replica and may not be set by the release"
+        );
+        let release = Release::new("v1", "/bin/true").with_env("A=B", "1");
+        assert!(validate_release(&release).is_err());
+        let release = Release::new("v1", "/bin/true").with_arg("a\0b");
+        let err = validate_release(&release).unwrap_err();
+        assert!(err.to_string().contains("release.args[0]"), "{err}");
+        assert!(validate_release(&Release::new("", "/bin/true")).is_err());
+        assert!(validate_replicas(MAX_REPLICAS + 1).is_err());
+    }
+}

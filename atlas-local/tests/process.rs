@@ -1,0 +1,628 @@
+//! `ProcessWorkloads` against real processes: the `Workloads` conformance
+//! suite, plus environment, logs, failures, graceful stop and cleanup.
+//!
+//! Replicas are `python3 -m http.server` (bound to `127.0.0.1:$PORT`) and
+//! small `sh` scripts, so nothing beyond a Debian base system is needed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use atlas_core::testing::conformance::{self, workloads::WorkloadsFixture};
+use atlas_core::{ErrorKind, Release, ServiceName, Slot, SlotStatus, Workloads};
+use atlas_local::process::{ProcessWorkloads, Readiness};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn python() -> String {
+    // The distribution's interpreter starts faster than a version-manager shim.
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3".into()
+    } else {
+        "python3".into()
+    }
+}
+
+/// A shell command as a release: `sh -c SCRIPT`.
+fn script(version: &str, script: &str) -> Release {
+    Release::new(version, "sh").with_arg("-c").with_arg(script)
+}
+
+/// An HTTP server on `127.0.0.1:$PORT` serving `dir`. http.server takes
+/// the port as an argument, so `sh` passes `$PORT` on.
+fn http_server(version: &str, dir: &Path) -> Release {
+    script(
+        version,
+        &format!(
+            "exec {} -m http.server --bind 127.0.0.1 --directory {} \"$PORT\"",
+            shell_quote(&python()),
+            shell_quote(&dir.display().to_string())
+        ),
+    )
+    .with_env("PYTHONUNBUFFERED", "1")
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn workloads(logs: &Path) -> ProcessWorkloads {
+    ProcessWorkloads::builder()
+        .log_dir(logs)
+        .grace_period(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap()
+}
+
+fn service(name: &str) -> ServiceName {
+    ServiceName::new(name).unwrap()
+}
+
+async fn wait_for(
+    w: &ProcessWorkloads,
+    service: &ServiceName,
+    slot: Slot,
+    what: &str,
+    done: impl Fn(&SlotStatus) -> bool,
+) -> SlotStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = w.status(service, slot).await.unwrap();
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+async fn wait_gone(pid: u32, within: Duration) -> Duration {
+    let started = Instant::now();
+    while alive(pid) {
+        assert!(
+            started.elapsed() < within,
+            "process {pid} still alive after {within:?}"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+/// The lines a replica wrote to its log, without Atlas's header lines
+/// (which quote the command, and so any marker in it).
+fn output_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with("==== "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the replica wrote a line containing `marker`; returns its
+/// output lines.
+async fn wait_for_output(path: &Path, marker: &str) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let lines = output_lines(path);
+        if lines.iter().any(|l| l.contains(marker)) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never got a line with {marker:?}; output so far: {lines:?}",
+            path.display()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_workloads_conformance_suite() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let w = workloads(logs.path());
+    let fixture = WorkloadsFixture::new(
+        http_server("v1", site.path()),
+        http_server("v2", site.path()),
+    )
+    .with_ready_timeout(WAIT)
+    .with_poll_interval(Duration::from_millis(20));
+    conformance::workloads::all(&w, &fixture, "proc").await;
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn replicas_get_port_slot_and_identity_in_their_environment() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("hello.txt"), "hello from the replica").unwrap();
+    let w = workloads(logs.path());
+    let svc = service("checkout");
+    let mut release = http_server("v7", site.path()).with_env("GREETING", "hi there");
+    // Print the environment first, then become the server.
+    release.args[1] = format!(
+        "echo \"env: PORT=$PORT ATLAS_SLOT=$ATLAS_SLOT ATLAS_REPLICA=$ATLAS_REPLICA ATLAS_SERVICE=$ATLAS_SERVICE ATLAS_VERSION=$ATLAS_VERSION GREETING=$GREETING\"; {}",
+        release.args[1]
+    );
+    w.deploy(&svc, Slot::Green, &release, 2).await.unwrap();
+    let s = wait_for(&w, &svc, Slot::Green, "2 ready", |s| s.ready == 2).await;
+    assert_eq!(s.version.as_deref(), Some("v7"));
+    for (index, endpoint) in s.endpoints.iter().enumerate() {
+        assert_eq!(endpoint.replica, format!("checkout-green-{index}"));
+        assert!(endpoint.addr.ip().is_loopback());
+        let log = w.log_path(&svc, Slot::Green, index as u32);
+        assert_eq!(log, logs.path().join(format!("checkout-green-{index}.log")));
+        let lines = wait_for_output(&log, "env: ").await;
+        let expected = format!(
+            "env: PORT={} ATLAS_SLOT=green ATLAS_REPLICA={index} ATLAS_SERVICE=checkout ATLAS_VERSION=v7 GREETING=hi there",
+            endpoint.addr.port()
+        );
+        assert_eq!(lines[0], expected);
+        // The endpoint really is this replica's server.
+        let answer = http_get(endpoint.addr, "/hello.txt").await;
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        assert!(answer.ends_with("hello from the replica"), "{answer}");
+    }
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_exits_is_reported_and_not_restarted() {
+    let logs = tempfile::tempdir().unwrap();
+    let w = workloads(logs.path());
+    let svc = service("checkout");
+    w.deploy(
+        &svc,
+        Slot::Green,
+        &script("v1", "sleep 0.2; echo bye; exit 3"),
+        2,
+    )
+    .await
+    .unwrap();
+    let s = wait_for(&w, &svc, Slot::Green, "both failures", |s| {
+        s.failures.len() == 2
+    })
+    .await;
+    assert_eq!(
+        s.failures,
+        vec![
+            "checkout-green-0 exited with status 3".to_string(),
+            "checkout-green-1 exited with status 3".to_string(),
+        ]
+    );
+    assert_eq!((s.desired, s.updated, s.ready), (2, 0, 0));
+    assert!(s.endpoints.is_empty());
+    assert!(!s.is_ready());
+    // Not restarted: the pids stay those of the exited processes.
+    let pids = w.pids(&svc, Slot::Green).await;
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.pids(&svc, Slot::Green).await, pids);
+    assert_eq!(w.status(&svc, Slot::Green).await.unwrap().failures.len(), 2);
+    // Scale does not restart them either.
+    w.scale(&svc, Slot::Green, 2).await.unwrap();
+    assert_eq!(w.pids(&svc, Slot::Green).await, pids);
+
+    // Killed by a signal is reported as such.
+    w.deploy(&svc, Slot::Blue, &script("v1", "kill -SEGV $$"), 1)
+        .await
+        .unwrap();
+    let s = wait_for(&w, &svc, Slot::Blue, "a failure", |s| {
+        !s.failures.is_empty()
+    })
+    .await;
+    assert_eq!(
+        s.failures,
+        vec!["checkout-blue-0 was killed by signal SIGSEGV".to_string()]
+    );
+
+    // A new deploy clears the failures of the previous release.
+    let site = tempfile::tempdir().unwrap();
+    w.deploy(&svc, Slot::Green, &http_server("v2", site.path()), 2)
+        .await
+        .unwrap();
+    let s = w.status(&svc, Slot::Green).await.unwrap();
+    assert!(s.failures.is_empty(), "{:?}", s.failures);
+    let s = wait_for(&w, &svc, Slot::Green, "2 ready", |s| s.ready == 2).await;
+    assert!(s.failures.is_empty());
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn redeploying_the_same_release_restarts_only_exited_replicas() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let w = workloads(logs.path());
+    let svc = service("checkout");
+    let release = http_server("v1", site.path());
+    w.deploy(&svc, Slot::Blue, &release, 3).await.unwrap();
+    wait_for(&w, &svc, Slot::Blue, "3 ready", |s| s.ready == 3).await;
+    let before = w.pids(&svc, Slot::Blue).await;
+    // Replica 1 dies.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before[1].1 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let s = wait_for(&w, &svc, Slot::Blue, "a failure", |s| {
+        !s.failures.is_empty()
+    })
+    .await;
+    assert_eq!(
+        s.failures,
+        vec!["checkout-blue-1 was killed by signal SIGKILL".to_string()]
+    );
+    assert_eq!((s.updated, s.ready), (2, 2));
+    w.deploy(&svc, Slot::Blue, &release, 3).await.unwrap();
+    let s = wait_for(&w, &svc, Slot::Blue, "3 ready", |s| s.ready == 3).await;
+    assert!(s.failures.is_empty());
+    let after = w.pids(&svc, Slot::Blue).await;
+    assert_eq!(after[0], before[0], "running replicas are kept");
+    assert_eq!(after[2], before[2], "running replicas are kept");
+    assert_ne!(after[1], before[1], "the exited replica is replaced");
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn stop_sends_sigterm_first_and_waits_for_a_graceful_exit() {
+    let logs = tempfile::tempdir().unwrap();
+    // A long grace period: if the process is gone quickly, SIGTERM did it.
+    let w = ProcessWorkloads::builder()
+        .log_dir(logs.path())
+        .grace_period(Duration::from_secs(30))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let svc = service("checkout");
+    let graceful = script(
+        "v1",
+        "trap 'echo got SIGTERM, draining; sleep 0.3; echo drained; exit 0' TERM; \
+         echo started; while :; do sleep 0.05; done",
+    );
+    w.deploy(&svc, Slot::Green, &graceful, 1).await.unwrap();
+    let log = w.log_path(&svc, Slot::Green, 0);
+    wait_for_output(&log, "started").await;
+    let (_, pid) = w.pids(&svc, Slot::Green).await[0];
+    w.scale(&svc, Slot::Green, 0).await.unwrap();
+    // Well within the 30 s grace period, so SIGKILL never came.
+    wait_gone(pid, Duration::from_secs(10)).await;
+    // The trap ran to its end: SIGTERM came first and nothing cut it short.
+    // (The shell may also report that SIGTERM ended its `sleep`: the
+    // signal goes to the whole process group.)
+    let mut lines = output_lines(&log);
+    lines.retain(|l| l != "Terminated");
+    assert_eq!(lines, ["started", "got SIGTERM, draining", "drained"]);
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let logs = tempfile::tempdir().unwrap();
+    let grace = Duration::from_millis(700);
+    let w = ProcessWorkloads::builder()
+        .log_dir(logs.path())
+        .grace_period(grace)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let svc = service("checkout");
+    let stubborn = script(
+        "v1",
+        "trap 'echo ignoring SIGTERM' TERM; echo started; while :; do sleep 0.05; done",
+    );
+    w.deploy(&svc, Slot::Green, &stubborn, 1).await.unwrap();
+    let log = w.log_path(&svc, Slot::Green, 0);
+    wait_for_output(&log, "started").await;
+    let (_, pid) = w.pids(&svc, Slot::Green).await[0];
+    let stopped_at = Instant::now();
+    w.scale(&svc, Slot::Green, 0).await.unwrap();
+    wait_for_output(&log, "ignoring SIGTERM").await;
+    sleep(grace / 2).await;
+    assert!(alive(pid), "killed before the grace period ended");
+    wait_gone(pid, Duration::from_secs(10)).await;
+    assert!(
+        stopped_at.elapsed() >= grace,
+        "gone after {:?}, before the grace period of {grace:?}",
+        stopped_at.elapsed()
+    );
+    // shutdown waits for nothing more: the replica is gone.
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn deploy_starts_the_new_replicas_then_stops_the_old() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let w = workloads(logs.path());
+    let svc = service("checkout");
+    w.deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 2)
+        .await
+        .unwrap();
+    let old = wait_for(&w, &svc, Slot::Blue, "2 ready", |s| s.ready == 2).await;
+    let old_pids = w.pids(&svc, Slot::Blue).await;
+    w.deploy(&svc, Slot::Blue, &http_server("v2", site.path()), 2)
+        .await
+        .unwrap();
+    let s = w.status(&svc, Slot::Blue).await.unwrap();
+    assert_eq!(s.version.as_deref(), Some("v2"));
+    let new = wait_for(&w, &svc, Slot::Blue, "2 ready", |s| s.ready == 2).await;
+    assert!(new.endpoints.iter().all(|e| !old.endpoints.contains(e)));
+    for (_, pid) in old_pids {
+        wait_gone(pid, Duration::from_secs(10)).await;
+    }
+    // Each replica's log has one header per start, appended.
+    let text = std::fs::read_to_string(w.log_path(&svc, Slot::Blue, 0)).unwrap();
+    let headers: Vec<&str> = text.lines().filter(|l| l.starts_with("==== ")).collect();
+    assert_eq!(headers.len(), 2, "{text}");
+    assert!(headers[0].contains("starting checkout-blue-0") && headers[0].contains("version v1"));
+    assert!(headers[1].contains("version v2"), "{}", headers[1]);
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn output_is_captured_to_per_replica_logs() {
+    let logs = tempfile::tempdir().unwrap();
+    let w = workloads(logs.path());
+    let svc = service("billing");
+    let chatty = script(
+        "v3",
+        "echo \"out from $ATLAS_REPLICA\"; echo \"err from $ATLAS_REPLICA\" >&2; sleep 30",
+    );
+    w.deploy(&svc, Slot::Blue, &chatty, 2).await.unwrap();
+    for index in 0..2 {
+        let path = logs.path().join(format!("billing-blue-{index}.log"));
+        let mut lines = wait_for_output(&path, &format!("err from {index}")).await;
+        lines.sort();
+        assert_eq!(
+            lines,
+            [format!("err from {index}"), format!("out from {index}")]
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header = text.lines().next().unwrap();
+        assert!(
+            header.starts_with("==== ")
+                && header.contains("starting billing-blue-")
+                && header.contains("version v3"),
+            "{header}"
+        );
+    }
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_readiness_waits_for_a_2xx() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let w = ProcessWorkloads::builder()
+        .log_dir(logs.path())
+        .readiness(Readiness::http_get("/ready"))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let svc = service("checkout");
+    w.deploy(&svc, Slot::Green, &http_server("v1", site.path()), 1)
+        .await
+        .unwrap();
+    // The server is up (answering 404 for /ready) but not ready.
+    let log = w.log_path(&svc, Slot::Green, 0);
+    wait_for_output(&log, "\"GET /ready HTTP/1.1\" 404").await;
+    let s = w.status(&svc, Slot::Green).await.unwrap();
+    assert_eq!((s.updated, s.ready), (1, 0), "{s:?}");
+    std::fs::write(site.path().join("ready"), "yes").unwrap();
+    let s = wait_for(&w, &svc, Slot::Green, "ready", |s| s.ready == 1).await;
+    assert_eq!(s.endpoints.len(), 1);
+    w.shutdown().await;
+}
+
+/// An HTTP/1.1 server that sends its whole answer in one write and closes
+/// at once, as small servers (hyper among them) do for `Connection: close`.
+fn one_shot_http_server(version: &str, status: &str) -> Release {
+    let program = format!(
+        r#"
+import os, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+    c.close()
+"#
+    );
+    Release::new(version, python())
+        .with_arg("-c")
+        .with_arg(program)
+}
+
+#[tokio::test]
+async fn http_readiness_reads_answers_that_close_at_once() {
+    let logs = tempfile::tempdir().unwrap();
+    let w = ProcessWorkloads::builder()
+        .log_dir(logs.path())
+        .readiness(Readiness::http_get("/ready"))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let svc = service("checkout");
+    w.deploy(&svc, Slot::Green, &one_shot_http_server("v1", "200 OK"), 2)
+        .await
+        .unwrap();
+    wait_for(&w, &svc, Slot::Green, "2 ready", |s| s.ready == 2).await;
+    // And a 503 keeps a replica unready.
+    w.deploy(
+        &svc,
+        Slot::Blue,
+        &one_shot_http_server("v1", "503 Service Unavailable"),
+        1,
+    )
+    .await
+    .unwrap();
+    sleep(Duration::from_millis(500)).await;
+    let s = w.status(&svc, Slot::Blue).await.unwrap();
+    assert_eq!((s.updated, s.ready), (1, 0), "{s:?}");
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_kills_every_replica_and_its_children() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let w = workloads(logs.path());
+    let svc = service("checkout");
+    w.deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 2)
+        .await
+        .unwrap();
+    // A replica that ignores SIGTERM and has a child of its own.
+    let grandchild_file = logs.path().join("grandchild.pid");
+    let stubborn = script(
+        "v1",
+        &format!(
+            "trap '' TERM; sleep 1000 & echo $! > {}; wait",
+            grandchild_file.display()
+        ),
+    );
+    w.deploy(&svc, Slot::Green, &stubborn, 1).await.unwrap();
+    wait_for(&w, &svc, Slot::Blue, "2 ready", |s| s.ready == 2).await;
+    let grandchild: u32 = wait_for_output(&grandchild_file, "")
+        .await
+        .concat()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut pids: Vec<u32> = w
+        .pids(&svc, Slot::Blue)
+        .await
+        .into_iter()
+        .map(|p| p.1)
+        .collect();
+    pids.extend(w.pids(&svc, Slot::Green).await.into_iter().map(|p| p.1));
+    pids.push(grandchild);
+    assert_eq!(pids.len(), 4);
+    assert!(pids.iter().all(|p| alive(*p)));
+    drop(w);
+    for pid in pids {
+        // SIGKILL is immediate; no grace period applies on drop.
+        wait_gone(pid, Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_stops_everything_and_refuses_more_work() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let w = workloads(logs.path());
+    let svc = service("checkout");
+    w.deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 2)
+        .await
+        .unwrap();
+    wait_for(&w, &svc, Slot::Blue, "2 ready", |s| s.ready == 2).await;
+    let pids = w.pids(&svc, Slot::Blue).await;
+    w.shutdown().await;
+    // shutdown returns once the processes are gone.
+    for (_, pid) in &pids {
+        assert!(!alive(*pid), "{pid} still alive after shutdown");
+    }
+    let s = w.status(&svc, Slot::Blue).await.unwrap();
+    assert_eq!((s.desired, s.updated, s.ready), (0, 0, 0));
+    let err = w
+        .deploy(&svc, Slot::Blue, &http_server("v2", site.path()), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Precondition);
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_releases_are_refused_and_keep_the_slot_as_it_was() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let w = workloads(logs.path());
+    let svc = service("checkout");
+    w.deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 1)
+        .await
+        .unwrap();
+    let before = wait_for(&w, &svc, Slot::Blue, "1 ready", |s| s.ready == 1).await;
+
+    let missing = Release::new("v2", "/nonexistent/atlas-test-program");
+    let err = w.deploy(&svc, Slot::Blue, &missing, 2).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("release.artifact"), "{err}");
+    assert!(err.to_string().contains("was not found"), "{err}");
+    assert_eq!(w.status(&svc, Slot::Blue).await.unwrap(), before);
+
+    let reserved = http_server("v2", site.path()).with_env("ATLAS_SLOT", "red");
+    let err = w.deploy(&svc, Slot::Blue, &reserved, 1).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid release.env.ATLAS_SLOT: is set by Atlas for each replica and may not be set by the release"
+    );
+    let err = w
+        .deploy(&svc, Slot::Blue, &http_server("v2", site.path()), 5000)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid replicas"), "{err}");
+    assert_eq!(w.status(&svc, Slot::Blue).await.unwrap(), before);
+
+    let err = w.scale(&svc, Slot::Green, 1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn scale_down_stops_the_highest_indices() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let w = workloads(logs.path());
+    let svc = service("checkout");
+    w.deploy(&svc, Slot::Green, &http_server("v1", site.path()), 4)
+        .await
+        .unwrap();
+    wait_for(&w, &svc, Slot::Green, "4 ready", |s| s.ready == 4).await;
+    let pids = w.pids(&svc, Slot::Green).await;
+    w.scale(&svc, Slot::Green, 2).await.unwrap();
+    assert_eq!(w.pids(&svc, Slot::Green).await, pids[..2]);
+    for (_, pid) in &pids[2..] {
+        wait_gone(*pid, Duration::from_secs(10)).await;
+    }
+    assert!(alive(pids[0].1) && alive(pids[1].1));
+    // Scaling up again starts fresh replicas at the freed indices.
+    w.scale(&svc, Slot::Green, 3).await.unwrap();
+    let s = wait_for(&w, &svc, Slot::Green, "3 ready", |s| s.ready == 3).await;
+    let names: Vec<&str> = s.endpoints.iter().map(|e| e.replica.as_str()).collect();
+    assert_eq!(
+        names,
+        ["checkout-green-0", "checkout-green-1", "checkout-green-2"]
+    );
+    w.shutdown().await;
+}
