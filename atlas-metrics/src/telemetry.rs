@@ -1,0 +1,650 @@
+//! Atlas's own metrics, with `prometheus-client`: what rollouts, analyses
+//! and probes are doing, in one registry that later subsystems (backups,
+//! migrations, autoscaling) add their metrics to.
+//!
+//! [`Telemetry`] turns [`RolloutEvent`]s into metrics — feed it from
+//! [`Engine::subscribe`](atlas_core::Engine::subscribe) with
+//! [`Telemetry::collect`] — and [`InstrumentedProbe`] times every probe
+//! attempt. Names follow Prometheus conventions: `atlas_` prefix, base
+//! units in the name (`_seconds`, `_ratio`), counters end in `_total`.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `atlas_rollout_phase` | gauge | service, phase | 1 for the phase the service's rollout is in, 0 for the others (`progressing`, `paused`, `rolling_back`, `promoted`, `rolled_back`) |
+//! | `atlas_rollouts_started_total` | counter | service | rollouts started (resumed ones included) |
+//! | `atlas_rollouts_finished_total` | counter | service, outcome | rollouts that ended `promoted` or `rolled_back` |
+//! | `atlas_rollbacks_total` | counter | service | rollbacks |
+//! | `atlas_traffic_weight_ratio` | gauge | service, slot | share of traffic (0–1) each slot has now |
+//! | `atlas_rollout_step_duration_seconds` | histogram | service, step | time from a step's start to its end |
+//! | `atlas_analysis_runs_total` | counter | service, template, phase | analysis runs by result |
+//! | `atlas_analysis_measurements_total` | counter | service, template, metric, phase | measurements by judgement |
+//! | `atlas_analysis_measurement_value` | gauge | service, template, metric | the last value measured |
+//! | `atlas_probe_results_total` | counter | service, result | endpoints that became `healthy` or failed (`unhealthy`) their probes during rollouts |
+//! | `atlas_probe_attempts_total` | counter | probe, result | single probe attempts ([`InstrumentedProbe`]) |
+//! | `atlas_probe_duration_seconds` | histogram | probe, result | time of single probe attempts |
+//! | `atlas_events_lagged_total` | counter | — | events a slow collector missed |
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use atlas_core::analysis::MeasurementPhase;
+use atlas_core::{
+    Endpoint, Error, EventKind, HealthProbe, ProbeOutcome, Result, RolloutEvent, Step,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Metric, Registry, Unit};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+
+/// The prefix of every metric in the registry.
+pub const PREFIX: &str = "atlas";
+
+/// The content type of [`Telemetry::encode`]'s output.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+const PHASES: [&str; 5] = [
+    "progressing",
+    "paused",
+    "rolling_back",
+    "promoted",
+    "rolled_back",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    service: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    service: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabels {
+    service: String,
+    slot: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    service: String,
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    service: String,
+    template: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MeasurementLabels {
+    service: String,
+    template: String,
+    metric: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ValueLabels {
+    service: String,
+    template: String,
+    metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    service: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    probe: String,
+    result: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn step_histogram() -> Histogram {
+    // 10 ms to about 45 minutes: a weight change to a long pause.
+    Histogram::new(exponential_buckets(0.01, 3.0, 12))
+}
+
+fn probe_histogram() -> Histogram {
+    // 1 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+#[derive(Debug)]
+struct Families {
+    phase: Family<PhaseLabels, Gauge>,
+    started: Family<ServiceLabels, Counter>,
+    finished: Family<OutcomeLabels, Counter>,
+    rollbacks: Family<ServiceLabels, Counter>,
+    weight: Family<SlotLabels, FloatGauge>,
+    step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
+    analysis_runs: Family<RunLabels, Counter>,
+    measurements: Family<MeasurementLabels, Counter>,
+    measurement_value: Family<ValueLabels, FloatGauge>,
+    probe_results: Family<ResultLabels, Counter>,
+    probe_attempts: Family<ProbeLabels, Counter>,
+    probe_duration: Family<ProbeLabels, Histogram, fn() -> Histogram>,
+    lagged: Counter,
+}
+
+struct Inner {
+    registry: RwLock<Registry>,
+    names: Mutex<BTreeSet<String>>,
+    families: Families,
+    /// Start time and step of each rollout's running step, by rollout id.
+    steps: Mutex<HashMap<String, (usize, SystemTime)>>,
+}
+
+/// Atlas's metric registry and the rollout-event collector that fills it.
+///
+/// Cheap to clone; clones share one registry. See the module docs for the
+/// metrics.
+///
+/// ```
+/// use atlas_metrics::telemetry::Telemetry;
+/// let telemetry = Telemetry::new();
+/// let text = telemetry.encode();
+/// assert!(text.contains("atlas_events_lagged_total 0"));
+/// assert!(text.ends_with("# EOF\n"));
+/// ```
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("metrics", &*lock(&self.inner.names))
+            .finish()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Telemetry {
+    /// A registry with the rollout, analysis and probe metrics registered.
+    pub fn new() -> Self {
+        let families = Families {
+            phase: Family::default(),
+            started: Family::default(),
+            finished: Family::default(),
+            rollbacks: Family::default(),
+            weight: Family::default(),
+            step_duration: Family::new_with_constructor(step_histogram as fn() -> Histogram),
+            analysis_runs: Family::default(),
+            measurements: Family::default(),
+            measurement_value: Family::default(),
+            probe_results: Family::default(),
+            probe_attempts: Family::default(),
+            probe_duration: Family::new_with_constructor(probe_histogram as fn() -> Histogram),
+            lagged: Counter::default(),
+        };
+        let mut registry = Registry::with_prefix(PREFIX);
+        let f = &families;
+        let mut names = BTreeSet::new();
+        let mut reg = |name: &str, help: &str, unit: Option<Unit>, metric: Box<dyn RegisterAs>| {
+            names.insert(full_name(name, unit.as_ref()));
+            metric.register(&mut registry, name, help, unit);
+        };
+        reg(
+            "rollout_phase",
+            "1 for the phase the service's rollout is in, 0 for the others",
+            None,
+            Box::new(f.phase.clone()),
+        );
+        reg(
+            "rollouts_started",
+            "Rollouts started, resumed ones included",
+            None,
+            Box::new(f.started.clone()),
+        );
+        reg(
+            "rollouts_finished",
+            "Rollouts that ended, by outcome",
+            None,
+            Box::new(f.finished.clone()),
+        );
+        reg(
+            "rollbacks",
+            "Rollbacks",
+            None,
+            Box::new(f.rollbacks.clone()),
+        );
+        reg(
+            "traffic_weight",
+            "Share of the service's traffic each slot has",
+            Some(Unit::Other("ratio".into())),
+            Box::new(f.weight.clone()),
+        );
+        reg(
+            "rollout_step_duration",
+            "Time from a rollout step's start to its end",
+            Some(Unit::Seconds),
+            Box::new(f.step_duration.clone()),
+        );
+        reg(
+            "analysis_runs",
+            "Analysis runs, by result",
+            None,
+            Box::new(f.analysis_runs.clone()),
+        );
+        reg(
+            "analysis_measurements",
+            "Analysis measurements, by judgement",
+            None,
+            Box::new(f.measurements.clone()),
+        );
+        reg(
+            "analysis_measurement_value",
+            "The last value an analysis metric measured",
+            None,
+            Box::new(f.measurement_value.clone()),
+        );
+        reg(
+            "probe_results",
+            "Endpoints that became healthy or failed their probes during rollouts",
+            None,
+            Box::new(f.probe_results.clone()),
+        );
+        reg(
+            "probe_attempts",
+            "Single health probe attempts, by result",
+            None,
+            Box::new(f.probe_attempts.clone()),
+        );
+        reg(
+            "probe_duration",
+            "Time of single health probe attempts",
+            Some(Unit::Seconds),
+            Box::new(f.probe_duration.clone()),
+        );
+        reg(
+            "events_lagged",
+            "Rollout events the collector missed because it fell behind",
+            None,
+            Box::new(f.lagged.clone()),
+        );
+        Telemetry {
+            inner: Arc::new(Inner {
+                registry: RwLock::new(registry),
+                names: Mutex::new(names),
+                families,
+                steps: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Adds a metric under `atlas_<name>` (plus `_<unit>`, and `_total` for
+    /// counters, which the encoder appends), for subsystems beyond rollouts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] on `metric.name` when the name is not
+    /// `[a-z_][a-z0-9_]*`, ends in `_total` (added by the encoder for
+    /// counters), or is already registered; on `metric.help` when empty.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+        metric: impl Metric,
+    ) -> Result<()> {
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(Error::invalid(
+                "metric.name",
+                format!("{name:?} must match [a-z_][a-z0-9_]*"),
+            ));
+        }
+        if name.ends_with("_total") {
+            return Err(Error::invalid(
+                "metric.name",
+                format!("{name:?} must not end in _total; the encoder adds it to counters"),
+            ));
+        }
+        if help.trim().is_empty() {
+            return Err(Error::invalid("metric.help", "must not be empty"));
+        }
+        let full = full_name(name, unit.as_ref());
+        if !lock(&self.inner.names).insert(full.clone()) {
+            return Err(Error::invalid(
+                "metric.name",
+                format!("{full} is already registered"),
+            ));
+        }
+        let mut registry = self
+            .inner
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match unit {
+            Some(unit) => registry.register_with_unit(name, help, unit, metric),
+            None => registry.register(name, help, metric),
+        }
+        tracing::debug!(metric = %full, "registered metric");
+        Ok(())
+    }
+
+    /// The registry as OpenMetrics text (see [`OPENMETRICS_CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            // Only a failing `fmt::Write` can cause this, and a `String` never fails.
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// Updates the metrics for one rollout event.
+    pub fn observe(&self, event: &RolloutEvent) {
+        let f = &self.inner.families;
+        let service = event.service.to_string();
+        let svc = ServiceLabels {
+            service: service.clone(),
+        };
+        match &event.kind {
+            EventKind::Started { .. } => {
+                f.started.get_or_create(&svc).inc();
+                self.set_phase(&service, "progressing");
+            }
+            EventKind::StepStarted { index, .. } => {
+                lock(&self.inner.steps).insert(event.rollout.clone(), (*index, event.at));
+            }
+            EventKind::StepFinished { index, step } => {
+                let started = lock(&self.inner.steps).remove(&event.rollout);
+                if let Some((i, at)) = started.filter(|(i, _)| i == index) {
+                    let took = event.at.duration_since(at).unwrap_or(Duration::ZERO);
+                    f.step_duration
+                        .get_or_create(&StepLabels {
+                            service: service.clone(),
+                            step: step_kind(step).to_string(),
+                        })
+                        .observe(took.as_secs_f64());
+                    tracing::trace!(%service, step = i, ?took, "step timed");
+                }
+            }
+            EventKind::WeightChanged { split } => {
+                for slot in [split.stable(), split.canary()] {
+                    f.weight
+                        .get_or_create(&SlotLabels {
+                            service: service.clone(),
+                            slot: slot.to_string(),
+                        })
+                        .set(f64::from(split.weight_of(slot).percent()) / 100.0);
+                }
+            }
+            EventKind::Probed { healthy, .. } => {
+                let result = if *healthy { "healthy" } else { "unhealthy" };
+                f.probe_results
+                    .get_or_create(&ResultLabels {
+                        service,
+                        result: result.to_string(),
+                    })
+                    .inc();
+            }
+            EventKind::AnalysisMeasured { template, record } => {
+                f.measurements
+                    .get_or_create(&MeasurementLabels {
+                        service: service.clone(),
+                        template: template.clone(),
+                        metric: record.metric.clone(),
+                        phase: measurement_phase(record.phase).to_string(),
+                    })
+                    .inc();
+                if let Some(v) = record.value.as_ref().and_then(|m| m.value()) {
+                    f.measurement_value
+                        .get_or_create(&ValueLabels {
+                            service,
+                            template: template.clone(),
+                            metric: record.metric.clone(),
+                        })
+                        .set(v);
+                }
+            }
+            EventKind::AnalysisFinished {
+                template, phase, ..
+            } => {
+                f.analysis_runs
+                    .get_or_create(&RunLabels {
+                        service,
+                        template: template.clone(),
+                        phase: phase.to_string(),
+                    })
+                    .inc();
+            }
+            EventKind::Paused { .. } => self.set_phase(&service, "paused"),
+            EventKind::Resumed => self.set_phase(&service, "progressing"),
+            EventKind::Aborted { .. } => self.set_phase(&service, "rolling_back"),
+            EventKind::Promoted { .. } => {
+                self.finish(&event.rollout);
+                f.finished
+                    .get_or_create(&OutcomeLabels {
+                        service: service.clone(),
+                        outcome: "promoted".into(),
+                    })
+                    .inc();
+                self.set_phase(&service, "promoted");
+            }
+            EventKind::RolledBack { .. } => {
+                self.finish(&event.rollout);
+                f.rollbacks.get_or_create(&svc).inc();
+                f.finished
+                    .get_or_create(&OutcomeLabels {
+                        service: service.clone(),
+                        outcome: "rolled_back".into(),
+                    })
+                    .inc();
+                self.set_phase(&service, "rolled_back");
+            }
+            // New event kinds are counted by nothing until mapped here.
+            _ => {}
+        }
+    }
+
+    fn finish(&self, rollout: &str) {
+        lock(&self.inner.steps).remove(rollout);
+    }
+
+    fn set_phase(&self, service: &str, current: &str) {
+        for phase in PHASES {
+            self.inner
+                .families
+                .phase
+                .get_or_create(&PhaseLabels {
+                    service: service.to_string(),
+                    phase: phase.to_string(),
+                })
+                .set(i64::from(phase == current));
+        }
+    }
+
+    /// Observes every event from `events` (e.g. `engine.subscribe()`) until
+    /// the sender is dropped. Events missed because the collector fell
+    /// behind are counted in `atlas_events_lagged_total` and skipped.
+    pub async fn collect(&self, mut events: broadcast::Receiver<RolloutEvent>) {
+        loop {
+            match events.recv().await {
+                Ok(event) => self.observe(&event),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "metrics collector fell behind; events skipped");
+                    self.inner.families.lagged.inc_by(missed);
+                }
+                Err(RecvError::Closed) => {
+                    tracing::debug!("event stream closed; collector stops");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Spawns [`collect`](Self::collect) on the current tokio runtime.
+    pub fn spawn_collector(
+        &self,
+        events: broadcast::Receiver<RolloutEvent>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move { this.collect(events).await })
+    }
+
+    fn record_probe(&self, probe: &str, outcome: &ProbeOutcome, took: Duration) {
+        let labels = ProbeLabels {
+            probe: probe.to_string(),
+            result: if outcome.is_healthy() {
+                "healthy"
+            } else {
+                "unhealthy"
+            }
+            .to_string(),
+        };
+        let f = &self.inner.families;
+        f.probe_attempts.get_or_create(&labels).inc();
+        f.probe_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// The exported name of a metric registered as `name` with `unit`.
+fn full_name(name: &str, unit: Option<&Unit>) -> String {
+    match unit {
+        Some(u) => format!("{PREFIX}_{name}_{}", u.as_str()),
+        None => format!("{PREFIX}_{name}"),
+    }
+}
+
+/// Registers a boxed metric; lets `Telemetry::new` list its metrics in one table.
+trait RegisterAs {
+    fn register(
+        self: Box<Self>,
+        registry: &mut Registry,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+    );
+}
+
+impl<M: Metric> RegisterAs for M {
+    fn register(
+        self: Box<Self>,
+        registry: &mut Registry,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+    ) {
+        match unit {
+            Some(u) => registry.register_with_unit(name, help, u, *self),
+            None => registry.register(name, help, *self),
+        }
+    }
+}
+
+fn step_kind(step: &Step) -> &'static str {
+    match step {
+        Step::Deploy { .. } => "deploy",
+        Step::AwaitHealthy => "await_healthy",
+        Step::SetWeight(_) => "set_weight",
+        Step::Pause(_) => "pause",
+        Step::Analysis { .. } => "analysis",
+        Step::ScaleCanary { .. } => "scale_canary",
+        Step::Promote => "promote",
+        Step::ScaleDownOld { .. } => "scale_down_old",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
+
+fn measurement_phase(p: MeasurementPhase) -> &'static str {
+    match p {
+        MeasurementPhase::Successful => "successful",
+        MeasurementPhase::Failed => "failed",
+        MeasurementPhase::Inconclusive => "inconclusive",
+        MeasurementPhase::Error => "error",
+    }
+}
+
+/// A [`HealthProbe`] wrapper that records every attempt's result and
+/// duration in `atlas_probe_attempts_total` and
+/// `atlas_probe_duration_seconds`, labelled `probe=<name>`.
+///
+/// ```
+/// use atlas_metrics::probe::TcpProbe;
+/// use atlas_metrics::telemetry::{InstrumentedProbe, Telemetry};
+/// let telemetry = Telemetry::new();
+/// let probe = InstrumentedProbe::new("tcp", TcpProbe::new(), telemetry.clone());
+/// ```
+#[derive(Debug, Clone)]
+pub struct InstrumentedProbe<P> {
+    name: String,
+    probe: P,
+    telemetry: Telemetry,
+}
+
+impl<P: HealthProbe> InstrumentedProbe<P> {
+    /// Wraps `probe`, recording under label `probe=name`.
+    pub fn new(name: impl Into<String>, probe: P, telemetry: Telemetry) -> Self {
+        InstrumentedProbe {
+            name: name.into(),
+            probe,
+            telemetry,
+        }
+    }
+
+    /// The wrapped probe.
+    pub fn inner(&self) -> &P {
+        &self.probe
+    }
+}
+
+#[async_trait]
+impl<P: HealthProbe> HealthProbe for InstrumentedProbe<P> {
+    async fn check(&self, endpoint: &Endpoint, timeout: Duration) -> ProbeOutcome {
+        let started = tokio::time::Instant::now();
+        let outcome = self.probe.check(endpoint, timeout).await;
+        self.telemetry
+            .record_probe(&self.name, &outcome, started.elapsed());
+        outcome
+    }
+}
