@@ -1,2 +1,5 @@
 //! Runnable reference programs for Atlas live in `examples/examples/`, one
 //! file each; run one with `cargo run --example NAME`.
+
+pub mod demo_app;
+pub mod load;

@@ -1,0 +1,333 @@
+//! A real zero-downtime blue-green rollout on one host, under live load.
+//!
+//! Atlas starts three replicas of a small HTTP app (v1) as local processes
+//! in the blue slot behind its own proxy, drives steady traffic through the
+//! proxy, then rolls out v2 to the green slot through 5 → 25 → 50 → 75 →
+//! 100 %, probing each replica's `/health` and analysing the canary's live
+//! error rate and p95 latency from the proxy's own metrics between steps.
+//! Finally it rolls out v3, which answers 5 % of requests with errors:
+//! analysis catches it at the 5 % step and Atlas rolls back automatically.
+//! The summary counts every request sent during the whole run and how many
+//! failed (none should).
+//!
+//! Needs no service: the app, the proxy, the metrics and the state store
+//! are all local. The app is this same binary, started as `blue_green
+//! demo-app …`.
+//!
+//! Run: `cargo run --example blue_green`
+//! (`RUST_LOG=atlas_core=info` shows the engine's own tracing events.)
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atlas_core::analysis::AnalysisMetric;
+use atlas_core::{
+    AnalysisTemplate, BlueGreen, Engine, EventKind, Outcome, ProbePolicy, Release, Rollout,
+    RolloutEvent, ServiceName, Slot, Strategy, TrafficRouter,
+};
+use atlas_examples::load::{Load, LoadConfig};
+use atlas_local::file_store::FileStateStore;
+use atlas_local::process::{ProcessWorkloads, Readiness};
+use atlas_local::proxy::{ProxyMetrics, ProxyRouter};
+use atlas_metrics::probe::HttpProbe;
+use tokio::sync::broadcast;
+
+/// Requests per second the load generator sends through the proxy.
+const LOAD_RATE: u32 = 400;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("demo-app") {
+        return atlas_examples::demo_app::main_from_args(args.into_iter().skip(1));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // The demo prints every engine event itself; RUST_LOG shows more.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("blue_green failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<bool, Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    let work = tempfile_dir()?;
+    let svc = ServiceName::new("shop")?;
+    let me = std::env::current_exe()?.to_string_lossy().into_owned();
+
+    let router = Arc::new(
+        ProxyRouter::builder(svc.clone())
+            .listen("127.0.0.1:0".parse()?)
+            .admin("127.0.0.1:0".parse()?)
+            .grace_period(Duration::from_secs(10))
+            .metrics_window(Duration::from_secs(30))
+            .build()
+            .await?,
+    );
+    let workloads = Arc::new(
+        ProcessWorkloads::builder()
+            .log_dir(work.join("logs"))
+            .grace_period(Duration::from_secs(10))
+            .readiness(Readiness::http_get("/ready"))
+            .poll_interval(Duration::from_millis(100))
+            .build()?,
+    );
+    let metrics = router.metrics();
+    let engine = Engine::builder()
+        .workloads(workloads.clone())
+        .router(router.clone())
+        .probe(Arc::new(HttpProbe::get("/health")?))
+        .metrics(Arc::new(metrics.clone()))
+        .store(Arc::new(FileStateStore::new(work.join("state"))?))
+        .poll_interval(Duration::from_millis(100))
+        .build()?;
+    println!("Atlas blue-green demo");
+    println!("  proxy   http://{}/", router.local_addr());
+    if let Some(admin) = router.admin_addr() {
+        println!("  metrics http://{admin}/metrics");
+    }
+    println!("  logs    {}", work.join("logs").display());
+    let progress = tokio::spawn(show_events(engine.subscribe(), t0));
+
+    // v1: the first release of the service goes straight to blue.
+    section("1/3 deploy v1 to blue (first release: no canary, nothing to compare with)");
+    let v1 = engine
+        .start(rollout(&svc, &me, "v1", &[]))
+        .await?
+        .wait()
+        .await?;
+    expect(&v1, true)?;
+
+    let mut load_config = LoadConfig::new(router.local_addr(), LOAD_RATE);
+    load_config.workers = 16;
+    let load = Load::start(load_config);
+    let ticker = tokio::spawn(show_traffic(
+        metrics.clone(),
+        router.clone(),
+        svc.clone(),
+        t0,
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    section("2/3 roll out v2 to green: 5 → 25 → 50 → 75 → 100 % with analysis between steps");
+    let v2 = engine
+        .start(rollout(&svc, &me, "v2", &[]))
+        .await?
+        .wait()
+        .await?;
+    expect(&v2, true)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    section("3/3 roll out v3 (answers 5 % of requests with 500): analysis must catch it");
+    let v3 = engine
+        .start(rollout(&svc, &me, "v3", &["--error-rate", "0.05"]))
+        .await?
+        .wait()
+        .await?;
+    expect(&v3, false)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (totals, _) = load.stop().await;
+    ticker.abort();
+    let live = router.split(&svc).await?;
+    workloads.shutdown().await;
+    router.shutdown().await;
+    drop(engine);
+    let _ = progress.await;
+
+    section("summary");
+    println!("  v1: {v1}");
+    println!("  v2: {v2}");
+    println!("  v3: {v3}");
+    println!(
+        "  traffic now: {}",
+        live.map(|s| s.to_string()).unwrap_or_else(|| "none".into())
+    );
+    println!("  requests sent:   {}", totals.sent);
+    println!("  served (2xx):    {}", totals.served);
+    println!(
+        "  app errors:      {}  (v3's own 500s while it had its 5 % canary share)",
+        totals.app_errors
+    );
+    println!(
+        "  failed requests: {}  (connection errors, timeouts, or 5xx not from the app)",
+        totals.failed
+    );
+    for f in &totals.failure_examples {
+        println!("    e.g. {f}");
+    }
+    let versions: Vec<String> = totals
+        .by_version
+        .iter()
+        .map(|(v, n)| format!("{v}: {n}"))
+        .collect();
+    println!("  answers by version: {}", versions.join(", "));
+    println!("  total time: {:.1}s", t0.elapsed().as_secs_f64());
+    let ok = totals.failed == 0
+        && matches!(v2, Outcome::Promoted { .. })
+        && matches!(v3, Outcome::RolledBack { .. })
+        && totals.sent > 0;
+    println!(
+        "{}",
+        if ok {
+            "OK: zero failed requests, v2 promoted, v3 rolled back"
+        } else {
+            "NOT OK"
+        }
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(ok)
+}
+
+/// One rollout of the demo app at `version`, with `extra` app flags.
+fn rollout(svc: &ServiceName, me: &str, version: &str, extra: &[&str]) -> Rollout {
+    let mut release = Release::new(version, me).with_arg("demo-app");
+    for a in extra {
+        release = release.with_arg(*a);
+    }
+    // Short intervals so the demo fits in a minute; production settings
+    // would measure for minutes per step.
+    let health = AnalysisTemplate::new(
+        "health",
+        vec![
+            analysis_metric("error-rate", "error_rate:canary", "< 1%"),
+            analysis_metric("p95-latency", "latency_p95:canary", "<= 200ms"),
+        ],
+    );
+    let mut strategy = BlueGreen::new(3).with_step_analysis("health");
+    strategy.scale_down_delay = Duration::from_secs(3);
+    Rollout::new(svc.clone(), release, Strategy::BlueGreen(strategy))
+        .with_analysis(health)
+        .with_probe(ProbePolicy {
+            period: Duration::from_millis(500),
+            ..ProbePolicy::default()
+        })
+        .with_progress_deadline(Duration::from_secs(60))
+}
+
+fn analysis_metric(name: &str, query: &str, condition: &str) -> AnalysisMetric {
+    let mut m = AnalysisMetric::new(name, query)
+        .success(condition.parse().expect("valid condition"))
+        .every(Duration::from_secs(2), 2);
+    m.initial_delay = Duration::from_secs(1);
+    m.window = Some(Duration::from_secs(3));
+    m
+}
+
+fn expect(outcome: &Outcome, promoted: bool) -> Result<(), Box<dyn std::error::Error>> {
+    match (outcome, promoted) {
+        (Outcome::Promoted { .. }, true) | (Outcome::RolledBack { .. }, false) => Ok(()),
+        _ => Err(format!("unexpected outcome: {outcome}").into()),
+    }
+}
+
+fn section(title: &str) {
+    println!("\n== {title}");
+}
+
+async fn show_events(mut rx: broadcast::Receiver<RolloutEvent>, t0: Instant) {
+    loop {
+        let e = match rx.recv().await {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let line = match e.kind {
+            EventKind::StepStarted { index, total, step } => {
+                format!("step {}/{total}: {step}", index + 1)
+            }
+            EventKind::Probed {
+                endpoint,
+                healthy,
+                detail,
+            } => {
+                format!(
+                    "  probe {}: {}",
+                    endpoint.replica,
+                    if healthy {
+                        detail
+                    } else {
+                        format!("FAILED {detail}")
+                    }
+                )
+            }
+            EventKind::AnalysisFinished {
+                template,
+                phase,
+                message,
+            } => format!("  analysis {template}: {phase} ({message})"),
+            EventKind::Aborted { reason } => format!("ABORTED: {reason}"),
+            EventKind::Promoted { version } => format!("PROMOTED {version}"),
+            EventKind::RolledBack { .. } => {
+                "ROLLED BACK: all traffic returned to the stable slot".to_string()
+            }
+            _ => continue,
+        };
+        println!("[{:>5.1}s] {line}", t0.elapsed().as_secs_f64());
+    }
+}
+
+/// Prints, once a second, the split and each slot's live request rate,
+/// error rate and p95 latency over the last 2 seconds.
+async fn show_traffic(
+    metrics: ProxyMetrics,
+    router: Arc<ProxyRouter>,
+    svc: ServiceName,
+    t0: Instant,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let split = match router.split(&svc).await {
+            Ok(Some(s)) => s,
+            _ => continue,
+        };
+        let mut line = format!(
+            "[{:>5.1}s]   traffic {split:<22}",
+            t0.elapsed().as_secs_f64()
+        );
+        for slot in [Slot::Blue, Slot::Green] {
+            let s = metrics.window_stats(slot, Duration::from_secs(2));
+            if s.requests == 0 {
+                line.push_str(&format!(" | {slot:<5}    idle"));
+                continue;
+            }
+            let err = s.error_rate().unwrap_or(0.0) * 100.0;
+            let p95 = s
+                .latency_p95
+                .map(|d| format!("{:.1}ms", d.as_secs_f64() * 1000.0))
+                .unwrap_or_else(|| "-".into());
+            line.push_str(&format!(
+                " | {slot:<5} {:>4.0} rps err {err:>4.1}% p95 {p95:>7}",
+                s.request_rate()
+            ));
+        }
+        println!("{line}");
+    }
+}
+
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("atlas-blue-green-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,822 @@
+//! A small HTTP/1.1 service to roll out in the examples: it says which
+//! version, slot and replica answered, and can be told to misbehave.
+//!
+//! It listens on `127.0.0.1:$PORT` (or `--port`) and answers:
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/health` | 200 `ok`, or 500 with `--fail-health` |
+//! | `/ready` | 200 `ready` once listening; 503 `draining` after SIGTERM |
+//! | anything else | 200 `{version} {slot} {replica}`, or 500 for the `--error-rate` share |
+//!
+//! Every answer carries the header `x-app-version: {version}`.
+//!
+//! On SIGTERM (or SIGINT) it reports not-ready, keeps accepting for
+//! `--drain-delay-ms` so a router can notice, then stops accepting, lets
+//! requests in flight finish, and exits with status 0. With `--exit-after`
+//! it simulates a crash instead: it exits with status 3 at once, dropping
+//! whatever is in flight.
+//!
+//! The `demo_app` example runs it (`cargo run --example demo_app -- --port
+//! 8080 --version v2`); other examples start it as a replica by running their
+//! own binary with `demo-app` as the first argument and handing the rest to
+//! [`main_from_args`].
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// The exit status of a simulated crash (`--exit-after`).
+pub const CRASH_EXIT_STATUS: u8 = 3;
+
+/// The header naming the version that answered.
+pub const VERSION_HEADER: &str = "x-app-version";
+
+/// Command-line help.
+pub const USAGE: &str = "\
+usage: demo-app [OPTIONS]
+
+  --port N             listen on 127.0.0.1:N (default: $PORT; 0 picks a free port)
+  --version V          version to report (default: $ATLAS_VERSION, else \"dev\")
+  --slot S             slot to report (default: $ATLAS_SLOT, else \"-\")
+  --replica R          replica to report (default: $ATLAS_REPLICA, else \"-\")
+  --error-rate F       share of requests to / answered with 500, 0 to 1 (default 0),
+                       spread evenly: with 0.1, every 10th request fails
+  --latency-ms N       delay every answer to / by N milliseconds (default 0)
+  --fail-health        answer /health with 500
+  --exit-after SECS    crash (exit status 3) after SECS seconds
+  --drain-delay-ms N   after SIGTERM, keep accepting for N ms while /ready says 503 (default 0)
+  -h, --help           print this help";
+
+/// How the demo app runs; see [`USAGE`] for the flags that set each field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoConfig {
+    /// Port on 127.0.0.1; 0 lets the OS pick.
+    pub port: u16,
+    /// Version reported in bodies and the [`VERSION_HEADER`].
+    pub version: String,
+    /// Slot reported in bodies.
+    pub slot: String,
+    /// Replica reported in bodies.
+    pub replica: String,
+    /// Share of requests to `/` (and other app paths) answered with 500,
+    /// between 0 and 1.
+    pub error_rate: f64,
+    /// Delay added to every app-path answer.
+    pub latency: Duration,
+    /// `/health` answers 500.
+    pub fail_health: bool,
+    /// Simulate a crash after this long.
+    pub exit_after: Option<Duration>,
+    /// After a shutdown signal, keep accepting (with `/ready` at 503) this long.
+    pub drain_delay: Duration,
+}
+
+impl DemoConfig {
+    /// A config for `port` and `version` with no faults.
+    pub fn new(port: u16, version: impl Into<String>) -> Self {
+        DemoConfig {
+            port,
+            version: version.into(),
+            slot: "-".into(),
+            replica: "-".into(),
+            error_rate: 0.0,
+            latency: Duration::ZERO,
+            fail_health: false,
+            exit_after: None,
+            drain_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invocation {
+    /// Serve with this config.
+    Serve(DemoConfig),
+    /// Print [`USAGE`].
+    Help,
+}
+
+/// A command line the demo app cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgsError {
+    /// The flag (or variable) at fault.
+    pub flag: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl fmt::Display for ArgsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.flag, self.problem)
+    }
+}
+
+impl std::error::Error for ArgsError {}
+
+fn args_error(flag: &str, problem: impl Into<String>) -> ArgsError {
+    ArgsError {
+        flag: flag.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Parses the flags in [`USAGE`] (without the program name), taking
+/// defaults from `env` (`PORT`, `ATLAS_VERSION`, `ATLAS_SLOT`,
+/// `ATLAS_REPLICA`). Flags take their value as the next argument or after
+/// `=`.
+///
+/// # Errors
+///
+/// An [`ArgsError`] naming the flag: unknown, missing or malformed value, or
+/// a value out of range.
+pub fn parse_args<I, S>(
+    args: I,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Invocation, ArgsError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut port: Option<u16> = None;
+    let mut version = None;
+    let mut slot = None;
+    let mut replica = None;
+    let mut config = DemoConfig::new(0, "");
+    let mut args = args.into_iter().map(Into::into);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        let mut value = |flag: &str| -> Result<String, ArgsError> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => args.next().ok_or_else(|| args_error(flag, "needs a value")),
+            }
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Invocation::Help),
+            "--port" => port = Some(parse_port("--port", &value("--port")?)?),
+            "--version" => version = Some(non_empty("--version", value("--version")?)?),
+            "--slot" => slot = Some(non_empty("--slot", value("--slot")?)?),
+            "--replica" => replica = Some(non_empty("--replica", value("--replica")?)?),
+            "--error-rate" => {
+                let v = value("--error-rate")?;
+                let rate: f64 = v
+                    .parse()
+                    .map_err(|_| args_error("--error-rate", format!("not a number: {v:?}")))?;
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err(args_error(
+                        "--error-rate",
+                        format!("must be between 0 and 1, got {v}"),
+                    ));
+                }
+                config.error_rate = rate;
+            }
+            "--latency-ms" => {
+                config.latency =
+                    Duration::from_millis(parse_u64("--latency-ms", &value("--latency-ms")?)?)
+            }
+            "--drain-delay-ms" => {
+                config.drain_delay = Duration::from_millis(parse_u64(
+                    "--drain-delay-ms",
+                    &value("--drain-delay-ms")?,
+                )?)
+            }
+            "--exit-after" => {
+                let v = value("--exit-after")?;
+                let secs: f64 = v
+                    .parse()
+                    .map_err(|_| args_error("--exit-after", format!("not a number: {v:?}")))?;
+                let after = Duration::try_from_secs_f64(secs).map_err(|_| {
+                    args_error(
+                        "--exit-after",
+                        format!("must be a number of seconds ≥ 0, got {v}"),
+                    )
+                })?;
+                config.exit_after = Some(after);
+            }
+            "--fail-health" => {
+                if inline.is_some() {
+                    return Err(args_error("--fail-health", "takes no value"));
+                }
+                config.fail_health = true;
+            }
+            other => return Err(args_error(other, "unknown flag (see --help)")),
+        }
+    }
+    config.port = match port {
+        Some(p) => p,
+        None => match env("PORT") {
+            Some(p) => parse_port("PORT", &p)?,
+            None => return Err(args_error("--port", "missing: pass --port N or set PORT")),
+        },
+    };
+    config.version = version
+        .or_else(|| env("ATLAS_VERSION").filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "dev".into());
+    config.slot = slot
+        .or_else(|| env("ATLAS_SLOT").filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "-".into());
+    config.replica = replica
+        .or_else(|| env("ATLAS_REPLICA").filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "-".into());
+    Ok(Invocation::Serve(config))
+}
+
+fn parse_port(flag: &str, v: &str) -> Result<u16, ArgsError> {
+    v.parse()
+        .map_err(|_| args_error(flag, format!("must be a port number 0-65535, got {v:?}")))
+}
+
+fn parse_u64(flag: &str, v: &str) -> Result<u64, ArgsError> {
+    v.parse()
+        .map_err(|_| args_error(flag, format!("must be a whole number ≥ 0, got {v:?}")))
+}
+
+fn non_empty(flag: &str, v: String) -> Result<String, ArgsError> {
+    if v.is_empty() {
+        Err(args_error(flag, "must not be empty"))
+    } else {
+        Ok(v)
+    }
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shut down on request after finishing requests in flight.
+    Graceful,
+    /// Simulated a crash (`--exit-after`).
+    Crashed,
+}
+
+struct App {
+    config: DemoConfig,
+    version: HeaderValue,
+    draining: AtomicBool,
+    requests: AtomicU64,
+}
+
+impl App {
+    /// Whether the `n`th app request (from 1) fails: spreads failures
+    /// evenly, exactly `floor(n * rate)` of the first `n`.
+    fn fails(&self, n: u64) -> bool {
+        let rate = self.config.error_rate;
+        (n as f64 * rate).floor() > ((n - 1) as f64 * rate).floor()
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes (then drains and returns
+/// [`Ended::Graceful`]) or the config's `exit_after` passes (then returns
+/// [`Ended::Crashed`] at once, dropping connections).
+///
+/// # Errors
+///
+/// Only if the version cannot be sent as a header value.
+pub async fn serve(
+    listener: TcpListener,
+    config: DemoConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<Ended> {
+    let version = HeaderValue::from_str(&config.version).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("version {:?} is not a valid header value", config.version),
+        )
+    })?;
+    let exit_after = config.exit_after;
+    let drain_delay = config.drain_delay;
+    let app = Arc::new(App {
+        config,
+        version,
+        draining: AtomicBool::new(false),
+        requests: AtomicU64::new(0),
+    });
+    let (closing_tx, closing) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let crash = async {
+        match exit_after {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(shutdown, crash);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, version = %app.config.version, "demo app listening");
+    }
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                accept(accepted, &app, &closing, &mut connections).await;
+            }
+            () = &mut shutdown => break,
+            () = &mut crash => {
+                tracing::error!("simulated crash (--exit-after)");
+                return Ok(Ended::Crashed);
+            }
+            Some(_) = connections.join_next() => {}
+        }
+    }
+
+    app.draining.store(true, Ordering::SeqCst);
+    tracing::info!(drain_delay = ?drain_delay, "shutting down: /ready now answers 503");
+    let drain = tokio::time::sleep(drain_delay);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                accept(accepted, &app, &closing, &mut connections).await;
+            }
+            () = &mut drain => break,
+            () = &mut crash => return Ok(Ended::Crashed),
+        }
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    tracing::info!(
+        connections = connections.len(),
+        "stopped accepting; finishing requests in flight"
+    );
+    loop {
+        tokio::select! {
+            next = connections.join_next() => if next.is_none() { break },
+            () = &mut crash => return Ok(Ended::Crashed),
+        }
+    }
+    tracing::info!("all requests finished; exiting");
+    Ok(Ended::Graceful)
+}
+
+async fn accept(
+    accepted: io::Result<(TcpStream, SocketAddr)>,
+    app: &Arc<App>,
+    closing: &watch::Receiver<bool>,
+    connections: &mut JoinSet<()>,
+) {
+    match accepted {
+        Ok((stream, _)) => {
+            connections.spawn(serve_connection(stream, app.clone(), closing.clone()));
+        }
+        Err(e) => {
+            // Out of file descriptors and the like: back off a little
+            // rather than spin.
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, app: Arc<App>, mut closing: watch::Receiver<bool>) {
+    let service = service_fn(move |req| handle(req, app.clone()));
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = async {
+            // The borrow guard must not live across the awaits below.
+            let _ = closing.wait_for(|closing| *closing).await;
+        } => {
+            // Finishes the request in flight, if any, then closes.
+            connection.as_mut().graceful_shutdown();
+            connection.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    app: Arc<App>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body) = match req.uri().path() {
+        "/health" if app.config.fail_health => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "unhealthy\n".to_string())
+        }
+        "/health" => (StatusCode::OK, "ok\n".to_string()),
+        "/ready" if app.draining.load(Ordering::SeqCst) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string())
+        }
+        "/ready" => (StatusCode::OK, "ready\n".to_string()),
+        _ => {
+            if !app.config.latency.is_zero() {
+                tokio::time::sleep(app.config.latency).await;
+            }
+            let n = app.requests.fetch_add(1, Ordering::Relaxed) + 1;
+            if app.fails(n) {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "injected error\n".to_string(),
+                )
+            } else {
+                let c = &app.config;
+                (
+                    StatusCode::OK,
+                    format!("{} {} {}\n", c.version, c.slot, c.replica),
+                )
+            }
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(VERSION_HEADER, app.version.clone());
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// Binds `127.0.0.1:{config.port}` and serves until SIGTERM or SIGINT
+/// (graceful) or the simulated crash.
+///
+/// # Errors
+///
+/// If the port cannot be bound or the signal handlers cannot be installed.
+pub async fn run(config: DemoConfig) -> io::Result<Ended> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, config.port)).await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    serve(listener, config, shutdown).await
+}
+
+/// The whole program: parses `args` (without the program name, defaults
+/// from the environment), serves, and returns the exit status: 0 after a
+/// graceful shutdown or `--help`, 2 for bad arguments, 3 for a simulated
+/// crash, 1 for any other failure.
+pub fn main_from_args<I, S>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(io::stderr)
+        // Replicas log to files: colour codes only on a terminal.
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .try_init();
+    let config = match parse_args(args, |k| std::env::var(k).ok()) {
+        Ok(Invocation::Serve(config)) => config,
+        Ok(Invocation::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("demo-app: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("demo-app: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(Ended::Graceful) => ExitCode::SUCCESS,
+        Ok(Ended::Crashed) => ExitCode::from(CRASH_EXIT_STATUS),
+        Err(e) => {
+            eprintln!("demo-app: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    type TestClient = Client<HttpConnector, Empty<Bytes>>;
+
+    struct Running {
+        addr: SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<io::Result<Ended>>,
+        client: TestClient,
+    }
+
+    impl Running {
+        async fn start(config: DemoConfig) -> Running {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(serve(listener, config, async {
+                let _ = stopped.await;
+            }));
+            let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+            Running {
+                addr,
+                stop: Some(stop),
+                task,
+                client,
+            }
+        }
+
+        async fn get(&self, path: &str) -> (StatusCode, Option<String>, String) {
+            get_with(&self.client, self.addr, path).await
+        }
+
+        fn shutdown(&mut self) {
+            let _ = self.stop.take().unwrap().send(());
+        }
+    }
+
+    async fn get_with(
+        client: &TestClient,
+        addr: SocketAddr,
+        path: &str,
+    ) -> (StatusCode, Option<String>, String) {
+        let uri: http::Uri = format!("http://{addr}{path}").parse().unwrap();
+        let response = client.get(uri).await.unwrap();
+        let status = response.status();
+        let version = response
+            .headers()
+            .get(VERSION_HEADER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, version, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn config() -> DemoConfig {
+        let mut c = DemoConfig::new(0, "v7");
+        c.slot = "green".into();
+        c.replica = "2".into();
+        c
+    }
+
+    #[tokio::test]
+    async fn answers_health_ready_and_version() {
+        let mut app = Running::start(config()).await;
+        assert_eq!(
+            app.get("/health").await,
+            (StatusCode::OK, Some("v7".into()), "ok\n".into())
+        );
+        assert_eq!(
+            app.get("/ready").await,
+            (StatusCode::OK, Some("v7".into()), "ready\n".into())
+        );
+        for path in ["/", "/checkout/cart?id=3"] {
+            assert_eq!(
+                app.get(path).await,
+                (StatusCode::OK, Some("v7".into()), "v7 green 2\n".into()),
+                "{path}"
+            );
+        }
+        app.shutdown();
+        assert_eq!(app.task.await.unwrap().unwrap(), Ended::Graceful);
+    }
+
+    #[tokio::test]
+    async fn error_rate_is_spread_evenly() {
+        let mut c = config();
+        c.error_rate = 0.25;
+        let mut app = Running::start(c).await;
+        let mut errors_per_hundred = vec![0; 10];
+        for i in 0..1000 {
+            let (status, version, _) = app.get("/").await;
+            assert_eq!(version.as_deref(), Some("v7"));
+            match status {
+                StatusCode::OK => {}
+                StatusCode::INTERNAL_SERVER_ERROR => errors_per_hundred[i / 100] += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        // Exactly a quarter, and a quarter of every stretch of 100.
+        assert_eq!(errors_per_hundred, vec![25; 10]);
+        // Health and readiness are never failed on purpose.
+        for _ in 0..20 {
+            assert_eq!(app.get("/health").await.0, StatusCode::OK);
+            assert_eq!(app.get("/ready").await.0, StatusCode::OK);
+        }
+        app.shutdown();
+        app.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn odd_error_rates_round_down_over_the_run() {
+        let mut c = config();
+        c.error_rate = 0.037;
+        let mut app = Running::start(c).await;
+        let mut errors = 0;
+        for _ in 0..1000 {
+            if app.get("/").await.0 == StatusCode::INTERNAL_SERVER_ERROR {
+                errors += 1;
+            }
+        }
+        assert_eq!(errors, 37);
+        app.shutdown();
+        app.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn failing_health_and_latency() {
+        let mut c = config();
+        c.fail_health = true;
+        c.latency = Duration::from_millis(150);
+        let mut app = Running::start(c).await;
+        assert_eq!(
+            app.get("/health").await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let started = Instant::now();
+        assert_eq!(app.get("/").await.0, StatusCode::OK);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        app.shutdown();
+        app.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_finishes_requests_in_flight_then_refuses_connections() {
+        let mut c = config();
+        c.latency = Duration::from_millis(400);
+        let mut app = Running::start(c).await;
+        let (client, addr) = (app.client.clone(), app.addr);
+        let in_flight = tokio::spawn(async move { get_with(&client, addr, "/").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.shutdown();
+        let (status, _, body) = in_flight.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "v7 green 2\n"));
+        assert_eq!(app.task.await.unwrap().unwrap(), Ended::Graceful);
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+    }
+
+    #[tokio::test]
+    async fn ready_answers_503_while_draining() {
+        let mut c = config();
+        c.drain_delay = Duration::from_millis(500);
+        let mut app = Running::start(c).await;
+        assert_eq!(app.get("/ready").await.0, StatusCode::OK);
+        app.shutdown();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, _, body) = app.get("/ready").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        );
+        // The app itself still answers while draining.
+        assert_eq!(app.get("/").await.0, StatusCode::OK);
+        assert_eq!(app.task.await.unwrap().unwrap(), Ended::Graceful);
+    }
+
+    #[tokio::test]
+    async fn exit_after_simulates_a_crash() {
+        let mut c = config();
+        c.exit_after = Some(Duration::from_millis(100));
+        let app = Running::start(c).await;
+        assert_eq!(app.get("/health").await.0, StatusCode::OK);
+        let ended = tokio::time::timeout(Duration::from_secs(5), app.task)
+            .await
+            .expect("did not crash")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended, Ended::Crashed);
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn flags_and_environment() {
+        let parsed = parse_args(
+            [
+                "--port",
+                "8080",
+                "--version=v2",
+                "--error-rate",
+                "0.1",
+                "--latency-ms",
+                "20",
+                "--fail-health",
+                "--exit-after",
+                "1.5",
+                "--drain-delay-ms=300",
+            ],
+            env(&[
+                ("PORT", "9999"),
+                ("ATLAS_VERSION", "v1"),
+                ("ATLAS_SLOT", "blue"),
+                ("ATLAS_REPLICA", "1"),
+            ]),
+        )
+        .unwrap();
+        let Invocation::Serve(c) = parsed else {
+            panic!("expected a config, got {parsed:?}")
+        };
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.version, "v2");
+        assert_eq!((c.slot.as_str(), c.replica.as_str()), ("blue", "1"));
+        assert_eq!(c.error_rate, 0.1);
+        assert_eq!(c.latency, Duration::from_millis(20));
+        assert!(c.fail_health);
+        assert_eq!(c.exit_after, Some(Duration::from_millis(1500)));
+        assert_eq!(c.drain_delay, Duration::from_millis(300));
+
+        let Invocation::Serve(c) = parse_args(
+            Vec::<String>::new(),
+            env(&[("PORT", "9999"), ("ATLAS_VERSION", "v1")]),
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c, {
+            let mut d = DemoConfig::new(9999, "v1");
+            d.slot = "-".into();
+            d
+        });
+        assert_eq!(parse_args(["--help"], env(&[])).unwrap(), Invocation::Help);
+    }
+
+    #[test]
+    fn bad_arguments_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--error-rate", "1.5"],
+                "--error-rate: must be between 0 and 1, got 1.5",
+            ),
+            (&["--error-rate", "x"], "--error-rate: not a number: \"x\""),
+            (&["--latency-ms"], "--latency-ms: needs a value"),
+            (
+                &["--latency-ms", "-3"],
+                "--latency-ms: must be a whole number ≥ 0, got \"-3\"",
+            ),
+            (
+                &["--port", "70000"],
+                "--port: must be a port number 0-65535, got \"70000\"",
+            ),
+            (
+                &["--exit-after", "-1"],
+                "--exit-after: must be a number of seconds ≥ 0, got -1",
+            ),
+            (&["--fail-health=yes"], "--fail-health: takes no value"),
+            (&["--colour"], "--colour: unknown flag (see --help)"),
+            (&["--version", ""], "--version: must not be empty"),
+        ];
+        for (args, expected) in cases {
+            let mut full = vec!["--port", "1"];
+            full.extend_from_slice(args);
+            if args.first() == Some(&"--port") {
+                full = args.to_vec();
+            }
+            let err = parse_args(full, env(&[])).unwrap_err();
+            assert_eq!(err.to_string(), *expected, "{args:?}");
+        }
+        let err = parse_args(Vec::<String>::new(), env(&[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--port: missing: pass --port N or set PORT"
+        );
+        let err = parse_args(Vec::<String>::new(), env(&[("PORT", "x")])).unwrap_err();
+        assert_eq!(err.flag, "PORT");
+    }
+}

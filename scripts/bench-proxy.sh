@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Atlas's proxy router against nginx as a reverse proxy, and against no proxy
+# at all, on the same upstream with the same load generator (wrk), the same
+# connections and duration, all on 127.0.0.1. Prints a Markdown table with
+# requests/s, p50 and p99 latency and the ratios against nginx.
+#
+# usage: scripts/bench-proxy.sh [DURATION_S] [CONNECTIONS]
+# Installs nginx and wrk (Debian) when missing. Needs root for apt only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+CONNS=${2:-64}
+THREADS=2
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/atlas-target}
+WORK=$(mktemp -d /tmp/atlas-bench-proxy.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+
+cargo build -q --release -p atlas-examples --example atlas_proxy --example demo_app >&2
+BIN=$CARGO_TARGET_DIR/release/examples
+
+UP=127.0.0.1:18090; ATLAS=127.0.0.1:18091; NGINX=127.0.0.1:18092
+wait_port() { for _ in $(seq 100); do curl -sf -o /dev/null "http://$1/" && return 0; sleep 0.05; done; echo "nothing answers on $1" >&2; return 1; }
+
+"$BIN/demo_app" --port "${UP##*:}" --version bench >"$WORK/upstream.log" 2>&1 & PIDS+=($!)
+wait_port $UP
+"$BIN/atlas_proxy" --listen $ATLAS --blue $UP --threads 2 >"$WORK/atlas.log" 2>&1 & PIDS+=($!)
+wait_port $ATLAS
+
+mkdir -p "$WORK/nginx/logs"
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream app { server $UP; keepalive 128; }
+  server {
+    listen $NGINX;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' & PIDS+=($!)
+wait_port $NGINX
+
+# wrk prints latency in us/ms/s; normalise to milliseconds.
+to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
+run() { # name addr -> "rps p50 p99"
+  wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "http://$2/" >/dev/null 2>&1 # warm-up pass, same length
+  local out; out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "http://$2/")
+  echo "$out" > "$WORK/$1.wrk"
+  local rps p50 p99 errs
+  rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+  p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
+  p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
+  errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+  [ -n "$errs" ] && echo "$1: $errs" >&2
+  echo "$rps $p50 $p99"
+}
+read -r d_rps d_p50 d_p99 < <(run direct $UP)
+read -r a_rps a_p50 a_p99 < <(run atlas $ATLAS)
+read -r n_rps n_p50 n_p99 < <(run nginx $NGINX)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
+echo "| target | requests/s | p50 ms | p99 ms | throughput vs nginx | p99 vs nginx |"
+echo "|---|---:|---:|---:|---:|---:|"
+echo "| no proxy (upstream direct) | $d_rps | $d_p50 | $d_p99 | $(ratio "$d_rps" "$n_rps") | $(ratio "$d_p99" "$n_p99") |"
+echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 | $n_p99 | 1.00 | 1.00 |"
+echo "| Atlas ProxyRouter | $a_rps | $a_p50 | $a_p99 | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") |"
+echo
+echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency (after a warm-up pass of the same length); $(nproc) cores; upstream: demo_app (release)"
