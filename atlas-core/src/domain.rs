@@ -132,7 +132,14 @@ impl fmt::Debug for Release {
             .field("version", &self.version)
             .field("artifact", &self.artifact)
             .field("args", &self.args)
-            .field("env", &self.env.keys().map(|k| (k, "<redacted>")).collect::<BTreeMap<_, _>>())
+            .field(
+                "env",
+                &self
+                    .env
+                    .keys()
+                    .map(|k| (k, "<redacted>"))
+                    .collect::<BTreeMap<_, _>>(),
+            )
             .finish()
     }
 }
@@ -430,7 +437,10 @@ mod tests {
     fn release_debug_hides_env_values() {
         let r = Release::new("v1", "app").with_env("DB_PASSWORD", "hunter2");
         let shown = format!("{r:?}");
-        assert!(shown.contains("DB_PASSWORD") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("DB_PASSWORD") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]

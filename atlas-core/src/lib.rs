@@ -1,8 +1,8 @@
 //! # atlas-core
 //!
 //! The domain of zero-downtime delivery, as a library: blue-green and canary
-//! [strategies](strategy), metric [analysis](analysis) with Argo Rollouts'
-//! semantics, and one [engine](engine) that executes any strategy against
+//! [strategies](strategy), metric [`analysis`] with Argo Rollouts'
+//! semantics, and one [`engine`] that executes any strategy against
 //! small traits — [`Workloads`], [`TrafficRouter`], [`HealthProbe`],
 //! [`MetricProvider`], [`StateStore`], [`Notifier`] — persisting its state
 //! after every step so a crashed controller resumes where it stopped.
@@ -10,7 +10,7 @@
 //! `atlas-core` does no network I/O. Adapters live in their own crates:
 //! `atlas-local` (processes behind Atlas's own proxy), `atlas-k8s`,
 //! `atlas-storage`, `atlas-metrics`. With the `testing` feature, the
-//! [`testing`](crate::testing) module has mock adapters, fault-injecting
+//! [`testing`] module has mock adapters, fault-injecting
 //! wrappers and the conformance suites every adapter must pass.
 //!
 //! ## TLS in binaries that embed Atlas with cloud adapters

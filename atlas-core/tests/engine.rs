@@ -13,8 +13,8 @@ use atlas_core::testing::{
 };
 use atlas_core::{
     AnalysisTemplate, BlueGreen, Canary, CanaryStep, Engine, ErrorKind, EventKind, Measurement,
-    MetricProvider, MetricQuery, Outcome, Phase, Release, Rollout, RolloutEvent, ServiceName,
-    Slot, StateStore, Step, Strategy, TrafficRouter, TrafficSplit, Weight, Workloads,
+    MetricProvider, MetricQuery, Outcome, Phase, Release, Rollout, RolloutEvent, ServiceName, Slot,
+    StateStore, Step, Strategy, TrafficRouter, TrafficSplit, Weight, Workloads,
 };
 use proptest::prelude::*;
 use tokio::sync::broadcast;
@@ -46,7 +46,10 @@ impl World {
             .deploy(&w.svc, Slot::Blue, &Release::new("v1", "checkout:v1"), 2)
             .await
             .unwrap();
-        w.router.set_split(&w.svc, &TrafficSplit::all_to(Slot::Blue)).await.unwrap();
+        w.router
+            .set_split(&w.svc, &TrafficSplit::all_to(Slot::Blue))
+            .await
+            .unwrap();
         w
     }
 
@@ -69,32 +72,89 @@ impl World {
 
     /// Canary weights (green's share) of every split set, in order.
     fn green_weights(&self) -> Vec<u8> {
-        self.router.splits(&self.svc).iter().map(|s| s.weight_of(Slot::Green).percent()).collect()
+        self.router
+            .splits(&self.svc)
+            .iter()
+            .map(|s| s.weight_of(Slot::Green).percent())
+            .collect()
     }
 
     fn set_split_calls(&self) -> usize {
-        self.router.calls().iter().filter(|c| matches!(c, RouterCall::SetSplit { .. })).count()
+        self.router
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, RouterCall::SetSplit { .. }))
+            .count()
     }
 
     /// 100 % blue, green scaled to zero, v1 untouched, and the return to
     /// blue was exactly one router call after the last forward split.
     fn assert_rolled_back(&self) {
         let splits = self.router.splits(&self.svc);
-        assert_eq!(splits.last(), Some(&TrafficSplit::all_to(Slot::Blue)), "all traffic back on stable: {splits:?}");
-        let returns = splits.iter().skip(1).filter(|s| s.is_all_to(Slot::Blue)).count();
+        assert_eq!(
+            splits.last(),
+            Some(&TrafficSplit::all_to(Slot::Blue)),
+            "all traffic back on stable: {splits:?}"
+        );
+        let returns = splits
+            .iter()
+            .skip(1)
+            .filter(|s| s.is_all_to(Slot::Blue))
+            .count();
         assert_eq!(returns, 1, "one router call returns traffic: {splits:?}");
-        assert_eq!(self.workloads.replicas(&self.svc, Slot::Green), 0, "new slot scaled down");
-        assert_eq!(self.workloads.replicas(&self.svc, Slot::Blue), 2, "stable untouched");
-        assert_eq!(self.workloads.version(&self.svc, Slot::Blue).as_deref(), Some("v1"));
+        // Traffic leaves the new slot before its endpoints are drained.
+        let calls = self.router.calls();
+        let returned = calls
+            .iter()
+            .rposition(
+                |c| matches!(c, RouterCall::SetSplit { split, .. } if split.is_all_to(Slot::Blue)),
+            )
+            .unwrap();
+        let drained = calls
+            .iter()
+            .rposition(|c| matches!(c, RouterCall::SetEndpoints { slot: Slot::Green, endpoints, .. } if endpoints.is_empty()))
+            .expect("new slot drained");
+        assert!(
+            returned < drained,
+            "traffic returned before the drain: {calls:?}"
+        );
+        assert_eq!(
+            self.workloads.replicas(&self.svc, Slot::Green),
+            0,
+            "new slot scaled down"
+        );
+        assert_eq!(
+            self.workloads.replicas(&self.svc, Slot::Blue),
+            2,
+            "stable untouched"
+        );
+        assert_eq!(
+            self.workloads.version(&self.svc, Slot::Blue).as_deref(),
+            Some("v1")
+        );
         let state = self.store.state(&self.svc).expect("state persisted");
-        assert!(matches!(state.phase, Phase::RolledBack { .. }), "{:?}", state.phase);
+        assert!(
+            matches!(state.phase, Phase::RolledBack { .. }),
+            "{:?}",
+            state.phase
+        );
     }
 
     fn assert_promoted(&self, replicas: u32) {
-        assert_eq!(self.router.current(&self.svc), Some(TrafficSplit::all_to(Slot::Green)));
+        assert_eq!(
+            self.router.current(&self.svc),
+            Some(TrafficSplit::all_to(Slot::Green))
+        );
         assert_eq!(self.workloads.replicas(&self.svc, Slot::Green), replicas);
-        assert_eq!(self.workloads.version(&self.svc, Slot::Green).as_deref(), Some("v2"));
-        assert_eq!(self.workloads.replicas(&self.svc, Slot::Blue), 0, "old slot scaled down");
+        assert_eq!(
+            self.workloads.version(&self.svc, Slot::Green).as_deref(),
+            Some("v2")
+        );
+        assert_eq!(
+            self.workloads.replicas(&self.svc, Slot::Blue),
+            0,
+            "old slot scaled down"
+        );
         assert_eq!(self.store.state(&self.svc).unwrap().phase, Phase::Promoted);
     }
 }
@@ -131,16 +191,32 @@ struct ErrorRateByWeight {
 #[async_trait]
 impl MetricProvider for ErrorRateByWeight {
     async fn measure(&self, _: &MetricQuery) -> atlas_core::Result<Measurement> {
-        let weight = self.router.current(&self.svc).map(|s| s.weight_of(Slot::Green).percent());
-        Ok(Measurement::Value(if weight.is_some() && weight == self.bad_at { 0.2 } else { 0.001 }))
+        let weight = self
+            .router
+            .current(&self.svc)
+            .map(|s| s.weight_of(Slot::Green).percent());
+        Ok(Measurement::Value(
+            if weight.is_some() && weight == self.bad_at {
+                0.2
+            } else {
+                0.001
+            },
+        ))
     }
 }
 
 fn metrics_bad_at(w: &World, bad_at: Option<u8>) -> Arc<dyn MetricProvider> {
-    Arc::new(ErrorRateByWeight { router: w.router.clone(), svc: w.svc.clone(), bad_at })
+    Arc::new(ErrorRateByWeight {
+        router: w.router.clone(),
+        svc: w.svc.clone(),
+        bad_at,
+    })
 }
 
-async fn next_event(rx: &mut broadcast::Receiver<RolloutEvent>, pred: impl Fn(&EventKind) -> bool) -> RolloutEvent {
+async fn next_event(
+    rx: &mut broadcast::Receiver<RolloutEvent>,
+    pred: impl Fn(&EventKind) -> bool,
+) -> RolloutEvent {
     loop {
         let e = rx.recv().await.expect("event stream open");
         if pred(&e.kind) {
@@ -155,27 +231,62 @@ async fn blue_green_happy_path_shifts_5_25_50_75_100_and_scales_old_down() {
     let engine = w.engine(metrics_bad_at(&w, None));
     let mut events = engine.subscribe();
     let started = tokio::time::Instant::now();
-    let outcome = engine.start(blue_green(&w.svc)).await.unwrap().wait().await.unwrap();
-    assert_eq!(outcome, Outcome::Promoted { version: "v2".into() });
+    let outcome = engine
+        .start(blue_green(&w.svc))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
     assert_eq!(w.green_weights(), [0, 5, 25, 50, 75, 100, 100]);
     w.assert_promoted(2);
     // Probed before traffic, endpoints handed to the router before the first split.
     let calls = w.router.calls();
-    let first_endpoints = calls.iter().position(|c| matches!(c, RouterCall::SetEndpoints { slot: Slot::Green, .. })).unwrap();
+    let first_endpoints = calls
+        .iter()
+        .position(|c| {
+            matches!(
+                c,
+                RouterCall::SetEndpoints {
+                    slot: Slot::Green,
+                    ..
+                }
+            )
+        })
+        .unwrap();
     let first_canary = calls.iter().position(|c| matches!(c, RouterCall::SetSplit { split, .. } if split.canary_weight().percent() == 5)).unwrap();
     assert!(first_endpoints < first_canary);
     // Analysis ran 4 times (after 5, 25, 50, 75) × 3 measurements 10 s apart,
     // plus the 30 s scale-down delay: at least 4 × 20 s + 30 s.
-    assert!(started.elapsed() >= Duration::from_secs(110), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(110),
+        "{:?}",
+        started.elapsed()
+    );
     let mut kinds = Vec::new();
     while let Ok(e) = events.try_recv() {
         kinds.push(e.kind);
     }
-    let measured = kinds.iter().filter(|k| matches!(k, EventKind::AnalysisMeasured { .. })).count();
+    let measured = kinds
+        .iter()
+        .filter(|k| matches!(k, EventKind::AnalysisMeasured { .. }))
+        .count();
     assert_eq!(measured, 12);
-    assert!(matches!(kinds.first(), Some(EventKind::Started { resumed: false, .. })));
+    assert!(matches!(
+        kinds.first(),
+        Some(EventKind::Started { resumed: false, .. })
+    ));
     assert!(matches!(kinds.last(), Some(EventKind::Promoted { version }) if version == "v2"));
-    assert_eq!(w.notifier.wait_for(1).await[0].summary, "checkout: promoted v2");
+    assert_eq!(
+        w.notifier.wait_for(1).await[0].summary,
+        "checkout: promoted v2"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,7 +309,12 @@ async fn canary_happy_path_follows_its_steps_and_scales_with_weight() {
     .with_analysis(health());
     let engine = w.engine(metrics_bad_at(&w, None));
     let outcome = engine.start(rollout).await.unwrap().wait().await.unwrap();
-    assert_eq!(outcome, Outcome::Promoted { version: "v2".into() });
+    assert_eq!(
+        outcome,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
     assert_eq!(w.green_weights(), [0, 20, 50, 100, 100]);
     w.assert_promoted(10);
     let green_scales: Vec<u32> = w
@@ -206,12 +322,24 @@ async fn canary_happy_path_follows_its_steps_and_scales_with_weight() {
         .changes()
         .into_iter()
         .filter_map(|c| match c {
-            atlas_core::testing::WorkloadsCall::Deploy { slot: Slot::Green, replicas, .. }
-            | atlas_core::testing::WorkloadsCall::Scale { slot: Slot::Green, replicas, .. } => Some(replicas),
+            atlas_core::testing::WorkloadsCall::Deploy {
+                slot: Slot::Green,
+                replicas,
+                ..
+            }
+            | atlas_core::testing::WorkloadsCall::Scale {
+                slot: Slot::Green,
+                replicas,
+                ..
+            } => Some(replicas),
             _ => None,
         })
         .collect();
-    assert_eq!(green_scales, [2, 5, 10], "canary scales 20 % -> 50 % -> full");
+    assert_eq!(
+        green_scales,
+        [2, 5, 10],
+        "canary scales 20 % -> 50 % -> full"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -219,12 +347,27 @@ async fn first_release_of_a_service_goes_straight_to_full() {
     let w = World::new().await;
     let fresh = ServiceName::new("fresh").unwrap();
     let engine = w.engine(metrics_bad_at(&w, None));
-    let rollout = Rollout::new(fresh.clone(), Release::new("v1", "fresh:v1"), Strategy::BlueGreen(BlueGreen::new(1).with_step_analysis("health")))
-        .with_analysis(health());
+    let rollout = Rollout::new(
+        fresh.clone(),
+        Release::new("v1", "fresh:v1"),
+        Strategy::BlueGreen(BlueGreen::new(1).with_step_analysis("health")),
+    )
+    .with_analysis(health());
     let outcome = engine.start(rollout).await.unwrap().wait().await.unwrap();
-    assert_eq!(outcome, Outcome::Promoted { version: "v1".into() });
-    assert_eq!(w.router.current(&fresh), Some(TrafficSplit::all_to(Slot::Blue)));
-    assert_eq!(w.workloads.version(&fresh, Slot::Blue).as_deref(), Some("v1"));
+    assert_eq!(
+        outcome,
+        Outcome::Promoted {
+            version: "v1".into()
+        }
+    );
+    assert_eq!(
+        w.router.current(&fresh),
+        Some(TrafficSplit::all_to(Slot::Blue))
+    );
+    assert_eq!(
+        w.workloads.version(&fresh, Slot::Blue).as_deref(),
+        Some("v1")
+    );
     let state = w.store.state(&fresh).unwrap();
     assert!(state.initial);
 }
@@ -232,13 +375,32 @@ async fn first_release_of_a_service_goes_straight_to_full() {
 #[tokio::test(start_paused = true)]
 async fn probe_failure_before_any_traffic_rolls_back() {
     let w = World::new().await;
-    w.probe.script(ProbeKey::Replica("checkout-green-1".into()), ProbeScript::Failing("connection refused".into()));
+    w.probe.script(
+        ProbeKey::Replica("checkout-green-1".into()),
+        ProbeScript::Failing("connection refused".into()),
+    );
     let engine = w.engine(metrics_bad_at(&w, None));
-    let outcome = engine.start(blue_green(&w.svc)).await.unwrap().wait().await.unwrap();
-    let Outcome::RolledBack { reason } = outcome else { panic!("expected rollback") };
-    assert!(reason.contains("probe failed") && reason.contains("checkout-green-1"), "{reason}");
+    let outcome = engine
+        .start(blue_green(&w.svc))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let Outcome::RolledBack { reason } = outcome else {
+        panic!("expected rollback")
+    };
+    assert!(
+        reason.contains("probe failed") && reason.contains("checkout-green-1"),
+        "{reason}"
+    );
     assert_eq!(w.green_weights(), [0, 0], "no traffic ever reached green");
-    assert_eq!(w.probe.attempts(ProbeKey::Replica("checkout-green-1".into())), 3, "failure threshold");
+    assert_eq!(
+        w.probe
+            .attempts(ProbeKey::Replica("checkout-green-1".into())),
+        3,
+        "failure threshold"
+    );
     w.assert_rolled_back();
 }
 
@@ -247,10 +409,22 @@ async fn analysis_failure_at_each_weight_rolls_back_in_one_call() {
     for bad_at in [5u8, 25, 50, 75] {
         let w = World::new().await;
         let engine = w.engine(metrics_bad_at(&w, Some(bad_at)));
-        let outcome = engine.start(blue_green(&w.svc)).await.unwrap().wait().await.unwrap();
-        let Outcome::RolledBack { reason } = outcome else { panic!("expected rollback at {bad_at}") };
+        let outcome = engine
+            .start(blue_green(&w.svc))
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        let Outcome::RolledBack { reason } = outcome else {
+            panic!("expected rollback at {bad_at}")
+        };
         assert!(reason.contains("analysis health failed"), "{reason}");
-        let expected: Vec<u8> = [0u8].into_iter().chain([5u8, 25, 50, 75].into_iter().take_while(|x| *x <= bad_at)).chain([0]).collect();
+        let expected: Vec<u8> = [0u8]
+            .into_iter()
+            .chain([5u8, 25, 50, 75].into_iter().take_while(|x| *x <= bad_at))
+            .chain([0])
+            .collect();
         assert_eq!(w.green_weights(), expected, "bad at {bad_at}");
         w.assert_rolled_back();
         let notes = w.notifier.wait_for(1).await;
@@ -266,10 +440,18 @@ async fn a_step_past_the_progress_deadline_rolls_back() {
     let started = tokio::time::Instant::now();
     let rollout = blue_green(&w.svc).with_progress_deadline(Duration::from_secs(120));
     let outcome = engine.start(rollout).await.unwrap().wait().await.unwrap();
-    let Outcome::RolledBack { reason } = outcome else { panic!("expected rollback") };
-    assert!(reason.contains("deadline exceeded") && reason.contains("deploy"), "{reason}");
+    let Outcome::RolledBack { reason } = outcome else {
+        panic!("expected rollback")
+    };
+    assert!(
+        reason.contains("deadline exceeded") && reason.contains("deploy"),
+        "{reason}"
+    );
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(120) && took < Duration::from_secs(130), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(120) && took < Duration::from_secs(130),
+        "{took:?}"
+    );
     w.assert_rolled_back();
 }
 
@@ -278,8 +460,16 @@ async fn a_replica_that_fails_rolls_back() {
     let w = World::new().await;
     w.workloads.fail_version("v2", "exited with status 3");
     let engine = w.engine(metrics_bad_at(&w, None));
-    let outcome = engine.start(blue_green(&w.svc)).await.unwrap().wait().await.unwrap();
-    let Outcome::RolledBack { reason } = outcome else { panic!("expected rollback") };
+    let outcome = engine
+        .start(blue_green(&w.svc))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let Outcome::RolledBack { reason } = outcome else {
+        panic!("expected rollback")
+    };
     assert!(reason.contains("exited with status 3"), "{reason}");
     w.assert_rolled_back();
 }
@@ -293,7 +483,12 @@ async fn manual_abort_mid_rollout_returns_traffic_in_one_call() {
     next_event(&mut events, |k| matches!(k, EventKind::WeightChanged { split } if split.canary_weight().percent() == 25)).await;
     handle.abort().unwrap();
     let outcome = handle.wait().await.unwrap();
-    assert_eq!(outcome, Outcome::RolledBack { reason: "aborted by user".into() });
+    assert_eq!(
+        outcome,
+        Outcome::RolledBack {
+            reason: "aborted by user".into()
+        }
+    );
     assert_eq!(w.green_weights(), [0, 5, 25, 0]);
     w.assert_rolled_back();
 }
@@ -305,10 +500,22 @@ async fn abort_during_deploy_stops_the_deploy_and_rolls_back() {
     let engine = w.engine(metrics_bad_at(&w, None));
     let mut events = engine.subscribe();
     let handle = engine.start(blue_green(&w.svc)).await.unwrap();
-    next_event(&mut events, |k| matches!(k, EventKind::StepStarted { step: Step::Deploy { .. }, .. })).await;
+    next_event(&mut events, |k| {
+        matches!(
+            k,
+            EventKind::StepStarted {
+                step: Step::Deploy { .. },
+                ..
+            }
+        )
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     handle.abort().unwrap();
-    assert!(matches!(handle.wait().await.unwrap(), Outcome::RolledBack { .. }));
+    assert!(matches!(
+        handle.wait().await.unwrap(),
+        Outcome::RolledBack { .. }
+    ));
     assert_eq!(w.green_weights(), [0, 0]);
     w.assert_rolled_back();
 }
@@ -319,16 +526,31 @@ async fn pause_during_analysis_holds_traffic_until_resumed() {
     let engine = w.engine(metrics_bad_at(&w, None));
     let mut events = engine.subscribe();
     let handle = engine.start(blue_green(&w.svc)).await.unwrap();
-    next_event(&mut events, |k| matches!(k, EventKind::AnalysisMeasured { .. })).await;
+    next_event(&mut events, |k| {
+        matches!(k, EventKind::AnalysisMeasured { .. })
+    })
+    .await;
     handle.pause().unwrap();
     next_event(&mut events, |k| matches!(k, EventKind::Paused { .. })).await;
     assert!(handle.state().paused);
     let splits_when_paused = w.set_split_calls();
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    assert_eq!(w.set_split_calls(), splits_when_paused, "nothing moves while paused");
-    assert_eq!(w.router.current(&w.svc).unwrap().canary_weight().percent(), 5);
+    assert_eq!(
+        w.set_split_calls(),
+        splits_when_paused,
+        "nothing moves while paused"
+    );
+    assert_eq!(
+        w.router.current(&w.svc).unwrap().canary_weight().percent(),
+        5
+    );
     handle.resume().unwrap();
-    assert_eq!(handle.wait().await.unwrap(), Outcome::Promoted { version: "v2".into() });
+    assert_eq!(
+        handle.wait().await.unwrap(),
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
     w.assert_promoted(2);
 }
 
@@ -338,19 +560,34 @@ async fn promote_ends_a_pause_until_promoted() {
     let rollout = Rollout::new(
         w.svc.clone(),
         Release::new("v2", "checkout:v2"),
-        Strategy::Canary(Canary::new(2, vec![CanaryStep::SetWeight(Weight::new(10).unwrap()), CanaryStep::Pause(None)])),
+        Strategy::Canary(Canary::new(
+            2,
+            vec![
+                CanaryStep::SetWeight(Weight::new(10).unwrap()),
+                CanaryStep::Pause(None),
+            ],
+        )),
     );
     let engine = w.engine(metrics_bad_at(&w, None));
     let mut events = engine.subscribe();
     let handle = engine.start(rollout).await.unwrap();
     next_event(&mut events, |k| matches!(k, EventKind::Paused { .. })).await;
     tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
-    assert_eq!(w.router.current(&w.svc).unwrap().canary_weight().percent(), 10, "waits for a human");
+    assert_eq!(
+        w.router.current(&w.svc).unwrap().canary_weight().percent(),
+        10,
+        "waits for a human"
+    );
     // Resume alone does not pass a pause step; promote does.
     handle.resume().unwrap();
     next_event(&mut events, |k| matches!(k, EventKind::Paused { .. })).await;
     handle.promote().unwrap();
-    assert_eq!(handle.wait().await.unwrap(), Outcome::Promoted { version: "v2".into() });
+    assert_eq!(
+        handle.wait().await.unwrap(),
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
     w.assert_promoted(2);
 }
 
@@ -360,9 +597,17 @@ async fn promote_full_during_analysis_skips_to_full_traffic() {
     let engine = w.engine(metrics_bad_at(&w, None));
     let mut events = engine.subscribe();
     let handle = engine.start(blue_green(&w.svc)).await.unwrap();
-    next_event(&mut events, |k| matches!(k, EventKind::AnalysisMeasured { .. })).await;
+    next_event(&mut events, |k| {
+        matches!(k, EventKind::AnalysisMeasured { .. })
+    })
+    .await;
     handle.promote_full().unwrap();
-    assert_eq!(handle.wait().await.unwrap(), Outcome::Promoted { version: "v2".into() });
+    assert_eq!(
+        handle.wait().await.unwrap(),
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
     assert_eq!(w.green_weights(), [0, 5, 100, 100]);
     w.assert_promoted(2);
 }
@@ -376,12 +621,23 @@ async fn inconclusive_analysis_pauses_until_promoted() {
     let mut events = engine.subscribe();
     let handle = engine.start(blue_green(&w.svc)).await.unwrap();
     let paused = next_event(&mut events, |k| matches!(k, EventKind::Paused { .. })).await;
-    let EventKind::Paused { reason } = paused.kind else { unreachable!() };
+    let EventKind::Paused { reason } = paused.kind else {
+        unreachable!()
+    };
     assert!(reason.contains("inconclusive"), "{reason}");
-    assert_eq!(w.router.current(&w.svc).unwrap().canary_weight().percent(), 5, "no data never passes");
+    assert_eq!(
+        w.router.current(&w.svc).unwrap().canary_weight().percent(),
+        5,
+        "no data never passes"
+    );
     metrics.set_constant("error-rate", 0.0);
     handle.promote().unwrap();
-    assert_eq!(handle.wait().await.unwrap(), Outcome::Promoted { version: "v2".into() });
+    assert_eq!(
+        handle.wait().await.unwrap(),
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
     w.assert_promoted(2);
 }
 
@@ -391,9 +647,23 @@ async fn abort_after_promotion_is_ignored() {
     let engine = w.engine(metrics_bad_at(&w, None));
     let mut events = engine.subscribe();
     let handle = engine.start(blue_green(&w.svc)).await.unwrap();
-    next_event(&mut events, |k| matches!(k, EventKind::StepStarted { step: Step::ScaleDownOld { .. }, .. })).await;
+    next_event(&mut events, |k| {
+        matches!(
+            k,
+            EventKind::StepStarted {
+                step: Step::ScaleDownOld { .. },
+                ..
+            }
+        )
+    })
+    .await;
     handle.abort().unwrap();
-    assert_eq!(handle.wait().await.unwrap(), Outcome::Promoted { version: "v2".into() });
+    assert_eq!(
+        handle.wait().await.unwrap(),
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
     w.assert_promoted(2);
 }
 
@@ -410,8 +680,16 @@ async fn a_second_engine_on_the_same_service_is_refused() {
     assert_eq!(err.kind(), ErrorKind::Conflict);
     // Long past the lease ttl the first engine still holds it: it renews.
     tokio::time::sleep(LEASE_TTL * 4).await;
-    assert_eq!(second.start(blue_green(&w.svc)).await.unwrap_err().kind(), ErrorKind::Conflict);
-    assert_eq!(handle.wait().await.unwrap(), Outcome::Promoted { version: "v2".into() });
+    assert_eq!(
+        second.start(blue_green(&w.svc)).await.unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        handle.wait().await.unwrap(),
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
     // Once finished, the lease is free and a new rollout may start.
     assert!(second.resume(&w.svc).await.unwrap().is_none());
 }
@@ -420,7 +698,12 @@ async fn a_second_engine_on_the_same_service_is_refused() {
 async fn a_transient_router_error_is_retried() {
     let w = World::new().await;
     let plan = FaultPlan::new();
-    plan.add(Fault::fail(FaultError::transient("503 from router")).on(Method::SET_SPLIT).nth_call(2)).unwrap();
+    plan.add(
+        Fault::fail(FaultError::transient("503 from router"))
+            .on(Method::SET_SPLIT)
+            .nth_call(2),
+    )
+    .unwrap();
     let engine = Engine::builder()
         .workloads(Arc::new(w.workloads.clone()))
         .router(Arc::new(plan.wrap(w.router.clone())))
@@ -429,8 +712,19 @@ async fn a_transient_router_error_is_retried() {
         .store(Arc::new(w.store.clone()))
         .build()
         .unwrap();
-    let outcome = engine.start(blue_green(&w.svc)).await.unwrap().wait().await.unwrap();
-    assert_eq!(outcome, Outcome::Promoted { version: "v2".into() });
+    let outcome = engine
+        .start(blue_green(&w.svc))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
     assert_eq!(plan.calls(Method::SET_SPLIT), 7, "6 splits + 1 retry");
 }
 
@@ -442,7 +736,11 @@ async fn invalid_rollouts_are_refused_before_anything_happens() {
     r.analysis.clear();
     let err = engine.start(r).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert!(err.to_string().contains("strategy.blue_green.step_analysis"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("strategy.blue_green.step_analysis"),
+        "{err}"
+    );
     let no_metrics = Engine::builder()
         .workloads(Arc::new(w.workloads.clone()))
         .router(Arc::new(w.router.clone()))
@@ -481,8 +779,16 @@ async fn crash_and_resume(crash_after: u64, bad_at: Option<u8>, canary: bool) ->
         blue_green(&w.svc)
     };
     let plan = FaultPlan::new();
-    plan.add(Fault::fail(FaultError::backend("store crashed")).on(Method::COMPARE_AND_SWAP).after_successes(crash_after)).unwrap();
-    let crashing = w.engine_with(metrics_bad_at(&w, bad_at), Arc::new(plan.wrap(w.store.clone())));
+    plan.add(
+        Fault::fail(FaultError::backend("store crashed"))
+            .on(Method::COMPARE_AND_SWAP)
+            .after_successes(crash_after),
+    )
+    .unwrap();
+    let crashing = w.engine_with(
+        metrics_bad_at(&w, bad_at),
+        Arc::new(plan.wrap(w.store.clone())),
+    );
     if let Ok(handle) = crashing.start(rollout).await {
         let _ = handle.wait().await;
     }
@@ -492,7 +798,9 @@ async fn crash_and_resume(crash_after: u64, bad_at: Option<u8>, canary: bool) ->
     let outcome = match fresh.resume(&w.svc).await.expect("resume") {
         Some(handle) => Some(handle.wait().await.expect("resumed rollout finishes")),
         None => w.store.state(&w.svc).map(|s| match s.phase {
-            Phase::Promoted => Outcome::Promoted { version: "v2".into() },
+            Phase::Promoted => Outcome::Promoted {
+                version: "v2".into(),
+            },
             Phase::RolledBack { reason } => Outcome::RolledBack { reason },
             other => panic!("resume found nothing to do in phase {other:?}"),
         }),
@@ -509,13 +817,20 @@ async fn crash_and_resume(crash_after: u64, bad_at: Option<u8>, canary: bool) ->
             assert!(bad_at.is_some(), "a healthy rollout is not rolled back");
             assert!(current.is_all_to(Slot::Blue));
             assert_eq!(w.workloads.replicas(&w.svc, Slot::Green), 0);
-            assert_eq!(w.workloads.version(&w.svc, Slot::Blue).as_deref(), Some("v1"));
+            assert_eq!(
+                w.workloads.version(&w.svc, Slot::Blue).as_deref(),
+                Some("v1")
+            );
             assert_eq!(w.workloads.replicas(&w.svc, Slot::Blue), 2);
         }
         None => {
             assert_eq!(crash_after, 0);
             assert!(current.is_all_to(Slot::Blue));
-            assert_eq!(w.workloads.replicas(&w.svc, Slot::Green), 0, "nothing happened");
+            assert_eq!(
+                w.workloads.replicas(&w.svc, Slot::Green),
+                0,
+                "nothing happened"
+            );
         }
     }
     outcome

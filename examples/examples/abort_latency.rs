@@ -115,7 +115,11 @@ async fn run(iterations: usize) -> Result<(), Box<dyn std::error::Error>> {
     let mut writes = Vec::new();
     let state_svc = ServiceName::new("write-bench")?;
     let probe_state = {
-        let r = Rollout::new(state_svc.clone(), Release::new("v", "v"), Strategy::Canary(Canary::new(1, vec![])));
+        let r = Rollout::new(
+            state_svc.clone(),
+            Release::new("v", "v"),
+            Strategy::Canary(Canary::new(1, vec![])),
+        );
         atlas_core::RolloutState {
             id: "bench".into(),
             rollout: r,
@@ -134,7 +138,11 @@ async fn run(iterations: usize) -> Result<(), Box<dyn std::error::Error>> {
     let mut version = None;
     for _ in 0..50 {
         let t = Instant::now();
-        version = Some(store.compare_and_swap(&state_svc, version, &probe_state).await?);
+        version = Some(
+            store
+                .compare_and_swap(&state_svc, version, &probe_state)
+                .await?,
+        );
         writes.push(t.elapsed());
     }
 

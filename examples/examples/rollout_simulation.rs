@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atlas_core::analysis::AnalysisMetric;
-use atlas_core::testing::{MemoryStateStore, MockWorkloads, RecordingRouter, ScriptedMetrics, ScriptedProbe};
+use atlas_core::testing::{
+    MemoryStateStore, MockWorkloads, RecordingRouter, ScriptedMetrics, ScriptedProbe,
+};
 use atlas_core::{
     AnalysisTemplate, BlueGreen, Canary, CanaryStep, Engine, EventKind, Outcome, Release, Rollout,
     RolloutEvent, ServiceName, Slot, Strategy, TrafficRouter, TrafficSplit, Weight, Workloads,
@@ -21,7 +23,10 @@ use tokio::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A paused clock: timers fire as soon as every task is idle.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
     rt.block_on(simulate())
 }
 
@@ -31,8 +36,17 @@ async fn simulate() -> Result<(), Box<dyn std::error::Error>> {
     let workloads = MockWorkloads::new().with_ready_delay(Duration::from_secs(8));
     let router = RecordingRouter::new();
     let metrics = ScriptedMetrics::new();
-    workloads.deploy(&svc, Slot::Blue, &Release::new("v1", "registry/checkout:v1"), 3).await?;
-    router.set_split(&svc, &TrafficSplit::all_to(Slot::Blue)).await?;
+    workloads
+        .deploy(
+            &svc,
+            Slot::Blue,
+            &Release::new("v1", "registry/checkout:v1"),
+            3,
+        )
+        .await?;
+    router
+        .set_split(&svc, &TrafficSplit::all_to(Slot::Blue))
+        .await?;
 
     let engine = Engine::builder()
         .workloads(Arc::new(workloads.clone()))
@@ -46,8 +60,12 @@ async fn simulate() -> Result<(), Box<dyn std::error::Error>> {
     let health = AnalysisTemplate::new(
         "health",
         vec![
-            AnalysisMetric::new("error-rate", "error_rate").success("< 1%".parse()?).every(Duration::from_secs(30), 2),
-            AnalysisMetric::new("p95-latency", "latency_p95").success("<= 200ms".parse()?).every(Duration::from_secs(30), 2),
+            AnalysisMetric::new("error-rate", "error_rate")
+                .success("< 1%".parse()?)
+                .every(Duration::from_secs(30), 2),
+            AnalysisMetric::new("p95-latency", "latency_p95")
+                .success("<= 200ms".parse()?)
+                .every(Duration::from_secs(30), 2),
         ],
     );
 
@@ -64,7 +82,10 @@ async fn simulate() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("\n== canary: v3 into blue, its error rate climbs to 4 % a minute in");
     metrics.restart();
-    metrics.set_series("error-rate", [(Duration::ZERO, 0.003), (Duration::from_secs(60), 0.04)]);
+    metrics.set_series(
+        "error-rate",
+        [(Duration::ZERO, 0.003), (Duration::from_secs(60), 0.04)],
+    );
     let rollout = Rollout::new(
         svc.clone(),
         Release::new("v3", "registry/checkout:v3"),
@@ -95,30 +116,58 @@ async fn simulate() -> Result<(), Box<dyn std::error::Error>> {
         Slot::Blue,
         workloads.replicas(&svc, Slot::Blue)
     );
-    println!("simulated {} router calls in {:?} of wall time", router.calls().len(), wall.elapsed());
+    println!(
+        "simulated {} router calls in {:?} of wall time",
+        router.calls().len(),
+        wall.elapsed()
+    );
     let ok = matches!(first, Outcome::Promoted { .. })
         && matches!(second, Outcome::RolledBack { .. })
         && router.current(&svc) == Some(TrafficSplit::all_to(Slot::Green));
-    if ok { Ok(()) } else { Err("the simulation did not end as expected".into()) }
+    if ok {
+        Ok(())
+    } else {
+        Err("the simulation did not end as expected".into())
+    }
 }
 
 async fn print_events(mut rx: tokio::sync::broadcast::Receiver<RolloutEvent>, t0: Instant) {
     while let Ok(e) = rx.recv().await {
         let t = t0.elapsed().as_secs();
         let line = match e.kind {
-            EventKind::Started { from_version, to_version, steps, .. } => {
-                format!("started {} -> {to_version} in {steps} steps", from_version.unwrap_or_else(|| "nothing".into()))
+            EventKind::Started {
+                from_version,
+                to_version,
+                steps,
+                ..
+            } => {
+                format!(
+                    "started {} -> {to_version} in {steps} steps",
+                    from_version.unwrap_or_else(|| "nothing".into())
+                )
             }
-            EventKind::StepStarted { index, total, step } => format!("step {}/{total}: {step}", index + 1),
+            EventKind::StepStarted { index, total, step } => {
+                format!("step {}/{total}: {step}", index + 1)
+            }
             EventKind::WeightChanged { split } => format!("  traffic: {split}"),
-            EventKind::Probed { endpoint, healthy, .. } => format!("  probe {endpoint}: {}", if healthy { "healthy" } else { "FAILED" }),
+            EventKind::Probed {
+                endpoint, healthy, ..
+            } => format!(
+                "  probe {endpoint}: {}",
+                if healthy { "healthy" } else { "FAILED" }
+            ),
             EventKind::AnalysisMeasured { record, .. } => format!(
                 "  measured {} = {} -> {:?}",
                 record.metric,
-                record.value.map(|v| v.to_string()).unwrap_or_else(|| record.error.unwrap_or_default()),
+                record
+                    .value
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| record.error.unwrap_or_default()),
                 record.phase
             ),
-            EventKind::AnalysisFinished { template, phase, .. } => format!("  analysis {template}: {phase}"),
+            EventKind::AnalysisFinished {
+                template, phase, ..
+            } => format!("  analysis {template}: {phase}"),
             EventKind::Aborted { reason } => format!("ABORTED: {reason}"),
             EventKind::Promoted { version } => format!("PROMOTED {version}"),
             EventKind::RolledBack { reason } => format!("ROLLED BACK: {reason}"),
