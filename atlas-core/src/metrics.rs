@@ -73,16 +73,17 @@ pub trait MetricProvider: Send + Sync {
     async fn measure(&self, query: &MetricQuery) -> Result<Measurement>;
 }
 
-#[async_trait]
-impl<T: MetricProvider + ?Sized> MetricProvider for Arc<T> {
-    async fn measure(&self, query: &MetricQuery) -> Result<Measurement> {
-        (**self).measure(query).await
-    }
+/// Forwards the trait through a smart pointer, so `Arc<dyn MetricProvider>` and
+/// `Box<dyn MetricProvider>` are MetricProviders too.
+macro_rules! forward_metricprovider {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: MetricProvider + ?Sized> MetricProvider for $ptr<T> {
+            async fn measure(&self, query: &MetricQuery) -> Result<Measurement> {
+                (**self).measure(query).await
+            }
+        }
+    )*};
 }
 
-#[async_trait]
-impl<T: MetricProvider + ?Sized> MetricProvider for Box<T> {
-    async fn measure(&self, query: &MetricQuery) -> Result<Measurement> {
-        (**self).measure(query).await
-    }
-}
+forward_metricprovider!(Arc, Box);

@@ -76,16 +76,17 @@ pub trait Notifier: Send + Sync {
     async fn notify(&self, notification: &Notification) -> Result<()>;
 }
 
-#[async_trait]
-impl<T: Notifier + ?Sized> Notifier for Arc<T> {
-    async fn notify(&self, notification: &Notification) -> Result<()> {
-        (**self).notify(notification).await
-    }
+/// Forwards the trait through a smart pointer, so `Arc<dyn Notifier>` and
+/// `Box<dyn Notifier>` are Notifiers too.
+macro_rules! forward_notifier {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: Notifier + ?Sized> Notifier for $ptr<T> {
+            async fn notify(&self, notification: &Notification) -> Result<()> {
+                (**self).notify(notification).await
+            }
+        }
+    )*};
 }
 
-#[async_trait]
-impl<T: Notifier + ?Sized> Notifier for Box<T> {
-    async fn notify(&self, notification: &Notification) -> Result<()> {
-        (**self).notify(notification).await
-    }
-}
+forward_notifier!(Arc, Box);

@@ -53,19 +53,20 @@ pub trait HealthProbe: Send + Sync {
     async fn check(&self, endpoint: &Endpoint, timeout: Duration) -> ProbeOutcome;
 }
 
-#[async_trait]
-impl<T: HealthProbe + ?Sized> HealthProbe for Arc<T> {
-    async fn check(&self, endpoint: &Endpoint, timeout: Duration) -> ProbeOutcome {
-        (**self).check(endpoint, timeout).await
-    }
+/// Forwards the trait through a smart pointer, so `Arc<dyn HealthProbe>` and
+/// `Box<dyn HealthProbe>` are HealthProbes too.
+macro_rules! forward_healthprobe {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: HealthProbe + ?Sized> HealthProbe for $ptr<T> {
+            async fn check(&self, endpoint: &Endpoint, timeout: Duration) -> ProbeOutcome {
+                (**self).check(endpoint, timeout).await
+            }
+        }
+    )*};
 }
 
-#[async_trait]
-impl<T: HealthProbe + ?Sized> HealthProbe for Box<T> {
-    async fn check(&self, endpoint: &Endpoint, timeout: Duration) -> ProbeOutcome {
-        (**self).check(endpoint, timeout).await
-    }
-}
+forward_healthprobe!(Arc, Box);
 
 /// When and how often to probe, with Kubernetes probe semantics: wait
 /// `initial_delay`, then probe every `period`; each attempt gets `timeout`;

@@ -37,38 +37,28 @@ pub trait TrafficRouter: Send + Sync {
     }
 }
 
-#[async_trait]
-impl<T: TrafficRouter + ?Sized> TrafficRouter for Arc<T> {
-    async fn set_split(&self, service: &ServiceName, split: &TrafficSplit) -> Result<()> {
-        (**self).set_split(service, split).await
-    }
-    async fn split(&self, service: &ServiceName) -> Result<Option<TrafficSplit>> {
-        (**self).split(service).await
-    }
-    async fn set_endpoints(
-        &self,
-        service: &ServiceName,
-        slot: Slot,
-        endpoints: &[Endpoint],
-    ) -> Result<()> {
-        (**self).set_endpoints(service, slot, endpoints).await
-    }
+/// Forwards the trait through a smart pointer, so `Arc<dyn TrafficRouter>` and
+/// `Box<dyn TrafficRouter>` are TrafficRouters too.
+macro_rules! forward_trafficrouter {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: TrafficRouter + ?Sized> TrafficRouter for $ptr<T> {
+            async fn set_split(&self, service: &ServiceName, split: &TrafficSplit) -> Result<()> {
+                (**self).set_split(service, split).await
+            }
+            async fn split(&self, service: &ServiceName) -> Result<Option<TrafficSplit>> {
+                (**self).split(service).await
+            }
+            async fn set_endpoints(
+                &self,
+                service: &ServiceName,
+                slot: Slot,
+                endpoints: &[Endpoint],
+            ) -> Result<()> {
+                (**self).set_endpoints(service, slot, endpoints).await
+            }
+        }
+    )*};
 }
 
-#[async_trait]
-impl<T: TrafficRouter + ?Sized> TrafficRouter for Box<T> {
-    async fn set_split(&self, service: &ServiceName, split: &TrafficSplit) -> Result<()> {
-        (**self).set_split(service, split).await
-    }
-    async fn split(&self, service: &ServiceName) -> Result<Option<TrafficSplit>> {
-        (**self).split(service).await
-    }
-    async fn set_endpoints(
-        &self,
-        service: &ServiceName,
-        slot: Slot,
-        endpoints: &[Endpoint],
-    ) -> Result<()> {
-        (**self).set_endpoints(service, slot, endpoints).await
-    }
-}
+forward_trafficrouter!(Arc, Box);

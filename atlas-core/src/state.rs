@@ -135,60 +135,39 @@ pub trait StateStore: Send + Sync {
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
 }
 
-#[async_trait]
-impl<T: StateStore + ?Sized> StateStore for Arc<T> {
-    async fn load(&self, service: &ServiceName) -> Result<Option<Versioned<RolloutState>>> {
-        (**self).load(service).await
-    }
-    async fn compare_and_swap(
-        &self,
-        service: &ServiceName,
-        expected: Option<u64>,
-        state: &RolloutState,
-    ) -> Result<u64> {
-        (**self).compare_and_swap(service, expected, state).await
-    }
-    async fn acquire_lease(
-        &self,
-        service: &ServiceName,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Lease> {
-        (**self).acquire_lease(service, holder, ttl).await
-    }
-    async fn renew_lease(&self, lease: &Lease) -> Result<()> {
-        (**self).renew_lease(lease).await
-    }
-    async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        (**self).release_lease(lease).await
-    }
+/// Forwards the trait through a smart pointer, so `Arc<dyn StateStore>` and
+/// `Box<dyn StateStore>` are StateStores too.
+macro_rules! forward_statestore {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: StateStore + ?Sized> StateStore for $ptr<T> {
+            async fn load(&self, service: &ServiceName) -> Result<Option<Versioned<RolloutState>>> {
+                (**self).load(service).await
+            }
+            async fn compare_and_swap(
+                &self,
+                service: &ServiceName,
+                expected: Option<u64>,
+                state: &RolloutState,
+            ) -> Result<u64> {
+                (**self).compare_and_swap(service, expected, state).await
+            }
+            async fn acquire_lease(
+                &self,
+                service: &ServiceName,
+                holder: &str,
+                ttl: Duration,
+            ) -> Result<Lease> {
+                (**self).acquire_lease(service, holder, ttl).await
+            }
+            async fn renew_lease(&self, lease: &Lease) -> Result<()> {
+                (**self).renew_lease(lease).await
+            }
+            async fn release_lease(&self, lease: &Lease) -> Result<()> {
+                (**self).release_lease(lease).await
+            }
+        }
+    )*};
 }
 
-#[async_trait]
-impl<T: StateStore + ?Sized> StateStore for Box<T> {
-    async fn load(&self, service: &ServiceName) -> Result<Option<Versioned<RolloutState>>> {
-        (**self).load(service).await
-    }
-    async fn compare_and_swap(
-        &self,
-        service: &ServiceName,
-        expected: Option<u64>,
-        state: &RolloutState,
-    ) -> Result<u64> {
-        (**self).compare_and_swap(service, expected, state).await
-    }
-    async fn acquire_lease(
-        &self,
-        service: &ServiceName,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Lease> {
-        (**self).acquire_lease(service, holder, ttl).await
-    }
-    async fn renew_lease(&self, lease: &Lease) -> Result<()> {
-        (**self).renew_lease(lease).await
-    }
-    async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        (**self).release_lease(lease).await
-    }
-}
+forward_statestore!(Arc, Box);

@@ -37,40 +37,29 @@ pub trait Workloads: Send + Sync {
     async fn status(&self, service: &ServiceName, slot: Slot) -> Result<SlotStatus>;
 }
 
-#[async_trait]
-impl<T: Workloads + ?Sized> Workloads for Arc<T> {
-    async fn deploy(
-        &self,
-        service: &ServiceName,
-        slot: Slot,
-        release: &Release,
-        replicas: u32,
-    ) -> Result<()> {
-        (**self).deploy(service, slot, release, replicas).await
-    }
-    async fn scale(&self, service: &ServiceName, slot: Slot, replicas: u32) -> Result<()> {
-        (**self).scale(service, slot, replicas).await
-    }
-    async fn status(&self, service: &ServiceName, slot: Slot) -> Result<SlotStatus> {
-        (**self).status(service, slot).await
-    }
+/// Forwards the trait through a smart pointer, so `Arc<dyn Workloads>` and
+/// `Box<dyn Workloads>` are Workloadss too.
+macro_rules! forward_workloads {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: Workloads + ?Sized> Workloads for $ptr<T> {
+            async fn deploy(
+                &self,
+                service: &ServiceName,
+                slot: Slot,
+                release: &Release,
+                replicas: u32,
+            ) -> Result<()> {
+                (**self).deploy(service, slot, release, replicas).await
+            }
+            async fn scale(&self, service: &ServiceName, slot: Slot, replicas: u32) -> Result<()> {
+                (**self).scale(service, slot, replicas).await
+            }
+            async fn status(&self, service: &ServiceName, slot: Slot) -> Result<SlotStatus> {
+                (**self).status(service, slot).await
+            }
+        }
+    )*};
 }
 
-#[async_trait]
-impl<T: Workloads + ?Sized> Workloads for Box<T> {
-    async fn deploy(
-        &self,
-        service: &ServiceName,
-        slot: Slot,
-        release: &Release,
-        replicas: u32,
-    ) -> Result<()> {
-        (**self).deploy(service, slot, release, replicas).await
-    }
-    async fn scale(&self, service: &ServiceName, slot: Slot, replicas: u32) -> Result<()> {
-        (**self).scale(service, slot, replicas).await
-    }
-    async fn status(&self, service: &ServiceName, slot: Slot) -> Result<SlotStatus> {
-        (**self).status(service, slot).await
-    }
-}
+forward_workloads!(Arc, Box);
