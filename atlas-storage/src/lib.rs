@@ -1,3 +1,51 @@
-//! Where Atlas's data lives: backup targets and database drivers.
+//! Where Atlas's data lives: the backup targets behind
+//! [`atlas_core::backup::BackupTarget`].
 //!
-//! This crate is a documented skeleton: its adapters arrive with their own issues.
+//! | target | feature | backend |
+//! |---|---|---|
+//! | [`FsTarget`] | `fs` (default) | a local directory: atomic temp + fsync + rename, the embedded default |
+//! | [`MemoryTarget`] | `memory` (default) | process memory, for tests and examples |
+//! | `S3Target` | `s3` | Amazon S3 and S3-compatible servers (`aws-sdk-s3`) |
+//! | `AzureBlobTarget` | `azure` | Azure Blob Storage and Azurite (`azure_storage_blobs`) |
+//! | `GcsTarget` | `gcs` | Google Cloud Storage and fake-gcs-server (JSON API, `google-cloud-auth`) |
+//!
+//! Every target passes the conformance suite
+//! `atlas_core::testing::conformance::backup_target`; the filesystem and
+//! memory targets on plain `cargo test`.
+//!
+//! Retries: the cloud targets run each request through
+//! [`atlas_core::backup::RetryConfig`] (exponential backoff with jitter on
+//! transient errors, per-request and overall timeouts, documented defaults),
+//! settable on each builder.
+//!
+//! ## TLS in binaries
+//!
+//! The cloud features pull in `rustls`. When a binary ends up with more
+//! than one rustls crypto provider, install one at the start of `main`:
+//! `rustls::crypto::aws_lc_rs::default_provider().install_default()`.
+
+#[cfg(feature = "azure")]
+pub mod azure;
+#[cfg(feature = "fs")]
+pub mod fs;
+#[cfg(feature = "gcs")]
+pub mod gcs;
+#[cfg(feature = "memory")]
+mod memory;
+#[cfg(any(feature = "s3", feature = "azure", feature = "gcs"))]
+mod parts;
+#[cfg(feature = "s3")]
+pub mod s3;
+#[cfg(any(feature = "s3", feature = "azure"))]
+mod secret;
+
+#[cfg(feature = "azure")]
+pub use azure::{AzureBlobTarget, AzureBlobTargetBuilder};
+#[cfg(feature = "fs")]
+pub use fs::{FsTarget, FsTargetBuilder};
+#[cfg(feature = "gcs")]
+pub use gcs::{GcsTarget, GcsTargetBuilder};
+#[cfg(feature = "memory")]
+pub use memory::MemoryTarget;
+#[cfg(feature = "s3")]
+pub use s3::{S3Target, S3TargetBuilder};

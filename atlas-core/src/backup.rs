@@ -1,1 +1,0 @@
-//! Backup targets: the object-store contract backups are written through.

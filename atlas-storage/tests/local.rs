@@ -1,0 +1,336 @@
+//! The filesystem and memory targets: the whole conformance suite, plus what
+//! only the filesystem can get wrong (atomic files, links, folders) and the
+//! fault-injecting wrapper. Runs on plain `cargo test`.
+
+use std::time::Duration;
+
+use atlas_core::ErrorKind;
+use atlas_core::backup::{
+    BackupTarget, BackupTargetExt, ByteStream, Checksum, ObjectKey, ObjectPrefix, RetryConfig,
+};
+use atlas_core::testing::backup_faults::{self, FaultyTarget};
+use atlas_core::testing::conformance::backup_target::{self as suite, SuiteConfig};
+use atlas_core::testing::{Fault, FaultError};
+use atlas_storage::{FsTarget, MemoryTarget};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+
+const MIB: u64 = 1024 * 1024;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,atlas_core=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn key(s: &str) -> ObjectKey {
+    ObjectKey::new(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_target_passes_the_conformance_suite() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let target = FsTarget::new(dir.path()).unwrap();
+    // The write queue of 64 KiB chunks plus two 1 MiB read buffers in flight.
+    let bound = target.max_buffered_bytes(64 * 1024) + 4 * MIB;
+    suite::all(&target, &SuiteConfig::default().with_memory_bound(bound)).await;
+    // The suite cleaned up after itself, folders included.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_target_passes_the_conformance_suite() {
+    init_tracing();
+    let target = MemoryTarget::new();
+    // Memory keeps objects in memory by design: no memory bound.
+    suite::all(&target, &SuiteConfig::default()).await;
+    assert!(target.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_pass_the_suite_through_arc_and_box_and_a_fault_free_wrapper() {
+    let config = SuiteConfig::default().with_large_object_size(3 * MIB);
+    let arc: std::sync::Arc<dyn BackupTarget> = std::sync::Arc::new(MemoryTarget::new());
+    suite::all(&arc, &config).await;
+    let boxed: Box<dyn BackupTarget> = Box::new(MemoryTarget::new());
+    suite::all(&boxed, &config).await;
+    suite::all(&FaultyTarget::new(MemoryTarget::new()), &config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_check_fails_a_target_that_buffers_whole_objects() {
+    // The memory target keeps every object in memory: held to the bound of
+    // a streaming target, the suite must reject it.
+    let run = suite::SuiteRun::new(SuiteConfig::default().with_memory_bound(8 * MIB));
+    let outcome = tokio::spawn(async move {
+        suite::large_object_streamed(&MemoryTarget::new(), &run).await;
+    })
+    .await;
+    let panic = outcome.expect_err("the suite accepted a buffering target");
+    let message = panic
+        .into_panic()
+        .downcast::<String>()
+        .map(|s| *s)
+        .unwrap_or_default();
+    assert!(
+        message.contains("peak resident memory grew"),
+        "unexpected failure: {message}"
+    );
+}
+
+#[tokio::test]
+async fn fs_objects_are_plain_files_with_their_checksum_attached() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = FsTarget::new(dir.path()).unwrap();
+    let k = key("snap/1/data.bin");
+    target.put_bytes(&k, "payload".into()).await.unwrap();
+    let path = dir.path().join("snap/1/data.bin");
+    assert_eq!(std::fs::read(&path).unwrap(), b"payload");
+    let expected = Checksum::crc32c_of(b"payload");
+    assert_eq!(target.head(&k).await.unwrap().checksum, Some(expected));
+    // A file placed by hand has no attribute: head computes the checksum.
+    std::fs::write(dir.path().join("snap/1/by-hand"), b"manual").unwrap();
+    let meta = target.head(&key("snap/1/by-hand")).await.unwrap();
+    assert_eq!(meta.checksum, Some(Checksum::crc32c_of(b"manual")));
+    assert_eq!(meta.size, 6);
+}
+
+#[tokio::test]
+async fn fs_puts_leave_no_temporary_files_and_never_list_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = FsTarget::new(dir.path()).unwrap();
+    let k = key("a/obj");
+    let failing: ByteStream = stream::iter(vec![
+        Ok(Bytes::from(vec![1u8; 100_000])),
+        Err(atlas_core::Error::transient("test", "cut")),
+    ])
+    .boxed();
+    assert_eq!(
+        target.put(&k, failing).await.unwrap_err().kind(),
+        ErrorKind::Transient,
+        "the body's own error comes back"
+    );
+    target.put_bytes(&k, "x".into()).await.unwrap();
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["obj"]);
+    // A stray temporary file (as after a crash) is not an object.
+    std::fs::write(dir.path().join("a/.atlas-tmp.0000000000000001"), b"junk").unwrap();
+    let listed = target.list_all(&ObjectPrefix::all()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, k);
+    // Keys cannot name temporary files.
+    let err = target
+        .put_bytes(&key("a/.atlas-tmp.x"), "y".into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn fs_refuses_to_follow_symbolic_links_out_of_the_root() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"top secret").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
+    let target = FsTarget::new(dir.path()).unwrap();
+    let k = key("escape/secret");
+    assert_eq!(
+        target.get(&k).await.unwrap_err().kind(),
+        ErrorKind::Precondition
+    );
+    assert_eq!(
+        target.head(&k).await.unwrap_err().kind(),
+        ErrorKind::Precondition
+    );
+    assert_eq!(
+        target.delete(&k).await.unwrap_err().kind(),
+        ErrorKind::Precondition
+    );
+    assert_eq!(
+        target
+            .put_bytes(&key("escape/new"), "x".into())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Precondition
+    );
+    assert!(!outside.path().join("new").exists());
+    assert_eq!(
+        std::fs::read(outside.path().join("secret")).unwrap(),
+        b"top secret"
+    );
+    // Links are not listed either.
+    assert!(
+        target
+            .list_all(&ObjectPrefix::all())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn fs_objects_and_folders_of_one_name_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = FsTarget::new(dir.path()).unwrap();
+    target.put_bytes(&key("x/y"), "1".into()).await.unwrap();
+    for (k, what) in [
+        ("x", "object over a folder"),
+        ("x/y/z", "object under an object"),
+    ] {
+        let err = target.put_bytes(&key(k), "2".into()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{what}: {err}");
+    }
+    assert_eq!(
+        target.get(&key("x")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // Deleting the last object removes the empty folder, freeing the name.
+    target.delete(&key("x/y")).await.unwrap();
+    assert!(!dir.path().join("x").exists());
+    target.put_bytes(&key("x"), "3".into()).await.unwrap();
+}
+
+#[tokio::test]
+async fn fs_listing_follows_byte_order_across_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = FsTarget::new(dir.path()).unwrap();
+    // '-' < '/' < '0': "a-b" sorts before "a/…", "a0" after it.
+    for k in ["a0", "a/z", "a-b", "a/b/c", "a.", "b"] {
+        target.put_bytes(&key(k), "v".into()).await.unwrap();
+    }
+    let listed: Vec<String> = target
+        .list_all(&ObjectPrefix::all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key.to_string())
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted);
+    assert_eq!(listed, ["a-b", "a.", "a/b/c", "a/z", "a0", "b"]);
+    let listed: Vec<String> = target
+        .list_all(&ObjectPrefix::new("a/").unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key.to_string())
+        .collect();
+    assert_eq!(listed, ["a/b/c", "a/z"]);
+}
+
+#[test]
+fn fs_builder_validates_its_input() {
+    let err = FsTarget::builder().build().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("root"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let err = FsTarget::builder()
+        .with_root(dir.path())
+        .with_read_chunk_size(0)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("read_chunk_size"), "{err}");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    assert_eq!(FsTarget::new(&file).unwrap_err().kind(), ErrorKind::Backend);
+}
+
+#[tokio::test]
+async fn faults_fail_the_nth_call_and_a_retry_policy_rides_them_out() {
+    let target = FaultyTarget::new(MemoryTarget::new());
+    let k = key("f/obj");
+    target.put_bytes(&k, "v".into()).await.unwrap();
+    target
+        .plan()
+        .add(
+            Fault::fail(FaultError::transient("503 slow down"))
+                .on(backup_faults::HEAD)
+                .first_calls(2),
+        )
+        .unwrap();
+    assert!(target.head(&k).await.unwrap_err().is_transient());
+    let retry = RetryConfig::default();
+    let meta = retry.run("test", "head", || target.head(&k)).await.unwrap();
+    assert_eq!(meta.size, 1);
+    let counts = target.plan().counts(backup_faults::HEAD);
+    assert_eq!((counts.calls, counts.injected, counts.successes), (3, 2, 1));
+}
+
+#[tokio::test]
+async fn faults_break_bodies_midway_and_percentages_are_reproducible() {
+    let target = FaultyTarget::new(MemoryTarget::new());
+    let k = key("f/big");
+    target.fail_put_body_after(1000, FaultError::transient("connection reset"));
+    let body: ByteStream = stream::iter((0..10).map(|_| Ok(Bytes::from(vec![0u8; 500])))).boxed();
+    let err = target.put(&k, body).await.unwrap_err();
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    assert!(
+        !target.exists(&k).await.unwrap(),
+        "a broken put left an object"
+    );
+
+    target.clear_stream_faults();
+    target
+        .put_bytes(&k, Bytes::from(vec![9u8; 5000]))
+        .await
+        .unwrap();
+    target.fail_get_body_after(1234, FaultError::transient("reset"));
+    let mut body = target.get(&k).await.unwrap().body;
+    let mut got = 0;
+    let mut failed = false;
+    while let Some(item) = body.next().await {
+        match item {
+            Ok(c) => got += c.len(),
+            Err(_) => failed = true,
+        }
+    }
+    assert_eq!((got, failed), (1234, true));
+
+    // A seeded 30 % failure rate gives the same pattern on every run.
+    let pattern = |seed| async move {
+        let plan = atlas_core::testing::FaultPlan::with_seed(seed);
+        plan.add(Fault::fail(FaultError::transient("flaky")).percent(30.0))
+            .unwrap();
+        let t = FaultyTarget::with_plan(MemoryTarget::new(), plan);
+        let mut v = Vec::new();
+        for _ in 0..50 {
+            v.push(t.head(&key("nothing")).await.unwrap_err().is_transient());
+        }
+        v
+    };
+    let a = pattern(7).await;
+    assert_eq!(a, pattern(7).await);
+    let failures = a.iter().filter(|t| **t).count();
+    assert!((5..=25).contains(&failures), "{failures} of 50 at 30 %");
+}
+
+#[tokio::test(start_paused = true)]
+async fn faults_add_latency() {
+    let target = FaultyTarget::new(MemoryTarget::new());
+    target
+        .plan()
+        .add(Fault::delay(Duration::from_secs(3)).on(backup_faults::LIST))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert!(
+        target
+            .list_all(&ObjectPrefix::all())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    assert_eq!(target.plan().calls(backup_faults::LIST), 1);
+}
