@@ -317,6 +317,7 @@ fn validate_endpoints(endpoints: &[Endpoint]) -> Result<()> {
 /// | [`metrics_window`](Self::metrics_window) | 60 s |
 /// | [`sticky_cookie`](Self::sticky_cookie) | none (no sticky sessions) |
 /// | [`initial_split`](Self::initial_split) | none (503 until a split is set) |
+/// | [`reuse_port`](Self::reuse_port) | off |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is awaited"]
 pub struct ProxyRouterBuilder {
@@ -332,6 +333,7 @@ pub struct ProxyRouterBuilder {
     metrics_window: Duration,
     sticky_cookie: Option<String>,
     initial_split: Option<TrafficSplit>,
+    reuse_port: bool,
 }
 
 impl ProxyRouterBuilder {
@@ -423,6 +425,17 @@ impl ProxyRouterBuilder {
         self
     }
 
+    /// Binds the proxy listener with `SO_REUSEPORT` (Unix only; ignored
+    /// elsewhere), so several routers, each on its own single-threaded
+    /// runtime like nginx's worker processes, can listen on the same
+    /// address and the kernel spreads new connections among them. Each
+    /// such router keeps its own split, endpoints, pools and metrics: the
+    /// caller applies every change to all of them. Off by default.
+    pub fn reuse_port(mut self, reuse: bool) -> Self {
+        self.reuse_port = reuse;
+        self
+    }
+
     /// Validates the options, binds the listeners and starts serving on
     /// the current Tokio runtime.
     ///
@@ -476,7 +489,11 @@ impl ProxyRouterBuilder {
                 Error::backend_with(BACKEND, format!("cannot listen on {addr} ({what})"), e)
             })
         };
-        let listener = bind(self.listen, "proxy").await?;
+        let listener = if self.reuse_port {
+            bind_reuse_port(self.listen)?
+        } else {
+            bind(self.listen, "proxy").await?
+        };
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::backend_with(BACKEND, "cannot read the bound address", e))?;
@@ -567,6 +584,7 @@ impl ProxyRouterBuilder {
             tracing::info!(
                 %local_addr,
                 admin_addr = ?admin_addr,
+                reuse_port = self.reuse_port,
                 split = ?shared.current_split().map(|s| s.to_string()),
                 "proxy router listening"
             );
@@ -580,6 +598,28 @@ impl ProxyRouterBuilder {
             span,
         })
     }
+}
+
+/// Binds `addr` with `SO_REUSEPORT` where the platform has it.
+fn bind_reuse_port(addr: SocketAddr) -> Result<TcpListener> {
+    let failed = |e| {
+        Error::backend_with(
+            BACKEND,
+            format!("cannot listen on {addr} (proxy, reuse_port)"),
+            e,
+        )
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    socket.set_reuseaddr(true).map_err(failed)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true).map_err(failed)?;
+    socket.bind(addr).map_err(failed)?;
+    socket.listen(1024).map_err(failed)
 }
 
 /// Closes expired idle upstream connections in the background, so an
@@ -649,6 +689,7 @@ impl ProxyRouter {
             metrics_window: Duration::from_secs(60),
             sticky_cookie: None,
             initial_split: None,
+            reuse_port: false,
         }
     }
 
@@ -945,5 +986,47 @@ mod tests {
         let x = only.shared.pick(Slot::Blue, None).unwrap();
         assert!(only.shared.pick(Slot::Blue, Some(x.upstream())).is_none());
         assert!(only.shared.pick(Slot::Green, None).is_none());
+    }
+
+    async fn raw_get(addr: SocketAddr) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        reply.to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn reuse_port_routers_share_one_address() {
+        let svc = ServiceName::new("shared").unwrap();
+        let first = ProxyRouter::builder(svc.clone())
+            .reuse_port(true)
+            .build()
+            .await
+            .unwrap();
+        let addr = first.local_addr();
+        // Without the option the address is taken.
+        let taken = ProxyRouter::builder(svc.clone()).listen(addr).build().await;
+        assert!(matches!(taken, Err(Error::Backend { .. })), "{taken:?}");
+        let second = ProxyRouter::builder(svc.clone())
+            .listen(addr)
+            .reuse_port(true)
+            .initial_split(TrafficSplit::all_to(Slot::Blue))
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(second.local_addr(), addr);
+        // Once the first stops, the second alone answers on the address:
+        // a split but no endpoint, so 503 naming the slot (the first, with
+        // no split, would answer 503 without naming one).
+        first.shutdown().await;
+        let reply = raw_get(addr).await;
+        assert!(reply.starts_with("http/1.1 503"), "{reply}");
+        assert!(reply.contains("x-atlas-slot: blue"), "{reply}");
+        second.shutdown().await;
     }
 }
