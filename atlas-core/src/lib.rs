@@ -29,6 +29,7 @@ pub mod error;
 pub mod events;
 pub mod judge;
 pub mod metrics;
+pub mod migrate;
 pub mod notify;
 pub mod probe;
 pub mod rollout;

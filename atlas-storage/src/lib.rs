@@ -34,6 +34,8 @@ pub mod gcs;
 mod memory;
 #[cfg(any(feature = "s3", feature = "azure", feature = "gcs"))]
 mod parts;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "s3")]
 pub mod s3;
 #[cfg(any(feature = "s3", feature = "azure"))]

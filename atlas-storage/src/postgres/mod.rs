@@ -1,0 +1,740 @@
+//! The PostgreSQL [`MigrationDriver`] (feature `postgres`), on
+//! `tokio-postgres`.
+//!
+//! - **Run lock**: a session advisory lock keyed on the history table's
+//!   name, so concurrent runners against one database either wait (polling
+//!   `pg_try_advisory_lock` up to [`LockWait::Wait`]'s timeout, the default
+//!   being 60 s) or are refused at once ([`LockWait::FailFast`]).
+//! - **Transactions**: each script runs in its own transaction together
+//!   with its verify queries and its history row, unless it says
+//!   `-- atlas:no-transaction`; then each statement runs on its own, and a
+//!   failure is reported as partially applied (a failed
+//!   `CREATE INDEX CONCURRENTLY` leaves an invalid index behind) so the
+//!   migrator runs the down file.
+//! - **Timeouts**: `lock_timeout` and `statement_timeout` are set for every
+//!   script (`SET LOCAL` in a transaction, `SET`/`RESET` outside).
+//! - **History**: table `atlas_schema_history` by default (version primary
+//!   key, so no duplicate rows can exist).
+//! - **Backups**: `pg_dump --format=custom` streamed into any
+//!   [`BackupTarget`]; the connection password goes to `pg_dump` through
+//!   `PGPASSWORD`, never on its command line, and never into logs.
+//!
+//! - **TLS**: give a `rustls::ClientConfig` to
+//!   [`PostgresDriverBuilder::with_tls`]; the URL's `sslmode` (`prefer` by
+//!   default, `require`, `disable`) then decides as libpq does. Without
+//!   it the driver connects in plain text. A binary that ends up with two
+//!   rustls crypto providers must install one first (see the crate docs).
+
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use atlas_core::backup::{BackupTarget, BackupTargetExt, ObjectKey};
+use atlas_core::migrate::{
+    AppliedMigration, BackupRecord, MigrationDriver, MigrationPhase, MigrationStep, StepError,
+    StepKind, Version,
+};
+use atlas_core::{Error, Result};
+use bytes::Bytes;
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+use tracing::{debug, info, warn};
+
+const BACKEND: &str = "postgres";
+
+/// How a runner behaves when another holds the migration lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// Refuse at once with [`Error::Conflict`].
+    FailFast,
+    /// Wait up to this long, then refuse with [`Error::Conflict`].
+    Wait(Duration),
+}
+
+impl Default for LockWait {
+    /// Wait up to 60 s.
+    fn default() -> Self {
+        LockWait::Wait(Duration::from_secs(60))
+    }
+}
+
+/// Builds a [`PostgresDriver`].
+#[derive(Clone)]
+pub struct PostgresDriverBuilder {
+    url: String,
+    table: String,
+    lock_wait: LockWait,
+    tls: Option<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for PostgresDriverBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresDriverBuilder")
+            .field("table", &self.table)
+            .field("lock_wait", &self.lock_wait)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresDriverBuilder {
+    /// Connects over TLS with `config` (default: no TLS). Whether TLS is
+    /// required follows the URL's `sslmode`.
+    pub fn with_tls(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Sets the history table (default `atlas_schema_history`): a lowercase
+    /// identifier, optionally schema-qualified (`ops.history`).
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Sets how to wait for the run lock (default: wait up to 60 s).
+    pub fn with_lock_wait(mut self, lock_wait: LockWait) -> Self {
+        self.lock_wait = lock_wait;
+        self
+    }
+
+    /// Connects.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (field `url` or `table`) for a bad URL or
+    /// table name; [`Error::Transient`] when the server cannot be reached.
+    pub async fn connect(self) -> Result<PostgresDriver> {
+        let config: tokio_postgres::Config = self.url.parse().map_err(|_| {
+            Error::invalid(
+                "url",
+                "must be a PostgreSQL connection URL or key=value string",
+            )
+        })?;
+        if !valid_table(&self.table) {
+            return Err(Error::invalid(
+                "table",
+                "must be a lowercase identifier [a-z_][a-z0-9_]*, optionally schema.table",
+            ));
+        }
+        if let LockWait::Wait(d) = self.lock_wait
+            && d.is_zero()
+        {
+            return Err(Error::invalid(
+                "lock_wait",
+                "a wait must be above zero; use FailFast",
+            ));
+        }
+        let connect_err = |e: tokio_postgres::Error| {
+            // A refused TLS handshake or bad credentials will not pass by
+            // retrying; an unreachable server may.
+            if e.as_db_error().is_some() || e.to_string().contains("TLS") {
+                Error::backend_with(BACKEND, "connecting", e)
+            } else {
+                Error::transient_with(BACKEND, "connecting", e)
+            }
+        };
+        let client = match self.tls {
+            Some(tls) => {
+                let (client, connection) = config
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                    .await
+                    .map_err(connect_err)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        warn!(error = %e, "postgres connection closed with an error");
+                    }
+                });
+                client
+            }
+            None => {
+                let (client, connection) = config.connect(NoTls).await.map_err(connect_err)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        warn!(error = %e, "postgres connection closed with an error");
+                    }
+                });
+                client
+            }
+        };
+        let lock_key = lock_key(&self.table);
+        info!(table = %self.table, "connected to postgres for migrations");
+        Ok(PostgresDriver {
+            client: Mutex::new(client),
+            config,
+            table: self.table,
+            lock_wait: self.lock_wait,
+            lock_key,
+        })
+    }
+}
+
+/// A lowercase identifier, optionally schema-qualified: safe to splice
+/// into SQL unquoted.
+fn valid_table(table: &str) -> bool {
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 63
+            && part
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    table.split('.').count() <= 2 && table.split('.').all(valid)
+}
+
+/// Row count and content hash of one invariant table, over the columns it
+/// had before the migration (so adding a column does not count as a data
+/// change, and dropping one fails the check).
+#[derive(Debug, PartialEq, Eq)]
+struct TableState {
+    rows: i64,
+    md5: String,
+}
+
+async fn invariant_columns(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+) -> Result<Vec<String>> {
+    if !valid_table(table) {
+        return Err(Error::invalid(
+            "invariant_tables",
+            format!("`{table}` must be a lowercase identifier, optionally schema.table"),
+        ));
+    }
+    let rows = client
+        .query(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::text::regclass \
+             AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&table],
+        )
+        .await
+        .map_err(|e| {
+            db_err(
+                &format!("reading the columns of invariant table {table}"),
+                e,
+            )
+        })?;
+    Ok(rows
+        .iter()
+        .map(|r| format!("\"{}\"", r.get::<_, String>(0).replace('"', "\"\"")))
+        .collect())
+}
+
+async fn table_state(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+    columns: &[String],
+) -> Result<TableState> {
+    let row_expr = format!("ROW({})::text", columns.join(", "));
+    let sql = format!(
+        "SELECT count(*), coalesce(md5(string_agg({row_expr}, ',' ORDER BY {row_expr})), '') FROM {table}"
+    );
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| db_err(&format!("checking invariant table {table}"), e))?;
+    Ok(TableState {
+        rows: row.get(0),
+        md5: row.get(1),
+    })
+}
+
+type Invariants = Vec<(String, Vec<String>, TableState)>;
+
+async fn capture_invariants(
+    client: &impl tokio_postgres::GenericClient,
+    step: &MigrationStep<'_>,
+) -> Result<Invariants> {
+    let mut out = Vec::new();
+    for table in &step.invariants {
+        let columns = invariant_columns(client, table).await?;
+        let state = table_state(client, table, &columns).await?;
+        out.push((table.clone(), columns, state));
+    }
+    Ok(out)
+}
+
+async fn check_invariants(
+    client: &impl tokio_postgres::GenericClient,
+    step: &MigrationStep<'_>,
+    before: &Invariants,
+) -> Result<()> {
+    for (table, columns, was) in before {
+        let now = table_state(client, table, columns).await?;
+        if &now != was {
+            return Err(Error::precondition(format!(
+                "table invariant broken by {}: {table} had {} rows (md5 {}), now {} (md5 {}); \
+                 declare `-- atlas:allow-data-change {table}` if the change is intended",
+                step.script.file, was.rows, was.md5, now.rows, now.md5
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A stable 64-bit advisory lock key for `table` (FNV-1a over a fixed
+/// namespace), so runners of one history table share one lock.
+fn lock_key(table: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in "atlas-migrate:".bytes().chain(table.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// Migrates one PostgreSQL database over one connection.
+pub struct PostgresDriver {
+    client: Mutex<Client>,
+    config: tokio_postgres::Config,
+    table: String,
+    lock_wait: LockWait,
+    lock_key: i64,
+}
+
+impl fmt::Debug for PostgresDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresDriver")
+            .field("dbname", &self.config.get_dbname())
+            .field("table", &self.table)
+            .field("lock_wait", &self.lock_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_err(what: &str, e: tokio_postgres::Error) -> Error {
+    // Connection-level failures may pass on retry; SQL errors will not.
+    let message = match e.as_db_error() {
+        Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
+        None => format!("{what}: {e}"),
+    };
+    if e.is_closed() {
+        Error::transient_with(BACKEND, message, e)
+    } else {
+        Error::backend_with(BACKEND, message, e)
+    }
+}
+
+fn to_i64(version: Version) -> Result<i64> {
+    i64::try_from(version.0)
+        .map_err(|_| Error::invalid("version", format!("{version} is above PostgreSQL's bigint")))
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis().max(1)
+}
+
+impl PostgresDriver {
+    /// A builder for the database at `url` (`postgres://user@host:port/db`
+    /// or `host=… dbname=…`).
+    pub fn builder(url: impl Into<String>) -> PostgresDriverBuilder {
+        PostgresDriverBuilder {
+            url: url.into(),
+            table: "atlas_schema_history".to_owned(),
+            lock_wait: LockWait::default(),
+            tls: None,
+        }
+    }
+
+    /// The history table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The `pg_restore` command that restores a backup file `file` into
+    /// this database (no password in it; set `PGPASSWORD` or use a
+    /// `.pgpass` file).
+    pub fn restore_command(&self, file: &str) -> String {
+        let mut conn = Vec::new();
+        if let Some(host) = self.host() {
+            conn.push(format!("host={host}"));
+        }
+        if let Some(port) = self.config.get_ports().first() {
+            conn.push(format!("port={port}"));
+        }
+        if let Some(user) = self.config.get_user() {
+            conn.push(format!("user={user}"));
+        }
+        if let Some(db) = self.config.get_dbname() {
+            conn.push(format!("dbname={db}"));
+        }
+        format!(
+            "pg_restore --clean --if-exists --no-owner --single-transaction --dbname '{}' {file}",
+            conn.join(" ")
+        )
+    }
+
+    fn host(&self) -> Option<String> {
+        match self.config.get_hosts().first()? {
+            tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(p) => Some(p.display().to_string()),
+        }
+    }
+
+    async fn try_lock(&self, client: &Client) -> Result<bool> {
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.lock_key])
+            .await
+            .map_err(|e| db_err("taking the migration lock", e))?;
+        Ok(row.get::<_, bool>(0))
+    }
+
+    async fn insert_row(
+        client: &impl tokio_postgres::GenericClient,
+        table: &str,
+        row: &AppliedMigration,
+    ) -> std::result::Result<(), Error> {
+        let sql = format!(
+            "INSERT INTO {table} (version, name, checksum, phase, applied_at, duration_ms, success, baseline) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, \
+             phase = EXCLUDED.phase, applied_at = EXCLUDED.applied_at, duration_ms = EXCLUDED.duration_ms, \
+             success = EXCLUDED.success, baseline = EXCLUDED.baseline"
+        );
+        let duration_ms = i64::try_from(row.duration.as_millis()).unwrap_or(i64::MAX);
+        client
+            .execute(
+                &sql,
+                &[
+                    &to_i64(row.version)?,
+                    &row.name,
+                    &row.checksum,
+                    &row.phase.as_str(),
+                    &row.applied_at,
+                    &duration_ms,
+                    &row.success,
+                    &row.baseline,
+                ],
+            )
+            .await
+            .map_err(|e| db_err("writing the history", e))?;
+        Ok(())
+    }
+
+    async fn verify(
+        client: &impl tokio_postgres::GenericClient,
+        step: &MigrationStep<'_>,
+    ) -> Result<()> {
+        for query in &step.script.directives.verify {
+            let row = client
+                .query_opt(query.as_str(), &[])
+                .await
+                .map_err(|e| db_err(&format!("verify query `{query}`"), e))?;
+            let ok = row.and_then(|r| r.try_get::<_, Option<bool>>(0).ok().flatten());
+            if ok != Some(true) {
+                return Err(Error::precondition(format!(
+                    "verify query of {} did not return true: {query}",
+                    step.script.file
+                )));
+            }
+            debug!(file = %step.script.file, %query, "verify query passed");
+        }
+        Ok(())
+    }
+
+    fn row_of(step: &MigrationStep<'_>, took: Duration) -> AppliedMigration {
+        let m = step.migration;
+        AppliedMigration {
+            version: m.version,
+            name: m.name.clone(),
+            checksum: m.checksum().to_owned(),
+            phase: m.phase(),
+            applied_at: SystemTime::now(),
+            duration: took,
+            success: true,
+            baseline: false,
+        }
+    }
+
+    async fn record(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        step: &MigrationStep<'_>,
+        took: Duration,
+    ) -> Result<()> {
+        match step.kind {
+            StepKind::Up => Self::insert_row(client, &self.table, &Self::row_of(step, took)).await,
+            StepKind::Down => {
+                let sql = format!("DELETE FROM {} WHERE version = $1", self.table);
+                client
+                    .execute(&sql, &[&to_i64(step.migration.version)?])
+                    .await
+                    .map_err(|e| db_err("writing the history", e))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn timeouts(step: &MigrationStep<'_>, local: bool) -> String {
+        let scope = if local { "SET LOCAL" } else { "SET" };
+        let mut sql = String::new();
+        if let Some(t) = step.lock_timeout {
+            sql.push_str(&format!("{scope} lock_timeout = '{}ms';", millis(t)));
+        }
+        if let Some(t) = step.statement_timeout {
+            sql.push_str(&format!("{scope} statement_timeout = '{}ms';", millis(t)));
+        }
+        sql
+    }
+
+    async fn apply_in_transaction(
+        &self,
+        client: &mut Client,
+        step: &MigrationStep<'_>,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| db_err("starting the transaction", e))?;
+        let timeouts = Self::timeouts(step, true);
+        if !timeouts.is_empty() {
+            tx.batch_execute(&timeouts)
+                .await
+                .map_err(|e| db_err("setting timeouts", e))?;
+        }
+        let invariants = capture_invariants(&tx, step).await?;
+        tx.batch_execute(&step.script.sql)
+            .await
+            .map_err(|e| db_err(&format!("running {}", step.script.file), e))?;
+        Self::verify(&tx, step).await?;
+        check_invariants(&tx, step, &invariants).await?;
+        let took = started.elapsed();
+        self.record(&tx, step, took).await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_err(&format!("committing {}", step.script.file), e))?;
+        Ok(took)
+    }
+
+    async fn apply_outside_transaction(
+        &self,
+        client: &Client,
+        step: &MigrationStep<'_>,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        let invariants = capture_invariants(client, step).await?;
+        for statement in step.script.statements() {
+            client
+                .batch_execute(&statement)
+                .await
+                .map_err(|e| db_err(&format!("running {}", step.script.file), e))?;
+        }
+        Self::verify(client, step).await?;
+        check_invariants(client, step, &invariants).await?;
+        let took = started.elapsed();
+        self.record(client, step, took).await?;
+        Ok(took)
+    }
+}
+
+#[async_trait]
+impl MigrationDriver for PostgresDriver {
+    #[tracing::instrument(skip(self), fields(table = %self.table))]
+    async fn lock(&self) -> Result<()> {
+        let client = self.client.lock().await;
+        let deadline = match self.lock_wait {
+            LockWait::FailFast => None,
+            LockWait::Wait(d) => Some((tokio::time::Instant::now() + d, d)),
+        };
+        loop {
+            if self.try_lock(&client).await? {
+                debug!("migration lock taken");
+                return Ok(());
+            }
+            match deadline {
+                None => {
+                    return Err(Error::conflict(format!(
+                        "another runner holds the migration lock of {}",
+                        self.table
+                    )));
+                }
+                Some((at, d)) if tokio::time::Instant::now() >= at => {
+                    return Err(Error::conflict(format!(
+                        "another runner held the migration lock of {} for more than {}",
+                        self.table,
+                        humantime_secs(d)
+                    )));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    async fn unlock(&self) -> Result<()> {
+        let client = self.client.lock().await;
+        client
+            .query_one("SELECT pg_advisory_unlock($1)", &[&self.lock_key])
+            .await
+            .map_err(|e| db_err("releasing the migration lock", e))?;
+        Ok(())
+    }
+
+    async fn ensure_history(&self) -> Result<()> {
+        let client = self.client.lock().await;
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\
+             version bigint PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, \
+             phase text NOT NULL, applied_at timestamptz NOT NULL, duration_ms bigint NOT NULL, \
+             success boolean NOT NULL, baseline boolean NOT NULL DEFAULT false)",
+            self.table
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| db_err("creating the history table", e))
+    }
+
+    async fn history(&self) -> Result<Vec<AppliedMigration>> {
+        let client = self.client.lock().await;
+        let sql = format!(
+            "SELECT version, name, checksum, phase, applied_at, duration_ms, success, baseline \
+             FROM {} ORDER BY version",
+            self.table
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| db_err("reading the history", e))?;
+        rows.iter()
+            .map(|r| {
+                let version: i64 = r.get(0);
+                let phase: String = r.get(3);
+                let duration_ms: i64 = r.get(5);
+                Ok(AppliedMigration {
+                    version: Version(u64::try_from(version).map_err(|_| {
+                        Error::backend(BACKEND, format!("negative version {version} in history"))
+                    })?),
+                    name: r.get(1),
+                    checksum: r.get(2),
+                    phase: MigrationPhase::parse(&phase, &format!("{}.phase", self.table))?,
+                    applied_at: r.get(4),
+                    duration: Duration::from_millis(u64::try_from(duration_ms).unwrap_or(0)),
+                    success: r.get(6),
+                    baseline: r.get(7),
+                })
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(skip(self, step), fields(file = %step.script.file, transactional = step.transactional()))]
+    async fn apply(&self, step: &MigrationStep<'_>) -> Result<Duration, StepError> {
+        let mut client = self.client.lock().await;
+        if step.transactional() {
+            return self
+                .apply_in_transaction(&mut client, step)
+                .await
+                .map_err(StepError::rolled_back);
+        }
+        let timeouts = Self::timeouts(step, false);
+        if !timeouts.is_empty() {
+            client
+                .batch_execute(&timeouts)
+                .await
+                .map_err(|e| StepError::rolled_back(db_err("setting timeouts", e)))?;
+        }
+        let result = self.apply_outside_transaction(&client, step).await;
+        if let Err(e) = client
+            .batch_execute("RESET lock_timeout; RESET statement_timeout;")
+            .await
+        {
+            warn!(error = %e, "resetting timeouts failed");
+        }
+        result.map_err(StepError::partial)
+    }
+
+    async fn put_history(&self, row: &AppliedMigration) -> Result<()> {
+        let client = self.client.lock().await;
+        Self::insert_row(&*client, &self.table, row).await
+    }
+
+    async fn delete_history(&self, version: Version) -> Result<()> {
+        let client = self.client.lock().await;
+        let sql = format!("DELETE FROM {} WHERE version = $1", self.table);
+        client
+            .execute(&sql, &[&to_i64(version)?])
+            .await
+            .map_err(|e| db_err("writing the history", e))?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self, target), fields(key = %key))]
+    async fn backup(&self, target: &dyn BackupTarget, key: &ObjectKey) -> Result<BackupRecord> {
+        use std::process::Stdio;
+        use tokio::io::AsyncReadExt;
+        let mut cmd = tokio::process::Command::new("pg_dump");
+        cmd.arg("--format=custom").arg("--no-password");
+        if let Some(host) = self.host() {
+            cmd.env("PGHOST", host);
+        }
+        if let Some(port) = self.config.get_ports().first() {
+            cmd.env("PGPORT", port.to_string());
+        }
+        if let Some(user) = self.config.get_user() {
+            cmd.env("PGUSER", user);
+        }
+        if let Some(db) = self.config.get_dbname() {
+            cmd.env("PGDATABASE", db);
+        }
+        if let Some(password) = self.config.get_password() {
+            cmd.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::backend_with("pg_dump", "starting pg_dump (is it on PATH?)", e))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::backend("pg_dump", "no stdout"))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| Error::backend("pg_dump", "no stderr"))?;
+        let body = futures::stream::unfold(stdout, |mut out| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            match out.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), out))
+                }
+                Err(e) => Some((
+                    Err(Error::backend_with("pg_dump", "reading its output", e)),
+                    out,
+                )),
+            }
+        });
+        let put = target.put(key, Box::pin(body)).await;
+        let mut err_text = String::new();
+        let _ = stderr.read_to_string(&mut err_text).await;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| Error::backend_with("pg_dump", "waiting for pg_dump", e))?;
+        if !status.success() {
+            let _ = target.delete(key).await;
+            return Err(Error::backend(
+                "pg_dump",
+                format!("exited with {status}: {}", err_text.trim()),
+            ));
+        }
+        let put = put?;
+        info!(size = put.size, "pg_dump backup stored");
+        Ok(BackupRecord {
+            key: key.clone(),
+            size: put.size,
+            restore_command: self.restore_command("<FILE>"),
+        })
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
