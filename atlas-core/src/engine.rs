@@ -36,6 +36,7 @@ use crate::analysis::{self, AnalysisPhase};
 use crate::domain::{Endpoint, ServiceName, Slot, TrafficSplit, Weight};
 use crate::error::{Error, Result};
 use crate::events::{EventKind, RolloutEvent};
+use crate::hooks::{HookContext, HookPoint, RolloutHook};
 use crate::metrics::MetricProvider;
 use crate::notify::{Notification, Notifier, Severity};
 use crate::probe::HealthProbe;
@@ -128,6 +129,7 @@ struct Inner {
     metrics: Option<Arc<dyn MetricProvider>>,
     store: Arc<dyn StateStore>,
     notifiers: Vec<Arc<dyn Notifier>>,
+    hooks: Vec<Arc<dyn RolloutHook>>,
     events: broadcast::Sender<RolloutEvent>,
     lease_ttl: Duration,
     poll_interval: Duration,
@@ -207,6 +209,16 @@ fn log_event(service: &ServiceName, rollout: &str, kind: &EventKind) {
         EventKind::RolledBack { reason } => {
             tracing::warn!(%service, rollout, reason, "rollout rolled back")
         }
+        EventKind::HookRan {
+            hook,
+            point,
+            error: None,
+        } => tracing::info!(%service, rollout, hook, %point, "hook ran"),
+        EventKind::HookRan {
+            hook,
+            point,
+            error: Some(error),
+        } => tracing::warn!(%service, rollout, hook, %point, error, "hook failed"),
     }
 }
 
@@ -220,6 +232,7 @@ pub struct EngineBuilder {
     metrics: Option<Arc<dyn MetricProvider>>,
     store: Option<Arc<dyn StateStore>>,
     notifiers: Vec<Arc<dyn Notifier>>,
+    hooks: Vec<Arc<dyn RolloutHook>>,
     lease_ttl: Duration,
     poll_interval: Duration,
     retry: RetryPolicy,
@@ -254,6 +267,13 @@ impl EngineBuilder {
     /// Adds a notifier for promotions and rollbacks.
     pub fn notifier(mut self, n: Arc<dyn Notifier>) -> Self {
         self.notifiers.push(n);
+        self
+    }
+    /// Adds a [`RolloutHook`], run before the new slot starts and after the
+    /// old slot is scaled down (see [`hooks`](crate::hooks)); hooks run in
+    /// the order they were added.
+    pub fn hook(mut self, hook: Arc<dyn RolloutHook>) -> Self {
+        self.hooks.push(hook);
         self
     }
     /// Lease duration; renewed every third of it. Default 15 s.
@@ -300,6 +320,7 @@ impl EngineBuilder {
                 metrics: self.metrics,
                 store: self.store.ok_or_else(|| missing("store"))?,
                 notifiers: self.notifiers,
+                hooks: self.hooks,
                 events,
                 lease_ttl: self.lease_ttl,
                 poll_interval: self.poll_interval,
@@ -337,6 +358,7 @@ impl Engine {
             metrics: None,
             store: None,
             notifiers: Vec::new(),
+            hooks: Vec::new(),
             lease_ttl: Duration::from_secs(15),
             poll_interval: Duration::from_secs(1),
             retry: RetryPolicy::default(),
@@ -674,7 +696,13 @@ impl StepContext {
             Step::Analysis { template } => self.analysis(&template).await,
             Step::ScaleDownOld { delay } => {
                 tokio::time::sleep(delay).await;
-                self.bounded(deadline, &step, self.scale_down(self.stable))
+                let r = self
+                    .bounded(deadline, &step, self.scale_down(self.stable))
+                    .await?;
+                if !matches!(r.end, StepEnd::Done) {
+                    return Ok(r);
+                }
+                self.bounded(deadline, &step, self.run_hooks(HookPoint::AfterScaleDown))
                     .await
             }
             other => {
@@ -705,6 +733,10 @@ impl StepContext {
         let canary = self.canary();
         match step {
             Step::Deploy { replicas } => {
+                let hooks = self.run_hooks(HookPoint::BeforeDeploy).await?;
+                if !matches!(hooks.end, StepEnd::Done) {
+                    return Ok(hooks);
+                }
                 let release = &self.rollout.release;
                 inner
                     .retry
@@ -877,6 +909,39 @@ impl StepContext {
                 InconclusivePolicy::Abort => StepResult::failed(reason),
             },
         })
+    }
+
+    /// Runs every hook's method for `point`, in order; the first failure
+    /// fails the step.
+    async fn run_hooks(&self, point: HookPoint) -> Result<StepResult> {
+        let ctx = HookContext {
+            service: self.service().clone(),
+            rollout_id: self.rollout_id.clone(),
+            point,
+            version: self.rollout.release.version.clone(),
+            stable_version: self.stable_version.clone(),
+            new_slot: self.canary(),
+            old_slot: self.stable,
+        };
+        for hook in &self.inner.hooks {
+            let span = tracing::info_span!("hook", hook = hook.name(), %point);
+            let r = match point {
+                HookPoint::BeforeDeploy => hook.before_deploy(&ctx).instrument(span).await,
+                HookPoint::AfterScaleDown => hook.after_scale_down(&ctx).instrument(span).await,
+            };
+            self.emit(EventKind::HookRan {
+                hook: hook.name().to_string(),
+                point,
+                error: r.as_ref().err().map(ToString::to_string),
+            });
+            if let Err(e) = r {
+                return Ok(StepResult::failed(format!(
+                    "hook {} ({point}) failed: {e}",
+                    hook.name()
+                )));
+            }
+        }
+        Ok(StepResult::done())
     }
 
     /// Drains `slot`'s endpoints and scales it to zero.

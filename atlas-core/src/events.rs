@@ -105,4 +105,13 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A [`RolloutHook`](crate::hooks::RolloutHook) ran.
+    HookRan {
+        /// The hook's name.
+        hook: String,
+        /// Where in the rollout.
+        point: crate::hooks::HookPoint,
+        /// Its error, if it failed.
+        error: Option<String>,
+    },
 }

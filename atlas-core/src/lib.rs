@@ -4,7 +4,7 @@
 //! [strategies](strategy), metric [`analysis`] with Argo Rollouts'
 //! semantics, and one [`engine`] that executes any strategy against
 //! small traits — [`Workloads`], [`TrafficRouter`], [`HealthProbe`],
-//! [`MetricProvider`], [`StateStore`], [`Notifier`] — persisting its state
+//! [`MetricProvider`], [`StateStore`], [`Notifier`], [`RolloutHook`] — persisting its state
 //! after every step so a crashed controller resumes where it stopped.
 //!
 //! `atlas-core` does no network I/O. Adapters live in their own crates:
@@ -27,6 +27,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod hooks;
 pub mod judge;
 pub mod metrics;
 pub mod migrate;
@@ -48,6 +49,7 @@ pub use domain::{
 pub use engine::{Engine, EngineBuilder, Outcome, RolloutHandle};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{EventKind, RolloutEvent};
+pub use hooks::{HookContext, HookPoint, RolloutHook};
 pub use metrics::{Measurement, MetricProvider, MetricQuery};
 pub use notify::{Notification, Notifier, Severity};
 pub use probe::{HealthProbe, ProbeOutcome, ProbePolicy};

@@ -327,6 +327,11 @@ impl Strategy {
                 Step::AwaitHealthy,
                 Step::SetWeight(Weight::FULL),
                 Step::Promote,
+                // Nothing to scale down, but hooks that wait for the old
+                // version to be gone (contract migrations) run here.
+                Step::ScaleDownOld {
+                    delay: Duration::ZERO,
+                },
             ];
         }
         let mut steps = Vec::new();
@@ -553,7 +558,10 @@ mod tests {
                 Step::Deploy { replicas: 2 },
                 Step::AwaitHealthy,
                 Step::SetWeight(Weight::FULL),
-                Step::Promote
+                Step::Promote,
+                Step::ScaleDownOld {
+                    delay: Duration::ZERO
+                },
             ]
         );
     }

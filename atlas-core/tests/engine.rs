@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use atlas_core::analysis::AnalysisMetric;
+use atlas_core::hooks::{HookContext, HookPoint, RolloutHook};
+use atlas_core::migrate::testing::MemoryDriver;
+use atlas_core::migrate::{BackupPolicy, MigrationHook, MigrationSet, Migrator, MigratorConfig};
 use atlas_core::testing::{
     CollectingNotifier, Fault, FaultError, FaultPlan, MemoryStateStore, Method, MockWorkloads,
     ProbeKey, ProbeScript, RecordingRouter, RouterCall, ScriptedMetrics, ScriptedProbe,
@@ -862,4 +865,295 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         rt.block_on(crash_and_resume(crash_after, bad_at, canary));
     }
+}
+
+/// What the world looked like each time a hook ran.
+#[derive(Debug, Clone, PartialEq)]
+struct HookSighting {
+    point: HookPoint,
+    green_replicas: u32,
+    blue_replicas: u32,
+    split: Option<TrafficSplit>,
+    applied: Vec<u64>,
+}
+
+/// Records the world at each hook point; fails the first `fail_first`
+/// calls at `fail_at`.
+#[derive(Debug)]
+struct SpyHook {
+    svc: ServiceName,
+    workloads: MockWorkloads,
+    router: RecordingRouter,
+    driver: Option<MemoryDriver>,
+    fail_at: Option<HookPoint>,
+    fail_first: std::sync::atomic::AtomicUsize,
+    seen: std::sync::Mutex<Vec<HookSighting>>,
+}
+
+impl SpyHook {
+    fn new(
+        w: &World,
+        driver: Option<MemoryDriver>,
+        fail_at: Option<HookPoint>,
+        fail_first: usize,
+    ) -> Arc<SpyHook> {
+        Arc::new(SpyHook {
+            svc: w.svc.clone(),
+            workloads: w.workloads.clone(),
+            router: w.router.clone(),
+            driver,
+            fail_at,
+            fail_first: fail_first.into(),
+            seen: Default::default(),
+        })
+    }
+
+    fn seen(&self) -> Vec<HookSighting> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn sight(&self, ctx: &HookContext) -> atlas_core::Result<()> {
+        assert_eq!(ctx.service, self.svc);
+        assert_eq!(ctx.version, "v2");
+        assert_eq!(ctx.stable_version.as_deref(), Some("v1"));
+        assert_eq!((ctx.old_slot, ctx.new_slot), (Slot::Blue, Slot::Green));
+        self.seen.lock().unwrap().push(HookSighting {
+            point: ctx.point,
+            green_replicas: self.workloads.replicas(&self.svc, Slot::Green),
+            blue_replicas: self.workloads.replicas(&self.svc, Slot::Blue),
+            split: self.router.current(&self.svc),
+            applied: self
+                .driver
+                .iter()
+                .flat_map(|d| d.rows())
+                .filter(|r| r.success)
+                .map(|r| r.version.0)
+                .collect(),
+        });
+        let failing = self.fail_at == Some(ctx.point)
+            && self
+                .fail_first
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+        if failing {
+            return Err(atlas_core::Error::backend("spy", "injected hook failure"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RolloutHook for SpyHook {
+    fn name(&self) -> &str {
+        "spy"
+    }
+    async fn before_deploy(&self, ctx: &HookContext) -> atlas_core::Result<()> {
+        self.sight(ctx)
+    }
+    async fn after_scale_down(&self, ctx: &HookContext) -> atlas_core::Result<()> {
+        self.sight(ctx)
+    }
+}
+
+fn engine_with_hooks(
+    w: &World,
+    store: Arc<dyn StateStore>,
+    hooks: Vec<Arc<dyn RolloutHook>>,
+) -> Engine {
+    let mut b = Engine::builder()
+        .workloads(Arc::new(w.workloads.clone()))
+        .router(Arc::new(w.router.clone()))
+        .probe(Arc::new(w.probe.clone()))
+        .metrics(metrics_bad_at(w, None))
+        .store(store)
+        .lease_ttl(LEASE_TTL);
+    for h in hooks {
+        b = b.hook(h);
+    }
+    b.build().unwrap()
+}
+
+fn expand_contract_set() -> MigrationSet {
+    MigrationSet::from_sources([
+        (
+            "V1__accounts.sql",
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, legacy text);",
+        ),
+        (
+            "V2__add_plan.sql",
+            "-- atlas:phase expand\nALTER TABLE accounts ADD COLUMN plan text;",
+        ),
+        (
+            "V3__drop_legacy.sql",
+            "-- atlas:phase contract\nALTER TABLE accounts DROP COLUMN legacy;",
+        ),
+    ])
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn migration_hook_expands_before_the_new_slot_and_contracts_after_the_old_is_gone() {
+    let w = World::new().await;
+    let driver = MemoryDriver::new();
+    let migrator =
+        Migrator::new(driver.clone(), expand_contract_set()).with_config(MigratorConfig {
+            backup: BackupPolicy::Disabled,
+            ..MigratorConfig::default()
+        });
+    let migrations = Arc::new(MigrationHook::new(Arc::new(migrator)));
+    // The spy runs after the migration hook and sees what it left.
+    let spy = SpyHook::new(&w, Some(driver.clone()), None, 0);
+    let engine = engine_with_hooks(
+        &w,
+        Arc::new(w.store.clone()),
+        vec![migrations.clone(), spy.clone()],
+    );
+    let mut events = engine.subscribe();
+    let outcome = engine
+        .start(blue_green(&w.svc))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
+    w.assert_promoted(2);
+    assert_eq!(
+        spy.seen(),
+        [
+            HookSighting {
+                point: HookPoint::BeforeDeploy,
+                green_replicas: 0,
+                blue_replicas: 2,
+                split: Some(TrafficSplit::all_to(Slot::Blue)),
+                applied: vec![1, 2],
+            },
+            HookSighting {
+                point: HookPoint::AfterScaleDown,
+                green_replicas: 2,
+                blue_replicas: 0,
+                split: Some(TrafficSplit::all_to(Slot::Green)),
+                applied: vec![1, 2, 3],
+            },
+        ]
+    );
+    let reports: Vec<(HookPoint, Vec<u64>)> = migrations
+        .reports()
+        .into_iter()
+        .map(|(p, r)| (p, r.versions.iter().map(|v| v.0).collect()))
+        .collect();
+    assert_eq!(
+        reports,
+        [
+            (HookPoint::BeforeDeploy, vec![1, 2]),
+            (HookPoint::AfterScaleDown, vec![3]),
+        ]
+    );
+    let mut hook_events = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let EventKind::HookRan { hook, point, error } = e.kind {
+            hook_events.push((hook, point, error.is_none()));
+        }
+    }
+    assert_eq!(hook_events.len(), 4, "{hook_events:?}");
+    assert!(hook_events.iter().all(|(_, _, ok)| *ok));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_expand_hook_rolls_back_before_the_new_slot_starts() {
+    let w = World::new().await;
+    let spy = SpyHook::new(&w, None, Some(HookPoint::BeforeDeploy), usize::MAX);
+    let engine = engine_with_hooks(&w, Arc::new(w.store.clone()), vec![spy.clone()]);
+    let outcome = engine
+        .start(blue_green(&w.svc))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let Outcome::RolledBack { reason } = outcome else {
+        panic!("expected a rollback, got {outcome:?}");
+    };
+    assert!(
+        reason.contains("hook spy (before_deploy) failed"),
+        "{reason}"
+    );
+    assert!(
+        !w.workloads.calls().iter().any(|c| matches!(
+            c,
+            atlas_core::testing::WorkloadsCall::Deploy {
+                slot: Slot::Green,
+                ..
+            }
+        )),
+        "the new slot was never started: {:?}",
+        w.workloads.calls()
+    );
+    assert_eq!(
+        w.router.current(&w.svc),
+        Some(TrafficSplit::all_to(Slot::Blue))
+    );
+    assert_eq!(w.workloads.replicas(&w.svc, Slot::Blue), 2);
+    assert_eq!(spy.seen().len(), 1, "no contract after a rollback");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_contract_hook_stops_promoted_and_a_resumed_engine_retries_it() {
+    let w = World::new().await;
+    let spy = SpyHook::new(&w, None, Some(HookPoint::AfterScaleDown), 1);
+    let engine = engine_with_hooks(&w, Arc::new(w.store.clone()), vec![spy.clone()]);
+    let err = engine
+        .start(blue_green(&w.svc))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("after promotion"), "{err}");
+    // Fully promoted, never rolled back: the old version is already gone.
+    assert_eq!(
+        w.router.current(&w.svc),
+        Some(TrafficSplit::all_to(Slot::Green))
+    );
+    assert_eq!(w.workloads.replicas(&w.svc, Slot::Blue), 0);
+    let state = w.store.state(&w.svc).unwrap();
+    assert!(
+        state.promoted && state.phase == Phase::Progressing,
+        "{state:?}"
+    );
+
+    let fresh = engine_with_hooks(&w, Arc::new(w.store.clone()), vec![spy.clone()]);
+    let outcome = fresh
+        .resume(&w.svc)
+        .await
+        .unwrap()
+        .expect("resumable")
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
+    w.assert_promoted(2);
+    let points: Vec<HookPoint> = spy.seen().iter().map(|s| s.point).collect();
+    assert_eq!(
+        points,
+        [
+            HookPoint::BeforeDeploy,
+            HookPoint::AfterScaleDown,
+            HookPoint::AfterScaleDown
+        ]
+    );
 }

@@ -2,12 +2,15 @@
 //! zero-downtime pattern for schema changes, on a real PostgreSQL and
 //! Atlas's local runtime (processes behind its own proxy).
 //!
-//! 1. v1 of the app runs with migration V1 applied.
-//! 2. Before v2 starts, the **expand** migrations run (`V2`: a new nullable
-//!    column v2 will use; v1 ignores it).
-//! 3. v2 rolls out blue → green; the engine scales the old slot down.
-//! 4. Only once no replica of v1 runs, the **contract** migrations run
-//!    (`V3`: drop the column only v1 used).
+//! Each release carries its migrations as a
+//! [`MigrationHook`](atlas_core::migrate::MigrationHook) on the engine that
+//! rolls it out:
+//! 1. v1 of the app is rolled out with migration V1.
+//! 2. v2 is rolled out blue → green with V2 and V3: the engine applies the
+//!    **expand** migration (`V2`: a new nullable column v2 will use; v1
+//!    ignores it) before v2's slot starts, shifts traffic, scales v1's slot
+//!    down, and only then applies the **contract** migration (`V3`: drop
+//!    the column only v1 used).
 //!
 //! Every plan is linted; the run takes a `pg_dump` backup before each
 //! change into a local directory. It creates a database of its own and
@@ -23,12 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atlas_core::backup::ObjectPrefix;
-use atlas_core::migrate::{
-    BackupPolicy, MigrationPhase, MigrationSet, Migrator, MigratorConfig, RunReport, Version,
-};
+use atlas_core::migrate::{BackupPolicy, MigrationHook, MigrationSet, Migrator, MigratorConfig};
 use atlas_core::{
-    BlueGreen, Engine, Outcome, ProbePolicy, Release, Rollout, ServiceName, Slot, Strategy,
-    TrafficRouter, Workloads,
+    BlueGreen, Engine, EventKind, Outcome, ProbePolicy, Release, Rollout, ServiceName, Slot,
+    Strategy, Workloads,
 };
 use atlas_local::file_store::FileStateStore;
 use atlas_local::process::{ProcessWorkloads, Readiness};
@@ -119,17 +120,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    let set = MigrationSet::from_sources(MIGRATIONS.iter().copied())?;
-    let migrator = Migrator::new(PostgresDriver::builder(url).connect().await?, set).with_config(
-        MigratorConfig {
-            backup: BackupPolicy::To {
-                target: Arc::new(FsTarget::new(work.join("backups"))?),
-                prefix: ObjectPrefix::new("demo/")?,
-            },
-            ..MigratorConfig::default()
-        },
-    );
-
     let svc = ServiceName::new("accounts")?;
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
     let router = Arc::new(
@@ -147,28 +137,67 @@ async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::erro
             .poll_interval(Duration::from_millis(100))
             .build()?,
     );
-    let engine = Engine::builder()
-        .workloads(workloads.clone())
-        .router(router.clone())
-        .probe(Arc::new(HttpProbe::get("/health")?))
-        .metrics(Arc::new(router.metrics()))
-        .store(Arc::new(FileStateStore::new(work.join("state"))?))
-        .poll_interval(Duration::from_millis(100))
-        .build()?;
+    let store = Arc::new(FileStateStore::new(work.join("state"))?);
+    // Each release ships the migrations it needs; the engine that rolls it
+    // out carries them as a hook: expand before the new slot starts,
+    // contract once the old slot is scaled down.
+    let release_engine = |hook: Arc<MigrationHook<PostgresDriver>>| {
+        Engine::builder()
+            .workloads(workloads.clone())
+            .router(router.clone())
+            .probe(Arc::new(HttpProbe::get("/health")?))
+            .metrics(Arc::new(router.metrics()))
+            .store(store.clone())
+            .hook(hook)
+            .poll_interval(Duration::from_millis(100))
+            .build()
+    };
 
-    println!("== 1/4 schema V1, then v1 of the app");
-    show("migrate to V1", &migrator.migrate(Some(Version(1))).await?);
-    expect_promoted(&engine.start(rollout(&svc, &me, "v1")).await?.wait().await?)?;
+    println!("== 1/2 release v1 with its migration V1 (first rollout: all at once)");
+    let v1 = migration_hook(url, work, &MIGRATIONS[..1]).await?;
+    let outcome = release_engine(v1.clone())?
+        .start(rollout(&svc, &me, "v1"))
+        .await?
+        .wait()
+        .await?;
+    expect_promoted(&outcome)?;
+    show(&v1);
 
-    println!("== 2/4 expand: migrations v2 needs, applied while v1 still serves");
-    show(
-        "expand",
-        &migrator.migrate_phase(MigrationPhase::Expand).await?,
-    );
-
-    println!("== 3/4 roll out v2 (blue-green; the old slot is scaled down at the end)");
-    expect_promoted(&engine.start(rollout(&svc, &me, "v2")).await?.wait().await?)?;
-    let split = router.split(&svc).await?;
+    println!("== 2/2 release v2 with V2 (expand) and V3 (contract), blue-green");
+    let v2 = migration_hook(url, work, MIGRATIONS).await?;
+    let engine = release_engine(v2.clone())?;
+    // Watch the rollout: record what ran when each hook fired.
+    let mut events = engine.subscribe();
+    let handle = engine.start(rollout(&svc, &me, "v2")).await?;
+    let outcome = handle.wait().await?;
+    expect_promoted(&outcome)?;
+    let mut order = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        match e.kind {
+            EventKind::HookRan { point, error, .. } => order.push(format!(
+                "hook {point} {}",
+                if error.is_none() { "ok" } else { "FAILED" }
+            )),
+            EventKind::StepFinished { step, .. } => order.push(format!("step {step}")),
+            _ => {}
+        }
+    }
+    for line in &order {
+        println!("  {line}");
+    }
+    show(&v2);
+    // The contract ran only after the old slot (v1) was gone.
+    let contract_at = order
+        .iter()
+        .position(|l| l.starts_with("hook after_scale_down"));
+    let deploy_at = order.iter().position(|l| l.starts_with("step deploy"));
+    let expand_at = order
+        .iter()
+        .position(|l| l.starts_with("hook before_deploy"));
+    match (expand_at, deploy_at, contract_at) {
+        (Some(e), Some(d), Some(c)) if e < d && d < c => {}
+        _ => return Err(format!("hooks ran out of order: {order:?}").into()),
+    }
     let mut old_running = 0;
     for slot in [Slot::Blue, Slot::Green] {
         let status = workloads.status(&svc, slot).await?;
@@ -181,20 +210,10 @@ async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::erro
             old_running += status.ready;
         }
     }
-    println!(
-        "  traffic: {}",
-        split.map(|s| s.to_string()).unwrap_or_default()
-    );
     if old_running > 0 {
-        return Err(format!("{old_running} replica(s) of v1 still run: no contract").into());
+        return Err(format!("{old_running} replica(s) of v1 still run after contract").into());
     }
-
-    println!("== 4/4 contract: no v1 replica left, drop what only v1 used");
-    show(
-        "contract",
-        &migrator.migrate_phase(MigrationPhase::Contract).await?,
-    );
-    for s in migrator.status().await? {
+    for s in v2.migrator().status().await? {
         println!("  {} {:<20} {:?}", s.version, s.name, s.state);
     }
     workloads.shutdown().await;
@@ -203,18 +222,39 @@ async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::erro
     Ok(())
 }
 
-fn show(what: &str, report: &RunReport) {
-    let versions: Vec<String> = report.versions.iter().map(|v| v.to_string()).collect();
-    println!(
-        "  {what}: applied [{}], lint {} finding(s){}",
-        versions.join(", "),
-        report.lint.findings.len(),
-        report
-            .backup
-            .as_ref()
-            .map(|b| format!(", backup {} ({} bytes)", b.key, b.size))
-            .unwrap_or_default()
+/// A migration hook over `files`, with a `pg_dump` backup before each change.
+async fn migration_hook(
+    url: &str,
+    work: &std::path::Path,
+    files: &[(&str, &str)],
+) -> Result<Arc<MigrationHook<PostgresDriver>>, Box<dyn std::error::Error>> {
+    let set = MigrationSet::from_sources(files.iter().copied())?;
+    let migrator = Migrator::new(PostgresDriver::builder(url).connect().await?, set).with_config(
+        MigratorConfig {
+            backup: BackupPolicy::To {
+                target: Arc::new(FsTarget::new(work.join("backups"))?),
+                prefix: ObjectPrefix::new("demo/")?,
+            },
+            ..MigratorConfig::default()
+        },
     );
+    Ok(Arc::new(MigrationHook::new(Arc::new(migrator))))
+}
+
+fn show(hook: &MigrationHook<PostgresDriver>) {
+    for (point, report) in hook.reports() {
+        let versions: Vec<String> = report.versions.iter().map(|v| v.to_string()).collect();
+        println!(
+            "  migrations at {point}: applied [{}], lint {} finding(s){}",
+            versions.join(", "),
+            report.lint.findings.len(),
+            report
+                .backup
+                .as_ref()
+                .map(|b| format!(", backup {} ({} bytes)", b.key, b.size))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn expect_promoted(outcome: &Outcome) -> Result<(), Box<dyn std::error::Error>> {

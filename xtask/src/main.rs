@@ -17,10 +17,13 @@
 //!    tests run too, and every failing test binary is reported. Then
 //!    the services it started are stopped (also on failure and on Ctrl-C/SIGTERM);
 //!    on failure the last 50 lines of each started service's log are printed.
-//! 5. `doctest`: `cargo test --workspace --all-features --doc`, kept apart from
+//! 5. `examples`: runs `cargo run --example blue_green` (the README's first
+//!    command) and, with the services, the `migrate_with_rollout` example
+//!    against the real PostgreSQL; either failing fails the run.
+//! 6. `doctest`: `cargo test --workspace --all-features --doc`, kept apart from
 //!    `--include-ignored`, which would also try to compile ```` ```ignore ````
 //!    doc blocks.
-//! 6. `doc`: `cargo doc --workspace --no-deps --all-features` with
+//! 7. `doc`: `cargo doc --workspace --no-deps --all-features` with
 //!    `RUSTDOCFLAGS=-D warnings`.
 //!
 //! Options: `--no-services` skips stage 3 and runs stage 4 without
@@ -456,6 +459,34 @@ fn test(args: &[String]) -> Result<ExitCode> {
             return Ok(summary.fail("test", &why));
         }
     }
+    // The reference binaries, run for real: the README's first command, and
+    // the expand/contract migration example on the real PostgreSQL.
+    let mut examples: Vec<Vec<&str>> = vec![vec!["run", "--example", "blue_green"]];
+    if layout.is_some() {
+        examples.push(vec![
+            "run",
+            "-p",
+            "atlas-examples",
+            "--features",
+            "postgres",
+            "--example",
+            "migrate_with_rollout",
+        ]);
+    }
+    let t0 = Instant::now();
+    for args in &examples {
+        if let Err((_, why)) = cargo_stage("examples", args, &test_env) {
+            summary.add("examples", Status::Failed, t0.elapsed(), "");
+            print_service_logs();
+            return Ok(summary.fail("examples", &why));
+        }
+    }
+    summary.add(
+        "examples",
+        Status::Ok,
+        t0.elapsed(),
+        format!("{} run", examples.len()),
+    );
     // The remaining stages need no service.
     services::stop_started();
 

@@ -19,6 +19,9 @@
 //! - `-- atlas:allow-data-change <table>` exempts `table` from the table
 //!   invariants ([`MigratorConfig::invariant_tables`]).
 //!
+//! [`MigrationHook`] ties the phases to rollouts: expand migrations before
+//! the new release starts, contract migrations once the old one is gone.
+//!
 //! `atlas-core` does no database I/O: the PostgreSQL driver lives in
 //! `atlas-storage` (feature `postgres`). With the `testing` feature,
 //! [`testing::MemoryDriver`] is an in-memory driver for tests.
@@ -34,6 +37,7 @@
 //! ```
 
 mod engine;
+mod hook;
 pub mod lint;
 mod source;
 #[cfg(feature = "testing")]
@@ -50,6 +54,7 @@ pub use engine::{
     BackupPolicy, Direction, MigrationState, MigrationStatus, Migrator, MigratorConfig, Plan,
     PlannedStep, RepairReport, RunReport,
 };
+pub use hook::MigrationHook;
 pub use lint::{LintConfig, LintFinding, LintReport, LintSeverity};
 pub use source::{Directives, Migration, MigrationPhase, MigrationSet, Script, Version, checksum};
 
