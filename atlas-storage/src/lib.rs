@@ -1,5 +1,6 @@
 //! Where Atlas's data lives: the backup targets behind
-//! [`atlas_core::backup::BackupTarget`].
+//! [`atlas_core::backup::BackupTarget`], and the database drivers behind
+//! [`atlas_core::migrate::MigrationDriver`].
 //!
 //! | target | feature | backend |
 //! |---|---|---|
@@ -8,6 +9,10 @@
 //! | `S3Target` | `s3` | Amazon S3 and S3-compatible servers (`aws-sdk-s3`) |
 //! | `AzureBlobTarget` | `azure` | Azure Blob Storage and Azurite (`azure_storage_blobs`) |
 //! | `GcsTarget` | `gcs` | Google Cloud Storage and fake-gcs-server (JSON API, `google-cloud-auth`) |
+//!
+//! | driver | feature | backend |
+//! |---|---|---|
+//! | `postgres::PostgresDriver` | `postgres` | PostgreSQL (`tokio-postgres`, TLS with rustls): advisory lock, history table, per-migration timeouts, `pg_dump` backups |
 //!
 //! Every target passes the conformance suite
 //! `atlas_core::testing::conformance::backup_target`; the filesystem and
