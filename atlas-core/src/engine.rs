@@ -502,6 +502,7 @@ impl Engine {
             steps,
             commands: cmd_rx,
             state_tx,
+            traffic_returned: false,
         };
         let service = driver.state.rollout.service.clone();
         let id = driver.state.id.clone();
@@ -967,9 +968,12 @@ impl StepContext {
         Ok(StepResult::done())
     }
 
-    /// All traffic to stable in one router call, then the canary down.
-    async fn rollback(&self) -> Result<()> {
-        self.set_split(TrafficSplit::all_to(self.stable)).await?;
+    /// All traffic to stable in one router call (unless `traffic_returned`
+    /// says it already happened), then the canary down.
+    async fn rollback(&self, traffic_returned: bool) -> Result<()> {
+        if !traffic_returned {
+            self.set_split(TrafficSplit::all_to(self.stable)).await?;
+        }
         self.scale_down(self.canary()).await?;
         Ok(())
     }
@@ -983,6 +987,8 @@ struct Driver {
     steps: Vec<Step>,
     commands: mpsc::UnboundedReceiver<Command>,
     state_tx: watch::Sender<RolloutState>,
+    /// The router already holds the all-stable split of a rollback.
+    traffic_returned: bool,
 }
 
 /// What interrupted a running step.
@@ -1038,7 +1044,15 @@ impl Driver {
             steps: self.steps.len(),
             resumed,
         });
-        let result = self.drive().await;
+        let reconciled = if resumed {
+            self.reconcile().await
+        } else {
+            Ok(())
+        };
+        let result = match reconciled {
+            Ok(()) => self.drive().await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, "engine stopped without finishing; resume from the store");
         }
@@ -1058,7 +1072,7 @@ impl Driver {
                 }
                 Phase::RolledBack { reason } => return Ok(Outcome::RolledBack { reason }),
                 Phase::RollingBack { reason } => {
-                    self.context().rollback().await?;
+                    self.context().rollback(self.traffic_returned).await?;
                     self.state.weight = Weight::ZERO;
                     self.state.phase = Phase::RolledBack {
                         reason: reason.clone(),
@@ -1189,6 +1203,39 @@ impl Driver {
         Ok(())
     }
 
+    /// A resumed rollout whose canary had traffic but whose router holds
+    /// the all-stable split was interrupted between the first two moves of
+    /// a rollback (see [`fail`](Self::fail)): finish that rollback.
+    async fn reconcile(&mut self) -> Result<()> {
+        if self.state.phase != Phase::Progressing
+            || self.state.promoted
+            || self.state.weight == Weight::ZERO
+        {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let service = self.state.rollout.service.clone();
+        let split = inner
+            .retry
+            .run("router.split", || inner.router.split(&service))
+            .await?;
+        if split.is_some_and(|s| s.is_all_to(self.state.stable)) {
+            let reason = format!(
+                "a rollback was interrupted after traffic returned to {} (canary had {})",
+                self.state.stable, self.state.weight
+            );
+            tracing::warn!(reason, "finishing an interrupted rollback");
+            self.traffic_returned = true;
+            self.state.phase = Phase::RollingBack {
+                reason: reason.clone(),
+            };
+            self.state.paused = false;
+            self.persist().await?;
+            self.emit(EventKind::Aborted { reason });
+        }
+        Ok(())
+    }
+
     async fn fail(&mut self, reason: String) -> Result<()> {
         if self.state.promoted {
             // Past the point of no return: the new release already has all
@@ -1197,6 +1244,23 @@ impl Driver {
                 "engine",
                 format!("step failed after promotion: {reason}"),
             ));
+        }
+        if self.state.weight > Weight::ZERO {
+            // The canary has traffic: take it away before anything else,
+            // because the store write costs an fsync. A crash before the
+            // write below leaves a Progressing state with weight > 0 and an
+            // all-stable router, which `reconcile` turns back into this
+            // rollback.
+            match self
+                .context()
+                .set_split(TrafficSplit::all_to(self.state.stable))
+                .await
+            {
+                Ok(()) => self.traffic_returned = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not return traffic yet; the rollback retries")
+                }
+            }
         }
         self.state.phase = Phase::RollingBack {
             reason: reason.clone(),

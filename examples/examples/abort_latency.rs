@@ -5,8 +5,9 @@
 //! `RolloutHandle::abort()` and measures:
 //!
 //! - **engine**: from `abort()` until the proxy holds the all-stable split
-//!   (the engine persists the rollback decision with an fsync'd file write
-//!   first, then makes one router call);
+//!   (the engine makes the one router call first, then persists the
+//!   rollback decision with an fsync'd file write; a crash in between is
+//!   reconciled on resume);
 //! - **clients**: from `abort()` until the last request that the canary
 //!   answered was sent — after it, every new request reached stable.
 //!
