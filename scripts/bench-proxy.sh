@@ -4,12 +4,13 @@
 # connections and duration, all on 127.0.0.1. Prints a Markdown table with
 # requests/s, p50 and p99 latency and the ratios against nginx.
 #
-# usage: scripts/bench-proxy.sh [DURATION_S] [CONNECTIONS]
+# usage: scripts/bench-proxy.sh [DURATION_S] [CONNECTIONS] [ROUNDS]
 # Installs nginx and wrk (Debian) when missing. Needs root for apt only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONNS=${2:-64}
+ROUNDS=${3:-3}
 THREADS=2
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/atlas-target}
 WORK=$(mktemp -d /tmp/atlas-bench-proxy.XXXXXX)
@@ -63,10 +64,9 @@ wait_port $NGINX
 
 # wrk prints latency in us/ms/s; normalise to milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
-run() { # name addr -> "rps p50 p99"
-  wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "http://$2/" >/dev/null 2>&1 # warm-up pass, same length
+measure() { # name addr -> "rps p50 p99" of one wrk pass
   local out; out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "http://$2/")
-  echo "$out" > "$WORK/$1.wrk"
+  echo "$out" >> "$WORK/$1.wrk"
   local rps p50 p99 errs
   rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
   p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
@@ -75,9 +75,24 @@ run() { # name addr -> "rps p50 p99"
   [ -n "$errs" ] && echo "$1: $errs" >&2
   echo "$rps $p50 $p99"
 }
-read -r d_rps d_p50 d_p99 < <(run direct $UP)
-read -r a_rps a_p50 a_p99 < <(run atlas $ATLAS)
-read -r n_rps n_p50 n_p99 < <(run nginx $NGINX)
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+# One warm-up pass each, then ROUNDS rounds that alternate the targets, so a
+# slow spell of the machine hits all three alike; each column is the median.
+declare -A RPS P50 P99
+for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
+  wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "http://${t#*:}/" >/dev/null 2>&1
+done
+for r in $(seq "$ROUNDS"); do
+  for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
+    read -r rps p50 p99 < <(measure "${t%%:*}" "${t#*:}")
+    RPS[${t%%:*}]+="$rps "; P50[${t%%:*}]+="$p50 "; P99[${t%%:*}]+="$p99 "
+    echo "round $r ${t%%:*}: $rps req/s, p50 $p50 ms, p99 $p99 ms" >&2
+  done
+done
+med() { echo "$1" | tr ' ' '\n' | grep -v '^$' | median; }
+read -r d_rps d_p50 d_p99 <<<"$(med "${RPS[direct]}") $(med "${P50[direct]}") $(med "${P99[direct]}")"
+read -r a_rps a_p50 a_p99 <<<"$(med "${RPS[atlas]}") $(med "${P50[atlas]}") $(med "${P99[atlas]}")"
+read -r n_rps n_p50 n_p99 <<<"$(med "${RPS[nginx]}") $(med "${P50[nginx]}") $(med "${P99[nginx]}")"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
 echo "| target | requests/s | p50 ms | p99 ms | throughput vs nginx | p99 vs nginx |"
 echo "|---|---:|---:|---:|---:|---:|"
@@ -85,4 +100,4 @@ echo "| no proxy (upstream direct) | $d_rps | $d_p50 | $d_p99 | $(ratio "$d_rps"
 echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 | $n_p99 | 1.00 | 1.00 |"
 echo "| Atlas ProxyRouter | $a_rps | $a_p50 | $a_p99 | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") |"
 echo
-echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency (after a warm-up pass of the same length); $(nproc) cores; upstream: demo_app (release)"
+echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency; medians of $ROUNDS alternating rounds after a warm-up pass each; $(nproc) cores; upstream: demo_app (release)"
