@@ -6,8 +6,9 @@
 //!
 //! 1. `fmt`: `cargo fmt --all -- --check`
 //! 2. `clippy`: `cargo clippy --workspace --all-targets --all-features -- -D warnings`
-//! 3. `services`: installs the real services that are missing (apt, npm, pip and
-//!    `cargo install` in parallel threads, overlapping `clippy`), starts them on
+//! 3. `services`: installs the real services that are missing, and `restic`
+//!    (the baseline backup tests compare against), with apt, npm, pip and
+//!    `cargo install` in parallel threads overlapping `clippy`, starts them on
 //!    127.0.0.1 and health-checks each one. A service that already answers as
 //!    expected (say, one a developer started) is reused and left running;
 //!    anything else holding a port is a hard error, as is a service that fails

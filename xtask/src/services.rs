@@ -411,6 +411,9 @@ pub(crate) fn cargo() -> OsString {
 /// How long each service's install took (`None`: it was already installed).
 pub(crate) type InstallReport = Vec<(Service, Option<Duration>)>;
 
+/// Programs (and their Debian packages) that tests run directly.
+const TOOLS: &[(&str, &str)] = &[("restic", "restic")];
+
 /// Installs every service in `services` whose program is missing. apt, npm,
 /// pip and `cargo install` run in parallel threads, each logging to
 /// `logs/install-*.log` and printing one line when it starts and ends.
@@ -422,13 +425,20 @@ pub(crate) fn install(layout: &Layout, services: &[Service]) -> Result<InstallRe
         .copied()
         .filter(|s| layout.locate(*s).is_none())
         .collect();
-    if missing.is_empty() {
+    // Programs tests run but that are no service: restic, the baseline the
+    // backup retention test compares against (Debian package).
+    let tools: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(program, _)| find_in_path(program).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() && tools.is_empty() {
         say!("services: all installed in {}", layout.root().display());
         return Ok(services.iter().map(|s| (*s, None)).collect());
     }
     let needs = |i: Installer| missing.iter().any(|s| s.installer() == i);
 
-    let mut apt_packages: Vec<&str> = Vec::new();
+    let mut apt_packages: Vec<&str> = tools;
     for service in &missing {
         match service {
             Service::Postgres => apt_packages.push("postgresql"),
