@@ -247,12 +247,7 @@ fn offline() -> atlas_core::Error {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    atlas_examples::main_support::init_tracing("warn");
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

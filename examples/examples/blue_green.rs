@@ -41,32 +41,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("demo-app") {
         return atlas_examples::demo_app::main_from_args(args.into_iter().skip(1));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // The demo prints every engine event itself; RUST_LOG shows more.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("blue_green failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    // The demo prints every engine event itself; RUST_LOG shows more.
+    atlas_examples::main_support::init_tracing("error");
+    atlas_examples::main_support::run("blue_green", run())
 }
 
 async fn run() -> Result<bool, Box<dyn std::error::Error>> {

@@ -66,11 +66,7 @@ type Labels = Vec<(String, String)>;
 
 fn main() -> ExitCode {
     atlas_metrics::tls::install_default_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    atlas_examples::main_support::init_tracing("warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

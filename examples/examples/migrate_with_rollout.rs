@@ -63,30 +63,8 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("demo-app") {
         return atlas_examples::demo_app::main_from_args(args.into_iter().skip(1));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("migrate_with_rollout failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    atlas_examples::main_support::init_tracing("error");
+    atlas_examples::main_support::run("migrate_with_rollout", async { run().await.map(|()| true) })
 }
 
 async fn admin(url: &str) -> Result<tokio_postgres::Client, Box<dyn std::error::Error>> {

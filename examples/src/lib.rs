@@ -3,3 +3,4 @@
 
 pub mod demo_app;
 pub mod load;
+pub mod main_support;

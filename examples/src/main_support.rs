@@ -1,0 +1,48 @@
+//! What every reference binary's `main` does: logging to stderr, a tokio
+//! runtime, and an exit code from the program's result.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// The result of a reference program: success, a failed check
+/// (`Ok(false)`, already explained on stdout), or an error.
+pub type ProgramResult = Result<bool, Box<dyn std::error::Error>>;
+
+/// Installs a `tracing` subscriber writing to stderr, filtered by
+/// `RUST_LOG` or else by `default_filter` (e.g. `"error"`, `"warn"`).
+pub fn init_tracing(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs `program` on a multi-thread runtime and maps its result to an exit
+/// code: 0 on `Ok(true)`, 1 on `Ok(false)` or an error (printed with
+/// `name`).
+pub fn run<F>(name: &str, program: F) -> ExitCode
+where
+    F: Future<Output = ProgramResult>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(program) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{name} failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
