@@ -14,6 +14,10 @@
 //! |---|---|---|
 //! | `postgres::PostgresDriver` | `postgres` | PostgreSQL (`tokio-postgres`, TLS with rustls): advisory lock, history table, per-migration timeouts, `pg_dump` backups |
 //!
+//! [`url::TargetUrl`] opens any of them from a URL (`file:///…`,
+//! `s3://bucket/prefix`, `gs://…`, `az://…`), as command-line tools take
+//! them.
+//!
 //! Every target passes the conformance suite
 //! `atlas_core::testing::conformance::backup_target`; the filesystem and
 //! memory targets on plain `cargo test`.
@@ -45,6 +49,7 @@ pub mod postgres;
 pub mod s3;
 #[cfg(any(feature = "s3", feature = "azure"))]
 mod secret;
+pub mod url;
 
 #[cfg(feature = "azure")]
 pub use azure::{AzureBlobTarget, AzureBlobTargetBuilder};

@@ -1,0 +1,299 @@
+//! Backup targets named by URL, as command-line tools take them.
+//!
+//! | URL | target | settings from the environment |
+//! |---|---|---|
+//! | `file:///abs/path` | [`FsTarget`](crate::FsTarget) rooted at the path | — |
+//! | `s3://bucket/prefix` | `S3Target` (feature `s3`) | as `S3TargetBuilder::from_env` (`AWS_ENDPOINT_URL`, `AWS_REGION`, `ATLAS_S3_PATH_STYLE`, credentials) |
+//! | `gs://bucket/prefix` | `GcsTarget` (feature `gcs`) | as `GcsTargetBuilder::from_env` (`STORAGE_EMULATOR_HOST`, credentials); `GOOGLE_CLOUD_PROJECT` for bucket creation |
+//! | `az://container/prefix` | `AzureBlobTarget` (feature `azure`) | as `AzureBlobTargetBuilder::from_env`; `ATLAS_AZURE_EMULATOR` (e.g. Azurite's `http://127.0.0.1:10000/devstoreaccount1`) selects the emulator account |
+//!
+//! The prefix (everything after the bucket) keeps several repositories
+//! apart in one bucket. Credentials never appear in URLs, so URLs are safe
+//! to log.
+//!
+//! ```
+//! use atlas_storage::url::{TargetUrl, Scheme};
+//! let url = TargetUrl::parse("s3://backups/prod/db")?;
+//! assert_eq!(url.scheme(), Scheme::S3);
+//! assert_eq!(url.bucket(), Some("backups"));
+//! assert_eq!(url.prefix().as_str(), "prod/db/");
+//! # Ok::<(), atlas_core::Error>(())
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use atlas_core::backup::{BackupTarget, ObjectPrefix};
+use atlas_core::{Error, Result};
+
+/// The kind of target a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `file://`: a local directory.
+    File,
+    /// `s3://`: Amazon S3 or an S3-compatible server.
+    S3,
+    /// `gs://`: Google Cloud Storage.
+    Gcs,
+    /// `az://`: Azure Blob Storage.
+    Azure,
+}
+
+impl Scheme {
+    /// The cargo feature of `atlas-storage` the scheme needs.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Scheme::File => "fs",
+            Scheme::S3 => "s3",
+            Scheme::Gcs => "gcs",
+            Scheme::Azure => "azure",
+        }
+    }
+}
+
+/// A parsed, validated target URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetUrl {
+    text: String,
+    scheme: Scheme,
+    /// The directory (file) or bucket / container (clouds).
+    location: String,
+    prefix: ObjectPrefix,
+}
+
+impl fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl TargetUrl {
+    /// Parses `url`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the URL for an unknown scheme, a
+    /// relative `file://` path, a missing bucket, or a prefix that is no
+    /// valid object prefix.
+    pub fn parse(url: &str) -> Result<TargetUrl> {
+        let field = format!("target url `{url}`");
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            Error::invalid(
+                &field,
+                "must be file:///PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX",
+            )
+        })?;
+        let scheme = match scheme {
+            "file" => Scheme::File,
+            "s3" => Scheme::S3,
+            "gs" => Scheme::Gcs,
+            "az" => Scheme::Azure,
+            other => {
+                return Err(Error::invalid(
+                    &field,
+                    format!("unknown scheme `{other}`: use file, s3, gs or az"),
+                ));
+            }
+        };
+        if scheme == Scheme::File {
+            if !rest.starts_with('/') {
+                return Err(Error::invalid(
+                    &field,
+                    "a file URL needs an absolute path: file:///var/backups",
+                ));
+            }
+            return Ok(TargetUrl {
+                text: url.to_owned(),
+                scheme,
+                location: rest.to_owned(),
+                prefix: ObjectPrefix::all(),
+            });
+        }
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::invalid(&field, "names no bucket"));
+        }
+        if !bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(Error::invalid(
+                &field,
+                format!("bucket `{bucket}` may hold only letters, digits, `-`, `_` and `.`"),
+            ));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        let prefix = if prefix.is_empty() {
+            ObjectPrefix::all()
+        } else {
+            ObjectPrefix::new(format!("{prefix}/"))
+                .map_err(|e| Error::invalid(&field, format!("bad prefix: {e}")))?
+        };
+        Ok(TargetUrl {
+            text: url.to_owned(),
+            scheme,
+            location: bucket.to_owned(),
+            prefix,
+        })
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// The bucket or container; `None` for `file://`.
+    pub fn bucket(&self) -> Option<&str> {
+        (self.scheme != Scheme::File).then_some(self.location.as_str())
+    }
+
+    /// The directory of a `file://` URL.
+    pub fn path(&self) -> Option<PathBuf> {
+        (self.scheme == Scheme::File).then(|| PathBuf::from(&self.location))
+    }
+
+    /// The prefix every object of the repository goes under (empty for
+    /// `file://`, whose path is the root).
+    pub fn prefix(&self) -> &ObjectPrefix {
+        &self.prefix
+    }
+
+    /// Builds the target. With `create`, makes the directory, bucket or
+    /// container when it does not exist yet.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the scheme's feature is not compiled in
+    /// or the environment's settings are invalid; the target's own errors
+    /// when creating the bucket fails.
+    #[tracing::instrument(skip(self), fields(url = %self.text))]
+    pub async fn open(&self, create: bool) -> Result<Arc<dyn BackupTarget>> {
+        let field = format!("target url `{}`", self.text);
+        let missing = || {
+            Error::invalid(
+                &field,
+                format!(
+                    "needs atlas-storage's `{}` feature, which this build lacks",
+                    self.scheme.feature()
+                ),
+            )
+        };
+        let _ = (&missing, create);
+        match self.scheme {
+            Scheme::File => {
+                #[cfg(feature = "fs")]
+                {
+                    let root = PathBuf::from(&self.location);
+                    if create {
+                        std::fs::create_dir_all(&root).map_err(|e| {
+                            Error::invalid(&field, format!("cannot create {}: {e}", root.display()))
+                        })?;
+                    } else if !root.is_dir() {
+                        return Err(Error::not_found(format!(
+                            "repository directory {}",
+                            root.display()
+                        )));
+                    }
+                    Ok(Arc::new(crate::FsTarget::new(root)?))
+                }
+                #[cfg(not(feature = "fs"))]
+                Err(missing())
+            }
+            Scheme::S3 => {
+                #[cfg(feature = "s3")]
+                {
+                    let target = crate::S3TargetBuilder::from_env()
+                        .with_bucket(&self.location)
+                        .build()?;
+                    if create {
+                        target.ensure_bucket().await?;
+                    }
+                    Ok(Arc::new(target))
+                }
+                #[cfg(not(feature = "s3"))]
+                Err(missing())
+            }
+            Scheme::Gcs => {
+                #[cfg(feature = "gcs")]
+                {
+                    let target = crate::GcsTargetBuilder::from_env()
+                        .with_bucket(&self.location)
+                        .build()?;
+                    if create {
+                        let project = std::env::var("GOOGLE_CLOUD_PROJECT")
+                            .unwrap_or_else(|_| "atlas".to_owned());
+                        target.ensure_bucket(&project).await?;
+                    }
+                    Ok(Arc::new(target))
+                }
+                #[cfg(not(feature = "gcs"))]
+                Err(missing())
+            }
+            Scheme::Azure => {
+                #[cfg(feature = "azure")]
+                {
+                    let mut builder = crate::AzureBlobTargetBuilder::from_env();
+                    if let Ok(emulator) = std::env::var("ATLAS_AZURE_EMULATOR")
+                        && !emulator.is_empty()
+                    {
+                        builder = builder.emulator(emulator);
+                    }
+                    let target = builder.with_container(&self.location).build()?;
+                    if create {
+                        target.ensure_container().await?;
+                    }
+                    Ok(Arc::new(target))
+                }
+                #[cfg(not(feature = "azure"))]
+                Err(missing())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_into_scheme_bucket_and_prefix() {
+        let u = TargetUrl::parse("gs://b1/a/b/").unwrap();
+        assert_eq!(
+            (u.scheme(), u.bucket(), u.prefix().as_str()),
+            (Scheme::Gcs, Some("b1"), "a/b/")
+        );
+        let u = TargetUrl::parse("az://c").unwrap();
+        assert_eq!((u.scheme(), u.bucket()), (Scheme::Azure, Some("c")));
+        assert!(u.prefix().is_empty());
+        let u = TargetUrl::parse("file:///var/backups").unwrap();
+        assert_eq!(u.path(), Some(PathBuf::from("/var/backups")));
+        assert_eq!(u.bucket(), None);
+        assert_eq!(u.to_string(), "file:///var/backups");
+    }
+
+    #[test]
+    fn bad_urls_name_the_url_and_the_rule() {
+        for (url, rule) in [
+            ("/var/backups", "must be file:///PATH"),
+            ("ftp://x/y", "unknown scheme `ftp`"),
+            ("file://relative/path", "absolute path"),
+            ("s3:///prefix", "names no bucket"),
+            ("s3://bad bucket/x", "may hold only"),
+            ("gs://b/a//b", "bad prefix"),
+        ] {
+            let e = TargetUrl::parse(url).unwrap_err().to_string();
+            assert!(e.contains(url) && e.contains(rule), "{url}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn file_urls_open_and_create_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let url = TargetUrl::parse(&format!("file://{}", root.display())).unwrap();
+        let e = url.open(false).await.unwrap_err();
+        assert_eq!(e.kind(), atlas_core::ErrorKind::NotFound, "{e}");
+        url.open(true).await.unwrap();
+        assert!(root.is_dir());
+        url.open(false).await.unwrap();
+    }
+}
