@@ -1245,6 +1245,10 @@ impl Driver {
                 format!("step failed after promotion: {reason}"),
             ));
         }
+        // The decision first, so watchers see it before the traffic moves.
+        self.emit(EventKind::Aborted {
+            reason: reason.clone(),
+        });
         if self.state.weight > Weight::ZERO {
             // The canary has traffic: take it away before anything else,
             // because the store write costs an fsync. A crash before the
@@ -1266,9 +1270,7 @@ impl Driver {
             reason: reason.clone(),
         };
         self.state.paused = false;
-        self.persist().await?;
-        self.emit(EventKind::Aborted { reason });
-        Ok(())
+        self.persist().await
     }
 
     /// Handles a command that arrived while `step` runs. `Some` stops the step.

@@ -494,6 +494,19 @@ async fn manual_abort_mid_rollout_returns_traffic_in_one_call() {
     );
     assert_eq!(w.green_weights(), [0, 5, 25, 0]);
     w.assert_rolled_back();
+    // The decision is announced before the traffic moves, then the end.
+    let mut after_25 = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        match e.kind {
+            EventKind::Aborted { .. } => after_25.push("aborted"),
+            EventKind::WeightChanged { split } if split.is_all_to(Slot::Blue) => {
+                after_25.push("returned")
+            }
+            EventKind::RolledBack { .. } => after_25.push("rolled back"),
+            _ => {}
+        }
+    }
+    assert_eq!(after_25, ["aborted", "returned", "rolled back"]);
 }
 
 #[tokio::test(start_paused = true)]
