@@ -10,7 +10,11 @@
 //! included. Keys are [`ObjectKey`]s, validated once at construction.
 //!
 //! The targets live in `atlas-storage` (filesystem, memory, S3, GCS, Azure
-//! Blob); they share the retry policy of [`retry`]. With the `testing`
+//! Blob); they share the retry policy of [`retry`].
+//!
+//! [`retention`] decides which snapshots to keep (restic's `forget` rules,
+//! in UTC); [`schedule`] says when full, incremental and point-in-time
+//! backups run (cron, UTC) and runs them with a [`schedule::Scheduler`]. With the `testing`
 //! feature, `atlas_core::testing::conformance::backup_target` is the suite
 //! every target passes and `atlas_core::testing::backup_faults` injects
 //! failures.
@@ -31,7 +35,9 @@
 
 mod key;
 mod object;
+pub mod retention;
 pub mod retry;
+pub mod schedule;
 mod target;
 
 pub use key::{MAX_KEY_LEN, ObjectKey, ObjectPrefix};
