@@ -12,6 +12,8 @@
 //! The targets live in `atlas-storage` (filesystem, memory, S3, GCS, Azure
 //! Blob); they share the retry policy of [`retry`].
 //!
+//! [`repo`] is the backup repository engine built on them: deduplicated,
+//! compressed, encrypted snapshots (format: `atlas-core/docs/backup-format.md`).
 //! [`retention`] decides which snapshots to keep (restic's `forget` rules,
 //! in UTC); [`schedule`] says when full, incremental and point-in-time
 //! backups run (cron, UTC) and runs them with a [`schedule::Scheduler`]. With the `testing`
@@ -35,6 +37,7 @@
 
 mod key;
 mod object;
+pub mod repo;
 pub mod retention;
 pub mod retry;
 pub mod schedule;
