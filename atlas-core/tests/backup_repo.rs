@@ -1139,3 +1139,48 @@ async fn changing_the_passphrase_keeps_the_data_and_retires_the_old_one() {
     assert_eq!(fs::read(out.path().join("a.txt")).unwrap(), b"hello");
     assert!(KeySource::raw(&[1, 2, 3]).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_rules_pick_from_the_repositorys_snapshots() {
+    use atlas_core::backup::retention::RetentionPolicy;
+    let src = tempfile::tempdir().unwrap();
+    write_file(&src.path().join("a.txt"), b"v", 0o644, 1_600_000_000);
+    let mem = Memory::default();
+    let repo = init(&mem, fast_init()).await;
+    // Three snapshots on two days: keep-daily 2 keeps the newest of each day.
+    let day = |d: u64, h: u64| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + d * 86_400 + h * 3_600)
+    };
+    let mut ids = Vec::new();
+    for t in [day(0, 1), day(0, 5), day(1, 2)] {
+        let r = repo
+            .backup(
+                DirectorySource::new(src.path()),
+                BackupOptions::default().with_time(t).with_host("h"),
+            )
+            .await
+            .unwrap();
+        ids.push(r.snapshot.id.to_hex());
+    }
+    let infos: Vec<_> = repo
+        .snapshots()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.retention_info().unwrap())
+        .collect();
+    let policy = RetentionPolicy::builder().keep_daily(2u32).build().unwrap();
+    let plan = policy
+        .apply(&infos, jiff::Timestamp::try_from(day(2, 0)).unwrap())
+        .unwrap();
+    let mut kept: Vec<&str> = plan.kept_ids().collect();
+    kept.sort();
+    let mut want = vec![ids[1].as_str(), ids[2].as_str()];
+    want.sort();
+    assert_eq!(kept, want);
+    assert_eq!(plan.removed_ids().collect::<Vec<_>>(), [ids[0].as_str()]);
+    // Forgetting what the plan removes leaves exactly the kept snapshots.
+    let removed: Vec<String> = plan.removed_ids().map(str::to_owned).collect();
+    repo.forget(&removed).await.unwrap();
+    assert_eq!(repo.snapshots().await.unwrap().len(), 2);
+}

@@ -40,9 +40,7 @@ use atlas_core::backup::repo::{
     MirrorPolicy, MirrorSet, Progress, PruneOptions, ReadDataSubset, Repository, RestoreOptions,
     Snapshot, StreamSource, progress_channel, sync,
 };
-use atlas_core::backup::retention::{
-    GroupBy, KeepCount, KeepWithin, RetentionPolicy, SnapshotInfo, TagSet,
-};
+use atlas_core::backup::retention::{GroupBy, KeepCount, KeepWithin, RetentionPolicy, TagSet};
 use atlas_storage::url::TargetUrl;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -549,14 +547,7 @@ async fn forget(g: &Global) -> atlas_examples::main_support::ProgramResult {
         let snaps = repo.snapshots().await?;
         let infos = snaps
             .iter()
-            .map(|s| -> Result<SnapshotInfo, Failure> {
-                Ok(
-                    SnapshotInfo::new(s.id.to_hex(), jiff::Timestamp::try_from(s.time)?)
-                        .with_host(&s.host)
-                        .with_paths(s.paths.iter())
-                        .with_tags(s.tags.iter()),
-                )
-            })
+            .map(Snapshot::retention_info)
             .collect::<Result<Vec<_>, _>>()?;
         let plan = policy.apply(&infos, jiff::Timestamp::try_from(SystemTime::now())?)?;
         for group in &plan.groups {

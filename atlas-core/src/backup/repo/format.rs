@@ -438,6 +438,30 @@ pub struct Snapshot {
     pub totals: SnapshotTotals,
 }
 
+impl Snapshot {
+    /// What [`retention`](crate::backup::retention) needs of this snapshot
+    /// (id as hex, time, host, paths, tags), for
+    /// [`RetentionPolicy::apply`](crate::backup::retention::RetentionPolicy::apply).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) when the time
+    /// lies outside the range retention computes with (years -9999 to 9999).
+    pub fn retention_info(&self) -> crate::Result<crate::backup::retention::SnapshotInfo> {
+        let time = jiff::Timestamp::try_from(self.time).map_err(|e| {
+            crate::Error::invalid(
+                format!("snapshot {}.time", self.id.short()),
+                format!("out of range: {e}"),
+            )
+        })?;
+        Ok(
+            crate::backup::retention::SnapshotInfo::new(self.id.to_hex(), time)
+                .with_host(&self.host)
+                .with_paths(self.paths.iter())
+                .with_tags(self.tags.iter()),
+        )
+    }
+}
+
 mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::SystemTime;
