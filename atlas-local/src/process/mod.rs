@@ -7,7 +7,7 @@
 //!
 //! | variable | value |
 //! |---|---|
-//! | `PORT` | a free loopback port Atlas chose; the replica must listen on `127.0.0.1:$PORT` |
+//! | `PORT` | a free loopback port Atlas chose (in 20000–32767, below the ephemeral range that client connections take theirs from); the replica must listen on `127.0.0.1:$PORT` |
 //! | `ATLAS_SLOT` | `blue` or `green` |
 //! | `ATLAS_REPLICA` | the replica's index in the slot, from 0 |
 //! | `ATLAS_SERVICE` | the service name |
@@ -421,10 +421,26 @@ fn stop_all(replicas: Vec<Replica>, draining: &mut Vec<Replica>) {
     }
 }
 
-/// A loopback port the OS calls free now and none of our replicas holds.
-/// Another program may still take it before the replica binds it; the
-/// replica then fails to start and is reported as failed.
+/// Replica ports come from below Linux's default ephemeral range
+/// (32768–60999), which the kernel hands out as the local port of outgoing
+/// connections: a port picked there can be taken by any client connection
+/// between our check and the replica's bind, which a busy host (a load
+/// test, a proxy) makes likely. Below it, only explicit binds compete.
+const PORT_RANGE: std::ops::Range<u16> = 20000..32768;
+
+/// A loopback port that is free now and none of our replicas holds: a
+/// random one from [`PORT_RANGE`], checked by binding it, else one the OS
+/// picks. Another program may still take it before the replica binds it;
+/// the replica then fails to start and is reported as failed.
 fn free_port(taken: &HashSet<u16>) -> Result<u16> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..64 {
+        let port = rng.random_range(PORT_RANGE);
+        if !taken.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
     for _ in 0..32 {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .map_err(|e| Error::transient_with(BACKEND, "cannot bind a free loopback port", e))?;
