@@ -22,8 +22,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::chunker::chunk_reader;
 use super::crypto::MasterKey;
 use super::format::{
-    BackupKind, BlobId, BlobKind, ChunkerParams, IndexBlob, IndexPack, Node, NodeKind, PACK_MAGIC,
-    PackId, PackedBlob, Snapshot, SnapshotId, SnapshotTotals, Tree, encode_pack_header,
+    BackupKind, BlobId, BlobKind, ChunkerParams, IndexPack, Node, NodeKind, PACK_MAGIC, PackId,
+    PackedBlob, Snapshot, SnapshotId, SnapshotTotals, Tree, encode_pack_header,
 };
 use super::index::{Index, write_index};
 use super::lock::LockGuard;
@@ -882,21 +882,7 @@ fn settle_pack(
         return Err(quorum_lost(sinks, required));
     }
     debug!(pack = %pack.id.short(), size = pack.size, blobs = pack.blobs.len(), "uploaded pack");
-    Ok(IndexPack {
-        id: pack.id,
-        size: pack.size,
-        blobs: pack
-            .blobs
-            .iter()
-            .map(|b| IndexBlob {
-                id: b.id,
-                kind: b.kind,
-                offset: b.offset,
-                length: b.length,
-                raw_length: b.raw_length,
-            })
-            .collect(),
-    })
+    Ok(IndexPack::of(pack.id, pack.size, &pack.blobs))
 }
 
 /// Compresses and encrypts queued blobs on `workers` blocking threads and

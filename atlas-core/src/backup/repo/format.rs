@@ -298,6 +298,26 @@ pub(crate) struct IndexBlob {
     pub(crate) raw_length: u32,
 }
 
+impl IndexPack {
+    /// The index entry of a pack written with `blobs` in its header.
+    pub(crate) fn of(id: PackId, size: u64, blobs: &[PackedBlob]) -> Self {
+        IndexPack {
+            id,
+            size,
+            blobs: blobs
+                .iter()
+                .map(|b| IndexBlob {
+                    id: b.id,
+                    kind: b.kind,
+                    offset: b.offset,
+                    length: b.length,
+                    raw_length: b.raw_length,
+                })
+                .collect(),
+        }
+    }
+}
+
 // ---- trees ----
 
 /// What a tree node is.

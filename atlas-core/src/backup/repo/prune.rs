@@ -8,7 +8,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use tracing::{Instrument, info, info_span};
 
 use super::format::{
-    BlobId, IndexBlob, IndexPack, NodeKind, PACK_MAGIC, PackId, PackedBlob, encode_pack_header,
+    BlobId, IndexPack, NodeKind, PACK_MAGIC, PackId, PackedBlob, encode_pack_header,
 };
 use super::index::write_index;
 use super::progress::{ProgressFn, Tracker};
@@ -317,19 +317,6 @@ impl Repository {
             .target
             .put_bytes_if_absent(&self.inner.layout.pack(&id)?, data.into())
             .await?;
-        Ok(IndexPack {
-            id,
-            size,
-            blobs: blobs
-                .iter()
-                .map(|b| IndexBlob {
-                    id: b.id,
-                    kind: b.kind,
-                    offset: b.offset,
-                    length: b.length,
-                    raw_length: b.raw_length,
-                })
-                .collect(),
-        })
+        Ok(IndexPack::of(id, size, &blobs))
     }
 }
