@@ -10,7 +10,7 @@
 //! `atlas-core` does no network I/O. Adapters live in their own crates:
 //! `atlas-local` (processes behind Atlas's own proxy), `atlas-k8s`,
 //! `atlas-storage`, `atlas-metrics`. With the `testing` feature, the
-//! [`testing`] module has mock adapters, fault-injecting
+//! `testing` module has mock adapters, fault-injecting
 //! wrappers and the conformance suites every adapter must pass.
 //!
 //! ## TLS in binaries that embed Atlas with cloud adapters

@@ -24,7 +24,7 @@
 //!
 //! `atlas-core` does no database I/O: the PostgreSQL driver lives in
 //! `atlas-storage` (feature `postgres`). With the `testing` feature,
-//! [`testing::MemoryDriver`] is an in-memory driver for tests.
+//! `testing::MemoryDriver` is an in-memory driver for tests.
 //!
 //! ```
 //! use atlas_core::migrate::MigrationSet;
@@ -173,7 +173,7 @@ pub struct BackupRecord {
 /// The driver owns the connection, the run lock and the history table;
 /// the migrator decides what to run. Implementations: the PostgreSQL driver
 /// in `atlas-storage` (feature `postgres`) and, with the `testing` feature,
-/// [`testing::MemoryDriver`].
+/// `testing::MemoryDriver`.
 #[async_trait]
 pub trait MigrationDriver: fmt::Debug + Send + Sync {
     /// Takes the run lock, so that one runner at a time migrates this
