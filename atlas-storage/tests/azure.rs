@@ -11,37 +11,9 @@ use atlas_storage::AzureBlobTarget;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 
-const MIB: usize = 1024 * 1024;
+mod common;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,atlas_core=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-fn azurite_url() -> String {
-    std::env::var("ATLAS_TEST_AZURITE_URL")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| AzureBlobTarget::EMULATOR_URL.to_owned())
-}
-
-async fn target(container: &str) -> AzureBlobTarget {
-    let target = AzureBlobTarget::builder()
-        .emulator(azurite_url())
-        .with_container(container)
-        .with_block_size(4 * MIB)
-        .with_concurrency(4)
-        .with_retry(RetryConfig::default().with_max_retries(2))
-        .build()
-        .unwrap();
-    target.ensure_container().await.unwrap();
-    target
-}
+use common::{MIB, azure_target as target, azurite_url, init_tracing};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs azurite; run: cargo xtask test"]

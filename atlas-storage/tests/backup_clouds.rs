@@ -12,56 +12,24 @@ use atlas_core::backup::repo::{
     BackupKind, BackupOptions, CheckOptions, DirectorySource, InitOptions, KdfParams, KeySource,
     MirrorPolicy, MirrorSet, ReadDataSubset, Repository, RestoreOptions,
 };
-use atlas_core::backup::{BackupTarget, ObjectPrefix, RetryConfig};
-use atlas_storage::{AzureBlobTarget, FsTarget, GcsTarget, S3Target};
+use atlas_core::backup::{BackupTarget, ObjectPrefix};
+use atlas_storage::FsTarget;
 use rand::{Rng, SeedableRng};
 
-const MIB: usize = 1024 * 1024;
+mod common;
 
-fn env_or(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
+use common::MIB;
 
 async fn s3() -> Arc<dyn BackupTarget> {
-    let target = S3Target::builder()
-        .with_bucket("atlas-mirror")
-        .with_endpoint(env_or("ATLAS_TEST_S3S_URL", "http://127.0.0.1:9001"))
-        .with_path_style(true)
-        .with_credentials("testing", "testing")
-        .with_retry(RetryConfig::default().with_max_retries(2))
-        .build()
-        .unwrap();
-    target.ensure_bucket().await.unwrap();
-    Arc::new(target)
+    Arc::new(common::s3_target(&common::s3s_url(), "atlas-mirror").await)
 }
 
 async fn gcs() -> Arc<dyn BackupTarget> {
-    let target = GcsTarget::builder()
-        .with_bucket("atlas-mirror")
-        .with_endpoint(env_or("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443"))
-        .with_anonymous_credentials()
-        .with_retry(RetryConfig::default().with_max_retries(2))
-        .build()
-        .unwrap();
-    target.ensure_bucket("atlas-test").await.unwrap();
-    Arc::new(target)
+    Arc::new(common::gcs_target("atlas-mirror").await)
 }
 
 async fn azure() -> Arc<dyn BackupTarget> {
-    let target = AzureBlobTarget::builder()
-        .emulator(env_or(
-            "ATLAS_TEST_AZURITE_URL",
-            AzureBlobTarget::EMULATOR_URL,
-        ))
-        .with_container("atlas-mirror")
-        .with_retry(RetryConfig::default().with_max_retries(2))
-        .build()
-        .unwrap();
-    target.ensure_container().await.unwrap();
-    Arc::new(target)
+    Arc::new(common::azure_target("atlas-mirror").await)
 }
 
 /// A small tree: random and text files (one spanning several chunks), a

@@ -11,37 +11,9 @@ use atlas_storage::GcsTarget;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 
-const MIB: usize = 1024 * 1024;
+mod common;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,atlas_core=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-fn emulator() -> String {
-    std::env::var("STORAGE_EMULATOR_HOST")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:4443".to_owned())
-}
-
-async fn target(bucket: &str) -> GcsTarget {
-    let target = GcsTarget::builder()
-        .with_bucket(bucket)
-        .with_endpoint(emulator())
-        .with_anonymous_credentials()
-        .with_chunk_size(4 * MIB)
-        .with_retry(RetryConfig::default().with_max_retries(2))
-        .build()
-        .unwrap();
-    target.ensure_bucket("atlas-test").await.unwrap();
-    target
-}
+use common::{MIB, gcs_target as target, init_tracing};
 
 fn body(data: &[u8]) -> ByteStream {
     let chunks: Vec<_> = data

@@ -13,47 +13,9 @@ use atlas_storage::S3Target;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 
-const MIB: usize = 1024 * 1024;
+mod common;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,atlas_core=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-fn env_or(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-async fn target(endpoint: &str, bucket: &str) -> S3Target {
-    let target = S3Target::builder()
-        .with_bucket(bucket)
-        .with_endpoint(endpoint)
-        .with_path_style(true)
-        .with_credentials("testing", "testing")
-        .with_part_size(5 * MIB)
-        .with_concurrency(4)
-        .with_retry(RetryConfig::default().with_max_retries(2))
-        .build()
-        .unwrap();
-    target.ensure_bucket().await.unwrap();
-    target
-}
-
-fn moto_url() -> String {
-    env_or("ATLAS_TEST_S3_MOTO_URL", "http://127.0.0.1:9000")
-}
-
-fn s3s_url() -> String {
-    env_or("ATLAS_TEST_S3S_URL", "http://127.0.0.1:9001")
-}
+use common::{MIB, init_tracing, moto_url, s3_target as target, s3s_url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs moto; run: cargo xtask test"]
