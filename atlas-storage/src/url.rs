@@ -166,18 +166,11 @@ impl TargetUrl {
     /// or the environment's settings are invalid; the target's own errors
     /// when creating the bucket fails.
     #[tracing::instrument(skip(self), fields(url = %self.text))]
+    #[cfg_attr(
+        not(any(feature = "fs", feature = "s3", feature = "gcs", feature = "azure")),
+        allow(unused_variables)
+    )]
     pub async fn open(&self, create: bool) -> Result<Arc<dyn BackupTarget>> {
-        let field = format!("target url `{}`", self.text);
-        let missing = || {
-            Error::invalid(
-                &field,
-                format!(
-                    "needs atlas-storage's `{}` feature, which this build lacks",
-                    self.scheme.feature()
-                ),
-            )
-        };
-        let _ = (&missing, create);
         match self.scheme {
             Scheme::File => {
                 #[cfg(feature = "fs")]
@@ -185,7 +178,10 @@ impl TargetUrl {
                     let root = PathBuf::from(&self.location);
                     if create {
                         std::fs::create_dir_all(&root).map_err(|e| {
-                            Error::invalid(&field, format!("cannot create {}: {e}", root.display()))
+                            Error::invalid(
+                                format!("target url `{}`", self.text),
+                                format!("cannot create {}: {e}", root.display()),
+                            )
                         })?;
                     } else if !root.is_dir() {
                         return Err(Error::not_found(format!(
@@ -196,7 +192,7 @@ impl TargetUrl {
                     Ok(Arc::new(crate::FsTarget::new(root)?))
                 }
                 #[cfg(not(feature = "fs"))]
-                Err(missing())
+                Err(self.missing_feature())
             }
             Scheme::S3 => {
                 #[cfg(feature = "s3")]
@@ -210,7 +206,7 @@ impl TargetUrl {
                     Ok(Arc::new(target))
                 }
                 #[cfg(not(feature = "s3"))]
-                Err(missing())
+                Err(self.missing_feature())
             }
             Scheme::Gcs => {
                 #[cfg(feature = "gcs")]
@@ -226,7 +222,7 @@ impl TargetUrl {
                     Ok(Arc::new(target))
                 }
                 #[cfg(not(feature = "gcs"))]
-                Err(missing())
+                Err(self.missing_feature())
             }
             Scheme::Azure => {
                 #[cfg(feature = "azure")]
@@ -244,9 +240,23 @@ impl TargetUrl {
                     Ok(Arc::new(target))
                 }
                 #[cfg(not(feature = "azure"))]
-                Err(missing())
+                Err(self.missing_feature())
             }
         }
+    }
+}
+
+impl TargetUrl {
+    /// The error for a scheme whose cargo feature this build lacks.
+    #[cfg(not(all(feature = "fs", feature = "s3", feature = "gcs", feature = "azure")))]
+    fn missing_feature(&self) -> Error {
+        Error::invalid(
+            format!("target url `{}`", self.text),
+            format!(
+                "needs atlas-storage's `{}` feature, which this build lacks",
+                self.scheme.feature()
+            ),
+        )
     }
 }
 
