@@ -353,17 +353,6 @@ async fn backup(g: &Global) -> atlas_examples::main_support::ProgramResult {
     Ok(true)
 }
 
-async fn resolve(repo: &Repository, id: &str) -> Result<Snapshot, Failure> {
-    if id == "latest" {
-        let snaps = repo.snapshots().await?;
-        return snaps
-            .into_iter()
-            .max_by_key(|s| s.time)
-            .ok_or_else(|| "the repository has no snapshot".into());
-    }
-    Ok(repo.snapshot(id).await?)
-}
-
 async fn snapshots(g: &Global) -> atlas_examples::main_support::ProgramResult {
     let repos = open_all(g).await?;
     let mut snaps = repos[0].snapshots().await?;
@@ -402,7 +391,8 @@ async fn restore(g: &Global) -> atlas_examples::main_support::ProgramResult {
     };
     let repos = open_all(g).await?;
     let repo = &repos[0];
-    let snapshot = resolve(repo, id).await?;
+    // An id, a unique prefix of one, or `latest`.
+    let snapshot = repo.snapshot(id).await?;
     let sid = snapshot.id.to_hex();
     if f.on("--stdout") {
         let path = f.value("--path").ok_or("--stdout needs --path FILE")?;
