@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use atlas_core::{Error, RequestMatch, Result, Slot, TrafficSplit};
-use http::header::{COOKIE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
+use httparse::Header;
 
 use super::upstream::Upstream;
 
@@ -61,9 +62,11 @@ impl Matcher {
         }
     }
 
-    fn matches(&self, headers: &HeaderMap) -> bool {
+    fn matches(&self, headers: &[Header<'_>]) -> bool {
         match self {
-            Matcher::Header { name, value } => headers.get_all(name).iter().any(|v| v == value),
+            Matcher::Header { name, value } => headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(name.as_str()) && h.value == value.as_bytes()),
             Matcher::Cookie { name, value } => cookie_value(headers, name) == Some(value.as_str()),
         }
     }
@@ -84,9 +87,14 @@ fn is_cookie_octet(b: u8) -> bool {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    for header in headers.get_all(COOKIE) {
-        let Ok(text) = header.to_str() else { continue };
+pub(crate) fn cookie_value<'a>(headers: &[Header<'a>], name: &str) -> Option<&'a str> {
+    for header in headers {
+        if !header.name.eq_ignore_ascii_case("cookie") {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(header.value) else {
+            continue;
+        };
         for pair in text.split(';') {
             if let Some((k, v)) = pair.trim().split_once('=')
                 && k.trim() == name
@@ -135,7 +143,7 @@ impl SplitState {
     /// Chooses the slot for a request: a matching request goes to the
     /// canary whatever the weights; a request whose sticky cookie names a
     /// slot with weight > 0 goes there; any other gets a weighted choice.
-    pub(crate) fn route(&self, headers: &HeaderMap, sticky_cookie: Option<&str>) -> Route {
+    pub(crate) fn route(&self, headers: &[Header<'_>], sticky_cookie: Option<&str>) -> Route {
         if let Some(m) = &self.matcher
             && m.matches(headers)
         {
@@ -227,18 +235,8 @@ pub(crate) fn least_outstanding(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header::HeaderValue;
+    use crate::proxy::h1::test_headers as headers;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     fn count_canary(state: &SplitState, n: usize) -> usize {
         (0..n)

@@ -27,7 +27,21 @@
 //!   A slot without endpoints answers 503, a router without a split 503,
 //!   an upstream that sends no response head to a bodiless request within
 //!   the response timeout 504. Request and response bodies stream; nothing
-//!   is buffered.
+//!   is buffered. A pooled upstream connection found closed when a
+//!   bodiless idempotent request is sent on it is replaced by a new one.
+//! - **Protocol.** HTTP/1.1 and 1.0 clients, keep-alive and pipelining;
+//!   upstreams are always spoken to in HTTP/1.1 over kept-alive
+//!   connections. Message framing follows RFC 9112 strictly, so the proxy
+//!   and an upstream can never disagree on where a request ends (request
+//!   smuggling): a request with both `Content-Length` and
+//!   `Transfer-Encoding`, with differing or invalid `Content-Length`
+//!   values, more than one `Host`, or a malformed head gets 400; a
+//!   transfer coding other than exactly `chunked` 501; a head over 64 KiB
+//!   or 128 fields 431; a client that starts a head but does not finish it
+//!   within the client header timeout 408. Each ends the connection.
+//!   `Expect: 100-continue` is answered by the proxy. Interim (1xx)
+//!   upstream responses are not relayed; a response the proxy cannot
+//!   frame unambiguously counts as an upstream failure (502).
 //! - **Headers.** Hop-by-hop headers (`Connection` and what it names,
 //!   `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
 //!   `Proxy-*`) are stripped both ways; `X-Forwarded-For` is appended to and
@@ -41,7 +55,11 @@
 //!   `/metrics` on the admin address ([`ProxyRouterBuilder::admin`]).
 //!
 //! Upstream connections are kept alive in a pool per endpoint (see
-//! [`ProxyRouterBuilder`] for limits and timeouts). CONNECT and protocol
+//! [`ProxyRouterBuilder`] for limits and timeouts). The data path is
+//! Atlas's own: heads are parsed in place with `httparse` and each
+//! exchange is relayed inside its client connection's task, which costs
+//! less than half the CPU per request of a general-purpose HTTP stack
+//! (see `BENCHMARKS.md`). CONNECT and protocol
 //! upgrades (WebSocket) are not relayed.
 //!
 //! ```no_run
@@ -67,9 +85,10 @@
 
 mod admin;
 mod balance;
-mod body;
+mod h1;
 mod headers;
 mod metrics;
+mod relay;
 mod server;
 mod upstream;
 
@@ -86,7 +105,7 @@ use atlas_core::{Endpoint, Error, Result, ServiceName, Slot, TrafficRouter, Traf
 use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioTimer;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -95,8 +114,7 @@ use tracing::Instrument as _;
 pub use metrics::{ProxyMetrics, WindowStats};
 
 use balance::{SplitState, is_cookie_name, least_outstanding};
-use headers::PeerInfo;
-use server::{ConnCtx, stopped};
+use server::stopped;
 use upstream::{InFlight, PoolConfig, Upstream};
 
 /// The response header naming the slot that served a request: `blue` or
@@ -170,6 +188,7 @@ struct Shared {
     metrics: metrics::MetricsCore,
     pool: PoolConfig,
     grace_period: Duration,
+    client_header_timeout: Option<Duration>,
     sticky: Option<StickyCookie>,
 }
 
@@ -519,15 +538,11 @@ impl ProxyRouterBuilder {
                 response_timeout: self.response_timeout,
             },
             grace_period: self.grace_period,
+            client_header_timeout: self.client_header_timeout,
             sticky,
         });
 
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(self.client_header_timeout);
-
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
         let span = tracing::info_span!("proxy_router", service = %shared.service);
         let mut tasks = Vec::with_capacity(3);
 
@@ -536,18 +551,10 @@ impl ProxyRouterBuilder {
             server::serve(
                 "proxy",
                 listener,
-                http.clone(),
-                stopped.clone(),
+                stop_rx.clone(),
                 self.grace_period,
-                move |peer: SocketAddr| {
-                    let ctx = Arc::new(ConnCtx {
-                        shared: for_requests.clone(),
-                        peer: PeerInfo::new(peer.ip()),
-                    });
-                    service_fn(move |request| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(server::handle(ctx, request).await) }
-                    })
+                move |stream, peer, stop| {
+                    relay::serve_client(for_requests.clone(), stream, peer, stop)
                 },
             )
             .instrument(span.clone()),
@@ -557,19 +564,38 @@ impl ProxyRouterBuilder {
             let metrics = ProxyMetrics {
                 shared: shared.clone(),
             };
+            let header_timeout = self.client_header_timeout;
             tasks.push(tokio::spawn(
                 server::serve(
                     "admin",
                     admin_listener,
-                    http,
-                    stopped.clone(),
+                    stop_rx.clone(),
                     self.grace_period,
-                    move |_peer: SocketAddr| {
+                    move |stream, _peer, mut stop| {
                         let metrics = metrics.clone();
-                        service_fn(move |request| {
-                            let response = admin::respond(&metrics, &request);
-                            async move { Ok::<_, Infallible>(response) }
-                        })
+                        async move {
+                            let mut http = http1::Builder::new();
+                            http.timer(TokioTimer::new())
+                                .keep_alive(true)
+                                .header_read_timeout(header_timeout);
+                            let service = service_fn(move |request| {
+                                let response = admin::respond(&metrics, &request);
+                                async move { Ok::<_, Infallible>(response) }
+                            });
+                            let conn = http.serve_connection(TokioIo::new(stream), service);
+                            tokio::pin!(conn);
+                            tokio::select! {
+                                result = conn.as_mut() => {
+                                    if let Err(e) = result {
+                                        tracing::trace!(error = %e, "admin connection ended with an error");
+                                    }
+                                }
+                                () = stopped(&mut stop) => {
+                                    conn.as_mut().graceful_shutdown();
+                                    let _ = conn.as_mut().await;
+                                }
+                            }
+                        }
                     },
                 )
                 .instrument(span.clone()),
@@ -577,7 +603,7 @@ impl ProxyRouterBuilder {
         }
 
         tasks.push(tokio::spawn(
-            reap_idle(shared.clone(), stopped).instrument(span.clone()),
+            reap_idle(shared.clone(), stop_rx).instrument(span.clone()),
         ));
 
         span.in_scope(|| {

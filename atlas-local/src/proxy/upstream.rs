@@ -3,27 +3,21 @@
 //!
 //! The pool is a small LIFO stack of idle HTTP/1.1 connections per
 //! endpoint (the most recently used connection is the warmest). A
-//! connection goes back to the stack when its response body has been fully
-//! relayed; one whose response was abandoned half-way is closed, since
-//! HTTP/1.1 cannot reuse it. Taking a connection first, then sending, means
-//! a refused connection is known before the request is consumed, so the
-//! request can be retried elsewhere without copying it.
+//! connection goes back to the stack only after a complete exchange that
+//! left nothing unread; anything else closes it. A connection the upstream
+//! closed while idle is noticed without a system call from the readiness
+//! the runtime already tracks, and dropped.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use atlas_core::Endpoint;
 use atlas_core::error::BoxError;
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Connection pool settings shared by all endpoints of a router.
 #[derive(Debug, Clone)]
@@ -35,15 +29,24 @@ pub(crate) struct PoolConfig {
 }
 
 struct IdleConn {
-    sender: SendRequest<UpstreamBody>,
+    stream: TcpStream,
     since: Instant,
+}
+
+/// A connection to an upstream, checked out of the pool or new.
+#[derive(Debug)]
+pub(crate) struct UpstreamConn {
+    pub(crate) stream: TcpStream,
+    /// Whether it served an exchange before (then a failure before any
+    /// response byte may be the upstream having closed it while idle).
+    pub(crate) reused: bool,
 }
 
 /// A listed (or draining) endpoint of a slot.
 pub(crate) struct Upstream {
     pub(crate) endpoint: Endpoint,
     /// `ip:port`, sent as `Host` for requests that came without one.
-    pub(crate) host: HeaderValue,
+    pub(crate) host: Box<[u8]>,
     in_flight: AtomicUsize,
     removed: AtomicBool,
     drained: Notify,
@@ -60,25 +63,9 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// Why a request could not be relayed.
-pub(crate) enum SendFailure {
-    /// No connection could be made (refused, unreachable, connect
-    /// timeout). The request was not sent and is handed back.
-    Connect {
-        // Boxed: the failure path is rare and the request head is large.
-        request: Box<Request<UpstreamBody>>,
-        error: BoxError,
-    },
-    /// The connection failed after the request (or part of it) was sent.
-    Failed(hyper::Error),
-    /// No response headers within the response timeout.
-    Timeout,
-}
-
 impl Upstream {
     pub(crate) fn new(endpoint: Endpoint) -> Self {
-        let host = HeaderValue::from_str(&endpoint.addr.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let host = endpoint.addr.to_string().into_bytes().into_boxed_slice();
         Upstream {
             endpoint,
             host,
@@ -130,79 +117,37 @@ impl Upstream {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `request` on a pooled connection or a new one, and returns the
-    /// response head with the connection to give back once the body is
-    /// relayed.
-    pub(crate) async fn send(
-        &self,
-        mut request: Request<UpstreamBody>,
-        pool: &PoolConfig,
-    ) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), SendFailure> {
-        loop {
-            let (mut sender, fresh) = match self.idle_connection(pool).await {
-                Some(sender) => (sender, false),
-                None => match self.connect(pool).await {
-                    Ok(sender) => (sender, true),
-                    Err(error) => {
-                        return Err(SendFailure::Connect {
-                            request: Box::new(request),
-                            error,
-                        });
-                    }
-                },
-            };
-            // Only bodiless requests are timed: the clock would otherwise
-            // include a slow client's upload, which is not the upstream's
-            // fault. A client that gives up cancels the exchange anyway.
-            let limit = match request.body() {
-                UpstreamBody::Empty => pool.response_timeout,
-                UpstreamBody::Streaming(_) => None,
-            };
-            let sent = sender.try_send_request(request);
-            let result = match limit {
-                Some(limit) => match tokio::time::timeout(limit, sent).await {
-                    Ok(result) => result,
-                    // Dropping the exchange closes the connection.
-                    Err(_) => return Err(SendFailure::Timeout),
-                },
-                None => sent.await,
-            };
-            match result {
-                Ok(response) => return Ok((response, sender)),
-                Err(mut e) => match e.take_message() {
-                    // A pooled connection the upstream had closed: nothing
-                    // was written, so the request goes out again, on the next
-                    // idle connection or a new one. Bounded by the stack size.
-                    Some(back) if !fresh => request = back,
-                    Some(back) => {
-                        return Err(SendFailure::Connect {
-                            request: Box::new(back),
-                            error: Box::new(e.into_error()),
-                        });
-                    }
-                    None => return Err(SendFailure::Failed(e.into_error())),
-                },
-            }
+    /// A pooled connection that is still open, or a new one.
+    ///
+    /// # Errors
+    ///
+    /// The connect error (refused, unreachable, timeout) when no pooled
+    /// connection was available and a new one could not be made.
+    pub(crate) async fn checkout(&self, pool: &PoolConfig) -> Result<UpstreamConn, BoxError> {
+        if let Some(stream) = self.idle_connection(pool) {
+            return Ok(UpstreamConn {
+                stream,
+                reused: true,
+            });
         }
+        self.connect(pool).await.map(|stream| UpstreamConn {
+            stream,
+            reused: false,
+        })
     }
 
-    async fn idle_connection(&self, pool: &PoolConfig) -> Option<SendRequest<UpstreamBody>> {
+    fn idle_connection(&self, pool: &PoolConfig) -> Option<TcpStream> {
         loop {
             let conn = self.lock_idle().pop()?;
-            if conn.sender.is_closed() || conn.since.elapsed() > pool.idle_timeout {
+            if conn.since.elapsed() > pool.idle_timeout || !still_open(&conn.stream) {
                 continue;
             }
-            let mut sender = conn.sender;
-            // A connection goes back to the stack as soon as its response
-            // body ended; the connection task may not have caught up yet.
-            if !sender.is_ready() && sender.ready().await.is_err() {
-                continue;
-            }
-            return Some(sender);
+            return Some(conn.stream);
         }
     }
 
-    async fn connect(&self, pool: &PoolConfig) -> Result<SendRequest<UpstreamBody>, BoxError> {
+    /// A new connection to the endpoint.
+    pub(crate) async fn connect(&self, pool: &PoolConfig) -> Result<TcpStream, BoxError> {
         let addr = self.endpoint.addr;
         let stream =
             match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(addr)).await {
@@ -218,28 +163,19 @@ impl Upstream {
             };
         // Small request/response exchanges: do not wait to coalesce writes.
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        let replica = self.endpoint.replica.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(%replica, error = %e, "upstream connection closed with an error");
-            }
-        });
         tracing::trace!(replica = %self.endpoint.replica, %addr, "upstream connection opened");
-        Ok(sender)
+        Ok(stream)
     }
 
     /// Gives a connection whose exchange completed back to the pool.
-    pub(crate) fn release(&self, sender: SendRequest<UpstreamBody>, pool: &PoolConfig) {
-        if sender.is_closed() || self.removed.load(Ordering::Relaxed) {
+    pub(crate) fn release(&self, stream: TcpStream, pool: &PoolConfig) {
+        if self.removed.load(Ordering::Relaxed) {
             return;
         }
         let mut idle = self.lock_idle();
         if idle.len() < pool.max_idle {
             idle.push(IdleConn {
-                sender,
+                stream,
                 since: Instant::now(),
             });
         }
@@ -251,7 +187,7 @@ impl Upstream {
         let expired: Vec<IdleConn> = {
             let mut idle = self.lock_idle();
             let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|c| {
-                !c.sender.is_closed() && now.duration_since(c.since) <= pool.idle_timeout
+                now.duration_since(c.since) <= pool.idle_timeout && still_open(&c.stream)
             });
             *idle = keep;
             expired
@@ -263,6 +199,23 @@ impl Upstream {
     #[cfg(test)]
     pub(crate) fn idle_connections(&self) -> usize {
         self.lock_idle().len()
+    }
+}
+
+/// Whether an idle connection may carry another request: nothing to read
+/// on it (an idle upstream that sends something either closed the
+/// connection or broke the protocol). The runtime's cached readiness
+/// answers without a system call in the usual case; only a connection
+/// marked readable is probed with a read.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
     }
 }
 
@@ -292,41 +245,5 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.leave();
-    }
-}
-
-/// A request body on its way upstream: streamed as it arrives, or empty.
-#[derive(Debug)]
-pub(crate) enum UpstreamBody {
-    Empty,
-    Streaming(Incoming),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Streaming(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Streaming(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Streaming(body) => body.size_hint(),
-        }
     }
 }

@@ -1,0 +1,1133 @@
+//! The relay: one task per client connection reads a request head, chooses
+//! the slot and the endpoint, and relays the exchange over a pooled
+//! upstream connection in the same task.
+//!
+//! Heads are parsed in place with `httparse` and the upstream head is
+//! written straight from the parsed slices into one output buffer, so a
+//! bodiless exchange costs four system calls (read the request, write it
+//! upstream, read the response, write it back) and no allocation beyond
+//! the connection's reusable buffers. A response body already read with
+//! its head goes out in the same write as the head.
+//!
+//! A request with a body is uploaded while the response is read, so an
+//! upstream that answers before it has read the whole body (or streams
+//! while it reads) is relayed without deadlock.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::time::Duration;
+
+use atlas_core::Slot;
+use bytes::{Buf as _, BytesMut};
+use httparse::{Header, Status};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::Shared;
+use super::balance::Route;
+use super::h1::{
+    ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, put_content_length, put_header,
+    put_local_response, put_status_line,
+};
+use super::headers::{PeerInfo, put_forwarding, put_relayed};
+use super::metrics::{Outcome, ProxyFailure};
+use super::server::stopped;
+use super::upstream::{InFlight, UpstreamConn};
+
+/// Read buffers grow by this much when they run low.
+const READ_CHUNK: usize = 16 * 1024;
+/// Body bytes read together with a response head go out with the head in
+/// one write up to this size.
+const COALESCE: usize = 16 * 1024;
+
+/// Serves one client connection until the client closes it, an exchange
+/// ends it, or the router stops (then after the exchange in progress).
+pub(crate) async fn serve_client(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = client.set_nodelay(true);
+    let mut conn = ClientConn {
+        peer: PeerInfo::new(peer.ip()),
+        shared,
+        client,
+        client_in: BytesMut::with_capacity(READ_CHUNK / 4),
+        upstream_in: BytesMut::new(),
+        out: Vec::with_capacity(4096),
+        timer: Deadline::new(),
+    };
+    conn.run(stop).await;
+    let _ = conn.client.shutdown().await;
+}
+
+struct ClientConn {
+    shared: Arc<Shared>,
+    peer: PeerInfo,
+    client: TcpStream,
+    /// Bytes read from the client not yet relayed (a head being read, body
+    /// bytes, pipelined requests).
+    client_in: BytesMut,
+    /// Bytes read from the upstream not yet relayed.
+    upstream_in: BytesMut,
+    /// The head (and small body) being written.
+    out: Vec<u8>,
+    timer: Deadline,
+}
+
+/// A request head parsed and turned into an upstream head in `out`.
+struct Plan {
+    head_len: usize,
+    minor: u8,
+    keep_alive: bool,
+    body: Framing,
+    head_request: bool,
+    may_retry: bool,
+    expect_continue: bool,
+    slot: Slot,
+    set_sticky: bool,
+    attempt: InFlight,
+    /// Where the `Host` line the proxy adds starts in `out`, when the
+    /// request had none (it names the endpoint, so a retry rewrites it).
+    host_mark: Option<usize>,
+    start: Instant,
+}
+
+enum Parsed {
+    /// The head is not complete yet.
+    Partial,
+    /// The head is invalid: answer and close.
+    Refused(Refusal),
+    /// The proxy answers itself (no split, no endpoint, CONNECT); `close`
+    /// when the connection cannot go on (a body the proxy did not read).
+    Local {
+        head_len: usize,
+        status: u16,
+        text: &'static str,
+        slot: Option<Slot>,
+        close: bool,
+    },
+    Relay(Box<Plan>),
+}
+
+impl ClientConn {
+    async fn run(&mut self, mut stop: watch::Receiver<bool>) {
+        let mut stop_signal = pin!(stopped_owned(stop.clone()));
+        loop {
+            let plan = match self.read_request(stop_signal.as_mut()).await {
+                Some(plan) => plan,
+                None => return,
+            };
+            let keep = match plan {
+                Parsed::Partial => unreachable_partial(),
+                Parsed::Refused(refusal) => {
+                    tracing::debug!(
+                        status = refusal.status,
+                        reason = refusal.reason,
+                        "request refused"
+                    );
+                    self.out.clear();
+                    put_local_response(
+                        &mut self.out,
+                        refusal.status,
+                        refusal.reason_text(),
+                        None,
+                        true,
+                    );
+                    let _ = self.client.write_all(&self.out).await;
+                    false
+                }
+                Parsed::Local {
+                    head_len,
+                    status,
+                    text,
+                    slot,
+                    close,
+                } => {
+                    self.client_in.advance(head_len);
+                    self.out.clear();
+                    put_local_response(&mut self.out, status, text, slot.map(Slot::as_str), close);
+                    self.client.write_all(&self.out).await.is_ok() && !close
+                }
+                Parsed::Relay(plan) => self.relay(*plan).await,
+            };
+            if !keep || *stop.borrow_and_update() {
+                return;
+            }
+        }
+    }
+
+    /// Reads until a request head is complete and plans it; `None` when
+    /// the connection ends first (closed, idle too long, router stopping).
+    async fn read_request(
+        &mut self,
+        mut stop_signal: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Parsed> {
+        self.timer.arm(self.shared.client_header_timeout);
+        loop {
+            if !self.client_in.is_empty() {
+                match self.plan() {
+                    Parsed::Partial => {}
+                    parsed => return Some(parsed),
+                }
+                if self.client_in.len() >= MAX_HEAD {
+                    return Some(Parsed::Refused(Refusal {
+                        status: 431,
+                        reason: "request head too large",
+                    }));
+                }
+            }
+            let idle = self.client_in.is_empty();
+            tokio::select! {
+                biased;
+                read = read_some(&mut self.client, &mut self.client_in) => match read {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                },
+                () = self.timer.expired() => {
+                    if !idle {
+                        tracing::debug!("client sent no complete request head in time");
+                        return Some(Parsed::Refused(Refusal { status: 408, reason: "request head timeout" }));
+                    }
+                    return None;
+                }
+                () = stop_signal.as_mut(), if idle => return None,
+            }
+        }
+    }
+
+    /// Parses the buffered request head and, for a request to relay,
+    /// chooses the slot and endpoint and writes the upstream head to `out`.
+    fn plan(&mut self) -> Parsed {
+        let start = Instant::now();
+        let mut slots = [MaybeUninit::<Header<'_>>::uninit(); MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(&self.client_in, &mut slots) {
+            Ok(Status::Complete(n)) => n,
+            Ok(Status::Partial) => return Parsed::Partial,
+            Err(httparse::Error::TooManyHeaders) => {
+                return Parsed::Refused(Refusal {
+                    status: 431,
+                    reason: "too many header fields",
+                });
+            }
+            Err(_) => {
+                return Parsed::Refused(Refusal {
+                    status: 400,
+                    reason: "malformed request head",
+                });
+            }
+        };
+        let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+            return Parsed::Refused(Refusal {
+                status: 400,
+                reason: "malformed request head",
+            });
+        };
+        let headers: &[Header<'_>] = req.headers;
+        let facts = match Facts::read(headers) {
+            Ok(facts) => facts,
+            Err(refusal) => return Parsed::Refused(refusal),
+        };
+        let body = match facts.request_framing(minor) {
+            Ok(body) => body,
+            Err(refusal) => return Parsed::Refused(refusal),
+        };
+        if facts.hosts > 1 {
+            return Parsed::Refused(Refusal {
+                status: 400,
+                reason: "more than one Host header",
+            });
+        }
+        let keep_alive = facts.persistent(minor);
+        let has_body = body != Framing::Empty;
+        let local = |status, text, slot| Parsed::Local {
+            head_len,
+            status,
+            text,
+            slot,
+            close: has_body || !keep_alive,
+        };
+        if method == "CONNECT" {
+            return local(405, "CONNECT is not supported\n", None);
+        }
+        // Absolute-form target: its authority replaces `Host` (RFC 9112 §3.2.2).
+        let (path, authority) = match split_absolute(target) {
+            Some((authority, path)) => (path, Some(authority)),
+            None => (target, None),
+        };
+        let shared = &*self.shared;
+        let Route { slot, set_sticky } = {
+            let split = shared.split.load();
+            match split.as_ref() {
+                Some(state) => state.route(headers, shared.sticky_name()),
+                None => {
+                    shared.metrics.record_unrouted();
+                    return local(503, "no traffic split is set\n", None);
+                }
+            }
+        };
+        let Some(attempt) = shared.pick(slot, None) else {
+            shared
+                .metrics
+                .record(slot, Outcome::Failed(ProxyFailure::NoEndpoint), None);
+            return local(503, "no endpoint serves the chosen slot\n", Some(slot));
+        };
+
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        if !path.starts_with('/') && authority.is_some() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        put_relayed(out, headers, &facts, authority.is_some());
+        let host = authority.map(str::as_bytes).or_else(|| {
+            headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("host"))
+                .map(|h| h.value)
+        });
+        if let Some(authority) = authority {
+            put_header(out, b"host", authority.as_bytes());
+        }
+        put_forwarding(out, headers, &self.peer, host);
+        match body {
+            Framing::Length(n) => put_content_length(out, n),
+            Framing::Chunked => put_header(out, b"transfer-encoding", b"chunked"),
+            Framing::Empty | Framing::Close => {
+                if facts.has_content_length() {
+                    put_content_length(out, 0);
+                }
+            }
+        }
+        let host_mark = if host.is_none() {
+            let mark = out.len();
+            put_header(out, b"host", &attempt.upstream().host);
+            Some(mark)
+        } else {
+            None
+        };
+        out.extend_from_slice(b"\r\n");
+        Parsed::Relay(Box::new(Plan {
+            head_len,
+            minor,
+            keep_alive,
+            body,
+            head_request: method == "HEAD",
+            may_retry: !has_body && is_idempotent(method),
+            expect_continue: facts.expect_continue && has_body,
+            slot,
+            set_sticky,
+            attempt,
+            host_mark,
+            start,
+        }))
+    }
+
+    /// Relays one planned exchange; returns whether the client connection
+    /// goes on.
+    async fn relay(&mut self, plan: Plan) -> bool {
+        self.client_in.advance(plan.head_len);
+        let shared = self.shared.clone();
+        let mut exchange = Exchange {
+            shared: shared.clone(),
+            slot: plan.slot,
+            start: plan.start,
+            outcome: None,
+            in_flight: plan.attempt,
+        };
+        let sticky = plan
+            .set_sticky
+            .then(|| shared.sticky.as_ref().map(|s| s.header(plan.slot)))
+            .flatten();
+        let response = ResponseCtx {
+            slot: plan.slot,
+            sticky: sticky.as_ref().map(|v| v.as_bytes()),
+            head_request: plan.head_request,
+            client_minor: plan.minor,
+            client_keep_alive: plan.keep_alive,
+        };
+
+        // Connect (with one retry on another endpoint for idempotent
+        // requests) and send the head. A pooled connection that turns out
+        // closed is replaced by a new one to the same endpoint.
+        let mut retried = false;
+        let mut fresh_only = false;
+        let conn = loop {
+            let upstream = exchange.in_flight.upstream().clone();
+            let checkout = if fresh_only {
+                upstream
+                    .connect(&shared.pool)
+                    .await
+                    .map(|stream| UpstreamConn {
+                        stream,
+                        reused: false,
+                    })
+            } else {
+                upstream.checkout(&shared.pool).await
+            };
+            let mut conn = match checkout {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::trace!(slot = %plan.slot, replica = %upstream.endpoint.replica, %error, "upstream connection failed");
+                    if plan.may_retry
+                        && !retried
+                        && let Some(next) = shared.pick(plan.slot, Some(&upstream))
+                    {
+                        shared.metrics.record_retry(plan.slot);
+                        retried = true;
+                        fresh_only = false;
+                        if let Some(mark) = plan.host_mark {
+                            self.out.truncate(mark);
+                            put_header(&mut self.out, b"host", &next.upstream().host);
+                            self.out.extend_from_slice(b"\r\n");
+                        }
+                        exchange.in_flight = next;
+                        continue;
+                    }
+                    return self
+                        .fail(exchange, ProxyFailure::Unreachable, plan.body)
+                        .await;
+                }
+            };
+            if let Err(error) = conn.stream.write_all(&self.out).await {
+                if conn.reused {
+                    fresh_only = true;
+                    continue;
+                }
+                tracing::trace!(slot = %plan.slot, %error, "writing the request upstream failed");
+                return self
+                    .fail(exchange, ProxyFailure::UpstreamFailed, plan.body)
+                    .await;
+            }
+            if plan.body != Framing::Empty {
+                break conn;
+            }
+            // Bodiless: read the response head here, so that a pooled
+            // connection the upstream closed meanwhile can be replaced.
+            self.timer.arm(shared.pool.response_timeout);
+            self.upstream_in.clear();
+            let head = tokio::select! {
+                biased;
+                head = read_response_head(&mut conn.stream, &mut self.upstream_in, &mut self.out, &response) => head,
+                () = self.timer.expired() => Err(HeadError::Timeout),
+            };
+            match head {
+                Ok(head) => {
+                    let UpstreamConn { mut stream, .. } = conn;
+                    let (mut ur, _) = stream.split();
+                    let (_, mut cw) = self.client.split();
+                    let end = relay_response_body(
+                        &mut cw,
+                        &mut ur,
+                        &mut self.upstream_in,
+                        &mut self.out,
+                        head,
+                    )
+                    .await;
+                    return self.finish(exchange, stream, end, true);
+                }
+                Err(HeadError::Closed) if conn.reused && plan.may_retry => {
+                    fresh_only = true;
+                }
+                Err(HeadError::Timeout) => {
+                    return self.fail(exchange, ProxyFailure::Timeout, plan.body).await;
+                }
+                Err(error) => {
+                    tracing::trace!(slot = %plan.slot, %error, "upstream response failed");
+                    return self
+                        .fail(exchange, ProxyFailure::UpstreamFailed, plan.body)
+                        .await;
+                }
+            }
+        };
+
+        // A request with a body: upload it while the response is read.
+        let UpstreamConn { mut stream, .. } = conn;
+        if plan.expect_continue
+            && self.client_in.is_empty()
+            && plan.minor == 1
+            && self
+                .client
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return false;
+        }
+        self.upstream_in.clear();
+        let (end, uploaded) = {
+            let (mut ur, mut uw) = stream.split();
+            let (mut cr, mut cw) = self.client.split();
+            let upload = pin!(relay_request_body(
+                &mut cr,
+                &mut uw,
+                &mut self.client_in,
+                plan.body
+            ));
+            let out = &mut self.out;
+            let upstream_in = &mut self.upstream_in;
+            let response = &response;
+            let download = pin!(async move {
+                match read_response_head(&mut ur, upstream_in, out, response).await {
+                    Ok(head) => relay_response_body(&mut cw, &mut ur, upstream_in, out, head).await,
+                    Err(error) => ResponseEnd::NoHead(error),
+                }
+            });
+            both(upload, download).await
+        };
+        match (&end, uploaded) {
+            (_, Some(Err(Upload::ClientGone | Upload::BadBody))) => {
+                exchange.outcome = None;
+                tracing::debug!(slot = %plan.slot, "client request body broke off");
+                false
+            }
+            (ResponseEnd::NoHead(error), _) => {
+                tracing::trace!(slot = %plan.slot, %error, "upstream response failed");
+                self.fail(exchange, ProxyFailure::UpstreamFailed, plan.body)
+                    .await
+            }
+            _ => self.finish(exchange, stream, end, uploaded == Some(Ok(()))),
+        }
+    }
+
+    /// Ends an exchange whose response head was relayed: records it and
+    /// gives the upstream connection back when it can carry another one.
+    fn finish(
+        &mut self,
+        mut exchange: Exchange,
+        stream: TcpStream,
+        end: ResponseEnd,
+        request_complete: bool,
+    ) -> bool {
+        match end {
+            ResponseEnd::Done {
+                status,
+                upstream_reusable,
+                client_keep,
+            } => {
+                exchange.outcome = Some(Outcome::Status(status));
+                if upstream_reusable && request_complete && self.upstream_in.is_empty() {
+                    exchange
+                        .in_flight
+                        .upstream()
+                        .release(stream, &self.shared.pool);
+                }
+                client_keep && request_complete
+            }
+            ResponseEnd::UpstreamBroke { status } => {
+                tracing::debug!(status, "upstream response body broke off");
+                exchange.outcome = Some(Outcome::Failed(ProxyFailure::UpstreamFailed));
+                false
+            }
+            ResponseEnd::ClientGone { status } => {
+                exchange.outcome = Some(Outcome::Status(status));
+                false
+            }
+            ResponseEnd::NoHead(_) => {
+                exchange.outcome = Some(Outcome::Failed(ProxyFailure::UpstreamFailed));
+                false
+            }
+        }
+    }
+
+    /// Answers a request the proxy could not relay with its own error,
+    /// counted against the slot.
+    async fn fail(&mut self, mut exchange: Exchange, failure: ProxyFailure, body: Framing) -> bool {
+        exchange.outcome = Some(Outcome::Failed(failure));
+        let slot = exchange.slot;
+        drop(exchange);
+        tracing::trace!(%slot, ?failure, "request failed in the proxy");
+        let (status, text) = match failure {
+            ProxyFailure::NoEndpoint => (503, "no endpoint serves the chosen slot\n"),
+            ProxyFailure::Unreachable => (502, "upstream unreachable\n"),
+            ProxyFailure::UpstreamFailed => (502, "upstream connection failed\n"),
+            ProxyFailure::Timeout => (504, "upstream timed out\n"),
+        };
+        // A body the proxy did not read leaves the connection unusable.
+        let close = body != Framing::Empty;
+        self.out.clear();
+        put_local_response(&mut self.out, status, text, Some(slot.as_str()), close);
+        self.client.write_all(&self.out).await.is_ok() && !close
+    }
+}
+
+fn unreachable_partial() -> bool {
+    // `read_request` never returns `Partial`; ending the connection is the
+    // safe answer should that ever change.
+    false
+}
+
+impl Refusal {
+    fn reason_text(&self) -> &'static str {
+        match self.status {
+            408 => "request head timeout\n",
+            431 => "request header fields too large\n",
+            501 => "transfer coding not implemented\n",
+            _ => "bad request\n",
+        }
+    }
+}
+
+async fn stopped_owned(mut stop: watch::Receiver<bool>) {
+    stopped(&mut stop).await;
+}
+
+/// Runs the upload and the download together; returns when the download
+/// ended (with the upload's result if it had ended), or as soon as the
+/// upload fails because of the client.
+async fn both(
+    mut upload: Pin<&mut impl Future<Output = Result<(), Upload>>>,
+    mut download: Pin<&mut impl Future<Output = ResponseEnd>>,
+) -> (ResponseEnd, Option<Result<(), Upload>>) {
+    let mut uploaded = None;
+    loop {
+        tokio::select! {
+            biased;
+            end = download.as_mut() => return (end, uploaded),
+            up = upload.as_mut(), if uploaded.is_none() => {
+                if matches!(up, Err(Upload::ClientGone | Upload::BadBody)) {
+                    return (ResponseEnd::ClientGone { status: 0 }, Some(up));
+                }
+                uploaded = Some(up);
+            }
+        }
+    }
+}
+
+/// Methods whose repetition has the same effect as one request (RFC 9110
+/// §9.2.2), the only ones retried after a failed upstream connection.
+fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
+}
+
+/// `http://authority/path?q` → (`authority`, `/path?q`); the path part
+/// may be empty or start with `?` (the caller adds the `/`).
+fn split_absolute(target: &str) -> Option<(&str, &str)> {
+    let rest = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    if end == 0 {
+        return None;
+    }
+    Some(rest.split_at(end))
+}
+
+/// One relayed request, from the choice of endpoint to the end of the
+/// response. Dropping it records the outcome (if any) and ends the
+/// endpoint's in-flight count, also when the task is cancelled.
+struct Exchange {
+    shared: Arc<Shared>,
+    slot: Slot,
+    start: Instant,
+    outcome: Option<Outcome>,
+    // Declared last: dropped after the metrics are recorded, so a drain
+    // that ends sees this request counted.
+    in_flight: InFlight,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let Some(outcome) = self.outcome else { return };
+        let latency = matches!(outcome, Outcome::Status(_)).then(|| self.start.elapsed());
+        self.shared.metrics.record(self.slot, outcome, latency);
+        tracing::trace!(
+            slot = %self.slot,
+            replica = %self.in_flight.upstream().endpoint.replica,
+            ?outcome,
+            ?latency,
+            "request finished"
+        );
+    }
+}
+
+/// What writing the response to the client needs from the request.
+struct ResponseCtx<'a> {
+    slot: Slot,
+    sticky: Option<&'a [u8]>,
+    head_request: bool,
+    client_minor: u8,
+    client_keep_alive: bool,
+}
+
+/// A response head relayed to `out` (not yet written to the client).
+#[derive(Debug)]
+struct ResponseHead {
+    status: u16,
+    /// How the upstream delimits the body.
+    from: Framing,
+    /// Whether the body goes to the client chunk-decoded (an HTTP/1.0
+    /// client cannot take the chunked coding).
+    decode_chunks: bool,
+    upstream_persistent: bool,
+    client_keep: bool,
+}
+
+#[derive(Debug)]
+enum HeadError {
+    /// The upstream closed (or reset) the connection before sending a byte.
+    Closed,
+    /// Nothing within the response timeout.
+    Timeout,
+    Io(io::Error),
+    /// Closed part-way through the head.
+    Truncated,
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadError::Closed => f.write_str("connection closed before the response"),
+            HeadError::Timeout => f.write_str("no response head in time"),
+            HeadError::Io(e) => write!(f, "reading the response failed: {e}"),
+            HeadError::Truncated => f.write_str("connection closed inside the response head"),
+            HeadError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// How relaying a response ended.
+#[derive(Debug)]
+enum ResponseEnd {
+    /// All of it reached the client.
+    Done {
+        status: u16,
+        upstream_reusable: bool,
+        client_keep: bool,
+    },
+    /// The upstream closed or broke the body part-way.
+    UpstreamBroke { status: u16 },
+    /// The client went away.
+    ClientGone { status: u16 },
+    /// No valid response head.
+    NoHead(HeadError),
+}
+
+/// How a request body upload failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upload {
+    /// The client closed or broke the connection part-way.
+    ClientGone,
+    /// The client's chunked coding is invalid.
+    BadBody,
+    /// The upstream stopped taking the body.
+    Upstream,
+}
+
+/// Reads from `r` into the spare capacity of `buf`.
+async fn read_some<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    r.read_buf(buf).await
+}
+
+/// Reads the response head into `buf` (skipping interim 1xx responses)
+/// and writes the client's head to `out`.
+async fn read_response_head<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    ctx: &ResponseCtx<'_>,
+) -> Result<ResponseHead, HeadError> {
+    let mut got_any = false;
+    loop {
+        if !buf.is_empty() {
+            match write_response_head(buf, out, ctx)? {
+                Some((len, head)) => {
+                    buf.advance(len);
+                    match head {
+                        Some(head) => return Ok(head),
+                        None => continue, // an interim response, skipped
+                    }
+                }
+                None if buf.len() >= MAX_HEAD => {
+                    return Err(HeadError::Invalid("response head too large"));
+                }
+                None => {}
+            }
+        }
+        match read_some(r, buf).await {
+            Ok(0) if !got_any => return Err(HeadError::Closed),
+            Ok(0) => return Err(HeadError::Truncated),
+            Ok(_) => got_any = true,
+            Err(e)
+                if !got_any
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                return Err(HeadError::Closed);
+            }
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// Parses a response head in `buf` and writes the client's head to `out`.
+/// `Ok(None)`: incomplete; `Ok(Some((len, None)))`: an interim response
+/// of `len` bytes to skip.
+fn write_response_head(
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    ctx: &ResponseCtx<'_>,
+) -> Result<Option<(usize, Option<ResponseHead>)>, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    let len = match res.parse(buf) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::Invalid("too many response header fields"));
+        }
+        Err(_) => return Err(HeadError::Invalid("malformed response head")),
+    };
+    let (Some(status), Some(minor)) = (res.code, res.version) else {
+        return Err(HeadError::Invalid("malformed response head"));
+    };
+    if status == 101 {
+        return Err(HeadError::Invalid(
+            "protocol switch without an upgrade request",
+        ));
+    }
+    if status < 200 {
+        return Ok(Some((len, None)));
+    }
+    let headers: &[Header<'_>] = res.headers;
+    let facts =
+        Facts::read(headers).map_err(|_| HeadError::Invalid("ambiguous response framing"))?;
+    let from = facts.response_framing(status, ctx.head_request);
+    let upstream_persistent = facts.persistent(minor) && from != Framing::Close;
+    let decode_chunks = from == Framing::Chunked && ctx.client_minor == 0;
+    let client_keep = ctx.client_keep_alive && from != Framing::Close && !decode_chunks;
+
+    out.clear();
+    put_status_line(out, status, res.reason.unwrap_or(""));
+    // On a bodiless response (HEAD, 304) `Content-Length` describes the
+    // resource, and is relayed as it came.
+    let keep_length = from == Framing::Empty && facts.has_content_length();
+    for h in headers {
+        let name = h.name.as_bytes();
+        if facts.hop_by_hop(name)
+            || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
+            || name.eq_ignore_ascii_case(super::SLOT_HEADER.as_bytes())
+        {
+            continue;
+        }
+        put_header(out, name, h.value);
+    }
+    put_header(
+        out,
+        super::SLOT_HEADER.as_bytes(),
+        ctx.slot.as_str().as_bytes(),
+    );
+    if let Some(cookie) = ctx.sticky {
+        put_header(out, b"set-cookie", cookie);
+    }
+    match from {
+        Framing::Length(n) => put_content_length(out, n),
+        Framing::Chunked if !decode_chunks => put_header(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if !client_keep {
+        put_header(out, b"connection", b"close");
+    } else if ctx.client_minor == 0 {
+        put_header(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some((
+        len,
+        Some(ResponseHead {
+            status,
+            from,
+            decode_chunks,
+            upstream_persistent,
+            client_keep,
+        }),
+    )))
+}
+
+/// Writes the head in `out` and relays the body to the client.
+async fn relay_response_body<W, R>(
+    w: &mut W,
+    r: &mut R,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    head: ResponseHead,
+) -> ResponseEnd
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let status = head.status;
+    let gone = ResponseEnd::ClientGone { status };
+    let broke = ResponseEnd::UpstreamBroke { status };
+    let done = |upstream_reusable: bool| ResponseEnd::Done {
+        status,
+        upstream_reusable: upstream_reusable && head.upstream_persistent,
+        client_keep: head.client_keep,
+    };
+    match head.from {
+        Framing::Empty => {
+            if w.write_all(out).await.is_err() {
+                return gone;
+            }
+            done(true)
+        }
+        Framing::Length(total) => {
+            let mut left = total;
+            let take = left.min(buf.len() as u64) as usize;
+            if take <= COALESCE {
+                out.extend_from_slice(&buf[..take]);
+                buf.advance(take);
+                left -= take as u64;
+            }
+            if w.write_all(out).await.is_err() {
+                return gone;
+            }
+            loop {
+                if !buf.is_empty() && left > 0 {
+                    let take = left.min(buf.len() as u64) as usize;
+                    if w.write_all(&buf[..take]).await.is_err() {
+                        return gone;
+                    }
+                    buf.advance(take);
+                    left -= take as u64;
+                }
+                if left == 0 {
+                    return done(true);
+                }
+                match read_some(r, buf).await {
+                    Ok(0) | Err(_) => return broke,
+                    Ok(_) => {}
+                }
+            }
+        }
+        Framing::Chunked => {
+            let mut scanner = ChunkScanner::default();
+            let mut first = true;
+            loop {
+                if !buf.is_empty() {
+                    let decode = head.decode_chunks;
+                    let (n, decoded) = {
+                        let input = &buf[..];
+                        let mut decoded: Vec<std::ops::Range<usize>> = Vec::new();
+                        match scanner.scan(input, |range| {
+                            if decode {
+                                decoded.push(range);
+                            }
+                        }) {
+                            Ok(n) => (n, decoded),
+                            Err(error) => {
+                                tracing::debug!(reason = error.0, "invalid chunked response body");
+                                return broke;
+                            }
+                        }
+                    };
+                    if decode {
+                        for range in decoded {
+                            out.extend_from_slice(&buf[range]);
+                        }
+                    } else {
+                        out.extend_from_slice(&buf[..n]);
+                    }
+                    buf.advance(n);
+                }
+                if !out.is_empty() || first {
+                    if w.write_all(out).await.is_err() {
+                        return gone;
+                    }
+                    out.clear();
+                    first = false;
+                }
+                if scanner.done() {
+                    return done(true);
+                }
+                match read_some(r, buf).await {
+                    Ok(0) | Err(_) => return broke,
+                    Ok(_) => {}
+                }
+            }
+        }
+        Framing::Close => {
+            if w.write_all(out).await.is_err() {
+                return gone;
+            }
+            loop {
+                if !buf.is_empty() {
+                    if w.write_all(buf).await.is_err() {
+                        return gone;
+                    }
+                    buf.clear();
+                }
+                match read_some(r, buf).await {
+                    Ok(0) => return done(false),
+                    Err(_) => return broke,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Relays the request body from the client to the upstream as it came
+/// (a length, or the chunked coding passed through). Bytes after the body
+/// (a pipelined request) stay in `buf`.
+async fn relay_request_body<R, W>(
+    r: &mut R,
+    w: &mut W,
+    buf: &mut BytesMut,
+    body: Framing,
+) -> Result<(), Upload>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match body {
+        Framing::Empty | Framing::Close => Ok(()),
+        Framing::Length(total) => {
+            let mut left = total;
+            loop {
+                if !buf.is_empty() {
+                    let take = left.min(buf.len() as u64) as usize;
+                    w.write_all(&buf[..take])
+                        .await
+                        .map_err(|_| Upload::Upstream)?;
+                    buf.advance(take);
+                    left -= take as u64;
+                }
+                if left == 0 {
+                    return Ok(());
+                }
+                match read_some(r, buf).await {
+                    Ok(0) | Err(_) => return Err(Upload::ClientGone),
+                    Ok(_) => {}
+                }
+            }
+        }
+        Framing::Chunked => {
+            let mut scanner = ChunkScanner::default();
+            loop {
+                if !buf.is_empty() {
+                    let n = scanner.scan(buf, |_| {}).map_err(|_| Upload::BadBody)?;
+                    w.write_all(&buf[..n]).await.map_err(|_| Upload::Upstream)?;
+                    buf.advance(n);
+                }
+                if scanner.done() {
+                    return Ok(());
+                }
+                match read_some(r, buf).await {
+                    Ok(0) | Err(_) => return Err(Upload::ClientGone),
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One timer per connection for its phases (a request head, a response
+/// head), re-armed per phase without touching the runtime's timer wheel:
+/// the sleep keeps its deadline, and only when it fires early is it moved
+/// to the phase's real deadline.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    fn new() -> Self {
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            at: None,
+        }
+    }
+
+    /// Starts a phase lasting `limit` (`None`: no limit).
+    fn arm(&mut self, limit: Option<Duration>) {
+        self.at = limit.map(|limit| Instant::now() + limit);
+        if let Some(at) = self.at
+            && at < self.sleep.deadline()
+        {
+            self.sleep.as_mut().reset(at);
+        }
+    }
+
+    /// Resolves when the phase's deadline passed; never without one.
+    async fn expired(&mut self) {
+        loop {
+            let Some(at) = self.at else {
+                return std::future::pending().await;
+            };
+            self.sleep.as_mut().await;
+            if Instant::now() >= at {
+                return;
+            }
+            self.sleep.as_mut().reset(at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_targets_split_into_authority_and_path() {
+        assert_eq!(
+            split_absolute("http://shop:8080/a?b"),
+            Some(("shop:8080", "/a?b"))
+        );
+        assert_eq!(split_absolute("http://shop"), Some(("shop", "")));
+        assert_eq!(split_absolute("http://shop?q"), Some(("shop", "?q")));
+        assert_eq!(split_absolute("/a"), None);
+        assert_eq!(split_absolute("http://"), None);
+        assert_eq!(split_absolute("http:///x"), None);
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(is_idempotent(m));
+        }
+        for m in ["POST", "PATCH", "CONNECT"] {
+            assert!(!is_idempotent(m));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_fires_at_the_armed_phase_deadline() {
+        let mut d = Deadline::new();
+        d.arm(Some(Duration::from_secs(5)));
+        let t0 = Instant::now();
+        d.expired().await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+        // A later phase with a longer limit is honoured, not the old sleep.
+        d.arm(Some(Duration::from_secs(30)));
+        let t0 = Instant::now();
+        d.expired().await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(30));
+        // No limit: never.
+        d.arm(None);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(7200), d.expired())
+                .await
+                .is_err()
+        );
+    }
+}
