@@ -35,7 +35,7 @@ wait_port() { for _ in $(seq 100); do curl -sf -o /dev/null "http://$1/" && retu
 
 "$BIN/demo_app" --port "${UP##*:}" --version bench >"$WORK/upstream.log" 2>&1 & PIDS+=($!)
 wait_port $UP
-"$BIN/atlas_proxy" --listen $ATLAS --blue $UP --threads 2 >"$WORK/atlas.log" 2>&1 & PIDS+=($!)
+"$BIN/atlas_proxy" --listen $ATLAS --blue $UP --threads 2 >"$WORK/atlas.log" 2>&1 & PIDS+=($!); APID=$!
 wait_port $ATLAS
 
 mkdir -p "$WORK/nginx/logs"
@@ -59,13 +59,26 @@ http {
   }
 }
 CONF
-nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' & PIDS+=($!)
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' & PIDS+=($!); NPID=$!
 wait_port $NGINX
 
 # wrk prints latency in us/ms/s; normalise to milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
-measure() { # name addr -> "rps p50 p99" of one wrk pass
-  local out; out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "http://$2/")
+# CPU time (user + system, clock ticks) of a process and its children
+# (nginx's workers), from /proc.
+ticks() {
+  local t=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+measure() { # name addr [pid] -> "rps p50 p99 cpu_us_per_request" of one wrk pass
+  local out t0=0 t1=0
+  [ -n "${3:-}" ] && t0=$(ticks "$3")
+  out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "http://$2/")
+  [ -n "${3:-}" ] && t1=$(ticks "$3")
   echo "$out" >> "$WORK/$1.wrk"
   local rps p50 p99 errs
   rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
@@ -73,31 +86,35 @@ measure() { # name addr -> "rps p50 p99" of one wrk pass
   p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
   errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
   [ -n "$errs" ] && echo "$1: $errs" >&2
-  echo "$rps $p50 $p99"
+  local n cpu
+  n=$(echo "$out" | awk '/requests in/ { print $1 }')
+  cpu=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
+  echo "$rps $p50 $p99 $cpu"
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 # One warm-up pass each, then ROUNDS rounds that alternate the targets, so a
 # slow spell of the machine hits all three alike; each column is the median.
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU
+declare -A PID=([direct]="" [atlas]=$APID [nginx]=$NPID)
 for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
   wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "http://${t#*:}/" >/dev/null 2>&1
 done
 for r in $(seq "$ROUNDS"); do
   for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
-    read -r rps p50 p99 < <(measure "${t%%:*}" "${t#*:}")
-    RPS[${t%%:*}]+="$rps "; P50[${t%%:*}]+="$p50 "; P99[${t%%:*}]+="$p99 "
-    echo "round $r ${t%%:*}: $rps req/s, p50 $p50 ms, p99 $p99 ms" >&2
+    read -r rps p50 p99 cpu < <(measure "${t%%:*}" "${t#*:}" "${PID[${t%%:*}]}")
+    RPS[${t%%:*}]+="$rps "; P50[${t%%:*}]+="$p50 "; P99[${t%%:*}]+="$p99 "; CPU[${t%%:*}]+="$cpu "
+    echo "round $r ${t%%:*}: $rps req/s, p50 $p50 ms, p99 $p99 ms, proxy CPU $cpu us/request" >&2
   done
 done
 med() { echo "$1" | tr ' ' '\n' | grep -v '^$' | median; }
 read -r d_rps d_p50 d_p99 <<<"$(med "${RPS[direct]}") $(med "${P50[direct]}") $(med "${P99[direct]}")"
-read -r a_rps a_p50 a_p99 <<<"$(med "${RPS[atlas]}") $(med "${P50[atlas]}") $(med "${P99[atlas]}")"
-read -r n_rps n_p50 n_p99 <<<"$(med "${RPS[nginx]}") $(med "${P50[nginx]}") $(med "${P99[nginx]}")"
+read -r a_rps a_p50 a_p99 a_cpu <<<"$(med "${RPS[atlas]}") $(med "${P50[atlas]}") $(med "${P99[atlas]}") $(med "${CPU[atlas]}")"
+read -r n_rps n_p50 n_p99 n_cpu <<<"$(med "${RPS[nginx]}") $(med "${P50[nginx]}") $(med "${P99[nginx]}") $(med "${CPU[nginx]}")"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
-echo "| target | requests/s | p50 ms | p99 ms | throughput vs nginx | p99 vs nginx |"
-echo "|---|---:|---:|---:|---:|---:|"
-echo "| no proxy (upstream direct) | $d_rps | $d_p50 | $d_p99 | $(ratio "$d_rps" "$n_rps") | $(ratio "$d_p99" "$n_p99") |"
-echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 | $n_p99 | 1.00 | 1.00 |"
-echo "| Atlas ProxyRouter | $a_rps | $a_p50 | $a_p99 | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") |"
+echo "| target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | throughput vs nginx | p99 vs nginx | CPU/request vs nginx |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| no proxy (upstream direct) | $d_rps | $d_p50 | $d_p99 | – | $(ratio "$d_rps" "$n_rps") | $(ratio "$d_p99" "$n_p99") | – |"
+echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 | $n_p99 | $n_cpu | 1.00 | 1.00 | 1.00 |"
+echo "| Atlas ProxyRouter | $a_rps | $a_p50 | $a_p99 | $a_cpu | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") | $(ratio "$a_cpu" "$n_cpu") |"
 echo
 echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency; medians of $ROUNDS alternating rounds after a warm-up pass each; $(nproc) cores; upstream: demo_app (release)"
