@@ -1820,3 +1820,53 @@ async fn an_unfinished_head_gets_408_and_an_idle_connection_is_closed() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// 22. An answer before the body is read is not destroyed by a reset.
+
+#[tokio::test]
+async fn a_refusal_before_a_large_body_reaches_the_client() {
+    within(async {
+        // No split set: every request gets 503 without its body being read.
+        let router = ProxyRouter::builder(service()).build().await.unwrap();
+        for _ in 0..5 {
+            let stream = TcpStream::connect(router.local_addr()).await.unwrap();
+            let (mut read, mut write) = stream.into_split();
+            let body = vec![b'x'; 4 * 1024 * 1024];
+            let writer = tokio::spawn(async move {
+                let head = format!(
+                    "POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = write.write_all(head.as_bytes()).await;
+                // The proxy stops reading; this write fails or stalls.
+                let _ = write.write_all(&body).await;
+            });
+            // Read late, as a client busy uploading does: the answer waits
+            // in the receive buffer while the proxy closes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let answer = bounded("the 503", async {
+                loop {
+                    match read.read(&mut buf).await {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e) => break Err(e),
+                    }
+                    if find(&got, b"\r\n\r\n").is_some() {
+                        break Ok(());
+                    }
+                }
+            })
+            .await;
+            writer.abort();
+            let text = String::from_utf8_lossy(&got);
+            assert!(
+                text.starts_with("HTTP/1.1 503"),
+                "no 503 before the connection ended ({answer:?}): {text:?}"
+            );
+        }
+    })
+    .await;
+}

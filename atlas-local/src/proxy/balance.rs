@@ -237,7 +237,6 @@ mod tests {
     use super::*;
     use crate::proxy::h1::test_headers as headers;
 
-
     fn count_canary(state: &SplitState, n: usize) -> usize {
         (0..n)
             .filter(|_| state.weighted() == state.split.canary())

@@ -214,6 +214,21 @@ fn parse_length(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// Whether `buf` may hold a complete head: it has an empty line (`LF LF`
+/// or `LF CR LF`) in it. Only the bytes after `scanned` (less two, for a
+/// terminator split across reads) are looked at, and `scanned` moves to
+/// the end, so a head that arrives a byte at a time costs linear time
+/// instead of one full parse per byte.
+pub(crate) fn head_may_be_complete(buf: &[u8], scanned: &mut usize) -> bool {
+    let from = scanned.saturating_sub(2);
+    *scanned = buf.len();
+    buf.get(from..).is_some_and(|tail| {
+        tail.windows(2).enumerate().any(|(i, w)| {
+            w[0] == b'\n' && (w[1] == b'\n' || (w[1] == b'\r' && tail.get(i + 2) == Some(&b'\n')))
+        })
+    })
+}
+
 /// Appends one header line.
 pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -618,6 +633,25 @@ mod tests {
         }
         let long_ext = [b"1;".as_slice(), &[b'a'; 5000]].concat();
         assert!(scan_all(&long_ext, 1).is_err());
+    }
+
+    #[test]
+    fn a_head_end_is_found_across_reads_without_rescanning() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for split in 0..head.len() {
+            let mut scanned = 0;
+            let first = head_may_be_complete(&head[..split], &mut scanned);
+            assert!(!first, "complete at {split}");
+            assert_eq!(scanned, split);
+            assert!(head_may_be_complete(head, &mut scanned), "split {split}");
+        }
+        let mut scanned = 0;
+        assert!(head_may_be_complete(b"GET / HTTP/1.0\n\n", &mut scanned));
+        let mut scanned = 0;
+        assert!(!head_may_be_complete(
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            &mut scanned
+        ));
     }
 
     #[test]

@@ -122,7 +122,6 @@ mod tests {
     use super::*;
     use crate::proxy::h1::test_headers as headers;
 
-
     fn text(out: Vec<u8>) -> String {
         String::from_utf8(out).unwrap()
     }

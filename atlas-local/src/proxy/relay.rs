@@ -32,8 +32,8 @@ use tokio::time::{Instant, Sleep};
 use super::Shared;
 use super::balance::Route;
 use super::h1::{
-    ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, put_content_length, put_header,
-    put_local_response, put_status_line,
+    ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, head_may_be_complete,
+    put_content_length, put_header, put_local_response, put_status_line,
 };
 use super::headers::{PeerInfo, put_forwarding, put_relayed};
 use super::metrics::{Outcome, ProxyFailure};
@@ -66,6 +66,28 @@ pub(crate) async fn serve_client(
     };
     conn.run(stop).await;
     let _ = conn.client.shutdown().await;
+    linger(&mut conn.client).await;
+}
+
+/// After the proxy's FIN, reads and discards what the client still sends
+/// (a request body the proxy refused, a pipelined request) for a moment
+/// before closing, the staged close of RFC 9112 §9.6: closing with unread
+/// data makes the kernel send a reset, which a client's TCP stack may
+/// take as leave to drop the last response before it was read.
+async fn linger(client: &mut TcpStream) {
+    const LINGER: Duration = Duration::from_millis(500);
+    const LINGER_BYTES: usize = 64 * 1024;
+    let mut sink = [0u8; 4096];
+    let mut discarded = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while discarded < LINGER_BYTES {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
 }
 
 struct ClientConn {
@@ -171,11 +193,14 @@ impl ClientConn {
         mut stop_signal: Pin<&mut impl Future<Output = ()>>,
     ) -> Option<Parsed> {
         self.timer.arm(self.shared.client_header_timeout);
+        let mut scanned = 0;
         loop {
             if !self.client_in.is_empty() {
-                match self.plan() {
-                    Parsed::Partial => {}
-                    parsed => return Some(parsed),
+                if head_may_be_complete(&self.client_in, &mut scanned) {
+                    match self.plan() {
+                        Parsed::Partial => {}
+                        parsed => return Some(parsed),
+                    }
                 }
                 if self.client_in.len() >= MAX_HEAD {
                     return Some(Parsed::Refused(Refusal {
@@ -746,14 +771,24 @@ async fn read_response_head<R: AsyncRead + Unpin>(
     ctx: &ResponseCtx<'_>,
 ) -> Result<ResponseHead, HeadError> {
     let mut got_any = false;
+    let mut scanned = 0;
     loop {
         if !buf.is_empty() {
-            match write_response_head(buf, out, ctx)? {
+            let parsed = if head_may_be_complete(buf, &mut scanned) {
+                write_response_head(buf, out, ctx)?
+            } else {
+                None
+            };
+            match parsed {
                 Some((len, head)) => {
                     buf.advance(len);
                     match head {
                         Some(head) => return Ok(head),
-                        None => continue, // an interim response, skipped
+                        None => {
+                            // An interim response, skipped.
+                            scanned = 0;
+                            continue;
+                        }
                     }
                 }
                 None if buf.len() >= MAX_HEAD => {
