@@ -616,6 +616,48 @@ mod tests {
     }
 
     #[test]
+    fn chunk_scanner_decodes_random_bodies_in_random_reads() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..300 {
+            let payload: Vec<u8> = (0..rng.random_range(0..5000))
+                .map(|_| rng.random())
+                .collect();
+            let mut encoded = Vec::new();
+            let mut rest = &payload[..];
+            while !rest.is_empty() {
+                let n = rng.random_range(1..=rest.len().min(700));
+                let ext = if rng.random_bool(0.2) { ";a=b" } else { "" };
+                encoded.extend_from_slice(format!("{n:X}{ext}\r\n").as_bytes());
+                encoded.extend_from_slice(&rest[..n]);
+                encoded.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            encoded.extend_from_slice(b"0\r\n");
+            if rng.random_bool(0.3) {
+                encoded.extend_from_slice(b"x-sum: 1\r\n");
+            }
+            encoded.extend_from_slice(b"\r\n");
+            let body_len = encoded.len();
+            encoded.extend_from_slice(b"GET /next");
+
+            let mut scanner = ChunkScanner::default();
+            let (mut at, mut data) = (0, Vec::new());
+            while !scanner.done() {
+                let end = (at + rng.random_range(1..300)).min(encoded.len());
+                let part = &encoded[at..end];
+                let n = scanner
+                    .scan(part, |r| data.extend_from_slice(&part[r]))
+                    .unwrap();
+                at += n;
+                assert!(n == part.len() || scanner.done());
+            }
+            assert_eq!(at, body_len);
+            assert_eq!(data, payload);
+        }
+    }
+
+    #[test]
     fn chunk_scanner_refuses_malformed_bodies() {
         for bad in [
             &b"x\r\n"[..],
