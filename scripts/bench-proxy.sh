@@ -4,13 +4,15 @@
 # connections and duration, all on 127.0.0.1. Prints a Markdown table with
 # requests/s, p50 and p99 latency and the ratios against nginx.
 #
-# usage: scripts/bench-proxy.sh [DURATION_S] [CONNECTIONS] [ROUNDS]
+# usage: scripts/bench-proxy.sh [DURATION_S] [CONNECTIONS] [ROUNDS] [PATH]
+# PATH defaults to `/` (a 21-byte answer); `/bytes/N` answers N bytes.
 # Installs nginx and wrk (Debian) when missing. Needs root for apt only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONNS=${2:-64}
 ROUNDS=${3:-3}
+URLPATH=${4:-/}
 THREADS=2
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/atlas-target}
 WORK=$(mktemp -d /tmp/atlas-bench-proxy.XXXXXX)
@@ -77,7 +79,7 @@ HZ=$(getconf CLK_TCK)
 measure() { # name addr [pid] -> "rps p50 p99 cpu_us_per_request" of one wrk pass
   local out t0=0 t1=0
   [ -n "${3:-}" ] && t0=$(ticks "$3")
-  out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "http://$2/")
+  out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "http://$2$URLPATH")
   [ -n "${3:-}" ] && t1=$(ticks "$3")
   echo "$out" >> "$WORK/$1.wrk"
   local rps p50 p99 errs
@@ -97,7 +99,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 declare -A RPS P50 P99 CPU
 declare -A PID=([direct]="" [atlas]=$APID [nginx]=$NPID)
 for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
-  wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "http://${t#*:}/" >/dev/null 2>&1
+  wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "http://${t#*:}$URLPATH" >/dev/null 2>&1
 done
 for r in $(seq "$ROUNDS"); do
   for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
@@ -117,4 +119,4 @@ echo "| no proxy (upstream direct) | $d_rps | $d_p50 | $d_p99 | – | $(ratio "$
 echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 | $n_p99 | $n_cpu | 1.00 | 1.00 | 1.00 |"
 echo "| Atlas ProxyRouter | $a_rps | $a_p50 | $a_p99 | $a_cpu | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") | $(ratio "$a_cpu" "$n_cpu") |"
 echo
-echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency; medians of $ROUNDS alternating rounds after a warm-up pass each; $(nproc) cores; upstream: demo_app (release)"
+echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency, GET $URLPATH; medians of $ROUNDS alternating rounds after a warm-up pass each; $(nproc) cores; upstream: demo_app (release)"

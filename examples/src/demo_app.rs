@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `/health` | 200 `ok`, or 500 with `--fail-health` |
 //! | `/ready` | 200 `ready` once listening; 503 `draining` after SIGTERM |
+//! | `/bytes/N` | 200 with a body of N bytes (at most 16 MiB; 400 above or for a bad N), for benchmarks |
 //! | anything else | 200 `{version} {slot} {replica}`, or 500 for the `--error-rate` share |
 //!
 //! Every answer carries the header `x-app-version: {version}`.
@@ -407,10 +408,39 @@ async fn serve_connection(stream: TcpStream, app: Arc<App>, mut closing: watch::
     }
 }
 
+/// The largest `/bytes/N` body.
+const MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// A body of `n` bytes for `/bytes/N`, sliced from one shared buffer so
+/// that serving it costs no copy.
+fn bytes_body(n: &str) -> Option<Bytes> {
+    static FILL: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let n: usize = n.parse().ok().filter(|n| *n <= MAX_BYTES)?;
+    Some(
+        FILL.get_or_init(|| Bytes::from(vec![b'a'; MAX_BYTES]))
+            .slice(..n),
+    )
+}
+
 async fn handle(
     req: Request<Incoming>,
     app: Arc<App>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(n) = req.uri().path().strip_prefix("/bytes/") {
+        let (status, body) = match bytes_body(n) {
+            Some(body) => (StatusCode::OK, body),
+            None => (
+                StatusCode::BAD_REQUEST,
+                Bytes::from_static(b"N must be 0 to 16777216\n"),
+            ),
+        };
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(VERSION_HEADER, app.version.clone());
+        return Ok(response);
+    }
     let (status, body) = match req.uri().path() {
         "/health" if app.config.fail_health => {
             (StatusCode::INTERNAL_SERVER_ERROR, "unhealthy\n".to_string())
@@ -608,6 +638,19 @@ mod tests {
                 "{path}"
             );
         }
+        app.shutdown();
+        assert_eq!(app.task.await.unwrap().unwrap(), Ended::Graceful);
+    }
+
+    #[tokio::test]
+    async fn bytes_route_answers_n_bytes() {
+        let mut app = Running::start(config()).await;
+        let (status, _, body) = app.get("/bytes/70000").await;
+        assert_eq!((status, body.len()), (StatusCode::OK, 70000));
+        assert!(body.bytes().all(|b| b == b'a'));
+        assert_eq!(app.get("/bytes/0").await.2, "");
+        assert_eq!(app.get("/bytes/16777217").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(app.get("/bytes/x").await.0, StatusCode::BAD_REQUEST);
         app.shutdown();
         assert_eq!(app.task.await.unwrap().unwrap(), Ended::Graceful);
     }
