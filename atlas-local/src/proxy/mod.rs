@@ -555,6 +555,7 @@ impl ProxyRouterBuilder {
                 self.grace_period,
                 move |stream, peer, stop| {
                     relay::serve_client(for_requests.clone(), stream, peer, stop)
+                        .instrument(tracing::trace_span!("client_connection", %peer))
                 },
             )
             .instrument(span.clone()),
