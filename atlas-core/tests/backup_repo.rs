@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use atlas_core::ErrorKind;
 use atlas_core::backup::repo::{
     BackupKind, BackupOptions, CheckOptions, ChunkerParams, DirectorySource, InitOptions,
-    KdfParams, KeySource, MirrorPolicy, MirrorSet, Progress, PruneOptions, ReadDataSubset,
-    Repository, RestoreOptions, StreamSource, integrity_error, sync,
+    KdfParams, KeySource, MirrorPolicy, MirrorSet, Progress, ProgressFn, PruneOptions,
+    ReadDataSubset, Repository, RestoreOptions, RootMetadata, StreamSource, integrity_error, sync,
 };
 use atlas_core::backup::{
     BackupTarget, ByteStream, Checksum, GetOptions, GetResult, ListOptions, ObjectKey, ObjectMeta,
@@ -198,6 +198,7 @@ fn set_mtime(path: &Path, secs: u64) {
 }
 
 /// Everything under `root`: path -> (kind, mode, mtime, content or target).
+/// A symlink's mode is not compared (Linux ignores it); its own mtime is.
 fn describe(root: &Path) -> BTreeMap<String, (char, u32, Option<SystemTime>, Vec<u8>)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -214,7 +215,15 @@ fn describe(root: &Path) -> BTreeMap<String, (char, u32, Option<SystemTime>, Vec
             let mode = m.mode() & 0o7777;
             if m.file_type().is_symlink() {
                 let t = fs::read_link(&path).unwrap();
-                out.insert(rel, ('l', 0, None, t.to_string_lossy().as_bytes().to_vec()));
+                out.insert(
+                    rel,
+                    (
+                        'l',
+                        0,
+                        Some(m.modified().unwrap()),
+                        t.to_string_lossy().as_bytes().to_vec(),
+                    ),
+                );
             } else if m.is_dir() {
                 stack.push(path.clone());
                 out.insert(rel, ('d', mode, Some(m.modified().unwrap()), Vec::new()));
@@ -1183,4 +1192,518 @@ async fn retention_rules_pick_from_the_repositorys_snapshots() {
     let removed: Vec<String> = plan.removed_ids().map(str::to_owned).collect();
     repo.forget(&removed).await.unwrap();
     assert_eq!(repo.snapshots().await.unwrap().len(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Unreadable entries, changing files, symlink and root metadata, mirror keys.
+
+/// A progress callback that runs `hook` on every update, so a test can
+/// change the source at a precise point of the backup: the backup reports
+/// `current` just before it lists a directory or opens a file, and bytes
+/// read after each chunk.
+fn hooked_progress(hook: impl Fn(&Progress) + Send + Sync + 'static) -> ProgressFn {
+    Arc::new(move |p: &Progress| hook(p))
+}
+
+/// Captures what `tracing` writes on this thread (the backup's walk is
+/// polled on the test's thread: nothing of it is spawned).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+fn once_at(
+    name: &'static str,
+    action: impl Fn() + Send + Sync + 'static,
+) -> impl Fn(&Progress) + Send + Sync + 'static {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    move |p: &Progress| {
+        if p.current.as_deref() == Some(name) && !done.swap(true, Ordering::SeqCst) {
+            action();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_that_vanish_before_they_are_read_are_left_out_and_named() {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().to_path_buf();
+    write_file(&root.join("keep.txt"), b"kept", 0o644, 1_600_000_000);
+    write_file(&root.join("victim.txt"), b"gone soon", 0o644, 1_600_000_000);
+    write_file(
+        &root.join("gone_dir/inner.txt"),
+        b"inner",
+        0o644,
+        1_600_000_000,
+    );
+    write_file(&root.join("stays/deep.txt"), b"deep", 0o644, 1_600_000_000);
+    // Both were listed as present; each disappears right before the backup
+    // opens the file or lists the directory (root cannot be kept out of a
+    // mode-000 file, so vanishing is the unreadable case to test).
+    let (r1, r2) = (root.clone(), root.clone());
+    let file_hook = once_at("victim.txt", move || {
+        fs::remove_file(r1.join("victim.txt")).unwrap()
+    });
+    let dir_hook = once_at("gone_dir", move || {
+        fs::remove_dir_all(r2.join("gone_dir")).unwrap()
+    });
+    let progress = hooked_progress(move |p| {
+        file_hook(p);
+        dir_hook(p);
+    });
+    let mem = Memory::default();
+    let repo = init(&mem, fast_init()).await;
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let report = repo
+        .backup(
+            DirectorySource::new(&root),
+            BackupOptions::default().with_progress(progress),
+        )
+        .await
+        .expect("an unreadable entry does not fail the backup");
+    drop(guard);
+
+    let paths: Vec<&str> = report.unreadable.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["gone_dir", "victim.txt"]);
+    assert!(
+        report.unreadable[0]
+            .reason
+            .starts_with("cannot list directory"),
+        "{:?}",
+        report.unreadable[0]
+    );
+    assert!(
+        report.unreadable[1].reason.starts_with("cannot open"),
+        "{:?}",
+        report.unreadable[1]
+    );
+    let logs = logs.text();
+    for path in paths {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("WARN") && l.contains(&format!("path={path}"))),
+            "a warning names {path}: {logs}"
+        );
+    }
+    let snap = &report.snapshot;
+    assert_eq!(snap.totals.unreadable, 2);
+    assert!(!snap.is_complete());
+    assert_eq!(snap.totals.files, 2, "keep.txt and stays/deep.txt");
+    // The manifest says so to whoever lists the snapshots later.
+    let listed = Repository::open(
+        Arc::new(mem.clone()),
+        prefix(),
+        &KeySource::passphrase(PASS),
+    )
+    .await
+    .unwrap()
+    .snapshots()
+    .await
+    .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(!listed[0].is_complete());
+    assert_eq!(listed[0].unreadable, report.unreadable);
+    assert_eq!(listed[0].totals.unreadable, 2);
+
+    // What was read restores; what was not is simply absent.
+    let out = tempfile::tempdir().unwrap();
+    repo.restore("latest", out.path(), RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_same_tree(&root, out.path());
+    assert!(!out.path().join("victim.txt").exists() && !out.path().join("gone_dir").exists());
+
+    // The next backup sees everything again and is complete.
+    let again = repo
+        .backup(DirectorySource::new(&root), BackupOptions::default())
+        .await
+        .unwrap();
+    assert!(again.unreadable.is_empty() && again.snapshot.is_complete());
+    assert!(repo.snapshots().await.unwrap()[1].is_complete());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_swapped_for_a_fifo_or_a_symlink_after_listing_are_not_followed() {
+    let src = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let root = src.path().to_path_buf();
+    write_file(&root.join("to-fifo.txt"), b"plain", 0o644, 1_600_000_000);
+    write_file(&root.join("to-link.txt"), b"plain", 0o644, 1_600_000_000);
+    write_file(
+        &outside.path().join("secret"),
+        b"not part of the source",
+        0o600,
+        1,
+    );
+    let (r1, r2, secret) = (root.clone(), root.clone(), outside.path().join("secret"));
+    let fifo_hook = once_at("to-fifo.txt", move || {
+        let p = r1.join("to-fifo.txt");
+        fs::remove_file(&p).unwrap();
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    });
+    let link_hook = once_at("to-link.txt", move || {
+        let p = r2.join("to-link.txt");
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&secret, &p).unwrap();
+    });
+    let progress = hooked_progress(move |p| {
+        fifo_hook(p);
+        link_hook(p);
+    });
+    let mem = Memory::default();
+    let repo = init(&mem, fast_init()).await;
+    // A fifo opened for reading blocks until a writer comes: bound the wait.
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        repo.backup(
+            DirectorySource::new(&root),
+            BackupOptions::default().with_progress(progress),
+        ),
+    )
+    .await
+    .expect("the backup does not wait on a fifo")
+    .unwrap();
+    let got: Vec<(&str, &str)> = report
+        .unreadable
+        .iter()
+        .map(|e| (e.path.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], ("to-fifo.txt", "is no longer a regular file"));
+    assert_eq!(got[1].0, "to-link.txt");
+    assert!(got[1].1.starts_with("cannot open"), "{got:?}");
+    assert_eq!(report.snapshot.totals.files, 0);
+    assert_eq!(report.snapshot.totals.bytes, 0, "the secret was not read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_grows_or_shrinks_while_read_is_stored_as_read() {
+    let mib = 1024 * 1024;
+    let original = random_bytes(2 * mib, 21);
+    let mem = Memory::default();
+    let repo = init(&mem, small_chunks()).await;
+    let check_stored = |name: &'static str| {
+        let repo = repo.clone();
+        async move {
+            let (node, body) = repo.restore_file_stream("latest", name).await.unwrap();
+            let content: Vec<Bytes> = body.try_collect().await.unwrap();
+            let content = content.concat();
+            assert_eq!(
+                node.size,
+                content.len() as u64,
+                "{name}: size matches the bytes stored"
+            );
+            content
+        }
+    };
+
+    // Grows after its first chunk is read: stored as it was when opened.
+    let grow = tempfile::tempdir().unwrap();
+    let path = grow.path().join("growing.log");
+    write_file(&path, &original, 0o644, 1_600_000_000);
+    let p2 = path.clone();
+    let appended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a2 = appended.clone();
+    let progress = hooked_progress(move |p| {
+        if p.bytes_read > 0 && !a2.swap(true, Ordering::SeqCst) {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new().append(true).open(&p2).unwrap();
+            f.write_all(&random_bytes(mib, 22)).unwrap();
+        }
+    });
+    let report = repo
+        .backup(
+            DirectorySource::new(grow.path()),
+            BackupOptions::default().with_progress(progress),
+        )
+        .await
+        .unwrap();
+    assert!(
+        appended.load(Ordering::SeqCst),
+        "the file grew during the read"
+    );
+    assert!(report.unreadable.is_empty());
+    assert_eq!(report.snapshot.totals.bytes, original.len() as u64);
+    let stored = check_stored("growing.log").await;
+    assert!(stored == original, "the bytes up to the size at open");
+
+    // Shrinks after its first chunk is read: stored as far as it was read.
+    let shrink = tempfile::tempdir().unwrap();
+    let path = shrink.path().join("shrinking.bin");
+    write_file(&path, &original, 0o644, 1_600_000_000);
+    let p2 = path.clone();
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c2 = cut.clone();
+    let progress = hooked_progress(move |p| {
+        if p.bytes_read > 0 && !c2.swap(true, Ordering::SeqCst) {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&p2)
+                .unwrap()
+                .set_len(100_000)
+                .unwrap();
+        }
+    });
+    let report = repo
+        .backup(
+            DirectorySource::new(shrink.path()),
+            BackupOptions::default().with_progress(progress),
+        )
+        .await
+        .unwrap();
+    assert!(cut.load(Ordering::SeqCst));
+    let stored = check_stored("shrinking.bin").await;
+    assert_eq!(report.snapshot.totals.bytes, stored.len() as u64);
+    assert!(
+        stored.len() < original.len() && stored[..] == original[..stored.len()],
+        "a prefix of the original, {} bytes",
+        stored.len()
+    );
+    assert!(
+        repo.check(CheckOptions::read_data(ReadDataSubset::All))
+            .await
+            .unwrap()
+            .is_ok()
+    );
+}
+
+fn set_symlink_mtime(path: &Path, secs: i64, nanos: i64) {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &TimeSpec::new(secs, nanos),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_keep_their_own_mtime() {
+    let src = tempfile::tempdir().unwrap();
+    write_file(&src.path().join("a.txt"), b"a", 0o644, 1_600_000_000);
+    std::os::unix::fs::symlink("a.txt", src.path().join("link")).unwrap();
+    fs::create_dir(src.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", src.path().join("sub/dangling")).unwrap();
+    set_symlink_mtime(&src.path().join("link"), 1_300_000_000, 250_000_000);
+    set_symlink_mtime(&src.path().join("sub/dangling"), 1_200_000_000, 0);
+    set_mtime(&src.path().join("sub"), 1_500_000_000);
+    let mem = Memory::default();
+    let repo = init(&mem, fast_init()).await;
+    repo.backup(DirectorySource::new(src.path()), BackupOptions::default())
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    repo.restore("latest", out.path(), RestoreOptions::default())
+        .await
+        .unwrap();
+    for (link, secs, nanos) in [
+        ("link", 1_300_000_000, 250_000_000),
+        ("sub/dangling", 1_200_000_000, 0),
+    ] {
+        let m = fs::symlink_metadata(out.path().join(link)).unwrap();
+        assert!(m.file_type().is_symlink());
+        assert_eq!(
+            m.modified().unwrap(),
+            UNIX_EPOCH + Duration::new(secs, nanos),
+            "{link}: the link's own mtime"
+        );
+    }
+    // The link's target kept its own mtime, untouched by the link's.
+    assert_eq!(
+        fs::metadata(out.path().join("a.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789)
+    );
+    assert_same_tree(src.path(), out.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_root_keeps_its_mode_and_mtime() {
+    let src = tempfile::tempdir().unwrap();
+    write_file(&src.path().join("d/f.txt"), b"f", 0o644, 1_600_000_000);
+    fs::set_permissions(src.path(), fs::Permissions::from_mode(0o751)).unwrap();
+    set_mtime(src.path(), 1_450_000_000);
+    let mem = Memory::default();
+    let repo = init(&mem, fast_init()).await;
+    let report = repo
+        .backup(DirectorySource::new(src.path()), BackupOptions::default())
+        .await
+        .unwrap();
+    let expected = RootMetadata {
+        mode: 0o751,
+        mtime_sec: 1_450_000_000,
+        mtime_nsec: 123_456_789,
+    };
+    assert_eq!(report.snapshot.root, Some(expected));
+    assert_eq!(repo.snapshots().await.unwrap()[0].root, Some(expected));
+
+    // A whole restore gives the destination the root's metadata, into a
+    // new directory and into an existing one alike.
+    let parent = tempfile::tempdir().unwrap();
+    for dest in [parent.path().join("new"), parent.path().join("existing")] {
+        if dest.ends_with("existing") {
+            fs::create_dir(&dest).unwrap();
+            fs::set_permissions(&dest, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        repo.restore("latest", &dest, RestoreOptions::default())
+            .await
+            .unwrap();
+        let m = fs::metadata(&dest).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o751, "{}", dest.display());
+        assert_eq!(
+            m.modified().unwrap(),
+            UNIX_EPOCH + Duration::new(1_450_000_000, 123_456_789),
+            "{}",
+            dest.display()
+        );
+        assert_same_tree(src.path(), &dest);
+    }
+    // A restore of one path leaves the destination as it is: it is not the root.
+    let part = parent.path().join("part");
+    fs::create_dir(&part).unwrap();
+    fs::set_permissions(&part, fs::Permissions::from_mode(0o700)).unwrap();
+    repo.restore("latest", &part, RestoreOptions::default().with_path("d"))
+        .await
+        .unwrap();
+    assert_eq!(fs::metadata(&part).unwrap().mode() & 0o7777, 0o700);
+
+    // A stream source has no root directory to record.
+    let dump = repo
+        .backup(
+            StreamSource::from_stream(
+                "x.sql",
+                futures::stream::iter(vec![Ok(Bytes::from_static(b"x"))]).boxed(),
+            ),
+            BackupOptions::default().with_kind(BackupKind::PointInTime),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dump.snapshot.root, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_changes_on_a_mirror_set_reach_every_mirror() {
+    let (a, b, c) = (Memory::default(), Memory::default(), Memory::default());
+    let c_faulty = FaultyTarget::new(c.clone());
+    let ra = init(&a, fast_init()).await;
+    let rb = Repository::init_mirror(&ra, Arc::new(b.clone()), prefix())
+        .await
+        .unwrap();
+    let rc = Repository::init_mirror(&ra, Arc::new(c_faulty.clone()), prefix())
+        .await
+        .unwrap();
+    let targets: [Arc<dyn BackupTarget>; 3] = [
+        Arc::new(a.clone()),
+        Arc::new(b.clone()),
+        Arc::new(c_faulty.clone()),
+    ];
+    let opens = |i: usize, pass: &'static str| {
+        let t = targets[i].clone();
+        async move {
+            match Repository::open(t, prefix(), &KeySource::passphrase(pass)).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == ErrorKind::InvalidInput => false,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+
+    let pair = MirrorSet::new(vec![ra.clone(), rb.clone()], MirrorPolicy::All).unwrap();
+    let initial = ra.keys().await.unwrap()[0].id.clone();
+    let added = pair
+        .add_key(
+            &KeySource::passphrase("second"),
+            KdfParams::insecure_fast(),
+            "second",
+        )
+        .await
+        .unwrap();
+    assert!(added.targets.iter().all(|t| t.error.is_none()));
+    assert!(opens(0, "second").await && opens(1, "second").await);
+    let keys = pair.keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k.mirrors == [0, 1]), "{keys:?}");
+
+    let removed = pair.remove_key(&initial).await.unwrap();
+    assert_eq!(removed.id, initial);
+    assert!(!opens(0, PASS).await, "mirror 0 no longer opens with it");
+    assert!(!opens(1, PASS).await, "mirror 1 no longer opens with it");
+    assert!(opens(0, "second").await && opens(1, "second").await);
+    assert_eq!(
+        pair.remove_key(&initial).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        pair.remove_key(&added.id).await.unwrap_err().kind(),
+        ErrorKind::Precondition,
+        "never the last key"
+    );
+    assert!(opens(0, "second").await && opens(1, "second").await);
+
+    // Three mirrors, one refusing deletes: a quorum of two removes the key
+    // where it can, and the report and keys() say where it remains.
+    let trio = MirrorSet::new(
+        vec![ra.clone(), rb.clone(), rc.clone()],
+        MirrorPolicy::Quorum(2),
+    )
+    .unwrap();
+    let third = trio
+        .add_key(
+            &KeySource::passphrase("third"),
+            KdfParams::insecure_fast(),
+            "third",
+        )
+        .await
+        .unwrap();
+    assert!(opens(2, "third").await);
+    c_faulty
+        .plan()
+        .add(Fault::fail(FaultError::backend("c refuses deletes")).on(backup_faults::DELETE))
+        .unwrap();
+    let report = trio.remove_key(&third.id).await.unwrap();
+    assert!(report.targets[0].error.is_none() && report.targets[1].error.is_none());
+    assert!(report.targets[2].error.is_some());
+    assert!(!opens(0, "third").await && !opens(1, "third").await);
+    let left = trio.keys().await.unwrap();
+    let third_left = left.iter().find(|k| k.key.id == third.id).unwrap();
+    assert_eq!(third_left.mirrors, [2]);
+    // Under All the same failure fails the call; once c accepts deletes
+    // again, the same call finishes the job (mirrors without it count as done).
+    let all = MirrorSet::new(vec![ra.clone(), rb.clone(), rc.clone()], MirrorPolicy::All).unwrap();
+    let err = all.remove_key(&third.id).await.unwrap_err();
+    assert!(err.to_string().contains("c refuses deletes"), "{err}");
+    assert!(opens(2, "third").await);
+    c_faulty.plan().clear();
+    all.remove_key(&third.id).await.unwrap();
+    assert!(!opens(2, "third").await);
 }

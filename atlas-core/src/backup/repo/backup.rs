@@ -22,8 +22,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::chunker::chunk_reader;
 use super::crypto::MasterKey;
 use super::format::{
-    BackupKind, BlobId, BlobKind, ChunkerParams, IndexPack, Node, NodeKind, PACK_MAGIC, PackId,
-    PackedBlob, Snapshot, SnapshotId, SnapshotTotals, Tree, encode_pack_header,
+    BackupKind, BlobId, BlobKind, ChunkerParams, IndexPack, MAX_RECORDED_UNREADABLE, Node,
+    NodeKind, PACK_MAGIC, PackId, PackedBlob, RootMetadata, SkippedEntry, Snapshot, SnapshotId,
+    SnapshotTotals, Tree, encode_pack_header,
 };
 use super::index::{Index, write_index};
 use super::lock::LockGuard;
@@ -76,8 +77,18 @@ pub trait BackupSource: Send {
 }
 
 /// A directory tree: regular files, directories and symlinks with their
-/// permission bits and modification times. Fifos, sockets and devices are
+/// permission bits and modification times, and the root directory's own
+/// mode and mtime ([`Snapshot::root`]). Fifos, sockets and devices are
 /// skipped with a warning and counted in [`SnapshotTotals::skipped`].
+///
+/// An entry below the root that cannot be read (it vanished after its
+/// directory was listed, its directory cannot be listed, it turned into
+/// something else, a read failed) is left out with a warning, as restic
+/// does, and the backup goes on: the report's
+/// [`unreadable`](BackupReport::unreadable) list and the manifest
+/// ([`Snapshot::unreadable`], [`Snapshot::is_complete`]) name it. Files are
+/// read up to the size they had when opened, so a file that grows or
+/// shrinks meanwhile is stored as the bytes read, with that size.
 #[derive(Debug, Clone)]
 pub struct DirectorySource {
     root: PathBuf,
@@ -307,6 +318,10 @@ impl BackupOptions {
 pub struct BackupReport {
     /// The snapshot written (its manifest is visible).
     pub snapshot: Snapshot,
+    /// Every entry left out because it could not be read, sorted by path
+    /// (the manifest keeps the first [`MAX_RECORDED_UNREADABLE`]). Empty
+    /// when the snapshot is complete.
+    pub unreadable: Vec<SkippedEntry>,
 }
 
 pub(crate) fn default_host() -> String {
@@ -334,6 +349,7 @@ struct Ctx {
     seed: u64,
     known: Mutex<HashSet<BlobId>>,
     totals: Mutex<SnapshotTotals>,
+    unreadable: Mutex<Vec<SkippedEntry>>,
     tracker: Tracker,
     read_permits: Semaphore,
     incremental: bool,
@@ -354,6 +370,19 @@ impl Ctx {
             .insert(id)
     }
 
+    /// Leaves the entry `rel` out of the snapshot: it could not be read.
+    fn skip_unreadable(&self, rel: &str, reason: String) {
+        warn!(path = %rel, reason = %reason, "leaving an unreadable entry out of the snapshot");
+        self.totals(|t| t.unreadable += 1);
+        self.unreadable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SkippedEntry {
+                path: rel.to_owned(),
+                reason,
+            });
+    }
+
     fn is_known(&self, id: &BlobId) -> bool {
         self.known
             .lock()
@@ -370,17 +399,18 @@ fn aborted() -> Error {
 }
 
 /// Reads `reader` to its end, chunking, hashing and queueing new chunks.
-/// Runs on a blocking thread. `path` names the file in errors.
+/// Runs on a blocking thread. The outer error is fatal (the pipeline
+/// stopped); the inner one is the reader's.
 fn read_content(
     ctx: &Ctx,
     reader: &mut dyn Read,
     size_hint: Option<u64>,
     tx: &mpsc::Sender<RawBlob>,
-    path: &str,
-) -> Result<(Vec<BlobId>, u64)> {
+) -> Result<io::Result<(Vec<BlobId>, u64)>> {
     let mut ids = Vec::new();
     let mut new_bytes = 0u64;
     let mut new_chunks = 0u64;
+    let mut read = 0u64;
     let mut failure: Option<Error> = None;
     let size = chunk_reader(
         reader,
@@ -390,6 +420,7 @@ fn read_content(
         |chunk: Bytes| -> io::Result<()> {
             let id = ctx.master.blob_id(&chunk);
             let len = chunk.len() as u64;
+            read += len;
             ids.push(id);
             if ctx.claim(id) {
                 new_bytes += len;
@@ -416,15 +447,85 @@ fn read_content(
     if let Some(e) = failure {
         return Err(e);
     }
-    let size =
-        size.map_err(|e| Error::backend_with(BACKEND, format!("reading {path} failed: {e}"), e))?;
+    // Chunks queued before a read error are stored all the same (and
+    // reused by later files), so they count as added.
     ctx.totals(|t| {
         t.new_bytes += new_bytes;
         t.new_chunks += new_chunks;
-        t.chunks += ids.len() as u64;
-        t.bytes_read += size;
+        t.bytes_read += read;
     });
-    Ok((ids, size))
+    let size = match size {
+        Ok(size) => size,
+        Err(e) => return Ok(Err(e)),
+    };
+    ctx.totals(|t| t.chunks += ids.len() as u64);
+    Ok(Ok((ids, size)))
+}
+
+/// Opens `path` for reading without following a symlink and without
+/// waiting on a fifo: the entry was a regular file when its directory was
+/// listed, but may have been replaced since.
+fn open_source_file(path: &Path) -> io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+/// A regular file read for the snapshot: its chunks, the bytes read and
+/// its metadata when opened.
+struct ReadFile {
+    ids: Vec<BlobId>,
+    size: u64,
+    meta: std::fs::Metadata,
+}
+
+/// Reads the file at `path` (relative path `rel`) on a blocking thread.
+/// The outer error is fatal; the inner one says why the file is left out.
+fn read_source_file(
+    ctx: &Ctx,
+    path: &Path,
+    rel: &str,
+    tx: &mpsc::Sender<RawBlob>,
+) -> Result<std::result::Result<ReadFile, String>> {
+    let file = match open_source_file(path) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(format!("cannot open: {e}"))),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(format!("cannot stat the opened file: {e}"))),
+    };
+    if !meta.is_file() {
+        return Ok(Err("is no longer a regular file".into()));
+    }
+    // Read no further than the size at open: a file that keeps growing (a
+    // log) cannot keep the backup reading, and the size recorded is always
+    // that of the bytes stored.
+    let len = meta.len();
+    let mut reader = (&file).take(len);
+    let (ids, size) = match read_content(ctx, &mut reader, Some(len), tx)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(format!("cannot read: {e}"))),
+    };
+    let changed = size != len
+        || file
+            .metadata()
+            .map(|after| after.len() != len || mtime_of(&after) != mtime_of(&meta))
+            .unwrap_or(true);
+    if changed {
+        warn!(
+            path = %rel,
+            size_at_open = len,
+            stored = size,
+            "file changed while it was read; stored the bytes read"
+        );
+    }
+    Ok(Ok(ReadFile { ids, size, meta }))
 }
 
 fn io_err(path: &Path, what: &str, e: io::Error) -> Error {
@@ -469,32 +570,44 @@ async fn add_tree(ctx: &Ctx, tx: &mpsc::Sender<RawBlob>, tree: &Tree) -> Result<
     Ok(id)
 }
 
+/// One listed directory entry: its name and its `lstat`, which fails when
+/// the entry vanished after the listing.
+type Listed = (OsString, io::Result<std::fs::Metadata>);
+
+/// Saves the directory `dir` (relative path `rel`, empty for the root) and
+/// returns its tree blob, or `None` when it cannot be listed and is left
+/// out (an unlistable root fails the backup).
 fn save_dir(
     ctx: Arc<Ctx>,
     tx: mpsc::Sender<RawBlob>,
     dir: PathBuf,
     rel: String,
     parent: Option<Tree>,
-) -> BoxFuture<'static, Result<BlobId>> {
+) -> BoxFuture<'static, Result<Option<BlobId>>> {
     Box::pin(async move {
+        if !rel.is_empty() {
+            ctx.tracker.update(|p| p.current = Some(rel.clone()));
+        }
         let dir2 = dir.clone();
-        let entries =
-            tokio::task::spawn_blocking(move || -> Result<Vec<(OsString, std::fs::Metadata)>> {
-                let mut out = Vec::new();
-                for entry in std::fs::read_dir(&dir2)
-                    .map_err(|e| io_err(&dir2, "cannot list directory", e))?
-                {
-                    let entry = entry.map_err(|e| io_err(&dir2, "cannot list directory", e))?;
-                    let meta = entry
-                        .metadata()
-                        .map_err(|e| io_err(&entry.path(), "cannot stat", e))?;
-                    out.push((entry.file_name(), meta));
-                }
-                out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-                Ok(out)
-            })
-            .await
-            .map_err(join_err)??;
+        let listed = tokio::task::spawn_blocking(move || -> io::Result<Vec<Listed>> {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&dir2)? {
+                let entry = entry?;
+                out.push((entry.file_name(), entry.metadata()));
+            }
+            out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            Ok(out)
+        })
+        .await
+        .map_err(join_err)?;
+        let entries = match listed {
+            Ok(entries) => entries,
+            Err(e) if rel.is_empty() => return Err(io_err(&dir, "cannot list directory", e)),
+            Err(e) => {
+                ctx.skip_unreadable(&rel, format!("cannot list directory: {e}"));
+                return Ok(None);
+            }
+        };
         ctx.totals(|t| t.dirs += 1);
         let parent = Arc::new(parent);
         let nodes: Vec<Option<Node>> = stream::iter(entries)
@@ -516,7 +629,7 @@ fn save_dir(
         let tree = Tree {
             nodes: nodes.into_iter().flatten().collect(),
         };
-        add_tree(&ctx, &tx, &tree).await
+        add_tree(&ctx, &tx, &tree).await.map(Some)
     })
 }
 
@@ -526,9 +639,16 @@ async fn save_entry(
     path: PathBuf,
     rel: String,
     name: OsString,
-    meta: std::fs::Metadata,
+    meta: io::Result<std::fs::Metadata>,
     parent: Arc<Option<Tree>>,
 ) -> Result<Option<Node>> {
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.skip_unreadable(&rel, format!("cannot stat: {e}"));
+            return Ok(None);
+        }
+    };
     let (name_str, name_bytes) = node_name(&name);
     let prev = parent.as_ref().as_ref().and_then(|t| {
         t.nodes
@@ -567,12 +687,16 @@ async fn save_entry(
             _ => None,
         };
         node.kind = NodeKind::Dir;
-        node.subtree = Some(save_dir(ctx, tx, path, rel, parent_sub).await?);
-        Ok(Some(node))
+        node.subtree = save_dir(ctx, tx, path, rel, parent_sub).await?;
+        Ok(node.subtree.is_some().then_some(node))
     } else if ft.is_symlink() {
-        let target = tokio::fs::read_link(&path)
-            .await
-            .map_err(|e| io_err(&path, "cannot read symlink", e))?;
+        let target = match tokio::fs::read_link(&path).await {
+            Ok(t) => t,
+            Err(e) => {
+                ctx.skip_unreadable(&rel, format!("cannot read symlink: {e}"));
+                return Ok(None);
+            }
+        };
         node.kind = NodeKind::Symlink;
         node.target = Some(target.to_string_lossy().into_owned());
         ctx.totals(|t| t.symlinks += 1);
@@ -605,13 +729,21 @@ async fn save_entry(
         let _permit = ctx.read_permits.acquire().await.map_err(|_| aborted())?;
         ctx.tracker.update(|p| p.current = Some(rel.clone()));
         let ctx2 = ctx.clone();
-        let hint = Some(node.size);
-        let (ids, size) = tokio::task::spawn_blocking(move || {
-            let mut f = std::fs::File::open(&path).map_err(|e| io_err(&path, "cannot open", e))?;
-            read_content(&ctx2, &mut f, hint, &tx, &path.display().to_string())
-        })
-        .await
-        .map_err(join_err)??;
+        let rel2 = rel.clone();
+        let read = tokio::task::spawn_blocking(move || read_source_file(&ctx2, &path, &rel2, &tx))
+            .await
+            .map_err(join_err)??;
+        let ReadFile { ids, size, meta } = match read {
+            Ok(r) => r,
+            Err(reason) => {
+                ctx.skip_unreadable(&rel, reason);
+                return Ok(None);
+            }
+        };
+        // The metadata of the file as opened and read, not as listed.
+        (node.mtime_sec, node.mtime_nsec) = mtime_of(&meta);
+        node.mode = meta.permissions().mode() & 0o7777;
+        node.inode = meta.ino();
         node.content = ids;
         node.size = size;
         ctx.totals(|t| {
@@ -674,10 +806,12 @@ async fn save_stream(
             cur: Bytes::new(),
         };
         ctx2.tracker.update(|p| p.current = Some(name2.clone()));
-        read_content(&ctx2, &mut reader, None, &tx2, &name2)
+        read_content(&ctx2, &mut reader, None, &tx2)
     });
     let ((), read) = tokio::join!(pump, read);
-    let (ids, size) = read.map_err(join_err)??;
+    let (ids, size) = read
+        .map_err(join_err)??
+        .map_err(|e| Error::backend_with(BACKEND, format!("reading {file_name} failed: {e}"), e))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
@@ -963,6 +1097,14 @@ async fn pack_stage(
     Ok(done)
 }
 
+/// What [`run_backup`] did: the snapshot, each target's outcome and every
+/// entry left out as unreadable.
+pub(crate) struct BackupRun {
+    pub(crate) snapshot: Snapshot,
+    pub(crate) targets: Vec<TargetOutcome>,
+    pub(crate) unreadable: Vec<SkippedEntry>,
+}
+
 /// Backs `source` up to every repository of `repos` (which share a master
 /// key), committing a manifest on each that stayed healthy.
 pub(crate) async fn run_backup(
@@ -970,7 +1112,7 @@ pub(crate) async fn run_backup(
     policy: MirrorPolicy,
     source: Box<dyn BackupSource>,
     options: BackupOptions,
-) -> Result<(Snapshot, Vec<TargetOutcome>)> {
+) -> Result<BackupRun> {
     let first = repos
         .first()
         .ok_or_else(|| Error::invalid("targets", "at least one repository is needed"))?;
@@ -1050,6 +1192,7 @@ pub(crate) async fn run_backup(
             chunker: config.chunker,
             known: Mutex::new(known.unwrap_or_default()),
             totals: Mutex::new(SnapshotTotals::default()),
+            unreadable: Mutex::new(Vec::new()),
             tracker: Tracker::new("backup", options.progress.clone()),
             read_permits: Semaphore::new(options.read_concurrency.max(1)),
             incremental,
@@ -1071,16 +1214,21 @@ pub(crate) async fn run_backup(
                         if !meta.is_dir() {
                             return Err(Error::invalid("source", format!("{} is not a directory", root.display())));
                         }
+                        let (mtime_sec, mtime_nsec) = mtime_of(&meta);
+                        let root_meta = RootMetadata { mode: meta.permissions().mode() & 0o7777, mtime_sec, mtime_nsec };
                         let (c2, r2, s2) = (ctx.clone(), root.clone(), stop_scan.clone());
                         drop(tokio::task::spawn_blocking(move || scan_totals(r2, c2, s2)));
-                        save_dir(ctx, blob_tx, root, String::new(), parent_root).await
+                        let tree = save_dir(ctx, blob_tx, root.clone(), String::new(), parent_root).await?;
+                        // The root is never left out: its listing failing fails the backup.
+                        let tree = tree.ok_or_else(|| Error::backend(BACKEND, format!("cannot list directory {}", root.display())))?;
+                        Ok((tree, Some(root_meta)))
                     }
                     SourceInput::Stream { file_name, mode, size_hint, body } => {
                         ctx.tracker.update(|p| {
                             p.files_total = Some(1);
                             p.bytes_total = size_hint;
                         });
-                        save_stream(ctx, blob_tx, file_name, mode, body).await
+                        Ok((save_stream(ctx, blob_tx, file_name, mode, body).await?, None))
                     }
                 }
             }
@@ -1097,7 +1245,7 @@ pub(crate) async fn run_backup(
         );
         let result = tokio::try_join!(walk, packing);
         stop_scan.store(true, Ordering::Relaxed);
-        let (tree, new_packs) = match result {
+        let ((tree, root), new_packs) = match result {
             Ok(r) => r,
             Err(e) => {
                 for g in locks.into_iter().flatten() {
@@ -1108,6 +1256,8 @@ pub(crate) async fn run_backup(
         };
         let mut totals = *ctx.totals.lock().unwrap_or_else(|e| e.into_inner());
         totals.new_bytes_stored = *stored.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unreadable = std::mem::take(&mut *ctx.unreadable.lock().unwrap_or_else(|e| e.into_inner()));
+        unreadable.sort_by(|a, b| a.path.cmp(&b.path));
         let snapshot = Snapshot {
             id: SnapshotId::random(),
             time,
@@ -1119,6 +1269,8 @@ pub(crate) async fn run_backup(
             parent: parent.map(|p| p.id),
             tree,
             totals,
+            root,
+            unreadable: unreadable.iter().take(MAX_RECORDED_UNREADABLE).cloned().collect(),
         };
         // Index, then (only if the policy can still be met) manifests, last.
         futures::future::join_all(sinks.iter().filter(|s| s.healthy()).map(|s| async {
@@ -1150,12 +1302,15 @@ pub(crate) async fn run_backup(
             .map(|s| TargetOutcome { target: format!("{:?}", s.repo.inner.target), prefix: s.repo.prefix().to_string(), error: s.error.into_inner().unwrap_or_else(|e| e.into_inner()) })
             .collect();
         let ok = outcomes.iter().filter(|o| o.error.is_none()).count();
-        info!(snapshot = %snapshot.id.short(), files = totals.files, bytes = totals.bytes, new_bytes = totals.new_bytes, committed = ok, "backup finished");
+        info!(snapshot = %snapshot.id.short(), files = totals.files, bytes = totals.bytes, new_bytes = totals.new_bytes, unreadable = totals.unreadable, committed = ok, "backup finished");
+        if !unreadable.is_empty() {
+            warn!(snapshot = %snapshot.id.short(), unreadable = unreadable.len(), "the snapshot is incomplete: some entries could not be read");
+        }
         if ok < required {
             let msg: Vec<String> = outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.target))).collect();
             return Err(Error::backend(BACKEND, format!("backup committed on {ok} of {} targets, {required} required: {}", outcomes.len(), msg.join("; "))));
         }
-        Ok((snapshot, outcomes))
+        Ok(BackupRun { snapshot, targets: outcomes, unreadable })
     }
     .instrument(span)
     .await
@@ -1164,18 +1319,25 @@ pub(crate) async fn run_backup(
 impl Repository {
     /// Backs `source` up and commits a snapshot (its manifest written last,
     /// with a conditional create). Takes a shared lock for the duration.
+    /// Entries below the root that cannot be read are left out and listed
+    /// in [`BackupReport::unreadable`] (see [`DirectorySource`]).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a source that is not a directory;
-    /// [`Error::Conflict`] when an exclusive lock (prune) is held; source
-    /// read errors ([`Error::Backend`] naming the path); target errors.
-    /// Nothing is visible after a failure.
+    /// [`Error::Conflict`] when an exclusive lock (prune) is held; a source
+    /// root that cannot be read or listed, or a failing stream source
+    /// ([`Error::Backend`] naming it); target errors. Nothing is visible
+    /// after a failure.
     pub async fn backup(
         &self,
         source: impl BackupSource + 'static,
         options: BackupOptions,
     ) -> Result<BackupReport> {
-        let (snapshot, mut outcomes) = run_backup(
+        let BackupRun {
+            snapshot,
+            targets: mut outcomes,
+            unreadable,
+        } = run_backup(
             std::slice::from_ref(self),
             MirrorPolicy::All,
             Box::new(source),
@@ -1185,6 +1347,9 @@ impl Repository {
         if let Some(TargetOutcome { error: Some(e), .. }) = outcomes.pop() {
             return Err(e);
         }
-        Ok(BackupReport { snapshot })
+        Ok(BackupReport {
+            snapshot,
+            unreadable,
+        })
     }
 }

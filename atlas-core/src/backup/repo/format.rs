@@ -429,6 +429,47 @@ pub struct SnapshotTotals {
     pub chunks: u64,
     /// Blobs (data and tree) this backup added.
     pub new_chunks: u64,
+    /// Entries of the source that could not be read (vanished, unreadable,
+    /// changed type) and are therefore missing from the snapshot; the first
+    /// [`MAX_RECORDED_UNREADABLE`] of them are named in
+    /// [`Snapshot::unreadable`]. Absent (0) in manifests written before it
+    /// existed and in complete snapshots.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unreadable: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How many unreadable entries a manifest names (their count is always
+/// exact in [`SnapshotTotals::unreadable`]): enough to act on, while a
+/// source full of unreadable files cannot bloat every listing of the
+/// repository's snapshots.
+pub const MAX_RECORDED_UNREADABLE: usize = 1000;
+
+/// An entry of the source left out of a backup because it could not be
+/// read, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedEntry {
+    /// The entry's path relative to the source root, `/`-separated (lossy
+    /// UTF-8 for names that are not).
+    pub path: String,
+    /// Why it was left out (the operation and the OS error).
+    pub reason: String,
+}
+
+/// Permission bits and modification time of a snapshot's root directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootMetadata {
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime_sec: i64,
+    /// Nanoseconds of the modification time.
+    pub mtime_nsec: u32,
 }
 
 /// A snapshot manifest: everything retention, listing and restore need.
@@ -456,9 +497,26 @@ pub struct Snapshot {
     pub tree: BlobId,
     /// Totals.
     pub totals: SnapshotTotals,
+    /// Mode and mtime of the source directory itself (restored onto the
+    /// destination of a whole-snapshot restore). `None` for stream sources
+    /// and for manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootMetadata>,
+    /// Entries left out because they could not be read (at most
+    /// [`MAX_RECORDED_UNREADABLE`]; [`SnapshotTotals::unreadable`] has the
+    /// count). Empty for a complete snapshot; see [`Snapshot::is_complete`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<SkippedEntry>,
 }
 
 impl Snapshot {
+    /// Whether every entry of the source made it into the snapshot (no
+    /// entry was left out as unreadable). Special files, which are never
+    /// stored, do not make a snapshot incomplete.
+    pub fn is_complete(&self) -> bool {
+        self.totals.unreadable == 0
+    }
+
     /// What [`retention`](crate::backup::retention) needs of this snapshot
     /// (id as hex, time, host, paths, tags), for
     /// [`RetentionPolicy::apply`](crate::backup::retention::RetentionPolicy::apply).
@@ -545,6 +603,58 @@ mod tests {
             blobs
         );
         assert!(decode_pack_header(&[1, 2, 3]).is_none());
+    }
+
+    /// A manifest as written before `root`, `unreadable` and
+    /// `totals.unreadable` existed.
+    const OLD_MANIFEST: &str = r#"{
+        "id": "0101010101010101010101010101010101010101010101010101010101010101",
+        "time": "2025-01-02T03:04:05.000000006Z",
+        "source": "/var/lib/app", "paths": ["/var/lib/app"], "kind": "full",
+        "host": "db1", "tags": ["nightly"], "parent": null,
+        "tree": "0202020202020202020202020202020202020202020202020202020202020202",
+        "totals": { "files": 1, "dirs": 1, "symlinks": 0, "skipped": 0, "bytes": 5,
+                    "bytes_read": 5, "new_bytes": 5, "new_bytes_stored": 40,
+                    "chunks": 1, "new_chunks": 2 }
+    }"#;
+
+    #[test]
+    fn manifests_without_the_newer_fields_still_read() {
+        let s: Snapshot = serde_json::from_str(OLD_MANIFEST).unwrap();
+        assert_eq!(s.root, None);
+        assert!(s.unreadable.is_empty());
+        assert_eq!(s.totals.unreadable, 0);
+        assert!(s.is_complete());
+        // Written back, a complete snapshot without root metadata carries
+        // none of the new fields, so older readers still accept it.
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            !json.contains("unreadable") && !json.contains("root"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn root_metadata_and_unreadable_entries_round_trip() {
+        let mut s: Snapshot = serde_json::from_str(OLD_MANIFEST).unwrap();
+        s.root = Some(RootMetadata {
+            mode: 0o751,
+            mtime_sec: -5,
+            mtime_nsec: 7,
+        });
+        s.totals.unreadable = 1;
+        s.unreadable = vec![SkippedEntry {
+            path: "a/b".into(),
+            reason: "cannot open: No such file or directory (os error 2)".into(),
+        }];
+        let json = serde_json::to_string(&s).unwrap();
+        let back: Snapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        assert!(!back.is_complete());
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["root"]["mode"], 0o751);
+        assert_eq!(v["totals"]["unreadable"], 1);
+        assert_eq!(v["unreadable"][0]["path"], "a/b");
     }
 
     #[test]

@@ -5,13 +5,14 @@ use std::collections::HashSet;
 use std::fmt;
 
 use futures::stream::{StreamExt, TryStreamExt};
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, instrument, warn};
 
-use super::backup::{BackupOptions, BackupSource, run_backup};
-use super::format::{IndexPack, PackId, Snapshot};
+use super::backup::{BackupOptions, BackupRun, BackupSource, run_backup};
+use super::crypto::{KdfParams, KeySource};
+use super::format::{IndexPack, PackId, SkippedEntry, Snapshot};
 use super::index::write_index;
 use super::progress::{ProgressFn, Tracker};
-use super::{BACKEND, Layout, Repository};
+use super::{BACKEND, KeyInfo, Layout, Repository, check_removable};
 use crate::backup::{BackupTargetExt, PutOptions};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -66,6 +67,63 @@ pub struct MirrorReport {
     pub snapshot: Snapshot,
     /// One outcome per target, in the order of the set.
     pub targets: Vec<TargetOutcome>,
+    /// Every entry left out because it could not be read, sorted by path
+    /// (as [`BackupReport::unreadable`](super::BackupReport::unreadable)).
+    pub unreadable: Vec<SkippedEntry>,
+}
+
+/// The result of [`MirrorSet::add_key`] or [`MirrorSet::remove_key`] that
+/// met the set's policy.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct KeyChangeReport {
+    /// The key file's id (the same on every mirror).
+    pub id: String,
+    /// One outcome per target, in the order of the set: `error` is `None`
+    /// where the key file was added, or removed (or was already absent).
+    pub targets: Vec<TargetOutcome>,
+}
+
+/// A key file of a mirror set, as [`MirrorSet::keys`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MirrorKeyInfo {
+    /// The key file (as the first mirror holding it lists it).
+    pub key: KeyInfo,
+    /// The positions, in the set, of the mirrors holding it: all of them
+    /// unless a key change met a quorum only.
+    pub mirrors: Vec<usize>,
+}
+
+fn outcome(repo: &Repository, error: Option<Error>) -> TargetOutcome {
+    TargetOutcome {
+        target: format!("{:?}", repo.inner.target),
+        prefix: repo.prefix().to_string(),
+        error,
+    }
+}
+
+/// The error of a key change that met its policy on `ok` targets only.
+fn key_policy_error(what: &str, targets: &mut [TargetOutcome], required: usize) -> Error {
+    // One target: its own error, with its own kind.
+    if let [only] = targets
+        && let Some(e) = only.error.take()
+    {
+        return e;
+    }
+    let ok = targets.iter().filter(|t| t.error.is_none()).count();
+    let failed: Vec<String> = targets
+        .iter()
+        .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target)))
+        .collect();
+    Error::backend(
+        BACKEND,
+        format!(
+            "{what} succeeded on {ok} of {} targets, {required} required: {}",
+            targets.len(),
+            failed.join("; ")
+        ),
+    )
 }
 
 /// Repositories that mirror each other: same config and master key (create
@@ -118,9 +176,179 @@ impl MirrorSet {
         source: impl BackupSource + 'static,
         options: BackupOptions,
     ) -> Result<MirrorReport> {
-        let (snapshot, targets) =
-            run_backup(&self.repos, self.policy, Box::new(source), options).await?;
-        Ok(MirrorReport { snapshot, targets })
+        let BackupRun {
+            snapshot,
+            targets,
+            unreadable,
+        } = run_backup(&self.repos, self.policy, Box::new(source), options).await?;
+        Ok(MirrorReport {
+            snapshot,
+            targets,
+            unreadable,
+        })
+    }
+
+    /// The key files of every mirror, merged by id (in the order the
+    /// mirrors list them), each with the mirrors that hold it.
+    ///
+    /// # Errors
+    /// The first target error: a listing needs every mirror.
+    pub async fn keys(&self) -> Result<Vec<MirrorKeyInfo>> {
+        let listings = futures::future::try_join_all(self.repos.iter().map(|r| r.keys())).await?;
+        let mut out: Vec<MirrorKeyInfo> = Vec::new();
+        for (i, keys) in listings.into_iter().enumerate() {
+            for key in keys {
+                match out.iter_mut().find(|m| m.key.id == key.id) {
+                    Some(m) => m.mirrors.push(i),
+                    None => out.push(MirrorKeyInfo {
+                        key,
+                        mirrors: vec![i],
+                    }),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds one key file wrapping the master key with `key` to every mirror
+    /// (same id and bytes everywhere, as [`Repository::init_mirror`] copies
+    /// them), and returns its id with each mirror's outcome.
+    ///
+    /// When fewer mirrors than the policy requires took it, it is deleted
+    /// again from those that did (best effort), so a retry starts clean.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty passphrase or bad `kdf`;
+    /// [`Error::Backend`] naming each failed target when the policy is not
+    /// met (with one target, that target's own error).
+    #[instrument(skip_all, fields(label = %label, targets = self.repos.len()))]
+    pub async fn add_key(
+        &self,
+        key: &KeySource,
+        kdf: KdfParams,
+        label: &str,
+    ) -> Result<KeyChangeReport> {
+        let required = self.policy.required(self.repos.len())?;
+        let first = self
+            .repos
+            .first()
+            .ok_or_else(|| Error::invalid("targets", "at least one repository is needed"))?;
+        let (id, body) = first.new_key_file(key, kdf, label).await?;
+        let results =
+            futures::future::join_all(self.repos.iter().map(|r| r.put_key_file(&id, body.clone())))
+                .await;
+        let mut targets: Vec<TargetOutcome> = self
+            .repos
+            .iter()
+            .zip(results)
+            .map(|(r, res)| outcome(r, res.err()))
+            .collect();
+        let ok = targets.iter().filter(|t| t.error.is_none()).count();
+        if ok < required {
+            for (r, t) in self.repos.iter().zip(&targets) {
+                if t.error.is_none()
+                    && let Err(e) = r.delete_key_file(&id).await
+                {
+                    warn!(key = %id, target = %t.target, error = %e, "cannot roll back a key file added to too few mirrors");
+                }
+            }
+            return Err(key_policy_error(
+                &format!("adding key {id}"),
+                &mut targets,
+                required,
+            ));
+        }
+        info!(key = %id, label, added = ok, "added key to the mirrors");
+        Ok(KeyChangeReport { id, targets })
+    }
+
+    /// Removes the key file `id` from every mirror, so its passphrase opens
+    /// none of them. Every mirror that answers is checked first: nothing is
+    /// deleted when `id` is on none of them or is the last key file of any.
+    /// A mirror that no longer has it counts as done, so retrying after a
+    /// partial failure finishes the job.
+    ///
+    /// Under [`MirrorPolicy::Quorum`], the mirrors that failed keep the key
+    /// file (and open with its passphrase) until removed there; the report
+    /// and [`MirrorSet::keys`] say where it remains.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when no mirror that answered holds `id`;
+    /// [`Error::Precondition`] (naming the mirror) when it is a mirror's
+    /// last key file; [`Error::Backend`] naming each failed target when
+    /// fewer mirrors than the policy requires could be listed (nothing is
+    /// deleted then) or deleted it (with one target, that target's own
+    /// error).
+    #[instrument(skip(self), fields(targets = self.repos.len()))]
+    pub async fn remove_key(&self, id: &str) -> Result<KeyChangeReport> {
+        let required = self.policy.required(self.repos.len())?;
+        let listings = futures::future::join_all(self.repos.iter().map(|r| r.keys())).await;
+        let mut holds = vec![false; self.repos.len()];
+        let mut errors: Vec<Option<Error>> = Vec::with_capacity(self.repos.len());
+        for (i, (repo, listing)) in self.repos.iter().zip(listings).enumerate() {
+            match listing {
+                Ok(keys) => {
+                    if keys.iter().any(|k| k.id == id) {
+                        check_removable(&keys, id).map_err(|e| {
+                            Error::precondition(format!(
+                                "mirror {i} ({:?}): {e}",
+                                repo.inner.target
+                            ))
+                        })?;
+                        holds[i] = true;
+                    }
+                    errors.push(None);
+                }
+                Err(e) => errors.push(Some(e)),
+            }
+        }
+        let answered = errors.iter().filter(|e| e.is_none()).count();
+        if answered < required {
+            // Known before anything is deleted: delete nothing.
+            let mut targets: Vec<TargetOutcome> = self
+                .repos
+                .iter()
+                .zip(errors)
+                .map(|(r, e)| outcome(r, e))
+                .collect();
+            return Err(key_policy_error(
+                &format!("removing key {id}"),
+                &mut targets,
+                required,
+            ));
+        }
+        if !holds.contains(&true) {
+            return Err(Error::not_found(format!("key {id:?} on any mirror")));
+        }
+        let deletions =
+            futures::future::join_all(self.repos.iter().zip(&holds).map(|(r, holds)| async move {
+                if *holds {
+                    r.delete_key_file(id).await
+                } else {
+                    Ok(())
+                }
+            }))
+            .await;
+        let mut targets: Vec<TargetOutcome> = self
+            .repos
+            .iter()
+            .zip(errors)
+            .zip(deletions)
+            .map(|((r, listed), deleted)| outcome(r, listed.or(deleted.err())))
+            .collect();
+        let ok = targets.iter().filter(|t| t.error.is_none()).count();
+        if ok < required {
+            return Err(key_policy_error(
+                &format!("removing key {id}"),
+                &mut targets,
+                required,
+            ));
+        }
+        info!(key = %id, removed = ok, "removed key from the mirrors");
+        Ok(KeyChangeReport {
+            id: id.to_owned(),
+            targets,
+        })
     }
 }
 

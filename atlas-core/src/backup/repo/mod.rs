@@ -59,11 +59,14 @@ pub use backup::{
 pub use check::{CheckOptions, CheckProblem, CheckReport, ReadDataSubset};
 pub use crypto::{KdfParams, KeySource};
 pub use format::{
-    BackupKind, BlobId, BlobKind, ChunkerParams, Node, NodeKind, PackId, RepoConfig, Snapshot,
-    SnapshotId, SnapshotTotals, Tree,
+    BackupKind, BlobId, BlobKind, ChunkerParams, MAX_RECORDED_UNREADABLE, Node, NodeKind, PackId,
+    RepoConfig, RootMetadata, SkippedEntry, Snapshot, SnapshotId, SnapshotTotals, Tree,
 };
 pub use lock::{LockGuard, LockInfo};
-pub use mirror::{MirrorPolicy, MirrorReport, MirrorSet, SyncReport, TargetOutcome, sync};
+pub use mirror::{
+    KeyChangeReport, MirrorKeyInfo, MirrorPolicy, MirrorReport, MirrorSet, SyncReport,
+    TargetOutcome, sync,
+};
 pub use progress::{Progress, ProgressFn, progress_channel};
 pub use prune::{PruneOptions, PruneReport};
 pub use restore::{RestoreOptions, RestoreReport};
@@ -496,10 +499,27 @@ impl Repository {
     /// Adds a key file wrapping the same master key with `key`, and returns
     /// its id. Nothing else changes: every snapshot stays readable.
     ///
+    /// This writes to this repository only; for mirrors use
+    /// [`MirrorSet::add_key`], which writes the same key file to each.
+    ///
     /// # Errors
     /// [`Error::InvalidInput`] for an empty passphrase or bad `kdf`; target errors.
     #[instrument(skip_all)]
     pub async fn add_key(&self, key: &KeySource, kdf: KdfParams, label: &str) -> Result<String> {
+        let (id, body) = self.new_key_file(key, kdf, label).await?;
+        self.put_key_file(&id, body).await?;
+        info!(key = %id, label, "added key");
+        Ok(id)
+    }
+
+    /// A new key file wrapping the master key with `key`: its random id and
+    /// its JSON. Key derivation runs on a blocking thread.
+    pub(crate) async fn new_key_file(
+        &self,
+        key: &KeySource,
+        kdf: KdfParams,
+        label: &str,
+    ) -> Result<(String, bytes::Bytes)> {
         let master = self.inner.master.clone();
         let source = key.clone();
         let label2 = label.to_owned();
@@ -507,19 +527,38 @@ impl Repository {
             .await
             .map_err(|e| Error::backend(BACKEND, format!("key derivation task failed: {e}")))??;
         let id = format::PackId::random().to_hex();
+        let body = serde_json::to_vec_pretty(&kf).map_err(json_err)?;
+        Ok((id, body.into()))
+    }
+
+    /// Stores the key file `id` (create-if-absent).
+    pub(crate) async fn put_key_file(&self, id: &str, body: bytes::Bytes) -> Result<()> {
         self.inner
             .target
-            .put_bytes_if_absent(
-                &self.inner.layout.key_file(&id)?,
-                serde_json::to_vec_pretty(&kf).map_err(json_err)?.into(),
-            )
+            .put_bytes_if_absent(&self.inner.layout.key_file(id)?, body)
             .await?;
-        info!(key = %id, label, "added key");
-        Ok(id)
+        Ok(())
+    }
+
+    /// Deletes the key file `id`; one already gone counts as deleted.
+    pub(crate) async fn delete_key_file(&self, id: &str) -> Result<()> {
+        match self
+            .inner
+            .target
+            .delete(&self.inner.layout.key_file(id)?)
+            .await
+        {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Removes the key file `id`, so its passphrase no longer opens the
-    /// repository (on this target; remove it from mirrors too).
+    /// repository.
+    ///
+    /// This acts on this repository only: a mirror keeps its copy of the key
+    /// file, and the passphrase still opens it. For mirrors use
+    /// [`MirrorSet::remove_key`], which removes it from each.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown id; [`Error::Precondition`] when it
@@ -527,18 +566,8 @@ impl Repository {
     #[instrument(skip(self))]
     pub async fn remove_key(&self, id: &str) -> Result<()> {
         let keys = self.keys().await?;
-        if !keys.iter().any(|k| k.id == id) {
-            return Err(Error::not_found(format!("key {id:?}")));
-        }
-        if keys.len() == 1 {
-            return Err(Error::precondition(
-                "refusing to remove the last key: the repository would be unreadable",
-            ));
-        }
-        self.inner
-            .target
-            .delete(&self.inner.layout.key_file(id)?)
-            .await?;
+        check_removable(&keys, id)?;
+        self.delete_key_file(id).await?;
         info!(key = %id, "removed key");
         Ok(())
     }
@@ -724,6 +753,19 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// Checks that the key file `id` is in `keys` and not the last one.
+pub(crate) fn check_removable(keys: &[KeyInfo], id: &str) -> Result<()> {
+    if !keys.iter().any(|k| k.id == id) {
+        return Err(Error::not_found(format!("key {id:?}")));
+    }
+    if keys.len() == 1 {
+        return Err(Error::precondition(
+            "refusing to remove the last key: the repository would be unreadable",
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn json_err(e: serde_json::Error) -> Error {

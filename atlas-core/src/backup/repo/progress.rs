@@ -24,7 +24,7 @@ pub struct Progress {
     /// Bytes actually read from the source (backup) or downloaded (restore,
     /// check, sync).
     pub bytes_read: u64,
-    /// The file (or pack) being worked on.
+    /// The file (or pack, or the directory being listed) being worked on.
     pub current: Option<String>,
 }
 

@@ -108,11 +108,53 @@ fn os_name(node: &Node) -> Result<std::ffi::OsString> {
 }
 
 fn mtime(node: &Node) -> SystemTime {
-    if node.mtime_sec >= 0 {
-        UNIX_EPOCH + Duration::new(node.mtime_sec as u64, node.mtime_nsec)
+    system_time(node.mtime_sec, node.mtime_nsec)
+}
+
+/// `sec` seconds and `nsec` nanoseconds after the epoch (`sec` may be
+/// negative). A time the platform cannot represent becomes the epoch rather
+/// than a panic.
+fn system_time(sec: i64, nsec: u32) -> SystemTime {
+    let whole = if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(sec.unsigned_abs()))
     } else {
-        UNIX_EPOCH - Duration::from_secs(node.mtime_sec.unsigned_abs())
-    }
+        UNIX_EPOCH.checked_sub(Duration::from_secs(sec.unsigned_abs()))
+    };
+    whole
+        .and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nsec))))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// Sets the permission bits and mtime of the directory `path`.
+fn set_dir_metadata(path: &Path, mode: u32, mtime: SystemTime) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err(path, "cannot chmod", e))?;
+    let d = std::fs::File::open(path).map_err(|e| io_err(path, "cannot open", e))?;
+    d.set_times(FileTimes::new().set_modified(mtime))
+        .map_err(|e| io_err(path, "cannot set mtime of", e))
+}
+
+/// Sets the mtime of the symlink `path` itself (its access time is left
+/// alone), not of what it points to.
+#[cfg(unix)]
+fn set_symlink_mtime(path: &Path, node: &Node) -> Result<()> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let mtime = TimeSpec::new(node.mtime_sec as _, node.mtime_nsec as _);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| io_err(path, "cannot set mtime of", std::io::Error::from(e)))
+}
+
+/// Elsewhere a symlink's own times are left as created.
+#[cfg(not(unix))]
+fn set_symlink_mtime(_path: &Path, _node: &Node) -> Result<()> {
+    Ok(())
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -248,8 +290,14 @@ impl Repository {
     /// Restores snapshot `snapshot` (id, unique prefix or `latest`), or the
     /// path [`RestoreOptions::path`] of it, under `dest` (created if
     /// missing). Files, directories, symlinks, permission bits and mtimes
-    /// (not of symlinks) are recreated; existing files of the same names are
-    /// replaced. Each pack is read once, downloads overlapping with writes.
+    /// (a symlink's own mtime included) are recreated; existing files of the
+    /// same names are replaced. A whole-snapshot restore also gives `dest`
+    /// the mode and mtime of the source root ([`Snapshot::root`], when the
+    /// snapshot recorded it). Each pack is read once, downloads overlapping
+    /// with writes.
+    ///
+    /// An incomplete snapshot ([`Snapshot::is_complete`]) restores what it
+    /// holds; the entries named in [`Snapshot::unreadable`] are not there.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown snapshot or path; an
@@ -292,6 +340,7 @@ impl Repository {
             files: Vec::new(),
             symlinks: Vec::new(),
         };
+        let mut root_metadata = None;
         match options
             .path
             .as_deref()
@@ -303,6 +352,7 @@ impl Repository {
                     .read_tree(&index, &snapshot.tree)
                     .await
                     .map_err(|e| with_context(e, &snapshot.id, "/"))?;
+                root_metadata = snapshot.root;
                 self.plan_tree(
                     &index,
                     snapshot,
@@ -363,6 +413,7 @@ impl Repository {
             tokio::fs::symlink(&target, path)
                 .await
                 .map_err(|e| io_err(path, "cannot create symlink", e))?;
+            set_symlink_mtime(path, node)?;
             report.symlinks += 1;
         }
         // Where each blob goes, grouped by pack.
@@ -452,11 +503,15 @@ impl Repository {
             let _ = std::fs::remove_file(&f.tmp);
         }
         for (path, node) in plan.dirs.iter().rev() {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))
-                .map_err(|e| io_err(path, "cannot chmod", e))?;
-            let d = std::fs::File::open(path).map_err(|e| io_err(path, "cannot open", e))?;
-            d.set_times(FileTimes::new().set_modified(mtime(node)))
-                .map_err(|e| io_err(path, "cannot set mtime of", e))?;
+            set_dir_metadata(path, node.mode, mtime(node))?;
+        }
+        // The root last: everything below it is written.
+        if let Some(root) = root_metadata {
+            set_dir_metadata(
+                dest,
+                root.mode,
+                system_time(root.mtime_sec, root.mtime_nsec),
+            )?;
         }
         if let Some(e) = first_error {
             warn!(
