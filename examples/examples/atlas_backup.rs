@@ -25,7 +25,13 @@
 //! The passphrase comes from `ATLAS_PASSWORD` or `--password-file`, never from
 //! the command line, and is never printed. With several `--repo`s, a backup
 //! goes to all of them at once and succeeds when all (or `--quorum N`)
-//! committed it; the other commands work on the first one (`check` on each).
+//! committed it; `key` changes every repository (under the same policy); the
+//! other commands work on the first one (`check` on each).
+//!
+//! A source entry that cannot be read (it vanished, or reading it failed)
+//! is left out with a warning, as restic does: the snapshot is saved but
+//! marked incomplete (`snapshots` shows `!`), the skipped paths are listed,
+//! and the exit status is 3.
 //!
 //! Run: `cargo run --release -p atlas-examples --example atlas_backup -- --help`
 
@@ -182,7 +188,11 @@ fn main() -> ExitCode {
         // One rustls provider for the cloud SDKs (see atlas-storage's docs).
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
-    atlas_examples::main_support::run("atlas_backup", run(global))
+    let code = atlas_examples::main_support::run("atlas_backup", run(global));
+    if code == ExitCode::SUCCESS && INCOMPLETE.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::from(3);
+    }
+    code
 }
 
 /// glibc gives every thread that allocates its own arena and keeps what
@@ -350,8 +360,26 @@ async fn backup(g: &Global) -> atlas_examples::main_support::ProgramResult {
     if !all_ok {
         println!("  (the quorum was met; run `sync` to bring the lagging repositories up to date)");
     }
+    if !report.unreadable.is_empty() {
+        const SHOWN: usize = 20;
+        println!(
+            "  INCOMPLETE: {} entries could not be read and are left out:",
+            report.unreadable.len()
+        );
+        for e in report.unreadable.iter().take(SHOWN) {
+            println!("    {}: {}", e.path, e.reason);
+        }
+        if report.unreadable.len() > SHOWN {
+            println!("    … and {} more", report.unreadable.len() - SHOWN);
+        }
+        INCOMPLETE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(true)
 }
+
+/// Set when a snapshot was saved without some source entries: the exit
+/// status is then 3 (restic's convention) instead of 0.
+static INCOMPLETE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn snapshots(g: &Global) -> atlas_examples::main_support::ProgramResult {
     let repos = open_all(g).await?;
@@ -364,7 +392,7 @@ async fn snapshots(g: &Global) -> atlas_examples::main_support::ProgramResult {
     for s in &snaps {
         let time = humantime::format_rfc3339_seconds(s.time).to_string();
         println!(
-            "{:<10} {:<20} {:<14} {:<12} {:>8} {:>11} {:>11}  {}{}",
+            "{:<10} {:<20} {:<14} {:<12} {:>8} {:>11} {:>11}  {}{}{}",
             s.id.short(),
             time.trim_end_matches('Z').replace('T', " "),
             s.kind.to_string(),
@@ -377,6 +405,11 @@ async fn snapshots(g: &Global) -> atlas_examples::main_support::ProgramResult {
                 String::new()
             } else {
                 format!(" [{}]", s.tags.join(","))
+            },
+            if s.is_complete() {
+                String::new()
+            } else {
+                format!(" ! {} entries unreadable", s.totals.unreadable)
             }
         );
     }
@@ -620,8 +653,12 @@ async fn sync_all(g: &Global) -> atlas_examples::main_support::ProgramResult {
 
 async fn key(g: &Global) -> atlas_examples::main_support::ProgramResult {
     let repos = open_all(g).await?;
-    let repo = &repos[0];
-    match g
+    let policy = match g.quorum {
+        Some(n) => MirrorPolicy::Quorum(n),
+        None => MirrorPolicy::All,
+    };
+    let set = MirrorSet::new(repos, policy)?;
+    let report = match g
         .rest
         .iter()
         .map(String::as_str)
@@ -629,22 +666,39 @@ async fn key(g: &Global) -> atlas_examples::main_support::ProgramResult {
         .as_slice()
     {
         ["list"] => {
-            for k in repo.keys().await? {
-                println!("{k:?}");
+            for k in set.keys().await? {
+                let on: Vec<String> = k.mirrors.iter().map(|&i| g.repos[i].to_string()).collect();
+                println!(
+                    "{} {} {:<12} created {}{}  on {}",
+                    k.key.id,
+                    k.key.kdf,
+                    k.key.label,
+                    k.key.created,
+                    if k.key.current { " (current)" } else { "" },
+                    on.join(", ")
+                );
             }
+            return Ok(true);
         }
         ["add"] => {
             let new = passphrase(g, "ATLAS_NEW_PASSWORD")?;
-            let id = repo
+            let report = set
                 .add_key(&new, KdfParams::default(), "atlas_backup")
                 .await?;
-            println!("added key {id}");
+            println!("added key {}", report.id);
+            report
         }
         ["remove", id] => {
-            repo.remove_key(id).await?;
-            println!("removed key {id}");
+            let report = set.remove_key(id).await?;
+            println!("removed key {}", report.id);
+            report
         }
         _ => return Err("key needs add, list or remove ID".into()),
+    };
+    for (url, t) in g.repos.iter().zip(&report.targets) {
+        if let Some(e) = &t.error {
+            println!("  NOT changed on {url}: {e}");
+        }
     }
     Ok(true)
 }
