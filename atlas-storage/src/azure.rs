@@ -74,6 +74,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use md5::{Digest, Md5};
 use tracing::{Instrument, debug, debug_span};
 
+use crate::env::{Env, ProcessEnv, setting, url_setting};
 use crate::parts::{PartCutter, upload_parts};
 use crate::secret::Secret;
 
@@ -150,23 +151,56 @@ impl AzureBlobTargetBuilder {
         Self::default()
     }
 
-    /// A builder from the environment: `AZURE_STORAGE_ACCOUNT`,
-    /// `ATLAS_AZURE_CONTAINER`, `ATLAS_AZURE_ENDPOINT` (a custom endpoint such
-    /// as Azurite's), and `AZURE_STORAGE_ACCESS_KEY` or
-    /// `AZURE_STORAGE_SAS_TOKEN`. Unset variables keep the defaults.
-    pub fn from_env() -> Self {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-        AzureBlobTargetBuilder {
+    /// A builder from the process environment; see
+    /// [`from_env_with`](Self::from_env_with) for the variables.
+    ///
+    /// # Errors
+    /// As [`from_env_with`](Self::from_env_with).
+    pub fn from_env() -> Result<Self> {
+        Self::from_env_with(&ProcessEnv)
+    }
+
+    /// A builder from the settings in `env` (see [`crate::env`]):
+    ///
+    /// | variable | sets |
+    /// |---|---|
+    /// | `AZURE_STORAGE_ACCOUNT` | the storage account |
+    /// | `ATLAS_AZURE_CONTAINER` | the container |
+    /// | `ATLAS_AZURE_ENDPOINT` | a custom endpoint (`http(s)://`), e.g. Azurite's |
+    /// | `AZURE_STORAGE_ACCESS_KEY` | shared-key authentication (wins over a SAS token) |
+    /// | `AZURE_STORAGE_SAS_TOKEN` | SAS authentication |
+    ///
+    /// Empty values count as unset; unset ones keep the defaults, and
+    /// [`build`](Self::build) names the variables of whatever is still
+    /// missing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the variable: an endpoint that is not
+    /// an `http(s)://` URL, an access key that is not base64, a SAS token
+    /// that is no SAS query string.
+    pub fn from_env_with<E: Env + ?Sized>(env: &E) -> Result<Self> {
+        let var = |n: &str| setting(env, n);
+        let credential = match (
+            var("AZURE_STORAGE_ACCESS_KEY"),
+            var("AZURE_STORAGE_SAS_TOKEN"),
+        ) {
+            (Some(key), _) => {
+                check_access_key(&key, "AZURE_STORAGE_ACCESS_KEY")?;
+                Some(Credential::AccessKey(Secret::new(key)))
+            }
+            (None, Some(token)) => {
+                sas_credentials(&token, "AZURE_STORAGE_SAS_TOKEN")?;
+                Some(Credential::SasToken(Secret::new(token)))
+            }
+            (None, None) => None,
+        };
+        Ok(AzureBlobTargetBuilder {
             account: var("AZURE_STORAGE_ACCOUNT"),
             container: var("ATLAS_AZURE_CONTAINER"),
-            endpoint: var("ATLAS_AZURE_ENDPOINT"),
-            credential: var("AZURE_STORAGE_ACCESS_KEY")
-                .map(|k| Credential::AccessKey(Secret::new(k)))
-                .or_else(|| {
-                    var("AZURE_STORAGE_SAS_TOKEN").map(|t| Credential::SasToken(Secret::new(t)))
-                }),
+            endpoint: url_setting(env, "ATLAS_AZURE_ENDPOINT")?,
+            credential,
             ..Self::default()
-        }
+        })
     }
 
     /// Azurite (or another emulator) at `endpoint`, e.g.
@@ -267,17 +301,15 @@ impl AzureBlobTargetBuilder {
         let credential = self.credential.ok_or_else(|| {
             Error::invalid(
                 "credential",
-                "is required: an access key, a SAS token or a token credential",
+                "is required: an access key, a SAS token or a token credential (or set AZURE_STORAGE_ACCESS_KEY or AZURE_STORAGE_SAS_TOKEN)",
             )
         })?;
         let credentials = match &credential {
             Credential::AccessKey(k) => {
+                check_access_key(k.expose(), "access_key")?;
                 StorageCredentials::access_key(account.clone(), k.expose().to_owned())
             }
-            Credential::SasToken(t) => {
-                StorageCredentials::sas_token(t.expose().trim_start_matches('?'))
-                    .map_err(|_| Error::invalid("sas_token", "is not a valid SAS query string"))?
-            }
+            Credential::SasToken(t) => sas_credentials(t.expose(), "sas_token")?,
             Credential::Token(c) => StorageCredentials::token_credential(c.clone()),
             Credential::Emulator => StorageCredentials::emulator(),
         };
@@ -314,6 +346,37 @@ impl AzureBlobTargetBuilder {
             }),
         })
     }
+}
+
+/// Refuses an account key that is not base64 (every account key is), which
+/// would otherwise fail only when the first request is signed. The key is
+/// never part of the message.
+fn check_access_key(key: &str, field: &str) -> Result<()> {
+    use base64::Engine as _;
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(raw) if !raw.is_empty() => Ok(()),
+        _ => Err(Error::invalid(field, "is not a base64 account key")),
+    }
+}
+
+/// The credentials of a SAS token, with or without its leading `?`. The
+/// SDK parses nearly any string as a query, so the token must also carry
+/// the signature (`sig`) every SAS has; anything else (a pasted account key,
+/// a URL) would fail only at the first request. The token is never part of
+/// the message.
+fn sas_credentials(token: &str, field: &str) -> Result<StorageCredentials> {
+    let token = token.trim_start_matches('?');
+    let signed = token
+        .split('&')
+        .any(|pair| pair.strip_prefix("sig=").is_some_and(|v| !v.is_empty()));
+    if !signed {
+        return Err(Error::invalid(
+            field,
+            "is not a SAS token: it has no `sig` parameter",
+        ));
+    }
+    StorageCredentials::sas_token(token)
+        .map_err(|_| Error::invalid(field, "is not a valid SAS query string"))
 }
 
 fn validate_container(name: &str) -> Result<()> {
@@ -849,5 +912,100 @@ mod tests {
             .with_sas_token("?sv=2022-11-02&ss=b&sig=SECRETSIG");
         assert!(!format!("{b:?}").contains("SECRETSIG"));
         assert!(b.build().is_ok());
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const KEY: &str = "c2VjcmV0LWtleS1ieXRlcw==";
+
+    #[test]
+    fn settings_come_from_the_given_env_by_their_names() {
+        let b = AzureBlobTargetBuilder::from_env_with(&env(&[
+            ("AZURE_STORAGE_ACCOUNT", "acct"),
+            ("ATLAS_AZURE_CONTAINER", "backups"),
+            ("ATLAS_AZURE_ENDPOINT", "http://127.0.0.1:10000/acct"),
+            ("AZURE_STORAGE_ACCESS_KEY", KEY),
+            ("AZURE_STORAGE_SAS_TOKEN", "sv=2022-11-02&sig=SECRETSIG"),
+        ]))
+        .unwrap();
+        assert_eq!(b.account.as_deref(), Some("acct"));
+        assert_eq!(b.container.as_deref(), Some("backups"));
+        assert_eq!(b.endpoint.as_deref(), Some("http://127.0.0.1:10000/acct"));
+        // The key wins over the token.
+        assert!(matches!(&b.credential, Some(Credential::AccessKey(k)) if k.expose() == KEY));
+        let shown = format!("{b:?}");
+        assert!(
+            !shown.contains("c2VjcmV0") && !shown.contains("SECRETSIG"),
+            "{shown}"
+        );
+        b.build().unwrap();
+
+        let b = AzureBlobTargetBuilder::from_env_with(&env(&[
+            ("AZURE_STORAGE_ACCESS_KEY", ""),
+            ("AZURE_STORAGE_SAS_TOKEN", "?sv=2022-11-02&sig=SECRETSIG"),
+        ]))
+        .unwrap();
+        assert!(
+            matches!(&b.credential, Some(Credential::SasToken(t)) if t.expose().ends_with("SECRETSIG"))
+        );
+        assert!(b.account.is_none() && b.endpoint.is_none());
+    }
+
+    #[test]
+    fn missing_and_invalid_settings_name_their_variables() {
+        // What build() still lacks is named by method and variable.
+        let e = AzureBlobTargetBuilder::from_env_with(&env(&[]))
+            .unwrap()
+            .with_container("backups")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("AZURE_STORAGE_ACCOUNT"), "{e}");
+        let e = AzureBlobTargetBuilder::from_env_with(&env(&[("AZURE_STORAGE_ACCOUNT", "acct")]))
+            .unwrap()
+            .with_container("backups")
+            .build()
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("AZURE_STORAGE_ACCESS_KEY") && text.contains("AZURE_STORAGE_SAS_TOKEN"),
+            "{text}"
+        );
+        for (pairs, variable) in [
+            (
+                &[("AZURE_STORAGE_ACCESS_KEY", "not base64!SECRETKEY")][..],
+                "AZURE_STORAGE_ACCESS_KEY",
+            ),
+            (
+                &[("AZURE_STORAGE_SAS_TOKEN", "SECRETKEY")][..],
+                "AZURE_STORAGE_SAS_TOKEN",
+            ),
+            (
+                &[("ATLAS_AZURE_ENDPOINT", "127.0.0.1:10000")][..],
+                "ATLAS_AZURE_ENDPOINT",
+            ),
+        ] {
+            let e = AzureBlobTargetBuilder::from_env_with(&env(pairs)).unwrap_err();
+            match &e {
+                Error::InvalidInput { field, .. } => assert_eq!(field, variable, "{e}"),
+                other => panic!("expected InvalidInput, got {other}"),
+            }
+            assert!(!e.to_string().contains("SECRETKEY"), "{e}");
+        }
+        // The builder refuses a key that is not base64 too.
+        let e = AzureBlobTarget::builder()
+            .with_account("acct")
+            .with_container("backups")
+            .with_access_key("%%%")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidInput { field, .. } if field == "access_key"),
+            "{e}"
+        );
     }
 }

@@ -64,6 +64,7 @@ use reqwest::{Method, StatusCode, header};
 use serde::Deserialize;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::env::{Env, ProcessEnv, setting};
 use crate::parts::PartCutter;
 
 const BACKEND: &str = "gcs";
@@ -137,24 +138,53 @@ impl GcsTargetBuilder {
         Self::default()
     }
 
-    /// A builder from the environment: `ATLAS_GCS_BUCKET`, and
-    /// `STORAGE_EMULATOR_HOST` (e.g. `http://127.0.0.1:4443`), which also
-    /// selects anonymous credentials, as Google's own clients do.
-    pub fn from_env() -> Self {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    /// A builder from the process environment; see
+    /// [`from_env_with`](Self::from_env_with) for the variables.
+    ///
+    /// # Errors
+    /// As [`from_env_with`](Self::from_env_with).
+    pub fn from_env() -> Result<Self> {
+        Self::from_env_with(&ProcessEnv)
+    }
+
+    /// A builder from the settings in `env` (see [`crate::env`]):
+    ///
+    /// | variable | sets | default |
+    /// |---|---|---|
+    /// | `ATLAS_GCS_BUCKET` | the bucket | none |
+    /// | `STORAGE_EMULATOR_HOST` | an emulator (`host:port` or an `http(s)://` URL), with anonymous credentials, as Google's own clients do | GCS with application-default credentials |
+    ///
+    /// Empty values count as unset. Application-default credentials are
+    /// found by `google-cloud-auth` in the *process* environment
+    /// (`GOOGLE_APPLICATION_CREDENTIALS`), gcloud's files or the metadata
+    /// server, whatever `env` is.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `STORAGE_EMULATOR_HOST` when it has a
+    /// scheme other than `http://` or `https://`, or holds whitespace.
+    pub fn from_env_with<E: Env + ?Sized>(env: &E) -> Result<Self> {
         let mut b = GcsTargetBuilder {
-            bucket: var("ATLAS_GCS_BUCKET"),
+            bucket: setting(env, "ATLAS_GCS_BUCKET"),
             ..Self::default()
         };
-        if let Some(host) = var("STORAGE_EMULATOR_HOST") {
-            b.endpoint = Some(if host.contains("://") {
-                host
+        if let Some(host) = setting(env, "STORAGE_EMULATOR_HOST") {
+            let endpoint = if host.contains("://") {
+                host.clone()
             } else {
                 format!("http://{host}")
-            });
+            };
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                || endpoint.chars().any(char::is_whitespace)
+            {
+                return Err(Error::invalid(
+                    "STORAGE_EMULATOR_HOST",
+                    format!("must be HOST:PORT or an http:// or https:// URL, got {host:?}"),
+                ));
+            }
+            b.endpoint = Some(endpoint);
             b.anonymous = true;
         }
-        b
+        Ok(b)
     }
 
     /// The bucket (required).
@@ -1109,5 +1139,49 @@ mod tests {
             .unwrap();
         assert_eq!(t.max_buffered_bytes(), 16 * 1024 * 1024);
         assert!(format!("{t:?}").contains("127.0.0.1:4443\""));
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn settings_come_from_the_given_env_by_their_names() {
+        let b = GcsTargetBuilder::from_env_with(&env(&[
+            ("ATLAS_GCS_BUCKET", "from-env"),
+            ("STORAGE_EMULATOR_HOST", "127.0.0.1:4443"),
+        ]))
+        .unwrap();
+        assert_eq!(b.bucket.as_deref(), Some("from-env"));
+        // A bare host:port means plain HTTP, as Google's clients read it.
+        assert_eq!(b.endpoint.as_deref(), Some("http://127.0.0.1:4443"));
+        assert!(b.anonymous);
+        let b = GcsTargetBuilder::from_env_with(&env(&[(
+            "STORAGE_EMULATOR_HOST",
+            "https://emulator.test",
+        )]))
+        .unwrap();
+        assert_eq!(b.endpoint.as_deref(), Some("https://emulator.test"));
+        // No emulator: GCS itself, with application-default credentials.
+        let b = GcsTargetBuilder::from_env_with(&env(&[("STORAGE_EMULATOR_HOST", "")])).unwrap();
+        assert!(b.endpoint.is_none() && !b.anonymous && b.bucket.is_none());
+    }
+
+    #[test]
+    fn invalid_emulator_hosts_are_refused_by_variable_name() {
+        for bad in ["ftp://127.0.0.1:4443", "bad host:4443"] {
+            let e = GcsTargetBuilder::from_env_with(&env(&[("STORAGE_EMULATOR_HOST", bad)]))
+                .unwrap_err();
+            match &e {
+                Error::InvalidInput { field, rule } => {
+                    assert_eq!(field, "STORAGE_EMULATOR_HOST");
+                    assert!(rule.contains(bad), "{rule}");
+                }
+                other => panic!("expected InvalidInput, got {other}"),
+            }
+        }
     }
 }

@@ -16,7 +16,8 @@
 //!
 //! [`url::TargetUrl`] opens any of them from a URL (`file:///…`,
 //! `s3://bucket/prefix`, `gs://…`, `az://…`), as command-line tools take
-//! them.
+//! them, with settings from the process environment or from any
+//! [`env::Env`] (a map, a configuration file, a secret store).
 //!
 //! Every target passes the conformance suite
 //! `atlas_core::testing::conformance::backup_target`; the filesystem and
@@ -35,6 +36,7 @@
 
 #[cfg(feature = "azure")]
 pub mod azure;
+pub mod env;
 #[cfg(feature = "fs")]
 pub mod fs;
 #[cfg(feature = "gcs")]

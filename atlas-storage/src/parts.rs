@@ -131,8 +131,11 @@ async fn numbered<R>(n: u32, fut: impl Future<Output = Result<R>>) -> (u32, Resu
 
 #[cfg(test)]
 mod tests {
+    #[cfg(any(feature = "s3", feature = "azure"))]
     use std::sync::Arc;
+    #[cfg(any(feature = "s3", feature = "azure"))]
     use std::sync::atomic::{AtomicUsize, Ordering};
+    #[cfg(any(feature = "s3", feature = "azure"))]
     use std::time::Duration;
 
     use atlas_core::Error;

@@ -78,6 +78,7 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::env::{Env, ProcessEnv, setting, url_setting};
 use crate::parts::{PartCutter, upload_parts};
 use crate::secret::Secret;
 
@@ -165,14 +166,36 @@ impl S3TargetBuilder {
         Self::default()
     }
 
-    /// A builder from the environment: `ATLAS_S3_BUCKET`, `AWS_REGION` (or
-    /// `AWS_DEFAULT_REGION`), `AWS_ENDPOINT_URL_S3` (or `AWS_ENDPOINT_URL`),
-    /// `ATLAS_S3_PATH_STYLE` (`true`/`1`), and `AWS_ACCESS_KEY_ID` +
-    /// `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`) when both are set
-    /// (otherwise the default credential chain). Unset variables keep the
-    /// defaults.
-    pub fn from_env() -> Self {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    /// A builder from the process environment; see
+    /// [`from_env_with`](Self::from_env_with) for the variables.
+    ///
+    /// # Errors
+    /// As [`from_env_with`](Self::from_env_with).
+    pub fn from_env() -> Result<Self> {
+        Self::from_env_with(&ProcessEnv)
+    }
+
+    /// A builder from the settings in `env` (see [`crate::env`]):
+    ///
+    /// | variable | sets | default |
+    /// |---|---|---|
+    /// | `ATLAS_S3_BUCKET` | the bucket | none |
+    /// | `AWS_REGION`, else `AWS_DEFAULT_REGION` | the region | `us-east-1` |
+    /// | `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL` | a custom endpoint (`http(s)://`) | AWS |
+    /// | `ATLAS_S3_PATH_STYLE` | path-style addressing: `true`/`1` or `false`/`0` | `false` |
+    /// | `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`) | static credentials | the default AWS credential chain |
+    ///
+    /// Empty values count as unset. Without keys, the default credential
+    /// chain resolves credentials on first use from the *process*
+    /// environment, profile files, SSO, web identity or instance metadata,
+    /// whatever `env` is.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the variable: an endpoint that is not
+    /// an `http(s)://` URL, a path style that is no boolean, one of the two
+    /// keys without the other, a session token without keys.
+    pub fn from_env_with<E: Env + ?Sized>(env: &E) -> Result<Self> {
+        let var = |n: &str| setting(env, n);
         let mut b = S3TargetBuilder {
             bucket: var("ATLAS_S3_BUCKET"),
             ..Self::default()
@@ -180,14 +203,49 @@ impl S3TargetBuilder {
         if let Some(r) = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")) {
             b.region = r;
         }
-        b.endpoint = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL"));
-        b.path_style = var("ATLAS_S3_PATH_STYLE").is_some_and(|v| v == "true" || v == "1");
-        if let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-            b.access_key_id = Some(id);
-            b.secret_access_key = Some(Secret::new(secret));
-            b.session_token = var("AWS_SESSION_TOKEN").map(Secret::new);
+        b.endpoint = match url_setting(env, "AWS_ENDPOINT_URL_S3")? {
+            Some(e) => Some(e),
+            None => url_setting(env, "AWS_ENDPOINT_URL")?,
+        };
+        b.path_style = match var("ATLAS_S3_PATH_STYLE") {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
+            Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
+            Some(v) => {
+                return Err(Error::invalid(
+                    "ATLAS_S3_PATH_STYLE",
+                    format!("must be true, false, 1 or 0, got {v:?}"),
+                ));
+            }
+        };
+        let token = var("AWS_SESSION_TOKEN").map(Secret::new);
+        match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+            (Some(id), Some(secret)) => {
+                b.access_key_id = Some(id);
+                b.secret_access_key = Some(Secret::new(secret));
+                b.session_token = token;
+            }
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "AWS_SECRET_ACCESS_KEY",
+                    "is required when AWS_ACCESS_KEY_ID is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid(
+                    "AWS_ACCESS_KEY_ID",
+                    "is required when AWS_SECRET_ACCESS_KEY is set",
+                ));
+            }
+            (None, None) if token.is_some() => {
+                return Err(Error::invalid(
+                    "AWS_SESSION_TOKEN",
+                    "needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                ));
+            }
+            (None, None) => {}
         }
-        b
+        Ok(b)
     }
 
     /// The bucket (required).
@@ -1128,5 +1186,114 @@ mod tests {
         let shown = format!("{target:?}");
         assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
         assert_eq!(target.max_buffered_bytes(), 5 * 8 * 1024 * 1024);
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn invalid_field(e: &Error) -> &str {
+        match e {
+            Error::InvalidInput { field, .. } => field,
+            other => panic!("expected InvalidInput, got {other}"),
+        }
+    }
+
+    #[test]
+    fn settings_come_from_the_given_env_by_their_names() {
+        let b = S3TargetBuilder::from_env_with(&env(&[
+            ("ATLAS_S3_BUCKET", "from-env"),
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("AWS_ENDPOINT_URL", "http://general:9000"),
+            ("AWS_ENDPOINT_URL_S3", "http://s3-only:9000"),
+            ("ATLAS_S3_PATH_STYLE", "TRUE"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG"),
+            ("AWS_SESSION_TOKEN", "FwoGZXIvYXdzEJr"),
+        ]))
+        .unwrap();
+        assert_eq!(b.bucket.as_deref(), Some("from-env"));
+        assert_eq!(b.region, "eu-west-1");
+        assert_eq!(b.endpoint.as_deref(), Some("http://s3-only:9000"));
+        assert!(b.path_style);
+        assert_eq!(b.access_key_id.as_deref(), Some("AKIDEXAMPLE"));
+        assert_eq!(
+            b.secret_access_key.as_ref().map(Secret::expose),
+            Some("wJalrXUtnFEMI/K7MDENG")
+        );
+        assert_eq!(
+            b.session_token.as_ref().map(Secret::expose),
+            Some("FwoGZXIvYXdzEJr")
+        );
+        let shown = format!("{b:?}");
+        assert!(
+            !shown.contains("wJalrXUtnFEMI") && !shown.contains("FwoGZXIvYXdzEJr"),
+            "{shown}"
+        );
+
+        // AWS_REGION wins over AWS_DEFAULT_REGION; the general endpoint
+        // applies without the S3 one; empty values count as unset.
+        let b = S3TargetBuilder::from_env_with(&env(&[
+            ("AWS_REGION", "ap-south-1"),
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("AWS_ENDPOINT_URL", "https://general"),
+            ("AWS_ENDPOINT_URL_S3", ""),
+            ("ATLAS_S3_PATH_STYLE", "0"),
+            ("AWS_ACCESS_KEY_ID", ""),
+        ]))
+        .unwrap();
+        assert_eq!(b.region, "ap-south-1");
+        assert_eq!(b.endpoint.as_deref(), Some("https://general"));
+        assert!(!b.path_style);
+        assert!(b.access_key_id.is_none() && b.secret_access_key.is_none());
+
+        // Nothing set: the builder's defaults, the default credential chain.
+        let b = S3TargetBuilder::from_env_with(&env(&[])).unwrap();
+        assert_eq!(
+            (b.bucket, b.region.as_str(), b.endpoint, b.path_style),
+            (None, "us-east-1", None, false)
+        );
+        assert!(b.access_key_id.is_none() && b.session_token.is_none());
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_by_variable_name() {
+        for (pairs, variable) in [
+            (
+                &[("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")][..],
+                "AWS_SECRET_ACCESS_KEY",
+            ),
+            (
+                &[("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI")][..],
+                "AWS_ACCESS_KEY_ID",
+            ),
+            (
+                &[("AWS_SESSION_TOKEN", "FwoGZXIvYXdzEJr")][..],
+                "AWS_SESSION_TOKEN",
+            ),
+            (&[("ATLAS_S3_PATH_STYLE", "yes")][..], "ATLAS_S3_PATH_STYLE"),
+            (
+                &[("AWS_ENDPOINT_URL", "127.0.0.1:9000")][..],
+                "AWS_ENDPOINT_URL",
+            ),
+            (
+                &[
+                    ("AWS_ENDPOINT_URL", "http://fine:9000"),
+                    ("AWS_ENDPOINT_URL_S3", "ftp://s3"),
+                ][..],
+                "AWS_ENDPOINT_URL_S3",
+            ),
+        ] {
+            let e = S3TargetBuilder::from_env_with(&env(pairs)).unwrap_err();
+            assert_eq!(invalid_field(&e), variable, "{pairs:?}: {e}");
+            let text = e.to_string();
+            assert!(
+                !text.contains("wJalrXUtnFEMI") && !text.contains("FwoGZXIvYXdzEJr"),
+                "{text}"
+            );
+        }
     }
 }

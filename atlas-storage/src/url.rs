@@ -1,11 +1,15 @@
 //! Backup targets named by URL, as command-line tools take them.
 //!
-//! | URL | target | settings from the environment |
+//! | URL | target | settings |
 //! |---|---|---|
 //! | `file:///abs/path` | [`FsTarget`](crate::FsTarget) rooted at the path | — |
-//! | `s3://bucket/prefix` | `S3Target` (feature `s3`) | as `S3TargetBuilder::from_env` (`AWS_ENDPOINT_URL`, `AWS_REGION`, `ATLAS_S3_PATH_STYLE`, credentials) |
-//! | `gs://bucket/prefix` | `GcsTarget` (feature `gcs`) | as `GcsTargetBuilder::from_env` (`STORAGE_EMULATOR_HOST`, credentials); `GOOGLE_CLOUD_PROJECT` for bucket creation |
-//! | `az://container/prefix` | `AzureBlobTarget` (feature `azure`) | as `AzureBlobTargetBuilder::from_env`; `ATLAS_AZURE_EMULATOR` (e.g. Azurite's `http://127.0.0.1:10000/devstoreaccount1`) selects the emulator account |
+//! | `s3://bucket/prefix` | `S3Target` (feature `s3`) | as `S3TargetBuilder::from_env_with` (`AWS_ENDPOINT_URL`, `AWS_REGION`, `ATLAS_S3_PATH_STYLE`, credentials) |
+//! | `gs://bucket/prefix` | `GcsTarget` (feature `gcs`) | as `GcsTargetBuilder::from_env_with` (`STORAGE_EMULATOR_HOST`); `GOOGLE_CLOUD_PROJECT` to create a bucket (required on GCS, any project on an emulator) |
+//! | `az://container/prefix` | `AzureBlobTarget` (feature `azure`) | as `AzureBlobTargetBuilder::from_env_with` (`AZURE_STORAGE_ACCOUNT`, `AZURE_STORAGE_ACCESS_KEY` or `AZURE_STORAGE_SAS_TOKEN`, `ATLAS_AZURE_ENDPOINT`); `ATLAS_AZURE_EMULATOR` (e.g. Azurite's `http://127.0.0.1:10000/devstoreaccount1`) selects the emulator account instead |
+//!
+//! [`TargetUrl::open`] reads the settings from the process environment,
+//! [`TargetUrl::open_with_env`] from any [`Env`] (a map, a configuration
+//! file, a secret store), under the same names.
 //!
 //! The prefix (everything after the bucket) keeps several repositories
 //! apart in one bucket. Credentials never appear in URLs, so URLs are safe
@@ -24,8 +28,21 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+use std::num::NonZeroU32;
+
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+use atlas_core::ErrorKind;
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+use atlas_core::backup::ListOptions;
 use atlas_core::backup::{BackupTarget, ObjectPrefix};
 use atlas_core::{Error, Result};
+
+#[cfg(feature = "gcs")]
+use crate::env::setting;
+#[cfg(feature = "azure")]
+use crate::env::url_setting;
+use crate::env::{Env, ProcessEnv};
 
 /// The kind of target a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,19 +175,58 @@ impl TargetUrl {
         &self.prefix
     }
 
-    /// Builds the target. With `create`, makes the directory, bucket or
-    /// container when it does not exist yet.
+    /// Builds the target with the settings of the process environment:
+    /// [`open_with_env`](Self::open_with_env) with
+    /// [`ProcessEnv`].
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when the scheme's feature is not compiled in
-    /// or the environment's settings are invalid; the target's own errors
-    /// when creating the bucket fails.
-    #[tracing::instrument(skip(self), fields(url = %self.text))]
+    /// As [`open_with_env`](Self::open_with_env).
+    pub async fn open(&self, create: bool) -> Result<Arc<dyn BackupTarget>> {
+        self.open_with_env(create, &ProcessEnv).await
+    }
+
+    /// Builds the target with the settings in `env` (see [`crate::env`]):
+    /// the variables in the [module docs](self), read from a map, a
+    /// configuration file or a secret store instead of the process
+    /// environment.
+    ///
+    /// With `create`, makes the directory, bucket or container when it does
+    /// not exist yet (creating a GCS bucket needs `GOOGLE_CLOUD_PROJECT`,
+    /// except on an emulator). Without it, checks that it exists: for the
+    /// clouds, one listing request of at most one key under the prefix.
+    ///
+    /// ```no_run
+    /// use std::collections::HashMap;
+    /// use atlas_storage::url::TargetUrl;
+    /// # async fn run() -> atlas_core::Result<()> {
+    /// let settings = HashMap::from([
+    ///     ("AWS_ENDPOINT_URL".to_owned(), "http://127.0.0.1:9000".to_owned()),
+    ///     ("ATLAS_S3_PATH_STYLE".to_owned(), "true".to_owned()),
+    ///     ("AWS_ACCESS_KEY_ID".to_owned(), "access-key".to_owned()),
+    ///     ("AWS_SECRET_ACCESS_KEY".to_owned(), "secret-key".to_owned()),
+    /// ]);
+    /// let target = TargetUrl::parse("s3://backups/prod/db")?
+    ///     .open_with_env(false, &settings)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the scheme's feature is not compiled
+    /// in, or naming the variable when a setting is invalid or a required
+    /// one is missing; [`Error::NotFound`] naming the bucket, container or
+    /// directory when it does not exist and `create` is off; the target's
+    /// own errors when checking or creating it fails.
+    #[tracing::instrument(skip(self, env), fields(url = %self.text))]
     #[cfg_attr(
-        not(any(feature = "fs", feature = "s3", feature = "gcs", feature = "azure")),
+        not(any(feature = "s3", feature = "gcs", feature = "azure")),
         allow(unused_variables)
     )]
-    pub async fn open(&self, create: bool) -> Result<Arc<dyn BackupTarget>> {
+    pub async fn open_with_env<E: Env + ?Sized>(
+        &self,
+        create: bool,
+        env: &E,
+    ) -> Result<Arc<dyn BackupTarget>> {
         match self.scheme {
             Scheme::File => {
                 #[cfg(feature = "fs")]
@@ -197,11 +253,13 @@ impl TargetUrl {
             Scheme::S3 => {
                 #[cfg(feature = "s3")]
                 {
-                    let target = crate::S3TargetBuilder::from_env()
+                    let target = crate::S3TargetBuilder::from_env_with(env)?
                         .with_bucket(&self.location)
                         .build()?;
                     if create {
                         target.ensure_bucket().await?;
+                    } else {
+                        self.require_bucket(&target).await?;
                     }
                     Ok(Arc::new(target))
                 }
@@ -211,13 +269,31 @@ impl TargetUrl {
             Scheme::Gcs => {
                 #[cfg(feature = "gcs")]
                 {
-                    let target = crate::GcsTargetBuilder::from_env()
+                    // Checked before the target is built, which may look
+                    // for application-default credentials.
+                    let project = match (create, setting(env, "GOOGLE_CLOUD_PROJECT")) {
+                        (false, _) => None,
+                        (true, Some(project)) => Some(project),
+                        // Emulators take any project.
+                        (true, None) if setting(env, "STORAGE_EMULATOR_HOST").is_some() => {
+                            Some("atlas".to_owned())
+                        }
+                        (true, None) => {
+                            return Err(Error::invalid(
+                                "GOOGLE_CLOUD_PROJECT",
+                                format!(
+                                    "is required to create bucket `{}` on GCS (target url `{}`)",
+                                    self.location, self.text
+                                ),
+                            ));
+                        }
+                    };
+                    let target = crate::GcsTargetBuilder::from_env_with(env)?
                         .with_bucket(&self.location)
                         .build()?;
-                    if create {
-                        let project = std::env::var("GOOGLE_CLOUD_PROJECT")
-                            .unwrap_or_else(|_| "atlas".to_owned());
-                        target.ensure_bucket(&project).await?;
+                    match project {
+                        Some(project) => target.ensure_bucket(&project).await?,
+                        None => self.require_bucket(&target).await?,
                     }
                     Ok(Arc::new(target))
                 }
@@ -227,21 +303,51 @@ impl TargetUrl {
             Scheme::Azure => {
                 #[cfg(feature = "azure")]
                 {
-                    let mut builder = crate::AzureBlobTargetBuilder::from_env();
-                    if let Ok(emulator) = std::env::var("ATLAS_AZURE_EMULATOR")
-                        && !emulator.is_empty()
-                    {
+                    let mut builder = crate::AzureBlobTargetBuilder::from_env_with(env)?;
+                    if let Some(emulator) = url_setting(env, "ATLAS_AZURE_EMULATOR")? {
                         builder = builder.emulator(emulator);
                     }
                     let target = builder.with_container(&self.location).build()?;
                     if create {
                         target.ensure_container().await?;
+                    } else {
+                        self.require_bucket(&target).await?;
                     }
                     Ok(Arc::new(target))
                 }
                 #[cfg(not(feature = "azure"))]
                 Err(self.missing_feature())
             }
+        }
+    }
+
+    /// Fails with [`Error::NotFound`] naming the bucket when `target`'s
+    /// bucket does not exist. A listing is the probe because every backup
+    /// needs the permission to list anyway, while reading a bucket's
+    /// metadata takes a permission (e.g. GCS's `storage.buckets.get`) that
+    /// object-level roles lack; a listing of a missing bucket is the only
+    /// listing that finds nothing to be "not found".
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    async fn require_bucket(&self, target: &dyn BackupTarget) -> Result<()> {
+        use futures::StreamExt as _;
+        let options = ListOptions::default().with_page_size(NonZeroU32::MIN);
+        match target.list_opts(&self.prefix, options).next().await {
+            None | Some(Ok(_)) => {
+                tracing::debug!(bucket = %self.location, "bucket exists");
+                Ok(())
+            }
+            Some(Err(e)) if e.kind() == ErrorKind::NotFound => {
+                let noun = if self.scheme == Scheme::Azure {
+                    "container"
+                } else {
+                    "bucket"
+                };
+                Err(Error::not_found(format!(
+                    "{noun} `{}` of target url `{}` (open with create to make it)",
+                    self.location, self.text
+                )))
+            }
+            Some(Err(e)) => Err(e),
         }
     }
 }
@@ -293,6 +399,16 @@ mod tests {
             let e = TargetUrl::parse(url).unwrap_err().to_string();
             assert!(e.contains(url) && e.contains(rule), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn opening_can_be_spawned_on_a_multithreaded_runtime() {
+        fn assert_send<T: Send>(_: &T) {}
+        let url = TargetUrl::parse("s3://backups/prod").unwrap();
+        let settings = std::collections::HashMap::<String, String>::new();
+        assert_send(&url.open(false));
+        assert_send(&url.open_with_env(true, &settings));
+        assert_send(&url.open_with_env(true, &|_: &str| None));
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The filesystem and memory targets: the whole conformance suite, plus what
 //! only the filesystem can get wrong (atomic files, links, folders) and the
 //! fault-injecting wrapper. Runs on plain `cargo test`.
+#![cfg(all(feature = "fs", feature = "memory"))]
 
 use std::time::Duration;
 

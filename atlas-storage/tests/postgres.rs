@@ -4,7 +4,7 @@
 //! Run: `cargo xtask test`, or with a server of your own:
 //! `ATLAS_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5433/postgres
 //!  cargo test -p atlas-storage --features postgres --test postgres -- --ignored`.
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "postgres", feature = "memory"))]
 
 use std::sync::Arc;
 use std::time::Duration;
