@@ -1478,4 +1478,22 @@ async fn invalid_input_is_refused_with_the_field_named() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("sticky_cookie"), "{err}");
+    for (builder, field) in [
+        (
+            ProxyRouter::builder(service()).client_body_timeout(Duration::ZERO),
+            "client_body_timeout",
+        ),
+        (
+            ProxyRouter::builder(service()).client_header_timeout(Duration::ZERO),
+            "client_header_timeout",
+        ),
+        (
+            ProxyRouter::builder(service()).response_timeout(Duration::ZERO),
+            "response_timeout",
+        ),
+    ] {
+        let err = builder.build().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains(field), "{err}");
+    }
 }

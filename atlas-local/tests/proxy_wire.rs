@@ -1870,3 +1870,47 @@ async fn a_refusal_before_a_large_body_reaches_the_client() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// 23. The client body timeout.
+
+#[tokio::test]
+async fn a_stalled_upload_is_abandoned_after_the_client_body_timeout() {
+    within(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let router = ProxyRouter::builder(service())
+            .initial_split(TrafficSplit::all_to(Slot::Blue))
+            .client_body_timeout(Duration::from_millis(300))
+            .build()
+            .await
+            .unwrap();
+        router
+            .set_endpoints(
+                &service(),
+                Slot::Blue,
+                &[Endpoint::new("blue-0", listener.local_addr().unwrap())],
+            )
+            .await
+            .unwrap();
+
+        let mut client = Wire::connect(router.local_addr()).await;
+        client
+            .send(b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10\r\n\r\nhello")
+            .await;
+        let started = std::time::Instant::now();
+        let (stream, _) = bounded("accept", listener.accept()).await.unwrap();
+        let mut upstream = Wire::new(stream);
+        let head = bounded("the request head", upstream.head())
+            .await
+            .unwrap()
+            .expect("a head");
+        assert_eq!(head.content_length().unwrap(), Some(10));
+        // The client sends nothing more: after the timeout the proxy drops
+        // the exchange, closing both connections.
+        let got = upstream.until_close().await;
+        assert_eq!(got, b"hello", "the upstream got more than was sent");
+        client.expect_closed("a stalled upload").await;
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    })
+    .await;
+}

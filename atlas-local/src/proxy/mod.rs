@@ -38,7 +38,9 @@
 //!   values, more than one `Host`, or a malformed head gets 400; a
 //!   transfer coding other than exactly `chunked` 501; a head over 64 KiB
 //!   or 128 fields 431; a client that starts a head but does not finish it
-//!   within the client header timeout 408. Each ends the connection.
+//!   within the client header timeout 408. Each ends the connection. A
+//!   client that sends nothing of its request body for the client body
+//!   timeout has the exchange abandoned and both connections closed.
 //!   `Expect: 100-continue` is answered by the proxy. Interim (1xx)
 //!   upstream responses are not relayed; a response the proxy cannot
 //!   frame unambiguously counts as an upstream failure (502).
@@ -189,6 +191,7 @@ struct Shared {
     pool: PoolConfig,
     grace_period: Duration,
     client_header_timeout: Option<Duration>,
+    client_body_timeout: Option<Duration>,
     sticky: Option<StickyCookie>,
 }
 
@@ -333,6 +336,7 @@ fn validate_endpoints(endpoints: &[Endpoint]) -> Result<()> {
 /// | [`pool_idle_timeout`](Self::pool_idle_timeout) | 30 s |
 /// | [`pool_max_idle_per_endpoint`](Self::pool_max_idle_per_endpoint) | 128 |
 /// | [`client_header_timeout`](Self::client_header_timeout) | 30 s |
+/// | [`client_body_timeout`](Self::client_body_timeout) | 60 s |
 /// | [`metrics_window`](Self::metrics_window) | 60 s |
 /// | [`sticky_cookie`](Self::sticky_cookie) | none (no sticky sessions) |
 /// | [`initial_split`](Self::initial_split) | none (503 until a split is set) |
@@ -349,6 +353,7 @@ pub struct ProxyRouterBuilder {
     pool_idle_timeout: Duration,
     pool_max_idle: usize,
     client_header_timeout: Option<Duration>,
+    client_body_timeout: Option<Duration>,
     metrics_window: Duration,
     sticky_cookie: Option<String>,
     initial_split: Option<TrafficSplit>,
@@ -419,6 +424,16 @@ impl ProxyRouterBuilder {
         self
     }
 
+    /// How long a client uploading a request body may send nothing (the
+    /// time between two reads, as nginx's `client_body_timeout`) before the
+    /// exchange is abandoned and both connections closed, so a stalled
+    /// upload cannot hold an upstream connection forever; `None` disables
+    /// it. Default 60 s.
+    pub fn client_body_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.client_body_timeout = timeout.into();
+        self
+    }
+
     /// The sliding window the metrics keep, 1 s to 24 h; queries ask for
     /// at most this much. Default 60 s (1 s buckets; longer windows use
     /// 60 wider buckets).
@@ -483,6 +498,12 @@ impl ProxyRouterBuilder {
                 "must be greater than zero (use None for no limit)",
             ));
         }
+        if self.client_body_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid(
+                "client_body_timeout",
+                "must be greater than zero (use None for no limit)",
+            ));
+        }
         if self.client_header_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid(
                 "client_header_timeout",
@@ -539,6 +560,7 @@ impl ProxyRouterBuilder {
             },
             grace_period: self.grace_period,
             client_header_timeout: self.client_header_timeout,
+            client_body_timeout: self.client_body_timeout,
             sticky,
         });
 
@@ -713,6 +735,7 @@ impl ProxyRouter {
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 128,
             client_header_timeout: Some(Duration::from_secs(30)),
+            client_body_timeout: Some(Duration::from_secs(60)),
             metrics_window: Duration::from_secs(60),
             sticky_cookie: None,
             initial_split: None,

@@ -498,7 +498,8 @@ impl ClientConn {
                 &mut cr,
                 &mut uw,
                 &mut self.client_in,
-                plan.body
+                plan.body,
+                shared.client_body_timeout,
             ));
             let out = &mut self.out;
             let upstream_in = &mut self.upstream_in;
@@ -512,9 +513,9 @@ impl ClientConn {
             both(upload, download).await
         };
         match (&end, uploaded) {
-            (_, Some(Err(Upload::ClientGone | Upload::BadBody))) => {
+            (_, Some(Err(why @ (Upload::ClientGone | Upload::BadBody | Upload::Stalled)))) => {
                 exchange.outcome = None;
-                tracing::debug!(slot = %plan.slot, "client request body broke off");
+                tracing::debug!(slot = %plan.slot, ?why, "client request body broke off");
                 false
             }
             (ResponseEnd::NoHead(error), _) => {
@@ -621,7 +622,7 @@ async fn both(
             biased;
             end = download.as_mut() => return (end, uploaded),
             up = upload.as_mut(), if uploaded.is_none() => {
-                if matches!(up, Err(Upload::ClientGone | Upload::BadBody)) {
+                if matches!(up, Err(Upload::ClientGone | Upload::BadBody | Upload::Stalled)) {
                     return (ResponseEnd::ClientGone { status: 0 }, Some(up));
                 }
                 uploaded = Some(up);
@@ -750,6 +751,8 @@ enum Upload {
     ClientGone,
     /// The client's chunked coding is invalid.
     BadBody,
+    /// The client sent nothing for the client body timeout.
+    Stalled,
     /// The upstream stopped taking the body.
     Upstream,
 }
@@ -1029,11 +1032,24 @@ async fn relay_request_body<R, W>(
     w: &mut W,
     buf: &mut BytesMut,
     body: Framing,
+    idle: Option<Duration>,
 ) -> Result<(), Upload>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut read_more = async |buf: &mut BytesMut| -> Result<(), Upload> {
+        let read = match idle {
+            Some(idle) => tokio::time::timeout(idle, read_some(r, buf))
+                .await
+                .map_err(|_| Upload::Stalled)?,
+            None => read_some(r, buf).await,
+        };
+        match read {
+            Ok(0) | Err(_) => Err(Upload::ClientGone),
+            Ok(_) => Ok(()),
+        }
+    };
     match body {
         Framing::Empty | Framing::Close => Ok(()),
         Framing::Length(total) => {
@@ -1050,10 +1066,7 @@ where
                 if left == 0 {
                     return Ok(());
                 }
-                match read_some(r, buf).await {
-                    Ok(0) | Err(_) => return Err(Upload::ClientGone),
-                    Ok(_) => {}
-                }
+                read_more(buf).await?;
             }
         }
         Framing::Chunked => {
@@ -1067,10 +1080,7 @@ where
                 if scanner.done() {
                     return Ok(());
                 }
-                match read_some(r, buf).await {
-                    Ok(0) | Err(_) => return Err(Upload::ClientGone),
-                    Ok(_) => {}
-                }
+                read_more(buf).await?;
             }
         }
     }
