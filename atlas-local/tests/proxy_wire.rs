@@ -1914,3 +1914,51 @@ async fn a_stalled_upload_is_abandoned_after_the_client_body_timeout() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// 24. The response timeout counts from the end of the request body.
+
+#[tokio::test]
+async fn an_upstream_silent_after_a_request_body_gets_504() {
+    within(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let router = ProxyRouter::builder(service())
+            .initial_split(TrafficSplit::all_to(Slot::Blue))
+            .response_timeout(Duration::from_millis(300))
+            .build()
+            .await
+            .unwrap();
+        router
+            .set_endpoints(
+                &service(),
+                Slot::Blue,
+                &[Endpoint::new("blue-0", listener.local_addr().unwrap())],
+            )
+            .await
+            .unwrap();
+
+        let mut client = Wire::connect(router.local_addr()).await;
+        // The body comes slowly, in two parts 500 ms apart: longer than the
+        // response timeout, which must not count the upload.
+        client
+            .send(b"POST /slow HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10\r\n\r\nhello")
+            .await;
+        let (stream, _) = bounded("accept", listener.accept()).await.unwrap();
+        let mut upstream = Wire::new(stream);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client.send(b"world").await;
+        let seen = read_request(&mut upstream, 0).await.unwrap().unwrap();
+        assert_eq!(seen.body, b"helloworld");
+        let sent = std::time::Instant::now();
+        // The upstream never answers.
+        let r = response(&mut client).await;
+        assert_eq!(r.status, 504);
+        assert!(sent.elapsed() >= Duration::from_millis(250));
+        let stats = router
+            .metrics()
+            .window_stats(Slot::Blue, Duration::from_secs(60));
+        assert_eq!((stats.requests, stats.proxy_errors), (1, 1));
+        drop(upstream);
+    })
+    .await;
+}

@@ -25,8 +25,8 @@
 //!   endpoint of the same slot for idempotent methods (GET, HEAD, OPTIONS,
 //!   PUT, DELETE, TRACE) without a request body; anything else gets 502.
 //!   A slot without endpoints answers 503, a router without a split 503,
-//!   an upstream that sends no response head to a bodiless request within
-//!   the response timeout 504. Request and response bodies stream; nothing
+//!   an upstream that sends no response head within the response timeout
+//!   of the whole request having been sent 504. Request and response bodies stream; nothing
 //!   is buffered. A pooled upstream connection found closed when a
 //!   bodiless idempotent request is sent on it is replaced by a new one.
 //! - **Protocol.** HTTP/1.1 and 1.0 clients, keep-alive and pipelining;
@@ -391,10 +391,12 @@ impl ProxyRouterBuilder {
         self
     }
 
-    /// How long an upstream may take to send the response head of a
-    /// request without a body (504 after that); `None` waits forever.
-    /// Requests with a body are not timed, so a slow upload is never cut
-    /// off, and response bodies are not limited. Default 60 s, as nginx's
+    /// How long an upstream may take to send the response head once the
+    /// whole request was sent (504 after that); `None` waits forever. For a
+    /// request with a body the clock starts after its last byte, so a slow
+    /// upload is never cut off by it (see
+    /// [`client_body_timeout`](Self::client_body_timeout)); response
+    /// bodies are not limited. Default 60 s, as nginx's
     /// `proxy_read_timeout`.
     pub fn response_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.response_timeout = timeout.into();

@@ -504,19 +504,27 @@ impl ClientConn {
             let out = &mut self.out;
             let upstream_in = &mut self.upstream_in;
             let response = &response;
+            let head_seen = std::sync::atomic::AtomicBool::new(false);
+            let head_seen = &head_seen;
             let download = pin!(async move {
                 match read_response_head(&mut ur, upstream_in, out, response).await {
-                    Ok(head) => relay_response_body(&mut cw, &mut ur, upstream_in, out, head).await,
+                    Ok(head) => {
+                        head_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                        relay_response_body(&mut cw, &mut ur, upstream_in, out, head).await
+                    }
                     Err(error) => ResponseEnd::NoHead(error),
                 }
             });
-            both(upload, download).await
+            both(upload, download, head_seen, shared.pool.response_timeout).await
         };
         match (&end, uploaded) {
             (_, Some(Err(why @ (Upload::ClientGone | Upload::BadBody | Upload::Stalled)))) => {
                 exchange.outcome = None;
                 tracing::debug!(slot = %plan.slot, ?why, "client request body broke off");
                 false
+            }
+            (ResponseEnd::NoHead(HeadError::Timeout), _) => {
+                self.fail(exchange, ProxyFailure::Timeout, plan.body).await
             }
             (ResponseEnd::NoHead(error), _) => {
                 tracing::trace!(slot = %plan.slot, %error, "upstream response failed");
@@ -610,13 +618,20 @@ async fn stopped_owned(mut stop: watch::Receiver<bool>) {
 }
 
 /// Runs the upload and the download together; returns when the download
-/// ended (with the upload's result if it had ended), or as soon as the
-/// upload fails because of the client.
+/// ended (with the upload's result if it had ended), as soon as the upload
+/// fails because of the client, or when no response head came within
+/// `response_timeout` of the whole body having been sent (`head_seen` is
+/// set by the download once it has the head).
 async fn both(
     mut upload: Pin<&mut impl Future<Output = Result<(), Upload>>>,
     mut download: Pin<&mut impl Future<Output = ResponseEnd>>,
+    head_seen: &std::sync::atomic::AtomicBool,
+    response_timeout: Option<Duration>,
 ) -> (ResponseEnd, Option<Result<(), Upload>>) {
     let mut uploaded = None;
+    // Armed (reset) only once the body is sent.
+    let mut head_deadline = pin!(tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)));
+    let mut armed = false;
     loop {
         tokio::select! {
             biased;
@@ -625,7 +640,19 @@ async fn both(
                 if matches!(up, Err(Upload::ClientGone | Upload::BadBody | Upload::Stalled)) {
                     return (ResponseEnd::ClientGone { status: 0 }, Some(up));
                 }
+                if up.is_ok() && let Some(limit) = response_timeout {
+                    head_deadline.as_mut().reset(Instant::now() + limit);
+                    armed = true;
+                }
                 uploaded = Some(up);
+            }
+            () = head_deadline.as_mut(), if armed && !head_seen.load(std::sync::atomic::Ordering::Relaxed) => {
+                // The head may have come while this select was waiting.
+                if head_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                    armed = false;
+                    continue;
+                }
+                return (ResponseEnd::NoHead(HeadError::Timeout), uploaded);
             }
         }
     }
