@@ -33,6 +33,10 @@
 //! marked incomplete (`snapshots` shows `!`), the skipped paths are listed,
 //! and the exit status is 3.
 //!
+//! It runs with glibc's `MALLOC_ARENA_MAX=1` (re-executing itself with it
+//! when unset), which saves another 10–16 MiB of peak memory on top of the
+//! engine's own buffer recycling; `ATLAS_NO_ARENA_LIMIT=1` turns that off.
+//!
 //! Run: `cargo run --release -p atlas-examples --example atlas_backup -- --help`
 
 use std::collections::BTreeSet;
@@ -195,16 +199,21 @@ fn main() -> ExitCode {
     code
 }
 
-/// glibc gives every thread that allocates its own arena and keeps what
-/// other threads free there; the backup pipeline allocates buffers on the
-/// reading threads and frees them on the encoding and upload ones, so with
-/// glibc's default (8 arenas per core) the peak RSS of a 512 MiB backup was
-/// 277 MB instead of 98 MB, at the same speed (BENCHMARKS.md). The arena
+/// glibc gives threads their own malloc arenas (up to 8 per core) and keeps
+/// freed memory in the arena it came from. The backup engine recycles its
+/// large buffers, so it does well with glibc's defaults (peak RSS of a
+/// 512 MiB backup 77 MiB, 251 MiB before it did), but one arena still
+/// saves what the many blocking threads leave in theirs: 67 MiB, and 82
+/// instead of 98 MiB at 2 GiB, at the same speed (BENCHMARKS.md). The
 /// limit is only read at process start, so the binary re-executes itself
-/// once with `MALLOC_ARENA_MAX=1` unless the variable is already set.
+/// once with `MALLOC_ARENA_MAX=1` unless that variable is already set or
+/// `ATLAS_NO_ARENA_LIMIT` is (to measure glibc's defaults, which is what a
+/// program embedding the library gets).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && std::env::var_os("ATLAS_NO_ARENA_LIMIT").is_none()
+    {
         use std::os::unix::process::CommandExt;
         if let Ok(exe) = std::env::current_exe() {
             let err = std::process::Command::new(exe)

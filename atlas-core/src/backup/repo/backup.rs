@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::chunker::chunk_reader;
-use super::crypto::MasterKey;
+use super::crypto::{MasterKey, sealed_capacity};
 use super::format::{
     BackupKind, BlobId, BlobKind, ChunkerParams, IndexPack, MAX_RECORDED_UNREADABLE, Node,
     NodeKind, PACK_MAGIC, PackId, PackedBlob, RootMetadata, SkippedEntry, Snapshot, SnapshotId,
@@ -29,6 +29,7 @@ use super::format::{
 use super::index::{Index, write_index};
 use super::lock::LockGuard;
 use super::mirror::{MirrorPolicy, TargetOutcome};
+use super::pool::{BufferPool, Compressors, PooledBuf};
 use super::progress::{ProgressFn, Tracker};
 use super::{BACKEND, Repository};
 use crate::backup::{ByteStream, PutOptions};
@@ -162,15 +163,18 @@ impl StreamSource {
         file_name: impl Into<String>,
         reader: impl AsyncRead + Send + Unpin + 'static,
     ) -> Self {
-        let body = stream::unfold(Some(reader), |state| async move {
-            let mut r = state?;
-            let mut buf = vec![0u8; 1 << 20];
-            match r.read(&mut buf).await {
+        // Pieces come from a small pool of their own: each is read into
+        // spare capacity (nothing zeroed) and goes back to the pool once
+        // the chunker has consumed it, so a long dump reuses a few buffers
+        // instead of allocating each piece on one thread and freeing it on
+        // another (see the pool module).
+        let pool = BufferPool::new(STREAM_PIECES_IDLE, STREAM_PIECE);
+        let body = stream::unfold(Some((reader, pool)), |state| async move {
+            let (mut r, pool) = state?;
+            let mut buf = pool.take(STREAM_PIECE);
+            match r.read_buf(&mut *buf).await {
                 Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Bytes::from(buf)), Some(r)))
-                }
+                Ok(_) => Some((Ok(buf.into_bytes()), Some((r, pool)))),
                 Err(e) => Some((
                     Err(Error::backend(
                         BACKEND,
@@ -340,7 +344,7 @@ pub(crate) fn default_host() -> String {
 struct RawBlob {
     kind: BlobKind,
     id: BlobId,
-    data: Bytes,
+    data: PooledBuf,
 }
 
 struct Ctx {
@@ -355,6 +359,10 @@ struct Ctx {
     incremental: bool,
     parent_repo: Repository,
     parent_index: Arc<Index>,
+    /// Chunking windows, one per file being read.
+    windows: BufferPool,
+    /// Chunks and sealed blobs, from the reader to the targets' writers.
+    blobs: BufferPool,
 }
 
 impl Ctx {
@@ -391,6 +399,19 @@ impl Ctx {
     }
 }
 
+/// The most bytes [`StreamSource::from_async_read`] reads at once.
+const STREAM_PIECE: usize = 1 << 20;
+
+/// Pieces of a stream source in flight: the queue to the chunker (4), the
+/// one it is consuming and the one being read.
+const STREAM_PIECES_IDLE: usize = 6;
+
+/// Sealed blobs a target may hold at once without the blob pool running
+/// dry: the four pieces queued for its put, the one its body stream holds,
+/// and those in the target's own write queue (the file-system target
+/// queues 16 and writes one).
+const BLOBS_PER_TARGET: usize = 24;
+
 fn aborted() -> Error {
     Error::backend(
         BACKEND,
@@ -412,24 +433,31 @@ fn read_content(
     let mut new_chunks = 0u64;
     let mut read = 0u64;
     let mut failure: Option<Error> = None;
+    let mut window = ctx.windows.take(0);
     let size = chunk_reader(
         reader,
+        &mut window,
         size_hint,
         ctx.chunker,
         ctx.seed,
-        |chunk: Bytes| -> io::Result<()> {
-            let id = ctx.master.blob_id(&chunk);
+        |chunk: &[u8]| -> io::Result<()> {
+            let id = ctx.master.blob_id(chunk);
             let len = chunk.len() as u64;
             read += len;
             ids.push(id);
             if ctx.claim(id) {
                 new_bytes += len;
                 new_chunks += 1;
+                // Copied out of the window into a recycled buffer: only
+                // new chunks cost a copy, and no large allocation crosses
+                // threads (see the pool module).
+                let mut data = ctx.blobs.take(chunk.len());
+                data.extend_from_slice(chunk);
                 if tx
                     .blocking_send(RawBlob {
                         kind: BlobKind::Data,
                         id,
-                        data: chunk,
+                        data,
                     })
                     .is_err()
                 {
@@ -551,7 +579,8 @@ fn node_name(name: &OsString) -> (String, Option<String>) {
 }
 
 async fn add_tree(ctx: &Ctx, tx: &mpsc::Sender<RawBlob>, tree: &Tree) -> Result<BlobId> {
-    let json = serde_json::to_vec(tree).map_err(super::json_err)?;
+    let mut json = ctx.blobs.take(0);
+    serde_json::to_writer(&mut *json, tree).map_err(super::json_err)?;
     let id = ctx.master.blob_id(&json);
     if ctx.claim(id) {
         let len = json.len() as u64;
@@ -562,7 +591,7 @@ async fn add_tree(ctx: &Ctx, tx: &mpsc::Sender<RawBlob>, tree: &Tree) -> Result<
         tx.send(RawBlob {
             kind: BlobKind::Tree,
             id,
-            data: json.into(),
+            data: json,
         })
         .await
         .map_err(|_| aborted())?;
@@ -1033,6 +1062,7 @@ async fn pack_stage(
     required: usize,
     rx: mpsc::Receiver<RawBlob>,
     stored: Arc<Mutex<u64>>,
+    pool: BufferPool,
 ) -> Result<Vec<IndexPack>> {
     use futures::stream::FuturesUnordered;
     let level = config.compression_level;
@@ -1041,11 +1071,17 @@ async fn pack_stage(
         rx.recv().await.map(|b| (b, rx))
     }));
     let m2 = master.clone();
+    let zstd = Arc::new(Compressors::new(level));
     let mut encoded = blobs
         .map(move |raw| {
             let m = m2.clone();
+            let pool = pool.clone();
+            let zstd = zstd.clone();
             tokio::task::spawn_blocking(move || {
-                let sealed = m.encode_blob(raw.kind, &raw.id, &raw.data, level);
+                let mut sealed = pool.take(sealed_capacity(raw.data.len()));
+                m.encode_blob_into(raw.kind, &raw.id, &raw.data, &zstd, &mut sealed);
+                // `raw` goes back to the pool here, `sealed` when the last
+                // target has written it.
                 (raw.kind, raw.id, raw.data.len() as u32, sealed)
             })
         })
@@ -1073,7 +1109,7 @@ async fn pack_stage(
             raw_length,
         });
         pack.size += sealed.len() as u64;
-        let bytes = Bytes::from(sealed);
+        let bytes = sealed.into_bytes();
         for tx in &pack.senders {
             let _ = tx.send((bytes.clone(), false)).await;
         }
@@ -1103,6 +1139,9 @@ pub(crate) struct BackupRun {
     pub(crate) snapshot: Snapshot,
     pub(crate) targets: Vec<TargetOutcome>,
     pub(crate) unreadable: Vec<SkippedEntry>,
+    /// What the chunk and blob buffer pool did.
+    #[cfg(test)]
+    pub(crate) blob_pool: super::pool::PoolStats,
 }
 
 /// Backs `source` up to every repository of `repos` (which share a master
@@ -1186,6 +1225,9 @@ pub(crate) async fn run_backup(
         info!(parent = ?parent.as_ref().map(|p| p.id.short()), incremental, "backup started");
         let master = first.inner.master.clone();
         let config = first.inner.config.clone();
+        let workers = options.workers.max(1);
+        let readers = options.read_concurrency.max(1);
+        let max_chunk = config.chunker.max_size as usize;
         let ctx = Arc::new(Ctx {
             seed: master.chunker_seed(),
             master: master.clone(),
@@ -1194,12 +1236,21 @@ pub(crate) async fn run_backup(
             totals: Mutex::new(SnapshotTotals::default()),
             unreadable: Mutex::new(Vec::new()),
             tracker: Tracker::new("backup", options.progress.clone()),
-            read_permits: Semaphore::new(options.read_concurrency.max(1)),
+            read_permits: Semaphore::new(readers),
             incremental,
             parent_repo,
             parent_index,
+            // One window per file read at once, plus a stream source's.
+            windows: BufferPool::new(readers + 1, 2 * max_chunk),
+            // Enough idle buffers for what the pipeline holds at once
+            // (blocked readers, the blob queue, the encoders, and the
+            // per-target queues of pieces), so that once it is full it
+            // allocates nothing large.
+            blobs: BufferPool::new(
+                readers + 4 * workers + BLOBS_PER_TARGET * repos.len(),
+                sealed_capacity(max_chunk),
+            ),
         });
-        let workers = options.workers.max(1);
         let (blob_tx, blob_rx) = mpsc::channel::<RawBlob>(workers * 2);
         let stored = Arc::new(Mutex::new(0u64));
         let stop_scan = Arc::new(AtomicBool::new(false));
@@ -1242,9 +1293,21 @@ pub(crate) async fn run_backup(
             required,
             blob_rx,
             stored.clone(),
+            ctx.blobs.clone(),
         );
         let result = tokio::try_join!(walk, packing);
         stop_scan.store(true, Ordering::Relaxed);
+        let (w, b) = (ctx.windows.stats(), ctx.blobs.stats());
+        debug!(
+            windows_allocated = w.allocated,
+            windows_high_water = w.high_water,
+            blobs_allocated = b.allocated,
+            blobs_reused = b.reused,
+            blobs_high_water = b.high_water,
+            blobs_idle = b.idle,
+            blobs_idle_bytes = b.idle_bytes,
+            "buffer pools"
+        );
         let ((tree, root), new_packs) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -1310,7 +1373,13 @@ pub(crate) async fn run_backup(
             let msg: Vec<String> = outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.target))).collect();
             return Err(Error::backend(BACKEND, format!("backup committed on {ok} of {} targets, {required} required: {}", outcomes.len(), msg.join("; "))));
         }
-        Ok(BackupRun { snapshot, targets: outcomes, unreadable })
+        Ok(BackupRun {
+            snapshot,
+            targets: outcomes,
+            unreadable,
+            #[cfg(test)]
+            blob_pool: b,
+        })
     }
     .instrument(span)
     .await
@@ -1337,6 +1406,7 @@ impl Repository {
             snapshot,
             targets: mut outcomes,
             unreadable,
+            ..
         } = run_backup(
             std::slice::from_ref(self),
             MirrorPolicy::All,
@@ -1351,5 +1421,188 @@ impl Repository {
             snapshot,
             unreadable,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::SystemTime;
+
+    use futures::stream::BoxStream;
+
+    use super::*;
+    use crate::backup::repo::{CheckOptions, InitOptions, KdfParams, KeySource, ReadDataSubset};
+    use crate::backup::{
+        BackupTarget, Checksum, GetOptions, GetResult, ListOptions, ObjectKey, ObjectMeta,
+        ObjectPrefix, PutMode, PutResult,
+    };
+
+    /// An in-memory target that copies each piece of a put as it arrives
+    /// and drops it, as a target writing to a disk or a socket does.
+    #[derive(Debug, Default)]
+    struct Streaming {
+        objects: Mutex<BTreeMap<String, Bytes>>,
+    }
+
+    impl Streaming {
+        fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Bytes>> {
+            self.objects.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl BackupTarget for Streaming {
+        async fn put_opts(
+            &self,
+            key: &ObjectKey,
+            mut body: ByteStream,
+            options: PutOptions,
+        ) -> Result<PutResult> {
+            let mut data = Vec::new();
+            while let Some(piece) = body.next().await {
+                data.extend_from_slice(&piece?);
+            }
+            let mut map = self.map();
+            if options.mode == PutMode::Create && map.contains_key(key.as_str()) {
+                return Err(Error::conflict(format!("{key} exists")));
+            }
+            let result = PutResult::new(data.len() as u64, Checksum::crc32c_of(&data));
+            map.insert(key.as_str().to_owned(), data.into());
+            Ok(result)
+        }
+
+        async fn get_opts(&self, key: &ObjectKey, options: GetOptions) -> Result<GetResult> {
+            let data = self
+                .map()
+                .get(key.as_str())
+                .cloned()
+                .ok_or_else(|| Error::not_found(key.as_str()))?;
+            let len = data.len() as u64;
+            let range = match options.range {
+                Some(r) => r.resolve(len)?,
+                None => 0..len,
+            };
+            let body = data.slice(range.start as usize..range.end as usize);
+            let meta = ObjectMeta::new(key.clone(), len, SystemTime::now());
+            Ok(GetResult::new(
+                meta,
+                range,
+                stream::iter([Ok(body)]).boxed(),
+            ))
+        }
+
+        async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
+            let len = self
+                .map()
+                .get(key.as_str())
+                .map(|d| d.len() as u64)
+                .ok_or_else(|| Error::not_found(key.as_str()))?;
+            Ok(ObjectMeta::new(key.clone(), len, SystemTime::now()))
+        }
+
+        fn list_opts(
+            &self,
+            prefix: &ObjectPrefix,
+            _options: ListOptions,
+        ) -> BoxStream<'static, Result<ObjectMeta>> {
+            let items: Vec<Result<ObjectMeta>> = self
+                .map()
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix.as_str()))
+                .map(|(k, v)| {
+                    ObjectKey::new(k.clone())
+                        .map(|key| ObjectMeta::new(key, v.len() as u64, SystemTime::now()))
+                })
+                .collect();
+            stream::iter(items).boxed()
+        }
+
+        async fn delete(&self, key: &ObjectKey) -> Result<()> {
+            self.map()
+                .remove(key.as_str())
+                .map(|_| ())
+                .ok_or_else(|| Error::not_found(key.as_str()))
+        }
+    }
+
+    /// Bytes that never repeat (no chunk dedups) and compress about 2:1.
+    fn data(n: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                } else {
+                    b'a'
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipeline_recycles_its_buffers_and_stores_every_chunk_intact() {
+        let target = Arc::new(Streaming::default());
+        let key = KeySource::passphrase("pool test");
+        let repo = Repository::init(
+            target.clone(),
+            ObjectPrefix::new("repo/").unwrap(),
+            &key,
+            InitOptions::default()
+                .with_kdf(KdfParams::insecure_fast())
+                .with_chunker(ChunkerParams {
+                    min_size: 1024,
+                    avg_size: 4096,
+                    max_size: 16384,
+                })
+                .with_pack_size(1024 * 1024),
+        )
+        .await
+        .unwrap();
+        let input = data(3 << 20);
+        let source = StreamSource::from_async_read("dump.bin", io::Cursor::new(input.clone()));
+        let mut options = BackupOptions::default();
+        (options.workers, options.read_concurrency) = (2, 2);
+        let run = run_backup(
+            std::slice::from_ref(&repo),
+            MirrorPolicy::All,
+            Box::new(source),
+            options,
+        )
+        .await
+        .unwrap();
+        let chunks = run.snapshot.totals.new_chunks;
+        assert!(chunks > 300, "about 768 chunks, got {chunks}");
+        let pool = run.blob_pool;
+        // Readers + 4 × workers + one target's pieces: the most buffers the
+        // pipeline holds at once, so the pool never frees one that it will
+        // need again.
+        let bound = (2 + 4 * 2 + BLOBS_PER_TARGET) as u64;
+        assert!(
+            pool.allocated <= bound && pool.high_water as u64 <= bound,
+            "{pool:?}"
+        );
+        // No churn: a buffer is allocated only when every one made so far
+        // is in use (the one exception: the tree blob, larger than any
+        // chunk, is not kept).
+        assert!(pool.allocated <= pool.high_water as u64 + 1, "{pool:?}");
+        assert!(
+            pool.reused + pool.allocated >= 2 * chunks,
+            "each new chunk takes a buffer, and so does its sealed blob: {pool:?}"
+        );
+        // Recycled buffers carried no bytes from one blob into another:
+        // every blob decrypts and hashes to its id, and the file reads back.
+        let report = repo
+            .check(CheckOptions::read_data(ReadDataSubset::All))
+            .await
+            .unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        let id = run.snapshot.id.to_string();
+        let (_, body) = repo.restore_file_stream(&id, "dump.bin").await.unwrap();
+        let restored: Vec<Bytes> = body.try_collect().await.unwrap();
+        assert!(restored.concat() == input, "the restored file differs");
     }
 }

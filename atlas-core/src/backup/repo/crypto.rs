@@ -211,10 +211,8 @@ impl MasterKey {
         Some(buf)
     }
 
-    /// Compresses (when it pays) and encrypts one blob, in one buffer:
-    /// `nonce || E(flag || payload) || tag`. The associated data binds the
-    /// ciphertext to its kind and id, so a blob cannot be passed off as
-    /// another.
+    /// [`encode_blob_into`](Self::encode_blob_into) into a new buffer.
+    #[cfg(test)]
     pub(crate) fn encode_blob(
         &self,
         kind: BlobKind,
@@ -222,7 +220,27 @@ impl MasterKey {
         plain: &[u8],
         level: i32,
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(NONCE_LEN + 1 + plain.len() + TAG_LEN);
+        let mut out = Vec::with_capacity(sealed_capacity(plain.len()));
+        let zstd = super::pool::Compressors::new(level);
+        self.encode_blob_into(kind, id, plain, &zstd, &mut out);
+        out
+    }
+
+    /// Compresses (with `zstd`, when it pays) and encrypts one blob, in
+    /// one buffer: `nonce || E(flag || payload) || tag`, written to `out`
+    /// (cleared first; the backup pipeline reuses its buffers), which does
+    /// not grow when it has [`sealed_capacity`] bytes of capacity. The
+    /// associated data binds the ciphertext to its kind and id, so a blob
+    /// cannot be passed off as another.
+    pub(crate) fn encode_blob_into(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        plain: &[u8],
+        zstd: &super::pool::Compressors,
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         out.extend_from_slice(&nonce);
@@ -231,7 +249,7 @@ impl MasterKey {
         // Compressed output must be strictly smaller to be kept; a full
         // buffer makes zstd give up early on incompressible data.
         let limit = NONCE_LEN + plain.len();
-        match compress_into(plain, &mut out[NONCE_LEN + 1..limit], level) {
+        match zstd.compress_into(plain, &mut out[NONCE_LEN + 1..limit]) {
             Some(n) => out.truncate(NONCE_LEN + 1 + n),
             None => {
                 out[NONCE_LEN] = COMPRESSION_NONE;
@@ -247,7 +265,6 @@ impl MasterKey {
             )
             .unwrap_or_default();
         out.extend_from_slice(tag.as_slice());
-        out
     }
 
     /// Decrypts, decompresses and verifies one blob against its id.
@@ -301,26 +318,10 @@ impl MasterKey {
     }
 }
 
-thread_local! {
-    /// One zstd context per worker thread, kept across blobs: creating one
-    /// per blob costs an allocation of several hundred KiB.
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Compresses `plain` into `dest`; `None` when it does not fit (or zstd fails).
-fn compress_into(plain: &[u8], dest: &mut [u8], level: i32) -> Option<usize> {
-    if dest.is_empty() {
-        return None;
-    }
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
-        }
-        let (_, c) = slot.as_mut()?;
-        c.compress_to_buffer(plain, dest).ok()
-    })
+/// The most bytes a blob of `plain_len` bytes takes sealed: nonce,
+/// compression flag, the payload stored as is, tag.
+pub(crate) const fn sealed_capacity(plain_len: usize) -> usize {
+    NONCE_LEN + 1 + plain_len + TAG_LEN
 }
 
 fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {

@@ -180,6 +180,7 @@ impl MirrorSet {
             snapshot,
             targets,
             unreadable,
+            ..
         } = run_backup(&self.repos, self.policy, Box::new(source), options).await?;
         Ok(MirrorReport {
             snapshot,

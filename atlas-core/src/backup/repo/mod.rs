@@ -43,6 +43,7 @@ mod format;
 mod index;
 mod lock;
 mod mirror;
+mod pool;
 mod progress;
 mod prune;
 mod restore;
