@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
-use atlas_local::proxy::ProxyRouter;
+use atlas_local::proxy::{ProxyRouter, ProxyRouterBuilder};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -609,7 +609,15 @@ fn service() -> ServiceName {
 
 /// A router sending everything to the blue slot, served by `upstream`.
 async fn router_to(upstream: SocketAddr) -> ProxyRouter {
-    let router = ProxyRouter::builder(service())
+    router_with(upstream, |builder| builder).await
+}
+
+/// As [`router_to`], with options set by `configure`.
+async fn router_with(
+    upstream: SocketAddr,
+    configure: impl FnOnce(ProxyRouterBuilder) -> ProxyRouterBuilder,
+) -> ProxyRouter {
+    let router = configure(ProxyRouter::builder(service()))
         .initial_split(TrafficSplit::all_to(Slot::Blue))
         .build()
         .await
@@ -1782,16 +1790,10 @@ async fn a_pooled_connection_closed_without_an_answer_is_not_retried_for_a_post(
 async fn an_unfinished_head_gets_408_and_an_idle_connection_is_closed() {
     within(async {
         let up = ScriptedUpstream::echo_target().await;
-        let router = ProxyRouter::builder(service())
-            .initial_split(TrafficSplit::all_to(Slot::Blue))
-            .client_header_timeout(Duration::from_millis(300))
-            .build()
-            .await
-            .unwrap();
-        router
-            .set_endpoints(&service(), Slot::Blue, &[Endpoint::new("blue-0", up.addr)])
-            .await
-            .unwrap();
+        let router = router_with(up.addr, |b| {
+            b.client_header_timeout(Duration::from_millis(300))
+        })
+        .await;
 
         // Half a head, then silence: 408 and the connection closes.
         let started = std::time::Instant::now();
@@ -1878,20 +1880,10 @@ async fn a_refusal_before_a_large_body_reaches_the_client() {
 async fn a_stalled_upload_is_abandoned_after_the_client_body_timeout() {
     within(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let router = ProxyRouter::builder(service())
-            .initial_split(TrafficSplit::all_to(Slot::Blue))
-            .client_body_timeout(Duration::from_millis(300))
-            .build()
-            .await
-            .unwrap();
-        router
-            .set_endpoints(
-                &service(),
-                Slot::Blue,
-                &[Endpoint::new("blue-0", listener.local_addr().unwrap())],
-            )
-            .await
-            .unwrap();
+        let router = router_with(listener.local_addr().unwrap(), |b| {
+            b.client_body_timeout(Duration::from_millis(300))
+        })
+        .await;
 
         let mut client = Wire::connect(router.local_addr()).await;
         client
@@ -1922,20 +1914,10 @@ async fn a_stalled_upload_is_abandoned_after_the_client_body_timeout() {
 async fn an_upstream_silent_after_a_request_body_gets_504() {
     within(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let router = ProxyRouter::builder(service())
-            .initial_split(TrafficSplit::all_to(Slot::Blue))
-            .response_timeout(Duration::from_millis(300))
-            .build()
-            .await
-            .unwrap();
-        router
-            .set_endpoints(
-                &service(),
-                Slot::Blue,
-                &[Endpoint::new("blue-0", listener.local_addr().unwrap())],
-            )
-            .await
-            .unwrap();
+        let router = router_with(listener.local_addr().unwrap(), |b| {
+            b.response_timeout(Duration::from_millis(300))
+        })
+        .await;
 
         let mut client = Wire::connect(router.local_addr()).await;
         // The body comes slowly, in two parts 500 ms apart: longer than the

@@ -123,8 +123,6 @@ struct Plan {
 }
 
 enum Parsed {
-    /// The head is not complete yet.
-    Partial,
     /// The head is invalid: answer and close.
     Refused(Refusal),
     /// The proxy answers itself (no split, no endpoint, CONNECT); `close`
@@ -148,7 +146,6 @@ impl ClientConn {
                 None => return,
             };
             let keep = match plan {
-                Parsed::Partial => unreachable_partial(),
                 Parsed::Refused(refusal) => {
                     tracing::debug!(
                         status = refusal.status,
@@ -196,11 +193,10 @@ impl ClientConn {
         let mut scanned = 0;
         loop {
             if !self.client_in.is_empty() {
-                if head_may_be_complete(&self.client_in, &mut scanned) {
-                    match self.plan() {
-                        Parsed::Partial => {}
-                        parsed => return Some(parsed),
-                    }
+                if head_may_be_complete(&self.client_in, &mut scanned)
+                    && let Some(parsed) = self.plan()
+                {
+                    return Some(parsed);
                 }
                 if self.client_in.len() >= MAX_HEAD {
                     return Some(Parsed::Refused(Refusal {
@@ -229,47 +225,48 @@ impl ClientConn {
     }
 
     /// Parses the buffered request head and, for a request to relay,
-    /// chooses the slot and endpoint and writes the upstream head to `out`.
-    fn plan(&mut self) -> Parsed {
+    /// chooses the slot and endpoint and writes the upstream head to `out`;
+    /// `None` while the head is incomplete.
+    fn plan(&mut self) -> Option<Parsed> {
         let start = Instant::now();
         let mut slots = [MaybeUninit::<Header<'_>>::uninit(); MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
         let head_len = match req.parse_with_uninit_headers(&self.client_in, &mut slots) {
             Ok(Status::Complete(n)) => n,
-            Ok(Status::Partial) => return Parsed::Partial,
+            Ok(Status::Partial) => return None,
             Err(httparse::Error::TooManyHeaders) => {
-                return Parsed::Refused(Refusal {
+                return Some(Parsed::Refused(Refusal {
                     status: 431,
                     reason: "too many header fields",
-                });
+                }));
             }
             Err(_) => {
-                return Parsed::Refused(Refusal {
+                return Some(Parsed::Refused(Refusal {
                     status: 400,
                     reason: "malformed request head",
-                });
+                }));
             }
         };
         let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
-            return Parsed::Refused(Refusal {
+            return Some(Parsed::Refused(Refusal {
                 status: 400,
                 reason: "malformed request head",
-            });
+            }));
         };
         let headers: &[Header<'_>] = req.headers;
         let facts = match Facts::read(headers) {
             Ok(facts) => facts,
-            Err(refusal) => return Parsed::Refused(refusal),
+            Err(refusal) => return Some(Parsed::Refused(refusal)),
         };
         let body = match facts.request_framing(minor) {
             Ok(body) => body,
-            Err(refusal) => return Parsed::Refused(refusal),
+            Err(refusal) => return Some(Parsed::Refused(refusal)),
         };
         if facts.hosts > 1 {
-            return Parsed::Refused(Refusal {
+            return Some(Parsed::Refused(Refusal {
                 status: 400,
                 reason: "more than one Host header",
-            });
+            }));
         }
         let keep_alive = facts.persistent(minor);
         let has_body = body != Framing::Empty;
@@ -281,7 +278,7 @@ impl ClientConn {
             close: has_body || !keep_alive,
         };
         if method == "CONNECT" {
-            return local(405, "CONNECT is not supported\n", None);
+            return Some(local(405, "CONNECT is not supported\n", None));
         }
         // Absolute-form target: its authority replaces `Host` (RFC 9112 §3.2.2).
         let (path, authority) = match split_absolute(target) {
@@ -295,7 +292,7 @@ impl ClientConn {
                 Some(state) => state.route(headers, shared.sticky_name()),
                 None => {
                     shared.metrics.record_unrouted();
-                    return local(503, "no traffic split is set\n", None);
+                    return Some(local(503, "no traffic split is set\n", None));
                 }
             }
         };
@@ -303,7 +300,8 @@ impl ClientConn {
             shared
                 .metrics
                 .record(slot, Outcome::Failed(ProxyFailure::NoEndpoint), None);
-            return local(503, "no endpoint serves the chosen slot\n", Some(slot));
+            let (status, text) = failure_answer(ProxyFailure::NoEndpoint);
+            return Some(local(status, text, Some(slot)));
         };
 
         let out = &mut self.out;
@@ -343,7 +341,7 @@ impl ClientConn {
             None
         };
         out.extend_from_slice(b"\r\n");
-        Parsed::Relay(Box::new(Plan {
+        Some(Parsed::Relay(Box::new(Plan {
             head_len,
             minor,
             keep_alive,
@@ -356,7 +354,7 @@ impl ClientConn {
             attempt,
             host_mark,
             start,
-        }))
+        })))
     }
 
     /// Relays one planned exchange; returns whether the client connection
@@ -390,18 +388,7 @@ impl ClientConn {
         let mut fresh_only = false;
         let conn = loop {
             let upstream = exchange.in_flight.upstream().clone();
-            let checkout = if fresh_only {
-                upstream
-                    .connect(&shared.pool)
-                    .await
-                    .map(|stream| UpstreamConn {
-                        stream,
-                        reused: false,
-                    })
-            } else {
-                upstream.checkout(&shared.pool).await
-            };
-            let mut conn = match checkout {
+            let mut conn = match upstream.checkout(&shared.pool, !fresh_only).await {
                 Ok(conn) => conn,
                 Err(error) => {
                     tracing::trace!(slot = %plan.slot, replica = %upstream.endpoint.replica, %error, "upstream connection failed");
@@ -582,12 +569,7 @@ impl ClientConn {
         let slot = exchange.slot;
         drop(exchange);
         tracing::trace!(%slot, ?failure, "request failed in the proxy");
-        let (status, text) = match failure {
-            ProxyFailure::NoEndpoint => (503, "no endpoint serves the chosen slot\n"),
-            ProxyFailure::Unreachable => (502, "upstream unreachable\n"),
-            ProxyFailure::UpstreamFailed => (502, "upstream connection failed\n"),
-            ProxyFailure::Timeout => (504, "upstream timed out\n"),
-        };
+        let (status, text) = failure_answer(failure);
         // A body the proxy did not read leaves the connection unusable.
         let close = body != Framing::Empty;
         self.out.clear();
@@ -596,10 +578,14 @@ impl ClientConn {
     }
 }
 
-fn unreachable_partial() -> bool {
-    // `read_request` never returns `Partial`; ending the connection is the
-    // safe answer should that ever change.
-    false
+/// The proxy's own answer to a request it could not relay.
+fn failure_answer(failure: ProxyFailure) -> (u16, &'static str) {
+    match failure {
+        ProxyFailure::NoEndpoint => (503, "no endpoint serves the chosen slot\n"),
+        ProxyFailure::Unreachable => (502, "upstream unreachable\n"),
+        ProxyFailure::UpstreamFailed => (502, "upstream connection failed\n"),
+        ProxyFailure::Timeout => (504, "upstream timed out\n"),
+    }
 }
 
 impl Refusal {
@@ -989,30 +975,22 @@ where
             let mut first = true;
             loop {
                 if !buf.is_empty() {
-                    let decode = head.decode_chunks;
-                    let (n, decoded) = {
-                        let input = &buf[..];
-                        let mut decoded: Vec<std::ops::Range<usize>> = Vec::new();
-                        match scanner.scan(input, |range| {
-                            if decode {
-                                decoded.push(range);
-                            }
-                        }) {
-                            Ok(n) => (n, decoded),
-                            Err(error) => {
-                                tracing::debug!(reason = error.0, "invalid chunked response body");
-                                return broke;
-                            }
-                        }
-                    };
-                    if decode {
-                        for range in decoded {
-                            out.extend_from_slice(&buf[range]);
-                        }
+                    // Passed through as it came, or only the chunk data for
+                    // an HTTP/1.0 client.
+                    let scanned = if head.decode_chunks {
+                        scanner.scan(buf, |data| out.extend_from_slice(&buf[data]))
                     } else {
-                        out.extend_from_slice(&buf[..n]);
+                        scanner
+                            .scan(buf, |_| {})
+                            .inspect(|&n| out.extend_from_slice(&buf[..n]))
+                    };
+                    match scanned {
+                        Ok(n) => buf.advance(n),
+                        Err(error) => {
+                            tracing::debug!(reason = error.0, "invalid chunked response body");
+                            return broke;
+                        }
                     }
-                    buf.advance(n);
                 }
                 if !out.is_empty() || first {
                     if w.write_all(out).await.is_err() {

@@ -117,14 +117,18 @@ impl Upstream {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A pooled connection that is still open, or a new one.
+    /// A pooled connection that is still open (when `reuse`), or a new one.
     ///
     /// # Errors
     ///
     /// The connect error (refused, unreachable, timeout) when no pooled
-    /// connection was available and a new one could not be made.
-    pub(crate) async fn checkout(&self, pool: &PoolConfig) -> Result<UpstreamConn, BoxError> {
-        if let Some(stream) = self.idle_connection(pool) {
+    /// connection was taken and a new one could not be made.
+    pub(crate) async fn checkout(
+        &self,
+        pool: &PoolConfig,
+        reuse: bool,
+    ) -> Result<UpstreamConn, BoxError> {
+        if reuse && let Some(stream) = self.idle_connection(pool) {
             return Ok(UpstreamConn {
                 stream,
                 reused: true,
@@ -147,7 +151,7 @@ impl Upstream {
     }
 
     /// A new connection to the endpoint.
-    pub(crate) async fn connect(&self, pool: &PoolConfig) -> Result<TcpStream, BoxError> {
+    async fn connect(&self, pool: &PoolConfig) -> Result<TcpStream, BoxError> {
         let addr = self.endpoint.addr;
         let stream =
             match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(addr)).await {
