@@ -192,11 +192,7 @@ fn main() -> ExitCode {
         // One rustls provider for the cloud SDKs (see atlas-storage's docs).
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
-    let code = atlas_examples::main_support::run("atlas_backup", run(global));
-    if code == ExitCode::SUCCESS && INCOMPLETE.load(std::sync::atomic::Ordering::Relaxed) {
-        return ExitCode::from(3);
-    }
-    code
+    atlas_examples::main_support::run_with_status("atlas_backup", run(global))
 }
 
 /// glibc gives threads their own malloc arenas (up to 8 per core) and keeps
@@ -254,10 +250,10 @@ async fn open_all(g: &Global) -> Result<Vec<Repository>, Failure> {
     Ok(repos)
 }
 
-async fn run(g: Global) -> atlas_examples::main_support::ProgramResult {
-    match g.command.as_str() {
+async fn run(g: Global) -> atlas_examples::main_support::StatusResult {
+    let ok = match g.command.as_str() {
         "init" => init(&g).await,
-        "backup" => backup(&g).await,
+        "backup" => return backup(&g).await,
         "snapshots" => snapshots(&g).await,
         "restore" => restore(&g).await,
         "check" => check(&g).await,
@@ -269,7 +265,12 @@ async fn run(g: Global) -> atlas_examples::main_support::ProgramResult {
         "sync" => sync_all(&g).await,
         "key" => key(&g).await,
         other => Err(format!("unknown command `{other}`\n{USAGE}").into()),
-    }
+    }?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn init(g: &Global) -> atlas_examples::main_support::ProgramResult {
@@ -300,7 +301,9 @@ fn parse_kind(text: &str) -> Result<BackupKind, Failure> {
     })
 }
 
-async fn backup(g: &Global) -> atlas_examples::main_support::ProgramResult {
+/// Exits 0, or 3 when the snapshot was saved without some source entries
+/// that could not be read (restic's convention).
+async fn backup(g: &Global) -> atlas_examples::main_support::StatusResult {
     let f = Flags::parse(&g.rest, &["--kind", "--tag", "--host", "--stdin"], &[])?;
     let repos = open_all(g).await?;
     let mut options = BackupOptions::default();
@@ -381,14 +384,10 @@ async fn backup(g: &Global) -> atlas_examples::main_support::ProgramResult {
         if report.unreadable.len() > SHOWN {
             println!("    … and {} more", report.unreadable.len() - SHOWN);
         }
-        INCOMPLETE.store(true, std::sync::atomic::Ordering::Relaxed);
+        return Ok(ExitCode::from(3));
     }
-    Ok(true)
+    Ok(ExitCode::SUCCESS)
 }
-
-/// Set when a snapshot was saved without some source entries: the exit
-/// status is then 3 (restic's convention) instead of 0.
-static INCOMPLETE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn snapshots(g: &Global) -> atlas_examples::main_support::ProgramResult {
     let repos = open_all(g).await?;

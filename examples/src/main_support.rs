@@ -8,6 +8,9 @@ use std::process::ExitCode;
 /// (`Ok(false)`, already explained on stdout), or an error.
 pub type ProgramResult = Result<bool, Box<dyn std::error::Error>>;
 
+/// The result of a reference program that picks its own exit status.
+pub type StatusResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
 /// Installs a `tracing` subscriber writing to stderr, filtered by
 /// `RUST_LOG` or else by `default_filter` (e.g. `"error"`, `"warn"`).
 pub fn init_tracing(default_filter: &str) {
@@ -27,6 +30,23 @@ pub fn run<F>(name: &str, program: F) -> ExitCode
 where
     F: Future<Output = ProgramResult>,
 {
+    run_with_status(name, async {
+        program.await.map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        })
+    })
+}
+
+/// As [`run`], for a program that returns its exit status itself; an
+/// error is printed with `name` and exits with 1.
+pub fn run_with_status<F>(name: &str, program: F) -> ExitCode
+where
+    F: Future<Output = StatusResult>,
+{
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,8 +58,7 @@ where
         }
     };
     match runtime.block_on(program) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("{name} failed: {e}");
             ExitCode::FAILURE
