@@ -124,14 +124,9 @@ impl Repository {
     /// reported in [`CheckReport::problems`].
     pub async fn check(&self, options: CheckOptions) -> Result<CheckReport> {
         let span = info_span!("check", read_data = ?options.read_data);
-        async move {
-            let lock = self.lock(false, "check").await?;
-            let r = self.check_locked(options).await;
-            lock.release().await;
-            r
-        }
-        .instrument(span)
-        .await
+        self.under_lock(false, "check", self.check_locked(options))
+            .instrument(span)
+            .await
     }
 
     async fn check_locked(&self, options: CheckOptions) -> Result<CheckReport> {

@@ -161,6 +161,20 @@ impl Repository {
         self.lock_with_ttl(exclusive, action, LOCK_TTL).await
     }
 
+    /// Runs `work` under a [`lock`](Self::lock), releasing it whatever
+    /// `work` returns.
+    pub(crate) async fn under_lock<T>(
+        &self,
+        exclusive: bool,
+        action: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let lock = self.lock(exclusive, action).await?;
+        let result = work.await;
+        lock.release().await;
+        result
+    }
+
     /// [`lock`](Self::lock) with a custom time to live (refreshed every
     /// third of it).
     ///

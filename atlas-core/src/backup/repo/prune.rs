@@ -101,25 +101,19 @@ impl Repository {
             for id in ids {
                 resolved.push(self.snapshot(id).await?.id);
             }
-            let lock = self.lock(false, "forget").await?;
-            let mut done = Vec::new();
-            for id in resolved {
-                match self
-                    .inner
-                    .target
-                    .delete_if_exists(&self.inner.layout.snapshot(&id)?)
-                    .await
-                {
-                    Ok(_) => done.push(id),
-                    Err(e) => {
-                        lock.release().await;
-                        return Err(e);
-                    }
+            self.under_lock(false, "forget", async {
+                let mut done = Vec::new();
+                for id in resolved {
+                    self.inner
+                        .target
+                        .delete_if_exists(&self.inner.layout.snapshot(&id)?)
+                        .await?;
+                    info!(snapshot = %id.short(), "forgot snapshot");
+                    done.push(id);
                 }
-                info!(snapshot = %id.short(), "forgot snapshot");
-            }
-            lock.release().await;
-            Ok(done)
+                Ok(done)
+            })
+            .await
         }
         .instrument(span)
         .await
@@ -144,14 +138,9 @@ impl Repository {
             ));
         }
         let span = info_span!("prune", dry_run = options.dry_run);
-        async move {
-            let lock = self.lock(true, "prune").await?;
-            let r = self.prune_locked(options).await;
-            lock.release().await;
-            r
-        }
-        .instrument(span)
-        .await
+        self.under_lock(true, "prune", self.prune_locked(options))
+            .instrument(span)
+            .await
     }
 
     async fn prune_locked(&self, options: PruneOptions) -> Result<PruneReport> {
