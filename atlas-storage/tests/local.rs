@@ -14,19 +14,12 @@ use atlas_core::testing::conformance::backup_target::{self as suite, SuiteConfig
 use atlas_core::testing::{Fault, FaultError};
 use atlas_storage::{FsTarget, MemoryTarget};
 use bytes::Bytes;
+use common::init_tracing;
 use futures::stream::{self, StreamExt};
 
-const MIB: u64 = 1024 * 1024;
+mod common;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,atlas_core=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+const MIB: u64 = 1024 * 1024;
 
 fn key(s: &str) -> ObjectKey {
     ObjectKey::new(s).unwrap()
