@@ -16,9 +16,8 @@
 //!   step (and the hook) again.
 //!
 //! Because a crash can interrupt a step and a resumed engine re-runs it,
-//! hooks must be idempotent. The migration hook in
-//! [`migrate`](crate::migrate) is: applying already-applied migrations is a
-//! no-op.
+//! hooks must be idempotent. The migration hook of the `atlas-migrate`
+//! crate is: applying already-applied migrations is a no-op.
 //!
 //! ```
 //! use std::sync::Arc;

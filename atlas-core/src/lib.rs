@@ -7,6 +7,12 @@
 //! [`MetricProvider`], [`StateStore`], [`Notifier`], [`RolloutHook`] — persisting its state
 //! after every step so a crashed controller resumes where it stopped.
 //!
+//! It also holds the contracts the other engines and adapters meet: the
+//! backup-target object contract ([`backup`]) and the migration-driver
+//! contract ([`migration`]). The engines built on them live in their own
+//! crates, `atlas-backup` and `atlas-migrate`, so a tool that only rolls
+//! out compiles no compression, cryptography or SQL parser.
+//!
 //! `atlas-core` does no network I/O. Adapters live in their own crates:
 //! `atlas-local` (processes behind Atlas's own proxy), `atlas-k8s`,
 //! `atlas-storage`, `atlas-metrics`. With the `testing` feature, the
@@ -30,7 +36,7 @@ pub mod events;
 pub mod hooks;
 pub mod judge;
 pub mod metrics;
-pub mod migrate;
+pub mod migration;
 pub mod notify;
 pub mod probe;
 pub mod rollout;

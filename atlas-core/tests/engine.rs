@@ -8,11 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use atlas_core::analysis::AnalysisMetric;
 use atlas_core::hooks::{HookContext, HookPoint, RolloutHook};
-use atlas_core::migrate::testing::MemoryDriver;
-use atlas_core::migrate::{BackupPolicy, MigrationHook, MigrationSet, Migrator, MigratorConfig};
 use atlas_core::testing::{
-    CollectingNotifier, Fault, FaultError, FaultPlan, MemoryStateStore, Method, MockWorkloads,
-    ProbeKey, ProbeScript, RecordingRouter, RouterCall, ScriptedMetrics, ScriptedProbe,
+    CollectingNotifier, Fault, FaultError, FaultPlan, MemoryDriver, MemoryStateStore, Method,
+    MockWorkloads, ProbeKey, ProbeScript, RecordingRouter, RouterCall, ScriptedMetrics,
+    ScriptedProbe,
 };
 use atlas_core::{
     AnalysisTemplate, BlueGreen, Canary, CanaryStep, Engine, ErrorKind, EventKind, Measurement,
@@ -988,97 +987,6 @@ fn engine_with_hooks(
         b = b.hook(h);
     }
     b.build().unwrap()
-}
-
-fn expand_contract_set() -> MigrationSet {
-    MigrationSet::from_sources([
-        (
-            "V1__accounts.sql",
-            "CREATE TABLE accounts (id bigint PRIMARY KEY, legacy text);",
-        ),
-        (
-            "V2__add_plan.sql",
-            "-- atlas:phase expand\nALTER TABLE accounts ADD COLUMN plan text;",
-        ),
-        (
-            "V3__drop_legacy.sql",
-            "-- atlas:phase contract\nALTER TABLE accounts DROP COLUMN legacy;",
-        ),
-    ])
-    .unwrap()
-}
-
-#[tokio::test(start_paused = true)]
-async fn migration_hook_expands_before_the_new_slot_and_contracts_after_the_old_is_gone() {
-    let w = World::new().await;
-    let driver = MemoryDriver::new();
-    let migrator =
-        Migrator::new(driver.clone(), expand_contract_set()).with_config(MigratorConfig {
-            backup: BackupPolicy::Disabled,
-            ..MigratorConfig::default()
-        });
-    let migrations = Arc::new(MigrationHook::new(Arc::new(migrator)));
-    // The spy runs after the migration hook and sees what it left.
-    let spy = SpyHook::new(&w, Some(driver.clone()), None, 0);
-    let engine = engine_with_hooks(
-        &w,
-        Arc::new(w.store.clone()),
-        vec![migrations.clone(), spy.clone()],
-    );
-    let mut events = engine.subscribe();
-    let outcome = engine
-        .start(blue_green(&w.svc))
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
-    assert_eq!(
-        outcome,
-        Outcome::Promoted {
-            version: "v2".into()
-        }
-    );
-    w.assert_promoted(2);
-    assert_eq!(
-        spy.seen(),
-        [
-            HookSighting {
-                point: HookPoint::BeforeDeploy,
-                green_replicas: 0,
-                blue_replicas: 2,
-                split: Some(TrafficSplit::all_to(Slot::Blue)),
-                applied: vec![1, 2],
-            },
-            HookSighting {
-                point: HookPoint::AfterScaleDown,
-                green_replicas: 2,
-                blue_replicas: 0,
-                split: Some(TrafficSplit::all_to(Slot::Green)),
-                applied: vec![1, 2, 3],
-            },
-        ]
-    );
-    let reports: Vec<(HookPoint, Vec<u64>)> = migrations
-        .reports()
-        .into_iter()
-        .map(|(p, r)| (p, r.versions.iter().map(|v| v.0).collect()))
-        .collect();
-    assert_eq!(
-        reports,
-        [
-            (HookPoint::BeforeDeploy, vec![1, 2]),
-            (HookPoint::AfterScaleDown, vec![3]),
-        ]
-    );
-    let mut hook_events = Vec::new();
-    while let Ok(e) = events.try_recv() {
-        if let EventKind::HookRan { hook, point, error } = e.kind {
-            hook_events.push((hook, point, error.is_none()));
-        }
-    }
-    assert_eq!(hook_events.len(), 4, "{hook_events:?}");
-    assert!(hook_events.iter().all(|(_, _, ok)| *ok));
 }
 
 #[tokio::test(start_paused = true)]

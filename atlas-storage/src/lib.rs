@@ -1,6 +1,6 @@
 //! Where Atlas's data lives: the backup targets behind
 //! [`atlas_core::backup::BackupTarget`], and the database drivers behind
-//! [`atlas_core::migrate::MigrationDriver`].
+//! [`atlas_core::migration::MigrationDriver`].
 //!
 //! | target | feature | backend |
 //! |---|---|---|

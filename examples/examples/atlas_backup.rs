@@ -1,6 +1,6 @@
 //! `atlas_backup`: the reference command line for Atlas's backup engine —
 //! deduplicated, compressed, encrypted snapshots in one or several
-//! repositories, as restic does, embeddable as `atlas_core::backup::repo`.
+//! repositories, as restic does, embeddable as `atlas_backup::repo`.
 //!
 //! ```text
 //! atlas_backup [--repo URL]... [--quorum N] [--password-file FILE] [--quiet] COMMAND
@@ -45,12 +45,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use atlas_core::backup::repo::{
+use atlas_backup::repo::{
     BackupKind, BackupOptions, CheckOptions, DirectorySource, InitOptions, KdfParams, KeySource,
     MirrorPolicy, MirrorSet, Progress, PruneOptions, ReadDataSubset, Repository, RestoreOptions,
     Snapshot, StreamSource, progress_channel, sync,
 };
-use atlas_core::backup::retention::{GroupBy, KeepCount, KeepWithin, RetentionPolicy, TagSet};
+use atlas_backup::retention::{GroupBy, KeepCount, KeepWithin, RetentionPolicy, TagSet};
 use atlas_storage::url::TargetUrl;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;

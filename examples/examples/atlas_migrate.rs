@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use atlas_core::backup::ObjectPrefix;
-use atlas_core::migrate::{
+use atlas_migrate::{
     BackupPolicy, LintSeverity, MigrationSet, Migrator, MigratorConfig, Plan, Version,
 };
 use atlas_storage::FsTarget;
@@ -103,7 +103,7 @@ fn print_plan(plan: &Plan) {
     print_lint(&plan.lint);
 }
 
-fn print_lint(report: &atlas_core::migrate::LintReport) {
+fn print_lint(report: &atlas_migrate::LintReport) {
     for finding in &report.findings {
         println!("{finding}");
     }
@@ -212,7 +212,7 @@ fn list(versions: &[Version]) -> String {
 struct Offline;
 
 #[async_trait::async_trait]
-impl atlas_core::migrate::MigrationDriver for Offline {
+impl atlas_migrate::MigrationDriver for Offline {
     async fn lock(&self) -> atlas_core::Result<()> {
         Err(offline())
     }
@@ -222,19 +222,16 @@ impl atlas_core::migrate::MigrationDriver for Offline {
     async fn ensure_history(&self) -> atlas_core::Result<()> {
         Err(offline())
     }
-    async fn history(&self) -> atlas_core::Result<Vec<atlas_core::migrate::AppliedMigration>> {
+    async fn history(&self) -> atlas_core::Result<Vec<atlas_migrate::AppliedMigration>> {
         Err(offline())
     }
     async fn apply(
         &self,
-        _step: &atlas_core::migrate::MigrationStep<'_>,
-    ) -> Result<std::time::Duration, atlas_core::migrate::StepError> {
-        Err(atlas_core::migrate::StepError::rolled_back(offline()))
+        _step: &atlas_migrate::MigrationStep,
+    ) -> Result<std::time::Duration, atlas_migrate::StepError> {
+        Err(atlas_migrate::StepError::rolled_back(offline()))
     }
-    async fn put_history(
-        &self,
-        _row: &atlas_core::migrate::AppliedMigration,
-    ) -> atlas_core::Result<()> {
+    async fn put_history(&self, _row: &atlas_migrate::AppliedMigration) -> atlas_core::Result<()> {
         Err(offline())
     }
     async fn delete_history(&self, _version: Version) -> atlas_core::Result<()> {

@@ -3,7 +3,7 @@
 //! Atlas's local runtime (processes behind its own proxy).
 //!
 //! Each release carries its migrations as a
-//! [`MigrationHook`](atlas_core::migrate::MigrationHook) on the engine that
+//! [`MigrationHook`](atlas_migrate::MigrationHook) on the engine that
 //! rolls it out:
 //! 1. v1 of the app is rolled out with migration V1.
 //! 2. v2 is rolled out blue → green with V2 and V3: the engine applies the
@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atlas_core::backup::ObjectPrefix;
-use atlas_core::migrate::{BackupPolicy, MigrationHook, MigrationSet, Migrator, MigratorConfig};
 use atlas_core::{
     BlueGreen, Engine, EventKind, Outcome, ProbePolicy, Release, Rollout, ServiceName, Slot,
     Strategy, Workloads,
@@ -35,6 +34,7 @@ use atlas_local::file_store::FileStateStore;
 use atlas_local::process::{ProcessWorkloads, Readiness};
 use atlas_local::proxy::ProxyRouter;
 use atlas_metrics::probe::HttpProbe;
+use atlas_migrate::{BackupPolicy, MigrationHook, MigrationSet, Migrator, MigratorConfig};
 use atlas_storage::FsTarget;
 use atlas_storage::postgres::PostgresDriver;
 

@@ -12,12 +12,9 @@
 //! The targets live in `atlas-storage` (filesystem, memory, S3, GCS, Azure
 //! Blob); they share the retry policy of [`retry`].
 //!
-//! [`repo`] is the backup repository engine built on them: deduplicated,
-//! compressed, encrypted snapshots (format: `atlas-core/docs/backup-format.md`).
-//! [`retention`] decides which snapshots to keep (restic's `forget` rules,
-//! in UTC); [`schedule`] says when full, incremental and point-in-time
-//! backups run (cron, UTC) and runs them with a [`schedule::Scheduler`]. With the `testing`
-//! feature, `atlas_core::testing::conformance::backup_target` is the suite
+//! The backup repository engine built on them (deduplicated, compressed,
+//! encrypted snapshots, retention and schedules) is the `atlas-backup` crate.
+//! With the `testing` feature, `atlas_core::testing::conformance::backup_target` is the suite
 //! every target passes and `atlas_core::testing::backup_faults` injects
 //! failures.
 //!
@@ -37,10 +34,7 @@
 
 mod key;
 mod object;
-pub mod repo;
-pub mod retention;
 pub mod retry;
-pub mod schedule;
 mod target;
 
 pub use key::{MAX_KEY_LEN, ObjectKey, ObjectPrefix};

@@ -83,6 +83,7 @@ pub mod backup_faults;
 pub mod conformance;
 mod fault;
 mod metrics;
+mod migration;
 mod notify;
 mod probe;
 mod router;
@@ -93,6 +94,7 @@ pub use fault::{
     CallCounts, DEFAULT_SEED, FAULT_BACKEND, Fault, FaultError, FaultPlan, Faulty, Method,
 };
 pub use metrics::{MetricAnswer, RecordedQuery, ScriptedMetrics};
+pub use migration::{MemoryDriver, RecordedRun};
 pub use notify::CollectingNotifier;
 pub use probe::{ProbeKey, ProbeScript, ScriptedProbe};
 pub use router::{RecordingRouter, RouterCall};

@@ -26,11 +26,11 @@
 //!   rustls crypto providers must install one first (see the crate docs).
 
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use atlas_core::backup::{BackupTarget, BackupTargetExt, ObjectKey};
-use atlas_core::migrate::{
+use atlas_core::migration::{
     AppliedMigration, BackupRecord, MigrationDriver, MigrationPhase, MigrationStep, StepError,
     StepKind, Version,
 };
@@ -246,7 +246,7 @@ type Invariants = Vec<(String, Vec<String>, TableState)>;
 
 async fn capture_invariants(
     client: &impl tokio_postgres::GenericClient,
-    step: &MigrationStep<'_>,
+    step: &MigrationStep,
 ) -> Result<Invariants> {
     let mut out = Vec::new();
     for table in &step.invariants {
@@ -259,7 +259,7 @@ async fn capture_invariants(
 
 async fn check_invariants(
     client: &impl tokio_postgres::GenericClient,
-    step: &MigrationStep<'_>,
+    step: &MigrationStep,
     before: &Invariants,
 ) -> Result<()> {
     for (table, columns, was) in before {
@@ -268,7 +268,7 @@ async fn check_invariants(
             return Err(Error::precondition(format!(
                 "table invariant broken by {}: {table} had {} rows (md5 {}), now {} (md5 {}); \
                  declare `-- atlas:allow-data-change {table}` if the change is intended",
-                step.script.file, was.rows, was.md5, now.rows, now.md5
+                step.file, was.rows, was.md5, now.rows, now.md5
             )));
         }
     }
@@ -417,9 +417,9 @@ impl PostgresDriver {
 
     async fn verify(
         client: &impl tokio_postgres::GenericClient,
-        step: &MigrationStep<'_>,
+        step: &MigrationStep,
     ) -> Result<()> {
-        for query in &step.script.directives.verify {
+        for query in &step.verify {
             let row = client
                 .query_opt(query.as_str(), &[])
                 .await
@@ -428,40 +428,26 @@ impl PostgresDriver {
             if ok != Some(true) {
                 return Err(Error::precondition(format!(
                     "verify query of {} did not return true: {query}",
-                    step.script.file
+                    step.file
                 )));
             }
-            debug!(file = %step.script.file, %query, "verify query passed");
+            debug!(file = %step.file, %query, "verify query passed");
         }
         Ok(())
-    }
-
-    fn row_of(step: &MigrationStep<'_>, took: Duration) -> AppliedMigration {
-        let m = step.migration;
-        AppliedMigration {
-            version: m.version,
-            name: m.name.clone(),
-            checksum: m.checksum().to_owned(),
-            phase: m.phase(),
-            applied_at: SystemTime::now(),
-            duration: took,
-            success: true,
-            baseline: false,
-        }
     }
 
     async fn record(
         &self,
         client: &impl tokio_postgres::GenericClient,
-        step: &MigrationStep<'_>,
+        step: &MigrationStep,
         took: Duration,
     ) -> Result<()> {
         match step.kind {
-            StepKind::Up => Self::insert_row(client, &self.table, &Self::row_of(step, took)).await,
+            StepKind::Up => Self::insert_row(client, &self.table, &step.history_row(took)).await,
             StepKind::Down => {
                 let sql = format!("DELETE FROM {} WHERE version = $1", self.table);
                 client
-                    .execute(&sql, &[&to_i64(step.migration.version)?])
+                    .execute(&sql, &[&to_i64(step.version)?])
                     .await
                     .map_err(|e| db_err("writing the history", e))?;
                 Ok(())
@@ -469,7 +455,7 @@ impl PostgresDriver {
         }
     }
 
-    fn timeouts(step: &MigrationStep<'_>, local: bool) -> String {
+    fn timeouts(step: &MigrationStep, local: bool) -> String {
         let scope = if local { "SET LOCAL" } else { "SET" };
         let mut sql = String::new();
         if let Some(t) = step.lock_timeout {
@@ -484,7 +470,7 @@ impl PostgresDriver {
     async fn apply_in_transaction(
         &self,
         client: &mut Client,
-        step: &MigrationStep<'_>,
+        step: &MigrationStep,
     ) -> Result<Duration> {
         let started = Instant::now();
         let tx = client
@@ -498,31 +484,31 @@ impl PostgresDriver {
                 .map_err(|e| db_err("setting timeouts", e))?;
         }
         let invariants = capture_invariants(&tx, step).await?;
-        tx.batch_execute(&step.script.sql)
+        tx.batch_execute(&step.sql)
             .await
-            .map_err(|e| db_err(&format!("running {}", step.script.file), e))?;
+            .map_err(|e| db_err(&format!("running {}", step.file), e))?;
         Self::verify(&tx, step).await?;
         check_invariants(&tx, step, &invariants).await?;
         let took = started.elapsed();
         self.record(&tx, step, took).await?;
         tx.commit()
             .await
-            .map_err(|e| db_err(&format!("committing {}", step.script.file), e))?;
+            .map_err(|e| db_err(&format!("committing {}", step.file), e))?;
         Ok(took)
     }
 
     async fn apply_outside_transaction(
         &self,
         client: &Client,
-        step: &MigrationStep<'_>,
+        step: &MigrationStep,
     ) -> Result<Duration> {
         let started = Instant::now();
         let invariants = capture_invariants(client, step).await?;
-        for statement in step.script.statements() {
+        for statement in &step.statements {
             client
-                .batch_execute(&statement)
+                .batch_execute(statement)
                 .await
-                .map_err(|e| db_err(&format!("running {}", step.script.file), e))?;
+                .map_err(|e| db_err(&format!("running {}", step.file), e))?;
         }
         Self::verify(client, step).await?;
         check_invariants(client, step, &invariants).await?;
@@ -621,8 +607,8 @@ impl MigrationDriver for PostgresDriver {
             .collect()
     }
 
-    #[tracing::instrument(skip(self, step), fields(file = %step.script.file, transactional = step.transactional()))]
-    async fn apply(&self, step: &MigrationStep<'_>) -> Result<Duration, StepError> {
+    #[tracing::instrument(skip(self, step), fields(file = %step.file, transactional = step.transactional()))]
+    async fn apply(&self, step: &MigrationStep) -> Result<Duration, StepError> {
         let mut client = self.client.lock().await;
         if step.transactional() {
             return self

@@ -1,0 +1,157 @@
+//! The in-memory index: blob id -> (pack, offset, length), merged from every
+//! index file of a repository.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::stream::{StreamExt, TryStreamExt};
+use tracing::debug;
+
+use super::format::{BlobId, BlobKind, IndexBlob, IndexFile, IndexPack, PackId};
+use super::{BACKEND, Layout, Repository};
+use atlas_core::backup::BackupTargetExt;
+use atlas_core::error::{Error, Result};
+
+/// Where one blob lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlobLoc {
+    pub(crate) pack: u32,
+    pub(crate) kind: BlobKind,
+    pub(crate) offset: u32,
+    pub(crate) length: u32,
+    pub(crate) raw_length: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    packs: Vec<(PackId, u64)>,
+    pack_pos: HashMap<PackId, u32>,
+    blobs: HashMap<BlobId, BlobLoc>,
+    /// Names of the index files this was loaded from.
+    pub(crate) files: Vec<String>,
+}
+
+impl Index {
+    pub(crate) async fn load(repo: &Repository) -> Result<Index> {
+        let inner = &repo.inner;
+        let metas = inner.target.list_all(&inner.layout.indexes()?).await?;
+        let files: Vec<(String, IndexFile)> = futures::stream::iter(metas)
+            .map(|m| async move {
+                let sealed = inner.target.get_bytes(&m.key).await?;
+                let what = format!("index file {}", m.key);
+                let plain = inner.master.open_file("index", &what, &sealed)?;
+                let file: IndexFile = serde_json::from_slice(&plain).map_err(|e| {
+                    Error::backend(BACKEND, format!("{what}: not a valid index: {e}"))
+                })?;
+                Ok::<_, Error>((Layout::name_of(&m.key).to_owned(), file))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        let superseded: HashSet<&str> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().map(String::as_str))
+            .collect();
+        let mut index = Index::default();
+        for (name, file) in &files {
+            if superseded.contains(name.as_str()) {
+                continue;
+            }
+            for p in &file.packs {
+                index.add_pack(p);
+            }
+            index.files.push(name.clone());
+        }
+        debug!(
+            files = index.files.len(),
+            packs = index.packs.len(),
+            blobs = index.blobs.len(),
+            "loaded index"
+        );
+        Ok(index)
+    }
+
+    pub(crate) fn add_pack(&mut self, p: &IndexPack) {
+        let pos = match self.pack_pos.get(&p.id) {
+            Some(pos) => *pos,
+            None => {
+                let pos = self.packs.len() as u32;
+                self.packs.push((p.id, p.size));
+                self.pack_pos.insert(p.id, pos);
+                pos
+            }
+        };
+        for b in &p.blobs {
+            self.blobs.entry(b.id).or_insert(BlobLoc {
+                pack: pos,
+                kind: b.kind,
+                offset: b.offset,
+                length: b.length,
+                raw_length: b.raw_length,
+            });
+        }
+    }
+
+    pub(crate) fn get(&self, id: &BlobId) -> Option<BlobLoc> {
+        self.blobs.get(id).copied()
+    }
+
+    pub(crate) fn contains(&self, id: &BlobId) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    pub(crate) fn pack_id(&self, pos: u32) -> PackId {
+        self.packs[pos as usize].0
+    }
+
+    pub(crate) fn packs(&self) -> &[(PackId, u64)] {
+        &self.packs
+    }
+
+    pub(crate) fn has_pack(&self, id: &PackId) -> bool {
+        self.pack_pos.contains_key(id)
+    }
+
+    pub(crate) fn blob_ids(&self) -> impl Iterator<Item = &BlobId> {
+        self.blobs.keys()
+    }
+
+    /// Every pack with every blob that the index places in it (a blob stored
+    /// twice is listed in the pack the index uses).
+    pub(crate) fn by_pack(&self) -> Vec<IndexPack> {
+        let mut out: Vec<IndexPack> = self
+            .packs
+            .iter()
+            .map(|(id, size)| IndexPack {
+                id: *id,
+                size: *size,
+                blobs: Vec::new(),
+            })
+            .collect();
+        for (id, loc) in &self.blobs {
+            out[loc.pack as usize].blobs.push(IndexBlob {
+                id: *id,
+                kind: loc.kind,
+                offset: loc.offset,
+                length: loc.length,
+                raw_length: loc.raw_length,
+            });
+        }
+        for p in &mut out {
+            p.blobs.sort_by_key(|b| b.offset);
+        }
+        out
+    }
+}
+
+/// Writes `packs` as a new index file, returning its name.
+pub(crate) async fn write_index(
+    repo: &Repository,
+    packs: Vec<IndexPack>,
+    supersedes: Vec<String>,
+) -> Result<String> {
+    let name = PackId::random().to_hex();
+    let file = IndexFile { supersedes, packs };
+    repo.write_file(&repo.inner.layout.index(&name)?, "index", &file, true)
+        .await?;
+    Ok(name)
+}

@@ -1,0 +1,271 @@
+//! Repository locks: shared for backups (and sync, forget), exclusive for
+//! prune. Lock objects are created with a conditional put, carry their holder
+//! and an expiry, and are refreshed while held.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::format::{LockFile, PackId};
+use super::{Layout, Repository};
+use atlas_core::backup::{BackupTargetExt, ObjectKey};
+use atlas_core::error::{Error, ErrorKind, Result};
+
+/// How long a lock lives without a refresh. A holder refreshes it every
+/// third of this, so an expired lock means its holder stopped (crashed or
+/// was cut off) at least 20 minutes ago.
+pub(crate) const LOCK_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// A lock found in a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// The lock object's id.
+    pub id: String,
+    /// Exclusive (prune) or shared (backup, sync, forget).
+    pub exclusive: bool,
+    /// Who holds it: `host pid action`.
+    pub holder: String,
+    /// When it was taken.
+    pub created: SystemTime,
+    /// When it expires unless refreshed.
+    pub expires: SystemTime,
+}
+
+impl LockInfo {
+    /// Whether the lock is past its expiry at `now`.
+    pub fn is_stale(&self, now: SystemTime) -> bool {
+        self.expires <= now
+    }
+}
+
+/// A held lock. Refreshed in the background while alive; call
+/// [`release`](Self::release) to remove it (dropping it removes it too, in
+/// the background, when a tokio runtime is running).
+pub struct LockGuard {
+    repo: Repository,
+    key: Option<ObjectKey>,
+    stop: Option<oneshot::Sender<()>>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    /// Removes the lock.
+    pub async fn release(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Wait out a refresh in progress, so it cannot recreate the lock
+        // after the delete below.
+        if let Some(task) = self.refresher.take() {
+            let _ = task.await;
+        }
+        if let Some(key) = self.key.take() {
+            if let Err(e) = self.repo.inner.target.delete_if_exists(&key).await {
+                warn!(lock = %key, error = %e, "could not remove a lock; it will expire");
+            } else {
+                debug!(lock = %key, "released lock");
+            }
+        }
+    }
+
+    /// Stops refreshing and forgets the lock without removing it, as a
+    /// crashed process would. For tests of stale-lock handling.
+    pub fn leak(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.key = None;
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(key) = self.key.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let target = self.repo.inner.target.clone();
+            handle.spawn(async move {
+                let _ = target.delete_if_exists(&key).await;
+            });
+        }
+    }
+}
+
+fn holder(action: &str) -> String {
+    format!(
+        "{} pid {} {action}",
+        super::backup::default_host(),
+        std::process::id()
+    )
+}
+
+impl Repository {
+    /// Every lock in the repository.
+    ///
+    /// # Errors
+    /// Target errors; a lock that does not decrypt.
+    pub async fn locks(&self) -> Result<Vec<LockInfo>> {
+        let metas = self
+            .inner
+            .target
+            .list_all(&self.inner.layout.locks()?)
+            .await?;
+        let mut out = Vec::new();
+        for m in metas {
+            let sealed = match self.inner.target.get_bytes(&m.key).await {
+                Ok(b) => b,
+                // Released between the listing and the read.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let plain = self
+                .inner
+                .master
+                .open_file("lock", &format!("lock {}", m.key), &sealed)?;
+            let lf: LockFile = serde_json::from_slice(&plain).map_err(|e| {
+                Error::backend(super::BACKEND, format!("lock {}: not valid: {e}", m.key))
+            })?;
+            out.push(LockInfo {
+                id: Layout::name_of(&m.key).to_owned(),
+                exclusive: lf.exclusive,
+                holder: lf.holder,
+                created: lf.created,
+                expires: lf.expires,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes a lock: `exclusive` for prune, shared otherwise. `action` is
+    /// recorded in the holder (`host pid action`).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] naming the holder when an unexpired lock that
+    /// conflicts exists (any lock for an exclusive one, an exclusive one for
+    /// a shared one); target errors.
+    pub async fn lock(&self, exclusive: bool, action: &str) -> Result<LockGuard> {
+        self.lock_with_ttl(exclusive, action, LOCK_TTL).await
+    }
+
+    /// Runs `work` under a [`lock`](Self::lock), releasing it whatever
+    /// `work` returns.
+    pub(crate) async fn under_lock<T>(
+        &self,
+        exclusive: bool,
+        action: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let lock = self.lock(exclusive, action).await?;
+        let result = work.await;
+        lock.release().await;
+        result
+    }
+
+    /// [`lock`](Self::lock) with a custom time to live (refreshed every
+    /// third of it).
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock); [`Error::InvalidInput`] for a zero `ttl`.
+    pub async fn lock_with_ttl(
+        &self,
+        exclusive: bool,
+        action: &str,
+        ttl: Duration,
+    ) -> Result<LockGuard> {
+        if ttl.is_zero() {
+            return Err(Error::invalid("ttl", "must be positive"));
+        }
+        let name = PackId::random().to_hex();
+        let key = self.inner.layout.lock(&name)?;
+        let now = SystemTime::now();
+        let file = LockFile {
+            exclusive,
+            holder: holder(action),
+            created: now,
+            expires: now + ttl,
+        };
+        self.write_file(&key, "lock", &file, true).await?;
+        let guard = LockGuard {
+            repo: self.clone(),
+            key: Some(key.clone()),
+            stop: None,
+            refresher: None,
+        };
+        let now = SystemTime::now();
+        let conflicts: Vec<LockInfo> = self
+            .locks()
+            .await?
+            .into_iter()
+            .filter(|l| l.id != name && !l.is_stale(now) && (exclusive || l.exclusive))
+            .collect();
+        if let Some(c) = conflicts.first() {
+            guard.release().await;
+            return Err(Error::conflict(format!(
+                "the repository is locked {} by {:?} (lock {}, expires {})",
+                if c.exclusive {
+                    "exclusively"
+                } else {
+                    "(shared)"
+                },
+                c.holder,
+                &c.id[..8],
+                humantime::format_rfc3339_seconds(c.expires)
+            )));
+        }
+        // Refresh in the background until released.
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let repo = self.clone();
+        let refresher = tokio::spawn(async move {
+            let mut file = file;
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => return,
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                }
+                file.expires = SystemTime::now() + ttl;
+                if let Err(e) = repo.write_file(&key, "lock", &file, false).await {
+                    warn!(lock = %key, error = %e, "could not refresh a lock");
+                }
+            }
+        });
+        info!(exclusive, action, "took repository lock");
+        let mut guard = guard;
+        guard.stop = Some(stop_tx);
+        guard.refresher = Some(refresher);
+        Ok(guard)
+    }
+
+    /// Removes every lock past its expiry; returns how many.
+    ///
+    /// # Errors
+    /// Target errors.
+    pub async fn break_stale_locks(&self) -> Result<usize> {
+        let now = SystemTime::now();
+        let mut n = 0;
+        for l in self.locks().await? {
+            if l.is_stale(now) {
+                self.inner
+                    .target
+                    .delete_if_exists(&self.inner.layout.lock(&l.id)?)
+                    .await?;
+                warn!(lock = %l.id, holder = %l.holder, "broke a stale lock");
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

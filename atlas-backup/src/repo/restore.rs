@@ -1,0 +1,770 @@
+//! Restore of a snapshot (or a path in it) to a directory, and of one file
+//! as a stream. Every blob is verified before its bytes reach a file; files
+//! are written under a temporary name and renamed only once all their blobs
+//! verified.
+
+use std::collections::HashMap;
+use std::fs::FileTimes;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::stream::{self, StreamExt};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::format::{BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree};
+use super::index::{BlobLoc, Index};
+use super::progress::{ProgressFn, Tracker};
+use super::{BACKEND, IntegrityError, Repository, integrity_error};
+use atlas_core::backup::{BackupTargetExt, ByteRange, ByteStream};
+use atlas_core::error::{Error, Result};
+
+/// Options of [`Repository::restore`].
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// Restore only this path of the snapshot (`a/b`), recreated at
+    /// `dest/a/b`. Default: everything.
+    pub path: Option<String>,
+    /// Progress callback.
+    pub progress: Option<ProgressFn>,
+    /// Packs downloaded at once. Default 4.
+    pub concurrency: Option<usize>,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("path", &self.path)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestoreOptions {
+    /// Restores only `path`.
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+    /// Sets the progress callback.
+    pub fn with_progress(mut self, progress: ProgressFn) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+}
+
+/// What a restore wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// Files restored.
+    pub files: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+fn with_context(err: Error, snapshot: &SnapshotId, path: &str) -> Error {
+    match integrity_error(&err) {
+        Some(ie) => {
+            let mut ie = ie.clone();
+            ie.snapshot = Some(*snapshot);
+            ie.path = Some(path.to_owned());
+            ie.into_error()
+        }
+        None => err,
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(
+            IntegrityError::new(format!("tree contains an unsafe name {name:?}")).into_error(),
+        );
+    }
+    Ok(())
+}
+
+fn os_name(node: &Node) -> Result<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    check_name(&node.name)?;
+    match &node.name_bytes {
+        Some(hex) => {
+            let raw = super::format::from_hex(hex)
+                .ok_or_else(|| IntegrityError::new("name_bytes is not hex").into_error())?;
+            if raw.contains(&b'/') || raw.is_empty() {
+                return Err(IntegrityError::new("tree contains an unsafe name").into_error());
+            }
+            Ok(std::ffi::OsString::from_vec(raw))
+        }
+        None => Ok(node.name.clone().into()),
+    }
+}
+
+fn mtime(node: &Node) -> SystemTime {
+    system_time(node.mtime_sec, node.mtime_nsec)
+}
+
+/// `sec` seconds and `nsec` nanoseconds after the epoch (`sec` may be
+/// negative). A time the platform cannot represent becomes the epoch rather
+/// than a panic.
+fn system_time(sec: i64, nsec: u32) -> SystemTime {
+    let whole = if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(sec.unsigned_abs()))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(sec.unsigned_abs()))
+    };
+    whole
+        .and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nsec))))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// Sets the permission bits and mtime of the directory `path`.
+fn set_dir_metadata(path: &Path, mode: u32, mtime: SystemTime) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err(path, "cannot chmod", e))?;
+    let d = std::fs::File::open(path).map_err(|e| io_err(path, "cannot open", e))?;
+    d.set_times(FileTimes::new().set_modified(mtime))
+        .map_err(|e| io_err(path, "cannot set mtime of", e))
+}
+
+/// Sets the mtime of the symlink `path` itself (its access time is left
+/// alone), not of what it points to.
+#[cfg(unix)]
+fn set_symlink_mtime(path: &Path, node: &Node) -> Result<()> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let mtime = TimeSpec::new(node.mtime_sec as _, node.mtime_nsec as _);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| io_err(path, "cannot set mtime of", std::io::Error::from(e)))
+}
+
+/// Elsewhere a symlink's own times are left as created.
+#[cfg(not(unix))]
+fn set_symlink_mtime(_path: &Path, _node: &Node) -> Result<()> {
+    Ok(())
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::backend_with(BACKEND, format!("{what} {}: {e}", path.display()), e)
+}
+
+struct FileJob {
+    rel: String,
+    dest: PathBuf,
+    tmp: PathBuf,
+    node: Node,
+    remaining: usize,
+    failed: bool,
+}
+
+struct Plan {
+    dirs: Vec<(PathBuf, Node)>,
+    files: Vec<FileJob>,
+    symlinks: Vec<(PathBuf, Node)>,
+}
+
+impl Repository {
+    async fn find_node(
+        &self,
+        index: &Index,
+        snapshot: &Snapshot,
+        path: &str,
+    ) -> Result<Option<Node>> {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if segs.is_empty() {
+            return Ok(None);
+        }
+        let mut tree = self
+            .read_tree(index, &snapshot.tree)
+            .await
+            .map_err(|e| with_context(e, &snapshot.id, "/"))?;
+        for (i, seg) in segs.iter().enumerate() {
+            let node = tree
+                .nodes
+                .iter()
+                .find(|n| n.name == *seg)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::not_found(format!("path {path:?} in snapshot {}", snapshot.id.short()))
+                })?;
+            if i + 1 == segs.len() {
+                return Ok(Some(node));
+            }
+            let sub = node
+                .subtree
+                .filter(|_| node.kind == NodeKind::Dir)
+                .ok_or_else(|| {
+                    Error::not_found(format!("path {path:?} in snapshot {}", snapshot.id.short()))
+                })?;
+            tree = self
+                .read_tree(index, &sub)
+                .await
+                .map_err(|e| with_context(e, &snapshot.id, path))?;
+        }
+        Ok(None)
+    }
+
+    async fn plan_tree(
+        &self,
+        index: &Index,
+        snapshot: &Snapshot,
+        tree: Tree,
+        rel: String,
+        dir: PathBuf,
+        plan: &mut Plan,
+    ) -> Result<()> {
+        let mut stack = vec![(tree, rel, dir)];
+        while let Some((tree, rel, dir)) = stack.pop() {
+            for node in tree.nodes {
+                self.plan_node(index, snapshot, node, &rel, &dir, plan, &mut stack)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn plan_node(
+        &self,
+        index: &Index,
+        snapshot: &Snapshot,
+        node: Node,
+        rel: &str,
+        dir: &Path,
+        plan: &mut Plan,
+        stack: &mut Vec<(Tree, String, PathBuf)>,
+    ) -> Result<()> {
+        let name = os_name(&node)?;
+        let child_rel = if rel.is_empty() {
+            node.name.clone()
+        } else {
+            format!("{rel}/{}", node.name)
+        };
+        let dest = dir.join(&name);
+        match node.kind {
+            NodeKind::Dir => {
+                let sub = node.subtree.ok_or_else(|| {
+                    IntegrityError::new(format!("directory {child_rel:?} has no subtree"))
+                        .into_error()
+                })?;
+                let tree = self
+                    .read_tree(index, &sub)
+                    .await
+                    .map_err(|e| with_context(e, &snapshot.id, &child_rel))?;
+                plan.dirs.push((dest.clone(), node));
+                stack.push((tree, child_rel, dest));
+            }
+            NodeKind::Symlink => plan.symlinks.push((dest, node)),
+            NodeKind::File => {
+                let tmp = dir.join(format!(
+                    ".{}.atlas-restore-{}",
+                    node.name,
+                    &PackId::random().to_hex()[..8]
+                ));
+                plan.files.push(FileJob {
+                    rel: child_rel,
+                    dest,
+                    tmp,
+                    remaining: node.content.len(),
+                    node,
+                    failed: false,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores snapshot `snapshot` (id, unique prefix or `latest`), or the
+    /// path [`RestoreOptions::path`] of it, under `dest` (created if
+    /// missing). Files, directories, symlinks, permission bits and mtimes
+    /// (a symlink's own mtime included) are recreated; existing files of the
+    /// same names are replaced. A whole-snapshot restore also gives `dest`
+    /// the mode and mtime of the source root ([`Snapshot::root`], when the
+    /// snapshot recorded it). Each pack is read once, downloads overlapping
+    /// with writes.
+    ///
+    /// An incomplete snapshot ([`Snapshot::is_complete`]) restores what it
+    /// holds; the entries named in [`Snapshot::unreadable`] are not there.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown snapshot or path; an
+    /// [`Error::Backend`] carrying an [`IntegrityError`] (snapshot, file,
+    /// pack, blob) when a blob is missing or corrupted — the files it
+    /// belongs to are not created, the others are; I/O errors naming the
+    /// path.
+    pub async fn restore(
+        &self,
+        snapshot: &str,
+        dest: impl AsRef<Path>,
+        options: RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let snapshot = self.snapshot(snapshot).await?;
+        let dest = dest.as_ref().to_path_buf();
+        let span = info_span!("restore", snapshot = %snapshot.id.short(), dest = %dest.display());
+        async move {
+            let lock = self.lock(false, "restore").await?;
+            let result = self.restore_locked(&snapshot, &dest, options).await;
+            lock.release().await;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn restore_locked(
+        &self,
+        snapshot: &Snapshot,
+        dest: &Path,
+        options: RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let index = Arc::new(self.load_index().await?);
+        let tracker = Arc::new(Tracker::new("restore", options.progress.clone()));
+        tokio::fs::create_dir_all(dest)
+            .await
+            .map_err(|e| io_err(dest, "cannot create", e))?;
+        let mut plan = Plan {
+            dirs: Vec::new(),
+            files: Vec::new(),
+            symlinks: Vec::new(),
+        };
+        let mut root_metadata = None;
+        match options
+            .path
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty())
+        {
+            None => {
+                let root = self
+                    .read_tree(&index, &snapshot.tree)
+                    .await
+                    .map_err(|e| with_context(e, &snapshot.id, "/"))?;
+                root_metadata = snapshot.root;
+                self.plan_tree(
+                    &index,
+                    snapshot,
+                    root,
+                    String::new(),
+                    dest.to_path_buf(),
+                    &mut plan,
+                )
+                .await?;
+            }
+            Some(path) => {
+                let node = self
+                    .find_node(&index, snapshot, path)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("path {path:?}")))?;
+                let parent_rel = path
+                    .rsplit_once('/')
+                    .map(|(p, _)| p.to_owned())
+                    .unwrap_or_default();
+                let mut dir = dest.to_path_buf();
+                for seg in parent_rel.split('/').filter(|s| !s.is_empty()) {
+                    check_name(seg)?;
+                    dir.push(seg);
+                }
+                let mut stack = Vec::new();
+                self.plan_node(
+                    &index,
+                    snapshot,
+                    node,
+                    &parent_rel,
+                    &dir,
+                    &mut plan,
+                    &mut stack,
+                )
+                .await?;
+                while let Some((tree, rel, d)) = stack.pop() {
+                    for n in tree.nodes {
+                        self.plan_node(&index, snapshot, n, &rel, &d, &mut plan, &mut stack)
+                            .await?;
+                    }
+                }
+                tokio::fs::create_dir_all(&dir)
+                    .await
+                    .map_err(|e| io_err(&dir, "cannot create", e))?;
+            }
+        }
+        // Directories first (parents before children: plan order), then symlinks.
+        let mut report = RestoreReport::default();
+        for (path, _) in &plan.dirs {
+            tokio::fs::create_dir_all(path)
+                .await
+                .map_err(|e| io_err(path, "cannot create", e))?;
+            report.dirs += 1;
+        }
+        for (path, node) in &plan.symlinks {
+            let target = node.target.clone().unwrap_or_default();
+            let _ = tokio::fs::remove_file(path).await;
+            tokio::fs::symlink(&target, path)
+                .await
+                .map_err(|e| io_err(path, "cannot create symlink", e))?;
+            set_symlink_mtime(path, node)?;
+            report.symlinks += 1;
+        }
+        // Where each blob goes, grouped by pack.
+        let mut users: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
+        let mut first_error: Option<Error> = None;
+        let mut error_count = 0usize;
+        let total_bytes: u64 = plan.files.iter().map(|f| f.node.size).sum();
+        tracker.update(|p| {
+            p.files_total = Some(plan.files.len() as u64);
+            p.bytes_total = Some(total_bytes);
+        });
+        for (i, f) in plan.files.iter_mut().enumerate() {
+            let mut offset = 0u64;
+            for id in &f.node.content {
+                match index.get(id) {
+                    Some(loc) => {
+                        users.entry(*id).or_default().push((i, offset));
+                        offset += u64::from(loc.raw_length);
+                    }
+                    None => {
+                        f.failed = true;
+                        let mut ie = IntegrityError::new("is not in the index (missing)");
+                        ie.snapshot = Some(snapshot.id);
+                        ie.path = Some(f.rel.clone());
+                        ie.blob = Some(*id);
+                        error_count += 1;
+                        first_error.get_or_insert(ie.into_error());
+                        break;
+                    }
+                }
+            }
+            if !f.failed {
+                let file = std::fs::File::create(&f.tmp)
+                    .map_err(|e| io_err(&f.tmp, "cannot create", e))?;
+                file.set_len(offset)
+                    .map_err(|e| io_err(&f.tmp, "cannot size", e))?;
+            }
+        }
+        let mut by_pack: HashMap<u32, Vec<(BlobLoc, BlobId)>> = HashMap::new();
+        for id in users.keys() {
+            if let Some(loc) = index.get(id) {
+                by_pack.entry(loc.pack).or_default().push((loc, *id));
+            }
+        }
+        let jobs = Arc::new(Mutex::new(plan.files));
+        let users = Arc::new(users);
+        // Files without content are complete already.
+        {
+            let mut j = jobs.lock().unwrap_or_else(|e| e.into_inner());
+            for f in j.iter_mut().filter(|f| f.remaining == 0 && !f.failed) {
+                finalize(f)?;
+                report.files += 1;
+                tracker.update(|p| p.files_done += 1);
+            }
+        }
+        let mut packs: Vec<(u32, Vec<(BlobLoc, BlobId)>)> = by_pack.into_iter().collect();
+        packs.sort_by_key(|(p, _)| index.pack_id(*p));
+        let results: Vec<(u64, u64, Vec<Error>)> = stream::iter(packs)
+            .map(|(pos, mut blobs)| {
+                blobs.sort_by_key(|(l, _)| l.offset);
+                let (index, jobs, users, tracker) =
+                    (index.clone(), jobs.clone(), users.clone(), tracker.clone());
+                async move {
+                    self.restore_pack(snapshot, &index, pos, blobs, &jobs, &users, &tracker)
+                        .await
+                }
+            })
+            .buffer_unordered(options.concurrency.unwrap_or(4).max(1))
+            .collect()
+            .await;
+        for (files, bytes, errors) in results {
+            report.files += files;
+            report.bytes += bytes;
+            error_count += errors.len();
+            for e in errors {
+                first_error.get_or_insert(e);
+            }
+        }
+        // Remove what could not be verified, then set directory metadata
+        // (children first, as writing into a directory changes its mtime).
+        for f in jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|f| f.failed || f.remaining > 0)
+        {
+            let _ = std::fs::remove_file(&f.tmp);
+        }
+        for (path, node) in plan.dirs.iter().rev() {
+            set_dir_metadata(path, node.mode, mtime(node))?;
+        }
+        // The root last: everything below it is written.
+        if let Some(root) = root_metadata {
+            set_dir_metadata(
+                dest,
+                root.mode,
+                system_time(root.mtime_sec, root.mtime_nsec),
+            )?;
+        }
+        if let Some(e) = first_error {
+            warn!(
+                errors = error_count,
+                "restore found damaged or missing data"
+            );
+            return Err(if error_count > 1 {
+                match integrity_error(&e) {
+                    Some(ie) => {
+                        let mut ie = ie.clone();
+                        ie.problem =
+                            format!("{} (and {} more problems)", ie.problem, error_count - 1);
+                        ie.into_error()
+                    }
+                    None => e,
+                }
+            } else {
+                e
+            });
+        }
+        info!(
+            files = report.files,
+            bytes = report.bytes,
+            "restore finished"
+        );
+        Ok(report)
+    }
+
+    /// Downloads the needed blobs of one pack (one ranged read per run of
+    /// nearby blobs), verifies each and writes it to its files.
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_pack(
+        &self,
+        snapshot: &Snapshot,
+        index: &Index,
+        pos: u32,
+        blobs: Vec<(BlobLoc, BlobId)>,
+        jobs: &Mutex<Vec<FileJob>>,
+        users: &HashMap<BlobId, Vec<(usize, u64)>>,
+        tracker: &Tracker,
+    ) -> (u64, u64, Vec<Error>) {
+        let pack = index.pack_id(pos);
+        let mut errors = Vec::new();
+        let (mut files_done, mut bytes_done) = (0u64, 0u64);
+        // Runs of blobs with gaps under 1 MiB are read with one request.
+        let mut runs: Vec<Vec<(BlobLoc, BlobId)>> = Vec::new();
+        for b in blobs {
+            match runs.last_mut() {
+                Some(run)
+                    if {
+                        let last = run
+                            .last()
+                            .map(|(l, _)| u64::from(l.offset) + u64::from(l.length))
+                            .unwrap_or(0);
+                        u64::from(b.0.offset) <= last + (1 << 20)
+                    } =>
+                {
+                    run.push(b)
+                }
+                _ => runs.push(vec![b]),
+            }
+        }
+        let fail_blob =
+            |jobs: &Mutex<Vec<FileJob>>, id: &BlobId, problem: String, errors: &mut Vec<Error>| {
+                let mut j = jobs.lock().unwrap_or_else(|e| e.into_inner());
+                for (fi, _) in users.get(id).into_iter().flatten() {
+                    let f = &mut j[*fi];
+                    if !f.failed {
+                        f.failed = true;
+                        let mut ie = IntegrityError::new(problem.clone());
+                        ie.snapshot = Some(snapshot.id);
+                        ie.path = Some(f.rel.clone());
+                        ie.pack = Some(pack);
+                        ie.blob = Some(*id);
+                        errors.push(ie.into_error());
+                    }
+                }
+            };
+        for run in runs {
+            let start = u64::from(run[0].0.offset);
+            let end = run
+                .last()
+                .map(|(l, _)| u64::from(l.offset) + u64::from(l.length))
+                .unwrap_or(start);
+            let body = async {
+                let key = self.inner.layout.pack(&pack)?;
+                let range = ByteRange::new(start, end)?;
+                Ok::<_, Error>(self.inner.target.get_range(&key, range).await?.body)
+            }
+            .await;
+            let mut body = match body {
+                Ok(b) => b,
+                Err(e) => {
+                    for (_, id) in &run {
+                        fail_blob(jobs, id, format!("cannot read the pack: {e}"), &mut errors);
+                    }
+                    continue;
+                }
+            };
+            let mut buf = BytesMut::new();
+            let mut buf_start = start;
+            let mut broken: Option<String> = None;
+            for (loc, id) in run {
+                let (off, len) = (u64::from(loc.offset), u64::from(loc.length));
+                while broken.is_none() && buf_start + (buf.len() as u64) < off + len {
+                    match body.next().await {
+                        Some(Ok(chunk)) => {
+                            buf.extend_from_slice(&chunk);
+                            if buf_start < off {
+                                let skip = (off - buf_start).min(buf.len() as u64);
+                                buf.advance(skip as usize);
+                                buf_start += skip;
+                            }
+                        }
+                        Some(Err(e)) => broken = Some(format!("download failed: {e}")),
+                        None => {
+                            broken =
+                                Some("the pack is shorter than the index says (truncated)".into())
+                        }
+                    }
+                }
+                if let Some(why) = &broken {
+                    fail_blob(jobs, &id, why.clone(), &mut errors);
+                    continue;
+                }
+                let skip = off - buf_start;
+                buf.advance(skip as usize);
+                let sealed: Bytes = buf.split_to(len as usize).freeze();
+                buf_start = off + len;
+                let master = self.inner.master.clone();
+                let targets: Vec<(PathBuf, u64)> = {
+                    let j = jobs.lock().unwrap_or_else(|e| e.into_inner());
+                    users
+                        .get(&id)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(fi, _)| !j[*fi].failed)
+                        .map(|(fi, o)| (j[*fi].tmp.clone(), *o))
+                        .collect()
+                };
+                let written =
+                    tokio::task::spawn_blocking(move || -> std::result::Result<u64, String> {
+                        let plain = master
+                            .decode_blob(BlobKind::Data, &id, loc.raw_length, &sealed)
+                            .map_err(|f| f.to_string())?;
+                        for (path, offset) in &targets {
+                            let f = std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(path)
+                                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                            f.write_all_at(&plain, *offset)
+                                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                        }
+                        Ok(plain.len() as u64 * targets.len() as u64)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("worker failed: {e}")));
+                match written {
+                    Ok(n) => {
+                        bytes_done += n;
+                        tracker.update(|p| {
+                            p.bytes_done += n;
+                            p.bytes_read += len;
+                        });
+                        let mut j = jobs.lock().unwrap_or_else(|e| e.into_inner());
+                        for (fi, _) in users.get(&id).into_iter().flatten() {
+                            let f = &mut j[*fi];
+                            if f.failed {
+                                continue;
+                            }
+                            f.remaining -= 1;
+                            if f.remaining == 0 {
+                                match finalize(f) {
+                                    Ok(()) => {
+                                        files_done += 1;
+                                        tracker.update(|p| {
+                                            p.files_done += 1;
+                                            p.current = Some(f.rel.clone());
+                                        });
+                                    }
+                                    Err(e) => {
+                                        f.failed = true;
+                                        errors.push(e);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(problem) => fail_blob(jobs, &id, problem, &mut errors),
+                }
+            }
+        }
+        (files_done, bytes_done, errors)
+    }
+
+    /// The content of the file `path` in snapshot `snapshot` as a stream
+    /// (blobs fetched a few ahead, each verified before it is yielded), with
+    /// its node (size, mode, mtime).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the path does not exist or is not a regular
+    /// file. Stream items carry an [`IntegrityError`] naming the file, pack
+    /// and blob when a blob is missing or corrupted; nothing after it is
+    /// yielded.
+    pub async fn restore_file_stream(
+        &self,
+        snapshot: &str,
+        path: &str,
+    ) -> Result<(Node, ByteStream)> {
+        let snapshot = self.snapshot(snapshot).await?;
+        let index = Arc::new(self.load_index().await?);
+        let node = self
+            .find_node(&index, &snapshot, path)
+            .await?
+            .filter(|n| n.kind == NodeKind::File)
+            .ok_or_else(|| {
+                Error::not_found(format!("file {path:?} in snapshot {}", snapshot.id.short()))
+            })?;
+        let repo = self.clone();
+        let sid = snapshot.id;
+        let p = path.to_owned();
+        let body = stream::iter(node.content.clone())
+            .map(move |id| {
+                let (repo, index, p) = (repo.clone(), index.clone(), p.clone());
+                async move {
+                    repo.read_blob(&index, BlobKind::Data, &id)
+                        .await
+                        .map(Bytes::from)
+                        .map_err(|e| with_context(e, &sid, &p))
+                }
+            })
+            .buffered(4)
+            .scan(false, |failed, item| {
+                let out = if *failed { None } else { Some(item) };
+                if let Some(Err(_)) = &out {
+                    *failed = true;
+                }
+                futures::future::ready(out)
+            })
+            .boxed();
+        Ok((node, body))
+    }
+}
+
+fn finalize(f: &FileJob) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f.tmp)
+        .map_err(|e| io_err(&f.tmp, "cannot open", e))?;
+    file.set_permissions(std::fs::Permissions::from_mode(f.node.mode))
+        .map_err(|e| io_err(&f.tmp, "cannot chmod", e))?;
+    file.set_times(FileTimes::new().set_modified(mtime(&f.node)))
+        .map_err(|e| io_err(&f.tmp, "cannot set mtime of", e))?;
+    drop(file);
+    std::fs::rename(&f.tmp, &f.dest).map_err(|e| io_err(&f.dest, "cannot rename into", e))
+}

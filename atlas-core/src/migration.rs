@@ -1,0 +1,349 @@
+//! The migration-driver contract: what a database must do for Atlas's
+//! migration engine (the `atlas-migrate` crate) to migrate it.
+//!
+//! A [`MigrationDriver`] owns the connection, the run lock and the history
+//! table; the engine decides what to run and hands the driver one
+//! [`MigrationStep`] at a time, with the SQL already split into statements,
+//! its verify queries and its timeouts, so a driver needs no SQL parser.
+//! Implementations: the PostgreSQL driver in `atlas-storage` (feature
+//! `postgres`) and, with the `testing` feature,
+//! `atlas_core::testing::MemoryDriver`.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::{Error, Result};
+
+/// The version of a migration: the number after `V` in `V<version>__<name>.sql`.
+///
+/// Leading zeros are ignored (`V001` is version 1); versions are ordered
+/// numerically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(pub u64);
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "V{}", self.0)
+    }
+}
+
+impl std::str::FromStr for Version {
+    type Err = Error;
+
+    /// Parses `7` or `V7`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] on anything else.
+    fn from_str(s: &str) -> Result<Self> {
+        let digits = s.strip_prefix(['V', 'v']).unwrap_or(s);
+        digits
+            .parse::<u64>()
+            .map(Version)
+            .map_err(|_| Error::invalid("version", format!("`{s}` is not a number like 7 or V7")))
+    }
+}
+
+/// The phase of a migration in the expand/contract pattern, from the
+/// `-- atlas:phase expand|contract` directive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MigrationPhase {
+    /// Backwards-compatible changes, applied before the new version starts
+    /// (the default when a file declares no phase).
+    #[default]
+    Expand,
+    /// Changes that break the old version, applied only after it is gone.
+    Contract,
+}
+
+impl MigrationPhase {
+    /// `expand` or `contract`, as stored in the history table.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MigrationPhase::Expand => "expand",
+            MigrationPhase::Contract => "contract",
+        }
+    }
+
+    /// Parses `expand` or `contract`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `field` on anything else.
+    pub fn parse(s: &str, field: &str) -> Result<Self> {
+        match s {
+            "expand" => Ok(MigrationPhase::Expand),
+            "contract" => Ok(MigrationPhase::Contract),
+            other => Err(Error::invalid(
+                field,
+                format!("phase `{other}` must be `expand` or `contract`"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for MigrationPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of the history table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedMigration {
+    /// The version.
+    pub version: Version,
+    /// The name at the time it was applied.
+    pub name: String,
+    /// SHA-256 of the up file when it was applied.
+    pub checksum: String,
+    /// Its phase.
+    pub phase: MigrationPhase,
+    /// When it finished.
+    pub applied_at: SystemTime,
+    /// How long it took.
+    pub duration: Duration,
+    /// False for a migration that failed part-way outside a transaction and
+    /// could not be reverted; such a row blocks every run until
+    /// `Migrator::repair`.
+    pub success: bool,
+    /// True for the marker row written by `Migrator::baseline`.
+    pub baseline: bool,
+}
+
+/// Which way a script runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// The up script: on success the driver inserts the history row.
+    Up,
+    /// The down script: on success the driver deletes the history row.
+    Down,
+}
+
+/// One script for the driver to run, with everything it needs.
+///
+/// The migration engine builds it from a checksummed file: `sql` is the
+/// file's text exactly as checksummed, and `statements` the same text split
+/// by the engine's SQL parser (each statement's text as in the file), so a
+/// driver running a script outside a transaction runs the statements one by
+/// one without parsing SQL itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStep {
+    /// The migration's version.
+    pub version: Version,
+    /// The migration's name (the file name's part after `__`).
+    pub name: String,
+    /// The file this script came from, for messages, e.g. `V2__add_email.sql`.
+    pub file: String,
+    /// SHA-256 of the migration's up file, lowercase hex: what an up step
+    /// records in the history row.
+    pub checksum: String,
+    /// The migration's phase, recorded in the history row.
+    pub phase: MigrationPhase,
+    /// Up or down.
+    pub kind: StepKind,
+    /// The script's full text, run as one batch inside a transaction.
+    pub sql: String,
+    /// The script's statements, in order, run one at a time outside a
+    /// transaction.
+    pub statements: Vec<String>,
+    /// Whether the script runs in one transaction with its history change
+    /// (false for `-- atlas:no-transaction` files).
+    pub transactional: bool,
+    /// Queries that must each return one row whose first column is `true`
+    /// after the script ran (inside its transaction when it has one).
+    pub verify: Vec<String>,
+    /// `lock_timeout` to set for this script; `None` leaves the server's.
+    pub lock_timeout: Option<Duration>,
+    /// `statement_timeout` to set for this script; `None` leaves the server's.
+    pub statement_timeout: Option<Duration>,
+    /// Tables whose row count and content (over the columns they had
+    /// before) must be the same after the script: the migrator's
+    /// invariant tables minus those the script allows to change. Empty for
+    /// down scripts.
+    pub invariants: Vec<String>,
+}
+
+impl MigrationStep {
+    /// Whether the script runs in one transaction with its history change.
+    pub fn transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// The history row an up step writes when it succeeds after `took`.
+    pub fn history_row(&self, took: Duration) -> AppliedMigration {
+        AppliedMigration {
+            version: self.version,
+            name: self.name.clone(),
+            checksum: self.checksum.clone(),
+            phase: self.phase,
+            applied_at: SystemTime::now(),
+            duration: took,
+            success: true,
+            baseline: false,
+        }
+    }
+}
+
+/// What state a failed step left the database in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureState {
+    /// Everything was rolled back: schema, data and history as before.
+    RolledBack,
+    /// Some statements committed (a no-transaction script, or a verify
+    /// query failing after them): the schema may be half-changed.
+    PartiallyApplied,
+}
+
+/// A failed [`MigrationDriver::apply`].
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct StepError {
+    /// What went wrong.
+    #[source]
+    pub error: Error,
+    /// What it left behind.
+    pub state: FailureState,
+}
+
+impl StepError {
+    /// A failure after which nothing changed.
+    pub fn rolled_back(error: Error) -> Self {
+        StepError {
+            error,
+            state: FailureState::RolledBack,
+        }
+    }
+
+    /// A failure after which some statements had committed.
+    pub fn partial(error: Error) -> Self {
+        StepError {
+            error,
+            state: FailureState::PartiallyApplied,
+        }
+    }
+}
+
+/// Where a pre-migration backup went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRecord {
+    /// The object key in the backup target.
+    pub key: crate::backup::ObjectKey,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The command that restores it, with `<FILE>` standing for the object
+    /// once downloaded from the target.
+    pub restore_command: String,
+}
+
+/// A database the migration engine (`atlas_migrate::Migrator`) can migrate.
+///
+/// The driver owns the connection, the run lock and the history table;
+/// the engine decides what to run. Implementations: the PostgreSQL driver
+/// in `atlas-storage` (feature `postgres`) and, with the `testing` feature,
+/// `testing::MemoryDriver`.
+#[async_trait]
+pub trait MigrationDriver: fmt::Debug + Send + Sync {
+    /// Takes the run lock, so that one runner at a time migrates this
+    /// database. Waits or fails fast as the driver is configured.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when another runner holds it and the driver
+    /// fails fast (or gave up waiting).
+    async fn lock(&self) -> Result<()>;
+
+    /// Releases the run lock.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn unlock(&self) -> Result<()>;
+
+    /// Creates the history table if it does not exist.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn ensure_history(&self) -> Result<()>;
+
+    /// The history, by ascending version.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn history(&self) -> Result<Vec<AppliedMigration>>;
+
+    /// Runs one script; then its verify queries; then inserts (up) or
+    /// deletes (down) the history row — all in one transaction when
+    /// [`MigrationStep::transactional`], in that order otherwise. Returns
+    /// how long the script took.
+    ///
+    /// # Errors
+    /// A [`StepError`] saying whether anything stayed applied.
+    async fn apply(&self, step: &MigrationStep) -> Result<Duration, StepError>;
+
+    /// Inserts or replaces one history row (baseline, failed runs, repair).
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn put_history(&self, row: &AppliedMigration) -> Result<()>;
+
+    /// Deletes one history row, if present.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn delete_history(&self, version: Version) -> Result<()>;
+
+    /// Takes a full backup of the database into `target` under `key`.
+    /// The default refuses: a driver without backups must be run with
+    /// backups disabled.
+    ///
+    /// # Errors
+    /// [`Error::Precondition`] by default; backend and target errors.
+    async fn backup(
+        &self,
+        target: &dyn crate::backup::BackupTarget,
+        key: &crate::backup::ObjectKey,
+    ) -> Result<BackupRecord> {
+        let _ = (target, key);
+        Err(Error::precondition(
+            "this migration driver cannot take backups; disable the pre-migration backup",
+        ))
+    }
+}
+
+macro_rules! forward_driver {
+    ($ptr:ty) => {
+        #[async_trait]
+        impl<T: MigrationDriver + ?Sized> MigrationDriver for $ptr {
+            async fn lock(&self) -> Result<()> {
+                (**self).lock().await
+            }
+            async fn unlock(&self) -> Result<()> {
+                (**self).unlock().await
+            }
+            async fn ensure_history(&self) -> Result<()> {
+                (**self).ensure_history().await
+            }
+            async fn history(&self) -> Result<Vec<AppliedMigration>> {
+                (**self).history().await
+            }
+            async fn apply(&self, step: &MigrationStep) -> Result<Duration, StepError> {
+                (**self).apply(step).await
+            }
+            async fn put_history(&self, row: &AppliedMigration) -> Result<()> {
+                (**self).put_history(row).await
+            }
+            async fn delete_history(&self, version: Version) -> Result<()> {
+                (**self).delete_history(version).await
+            }
+            async fn backup(
+                &self,
+                target: &dyn crate::backup::BackupTarget,
+                key: &crate::backup::ObjectKey,
+            ) -> Result<BackupRecord> {
+                (**self).backup(target, key).await
+            }
+        }
+    };
+}
+
+forward_driver!(std::sync::Arc<T>);
+forward_driver!(Box<T>);
