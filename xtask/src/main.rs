@@ -60,8 +60,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::services::{Layout, Service, StartOutcome, cargo};
-use crate::sys::{say, secs, tail, terminate};
+use crate::services::{Layout, Service, StartOutcome};
+use crate::sys::{cargo, say, secs, tail, terminate};
 
 const USAGE: &str = "\
 usage:

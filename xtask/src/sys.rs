@@ -1,5 +1,6 @@
 //! Small process and file helpers shared by the commands.
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -142,4 +143,9 @@ pub(crate) fn terminate(pid: u32) {
     if let Ok(raw) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGTERM);
     }
+}
+
+/// The cargo that runs xtask (so nested builds use the same toolchain).
+pub(crate) fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }

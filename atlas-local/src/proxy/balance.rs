@@ -8,6 +8,7 @@ use atlas_core::{Error, RequestMatch, Result, Slot, TrafficSplit};
 use http::header::{HeaderName, HeaderValue};
 use httparse::Header;
 
+use super::h1::is_tchar;
 use super::upstream::Upstream;
 
 /// A compiled [`RequestMatch`]: header names parsed once, not per request.
@@ -75,11 +76,6 @@ impl Matcher {
 /// Whether `name` is an RFC 6265 cookie name (an RFC 7230 token).
 pub(crate) fn is_cookie_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(is_tchar)
-}
-
-/// RFC 7230 `tchar`.
-pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn is_cookie_octet(b: u8) -> bool {

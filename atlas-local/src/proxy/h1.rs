@@ -12,6 +12,11 @@
 
 use httparse::Header;
 
+/// The response header naming the slot that served a request: `blue` or
+/// `green`. Set on relayed responses and on the proxy's own 502/503/504
+/// for a chosen slot; absent only when no split was set.
+pub const SLOT_HEADER: &str = "x-atlas-slot";
+
 /// The most bytes a request or response head may take.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields a head may have.
@@ -196,6 +201,11 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
         || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
 }
 
+/// RFC 7230 `tchar`.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
@@ -288,7 +298,7 @@ pub(crate) fn put_local_response(
     put_header(out, b"content-type", b"text/plain; charset=utf-8");
     put_content_length(out, text.len() as u64);
     if let Some(slot) = slot {
-        put_header(out, super::SLOT_HEADER.as_bytes(), slot.as_bytes());
+        put_header(out, SLOT_HEADER.as_bytes(), slot.as_bytes());
     }
     if close {
         put_header(out, b"connection", b"close");

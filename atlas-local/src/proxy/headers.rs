@@ -5,8 +5,7 @@ use std::net::IpAddr;
 
 use httparse::Header;
 
-use super::balance::is_tchar;
-use super::h1::{Facts, put_header};
+use super::h1::{Facts, is_tchar, put_header};
 
 /// What the proxy says about a client connection, prepared once per
 /// connection.

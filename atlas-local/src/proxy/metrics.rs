@@ -10,14 +10,15 @@
 //! true value).
 
 use std::fmt::Write as _;
+use std::panic::RefUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use atlas_core::{Error, Measurement, MetricProvider, MetricQuery, Result, Slot};
-
-use super::Shared;
+use atlas_core::{
+    Error, Measurement, MetricProvider, MetricQuery, Result, ServiceName, Slot, TrafficSplit,
+};
 
 /// Number of log-scale latency bins: exact below 16 µs, then 16 bins per
 /// power of two up to 2^36 µs (about 19 hours); slower requests land in the
@@ -451,14 +452,34 @@ impl WindowStats {
 /// another service than the router's.
 #[derive(Clone)]
 pub struct ProxyMetrics {
-    pub(super) shared: Arc<Shared>,
+    state: Arc<dyn RouterState>,
+}
+
+/// What [`ProxyMetrics`] reads of a router besides its counters: the
+/// service, the split in force and the endpoints each slot lists.
+///
+/// The router's shared state implements it. Reading the router through
+/// this trait keeps its types out of this module, so the router depends on
+/// the metrics and never the other way round. The `RefUnwindSafe` bound
+/// keeps [`ProxyMetrics`] unwind-safe for callers that hold it across
+/// `catch_unwind`.
+pub(crate) trait RouterState: Send + Sync + RefUnwindSafe {
+    /// The service the router serves, a label on every metric.
+    fn service_name(&self) -> &ServiceName;
+    /// The router's counters and sliding window.
+    fn counters(&self) -> &MetricsCore;
+    /// The split in force, if one was set.
+    fn split_in_force(&self) -> Option<TrafficSplit>;
+    /// Calls `visit` with the replica name and the requests in flight of
+    /// each endpoint of `slot` that receives new requests.
+    fn visit_endpoints(&self, slot: Slot, visit: &mut dyn FnMut(&str, usize));
 }
 
 impl std::fmt::Debug for ProxyMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyMetrics")
-            .field("service", &self.shared.service)
-            .field("window", &self.shared.metrics.window)
+            .field("service", self.state.service_name())
+            .field("window", &self.state.counters().window)
             .finish()
     }
 }
@@ -478,15 +499,20 @@ const QUERY_NAMES: &str =
     "request_rate, request_count, error_rate, success_rate, latency_p50, latency_p95, latency_p99";
 
 impl ProxyMetrics {
+    /// Metrics that read `state`, a router's shared state.
+    pub(crate) fn new(state: Arc<dyn RouterState>) -> Self {
+        ProxyMetrics { state }
+    }
+
     /// The sliding window the router keeps.
     pub fn window(&self) -> Duration {
-        self.shared.metrics.window
+        self.state.counters().window
     }
 
     /// What `slot` served over the last `window` (capped by the sliding
     /// window).
     pub fn window_stats(&self, slot: Slot, window: Duration) -> WindowStats {
-        self.shared.metrics.window_stats(slot, window)
+        self.state.counters().window_stats(slot, window)
     }
 
     /// All metrics in the Prometheus text exposition format (version
@@ -505,9 +531,9 @@ impl ProxyMetrics {
     /// | `atlas_proxy_endpoints` | gauge | `service`, `slot` |
     /// | `atlas_proxy_endpoint_requests_in_flight` | gauge | `service`, `slot`, `replica` |
     pub fn render_prometheus(&self) -> String {
-        let shared = &self.shared;
-        let core = &shared.metrics;
-        let service = shared.service.as_str();
+        let state = &*self.state;
+        let core = state.counters();
+        let service = state.service_name().as_str();
         let mut out = String::with_capacity(8 * 1024);
         let slots = [Slot::Blue, Slot::Green];
 
@@ -664,7 +690,7 @@ impl ProxyMetrics {
             "gauge",
             "Share of weighted traffic each slot gets under the split in force.",
         );
-        if let Some(split) = shared.current_split() {
+        if let Some(split) = state.split_in_force() {
             for slot in slots {
                 let _ = writeln!(
                     out,
@@ -681,10 +707,11 @@ impl ProxyMetrics {
             "Endpoints receiving new requests, by slot.",
         );
         for slot in slots {
+            let mut listed = 0usize;
+            state.visit_endpoints(slot, &mut |_, _| listed += 1);
             let _ = writeln!(
                 out,
-                "atlas_proxy_endpoints{{service=\"{service}\",slot=\"{slot}\"}} {}",
-                shared.slot(slot).endpoints.load().len()
+                "atlas_proxy_endpoints{{service=\"{service}\",slot=\"{slot}\"}} {listed}"
             );
         }
 
@@ -695,14 +722,13 @@ impl ProxyMetrics {
             "Requests in flight per listed endpoint.",
         );
         for slot in slots {
-            for upstream in shared.slot(slot).endpoints.load().iter() {
+            state.visit_endpoints(slot, &mut |replica, in_flight| {
                 let _ = writeln!(
                     out,
-                    "atlas_proxy_endpoint_requests_in_flight{{service=\"{service}\",slot=\"{slot}\",replica=\"{}\"}} {}",
-                    escape_label(&upstream.endpoint.replica),
-                    upstream.in_flight()
+                    "atlas_proxy_endpoint_requests_in_flight{{service=\"{service}\",slot=\"{slot}\",replica=\"{}\"}} {in_flight}",
+                    escape_label(replica)
                 );
-            }
+            });
         }
         out
     }
@@ -733,7 +759,7 @@ impl ProxyMetrics {
                 )),
             };
         }
-        match self.shared.current_split() {
+        match self.state.split_in_force() {
             Some(split) if role == "canary" => Ok(split.canary()),
             Some(split) => Ok(split.stable()),
             None => Err(Error::invalid(
@@ -773,11 +799,11 @@ impl MetricProvider for ProxyMetrics {
             }
         };
         if let Some(service) = query.args.get("service")
-            && service != self.shared.service.as_str()
+            && service != self.state.service_name().as_str()
         {
             return Err(Error::not_found(format!(
                 "proxy metrics of service {service:?} (this router serves {})",
-                self.shared.service
+                self.state.service_name()
             )));
         }
         if query.window.is_zero() {
@@ -799,7 +825,7 @@ impl MetricProvider for ProxyMetrics {
             QueryKind::LatencyP99 => seconds(stats.latency_p99),
         };
         tracing::debug!(
-            service = %self.shared.service,
+            service = %self.state.service_name(),
             query = text,
             %slot,
             window = ?query.window,

@@ -85,6 +85,11 @@
 //! # }
 //! ```
 
+// Imports run one way, so no module needs another that needs it back:
+// h1, metrics, server and upstream use no other proxy module; headers uses
+// h1; balance uses h1 and upstream; admin uses metrics; shared uses balance,
+// metrics and upstream; relay uses those; and nothing uses this module,
+// which ties them together.
 mod admin;
 mod balance;
 mod h1;
@@ -92,19 +97,17 @@ mod headers;
 mod metrics;
 mod relay;
 mod server;
+mod shared;
 mod upstream;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use atlas_core::{Endpoint, Error, Result, ServiceName, Slot, TrafficRouter, TrafficSplit};
-use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -113,216 +116,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
+pub use h1::SLOT_HEADER;
 pub use metrics::{ProxyMetrics, WindowStats};
 
-use balance::{SplitState, is_cookie_name, least_outstanding};
+use balance::SplitState;
+use metrics::{MAX_WINDOW, MetricsCore};
 use server::stopped;
-use upstream::{InFlight, PoolConfig, Upstream};
-
-/// The response header naming the slot that served a request: `blue` or
-/// `green`. Set on relayed responses and on the proxy's own 502/503/504
-/// for a chosen slot; absent only when no split was set.
-pub const SLOT_HEADER: &str = "x-atlas-slot";
+use shared::{Shared, SlotState, StickyCookie};
+use upstream::PoolConfig;
 
 /// The backend name in errors from this module.
 const BACKEND: &str = "proxy-router";
-
-/// The sticky-session cookie, with its two `Set-Cookie` values prepared.
-#[derive(Debug)]
-struct StickyCookie {
-    name: String,
-    blue: HeaderValue,
-    green: HeaderValue,
-}
-
-impl StickyCookie {
-    fn new(name: String) -> Result<Self> {
-        if !is_cookie_name(&name) {
-            return Err(Error::invalid(
-                "sticky_cookie",
-                format!("{name:?} is not a valid cookie name (an RFC 6265 token)"),
-            ));
-        }
-        let value = |slot: Slot| {
-            HeaderValue::from_str(&format!("{name}={slot}; Path=/; HttpOnly; SameSite=Lax"))
-                .map_err(|_| Error::invalid("sticky_cookie", "must be visible ASCII"))
-        };
-        Ok(StickyCookie {
-            blue: value(Slot::Blue)?,
-            green: value(Slot::Green)?,
-            name,
-        })
-    }
-
-    fn header(&self, slot: Slot) -> HeaderValue {
-        match slot {
-            Slot::Blue => self.blue.clone(),
-            Slot::Green => self.green.clone(),
-        }
-    }
-}
-
-/// The endpoints of one slot.
-struct SlotState {
-    endpoints: ArcSwap<Vec<Arc<Upstream>>>,
-    /// Round-robin start for breaking ties.
-    rr: AtomicUsize,
-    /// Serialises endpoint changes of this slot (never the request path).
-    writer: Mutex<()>,
-}
-
-impl SlotState {
-    fn new() -> Self {
-        SlotState {
-            endpoints: ArcSwap::from_pointee(Vec::new()),
-            rr: AtomicUsize::new(0),
-            writer: Mutex::new(()),
-        }
-    }
-}
-
-/// State shared by the router handle, the request path, the admin
-/// endpoint and [`ProxyMetrics`].
-struct Shared {
-    service: ServiceName,
-    split: ArcSwapOption<SplitState>,
-    slots: [SlotState; 2],
-    metrics: metrics::MetricsCore,
-    pool: PoolConfig,
-    grace_period: Duration,
-    client_header_timeout: Option<Duration>,
-    client_body_timeout: Option<Duration>,
-    sticky: Option<StickyCookie>,
-}
-
-impl Shared {
-    fn slot(&self, slot: Slot) -> &SlotState {
-        match slot {
-            Slot::Blue => &self.slots[0],
-            Slot::Green => &self.slots[1],
-        }
-    }
-
-    fn current_split(&self) -> Option<TrafficSplit> {
-        self.split.load().as_ref().map(|s| s.split.clone())
-    }
-
-    fn sticky_name(&self) -> Option<&str> {
-        self.sticky.as_ref().map(|s| s.name.as_str())
-    }
-
-    /// Chooses an endpoint of `slot` (not `exclude`) and counts the request
-    /// against it. Loops only when the chosen endpoint was removed between
-    /// the list load and the count, which a fresh load resolves.
-    fn pick(&self, slot: Slot, exclude: Option<&Arc<Upstream>>) -> Option<InFlight> {
-        let state = self.slot(slot);
-        for _ in 0..4 {
-            let chosen = least_outstanding(&state.endpoints.load(), &state.rr, exclude)?;
-            if let Some(in_flight) = InFlight::enter(chosen) {
-                return Some(in_flight);
-            }
-        }
-        None
-    }
-
-    async fn set_endpoints(&self, slot: Slot, endpoints: &[Endpoint]) -> Result<()> {
-        validate_endpoints(endpoints)?;
-        let state = self.slot(slot);
-        let removed = {
-            let _writer = state.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let current = state.endpoints.load_full();
-            let next: Vec<Arc<Upstream>> = endpoints
-                .iter()
-                .map(|ep| {
-                    current
-                        .iter()
-                        .find(|u| u.endpoint == *ep)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(Upstream::new(ep.clone())))
-                })
-                .collect();
-            let removed: Vec<Arc<Upstream>> = current
-                .iter()
-                .filter(|u| !endpoints.contains(&u.endpoint))
-                .cloned()
-                .collect();
-            let added = endpoints.len() + removed.len() - current.len();
-            state.endpoints.store(Arc::new(next));
-            for upstream in &removed {
-                upstream.mark_removed();
-            }
-            tracing::info!(
-                endpoints = endpoints.len(),
-                added,
-                removed = removed.len(),
-                "endpoints updated"
-            );
-            removed
-        };
-        let in_flight: usize = removed.iter().map(|u| u.in_flight()).sum();
-        if in_flight == 0 {
-            return Ok(());
-        }
-        let replicas: Vec<&str> = removed
-            .iter()
-            .map(|u| u.endpoint.replica.as_str())
-            .collect();
-        tracing::info!(in_flight, ?replicas, grace_period = ?self.grace_period, "draining removed endpoints");
-        let started = Instant::now();
-        let drained = tokio::time::timeout(
-            self.grace_period,
-            futures::future::join_all(removed.iter().map(|u| u.drained())),
-        )
-        .await;
-        match drained {
-            Ok(_) => tracing::info!(elapsed = ?started.elapsed(), "removed endpoints drained"),
-            Err(_) => tracing::warn!(
-                still_in_flight = removed.iter().map(|u| u.in_flight()).sum::<usize>(),
-                grace_period = ?self.grace_period,
-                "grace period over before removed endpoints drained; returning anyway"
-            ),
-        }
-        Ok(())
-    }
-}
-
-fn validate_endpoints(endpoints: &[Endpoint]) -> Result<()> {
-    let mut names: HashMap<&str, usize> = HashMap::with_capacity(endpoints.len());
-    let mut addrs: HashMap<SocketAddr, usize> = HashMap::with_capacity(endpoints.len());
-    for (i, ep) in endpoints.iter().enumerate() {
-        if ep.replica.trim().is_empty() {
-            return Err(Error::invalid(
-                format!("endpoints[{i}].replica"),
-                "must not be empty",
-            ));
-        }
-        if ep.addr.port() == 0 {
-            return Err(Error::invalid(
-                format!("endpoints[{i}].addr"),
-                format!("port must not be 0 (got {})", ep.addr),
-            ));
-        }
-        if let Some(first) = names.insert(ep.replica.as_str(), i) {
-            return Err(Error::invalid(
-                format!("endpoints[{i}].replica"),
-                format!(
-                    "must be unique within the slot; {:?} is also endpoints[{first}]",
-                    ep.replica
-                ),
-            ));
-        }
-        if let Some(first) = addrs.insert(ep.addr, i) {
-            return Err(Error::invalid(
-                format!("endpoints[{i}].addr"),
-                format!(
-                    "must be unique within the slot; {} is also endpoints[{first}]",
-                    ep.addr
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// Configures and starts a [`ProxyRouter`]; from [`ProxyRouter::builder`].
 ///
@@ -512,8 +316,7 @@ impl ProxyRouterBuilder {
                 "must be greater than zero (use None for no limit)",
             ));
         }
-        if self.metrics_window < Duration::from_secs(1) || self.metrics_window > metrics::MAX_WINDOW
-        {
+        if self.metrics_window < Duration::from_secs(1) || self.metrics_window > MAX_WINDOW {
             return Err(Error::invalid(
                 "metrics_window",
                 format!("must be between 1s and 24h, got {:?}", self.metrics_window),
@@ -553,7 +356,7 @@ impl ProxyRouterBuilder {
             service: self.service,
             split: ArcSwapOption::new(initial.map(Arc::new)),
             slots: [SlotState::new(), SlotState::new()],
-            metrics: metrics::MetricsCore::new(self.metrics_window),
+            metrics: MetricsCore::new(self.metrics_window),
             pool: PoolConfig {
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.pool_idle_timeout,
@@ -586,9 +389,7 @@ impl ProxyRouterBuilder {
         ));
 
         if let Some(admin_listener) = admin_listener {
-            let metrics = ProxyMetrics {
-                shared: shared.clone(),
-            };
+            let metrics = ProxyMetrics::new(shared.clone());
             let header_timeout = self.client_header_timeout;
             tasks.push(tokio::spawn(
                 server::serve(
@@ -764,9 +565,7 @@ impl ProxyRouter {
     /// The proxy's metrics: a [`MetricProvider`](atlas_core::MetricProvider)
     /// and the Prometheus exposition.
     pub fn metrics(&self) -> ProxyMetrics {
-        ProxyMetrics {
-            shared: self.shared.clone(),
-        }
+        ProxyMetrics::new(self.shared.clone())
     }
 
     /// The endpoints of `slot` that receive new requests (draining ones
@@ -884,35 +683,11 @@ impl TrafficRouter for ProxyRouter {
 
 #[cfg(test)]
 mod tests {
+    use super::upstream::InFlight;
     use super::*;
 
     fn ep(name: &str, port: u16) -> Endpoint {
         Endpoint::new(name, SocketAddr::from(([127, 0, 0, 1], port)))
-    }
-
-    #[test]
-    fn endpoint_lists_are_validated() {
-        assert!(validate_endpoints(&[ep("a", 1), ep("b", 2)]).is_ok());
-        let err = validate_endpoints(&[ep("a", 1), ep("a", 2)]).unwrap_err();
-        assert!(err.to_string().contains("endpoints[1].replica"), "{err}");
-        let err = validate_endpoints(&[ep("a", 1), ep("b", 1)]).unwrap_err();
-        assert!(err.to_string().contains("endpoints[1].addr"), "{err}");
-        let err = validate_endpoints(&[ep("", 1)]).unwrap_err();
-        assert!(err.to_string().contains("endpoints[0].replica"), "{err}");
-        let err = validate_endpoints(&[ep("a", 0)]).unwrap_err();
-        assert!(err.to_string().contains("port must not be 0"), "{err}");
-    }
-
-    #[test]
-    fn sticky_cookie_names_are_validated() {
-        assert!(StickyCookie::new("atlas-slot".into()).is_ok());
-        let err = StickyCookie::new("bad name".into()).unwrap_err();
-        assert!(err.to_string().contains("sticky_cookie"), "{err}");
-        let c = StickyCookie::new("s".into()).unwrap();
-        assert_eq!(
-            c.header(Slot::Green),
-            "s=green; Path=/; HttpOnly; SameSite=Lax"
-        );
     }
 
     #[tokio::test]

@@ -29,15 +29,15 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::Shared;
 use super::balance::Route;
 use super::h1::{
-    ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, head_may_be_complete,
-    put_content_length, put_header, put_local_response, put_status_line,
+    ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, SLOT_HEADER,
+    head_may_be_complete, put_content_length, put_header, put_local_response, put_status_line,
 };
 use super::headers::{PeerInfo, put_forwarding, put_relayed};
 use super::metrics::{Outcome, ProxyFailure};
 use super::server::stopped;
+use super::shared::Shared;
 use super::upstream::{InFlight, UpstreamConn};
 
 /// Read buffers grow by this much when they run low.
@@ -877,17 +877,13 @@ fn write_response_head(
         let name = h.name.as_bytes();
         if facts.hop_by_hop(name)
             || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
-            || name.eq_ignore_ascii_case(super::SLOT_HEADER.as_bytes())
+            || name.eq_ignore_ascii_case(SLOT_HEADER.as_bytes())
         {
             continue;
         }
         put_header(out, name, h.value);
     }
-    put_header(
-        out,
-        super::SLOT_HEADER.as_bytes(),
-        ctx.slot.as_str().as_bytes(),
-    );
+    put_header(out, SLOT_HEADER.as_bytes(), ctx.slot.as_str().as_bytes());
     if let Some(cookie) = ctx.sticky {
         put_header(out, b"set-cookie", cookie);
     }
