@@ -48,6 +48,7 @@
 //! (`start` leaves the services running for plain `cargo test`, and prints the
 //! `export` lines; `stop` stops only what xtask started).
 
+mod imports;
 mod probe;
 mod services;
 mod sys;
@@ -69,6 +70,8 @@ usage:
       fmt, clippy, real services, every test (ignored ones included), doc
       --no-services  provision nothing; run only the tests that need no service
       --skip-lint    skip `cargo fmt --check` and clippy
+  cargo xtask imports
+      list module import circles in every crate (exit 1 if any)
   cargo xtask services install|start|stop|status
       install  install missing services into $ATLAS_SERVICES_DIR (default /var/tmp/atlas-services)
       start    install if needed, start (or reuse) every service, leave them running
@@ -128,6 +131,7 @@ fn run() -> Result<ExitCode> {
     match args.first().map(String::as_str) {
         Some("test") => test(rest),
         Some("services") => services_command(rest),
+        Some("imports") => imports_command(),
         Some("help" | "--help" | "-h") => {
             print_stdout(USAGE);
             Ok(ExitCode::SUCCESS)
@@ -171,6 +175,24 @@ fn services_command(args: &[String]) -> Result<ExitCode> {
         other => bail!("unknown services action `{other}`\n{USAGE}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lists every module import circle; the `imports` stage of `test` too.
+fn imports_command() -> Result<ExitCode> {
+    let circles = imports::circles(&workspace_root())?;
+    for circle in &circles {
+        say!("import circle in {}:", circle.krate);
+        for hop in &circle.hops {
+            say!("    {hop}");
+        }
+    }
+    if circles.is_empty() {
+        say!("no module import circle");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        say!("{} module import circle(s)", circles.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 /// Prints to stdout without panicking when the reader went away (`| head`).

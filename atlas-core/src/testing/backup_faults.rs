@@ -26,7 +26,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
-use super::{FaultError, FaultPlan, Method, lock};
+use super::guard::lock;
+use super::{FaultError, FaultPlan, Method};
 use crate::backup::{
     BackupTarget, ByteStream, GetOptions, GetResult, ListOptions, ObjectKey, ObjectMeta,
     ObjectPrefix, PutOptions, PutResult,

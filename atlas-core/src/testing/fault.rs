@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::lock;
+use super::guard::lock;
 use crate::domain::{Endpoint, Release, ServiceName, Slot, SlotStatus, TrafficSplit};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{Measurement, MetricProvider, MetricQuery};

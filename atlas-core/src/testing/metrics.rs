@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::fault::{FaultError, Method};
-use super::lock;
+use super::guard::lock;
 use crate::error::Result;
 use crate::metrics::{Measurement, MetricProvider, MetricQuery};
 

@@ -77,11 +77,10 @@
 //! # }).unwrap();
 //! ```
 
-use std::sync::{Mutex, MutexGuard};
-
 pub mod backup_faults;
 pub mod conformance;
 mod fault;
+mod guard;
 mod metrics;
 mod migration;
 mod notify;
@@ -100,9 +99,3 @@ pub use probe::{ProbeKey, ProbeScript, ScriptedProbe};
 pub use router::{RecordingRouter, RouterCall};
 pub use state::MemoryStateStore;
 pub use workloads::{FIRST_MOCK_PORT, MockWorkloads, WorkloadsCall};
-
-/// Locks `m`, ignoring poison: a test that panicked while holding a mock's
-/// lock left plain data behind, and the next assertion should still see it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}

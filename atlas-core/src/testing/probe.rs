@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::lock;
+use super::guard::lock;
 use crate::domain::Endpoint;
 use crate::probe::{HealthProbe, ProbeOutcome};
 

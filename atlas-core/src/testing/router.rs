@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::lock;
+use super::guard::lock;
 use crate::domain::{Endpoint, ServiceName, Slot, TrafficSplit};
 use crate::error::Result;
 use crate::router::TrafficRouter;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::lock;
+use super::guard::lock;
 use crate::domain::ServiceName;
 use crate::error::{Error, Result};
 use crate::state::{Lease, RolloutState, StateStore, Versioned};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::lock;
+use super::guard::lock;
 use crate::domain::{Endpoint, Release, ServiceName, Slot, SlotStatus};
 use crate::error::{Error, Result};
 use crate::workloads::Workloads;

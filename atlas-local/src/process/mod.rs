@@ -68,6 +68,7 @@
 //! # }
 //! ```
 
+mod config;
 mod readiness;
 mod replica;
 
@@ -82,11 +83,9 @@ use async_trait::async_trait;
 use atlas_core::{Endpoint, Error, Release, Result, ServiceName, Slot, SlotStatus, Workloads};
 use tracing::Instrument;
 
+use config::{BACKEND, Config};
 pub use readiness::Readiness;
 use replica::{Observed, Replica, Spec};
-
-/// The backend name in errors.
-const BACKEND: &str = "process-workloads";
 
 /// Default time between SIGTERM and SIGKILL: Kubernetes' default
 /// `terminationGracePeriodSeconds`.
@@ -116,22 +115,6 @@ const RESERVED_ENV: [&str; 5] = [
     "ATLAS_SERVICE",
     "ATLAS_VERSION",
 ];
-
-/// Validated configuration, shared with the replica watchers.
-#[derive(Debug)]
-struct Config {
-    log_dir: PathBuf,
-    grace_period: Duration,
-    readiness: Readiness,
-    poll_interval: Duration,
-    probe_timeout: Duration,
-}
-
-impl Config {
-    fn log_path(&self, replica: &str) -> PathBuf {
-        self.log_dir.join(format!("{replica}.log"))
-    }
-}
 
 /// Builds a [`ProcessWorkloads`]; every setting has a default.
 #[derive(Debug, Clone)]

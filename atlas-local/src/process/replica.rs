@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use super::{BACKEND, Config, readiness};
+use super::config::{BACKEND, Config};
+use super::readiness;
 
 /// After SIGKILL a process can still take a moment to go (it may sit in an
 /// uninterruptible wait); past this, the watcher gives up and says so.

@@ -16,7 +16,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{ConnectionLimiter, timed_out};
+use super::limit::{ConnectionLimiter, timed_out};
 use crate::tls::TlsOptions;
 
 /// The default range of statuses that count as healthy: 200 to 399, as

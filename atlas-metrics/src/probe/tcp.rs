@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use atlas_core::{Endpoint, HealthProbe, ProbeOutcome};
 use tokio::net::TcpStream;
 
-use super::{ConnectionLimiter, timed_out};
+use super::limit::{ConnectionLimiter, timed_out};
 
 /// Probes an endpoint by opening a TCP connection and closing it at once,
 /// as Kubernetes' `tcpSocket` probe does.

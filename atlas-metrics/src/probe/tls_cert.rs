@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{ConnectionLimiter, timed_out};
+use super::limit::{ConnectionLimiter, timed_out};
 use crate::tls::{TlsOptions, provider};
 
 /// The default minimum time a certificate must have left: 30 days, the

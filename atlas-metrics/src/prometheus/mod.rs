@@ -23,7 +23,7 @@ use atlas_core::{Error, Measurement, MetricProvider, MetricQuery, Result};
 use tracing::Instrument;
 
 pub use atlas_core::alerts::prometheus_duration;
-pub use result::{InstantSeries, QueryResult, RangeSeries, Sample};
+pub use result::{InstantSeries, MatrixReduction, QueryResult, RangeSeries, Sample};
 pub use templates::RequestMetrics;
 
 use crate::client::{ApiClient, Credentials};
@@ -34,27 +34,6 @@ const BACKEND: &str = "prometheus";
 /// The default time one query may take, including Prometheus' own
 /// evaluation: 30 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How [`PrometheusProvider::measure`] turns a query result into one number.
-///
-/// A scalar is its value; a string is parsed as a number; a vector must hold
-/// exactly one series (aggregate with `sum(...)` etc. otherwise); a matrix
-/// (a range selector such as `x[5m]` sent as an instant query) must hold
-/// exactly one series, reduced as chosen here. An empty result, NaN and
-/// ±Inf are [`Measurement::NoData`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum MatrixReduction {
-    /// The most recent sample (the default).
-    #[default]
-    Last,
-    /// The arithmetic mean of the samples.
-    Mean,
-    /// The largest sample.
-    Max,
-    /// The smallest sample.
-    Min,
-}
 
 /// Answers analysis queries from a Prometheus server (or anything that
 /// speaks its HTTP API: Thanos, Cortex, Mimir, VictoriaMetrics).

@@ -7,7 +7,6 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::MatrixReduction;
 use crate::client::ApiClient;
 
 /// One sample: a Unix timestamp in seconds and a value (NaN and ±Inf kept
@@ -287,6 +286,27 @@ pub(super) fn parse_response(
             format!("unknown result type {other:?}"),
         )),
     }
+}
+
+/// How [`PrometheusProvider::measure`](super::PrometheusProvider::measure) turns a query result into one number.
+///
+/// A scalar is its value; a string is parsed as a number; a vector must hold
+/// exactly one series (aggregate with `sum(...)` etc. otherwise); a matrix
+/// (a range selector such as `x[5m]` sent as an instant query) must hold
+/// exactly one series, reduced as chosen here. An empty result, NaN and
+/// ±Inf are [`Measurement::NoData`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MatrixReduction {
+    /// The most recent sample (the default).
+    #[default]
+    Last,
+    /// The arithmetic mean of the samples.
+    Mean,
+    /// The largest sample.
+    Max,
+    /// The smallest sample.
+    Min,
 }
 
 #[cfg(test)]
