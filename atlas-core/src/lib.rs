@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod notify;
 pub mod probe;
+pub mod retry;
 pub mod rollout;
 pub mod router;
 pub mod spec;

@@ -10,7 +10,7 @@
 //! included. Keys are [`ObjectKey`]s, validated once at construction.
 //!
 //! The targets live in `atlas-storage` (filesystem, memory, S3, GCS, Azure
-//! Blob); they share the retry policy of [`retry`].
+//! Blob); they share the retry policy of [`retry`](crate::retry).
 //!
 //! [`repo`] is the backup repository engine built on them: deduplicated,
 //! compressed, encrypted snapshots (format: `atlas-core/docs/backup-format.md`).
@@ -39,14 +39,13 @@ mod key;
 mod object;
 pub mod repo;
 pub mod retention;
-pub mod retry;
 pub mod schedule;
 mod target;
 
+pub use crate::retry::{BackoffConfig, RetryConfig};
 pub use key::{MAX_KEY_LEN, ObjectKey, ObjectPrefix};
 pub use object::{
     ByteRange, ByteStream, Checksum, Crc32cHasher, GetOptions, GetResult, ListOptions, ObjectMeta,
     PutMode, PutOptions, PutResult, byte_stream,
 };
-pub use retry::{BackoffConfig, RetryConfig};
 pub use target::{BackupTarget, BackupTargetExt};
