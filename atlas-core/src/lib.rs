@@ -56,6 +56,6 @@ pub use notify::{Notification, Notifier, Severity};
 pub use probe::{HealthProbe, ProbeOutcome, ProbePolicy};
 pub use rollout::{InconclusivePolicy, Rollout};
 pub use router::TrafficRouter;
-pub use state::{Lease, Phase, RolloutState, StateStore, Versioned};
+pub use state::{Lease, Phase, PlanFingerprint, RolloutState, StateStore, Versioned};
 pub use strategy::{BlueGreen, Canary, CanaryScale, CanaryStep, Step, Strategy};
 pub use workloads::Workloads;
