@@ -1127,6 +1127,36 @@ async fn a_state_written_without_a_plan_is_resumed_and_gets_one() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn resuming_a_rollout_with_analysis_needs_a_metric_provider() {
+    let w = World::new().await;
+    let mut rollout = canary_waiting_for_promotion(&w.svc).with_analysis(health());
+    let Strategy::Canary(c) = &mut rollout.strategy else {
+        unreachable!()
+    };
+    c.steps.push(CanaryStep::Analysis("health".into()));
+    let stored = persisted_mid_way(&w, rollout).await;
+    let writes = w.store.writes();
+    let no_metrics = Engine::builder()
+        .workloads(Arc::new(w.workloads.clone()))
+        .router(Arc::new(w.router.clone()))
+        .probe(Arc::new(w.probe.clone()))
+        .store(Arc::new(w.store.clone()))
+        .build()
+        .unwrap();
+    let err = no_metrics.resume(&w.svc).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("engine.metrics"), "{err}");
+    assert_eq!(w.store.load(&w.svc).await.unwrap().unwrap(), stored);
+    assert_eq!(w.store.writes(), writes);
+    assert_eq!(
+        resume_and_promote(&w).await,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
+}
+
 /// What the world looked like each time a hook ran.
 #[derive(Debug, Clone, PartialEq)]
 struct HookSighting {
