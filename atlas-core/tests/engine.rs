@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use atlas_core::analysis::AnalysisMetric;
 use atlas_core::hooks::{HookContext, HookPoint, RolloutHook};
+use atlas_core::retry::RetryConfig;
 use atlas_core::testing::{
     CollectingNotifier, Fault, FaultError, FaultPlan, MemoryDriver, MemoryStateStore, Method,
     MockWorkloads, ProbeKey, ProbeScript, RecordingRouter, RouterCall, ScriptedMetrics,
@@ -15,8 +16,9 @@ use atlas_core::testing::{
 };
 use atlas_core::{
     AnalysisTemplate, BlueGreen, Canary, CanaryStep, Engine, ErrorKind, EventKind, Measurement,
-    MetricProvider, MetricQuery, Outcome, Phase, Release, Rollout, RolloutEvent, ServiceName, Slot,
-    StateStore, Step, Strategy, TrafficRouter, TrafficSplit, Weight, Workloads,
+    MetricProvider, MetricQuery, Outcome, Phase, PlanFingerprint, Release, Rollout, RolloutEvent,
+    RolloutState, ServiceName, Slot, StateStore, Step, Strategy, TrafficRouter, TrafficSplit,
+    Versioned, Weight, Workloads,
 };
 use proptest::prelude::*;
 use tokio::sync::broadcast;
@@ -744,6 +746,101 @@ async fn a_transient_router_error_is_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_retries_off_a_transient_router_error_fails_the_step() {
+    let w = World::new().await;
+    let plan = FaultPlan::new();
+    plan.add(
+        Fault::fail(FaultError::transient("503 from router"))
+            .on(Method::SET_SPLIT)
+            .nth_call(2),
+    )
+    .unwrap();
+    let engine = Engine::builder()
+        .workloads(Arc::new(w.workloads.clone()))
+        .router(Arc::new(plan.wrap(w.router.clone())))
+        .probe(Arc::new(w.probe.clone()))
+        .metrics(metrics_bad_at(&w, None))
+        .store(Arc::new(w.store.clone()))
+        .retry(RetryConfig::no_retries())
+        .build()
+        .unwrap();
+    let outcome = engine
+        .start(blue_green(&w.svc))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let Outcome::RolledBack { reason } = outcome else {
+        panic!("expected a rollback, got {outcome:?}")
+    };
+    assert!(reason.contains("503 from router"), "{reason}");
+    w.assert_rolled_back();
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_state_store_errors_are_retried() {
+    let w = World::new().await;
+    let plan = FaultPlan::new();
+    for method in [Method::ACQUIRE_LEASE, Method::LOAD, Method::RENEW_LEASE] {
+        plan.add(
+            Fault::fail(FaultError::transient("store unavailable"))
+                .on(method)
+                .nth_call(1),
+        )
+        .unwrap();
+    }
+    // A lost write: it lands, the engine hears a transient error.
+    plan.add(
+        Fault::lose_response(FaultError::transient("connection reset"))
+            .on(Method::COMPARE_AND_SWAP)
+            .nth_call(3),
+    )
+    .unwrap();
+    let engine = w.engine_with(
+        metrics_bad_at(&w, None),
+        Arc::new(plan.wrap(w.store.clone())),
+    );
+    let outcome = engine
+        .start(blue_green(&w.svc))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
+    w.assert_promoted(2);
+    assert_eq!(plan.calls(Method::ACQUIRE_LEASE), 2);
+    // Every write landed exactly once: the lost one was read back, not
+    // written again.
+    let c = plan.counts(Method::COMPARE_AND_SWAP);
+    assert_eq!(w.store.writes(), c.calls);
+    assert_eq!((c.failures, c.injected), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_retry_config_is_refused() {
+    let w = World::new().await;
+    let err = Engine::builder()
+        .workloads(Arc::new(w.workloads.clone()))
+        .router(Arc::new(w.router.clone()))
+        .probe(Arc::new(w.probe.clone()))
+        .store(Arc::new(w.store.clone()))
+        .retry(RetryConfig::default().with_retry_timeout(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid engine.retry.retry_timeout: must be greater than zero"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn invalid_rollouts_are_refused_before_anything_happens() {
     let w = World::new().await;
     let engine = w.engine(metrics_bad_at(&w, None));
@@ -877,6 +974,186 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         rt.block_on(crash_and_resume(crash_after, bad_at, canary));
     }
+}
+
+/// A canary of v2 that waits at 25 % for a human.
+fn canary_waiting_for_promotion(svc: &ServiceName) -> Rollout {
+    Rollout::new(
+        svc.clone(),
+        Release::new("v2", "checkout:v2"),
+        Strategy::Canary(Canary::new(
+            4,
+            vec![
+                CanaryStep::SetWeight(Weight::new(25).unwrap()),
+                CanaryStep::Pause(None),
+                CanaryStep::SetWeight(Weight::new(50).unwrap()),
+            ],
+        )),
+    )
+}
+
+/// Starts `rollout` and leaves it persisted mid-way: paused at its
+/// `Pause(None)` step, by an engine that is gone (its handle dropped, so it
+/// stopped and gave up the lease).
+async fn persisted_mid_way(w: &World, rollout: Rollout) -> Versioned<RolloutState> {
+    let engine = w.engine(metrics_bad_at(w, None));
+    let handle = engine.start(rollout).await.unwrap();
+    handle.watch().wait_for(|s| s.paused).await.unwrap();
+    drop(handle);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = w.store.load(&w.svc).await.unwrap().unwrap();
+    assert_eq!(stored.value.phase, Phase::Progressing);
+    assert!(stored.value.paused && stored.value.step > 0, "{stored:?}");
+    stored
+}
+
+/// Resumes `w`'s rollout with a fresh engine, promotes it past its pause
+/// and waits for the end.
+async fn resume_and_promote(w: &World) -> Outcome {
+    let fresh = w.engine(metrics_bad_at(w, None));
+    let handle = fresh.resume(&w.svc).await.unwrap().expect("resumable");
+    handle.promote().unwrap();
+    handle.wait().await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_persisted_rollout_stores_its_plan_and_resumes_with_the_same_plan() {
+    let w = World::new().await;
+    let rollout = canary_waiting_for_promotion(&w.svc);
+    let compiled = PlanFingerprint::of(&rollout.strategy.compile(false)).unwrap();
+    let stored = persisted_mid_way(&w, rollout).await;
+    assert_eq!(stored.value.plan, Some(compiled));
+    assert_eq!(
+        resume_and_promote(&w).await,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
+    w.assert_promoted(4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_with_a_different_plan_is_refused_and_leaves_the_state_alone() {
+    let w = World::new().await;
+    let stored = persisted_mid_way(&w, canary_waiting_for_promotion(&w.svc)).await;
+    // What a build whose strategy compiles other steps sees: the stored
+    // step index and fingerprint, and a different plan for the rollout.
+    let mut changed = stored.value.clone();
+    let Strategy::Canary(c) = &mut changed.rollout.strategy else {
+        unreachable!()
+    };
+    c.steps
+        .insert(0, CanaryStep::SetWeight(Weight::new(10).unwrap()));
+    let current = PlanFingerprint::of(&changed.rollout.strategy.compile(false)).unwrap();
+    let version = w
+        .store
+        .compare_and_swap(&w.svc, Some(stored.version), &changed)
+        .await
+        .unwrap();
+    let before = w.store.load(&w.svc).await.unwrap().unwrap();
+    let writes = w.store.writes();
+    let splits = w.router.calls().len();
+
+    let fresh = w.engine(metrics_bad_at(&w, None));
+    let err = fresh.resume(&w.svc).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Precondition, "{err}");
+    let message = err.to_string();
+    let stored_plan = stored.value.plan.clone().unwrap();
+    assert_ne!(stored_plan, current);
+    for part in [
+        "checkout",
+        stored_plan.as_str(),
+        current.as_str(),
+        "step plan",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    // Untouched: same version, same value, no write, no traffic change.
+    assert_eq!(w.store.load(&w.svc).await.unwrap().unwrap(), before);
+    assert_eq!(before.version, version);
+    assert_eq!(w.store.writes(), writes);
+    assert_eq!(w.router.calls().len(), splits);
+    assert_eq!(
+        w.router
+            .current(&w.svc)
+            .unwrap()
+            .weight_of(Slot::Green)
+            .percent(),
+        25
+    );
+
+    // The lease was given back: with the plan it was started with, the
+    // rollout resumes and finishes.
+    w.store
+        .compare_and_swap(&w.svc, Some(version), &stored.value)
+        .await
+        .unwrap();
+    assert_eq!(
+        resume_and_promote(&w).await,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
+    w.assert_promoted(4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_written_without_a_plan_is_resumed_and_gets_one() {
+    let w = World::new().await;
+    let rollout = canary_waiting_for_promotion(&w.svc);
+    let compiled = PlanFingerprint::of(&rollout.strategy.compile(false)).unwrap();
+    let stored = persisted_mid_way(&w, rollout).await;
+    // What an older build wrote.
+    let mut old = stored.value.clone();
+    old.plan = None;
+    w.store
+        .compare_and_swap(&w.svc, Some(stored.version), &old)
+        .await
+        .unwrap();
+
+    let fresh = w.engine(metrics_bad_at(&w, None));
+    let handle = fresh.resume(&w.svc).await.unwrap().expect("resumable");
+    handle.promote().unwrap();
+    let mut watch = handle.watch();
+    let written = watch.wait_for(|s| s.step > old.step).await.unwrap().clone();
+    assert_eq!(written.plan, Some(compiled.clone()));
+    assert_eq!(w.store.state(&w.svc).unwrap().plan, Some(compiled));
+    assert_eq!(
+        handle.wait().await.unwrap(),
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_a_rollout_with_analysis_needs_a_metric_provider() {
+    let w = World::new().await;
+    let mut rollout = canary_waiting_for_promotion(&w.svc).with_analysis(health());
+    let Strategy::Canary(c) = &mut rollout.strategy else {
+        unreachable!()
+    };
+    c.steps.push(CanaryStep::Analysis("health".into()));
+    let stored = persisted_mid_way(&w, rollout).await;
+    let writes = w.store.writes();
+    let no_metrics = Engine::builder()
+        .workloads(Arc::new(w.workloads.clone()))
+        .router(Arc::new(w.router.clone()))
+        .probe(Arc::new(w.probe.clone()))
+        .store(Arc::new(w.store.clone()))
+        .build()
+        .unwrap();
+    let err = no_metrics.resume(&w.svc).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("engine.metrics"), "{err}");
+    assert_eq!(w.store.load(&w.svc).await.unwrap().unwrap(), stored);
+    assert_eq!(w.store.writes(), writes);
+    assert_eq!(
+        resume_and_promote(&w).await,
+        Outcome::Promoted {
+            version: "v2".into()
+        }
+    );
 }
 
 /// What the world looked like each time a hook ran.

@@ -22,7 +22,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use atlas_core::engine::RetryPolicy;
+use atlas_core::retry::RetryConfig;
 use atlas_core::{Error, Notification, Notifier, Result};
 use serde::Serialize;
 use tracing::Instrument;
@@ -40,8 +40,9 @@ pub const DEFAULT_ALERTNAME: &str = "AtlasNotification";
 
 /// Sends notifications to Alertmanager (see the module docs).
 ///
-/// Defaults: no credentials, 10 s timeout per request, the engine's
-/// [`RetryPolicy`] for transient failures, firing TTL 4 minutes.
+/// Defaults: no credentials, 10 s timeout per request,
+/// [`RetryConfig::control_plane`] for transient failures, firing TTL 4
+/// minutes.
 ///
 /// ```no_run
 /// use atlas_core::{Notification, Notifier, Severity};
@@ -57,7 +58,7 @@ pub const DEFAULT_ALERTNAME: &str = "AtlasNotification";
 #[derive(Clone)]
 pub struct AlertmanagerNotifier {
     api: ApiClient,
-    retry: RetryPolicy,
+    retry: RetryConfig,
     firing_ttl: Duration,
     generator_url: Option<String>,
 }
@@ -103,7 +104,7 @@ impl AlertmanagerNotifier {
             credentials: None,
             tls: None,
             timeout: Duration::from_secs(10),
-            retry: RetryPolicy::default(),
+            retry: RetryConfig::control_plane(),
             firing_ttl: DEFAULT_FIRING_TTL,
             generator_url: None,
         }
@@ -162,7 +163,7 @@ impl AlertmanagerNotifier {
             .collect::<Result<Vec<_>>>()?;
         let span = tracing::info_span!("alertmanager.send", alerts = alerts.len());
         self.retry
-            .run("alertmanager post", || async {
+            .run(BACKEND, "alertmanager post", || async {
                 let request = self.api.post("api/v2/alerts")?.json(&alerts);
                 let (status, body) = self.api.send(request).await?;
                 if status.is_success() {
@@ -198,7 +199,7 @@ pub struct AlertmanagerNotifierBuilder {
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
     timeout: Duration,
-    retry: RetryPolicy,
+    retry: RetryConfig,
     firing_ttl: Duration,
     generator_url: Option<String>,
 }
@@ -231,8 +232,10 @@ impl AlertmanagerNotifierBuilder {
         self
     }
 
-    /// How transient failures are retried. Default: [`RetryPolicy::default`].
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+    /// How transient failures are retried. Default:
+    /// [`RetryConfig::control_plane`]. Its per-attempt timeout bounds each
+    /// request too, besides [`timeout`](Self::timeout).
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
         self
     }
@@ -254,8 +257,8 @@ impl AlertmanagerNotifierBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] on `alertmanager.url`, `alertmanager.timeout`
-    /// (zero), `alertmanager.firing_ttl` (zero), `alertmanager.retry.attempts`
-    /// (zero), `alertmanager.generator_url` (not an absolute URL), and the
+    /// (zero), `alertmanager.firing_ttl` (zero), `alertmanager.retry.*`
+    /// (see [`RetryConfig::validate`]), `alertmanager.generator_url` (not an absolute URL), and the
     /// errors of [`TlsOptions::client_config`].
     pub fn build(self) -> Result<AlertmanagerNotifier> {
         if self.firing_ttl.is_zero() {
@@ -264,12 +267,7 @@ impl AlertmanagerNotifierBuilder {
                 "must be greater than 0",
             ));
         }
-        if self.retry.attempts == 0 {
-            return Err(Error::invalid(
-                "alertmanager.retry.attempts",
-                "must be at least 1",
-            ));
-        }
+        self.retry.validate("alertmanager.retry")?;
         if let Some(u) = &self.generator_url {
             reqwest::Url::parse(u).map_err(|e| {
                 Error::invalid("alertmanager.generator_url", format!("is not a URL: {e}"))

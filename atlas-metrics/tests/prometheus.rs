@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use atlas_core::analysis::{AnalysisPhase, AnalysisTemplate, run_template};
-use atlas_core::engine::RetryPolicy;
 use atlas_core::judge::{
     CanaryJudge, Direction, JudgeConfig, JudgeMetric, SampleProvider, Verdict,
 };
+use atlas_core::retry::{BackoffConfig, RetryConfig};
 use atlas_core::{ErrorKind, Measurement, MetricProvider, MetricQuery};
 use atlas_metrics::prometheus::{QueryResult, RequestMetrics};
 use atlas_metrics::{PrometheusProvider, TlsOptions};
@@ -35,12 +35,15 @@ fn query(text: &str) -> MetricQuery {
     }
 }
 
-fn fast_retry(attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        attempts,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(20),
-    }
+/// `attempts` in all (so `attempts - 1` retries), 10 ms backoff doubling to 20 ms.
+fn fast_retry(attempts: u32) -> RetryConfig {
+    RetryConfig::control_plane()
+        .with_max_retries(attempts - 1)
+        .with_backoff(
+            BackoffConfig::default()
+                .with_init_backoff(Duration::from_millis(10))
+                .with_max_backoff(Duration::from_millis(20)),
+        )
 }
 
 fn form(body: &str) -> BTreeMap<String, String> {

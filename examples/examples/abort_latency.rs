@@ -134,6 +134,7 @@ async fn run(iterations: usize) -> Result<(), Box<dyn std::error::Error>> {
             skip_next_pause: false,
             full_promotion: false,
             promoted: false,
+            plan: None,
         }
     };
     let mut version = None;

@@ -211,10 +211,7 @@ async fn prometheus_answers(url: &str) -> bool {
     // and speaks the API.
     let Ok(p) = PrometheusProvider::builder(url)
         .timeout(Duration::from_secs(3))
-        .retry(atlas_core::engine::RetryPolicy {
-            attempts: 1,
-            ..Default::default()
-        })
+        .retry(atlas_core::retry::RetryConfig::no_retries())
         .build()
     else {
         return false;

@@ -85,14 +85,14 @@ fn crate_circles(krate: &str, src: &Path) -> Result<Vec<Circle>> {
     let mut edges: BTreeMap<ModPath, Vec<Edge>> = BTreeMap::new();
     for (module, file) in &modules {
         for (line, path) in paths_in(&codes[module]) {
-            if let Some(to) = index.resolve(module, &path, 0) {
-                if &to != module {
-                    edges.entry(module.clone()).or_default().push(Edge {
-                        to,
-                        file: file.clone(),
-                        line,
-                    });
-                }
+            if let Some(to) = index.resolve(module, &path, 0)
+                && &to != module
+            {
+                edges.entry(module.clone()).or_default().push(Edge {
+                    to,
+                    file: file.clone(),
+                    line,
+                });
             }
         }
     }
@@ -427,10 +427,11 @@ fn expand_use_named(prefix: &[String], tree: &str, out: &mut Vec<(String, Vec<St
     let name = alias
         .or_else(|| full.last().map(String::as_str))
         .map(str::to_owned);
-    if let Some(name) = name {
-        if name != "self" && name != "_" {
-            out.push((name, full));
-        }
+    if let Some(name) = name
+        && name != "self"
+        && name != "_"
+    {
+        out.push((name, full));
     }
 }
 
@@ -486,13 +487,13 @@ impl Index<'_> {
             }
         }
         // An item `at` imports rather than defines lives where it came from.
-        if let (Some(item), Some(items)) = (item, self.items.get(&at)) {
-            if depth < 8 && !items.defined.contains(&item) {
-                if let Some(source) = items.imported.get(&item) {
-                    // `None`: it came from another crate, not from here.
-                    return self.resolve(&at, source, depth + 1);
-                }
-            }
+        if let (Some(item), Some(items)) = (item, self.items.get(&at))
+            && depth < 8
+            && !items.defined.contains(&item)
+            && let Some(source) = items.imported.get(&item)
+        {
+            // `None`: it came from another crate, not from here.
+            return self.resolve(&at, source, depth + 1);
         }
         Some(at)
     }

@@ -10,7 +10,7 @@
 //! included. Keys are [`ObjectKey`]s, validated once at construction.
 //!
 //! The targets live in `atlas-storage` (filesystem, memory, S3, GCS, Azure
-//! Blob); they share the retry policy of [`retry`].
+//! Blob); they share the retry policy of [`retry`](crate::retry).
 //!
 //! The backup repository engine built on them (deduplicated, compressed,
 //! encrypted snapshots, retention and schedules) is the `atlas-backup` crate.
@@ -34,13 +34,12 @@
 
 mod key;
 mod object;
-pub mod retry;
 mod target;
 
+pub use crate::retry::{BackoffConfig, RetryConfig};
 pub use key::{MAX_KEY_LEN, ObjectKey, ObjectPrefix};
 pub use object::{
     ByteRange, ByteStream, Checksum, Crc32cHasher, GetOptions, GetResult, ListOptions, ObjectMeta,
     PutMode, PutOptions, PutResult, byte_stream,
 };
-pub use retry::{BackoffConfig, RetryConfig};
 pub use target::{BackupTarget, BackupTargetExt};

@@ -17,8 +17,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use atlas_core::engine::RetryPolicy;
 use atlas_core::judge::SampleProvider;
+use atlas_core::retry::RetryConfig;
 use atlas_core::{Error, Measurement, MetricProvider, MetricQuery, Result};
 use tracing::Instrument;
 
@@ -38,9 +38,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answers analysis queries from a Prometheus server (or anything that
 /// speaks its HTTP API: Thanos, Cortex, Mimir, VictoriaMetrics).
 ///
-/// Defaults: no credentials, 30 s timeout per request, the engine's
-/// [`RetryPolicy`] (4 attempts, 100 ms doubling to 5 s, with jitter) for
-/// transient failures, matrix results reduced to their last sample, judge
+/// Defaults: no credentials, 30 s timeout per request,
+/// [`RetryConfig::control_plane`] (3 retries, 100 ms doubling to 5 s, with
+/// jitter) for transient failures, matrix results reduced to their last sample, judge
 /// samples every `window / 30` (at least 1 s).
 ///
 /// Errors map to categories: connection failures, timeouts, HTTP 5xx/429,
@@ -70,7 +70,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct PrometheusProvider {
     api: ApiClient,
-    retry: RetryPolicy,
+    retry: RetryConfig,
     reduction: MatrixReduction,
     sample_step: Option<Duration>,
 }
@@ -95,7 +95,7 @@ impl PrometheusProvider {
             credentials: None,
             tls: None,
             timeout: DEFAULT_TIMEOUT,
-            retry: RetryPolicy::default(),
+            retry: RetryConfig::control_plane(),
             reduction: MatrixReduction::default(),
             sample_step: None,
         }
@@ -170,7 +170,7 @@ impl PrometheusProvider {
 
     async fn call(&self, path: &str, form: &[(&str, String)]) -> Result<QueryResult> {
         self.retry
-            .run("prometheus query", || async {
+            .run(BACKEND, "prometheus query", || async {
                 let request = self.api.post(path)?.form(form);
                 let (status, body) = self.api.send(request).await?;
                 result::parse_response(status, &body, &self.api)
@@ -251,7 +251,7 @@ pub struct PrometheusProviderBuilder {
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
     timeout: Duration,
-    retry: RetryPolicy,
+    retry: RetryConfig,
     reduction: MatrixReduction,
     sample_step: Option<Duration>,
 }
@@ -285,8 +285,10 @@ impl PrometheusProviderBuilder {
         self
     }
 
-    /// How transient failures are retried. Default: [`RetryPolicy::default`].
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+    /// How transient failures are retried. Default:
+    /// [`RetryConfig::control_plane`]. Its per-attempt timeout bounds each
+    /// request too, besides [`timeout`](Self::timeout).
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
         self
     }
@@ -309,15 +311,11 @@ impl PrometheusProviderBuilder {
     /// # Errors
     /// [`Error::InvalidInput`] on `prometheus.url` (not an http(s) URL with
     /// a host, or with a query), `prometheus.timeout` (zero),
-    /// `prometheus.retry.attempts` (zero), `prometheus.sample_step` (zero),
+    /// `prometheus.retry.*` (see [`RetryConfig::validate`]),
+    /// `prometheus.sample_step` (zero),
     /// and the errors of [`TlsOptions::client_config`].
     pub fn build(self) -> Result<PrometheusProvider> {
-        if self.retry.attempts == 0 {
-            return Err(Error::invalid(
-                "prometheus.retry.attempts",
-                "must be at least 1",
-            ));
-        }
+        self.retry.validate("prometheus.retry")?;
         if self.sample_step.is_some_and(|s| s.is_zero()) {
             return Err(Error::invalid(
                 "prometheus.sample_step",

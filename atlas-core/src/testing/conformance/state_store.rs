@@ -16,7 +16,7 @@ use crate::domain::{Release, RequestMatch, ServiceName, Slot, Weight};
 use crate::error::{ErrorKind, Result};
 use crate::probe::ProbePolicy;
 use crate::rollout::{InconclusivePolicy, Rollout};
-use crate::state::{Phase, RolloutState, StateStore, Versioned};
+use crate::state::{Phase, PlanFingerprint, RolloutState, StateStore, Versioned};
 use crate::strategy::{Canary, CanaryScale, CanaryStep, Strategy};
 
 /// The lease time-to-live the checks use: long enough that no lease
@@ -42,7 +42,8 @@ pub async fn all(store: &dyn StateStore, prefix: &str) {
 
 /// A realistic rollout state with every field away from its default: a
 /// canary strategy with analysis, a match rule, a custom probe policy,
-/// arguments, a rolling-back phase, flags set. Stores must round-trip it.
+/// arguments, a rolling-back phase, flags set, a plan fingerprint. Stores
+/// must round-trip it.
 pub fn sample_state(service: &ServiceName) -> RolloutState {
     let error_rate = AnalysisMetric::new(
         "error-rate",
@@ -88,6 +89,8 @@ pub fn sample_state(service: &ServiceName) -> RolloutState {
         ("region".to_string(), "eu-west-1".to_string()),
         ("quote".to_string(), "a \"b\" {c}".to_string()),
     ]);
+    // Serialising a plan cannot fail, so this is always `Some`.
+    let plan = PlanFingerprint::of(&rollout.strategy.compile(false)).ok();
     RolloutState {
         id: format!("{service}-0123456789abcdef"),
         rollout,
@@ -103,6 +106,7 @@ pub fn sample_state(service: &ServiceName) -> RolloutState {
         skip_next_pause: true,
         full_promotion: true,
         promoted: false,
+        plan,
     }
 }
 

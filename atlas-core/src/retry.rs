@@ -1,12 +1,25 @@
-//! Retries with exponential backoff and jitter, and per-request and overall
-//! timeouts, for the requests a [`BackupTarget`](super::BackupTarget) makes.
+//! The one retry policy of the workspace: exponential backoff with jitter,
+//! a per-attempt timeout and an overall budget, for calls that fail with a
+//! [transient](Error::is_transient) error.
 //!
-//! Targets run each replayable request (one part of an upload, a head, a
-//! page of a listing, the start of a download) through
-//! [`RetryConfig::run`]. Only [`Error::Transient`] failures are retried —
-//! throttling, 5xx, timeouts of one attempt, reset connections — and never
-//! for longer than [`RetryConfig::retry_timeout`] in total. A put's body is a
-//! one-shot stream, so a whole put is never retried: its parts are.
+//! [`RetryConfig`] is the policy. It is applied two ways:
+//!
+//! - [`Retrying<T>`] wraps an adapter — [`Workloads`](crate::Workloads),
+//!   [`TrafficRouter`](crate::TrafficRouter) or
+//!   [`StateStore`](crate::StateStore) — and retries each of its calls. The
+//!   [`Engine`](crate::Engine) wraps the adapters it is given this way
+//!   (see [`EngineBuilder::retry`](crate::EngineBuilder::retry)).
+//! - [`RetryConfig::run`] retries one replayable request; backup targets run
+//!   each request (one part of an upload, a head, a page of a listing, the
+//!   start of a download) through it, and HTTP clients their calls. A put's
+//!   body is a one-shot stream, so a whole put is never retried: its parts
+//!   are.
+//!
+//! Only [`Error::Transient`] failures are retried — throttling, 5xx,
+//! timeouts of one attempt, reset connections — never a conflict, a refusal
+//! or a missing object, and never for longer than
+//! [`RetryConfig::retry_timeout`] in total. Every retry is a `tracing` warn
+//! event naming the backend, the call, the attempt and the wait.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,12 +29,20 @@ use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 
-/// How long to wait between attempts: `init_backoff × base^n`, capped at
-/// `max_backoff`, with "equal jitter" (a uniformly random wait between half
-/// the computed delay and all of it) so that many clients that failed
-/// together do not retry together.
+mod retrying;
+
+pub use retrying::Retrying;
+
+/// How long to wait between attempts: `init_backoff × base^n` before retry
+/// `n` (counted from 0), capped at `max_backoff`, with "equal jitter" (a
+/// uniformly random wait between half the computed delay and all of it) so
+/// that many clients that failed together do not retry together.
 ///
-/// Defaults: `init_backoff` 100 ms, `max_backoff` 15 s, `base` 2.
+/// | field | default | why |
+/// |---|---|---|
+/// | [`init_backoff`](Self::init_backoff) | 100 ms | a blip (a dropped connection, one throttled request) is usually gone by then, and a caller waiting on the call barely notices |
+/// | [`max_backoff`](Self::max_backoff) | 15 s | long enough to let a throttling backend recover, short enough that a recovered backend is noticed within a few seconds |
+/// | [`base`](Self::base) | 2 | doubling reaches `max_backoff` in 8 retries from 100 ms, the usual choice of cloud SDKs |
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct BackoffConfig {
@@ -105,12 +126,39 @@ impl BackoffConfig {
     }
 }
 
-/// Retry policy of a target's requests.
+/// The retry policy: how often, how long and how far apart calls that fail
+/// with a [transient](Error::is_transient) error are tried again.
 ///
-/// Defaults: up to 10 retries, 3 minutes in total for one request and its
-/// retries, 60 seconds per attempt, [`BackoffConfig::default`]. A part of a
-/// multipart upload is one request, so the per-attempt timeout must allow a
-/// whole part to travel (60 s carries an 8 MiB part at 140 kB/s).
+/// [`RetryConfig::default`], used by backup targets:
+///
+/// | field | default | why |
+/// |---|---|---|
+/// | [`max_retries`](Self::max_retries) | 10 | with the default backoff, about a minute of retries: rides out a backend restart or a burst of throttling |
+/// | [`retry_timeout`](Self::retry_timeout) | 3 min | bounds one call and all its retries, so a dead backend fails the caller instead of hanging it |
+/// | [`request_timeout`](Self::request_timeout) | 60 s | a hung attempt counts as a transient failure and is retried; a part of a multipart upload is one attempt, and 60 s carries an 8 MiB part at 140 kB/s |
+/// | [`backoff`](Self::backoff) | [`BackoffConfig::default`] | 100 ms doubling to 15 s, with jitter |
+///
+/// [`RetryConfig::control_plane`], used by the rollout engine and the
+/// metric and alert clients, differs in two fields: 3 retries and backoff
+/// capped at 5 s. Those callers have their own deadline (a step's progress
+/// deadline, an analysis interval, an alert's resend), so a few quick
+/// retries serve them better than a minute of waiting.
+///
+/// To turn retries off, use [`RetryConfig::no_retries`] (or
+/// [`with_max_retries(0)`](Self::with_max_retries)): each call is tried once,
+/// still under the per-attempt timeout.
+///
+/// ```
+/// use std::time::Duration;
+/// use atlas_core::retry::{BackoffConfig, RetryConfig};
+///
+/// let patient = RetryConfig::default()
+///     .with_max_retries(20)
+///     .with_backoff(BackoffConfig::default().with_max_backoff(Duration::from_secs(30)));
+/// patient.validate("retry")?;
+/// assert_eq!(RetryConfig::control_plane().max_retries, 3);
+/// # Ok::<(), atlas_core::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RetryConfig {
@@ -138,6 +186,18 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
+    /// The policy for calls made while steering or watching a rollout —
+    /// the platform, the router, the state store, metric queries, alert
+    /// deliveries: up to 3 retries, backoff from 100 ms doubling to 5 s
+    /// (with jitter), 60 s per attempt, 3 min in all.
+    pub fn control_plane() -> Self {
+        RetryConfig {
+            backoff: BackoffConfig::default().with_max_backoff(Duration::from_secs(5)),
+            max_retries: 3,
+            ..Self::default()
+        }
+    }
+
     /// One attempt only, with the default per-attempt timeout.
     pub fn no_retries() -> Self {
         RetryConfig {
@@ -209,13 +269,15 @@ impl RetryConfig {
         Fut: Future<Output = Result<T>>,
     {
         let started = tokio::time::Instant::now();
-        let deadline = started + self.retry_timeout;
+        // A budget too large for the clock (e.g. `Duration::MAX`) means none.
+        let deadline = started.checked_add(self.retry_timeout);
         let mut retry = 0u32;
         loop {
             let now = tokio::time::Instant::now();
-            let budget = self
-                .request_timeout
-                .min(deadline.saturating_duration_since(now));
+            let budget = match deadline {
+                Some(d) => self.request_timeout.min(d.saturating_duration_since(now)),
+                None => self.request_timeout,
+            };
             let outcome = match tokio::time::timeout(budget, attempt()).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::transient(
@@ -246,7 +308,7 @@ impl RetryConfig {
             }
             let delay = self.backoff.delay(retry, &mut rand::rng());
             let now = tokio::time::Instant::now();
-            if now + delay >= deadline {
+            if deadline.is_some_and(|d| now.checked_add(delay).is_none_or(|at| at >= d)) {
                 return Err(Error::deadline(
                     format!("{what} and its retries (last error: {error})"),
                     self.retry_timeout,
