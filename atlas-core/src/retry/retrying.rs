@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::RetryConfig;
+use super::config::RetryConfig;
 use crate::domain::{Endpoint, Release, ServiceName, Slot, SlotStatus, TrafficSplit};
 use crate::error::{Error, Result};
 use crate::router::TrafficRouter;

@@ -1,25 +1,5 @@
-//! The one retry policy of the workspace: exponential backoff with jitter,
-//! a per-attempt timeout and an overall budget, for calls that fail with a
-//! [transient](Error::is_transient) error.
-//!
-//! [`RetryConfig`] is the policy. It is applied two ways:
-//!
-//! - [`Retrying<T>`] wraps an adapter — [`Workloads`](crate::Workloads),
-//!   [`TrafficRouter`](crate::TrafficRouter) or
-//!   [`StateStore`](crate::StateStore) — and retries each of its calls. The
-//!   [`Engine`](crate::Engine) wraps the adapters it is given this way
-//!   (see [`EngineBuilder::retry`](crate::EngineBuilder::retry)).
-//! - [`RetryConfig::run`] retries one replayable request; backup targets run
-//!   each request (one part of an upload, a head, a page of a listing, the
-//!   start of a download) through it, and HTTP clients their calls. A put's
-//!   body is a one-shot stream, so a whole put is never retried: its parts
-//!   are.
-//!
-//! Only [`Error::Transient`] failures are retried — throttling, 5xx,
-//! timeouts of one attempt, reset connections — never a conflict, a refusal
-//! or a missing object, and never for longer than
-//! [`RetryConfig::retry_timeout`] in total. Every retry is a `tracing` warn
-//! event naming the backend, the call, the attempt and the wait.
+//! [`RetryConfig`] and [`BackoffConfig`]: how often, how long and how far
+//! apart calls are retried.
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,10 +8,6 @@ use rand::Rng;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-
-mod retrying;
-
-pub use retrying::Retrying;
 
 /// How long to wait between attempts: `init_backoff × base^n` before retry
 /// `n` (counted from 0), capped at `max_backoff`, with "equal jitter" (a
