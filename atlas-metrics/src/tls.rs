@@ -136,8 +136,11 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// (and a provider installed by someone else first) are fine.
 ///
 /// This crate never needs it, but a binary that also links kube or the cloud
-/// SDKs must do it at the start of `main` (`DEPENDENCIES.md` landmine 1);
-/// examples and tests call this.
+/// SDKs must do it at the start of `main`: with those in one build, rustls
+/// has both the `ring` and `aws-lc-rs` providers compiled in, cannot pick
+/// one, and panics at the first TLS connection ("Could not automatically
+/// determine the process-level CryptoProvider"). Examples and tests call
+/// this.
 pub fn install_default_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

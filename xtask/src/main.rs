@@ -4,7 +4,9 @@
 //! runs. It stops at the first failing stage, names it, and prints a timing
 //! summary of all stages at the end:
 //!
-//! 1. `fmt`: `cargo fmt --all -- --check`
+//! 1. `fmt`: `cargo fmt --all -- --check`;
+//!    then `imports`: no crate's modules import in a circle (`cargo xtask
+//!    imports`, see `imports.rs`).
 //! 2. `clippy`: `cargo clippy --workspace --all-targets --all-features -- -D warnings`
 //! 3. `services`: installs the real services that are missing, and `restic`
 //!    (the baseline backup tests compare against), with apt, npm, pip and
@@ -177,21 +179,25 @@ fn services_command(args: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Lists every module import circle; the `imports` stage of `test` too.
+/// Lists every module import circle.
 fn imports_command() -> Result<ExitCode> {
     let circles = imports::circles(&workspace_root())?;
-    for circle in &circles {
-        say!("import circle in {}:", circle.krate);
-        for hop in &circle.hops {
-            say!("    {hop}");
-        }
-    }
+    print_circles(&circles);
     if circles.is_empty() {
         say!("no module import circle");
         Ok(ExitCode::SUCCESS)
     } else {
         say!("{} module import circle(s)", circles.len());
         Ok(ExitCode::FAILURE)
+    }
+}
+
+fn print_circles(circles: &[imports::Circle]) {
+    for circle in circles {
+        say!("import circle in {}:", circle.krate);
+        for hop in &circle.hops {
+            say!("    {hop}");
+        }
     }
 }
 
@@ -359,8 +365,20 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 return Ok(summary.fail("fmt", &why));
             }
         }
+        say!("stage imports: module import circles");
+        let t0 = Instant::now();
+        let circles = imports::circles(&workspace_root())?;
+        print_circles(&circles);
+        if circles.is_empty() {
+            summary.add("imports", Status::Ok, t0.elapsed(), "");
+        } else {
+            summary.add("imports", Status::Failed, t0.elapsed(), "");
+            let why = format!("{} module import circle(s)", circles.len());
+            return Ok(summary.fail("imports", &why));
+        }
     } else {
         skipped(&mut summary, "fmt", "--skip-lint");
+        skipped(&mut summary, "imports", "--skip-lint");
     }
 
     // Installs are mostly network and disk bound: let them overlap clippy.

@@ -189,20 +189,26 @@ fn install_apt(layout: &Layout, packages: &[&str]) -> Result<()> {
     run_logged(&mut install, &log, "apt-get install")
 }
 
+/// Installs Azurite into a fresh staging folder and moves it into place
+/// only once npm finished: an install that was interrupted (or that raced
+/// another one) leaves a half-written `node_modules` that later npm runs
+/// cannot repair ("Invalid Version"), so a broken folder is never reused.
 fn install_npm(layout: &Layout) -> Result<()> {
     let dir = layout.npm();
-    fs::create_dir_all(&dir)?;
-    let manifest = dir.join("package.json");
-    if !manifest.exists() {
-        fs::write(
-            &manifest,
-            "{ \"name\": \"atlas-test-services\", \"private\": true }\n",
-        )?;
+    let staging = dir.with_extension("partial");
+    if staging.exists() {
+        fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
     }
+    fs::create_dir_all(&staging)?;
+    fs::write(
+        staging.join("package.json"),
+        "{ \"name\": \"atlas-test-services\", \"private\": true }\n",
+    )?;
     let log = layout.install_log(Installer::Npm);
     let npm = find_in_path("npm").ok_or_else(|| anyhow!("npm is not on PATH"))?;
     run_logged(
-        Command::new(npm).current_dir(&dir).args([
+        Command::new(npm).current_dir(&staging).args([
             "install",
             "--no-audit",
             "--no-fund",
@@ -212,7 +218,13 @@ fn install_npm(layout: &Layout) -> Result<()> {
         ]),
         &log,
         "npm install azurite",
-    )
+    )?;
+    // Only called when Azurite is missing: whatever is at `dir` is broken.
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    fs::rename(&staging, &dir)
+        .with_context(|| format!("cannot move {} to {}", staging.display(), dir.display()))
 }
 
 /// Whether a system Python can make a venv with pip in it (Debian splits
