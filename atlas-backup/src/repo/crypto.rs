@@ -10,7 +10,9 @@ use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use super::error::BACKEND;
 use super::format::{BlobId, BlobKind, from_hex, to_hex};
+use super::pool::Compressors;
 use atlas_core::error::{Error, Result};
 
 /// Bytes of the nonce before every ciphertext.
@@ -221,7 +223,7 @@ impl MasterKey {
         level: i32,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(sealed_capacity(plain.len()));
-        let zstd = super::pool::Compressors::new(level);
+        let zstd = Compressors::new(level);
         self.encode_blob_into(kind, id, plain, &zstd, &mut out);
         out
     }
@@ -237,7 +239,7 @@ impl MasterKey {
         kind: BlobKind,
         id: &BlobId,
         plain: &[u8],
-        zstd: &super::pool::Compressors,
+        zstd: &Compressors,
         out: &mut Vec<u8>,
     ) {
         out.clear();
@@ -306,14 +308,13 @@ impl MasterKey {
     pub(crate) fn open_file(&self, kind: &str, what: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         let compressed = self.open(file_aad(kind).as_bytes(), sealed).ok_or_else(|| {
             Error::backend(
-                super::BACKEND,
+                BACKEND,
                 format!("{what}: authentication failed (corrupted, or not written with this repository's key)"),
             )
         })?;
         let mut out = Vec::new();
-        zstd::stream::copy_decode(compressed.as_slice(), &mut out).map_err(|e| {
-            Error::backend(super::BACKEND, format!("{what}: does not decompress: {e}"))
-        })?;
+        zstd::stream::copy_decode(compressed.as_slice(), &mut out)
+            .map_err(|e| Error::backend(BACKEND, format!("{what}: does not decompress: {e}")))?;
         Ok(out)
     }
 }
@@ -387,15 +388,12 @@ fn wrapping_key(
     let mut out = [0u8; 32];
     match (source, kdf) {
         (KeySource::Passphrase(p), "argon2id") => {
-            let params = params.ok_or_else(|| {
-                Error::backend(super::BACKEND, "key file: argon2id without params")
-            })?;
+            let params = params
+                .ok_or_else(|| Error::backend(BACKEND, "key file: argon2id without params"))?;
             params
                 .argon2()?
                 .hash_password_into(p.as_bytes(), salt, &mut out)
-                .map_err(|e| {
-                    Error::backend(super::BACKEND, format!("key file: argon2id failed: {e}"))
-                })?;
+                .map_err(|e| Error::backend(BACKEND, format!("key file: argon2id failed: {e}")))?;
         }
         (KeySource::Raw(k), "raw") => {
             out = blake3::derive_key("atlas-backup 2026 raw key wrapping", k);
@@ -450,9 +448,9 @@ impl KeyFile {
             return Ok(None);
         }
         let salt = from_hex(&self.salt)
-            .ok_or_else(|| Error::backend(super::BACKEND, "key file: salt is not hex"))?;
+            .ok_or_else(|| Error::backend(BACKEND, "key file: salt is not hex"))?;
         let sealed = from_hex(&self.wrapped)
-            .ok_or_else(|| Error::backend(super::BACKEND, "key file: wrapped key is not hex"))?;
+            .ok_or_else(|| Error::backend(BACKEND, "key file: wrapped key is not hex"))?;
         let wrapper = MasterKey {
             cipher: wrapping_key(source, &self.kdf, self.params.as_ref(), &salt)?,
             enc: [0; 32],
@@ -463,7 +461,7 @@ impl KeyFile {
         };
         if plain.len() != 64 {
             return Err(Error::backend(
-                super::BACKEND,
+                BACKEND,
                 "key file: wrapped key has the wrong length",
             ));
         }

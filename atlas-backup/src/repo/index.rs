@@ -6,8 +6,10 @@ use std::collections::{HashMap, HashSet};
 use futures::stream::{StreamExt, TryStreamExt};
 use tracing::debug;
 
+use super::error::BACKEND;
 use super::format::{BlobId, BlobKind, IndexBlob, IndexFile, IndexPack, PackId};
-use super::{BACKEND, Layout, Repository};
+use super::layout::Layout;
+use super::repository::Repository;
 use atlas_core::backup::BackupTargetExt;
 use atlas_core::error::{Error, Result};
 

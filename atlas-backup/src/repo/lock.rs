@@ -8,8 +8,11 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use super::error::BACKEND;
 use super::format::{LockFile, PackId};
-use super::{Layout, Repository};
+use super::host::default_host;
+use super::layout::Layout;
+use super::repository::Repository;
 use atlas_core::backup::{BackupTargetExt, ObjectKey};
 use atlas_core::error::{Error, ErrorKind, Result};
 
@@ -106,11 +109,7 @@ impl Drop for LockGuard {
 }
 
 fn holder(action: &str) -> String {
-    format!(
-        "{} pid {} {action}",
-        super::backup::default_host(),
-        std::process::id()
-    )
+    format!("{} pid {} {action}", default_host(), std::process::id())
 }
 
 impl Repository {
@@ -136,9 +135,8 @@ impl Repository {
                 .inner
                 .master
                 .open_file("lock", &format!("lock {}", m.key), &sealed)?;
-            let lf: LockFile = serde_json::from_slice(&plain).map_err(|e| {
-                Error::backend(super::BACKEND, format!("lock {}: not valid: {e}", m.key))
-            })?;
+            let lf: LockFile = serde_json::from_slice(&plain)
+                .map_err(|e| Error::backend(BACKEND, format!("lock {}: not valid: {e}", m.key)))?;
             out.push(LockInfo {
                 id: Layout::name_of(&m.key).to_owned(),
                 exclusive: lf.exclusive,

@@ -14,10 +14,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::{self, StreamExt};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::format::{BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree};
+use super::error::{BACKEND, IntegrityError, integrity_error};
+use super::format::{
+    BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree, from_hex,
+};
 use super::index::{BlobLoc, Index};
 use super::progress::{ProgressFn, Tracker};
-use super::{BACKEND, IntegrityError, Repository, integrity_error};
+use super::repository::Repository;
 use atlas_core::backup::{BackupTargetExt, ByteRange, ByteStream};
 use atlas_core::error::{Error, Result};
 
@@ -96,7 +99,7 @@ fn os_name(node: &Node) -> Result<std::ffi::OsString> {
     check_name(&node.name)?;
     match &node.name_bytes {
         Some(hex) => {
-            let raw = super::format::from_hex(hex)
+            let raw = from_hex(hex)
                 .ok_or_else(|| IntegrityError::new("name_bytes is not hex").into_error())?;
             if raw.contains(&b'/') || raw.is_empty() {
                 return Err(IntegrityError::new("tree contains an unsafe name").into_error());
