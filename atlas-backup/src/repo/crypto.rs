@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::error::BACKEND;
 use super::format::{BlobId, BlobKind, from_hex, to_hex};
 use super::pool::Compressors;
+use super::version::Document;
 use atlas_core::error::{Error, Result};
 
 /// Bytes of the nonce before every ciphertext.
@@ -76,7 +77,6 @@ impl fmt::Debug for KeySource {
 /// Argon2id cost parameters for new key files. The defaults are the
 /// `argon2` crate's (OWASP's recommendation): 19 MiB, 2 passes, 1 lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KdfParams {
     /// Memory in KiB. Default 19456 (19 MiB); at least 8.
     pub m_cost: u32,
@@ -362,7 +362,6 @@ impl fmt::Display for BlobFault {
 /// A key file: the master key wrapped with a key derived from a passphrase
 /// (or a raw key).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct KeyFile {
     pub(crate) version: u32,
     /// `argon2id` or `raw`.
@@ -427,7 +426,7 @@ impl KeyFile {
         };
         let sealed = wrapper.seal(KEY_AAD, &master.to_bytes());
         Ok(KeyFile {
-            version: 1,
+            version: Document::KeyFile.newest(),
             kdf: kdf.to_owned(),
             params,
             salt: to_hex(&salt),

@@ -53,6 +53,7 @@ mod progress;
 mod prune;
 mod repository;
 mod restore;
+mod version;
 
 pub use backup::{
     BackupOptions, BackupReport, BackupSource, DirectorySource, SourceInput, StreamSource,

@@ -9,10 +9,9 @@ use tracing::{info, instrument};
 
 use super::crypto::{KdfParams, KeyFile, KeySource, MasterKey};
 use super::error::{BACKEND, json_err};
-use super::format::{
-    self, ChunkerParams, FORMAT_NAME, FORMAT_VERSION, RepoConfig, Snapshot, SnapshotId,
-};
+use super::format::{self, ChunkerParams, FORMAT_NAME, RepoConfig, Snapshot, SnapshotId};
 use super::layout::Layout;
+use super::version::{self, Document};
 use atlas_core::backup::{BackupTarget, BackupTargetExt, ObjectKey, ObjectPrefix};
 use atlas_core::error::{Error, ErrorKind, Result};
 
@@ -143,7 +142,7 @@ impl Repository {
         let layout = Layout::new(prefix);
         let config = RepoConfig {
             format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
+            version: Document::Config.newest(),
             id: format::PackId::random().to_hex(),
             chunker: options.chunker,
             pack_size: options.pack_size,
@@ -458,21 +457,94 @@ impl Repository {
 
     pub(crate) async fn read_snapshot_key(&self, key: &ObjectKey) -> Result<Snapshot> {
         let sealed = self.inner.target.get_bytes(key).await?;
-        let what = format!("snapshot manifest {key}");
-        let plain = self.inner.master.open_file("snapshot", &what, &sealed)?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| Error::backend(BACKEND, format!("{what}: not a valid manifest: {e}")))
+        self.open_document(Document::Snapshot, key, &sealed)
     }
 
+    /// Decrypts the document `doc` read from `key` and decodes it after
+    /// checking its format version.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] naming the document when it does not decrypt or
+    /// decode; [`Error::Precondition`] for a newer major version.
+    pub(crate) fn open_document<T: serde::de::DeserializeOwned>(
+        &self,
+        doc: Document,
+        key: &ObjectKey,
+        sealed: &[u8],
+    ) -> Result<T> {
+        let what = format!("{} {key}", doc.noun());
+        let plain = self
+            .inner
+            .master
+            .open_file(doc.seal_label(), &what, sealed)?;
+        version::decode(doc, &what, &plain)
+    }
+
+    /// Encrypts `value` as the document `doc`, with its format version, and
+    /// stores it at `key` (`create`: only if absent).
     pub(crate) async fn write_file(
         &self,
         key: &ObjectKey,
-        kind: &str,
+        doc: Document,
         value: &impl serde::Serialize,
         create: bool,
     ) -> Result<()> {
-        let json = serde_json::to_vec(value).map_err(json_err)?;
-        let sealed = self.inner.master.seal_file(kind, &json);
+        let json = version::encode(doc, value)?;
+        self.put_sealed(key, doc, &json, create).await
+    }
+
+    /// The decrypted JSON of the encrypted document `name` (a path inside
+    /// the repository: `snapshots/<id>`, `index/<name>` or `locks/<name>`).
+    /// For tests of the format's compatibility rules; not a stable API.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a name outside those folders; target
+    /// errors; [`Error::Backend`] when it does not decrypt.
+    #[doc(hidden)]
+    pub async fn read_raw_document(&self, name: &str) -> Result<Vec<u8>> {
+        let (doc, key) = self.raw_document(name)?;
+        let sealed = self.inner.target.get_bytes(&key).await?;
+        self.inner
+            .master
+            .open_file(doc.seal_label(), &format!("{} {key}", doc.noun()), &sealed)
+    }
+
+    /// Encrypts `json` as the repository does and stores it as the document
+    /// `name` (as [`read_raw_document`](Self::read_raw_document)), replacing
+    /// it. Nothing is checked: for tests that plant documents written by
+    /// other versions; not a stable API.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a name outside those folders; target errors.
+    #[doc(hidden)]
+    pub async fn write_raw_document(&self, name: &str, json: &[u8]) -> Result<()> {
+        let (doc, key) = self.raw_document(name)?;
+        self.put_sealed(&key, doc, json, false).await
+    }
+
+    fn raw_document(&self, name: &str) -> Result<(Document, ObjectKey)> {
+        let doc = match name.split('/').next() {
+            Some("snapshots") => Document::Snapshot,
+            Some("index") => Document::Index,
+            Some("locks") => Document::Lock,
+            _ => {
+                return Err(Error::invalid(
+                    "name",
+                    "must name a document under snapshots/, index/ or locks/",
+                ));
+            }
+        };
+        Ok((doc, self.inner.layout.prefix.key(name)?))
+    }
+
+    async fn put_sealed(
+        &self,
+        key: &ObjectKey,
+        doc: Document,
+        json: &[u8],
+        create: bool,
+    ) -> Result<()> {
+        let sealed = self.inner.master.seal_file(doc.seal_label(), json);
         if create {
             self.inner
                 .target
@@ -509,14 +581,14 @@ async fn read_config(target: &dyn BackupTarget, layout: &Layout) -> Result<RepoC
         }
         Err(e) => return Err(e),
     };
-    let config: RepoConfig = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::backend(BACKEND, format!("repository config is not valid: {e}")))?;
-    if config.format != FORMAT_NAME || config.version != FORMAT_VERSION {
+    let what = format!("repository config {}", layout.config()?);
+    let config: RepoConfig = version::decode(Document::Config, &what, &bytes)?;
+    if config.format != FORMAT_NAME {
         return Err(Error::backend(
             BACKEND,
             format!(
-                "repository format {} v{} is not supported (expected {FORMAT_NAME} v{FORMAT_VERSION})",
-                config.format, config.version
+                "{what}: repository format {:?} is not supported (expected {FORMAT_NAME})",
+                config.format
             ),
         ));
     }
@@ -532,9 +604,8 @@ async fn list_key_files(
     let mut out = Vec::new();
     for m in metas {
         let body = target.get_bytes(&m.key).await?;
-        let kf: KeyFile = serde_json::from_slice(&body).map_err(|e| {
-            Error::backend(BACKEND, format!("key file {} is not valid: {e}", m.key))
-        })?;
+        let kf: KeyFile =
+            version::decode(Document::KeyFile, &format!("key file {}", m.key), &body)?;
         out.push((Layout::name_of(&m.key).to_owned(), kf));
     }
     Ok(out)

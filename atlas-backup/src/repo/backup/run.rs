@@ -30,6 +30,7 @@ use crate::repo::policy::{MirrorPolicy, TargetOutcome};
 use crate::repo::pool::BufferPool;
 use crate::repo::progress::{ProgressFn, Tracker};
 use crate::repo::repository::Repository;
+use crate::repo::version::Document;
 use atlas_core::error::{Error, Result};
 
 /// Options of a backup.
@@ -354,7 +355,7 @@ pub(crate) async fn run_backup(
             return Err(quorum_lost(&sinks, required));
         }
         futures::future::join_all(sinks.iter().filter(|s| s.healthy()).map(|s| async {
-            let res = async { s.repo.write_file(&s.repo.inner.layout.snapshot(&snapshot.id)?, "snapshot", &snapshot, true).await }.await;
+            let res = async { s.repo.write_file(&s.repo.inner.layout.snapshot(&snapshot.id)?, Document::Snapshot, &snapshot, true).await }.await;
             if let Err(e) = res {
                 s.fail(e);
             }
