@@ -1,6 +1,6 @@
 //! The backup repository engine: deduplicated, compressed, encrypted
 //! snapshots of directory trees and byte streams, stored in any
-//! [`BackupTarget`].
+//! [`BackupTarget`](atlas_core::backup::BackupTarget).
 //!
 //! A [`Repository`] lives under a prefix of a target. Content is cut into
 //! chunks by FastCDC (about 1 MiB on average), each chunk is identified by a

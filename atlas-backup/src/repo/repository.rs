@@ -237,7 +237,7 @@ impl Repository {
 
     /// Creates, under `prefix` of `target`, a mirror of `existing`: the same
     /// config and key files (so the same master key and passphrases), and no
-    /// data yet. Back up to both with a [`MirrorSet`]; fill it with [`sync`].
+    /// data yet. Back up to both with a [`MirrorSet`](crate::repo::MirrorSet); fill it with [`sync`](crate::repo::sync).
     ///
     /// # Errors
     /// [`Error::Conflict`] when a repository already exists there; target errors.
@@ -320,7 +320,7 @@ impl Repository {
     /// its id. Nothing else changes: every snapshot stays readable.
     ///
     /// This writes to this repository only; for mirrors use
-    /// [`MirrorSet::add_key`], which writes the same key file to each.
+    /// [`MirrorSet::add_key`](crate::repo::MirrorSet::add_key), which writes the same key file to each.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an empty passphrase or bad `kdf`; target errors.
@@ -378,7 +378,7 @@ impl Repository {
     ///
     /// This acts on this repository only: a mirror keeps its copy of the key
     /// file, and the passphrase still opens it. For mirrors use
-    /// [`MirrorSet::remove_key`], which removes it from each.
+    /// [`MirrorSet::remove_key`](crate::repo::MirrorSet::remove_key), which removes it from each.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown id; [`Error::Precondition`] when it

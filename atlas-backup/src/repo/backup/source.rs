@@ -56,15 +56,15 @@ pub trait BackupSource: Send {
 
 /// A directory tree: regular files, directories and symlinks with their
 /// permission bits and modification times, and the root directory's own
-/// mode and mtime ([`Snapshot::root`]). Fifos, sockets and devices are
-/// skipped with a warning and counted in [`SnapshotTotals::skipped`].
+/// mode and mtime ([`Snapshot::root`](crate::repo::Snapshot::root)). Fifos, sockets and devices are
+/// skipped with a warning and counted in [`SnapshotTotals::skipped`](crate::repo::SnapshotTotals::skipped).
 ///
 /// An entry below the root that cannot be read (it vanished after its
 /// directory was listed, its directory cannot be listed, it turned into
 /// something else, a read failed) is left out with a warning, as restic
 /// does, and the backup goes on: the report's
-/// [`unreadable`](BackupReport::unreadable) list and the manifest
-/// ([`Snapshot::unreadable`], [`Snapshot::is_complete`]) name it. Files are
+/// [`unreadable`](crate::repo::BackupReport::unreadable) list and the manifest
+/// ([`Snapshot::unreadable`](crate::repo::Snapshot::unreadable), [`Snapshot::is_complete`](crate::repo::Snapshot::is_complete)) name it. Files are
 /// read up to the size they had when opened, so a file that grows or
 /// shrinks meanwhile is stored as the bytes read, with that size.
 #[derive(Debug, Clone)]
