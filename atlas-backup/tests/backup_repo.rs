@@ -1,5 +1,10 @@
 //! The backup repository engine (`atlas_backup::repo`) end to end,
 //! over an in-memory target and temporary directories.
+//!
+//! Unix only: the trees under test have Unix permission bits, symlinks,
+//! fifos and sockets, which restore reproduces on Unix alone.
+
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -47,6 +47,7 @@ mod index;
 mod layout;
 mod lock;
 mod mirror;
+mod platform;
 mod policy;
 mod pool;
 mod progress;

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -16,7 +15,7 @@ use super::content::{Ctx, RawBlob, save_stream};
 use super::pack::{BLOBS_PER_TARGET, pack_stage};
 use super::sink::{Sink, healthy_count, quorum_lost};
 use super::source::{BackupSource, SourceInput};
-use super::walk::{io_err, mtime_of, save_dir, scan_totals};
+use super::walk::{io_err, save_dir, scan_totals};
 use crate::repo::crypto::sealed_capacity;
 use crate::repo::error::BACKEND;
 use crate::repo::format::{
@@ -26,6 +25,7 @@ use crate::repo::format::{
 use crate::repo::host::default_host;
 use crate::repo::index::{Index, write_index};
 use crate::repo::lock::LockGuard;
+use crate::repo::platform::{mode_of, mtime_of};
 use crate::repo::policy::{MirrorPolicy, TargetOutcome};
 use crate::repo::pool::BufferPool;
 use crate::repo::progress::{ProgressFn, Tracker};
@@ -270,7 +270,7 @@ pub(crate) async fn run_backup(
                             return Err(Error::invalid("source", format!("{} is not a directory", root.display())));
                         }
                         let (mtime_sec, mtime_nsec) = mtime_of(&meta);
-                        let root_meta = RootMetadata { mode: meta.permissions().mode() & 0o7777, mtime_sec, mtime_nsec };
+                        let root_meta = RootMetadata { mode: mode_of(&meta), mtime_sec, mtime_nsec };
                         let (c2, r2, s2) = (ctx.clone(), root.clone(), stop_scan.clone());
                         drop(tokio::task::spawn_blocking(move || scan_totals(r2, c2, s2)));
                         let tree = save_dir(ctx, blob_tx, root.clone(), String::new(), parent_root).await?;

@@ -67,6 +67,13 @@ pub trait BackupSource: Send {
 /// ([`Snapshot::unreadable`](crate::repo::Snapshot::unreadable), [`Snapshot::is_complete`](crate::repo::Snapshot::is_complete)) name it. Files are
 /// read up to the size they had when opened, so a file that grows or
 /// shrinks meanwhile is stored as the bytes read, with that size.
+///
+/// Outside Unix there are no permission bits, inodes or fifos: files are
+/// recorded with mode 0644 and directories 0755 (0444 and 0555 when
+/// read-only), inode 0 (an incremental run compares size and mtime only),
+/// names that are not valid Unicode lossily, and files are opened without
+/// `O_NOFOLLOW`, so an entry replaced by a symlink after its directory was
+/// listed is read through the link. Ownership is recorded nowhere.
 #[derive(Debug, Clone)]
 pub struct DirectorySource {
     root: PathBuf,

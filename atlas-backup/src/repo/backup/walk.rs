@@ -4,8 +4,6 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,21 +16,8 @@ use tracing::warn;
 use super::content::{Ctx, RawBlob, aborted, add_tree, join_err, read_content};
 use crate::repo::error::BACKEND;
 use crate::repo::format::{BlobId, Node, NodeKind, Tree, to_hex};
+use crate::repo::platform::{inode_of, mode_of, mtime_of, name_bytes, open_no_follow};
 use atlas_core::error::{Error, Result};
-
-/// Opens `path` for reading without following a symlink and without
-/// waiting on a fifo: the entry was a regular file when its directory was
-/// listed, but may have been replaced since.
-fn open_source_file(path: &Path) -> io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK);
-    }
-    options.open(path)
-}
 
 /// A regular file read for the snapshot: its chunks, the bytes read and
 /// its metadata when opened.
@@ -50,7 +35,10 @@ fn read_source_file(
     rel: &str,
     tx: &mpsc::Sender<RawBlob>,
 ) -> Result<std::result::Result<ReadFile, String>> {
-    let file = match open_source_file(path) {
+    // Not following a symlink and not waiting on a fifo (Unix): the entry
+    // was a regular file when its directory was listed, but may have been
+    // replaced since.
+    let file = match open_no_follow(path) {
         Ok(f) => f,
         Err(e) => return Ok(Err(format!("cannot open: {e}"))),
     };
@@ -90,16 +78,14 @@ pub(super) fn io_err(path: &Path, what: &str, e: io::Error) -> Error {
     Error::backend_with(BACKEND, format!("{what} {}: {e}", path.display()), e)
 }
 
-pub(super) fn mtime_of(meta: &std::fs::Metadata) -> (i64, u32) {
-    (meta.mtime(), meta.mtime_nsec().clamp(0, 999_999_999) as u32)
-}
-
+/// A node's name: UTF-8, plus the exact bytes in hex when it is not UTF-8
+/// (where the platform has them).
 fn node_name(name: &OsString) -> (String, Option<String>) {
     match name.to_str() {
         Some(s) => (s.to_owned(), None),
         None => (
             name.to_string_lossy().into_owned(),
-            Some(to_hex(name.as_bytes())),
+            name_bytes(name).map(to_hex),
         ),
     }
 }
@@ -129,7 +115,8 @@ pub(super) fn save_dir(
                 let entry = entry?;
                 out.push((entry.file_name(), entry.metadata()));
             }
-            out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            // By the name's bytes (on Unix, its exact bytes).
+            out.sort_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
             Ok(out)
         })
         .await
@@ -194,11 +181,11 @@ async fn save_entry(
         name: name_str,
         name_bytes,
         kind: NodeKind::File,
-        mode: meta.permissions().mode() & 0o7777,
+        mode: mode_of(&meta),
         mtime_sec,
         mtime_nsec,
         size: 0,
-        inode: meta.ino(),
+        inode: inode_of(&meta),
         content: Vec::new(),
         subtree: None,
         target: None,
@@ -276,8 +263,8 @@ async fn save_entry(
         };
         // The metadata of the file as opened and read, not as listed.
         (node.mtime_sec, node.mtime_nsec) = mtime_of(&meta);
-        node.mode = meta.permissions().mode() & 0o7777;
-        node.inode = meta.ino();
+        node.mode = mode_of(&meta);
+        node.inode = inode_of(&meta);
         node.content = ids;
         node.size = size;
         ctx.totals(|t| {
