@@ -1114,3 +1114,253 @@ fn tail(path: &str) -> String {
     let count = path.chars().count();
     path.chars().skip(count.saturating_sub(40)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("atlas_backup").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_benchmark_scripts_invocations_parse_as_before() {
+        // scripts/bench-backup.sh and BENCHMARKS.md.
+        let cli = parse(&["--repo", "file:///var/tmp/repo", "init"]).unwrap();
+        assert!(matches!(cli.command, Command::Init));
+        assert_eq!(cli.repos[0].to_string(), "file:///var/tmp/repo");
+
+        let cli = parse(&[
+            "--repo",
+            "file:///var/tmp/repo",
+            "--quiet",
+            "backup",
+            "/var/tmp/data",
+        ])
+        .unwrap();
+        assert!(cli.quiet);
+        let Command::Backup(b) = cli.command else {
+            panic!("not a backup: {:?}", cli.command)
+        };
+        assert_eq!(b.dir.as_deref(), Some("/var/tmp/data"));
+        assert_eq!(b.stdin, None);
+        assert_eq!(b.output.output, OutputFormat::Text);
+
+        let cli = parse(&[
+            "--repo",
+            "file:///w/repo-atlas",
+            "--quiet",
+            "restore",
+            "latest",
+            "--target",
+            "/w/restore-atlas",
+        ])
+        .unwrap();
+        assert!(cli.quiet);
+        let Command::Restore(r) = cli.command else {
+            panic!("not a restore: {:?}", cli.command)
+        };
+        assert_eq!(r.id, "latest");
+        assert_eq!(r.target.as_deref(), Some("/w/restore-atlas"));
+        assert!(!r.stdout);
+    }
+
+    #[test]
+    fn the_readme_invocations_parse_as_before() {
+        let two = [
+            "--repo",
+            "file:///var/backups/a",
+            "--repo",
+            "file:///mnt/other/a",
+        ];
+        let cli = parse(&[&two[..], &["init"]].concat()).unwrap();
+        assert_eq!(cli.repos.len(), 2);
+
+        let cli = parse(&[&two[..], &["backup", "./data", "--tag", "nightly"]].concat()).unwrap();
+        let Command::Backup(b) = cli.command else {
+            panic!("not a backup")
+        };
+        assert_eq!(b.tags, ["nightly"]);
+
+        let cli = parse(&["--repo", "file:///var/backups/a", "snapshots"]).unwrap();
+        assert!(matches!(cli.command, Command::Snapshots { .. }));
+
+        let cli = parse(&[
+            "--repo",
+            "file:///var/backups/a",
+            "forget",
+            "--keep-daily",
+            "7",
+            "--keep-weekly",
+            "4",
+            "--prune",
+        ])
+        .unwrap();
+        let Command::Forget(f) = cli.command else {
+            panic!("not a forget")
+        };
+        assert!(f.has_policy() && f.prune && !f.dry_run);
+        assert_eq!(f.keep_daily, Some(KeepCount::Count(7)));
+        assert_eq!(f.keep_weekly, Some(KeepCount::Count(4)));
+    }
+
+    #[test]
+    fn the_header_forms_parse() {
+        let repo = ["-r", "file:///r"];
+        let with = |rest: &[&str]| parse(&[&repo[..], rest].concat());
+
+        let Command::Backup(b) = with(&["backup", "--stdin", "dump.sql", "--kind", "pit"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a backup")
+        };
+        assert_eq!(b.stdin.as_deref(), Some("dump.sql"));
+        assert!(matches!(b.kind, Some(Kind::PointInTime)));
+
+        let Command::Restore(r) = with(&["restore", "ab12", "--path", "f", "--stdout"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a restore")
+        };
+        assert!(r.stdout && r.target.is_none());
+
+        let Command::Check(c) = with(&["check", "--read-data-subset", "2/7"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a check")
+        };
+        assert_eq!(
+            c.read_data_subset,
+            Some(ReadDataSubset::Part { n: 2, m: 7 })
+        );
+        let Command::Check(c) = with(&["check", "--read-data-subset", "10%"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a check")
+        };
+        assert_eq!(c.read_data_subset, Some(ReadDataSubset::Fraction(0.1)));
+
+        // restic's -1: keep all; a negative number, not an option.
+        let Command::Forget(f) = with(&[
+            "forget",
+            "--keep-last",
+            "-1",
+            "--keep-tag",
+            "a,b",
+            "--keep-tag",
+            "c",
+            "--group-by",
+            "host,tags",
+            "--dry-run",
+            "0a1b",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not a forget")
+        };
+        assert_eq!(f.keep_last, Some(KeepCount::Unlimited));
+        assert_eq!(f.keep_tag, ["a,b", "c"]);
+        assert_eq!(f.ids, ["0a1b"]);
+        assert!(f.dry_run);
+
+        let Command::Key(KeyCommand::Remove { id }) =
+            with(&["key", "remove", "k1"]).unwrap().command
+        else {
+            panic!("not key remove")
+        };
+        assert_eq!(id, "k1");
+
+        // Global options may follow the verb.
+        let cli = parse(&["snapshots", "--output", "json", "--repo", "file:///r", "-q"]).unwrap();
+        assert!(cli.quiet);
+        let Command::Snapshots { output } = cli.command else {
+            panic!("not snapshots")
+        };
+        assert_eq!(output.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn bad_usage_is_refused_by_the_parser() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| parse(args).map(|_| ()).unwrap_err().kind();
+        assert_eq!(
+            kind(&["-r", "file:///r", "backup"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "backup", "/d", "--stdin", "x"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "restore", "latest"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "restore", "latest", "--stdout"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "backup", "/d", "--kind", "weekly"]),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "check", "--read-data-subset", "half"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["-r", "relative/path", "init"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "bogus"]),
+            ErrorKind::InvalidSubcommand
+        );
+        // Usage errors exit 2, as the old parser did.
+        assert_eq!(
+            parse(&["-r", "file:///r", "bogus"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn progress_names_what_each_action_counts() {
+        let bar = ProgressBar::hidden();
+        let mut shape = Shape::Waiting;
+        // Progress is non-exhaustive: start from the default.
+        let mut p = Progress::default();
+        p.action = "prune";
+        p.files_total = Some(4);
+        p.files_done = 1;
+        show(&bar, &p, &mut shape);
+        assert_eq!(shape, Shape::Count);
+        assert_eq!((bar.position(), bar.length()), (1, Some(4)));
+        assert_eq!(bar.message(), "packs");
+
+        p.action = "restore";
+        p.bytes_total = Some(1000);
+        p.bytes_done = 250;
+        p.current = Some(format!("{}/tail.txt", "d".repeat(60)));
+        show(&bar, &p, &mut shape);
+        assert_eq!(shape, Shape::Bytes);
+        assert_eq!((bar.position(), bar.length()), (250, Some(1000)));
+        assert!(
+            bar.message().starts_with("1 of 4 files  "),
+            "{}",
+            bar.message()
+        );
+        assert!(bar.message().ends_with("/tail.txt"));
+        assert_eq!(tail(p.current.as_deref().unwrap()).chars().count(), 40);
+    }
+}

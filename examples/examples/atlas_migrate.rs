@@ -558,3 +558,100 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("atlas_migrate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_documented_invocation_parses_as_before() {
+        let cli = parse(&[
+            "--url",
+            "postgres://postgres@127.0.0.1:5433/postgres",
+            "--dir",
+            "migrations",
+            "--backup-dir",
+            "/var/tmp/atlas-backups",
+            "migrate",
+            "--to",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.url.as_deref(),
+            Some("postgres://postgres@127.0.0.1:5433/postgres")
+        );
+        assert_eq!(cli.dir, PathBuf::from("migrations"));
+        assert_eq!(
+            cli.backup_dir.as_deref(),
+            Some(std::path::Path::new("/var/tmp/atlas-backups"))
+        );
+        let Command::Migrate { to } = cli.command else {
+            panic!("not migrate")
+        };
+        assert_eq!(to, Some("3".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_verb_parses_with_its_options() {
+        let cli = parse(&[
+            "--no-backup",
+            "--fail-fast",
+            "--table",
+            "h",
+            "down",
+            "--to",
+            "2",
+        ])
+        .unwrap();
+        assert!(cli.no_backup && cli.fail_fast);
+        assert_eq!(cli.table.as_deref(), Some("h"));
+        assert!(matches!(cli.command, Command::Down { .. }));
+        assert!(matches!(
+            parse(&["baseline", "--to", "5"]).unwrap().command,
+            Command::Baseline { .. }
+        ));
+        let Command::Plan { to, output } = parse(&["plan", "--output", "json"]).unwrap().command
+        else {
+            panic!("not plan")
+        };
+        assert_eq!((to, output.output), (None, OutputFormat::Json));
+        // Global options may follow the verb; the directory defaults.
+        let cli = parse(&["lint", "--allow-lint-errors", "-q"]).unwrap();
+        assert!(cli.allow_lint_errors && cli.quiet);
+        assert_eq!(cli.dir, PathBuf::from("migrations"));
+        assert!(matches!(
+            parse(&["status"]).unwrap().command,
+            Command::Status { .. }
+        ));
+        assert!(matches!(
+            parse(&["repair"]).unwrap().command,
+            Command::Repair
+        ));
+    }
+
+    #[test]
+    fn bad_usage_is_refused_by_the_parser() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| parse(args).map(|_| ()).unwrap_err().kind();
+        assert_eq!(kind(&["down"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["baseline"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["migrate", "--to", "x"]), ErrorKind::ValueValidation);
+        assert_eq!(
+            kind(&["--backup-dir", "d", "--no-backup", "migrate"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(kind(&["status", "--to", "3"]), ErrorKind::UnknownArgument);
+        assert_eq!(parse(&["frobnicate"]).unwrap_err().exit_code(), 2);
+    }
+}

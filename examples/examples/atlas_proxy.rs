@@ -188,3 +188,75 @@ async fn start(args: &Args, listen: SocketAddr, reuse_port: bool) -> BoxResult<P
         .await?;
     Ok(router)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("atlas_proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn the_benchmark_invocation_parses_as_before() {
+        // scripts/bench-proxy.sh.
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:18091",
+            "--blue",
+            "127.0.0.1:18090",
+            "--threads",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(a.listen, "127.0.0.1:18091".parse().unwrap());
+        assert_eq!(a.blue, ["127.0.0.1:18090".parse().unwrap()]);
+        assert_eq!((a.threads, a.canary_weight), (2, 0));
+        assert!(a.green.is_empty() && a.admin.is_none() && !a.shared_runtime);
+    }
+
+    #[test]
+    fn the_header_invocation_parses() {
+        let a = parse(&[
+            "--blue",
+            "127.0.0.1:9001, 127.0.0.1:9002",
+            "--green",
+            "127.0.0.1:9003",
+            "--canary-weight",
+            "10",
+            "--admin",
+            "127.0.0.1:9100",
+            "--shared-runtime",
+        ])
+        .unwrap();
+        assert_eq!(a.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(a.blue.len(), 2);
+        assert_eq!(a.green, ["127.0.0.1:9003".parse().unwrap()]);
+        assert_eq!(a.canary_weight, 10);
+        assert_eq!(a.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(a.shared_runtime);
+        assert_eq!(a.threads, default_threads());
+    }
+
+    #[test]
+    fn bad_usage_is_refused_by_the_parser() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| parse(args).map(|_| ()).unwrap_err().kind();
+        assert_eq!(kind(&[]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            kind(&["--blue", "127.0.0.1:1", "--canary-weight", "101"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(kind(&["--blue", "localhost"]), ErrorKind::ValueValidation);
+        assert_eq!(
+            kind(&["--blue", "127.0.0.1:1", "--bogus"]),
+            ErrorKind::UnknownArgument
+        );
+    }
+}
