@@ -327,7 +327,14 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
         Command::Down { .. } => cli::spinner(cli.quiet, "down", "connecting"),
         _ => ProgressBar::hidden(),
     };
-    let driver = Shown::new(builder.connect().await?, bar.clone());
+    let driver = match builder.connect().await {
+        Ok(driver) => Shown::new(driver, bar.clone()),
+        Err(e) => {
+            // Clear the spinner so that the error starts its own line.
+            bar.finish_and_clear();
+            return Err(e.into());
+        }
+    };
     let migrator = Migrator::new(driver, set).with_config(config);
     match &cli.command {
         Command::Status { output } => {

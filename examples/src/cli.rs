@@ -3,9 +3,10 @@
 
 use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, WeakProgressBar};
 
 /// How a verb prints its result: text for people, or one JSON document on
 /// stdout for scripts (progress and warnings stay on stderr either way).
@@ -29,6 +30,47 @@ pub fn progress_target(quiet: bool) -> ProgressDrawTarget {
     }
 }
 
+/// The bar being drawn, if any, for [`LogWriter`]. Weak, so that a bar
+/// dropped without being finished is still cleaned up as indicatif does.
+static DRAWN_BAR: Mutex<Option<WeakProgressBar>> = Mutex::new(None);
+
+/// A progress bar on [`progress_target`]; when it is drawn, log lines
+/// written through [`LogWriter`] appear above it instead of on its line.
+pub fn progress_bar(quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, progress_target(quiet));
+    if !bar.is_hidden() {
+        *DRAWN_BAR.lock().unwrap_or_else(PoisonError::into_inner) = Some(bar.downgrade());
+    }
+    bar
+}
+
+/// Standard error for log lines (the `tracing` subscriber of
+/// [`main_support::init_tracing`](crate::main_support::init_tracing)):
+/// while a progress bar is drawn, the bar is lifted for each line and
+/// redrawn below it, so that a warning and the bar never share a line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = DRAWN_BAR
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(WeakProgressBar::upgrade);
+        let write = || std::io::stderr().lock().write_all(buf);
+        match bar {
+            Some(bar) => bar.suspend(write)?,
+            None => write()?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// A ticking spinner on [`progress_target`] showing `prefix`, the time
 /// spent and `message`; call `finish_with_message` or `finish_and_clear`
 /// on it when the work is done.
@@ -37,7 +79,7 @@ pub fn spinner(
     prefix: impl Into<Cow<'static, str>>,
     message: impl Into<Cow<'static, str>>,
 ) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(None, progress_target(quiet));
+    let bar = progress_bar(quiet);
     if bar.is_hidden() {
         return bar;
     }
