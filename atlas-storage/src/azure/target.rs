@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use atlas_core::backup::{
     BackupTarget, ByteStream, GetOptions, GetResult, ListOptions, ObjectKey, ObjectMeta,
-    ObjectPrefix, PutMode, PutOptions, PutResult,
+    ObjectPrefix, PutOptions, PutResult,
 };
 use atlas_core::{Error, Result};
 use azure_core::prelude::{IfMatchCondition, NextMarker};
@@ -23,8 +23,8 @@ use super::error::{http_status, map_err};
 use super::{BACKEND, EMULATOR_URL, MAX_PAGE, META_CRC32C};
 use crate::cloud::checksum::parse_crc32c_hex;
 use crate::cloud::config::Transfer;
-use crate::cloud::list::{Page, before_start, listed_key, page_size, paginate};
-use crate::cloud::parts::{PartCutter, Upload};
+use crate::cloud::list::{Listing, Page, before_start, list, listed_key};
+use crate::cloud::put::put;
 use crate::cloud::status::Access;
 use crate::cloud::{body_stream, unquote};
 
@@ -137,15 +137,20 @@ fn meta_of(key: ObjectKey, blob: &azure_storage_blobs::blob::Blob) -> ObjectMeta
     .with_version(blob.version_id.clone())
 }
 
-impl Inner {
-    /// One page of the listing of `prefix`.
+impl Listing for Inner {
+    type Token = NextMarker;
+    const MAX_PAGE: u32 = MAX_PAGE;
+
+    /// Blob Storage cannot start a listing after a key: the page skips up
+    /// to it.
     async fn list_page(
         &self,
         prefix: &str,
-        page: NonZeroU32,
+        page: u32,
         marker: Option<NextMarker>,
         after: Option<&str>,
     ) -> Result<Page<NextMarker>> {
+        let page = NonZeroU32::new(page).unwrap_or(NonZeroU32::MIN);
         let out = self
             .transfer
             .retry
@@ -191,33 +196,9 @@ impl BackupTarget for AzureBlobTarget {
         options: PutOptions,
     ) -> Result<PutResult> {
         let span = debug_span!("backup.put", backend = BACKEND, container = %self.inner.container, %key, mode = ?options.mode);
-        async move {
-            let mut cutter = PartCutter::new(body, self.inner.transfer.part_size);
-            // Creates always commit a block list: Azurite refuses `Put Blob`
-            // with `If-None-Match: *` where an interrupted upload left
-            // uncommitted blocks, but `Put Block List` ignores them.
-            let put = match (cutter.start().await?, options.mode) {
-                (Upload::Single(data), PutMode::Overwrite) => {
-                    self.inner
-                        .put_single(key, data, cutter.checksum(), options.mode)
-                        .await?
-                }
-                (Upload::Single(data), _) if data.is_empty() => {
-                    self.inner
-                        .put_blocks(key, &mut cutter, None, options.mode)
-                        .await?
-                }
-                (Upload::Single(first) | Upload::Parts(first), _) => {
-                    self.inner
-                        .put_blocks(key, &mut cutter, Some(first), options.mode)
-                        .await?
-                }
-            };
-            debug!(size = put.size, checksum = %put.checksum, "stored");
-            Ok(put)
-        }
-        .instrument(span)
-        .await
+        put(self.inner.as_ref(), key, body, options.mode)
+            .instrument(span)
+            .await
     }
 
     async fn get_opts(&self, key: &ObjectKey, options: GetOptions) -> Result<GetResult> {
@@ -281,23 +262,13 @@ impl BackupTarget for AzureBlobTarget {
         prefix: &ObjectPrefix,
         options: ListOptions,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let inner = self.inner.clone();
-        let prefix = prefix.to_string();
-        let page = page_size(&options, MAX_PAGE);
-        let page = NonZeroU32::new(page).unwrap_or(NonZeroU32::MIN);
-        // Blob Storage cannot start a listing after a key; skip up to it.
-        let after = options.start_after.map(|k| k.to_string());
-        debug!(backend = BACKEND, container = %inner.container, %prefix, page, "list");
-        paginate(move |marker| {
-            let inner = inner.clone();
-            let prefix = prefix.clone();
-            let after = after.clone();
-            async move {
-                inner
-                    .list_page(&prefix, page, marker, after.as_deref())
-                    .await
-            }
-        })
+        list(
+            self.inner.clone(),
+            BACKEND,
+            &self.inner.container,
+            prefix,
+            options,
+        )
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {

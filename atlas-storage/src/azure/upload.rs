@@ -17,11 +17,24 @@ use super::{BACKEND, CONTENT_TYPE, META_CRC32C};
 use crate::cloud::abort::AbortOnDrop;
 use crate::cloud::checksum::{crc32c_hex, md5};
 use crate::cloud::parts::{PartCutter, upload_parts};
+use crate::cloud::put::Uploads;
 use crate::cloud::status::Access;
 use crate::cloud::unquote;
 
-impl Inner {
-    pub(super) async fn put_single(
+impl Uploads for Inner {
+    fn part_size(&self) -> usize {
+        self.transfer.part_size
+    }
+
+    /// Creates always commit a block list: Azurite refuses `Put Blob` with
+    /// `If-None-Match: *` where an interrupted upload left uncommitted
+    /// blocks, but `Put Block List` ignores them.
+    fn single_request(&self, mode: PutMode) -> bool {
+        mode == PutMode::Overwrite
+    }
+
+    /// One `Put Blob` with the body's MD5.
+    async fn put_single(
         &self,
         key: &ObjectKey,
         data: Bytes,
@@ -49,7 +62,8 @@ impl Inner {
         Ok(PutResult::new(size, checksum).with_etag(Some(unquote(&out.etag))))
     }
 
-    pub(super) async fn put_blocks(
+    /// Blocks staged concurrently, then one `Put Block List`.
+    async fn put_parts(
         &self,
         key: &ObjectKey,
         cutter: &mut PartCutter,
@@ -106,7 +120,9 @@ impl Inner {
             })
             .await
     }
+}
 
+impl Inner {
     /// Commits the staged blocks `ids` (possibly none: an empty blob).
     async fn commit(
         &self,

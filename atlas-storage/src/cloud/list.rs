@@ -3,11 +3,55 @@
 
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use atlas_core::Result;
-use atlas_core::backup::{ListOptions, ObjectKey, ObjectMeta};
+use atlas_core::backup::{ListOptions, ObjectKey, ObjectMeta, ObjectPrefix};
 use futures::stream::{self, BoxStream, StreamExt};
 use tracing::debug;
+
+/// A service that lists a bucket a page at a time; [`list`] streams it.
+pub(crate) trait Listing: Send + Sync + 'static {
+    /// What names the next page: a continuation token, a marker.
+    type Token: Send + 'static;
+    /// The most objects the service returns in one page.
+    const MAX_PAGE: u32;
+
+    /// One page of the objects under `prefix`, at most `page` of them:
+    /// the first when `token` is `None`, and only keys after `start_after`.
+    fn list_page(
+        &self,
+        prefix: &str,
+        page: u32,
+        token: Option<Self::Token>,
+        start_after: Option<&str>,
+    ) -> impl Future<Output = Result<Page<Self::Token>>> + Send;
+}
+
+/// Every object under `prefix` in `bucket` (a container on Azure), page by
+/// page, as the contract's listing.
+pub(crate) fn list<L: Listing>(
+    lister: Arc<L>,
+    backend: &'static str,
+    bucket: &str,
+    prefix: &ObjectPrefix,
+    options: ListOptions,
+) -> BoxStream<'static, Result<ObjectMeta>> {
+    let prefix = prefix.to_string();
+    let page = page_size(&options, L::MAX_PAGE);
+    let start_after = options.start_after.map(|k| k.to_string());
+    debug!(backend, bucket, %prefix, page, "list");
+    paginate(move |token| {
+        let lister = lister.clone();
+        let prefix = prefix.clone();
+        let start_after = start_after.clone();
+        async move {
+            lister
+                .list_page(&prefix, page, token, start_after.as_deref())
+                .await
+        }
+    })
+}
 
 /// One page of a listing: its objects and the token of the next page
 /// (`None` on the last).
@@ -17,14 +61,14 @@ pub(crate) struct Page<T> {
 }
 
 /// The page size to ask for: the caller's, at most the service's `max`.
-pub(crate) fn page_size(options: &ListOptions, max: u32) -> u32 {
+fn page_size(options: &ListOptions, max: u32) -> u32 {
     options.page_size.map_or(max, NonZeroU32::get).min(max)
 }
 
 /// The objects of every page: `fetch(None)` fetches the first page,
 /// `fetch(Some(token))` the next ones, until a page has no next token. A
 /// failed page ends the stream with its error.
-pub(crate) fn paginate<T, F, Fut>(fetch: F) -> BoxStream<'static, Result<ObjectMeta>>
+fn paginate<T, F, Fut>(fetch: F) -> BoxStream<'static, Result<ObjectMeta>>
 where
     T: Send + 'static,
     F: FnMut(Option<T>) -> Fut + Send + 'static,

@@ -1,7 +1,8 @@
 //! What the S3, GCS and Azure targets share, so that each concern is
 //! written once: the HTTP status table ([`status`]), the checksum encodings
 //! ([`checksum`]), the abort-on-drop guard of uploads ([`abort`]), cutting
-//! and uploading parts ([`parts`]), paginated listings ([`list`]), the
+//! and uploading parts ([`parts`]), the choice between a single and a
+//! multipart put ([`put`]), paginated listings ([`list`]), the
 //! builders' common settings and checks ([`config`]) and redacted
 //! credentials ([`secret`]).
 
@@ -10,6 +11,7 @@ pub(crate) mod checksum;
 pub(crate) mod config;
 pub(crate) mod list;
 pub(crate) mod parts;
+pub(crate) mod put;
 #[cfg(any(feature = "s3", feature = "azure"))]
 pub(crate) mod secret;
 pub(crate) mod status;

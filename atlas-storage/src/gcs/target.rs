@@ -21,8 +21,8 @@ use super::wire::{ObjectList, ObjectResource, encode, meta_of};
 use super::{BACKEND, MAX_PAGE};
 use crate::cloud::body_stream;
 use crate::cloud::config::Transfer;
-use crate::cloud::list::{Page, before_start, listed_key, page_size, paginate};
-use crate::cloud::parts::{PartCutter, Upload};
+use crate::cloud::list::{Listing, Page, before_start, list, listed_key};
+use crate::cloud::put::put;
 use crate::cloud::status::Access;
 
 /// The client and settings every request of a target uses.
@@ -155,8 +155,12 @@ impl Inner {
             .await?;
         meta_of(obj)
     }
+}
 
-    /// One page of the listing of `prefix`.
+impl Listing for Inner {
+    type Token = String;
+    const MAX_PAGE: u32 = MAX_PAGE;
+
     async fn list_page(
         &self,
         prefix: &str,
@@ -214,25 +218,9 @@ impl BackupTarget for GcsTarget {
         options: PutOptions,
     ) -> Result<PutResult> {
         let span = debug_span!("backup.put", backend = BACKEND, bucket = %self.inner.bucket, %key, mode = ?options.mode);
-        async move {
-            let mut cutter = PartCutter::new(body, self.inner.transfer.part_size);
-            let put = match cutter.start().await? {
-                Upload::Parts(first) => {
-                    self.inner
-                        .put_resumable(key, &mut cutter, first, options.mode)
-                        .await?
-                }
-                Upload::Single(data) => {
-                    self.inner
-                        .put_single(key, data, cutter.checksum(), options.mode)
-                        .await?
-                }
-            };
-            debug!(size = put.size, checksum = %put.checksum, "stored");
-            Ok(put)
-        }
-        .instrument(span)
-        .await
+        put(self.inner.as_ref(), key, body, options.mode)
+            .instrument(span)
+            .await
     }
 
     async fn get_opts(&self, key: &ObjectKey, options: GetOptions) -> Result<GetResult> {
@@ -289,21 +277,13 @@ impl BackupTarget for GcsTarget {
         prefix: &ObjectPrefix,
         options: ListOptions,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let inner = self.inner.clone();
-        let prefix = prefix.to_string();
-        let page = page_size(&options, MAX_PAGE);
-        let after = options.start_after.map(|k| k.to_string());
-        debug!(backend = BACKEND, bucket = %inner.bucket, %prefix, page, "list");
-        paginate(move |token| {
-            let inner = inner.clone();
-            let prefix = prefix.clone();
-            let after = after.clone();
-            async move {
-                inner
-                    .list_page(&prefix, page, token, after.as_deref())
-                    .await
-            }
-        })
+        list(
+            self.inner.clone(),
+            BACKEND,
+            &self.inner.bucket,
+            prefix,
+            options,
+        )
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {

@@ -21,8 +21,8 @@ use super::error::map_err;
 use super::{BACKEND, MAX_PAGE, META_CRC32C, TAG_CRC32C};
 use crate::cloud::checksum::{parse_crc32c_base64, parse_crc32c_hex};
 use crate::cloud::config::Transfer;
-use crate::cloud::list::{Page, listed_key, page_size, paginate};
-use crate::cloud::parts::{PartCutter, Upload};
+use crate::cloud::list::{Listing, Page, list, listed_key};
+use crate::cloud::put::put;
 use crate::cloud::status::Access;
 use crate::cloud::{body_stream, unquote};
 
@@ -170,15 +170,20 @@ impl Inner {
             .find(|t| t.key() == TAG_CRC32C)
             .and_then(|t| parse_crc32c_hex(t.value()))
     }
+}
 
-    /// One page of the listing of `prefix`.
+impl Listing for Inner {
+    type Token = String;
+    const MAX_PAGE: u32 = MAX_PAGE;
+
     async fn list_page(
         &self,
         prefix: &str,
-        page: i32,
+        page: u32,
         token: Option<String>,
         start_after: Option<&str>,
     ) -> Result<Page<String>> {
+        let page = i32::try_from(page).unwrap_or(1000);
         let out = self
             .transfer
             .retry
@@ -233,25 +238,9 @@ impl BackupTarget for S3Target {
         options: PutOptions,
     ) -> Result<PutResult> {
         let span = debug_span!("backup.put", backend = BACKEND, bucket = %self.inner.bucket, %key, mode = ?options.mode);
-        async move {
-            let mut cutter = PartCutter::new(body, self.inner.transfer.part_size);
-            let put = match cutter.start().await? {
-                Upload::Parts(first) => {
-                    self.inner
-                        .put_multipart(key, &mut cutter, first, options.mode)
-                        .await?
-                }
-                Upload::Single(data) => {
-                    self.inner
-                        .put_single(key, data, cutter.checksum(), options.mode)
-                        .await?
-                }
-            };
-            debug!(size = put.size, checksum = %put.checksum, "stored");
-            Ok(put)
-        }
-        .instrument(span)
-        .await
+        put(self.inner.as_ref(), key, body, options.mode)
+            .instrument(span)
+            .await
     }
 
     async fn get_opts(&self, key: &ObjectKey, options: GetOptions) -> Result<GetResult> {
@@ -337,22 +326,13 @@ impl BackupTarget for S3Target {
         prefix: &ObjectPrefix,
         options: ListOptions,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let inner = self.inner.clone();
-        let prefix = prefix.to_string();
-        let page = page_size(&options, MAX_PAGE);
-        let page = i32::try_from(page).unwrap_or(1000);
-        let start_after = options.start_after.map(|k| k.to_string());
-        debug!(backend = BACKEND, bucket = %inner.bucket, %prefix, page, "list");
-        paginate(move |token| {
-            let inner = inner.clone();
-            let prefix = prefix.clone();
-            let start_after = start_after.clone();
-            async move {
-                inner
-                    .list_page(&prefix, page, token, start_after.as_deref())
-                    .await
-            }
-        })
+        list(
+            self.inner.clone(),
+            BACKEND,
+            &self.inner.bucket,
+            prefix,
+            options,
+        )
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<()> {

@@ -3,7 +3,7 @@
 //! through the shared guard when it fails or is dropped.
 
 use atlas_core::backup::{Checksum, ObjectKey, PutMode, PutResult};
-use atlas_core::{Error, ErrorKind, Result};
+use atlas_core::{Error, Result};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{
@@ -16,14 +16,18 @@ use super::error::map_err;
 use super::target::Inner;
 use super::{BACKEND, CONTENT_TYPE, META_CRC32C, TAG_CRC32C};
 use crate::cloud::abort::AbortOnDrop;
-use crate::cloud::already_exists;
 use crate::cloud::checksum::{crc32c_base64, crc32c_hex};
 use crate::cloud::parts::{PartCutter, upload_parts};
+use crate::cloud::put::{Uploads, refuse_existing};
 use crate::cloud::status::Access;
 use crate::cloud::unquote;
 
-impl Inner {
-    pub(super) async fn put_single(
+impl Uploads for Inner {
+    fn part_size(&self) -> usize {
+        self.transfer.part_size
+    }
+
+    async fn put_single(
         &self,
         key: &ObjectKey,
         data: Bytes,
@@ -60,21 +64,21 @@ impl Inner {
             .with_version(out.version_id().map(str::to_owned)))
     }
 
-    pub(super) async fn put_multipart(
+    async fn put_parts(
         &self,
         key: &ObjectKey,
         cutter: &mut PartCutter,
-        first: Bytes,
+        first: Option<Bytes>,
         mode: PutMode,
     ) -> Result<PutResult> {
+        let Some(first) = first else {
+            // An empty body has no parts; `put` sends it whole.
+            return self
+                .put_single(key, Bytes::new(), cutter.checksum(), mode)
+                .await;
+        };
         if mode == PutMode::Create {
-            // Fail a doomed create before sending gigabytes; the completion
-            // is still conditional, so a concurrent create cannot slip in.
-            match self.head(key).await {
-                Ok(_) => return Err(already_exists(BACKEND, key)),
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            refuse_existing(self.head(key).await, BACKEND, key)?;
         }
         let created = self
             .transfer
@@ -115,7 +119,9 @@ impl Inner {
             .run(self.upload_and_complete(key, cutter, first, mode, &upload_id))
             .await
     }
+}
 
+impl Inner {
     async fn upload_and_complete(
         &self,
         key: &ObjectKey,
