@@ -136,6 +136,58 @@ async fn multipart_uploads_are_tagged_and_failed_uploads_are_aborted() {
     assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto; run: cargo xtask test"]
+async fn a_multipart_upload_dropped_midway_is_aborted() {
+    init_tracing();
+    let target = target(&moto_url(), "atlas-multipart").await;
+    let key = ObjectKey::new(format!("dropped/{:016x}", rand::random::<u64>())).unwrap();
+    let pending = || async {
+        target
+            .client()
+            .list_multipart_uploads()
+            .bucket(target.bucket())
+            .prefix(key.as_str())
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .len()
+    };
+    // Two full parts, then a body that never ends: the upload is under
+    // way when the put's future is dropped.
+    let stalled = stream::iter((0..11).map(|_| Ok(Bytes::from(vec![2u8; MIB]))))
+        .chain(stream::pending())
+        .boxed();
+    let mut put = Box::pin(target.put(&key, stalled));
+    let mut started = false;
+    for _ in 0..100 {
+        if tokio::time::timeout(std::time::Duration::from_millis(50), &mut put)
+            .await
+            .is_ok()
+        {
+            panic!("a put with a stalled body finished");
+        }
+        if pending().await == 1 {
+            started = true;
+            break;
+        }
+    }
+    assert!(started, "the multipart upload never started");
+    drop(put);
+    // The guard aborts in the background.
+    let mut left = 1;
+    for _ in 0..50 {
+        left = pending().await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "a dropped multipart upload was left pending");
+    assert!(!target.exists(&key).await.unwrap());
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_a_transient_error_after_the_retries() {
     let target = S3Target::builder()
