@@ -242,7 +242,10 @@ impl SuiteRun {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SkippedCheck {
-    /// The check, by its function name, e.g. `concurrent_put_if_absent`.
+    /// The check, by its function name (e.g. `concurrent_put_if_absent`),
+    /// or `<check>: <part>` for the part of a check that needs the
+    /// capability while the rest of the check ran (e.g.
+    /// `large_object_streamed: memory bounds`).
     pub check: &'static str,
     /// Why: the capability the target lacks.
     pub reason: &'static str,
