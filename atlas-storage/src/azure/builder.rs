@@ -12,8 +12,8 @@ use azure_storage::{CloudLocation, StorageCredentials};
 use azure_storage_blobs::prelude::ClientBuilder;
 use tracing::debug;
 
+use super::service::{EMULATOR_ACCOUNT, MAX_BLOCK};
 use super::target::{AzureBlobTarget, Inner};
-use super::{EMULATOR_ACCOUNT, MAX_BLOCK};
 use crate::cloud::checksum::is_base64;
 use crate::cloud::config::{Transfer, check_endpoint, required};
 use crate::cloud::secret::Secret;
@@ -314,7 +314,7 @@ fn validate_container(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::azure::EMULATOR_URL;
+    use crate::azure::service::EMULATOR_URL;
 
     #[test]
     fn container_names_follow_azure_rules() {

@@ -4,7 +4,7 @@ use atlas_core::Error;
 use atlas_core::backup::ObjectKey;
 use azure_core::error::ErrorKind as AzureErrorKind;
 
-use super::BACKEND;
+use super::service::BACKEND;
 use crate::cloud::status::{Access, Failure, unanswered};
 
 /// The HTTP status of a service error, if the request got an answer.

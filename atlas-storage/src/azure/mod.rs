@@ -61,16 +61,9 @@
 
 mod builder;
 mod error;
+mod service;
 mod target;
 mod upload;
 
 pub use builder::AzureBlobTargetBuilder;
 pub use target::AzureBlobTarget;
-
-const BACKEND: &str = "azure";
-const META_CRC32C: &str = "atlas_crc32c";
-const CONTENT_TYPE: &str = "application/octet-stream";
-const MAX_BLOCK: usize = 4000 * 1024 * 1024;
-const MAX_PAGE: u32 = 5000;
-const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
-const EMULATOR_URL: &str = "http://127.0.0.1:10000/devstoreaccount1";

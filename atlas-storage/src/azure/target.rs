@@ -20,7 +20,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tracing::{Instrument, debug, debug_span};
 
 use super::error::{http_status, map_err};
-use super::{BACKEND, EMULATOR_URL, MAX_PAGE, META_CRC32C};
+use super::service::{BACKEND, EMULATOR_URL, MAX_PAGE, META_CRC32C};
 use crate::cloud::checksum::parse_crc32c_hex;
 use crate::cloud::config::Transfer;
 use crate::cloud::list::{Listing, Page, before_start, list, listed_key};

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::error::{map_err, map_put_err};
+use super::service::{BACKEND, CONTENT_TYPE, META_CRC32C};
 use super::target::Inner;
-use super::{BACKEND, CONTENT_TYPE, META_CRC32C};
 use crate::cloud::abort::AbortOnDrop;
 use crate::cloud::checksum::{crc32c_hex, md5};
 use crate::cloud::parts::{PartCutter, upload_parts};

@@ -10,8 +10,8 @@ use atlas_core::{Error, Result};
 use google_cloud_auth::credentials::Credentials;
 use tracing::debug;
 
+use super::service::{BACKEND, CHUNK_QUANTUM, DEFAULT_ENDPOINT};
 use super::target::{GcsTarget, Inner};
-use super::{BACKEND, CHUNK_QUANTUM, DEFAULT_ENDPOINT};
 use crate::cloud::config::{Transfer, check_endpoint, required};
 use crate::env::{Env, ProcessEnv, setting};
 

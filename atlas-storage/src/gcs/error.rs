@@ -2,7 +2,7 @@
 
 use atlas_core::{Error, Result};
 
-use super::BACKEND;
+use super::service::BACKEND;
 use crate::cloud::status::{Access, Failure, unanswered};
 
 /// Sends a request; no answer at all is a transient error.

@@ -54,16 +54,10 @@
 
 mod builder;
 mod error;
+mod service;
 mod target;
 mod upload;
 mod wire;
 
 pub use builder::GcsTargetBuilder;
 pub use target::GcsTarget;
-
-const BACKEND: &str = "gcs";
-const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
-const CONTENT_TYPE: &str = "application/octet-stream";
-/// Resumable chunks must be multiples of this.
-const CHUNK_QUANTUM: usize = 256 * 1024;
-const MAX_PAGE: u32 = 1000;

@@ -17,8 +17,8 @@ use reqwest::{Method, StatusCode, header};
 use tracing::{Instrument, debug, debug_span};
 
 use super::error::{json, send, status_error};
+use super::service::{BACKEND, MAX_PAGE};
 use super::wire::{ObjectList, ObjectResource, encode, meta_of};
-use super::{BACKEND, MAX_PAGE};
 use crate::cloud::body_stream;
 use crate::cloud::config::Transfer;
 use crate::cloud::list::{Listing, Page, before_start, list, listed_key};

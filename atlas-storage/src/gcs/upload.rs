@@ -9,9 +9,9 @@ use reqwest::{Method, header};
 use tracing::{debug, warn};
 
 use super::error::{json, send, status_error};
+use super::service::{BACKEND, CONTENT_TYPE};
 use super::target::Inner;
 use super::wire::ObjectResource;
-use super::{BACKEND, CONTENT_TYPE};
 use crate::cloud::abort::AbortOnDrop;
 use crate::cloud::checksum::{crc32c_base64, parse_crc32c_base64};
 use crate::cloud::parts::PartCutter;

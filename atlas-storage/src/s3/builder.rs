@@ -14,8 +14,8 @@ use aws_sdk_s3::config::{
 };
 use tracing::debug;
 
+use super::service::{MAX_PART, MIN_PART};
 use super::target::{Inner, S3Target};
-use super::{MAX_PART, MIN_PART};
 use crate::cloud::config::{Transfer, check_endpoint, required};
 use crate::cloud::secret::Secret;
 use crate::env::{Env, ProcessEnv, setting, url_setting};

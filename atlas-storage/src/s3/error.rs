@@ -4,7 +4,7 @@ use atlas_core::Error;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use super::BACKEND;
+use super::service::BACKEND;
 use crate::cloud::status::{Access, Failure, unanswered};
 
 /// Maps an SDK error of a request doing `access` (`what` on `key`) into

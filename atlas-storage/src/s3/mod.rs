@@ -58,18 +58,9 @@
 
 mod builder;
 mod error;
+mod service;
 mod target;
 mod upload;
 
 pub use builder::S3TargetBuilder;
 pub use target::S3Target;
-
-const BACKEND: &str = "s3";
-const META_CRC32C: &str = "atlas-crc32c";
-const TAG_CRC32C: &str = "atlas-crc32c";
-const CONTENT_TYPE: &str = "application/octet-stream";
-/// S3's smallest part (all but the last).
-const MIN_PART: usize = 5 * 1024 * 1024;
-/// S3's largest part.
-const MAX_PART: usize = 5 * 1024 * 1024 * 1024;
-const MAX_PAGE: u32 = 1000;

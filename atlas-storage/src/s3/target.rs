@@ -18,7 +18,7 @@ use futures::stream::{self, BoxStream};
 use tracing::{Instrument, debug, debug_span};
 
 use super::error::map_err;
-use super::{BACKEND, MAX_PAGE, META_CRC32C, TAG_CRC32C};
+use super::service::{BACKEND, MAX_PAGE, META_CRC32C, TAG_CRC32C};
 use crate::cloud::checksum::{parse_crc32c_base64, parse_crc32c_hex};
 use crate::cloud::config::Transfer;
 use crate::cloud::list::{Listing, Page, list, listed_key};

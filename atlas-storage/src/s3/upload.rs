@@ -13,8 +13,8 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::error::map_err;
+use super::service::{BACKEND, CONTENT_TYPE, META_CRC32C, TAG_CRC32C};
 use super::target::Inner;
-use super::{BACKEND, CONTENT_TYPE, META_CRC32C, TAG_CRC32C};
 use crate::cloud::abort::AbortOnDrop;
 use crate::cloud::checksum::{crc32c_base64, crc32c_hex};
 use crate::cloud::parts::{PartCutter, upload_parts};
