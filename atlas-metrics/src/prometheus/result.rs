@@ -288,7 +288,8 @@ pub(super) fn parse_response(
     }
 }
 
-/// How [`PrometheusProvider::measure`](super::PrometheusProvider::measure) turns a query result into one number.
+/// How [`PrometheusProvider`](super::PrometheusProvider) turns a query result into one number
+/// when it measures.
 ///
 /// A scalar is its value; a string is parsed as a number; a vector must hold
 /// exactly one series (aggregate with `sum(...)` etc. otherwise); a matrix
