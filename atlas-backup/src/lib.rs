@@ -1,7 +1,7 @@
 //! # atlas-backup
 //!
 //! Atlas's backup engine, over the object-store contract of
-//! [`atlas_core::backup`] ([`BackupTarget`](atlas_core::backup::BackupTarget)):
+//! [`atlas_core::backup`] ([`BackupTarget`]):
 //!
 //! - [`repo`]: the backup repository in the manner of restic —
 //!   content-defined chunks, keyed BLAKE3 ids, zstd, XChaCha20-Poly1305 with

@@ -1,5 +1,10 @@
 //! The backup repository engine (`atlas_backup::repo`) end to end,
 //! over an in-memory target and temporary directories.
+//!
+//! Unix only: the trees under test have Unix permission bits, symlinks,
+//! fifos and sockets, which restore reproduces on Unix alone.
+
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -1706,4 +1711,216 @@ async fn key_changes_on_a_mirror_set_reach_every_mirror() {
     c_faulty.plan().clear();
     all.remove_key(&third.id).await.unwrap();
     assert!(!opens(2, "third").await);
+}
+
+// ---------------------------------------------------------------------------
+// Format versions: documents carry `"version": <major>`; a reader accepts
+// fields it does not know within its major version, refuses a newer major
+// version naming both, and reads documents written before the field existed.
+
+/// A repository with one stream snapshot; returns it, the snapshot's
+/// manifest name, the name of its one index file, and the stream's bytes.
+async fn one_snapshot(mem: &Memory) -> (Repository, String, String, Vec<u8>) {
+    let repo = init(mem, small_chunks()).await;
+    let dump = random_bytes(300_000, 11);
+    let source = StreamSource::from_stream(
+        "dump.sql",
+        futures::stream::iter([Ok(Bytes::from(dump.clone()))]).boxed(),
+    );
+    let report = repo.backup(source, BackupOptions::default()).await.unwrap();
+    let manifest = format!("snapshots/{}", report.snapshot.id);
+    let indexes = mem.keys_under("repo/index/");
+    assert_eq!(indexes.len(), 1, "{indexes:?}");
+    let index = indexes[0].trim_start_matches("repo/").to_owned();
+    (repo, manifest, index, dump)
+}
+
+/// The decrypted JSON of the document `name`, as a value.
+async fn raw_json(repo: &Repository, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&repo.read_raw_document(name).await.unwrap()).unwrap()
+}
+
+/// Encrypts `value` as the repository does and stores it as `name`.
+async fn plant(repo: &Repository, name: &str, value: &serde_json::Value) {
+    repo.write_raw_document(name, &serde_json::to_vec(value).unwrap())
+        .await
+        .unwrap();
+}
+
+/// The plaintext document at `key` (config, key files), edited by `edit`.
+fn edit_plain(mem: &Memory, key: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut map = mem.map();
+    let mut v: serde_json::Value = serde_json::from_slice(&map[key]).unwrap();
+    edit(&mut v);
+    map.insert(key.to_owned(), serde_json::to_vec(&v).unwrap().into());
+}
+
+async fn restored(repo: &Repository, snapshot: &str) -> atlas_core::Result<Vec<u8>> {
+    let (_, body) = repo.restore_file_stream(snapshot, "dump.sql").await?;
+    let pieces: Vec<Bytes> = body.try_collect().await?;
+    Ok(pieces.concat())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_with_fields_added_by_a_newer_build_still_read() {
+    let mem = Memory::default();
+    let (repo, manifest, index, dump) = one_snapshot(&mem).await;
+    let before = repo.snapshots().await.unwrap();
+
+    // What this build writes carries the version.
+    let mut m = raw_json(&repo, &manifest).await;
+    assert_eq!(m["version"], 1, "{m}");
+    let mut ix = raw_json(&repo, &index).await;
+    assert_eq!(ix["version"], 1, "{ix}");
+
+    // A newer build of the same major version added fields, at the top
+    // and nested.
+    m["retention_hold"] = serde_json::json!({ "until": "2030-01-01T00:00:00Z" });
+    m["totals"]["dedup_ratio"] = serde_json::json!(0.5);
+    plant(&repo, &manifest, &m).await;
+    ix["written_by"] = serde_json::json!("atlas-backup 9.9");
+    ix["packs"][0]["storage_class"] = serde_json::json!("cold");
+    ix["packs"][0]["blobs"][0]["checksum"] = serde_json::json!("abc");
+    plant(&repo, &index, &ix).await;
+
+    // The known fields read back unchanged, and the data with them.
+    assert_eq!(repo.snapshots().await.unwrap(), before);
+    let id = before[0].id.to_hex();
+    assert_eq!(repo.snapshot(&id).await.unwrap(), before[0]);
+    assert!(restored(&repo, &id).await.unwrap() == dump);
+    let check = repo
+        .check(CheckOptions::read_data(ReadDataSubset::All))
+        .await
+        .unwrap();
+    assert!(check.is_ok(), "{:?}", check.problems);
+
+    // Locks, the config and key files too.
+    let lock = repo.lock(false, "test").await.unwrap();
+    let locks = mem.keys_under("repo/locks/");
+    let lock_name = locks[0].trim_start_matches("repo/").to_owned();
+    let mut l = raw_json(&repo, &lock_name).await;
+    assert_eq!(l["version"], 1, "{l}");
+    l["pid_namespace"] = serde_json::json!(4026531836u64);
+    plant(&repo, &lock_name, &l).await;
+    let listed = repo.locks().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].holder.ends_with("test"), "{listed:?}");
+    lock.release().await;
+    edit_plain(&mem, "repo/config", |c| {
+        assert_eq!(c["version"], 1);
+        c["object_lock"] = serde_json::json!(true);
+    });
+    let key_file = mem.keys_under("repo/keys/")[0].clone();
+    edit_plain(&mem, &key_file, |k| {
+        assert_eq!(k["version"], 1);
+        k["hint"] = serde_json::json!("the usual one");
+    });
+    let reopened = Repository::open(
+        Arc::new(mem.clone()),
+        prefix(),
+        &KeySource::passphrase(PASS),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reopened.config(), repo.config());
+    assert_eq!(reopened.snapshots().await.unwrap(), before);
+}
+
+/// Asserts that `err` refuses `document` at `found`, naming both versions.
+fn assert_newer_major(err: &atlas_core::Error, document: &str, found: u32) {
+    assert_eq!(err.kind(), ErrorKind::Precondition, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(document), "names the document: {msg}");
+    assert!(
+        msg.contains(&format!("version {found}")),
+        "names its version: {msg}"
+    );
+    assert!(
+        msg.contains("up to version 1"),
+        "names the newest this build reads: {msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_of_a_newer_major_version_are_refused_naming_both_versions() {
+    let mem = Memory::default();
+    let (repo, manifest, index, _) = one_snapshot(&mem).await;
+    let id = repo.snapshots().await.unwrap()[0].id.to_hex();
+
+    // A manifest of major version 2, whose fields changed meaning.
+    let mut m = raw_json(&repo, &manifest).await;
+    m["version"] = serde_json::json!(2);
+    m["tree"] = serde_json::json!({ "root": m["tree"].clone(), "algorithm": "blake3" });
+    plant(&repo, &manifest, &m).await;
+    let err = repo.snapshot(&id).await.unwrap_err();
+    assert_newer_major(&err, "snapshot manifest", 2);
+    assert!(err.to_string().contains(&id), "names which manifest: {err}");
+    assert_newer_major(&repo.snapshots().await.unwrap_err(), "snapshot manifest", 2);
+    m["version"] = serde_json::json!(1);
+    m["tree"] = m["tree"]["root"].clone();
+    plant(&repo, &manifest, &m).await;
+    assert_eq!(repo.snapshot(&id).await.unwrap().id.to_hex(), id);
+
+    // An index file of major version 7.
+    let mut ix = raw_json(&repo, &index).await;
+    ix["version"] = serde_json::json!(7);
+    plant(&repo, &index, &ix).await;
+    let err = restored(&repo, &id).await.unwrap_err();
+    assert_newer_major(&err, "index file", 7);
+    assert!(err.to_string().contains(&index), "names which index: {err}");
+    let snapshot = repo.snapshot(&id).await.unwrap();
+    assert_newer_major(
+        &repo.list_dir(&snapshot, "").await.unwrap_err(),
+        "index file",
+        7,
+    );
+    // A backup, which must know what the repository holds, refuses too.
+    let err = repo
+        .backup(
+            StreamSource::from_stream(
+                "more.sql",
+                futures::stream::iter([Ok(Bytes::from_static(b"more"))]).boxed(),
+            ),
+            BackupOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_newer_major(&err, "index file", 7);
+
+    // A config of major version 2: the repository does not open.
+    edit_plain(&mem, "repo/config", |c| c["version"] = serde_json::json!(2));
+    let err = Repository::open(
+        Arc::new(mem.clone()),
+        prefix(),
+        &KeySource::passphrase(PASS),
+    )
+    .await
+    .unwrap_err();
+    assert_newer_major(&err, "repository config", 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_written_before_versions_were_recorded_read_as_version_1() {
+    let mem = Memory::default();
+    let (repo, manifest, index, dump) = one_snapshot(&mem).await;
+    let before = repo.snapshots().await.unwrap();
+    for name in [&manifest, &index] {
+        let mut v = raw_json(&repo, name).await;
+        assert!(v.as_object_mut().unwrap().remove("version").is_some());
+        plant(&repo, name, &v).await;
+    }
+    assert_eq!(repo.snapshots().await.unwrap(), before);
+    assert!(restored(&repo, &before[0].id.to_hex()).await.unwrap() == dump);
+    // And the repository keeps working: a new snapshot reuses the old data.
+    let again = repo
+        .backup(
+            StreamSource::from_stream(
+                "dump.sql",
+                futures::stream::iter([Ok(Bytes::from(dump.clone()))]).boxed(),
+            ),
+            BackupOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.snapshot.totals.new_chunks, 1, "only the tree is new");
 }

@@ -93,13 +93,11 @@ pub(crate) fn url_setting<E: Env + ?Sized>(
     name: &str,
 ) -> atlas_core::Result<Option<String>> {
     match setting(env, name) {
-        Some(v) if !(v.starts_with("http://") || v.starts_with("https://")) => {
-            Err(atlas_core::Error::invalid(
-                name,
-                format!("must be an http:// or https:// URL, got {v:?}"),
-            ))
+        Some(v) => {
+            crate::cloud::config::check_endpoint(name, &v)?;
+            Ok(Some(v))
         }
-        v => Ok(v),
+        None => Ok(None),
     }
 }
 

@@ -23,6 +23,15 @@
 //! `atlas_core::testing::conformance::backup_target`; the filesystem and
 //! memory targets on plain `cargo test`.
 //!
+//! Each cloud target is a folder (`s3`, `gcs`, `azure`) split by
+//! concern: its builder, its `BackupTarget` calls, its uploads and the
+//! mapping of its SDK's errors. What they have in common is written once in
+//! a private `cloud` module: one table from HTTP status to error category
+//! (408, 429, 500, 502, 503 and 504 are transient on every backend), one set
+//! of checksum encodings, one abort-on-drop guard for multipart, resumable
+//! and block uploads, part cutting, paginated listings and the builders'
+//! common checks.
+//!
 //! Retries: the cloud targets run each request through
 //! [`atlas_core::backup::RetryConfig`] (exponential backoff with jitter on
 //! transient errors, per-request and overall timeouts, documented defaults),
@@ -36,6 +45,8 @@
 
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(any(feature = "s3", feature = "azure", feature = "gcs"))]
+mod cloud;
 pub mod env;
 #[cfg(feature = "fs")]
 pub mod fs;
@@ -43,14 +54,10 @@ pub mod fs;
 pub mod gcs;
 #[cfg(feature = "memory")]
 mod memory;
-#[cfg(any(feature = "s3", feature = "azure", feature = "gcs"))]
-mod parts;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "s3")]
 pub mod s3;
-#[cfg(any(feature = "s3", feature = "azure"))]
-mod secret;
 pub mod url;
 
 #[cfg(feature = "azure")]

@@ -32,7 +32,10 @@ async fn fs_target_passes_the_conformance_suite() {
     let target = FsTarget::new(dir.path()).unwrap();
     // The write queue of 64 KiB chunks plus two 1 MiB read buffers in flight.
     let bound = target.max_buffered_bytes(64 * 1024) + 4 * MIB;
-    suite::all(&target, &SuiteConfig::default().with_memory_bound(bound)).await;
+    let report = suite::run_all(&target, &SuiteConfig::new().with_memory_bound(bound)).await;
+    // The filesystem has every capability: nothing skipped.
+    assert!(report.skipped().is_empty(), "{report:?}");
+    assert_eq!(report.passed(), &suite::CHECKS[..]);
     // The suite cleaned up after itself, folders included.
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -42,19 +45,46 @@ async fn fs_target_passes_the_conformance_suite() {
 async fn memory_target_passes_the_conformance_suite() {
     init_tracing();
     let target = MemoryTarget::new();
-    // Memory keeps objects in memory by design: no memory bound.
-    suite::all(&target, &SuiteConfig::default()).await;
+    // Memory keeps objects in memory by design: no memory bound, so the
+    // memory bounds are reported skipped, and every check still runs.
+    let report = suite::run_all(&target, &SuiteConfig::new()).await;
     assert!(target.is_empty());
+    assert_eq!(report.passed(), &suite::CHECKS[..]);
+    let skipped: Vec<_> = report.skipped().iter().map(|s| s.check).collect();
+    assert_eq!(skipped, ["large_object_streamed: memory bounds"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_capability_skips_its_check_and_says_so() {
+    let config = SuiteConfig::new()
+        .with_large_object_size(3 * MIB)
+        .with_put_if_absent_atomic(false);
+    let report = suite::run_all(&MemoryTarget::new(), &config).await;
+    let skipped: Vec<_> = report.skipped().iter().map(|s| s.check).collect();
+    assert_eq!(
+        skipped,
+        [
+            "concurrent_put_if_absent",
+            "large_object_streamed: memory bounds"
+        ]
+    );
+    assert!(
+        report.skipped()[0].reason.contains("put_if_absent_atomic"),
+        "{report:?}"
+    );
+    // A skipped check is never counted as passed; the rest all ran.
+    assert!(!report.passed().contains(&"concurrent_put_if_absent"));
+    assert_eq!(report.passed().len(), suite::CHECKS.len() - 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_pass_the_suite_through_arc_and_box_and_a_fault_free_wrapper() {
     let config = SuiteConfig::default().with_large_object_size(3 * MIB);
     let arc: std::sync::Arc<dyn BackupTarget> = std::sync::Arc::new(MemoryTarget::new());
-    suite::all(&arc, &config).await;
+    suite::run_all(&arc, &config).await;
     let boxed: Box<dyn BackupTarget> = Box::new(MemoryTarget::new());
-    suite::all(&boxed, &config).await;
-    suite::all(&FaultyTarget::new(MemoryTarget::new()), &config).await;
+    suite::run_all(&boxed, &config).await;
+    suite::run_all(&FaultyTarget::new(MemoryTarget::new()), &config).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,11 +6,12 @@
 //! atlas_backup [--repo URL]... [--quorum N] [--password-file FILE] [--quiet] COMMAND
 //!
 //!   init                              create the repositories (the 2nd and later mirror the 1st)
-//!   backup DIR [--stdin NAME] [--kind full|incremental|point-in-time] [--tag T]... [--host H]
-//!   snapshots                         list snapshots with their totals
+//!   backup DIR|--stdin NAME [--kind full|incremental|point-in-time] [--tag T]... [--host H]
+//!          [--output text|json]
+//!   snapshots [--output text|json]    list snapshots with their totals
 //!   restore ID|latest --target DIR [--path P]
 //!   restore ID|latest --path FILE --stdout
-//!   check [--read-data | --read-data-subset N/M | --read-data-subset P%]
+//!   check [--read-data | --read-data-subset N/M | --read-data-subset P%] [--output text|json]
 //!   forget [ID...] [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N]
 //!          [--keep-monthly N] [--keep-yearly N] [--keep-within 1y2m3d4h] [--keep-tag T,U]
 //!          [--group-by host,paths,tags] [--dry-run] [--prune]
@@ -18,6 +19,12 @@
 //!   sync                              copy what the 2nd and later repositories lack from the 1st
 //!   key add|list|remove ID            (the new passphrase comes from ATLAS_NEW_PASSWORD)
 //! ```
+//!
+//! `--help` explains the program and every verb (`atlas_backup backup
+//! --help`); the global options may also follow the verb. Backup, restore,
+//! check, prune and sync draw a progress bar on stderr when it is a
+//! terminal (never under `--quiet`, nor into a file or pipe); results go
+//! to stdout, as JSON with `--output json` where scripts read them.
 //!
 //! Repository URLs: `file:///abs/path`, `s3://bucket/prefix`,
 //! `gs://bucket/prefix`, `az://container/prefix` (see
@@ -39,160 +46,313 @@
 //!
 //! Run: `cargo run --release -p atlas-examples --example atlas_backup -- --help`
 
-use std::collections::BTreeSet;
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use atlas_backup::repo::{
-    BackupKind, BackupOptions, CheckOptions, DirectorySource, InitOptions, KdfParams, KeySource,
-    MirrorPolicy, MirrorSet, Progress, PruneOptions, ReadDataSubset, Repository, RestoreOptions,
-    Snapshot, StreamSource, progress_channel, sync,
+    BackupKind, BackupOptions, CheckOptions, CheckReport, DirectorySource, InitOptions, KdfParams,
+    KeySource, MirrorPolicy, MirrorSet, Progress, PruneOptions, ReadDataSubset, Repository,
+    RestoreOptions, Snapshot, StreamSource, progress_channel, sync,
 };
 use atlas_backup::retention::{GroupBy, KeepCount, KeepWithin, RetentionPolicy, TagSet};
+use atlas_examples::cli::{self, OutputFormat};
+use atlas_examples::main_support::{ProgramResult, StatusResult};
 use atlas_storage::url::TargetUrl;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
+use indicatif::ProgressBar;
+use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 type Failure = Box<dyn std::error::Error>;
 
-const USAGE: &str = "usage: atlas_backup [--repo URL]... [--quorum N] [--password-file FILE] [--quiet] \
-<init | backup DIR|--stdin NAME [--kind K] [--tag T] [--host H] | snapshots | \
-restore ID|latest (--target DIR [--path P] | --path FILE --stdout) | \
-check [--read-data | --read-data-subset N/M|P%] | \
-forget [ID...] [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--keep-monthly N] \
-[--keep-yearly N] [--keep-within D] [--keep-tag T,U] [--group-by host,paths,tags] [--dry-run] [--prune] | \
-prune | sync | key add|list|remove ID>
-passphrase: ATLAS_PASSWORD or --password-file; new key passphrase: ATLAS_NEW_PASSWORD";
-
-struct Global {
+/// Deduplicated, compressed, encrypted snapshots in one or several
+/// repositories (Atlas's backup engine, `atlas_backup::repo`).
+///
+/// The passphrase comes from ATLAS_PASSWORD or --password-file, never from
+/// the command line, and is never printed. With several --repo, a backup
+/// goes to all of them at once and succeeds when all (or --quorum N)
+/// committed it; `key` changes every repository; the other commands work
+/// on the first one (`check` on each).
+#[derive(Debug, Parser)]
+#[command(
+    name = "atlas_backup",
+    version,
+    args_override_self = true,
+    after_help = "Environment: ATLAS_PASSWORD (the passphrase), ATLAS_NEW_PASSWORD (`key add`), \
+ATLAS_REPOSITORY (when no --repo is given), ATLAS_NO_ARENA_LIMIT=1 (keep glibc's malloc arenas).\n\
+Exit status: 0 success, 1 failure (or problems found by `check`), 2 bad usage, \
+3 snapshot saved without some unreadable entries."
+)]
+struct Cli {
+    /// Repository URL: file:///abs/path, s3://bucket/prefix, gs://bucket/prefix
+    /// or az://container/prefix. Repeat it to mirror: the 2nd and later
+    /// repositories mirror the 1st.
+    #[arg(
+        short = 'r',
+        long = "repo",
+        value_name = "URL",
+        global = true,
+        help_heading = "Global options",
+        env = "ATLAS_REPOSITORY",
+        hide_env_values = true,
+        value_parser = parse_url
+    )]
     repos: Vec<TargetUrl>,
+
+    /// With several --repo: a backup or key change succeeds once N
+    /// repositories committed it (default: all of them).
+    #[arg(long, value_name = "N", global = true, help_heading = "Global options")]
     quorum: Option<usize>,
+
+    /// Read the passphrase from FILE (trailing newlines dropped) instead
+    /// of ATLAS_PASSWORD.
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
     password_file: Option<PathBuf>,
+
+    /// Draw no progress on stderr (progress is also off when stderr is not
+    /// a terminal).
+    #[arg(short, long, global = true, help_heading = "Global options")]
     quiet: bool,
-    command: String,
-    rest: Vec<String>,
+
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse_global(mut args: std::vec::IntoIter<String>) -> Result<Global, String> {
-    let mut g = Global {
-        repos: Vec::new(),
-        quorum: None,
-        password_file: None,
-        quiet: false,
-        command: String::new(),
-        rest: Vec::new(),
-    };
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--repo" | "-r" => {
-                let url = args.next().ok_or("--repo needs a URL")?;
-                g.repos
-                    .push(TargetUrl::parse(&url).map_err(|e| e.to_string())?);
-            }
-            "--quorum" => {
-                let n = args.next().ok_or("--quorum needs a number")?;
-                g.quorum = Some(
-                    n.parse()
-                        .map_err(|_| format!("--quorum: `{n}` is no number"))?,
-                );
-            }
-            "--password-file" => {
-                g.password_file = Some(args.next().ok_or("--password-file needs a path")?.into())
-            }
-            "--quiet" | "-q" => g.quiet = true,
-            "--help" | "-h" => return Err(String::new()),
-            other if other.starts_with('-') => return Err(format!("unknown option {other}")),
-            _ => {
-                g.command = a;
-                g.rest = args.collect();
-                break;
-            }
-        }
-    }
-    if g.command.is_empty() {
-        return Err("no command given".into());
-    }
-    if g.repos.is_empty() {
-        if let Ok(url) = std::env::var("ATLAS_REPOSITORY") {
-            g.repos
-                .push(TargetUrl::parse(&url).map_err(|e| e.to_string())?);
-        } else {
-            return Err("no repository: give --repo URL or set ATLAS_REPOSITORY".into());
-        }
-    }
-    Ok(g)
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the repositories (the 2nd and later mirror the 1st).
+    Init,
+    /// Back up a directory, or standard input with --stdin, into a new
+    /// snapshot.
+    ///
+    /// Entries that cannot be read (they vanished, or reading failed) are
+    /// left out with a warning: the snapshot is saved but marked
+    /// incomplete, and the exit status is 3.
+    Backup(BackupArgs),
+    /// List the snapshots with their totals (`!` marks incomplete ones).
+    Snapshots {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Restore a snapshot into a directory, or one file to stdout.
+    Restore(RestoreArgs),
+    /// Verify the repository's structure, and with --read-data the packs'
+    /// contents (every repository given with --repo).
+    Check(CheckArgs),
+    /// Remove snapshots by id or by a retention policy (restic's rules).
+    Forget(ForgetArgs),
+    /// Delete data no snapshot references.
+    Prune,
+    /// Copy what the 2nd and later repositories lack from the 1st.
+    Sync,
+    /// Manage the passphrases (keys) that open the repositories.
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
-/// Options of one command: flags with a value, boolean flags, positionals.
-struct Flags {
-    values: Vec<(String, String)>,
-    switches: BTreeSet<String>,
-    positional: Vec<String>,
+/// `--output`, for the verbs whose result scripts read.
+#[derive(Debug, Args)]
+struct Output {
+    /// Print the result as text, or as one JSON document on stdout.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
 }
 
-impl Flags {
-    fn parse(rest: &[String], with_value: &[&str], switches: &[&str]) -> Result<Flags, String> {
-        let mut f = Flags {
-            values: Vec::new(),
-            switches: BTreeSet::new(),
-            positional: Vec::new(),
-        };
-        let mut it = rest.iter();
-        while let Some(a) = it.next() {
-            if with_value.contains(&a.as_str()) {
-                let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-                f.values.push((a.clone(), v.clone()));
-            } else if switches.contains(&a.as_str()) {
-                f.switches.insert(a.clone());
-            } else if a.starts_with("--") {
-                return Err(format!("unknown option {a}"));
-            } else {
-                f.positional.push(a.clone());
-            }
+#[derive(Debug, Args)]
+struct BackupArgs {
+    /// The directory to back up.
+    #[arg(
+        value_name = "DIR",
+        required_unless_present = "stdin",
+        conflicts_with = "stdin"
+    )]
+    dir: Option<String>,
+    /// Back up standard input as one file named NAME instead of a
+    /// directory (an incremental kind becomes point-in-time).
+    #[arg(long, value_name = "NAME")]
+    stdin: Option<String>,
+    /// What the snapshot is: full, incremental (reuse unchanged files of
+    /// the last snapshot), or point-in-time (alias pit).
+    #[arg(long, value_enum, value_name = "KIND")]
+    kind: Option<Kind>,
+    /// A tag for the snapshot; repeat for several.
+    #[arg(long = "tag", value_name = "T")]
+    tags: Vec<String>,
+    /// The host name recorded in the snapshot (default: this host's).
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    /// Read every file.
+    Full,
+    /// Reuse the files unchanged since the last snapshot without reading
+    /// them.
+    Incremental,
+    /// A point-in-time copy (a stream such as a database dump).
+    #[value(alias = "pit")]
+    PointInTime,
+}
+
+impl From<Kind> for BackupKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Full => BackupKind::Full,
+            Kind::Incremental => BackupKind::Incremental,
+            Kind::PointInTime => BackupKind::PointInTime,
         }
-        Ok(f)
     }
-    fn value(&self, name: &str) -> Option<&str> {
-        self.values
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// The snapshot: an id, a unique prefix of one, or `latest`.
+    #[arg(value_name = "ID|latest")]
+    id: String,
+    /// The directory to restore into; existing files of the same names
+    /// are replaced.
+    #[arg(long, value_name = "DIR", required_unless_present = "stdout")]
+    target: Option<String>,
+    /// Restore only this path of the snapshot (with --stdout: the file to
+    /// write out).
+    #[arg(long, value_name = "P")]
+    path: Option<String>,
+    /// Write the file given with --path to standard output instead of
+    /// restoring into a directory.
+    #[arg(long, requires = "path", conflicts_with = "target")]
+    stdout: bool,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Also download and verify every pack.
+    #[arg(long)]
+    read_data: bool,
+    /// Download and verify part of the packs: N/M (part N of M, so that M
+    /// runs read everything once) or P% (a random sample).
+    #[arg(long, value_name = "N/M|P%", value_parser = parse_subset)]
+    read_data_subset: Option<ReadDataSubset>,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+struct ForgetArgs {
+    /// Snapshots to remove (ids or unique prefixes), besides those the
+    /// policy removes.
+    #[arg(value_name = "ID")]
+    ids: Vec<String>,
+    /// Keep the N most recent snapshots (-1 or `unlimited`: all).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    keep_last: Option<KeepCount>,
+    /// Keep the last snapshot of each of the N most recent hours.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    keep_hourly: Option<KeepCount>,
+    /// Keep the last snapshot of each of the N most recent days.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    keep_daily: Option<KeepCount>,
+    /// Keep the last snapshot of each of the N most recent weeks.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    keep_weekly: Option<KeepCount>,
+    /// Keep the last snapshot of each of the N most recent months.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    keep_monthly: Option<KeepCount>,
+    /// Keep the last snapshot of each of the N most recent years.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    keep_yearly: Option<KeepCount>,
+    /// Keep every snapshot younger than this, counted back from the newest
+    /// snapshot (e.g. 1y2m3d4h).
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<KeepWithin>,
+    /// Keep the snapshots that carry all of these tags (comma-separated);
+    /// repeat it to keep those matching any of the lists.
+    #[arg(long, value_name = "T,U")]
+    keep_tag: Vec<String>,
+    /// Apply the policy to each group of snapshots with the same host,
+    /// paths and/or tags (default host,paths).
+    #[arg(long, value_name = "host,paths,tags")]
+    group_by: Option<GroupBy>,
+    /// Only show what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Prune right after forgetting.
+    #[arg(long)]
+    prune: bool,
+}
+
+impl ForgetArgs {
+    fn has_policy(&self) -> bool {
+        self.keep_last.is_some()
+            || self.keep_hourly.is_some()
+            || self.keep_daily.is_some()
+            || self.keep_weekly.is_some()
+            || self.keep_monthly.is_some()
+            || self.keep_yearly.is_some()
+            || self.keep_within.is_some()
+            || !self.keep_tag.is_empty()
     }
-    fn all(&self, name: &str) -> impl Iterator<Item = &str> {
-        self.values
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Add a key whose passphrase comes from ATLAS_NEW_PASSWORD.
+    Add,
+    /// List the keys of every repository.
+    List,
+    /// Remove a key from every repository (a repository's last key
+    /// stays).
+    Remove {
+        /// The key's id, as `key list` shows it.
+        id: String,
+    },
+}
+
+fn parse_url(text: &str) -> Result<TargetUrl, String> {
+    TargetUrl::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_subset(text: &str) -> Result<ReadDataSubset, String> {
+    if let Some(p) = text.strip_suffix('%') {
+        let p: f64 = p.parse().map_err(|_| "bad percentage".to_owned())?;
+        return Ok(ReadDataSubset::Fraction(p / 100.0));
     }
-    fn on(&self, name: &str) -> bool {
-        self.switches.contains(name)
+    if let Some((n, m)) = text.split_once('/') {
+        let n = n.parse().map_err(|_| format!("`{n}` is no part number"))?;
+        let m = m.parse().map_err(|_| format!("`{m}` is no part count"))?;
+        return Ok(ReadDataSubset::Part { n, m });
     }
+    Err("write N/M or P%".to_owned())
 }
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
     atlas_examples::main_support::init_tracing("warn");
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let global = match parse_global(args.into_iter()) {
-        Ok(g) => g,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("atlas_backup: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let cli = Cli::parse();
+    if cli.repos.is_empty() {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "no repository: give --repo URL or set ATLAS_REPOSITORY",
+            )
+            .exit();
+    }
     #[cfg(feature = "storage-cloud")]
     {
         // One rustls provider for the cloud SDKs (see atlas-storage's docs).
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
-    atlas_examples::main_support::run_with_status("atlas_backup", run(global))
+    atlas_examples::main_support::run_with_status("atlas_backup", run(cli))
 }
 
 /// glibc gives threads their own malloc arenas (up to 8 per core) and keeps
@@ -222,8 +382,8 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn passphrase(g: &Global, var: &str) -> Result<KeySource, Failure> {
-    let text = match (&g.password_file, std::env::var(var)) {
+fn passphrase(cli: &Cli, var: &str) -> Result<KeySource, Failure> {
+    let text = match (&cli.password_file, std::env::var(var)) {
         (Some(file), _) if var == "ATLAS_PASSWORD" => std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read --password-file {}: {e}", file.display()))?
             .trim_end_matches(['\n', '\r'])
@@ -237,10 +397,10 @@ fn passphrase(g: &Global, var: &str) -> Result<KeySource, Failure> {
     Ok(KeySource::passphrase(text))
 }
 
-async fn open_all(g: &Global) -> Result<Vec<Repository>, Failure> {
-    let key = passphrase(g, "ATLAS_PASSWORD")?;
+async fn open_all(cli: &Cli) -> Result<Vec<Repository>, Failure> {
+    let key = passphrase(cli, "ATLAS_PASSWORD")?;
     let mut repos = Vec::new();
-    for url in &g.repos {
+    for url in &cli.repos {
         let target = url.open(false).await?;
         let repo = Repository::open(target, url.prefix().clone(), &key)
             .await
@@ -250,21 +410,27 @@ async fn open_all(g: &Global) -> Result<Vec<Repository>, Failure> {
     Ok(repos)
 }
 
-async fn run(g: Global) -> atlas_examples::main_support::StatusResult {
-    let ok = match g.command.as_str() {
-        "init" => init(&g).await,
-        "backup" => return backup(&g).await,
-        "snapshots" => snapshots(&g).await,
-        "restore" => restore(&g).await,
-        "check" => check(&g).await,
-        "forget" => forget(&g).await,
-        "prune" => {
-            let repos = open_all(&g).await?;
-            prune(&g, &repos[0]).await
+fn mirror_policy(cli: &Cli) -> MirrorPolicy {
+    match cli.quorum {
+        Some(n) => MirrorPolicy::Quorum(n),
+        None => MirrorPolicy::All,
+    }
+}
+
+async fn run(cli: Cli) -> StatusResult {
+    let ok = match &cli.command {
+        Command::Init => init(&cli).await,
+        Command::Backup(args) => return backup(&cli, args).await,
+        Command::Snapshots { output } => snapshots(&cli, output.output).await,
+        Command::Restore(args) => restore(&cli, args).await,
+        Command::Check(args) => check(&cli, args).await,
+        Command::Forget(args) => forget(&cli, args).await,
+        Command::Prune => {
+            let repos = open_all(&cli).await?;
+            prune(&cli, &repos[0]).await
         }
-        "sync" => sync_all(&g).await,
-        "key" => key(&g).await,
-        other => Err(format!("unknown command `{other}`\n{USAGE}").into()),
+        Command::Sync => sync_all(&cli).await,
+        Command::Key(command) => key(&cli, command).await,
     }?;
     Ok(if ok {
         ExitCode::SUCCESS
@@ -273,14 +439,14 @@ async fn run(g: Global) -> atlas_examples::main_support::StatusResult {
     })
 }
 
-async fn init(g: &Global) -> atlas_examples::main_support::ProgramResult {
-    let key = passphrase(g, "ATLAS_PASSWORD")?;
-    let first = &g.repos[0];
+async fn init(cli: &Cli) -> ProgramResult {
+    let key = passphrase(cli, "ATLAS_PASSWORD")?;
+    let first = &cli.repos[0];
     let target = first.open(true).await?;
     let repo =
         Repository::init(target, first.prefix().clone(), &key, InitOptions::default()).await?;
     println!("created repository {} at {first}", repo.config().id);
-    for url in &g.repos[1..] {
+    for url in &cli.repos[1..] {
         let target = url.open(true).await?;
         Repository::init_mirror(&repo, target, url.prefix().clone()).await?;
         println!("created mirror at {url}");
@@ -288,75 +454,96 @@ async fn init(g: &Global) -> atlas_examples::main_support::ProgramResult {
     Ok(true)
 }
 
-fn parse_kind(text: &str) -> Result<BackupKind, Failure> {
-    Ok(match text {
-        "full" => BackupKind::Full,
-        "incremental" => BackupKind::Incremental,
-        "point-in-time" | "pit" => BackupKind::PointInTime,
-        other => {
-            return Err(
-                format!("--kind `{other}`: must be full, incremental or point-in-time").into(),
-            );
-        }
-    })
-}
-
 /// Exits 0, or 3 when the snapshot was saved without some source entries
 /// that could not be read (restic's convention).
-async fn backup(g: &Global) -> atlas_examples::main_support::StatusResult {
-    let f = Flags::parse(&g.rest, &["--kind", "--tag", "--host", "--stdin"], &[])?;
-    let repos = open_all(g).await?;
+async fn backup(cli: &Cli, args: &BackupArgs) -> StatusResult {
+    let repos = open_all(cli).await?;
     let mut options = BackupOptions::default();
-    if let Some(k) = f.value("--kind") {
-        options = options.with_kind(parse_kind(k)?);
+    if let Some(k) = args.kind {
+        options = options.with_kind(k.into());
     }
-    for t in f.all("--tag") {
+    for t in &args.tags {
         options = options.with_tag(t);
     }
-    if let Some(h) = f.value("--host") {
+    if let Some(h) = &args.host {
         options = options.with_host(h);
     }
     let (progress, rx) = progress_channel();
     options = options.with_progress(progress);
-    let bar = ProgressBar::start(rx, g.quiet);
     let t0 = Instant::now();
-    let policy = match g.quorum {
-        Some(n) => MirrorPolicy::Quorum(n),
-        None => MirrorPolicy::All,
-    };
-    let set = MirrorSet::new(repos, policy)?;
-    let result = match (f.value("--stdin"), f.positional.as_slice()) {
-        (Some(name), []) => {
+    let set = MirrorSet::new(repos, mirror_policy(cli))?;
+    let bar = ProgressView::start("backup", "scanning", rx, cli.quiet);
+    let result = match (&args.stdin, &args.dir) {
+        (Some(name), _) => {
             if options.kind == BackupKind::Incremental {
                 options = options.with_kind(BackupKind::PointInTime);
             }
             let source = StreamSource::from_async_read(name, tokio::io::stdin());
             set.backup(source, options).await
         }
-        (None, [dir]) => {
-            let path = std::fs::canonicalize(dir).map_err(|e| format!("{dir}: {e}"))?;
-            set.backup(DirectorySource::new(path), options).await
+        (None, Some(dir)) => match std::fs::canonicalize(dir) {
+            Ok(path) => set.backup(DirectorySource::new(path), options).await,
+            Err(e) => {
+                bar.finish().await;
+                return Err(format!("{dir}: {e}").into());
+            }
+        },
+        // clap requires one of the two; this only guards against a change
+        // of the argument definitions.
+        (None, None) => {
+            bar.finish().await;
+            return Err("backup needs exactly one directory, or --stdin NAME".into());
         }
-        _ => return Err("backup needs exactly one directory, or --stdin NAME".into()),
     };
     bar.finish().await;
     let report = result?;
+    let elapsed = t0.elapsed();
     let s = &report.snapshot;
+    let incomplete = !report.unreadable.is_empty();
+    if args.output.output == OutputFormat::Json {
+        cli::print_json(&BackupJson {
+            snapshot: SnapshotJson::of(s),
+            elapsed_seconds: elapsed.as_secs_f64(),
+            repositories: cli
+                .repos
+                .iter()
+                .zip(&report.targets)
+                .map(|(url, t)| RepositoryOutcome {
+                    repository: url.to_string(),
+                    committed: t.error.is_none(),
+                    error: t.error.as_ref().map(ToString::to_string),
+                })
+                .collect(),
+            unreadable: report
+                .unreadable
+                .iter()
+                .map(|e| UnreadableJson {
+                    path: &e.path,
+                    reason: &e.reason,
+                })
+                .collect(),
+        })?;
+        return Ok(if incomplete {
+            ExitCode::from(3)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
     println!(
         "snapshot {} saved: {} files, {} dirs, {} in {:.1?} ({}/s); new data {} ({} stored, {} new blobs)",
         s.id.short(),
         s.totals.files,
         s.totals.dirs,
         human(s.totals.bytes),
-        t0.elapsed(),
-        human((s.totals.bytes as f64 / t0.elapsed().as_secs_f64().max(1e-9)) as u64),
+        elapsed,
+        human((s.totals.bytes as f64 / elapsed.as_secs_f64().max(1e-9)) as u64),
         human(s.totals.new_bytes),
         human(s.totals.new_bytes_stored),
         s.totals.new_chunks,
     );
     let mut all_ok = true;
     // One outcome per repository, in the order of the set.
-    for (url, t) in g.repos.iter().zip(&report.targets) {
+    for (url, t) in cli.repos.iter().zip(&report.targets) {
         match &t.error {
             None => {
                 if report.targets.len() > 1 {
@@ -372,7 +559,7 @@ async fn backup(g: &Global) -> atlas_examples::main_support::StatusResult {
     if !all_ok {
         println!("  (the quorum was met; run `sync` to bring the lagging repositories up to date)");
     }
-    if !report.unreadable.is_empty() {
+    if incomplete {
         const SHOWN: usize = 20;
         println!(
             "  INCOMPLETE: {} entries could not be read and are left out:",
@@ -389,10 +576,14 @@ async fn backup(g: &Global) -> atlas_examples::main_support::StatusResult {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn snapshots(g: &Global) -> atlas_examples::main_support::ProgramResult {
-    let repos = open_all(g).await?;
+async fn snapshots(cli: &Cli, output: OutputFormat) -> ProgramResult {
+    let repos = open_all(cli).await?;
     let mut snaps = repos[0].snapshots().await?;
     snaps.sort_by_key(|s| s.time);
+    if output == OutputFormat::Json {
+        cli::print_json(&snaps.iter().map(SnapshotJson::of).collect::<Vec<_>>())?;
+        return Ok(true);
+    }
     println!(
         "{:<10} {:<20} {:<14} {:<12} {:>8} {:>11} {:>11}  source / tags",
         "id", "time (UTC)", "kind", "host", "files", "size", "added"
@@ -425,18 +616,15 @@ async fn snapshots(g: &Global) -> atlas_examples::main_support::ProgramResult {
     Ok(true)
 }
 
-async fn restore(g: &Global) -> atlas_examples::main_support::ProgramResult {
-    let f = Flags::parse(&g.rest, &["--target", "--path"], &["--stdout"])?;
-    let [id] = f.positional.as_slice() else {
-        return Err("restore needs one snapshot id (or `latest`)".into());
-    };
-    let repos = open_all(g).await?;
+async fn restore(cli: &Cli, args: &RestoreArgs) -> ProgramResult {
+    let repos = open_all(cli).await?;
     let repo = &repos[0];
     // An id, a unique prefix of one, or `latest`.
-    let snapshot = repo.snapshot(id).await?;
+    let snapshot = repo.snapshot(&args.id).await?;
     let sid = snapshot.id.to_hex();
-    if f.on("--stdout") {
-        let path = f.value("--path").ok_or("--stdout needs --path FILE")?;
+    if args.stdout {
+        // clap makes --stdout require --path.
+        let path = args.path.as_deref().ok_or("--stdout needs --path FILE")?;
         let (_node, mut stream) = repo.restore_file_stream(&sid, path).await?;
         let mut out = tokio::io::stdout();
         while let Some(chunk) = stream.next().await {
@@ -445,13 +633,14 @@ async fn restore(g: &Global) -> atlas_examples::main_support::ProgramResult {
         out.flush().await?;
         return Ok(true);
     }
-    let target = f.value("--target").ok_or("restore needs --target DIR")?;
+    // clap requires --target without --stdout.
+    let target = args.target.as_deref().ok_or("restore needs --target DIR")?;
     let (progress, rx) = progress_channel();
     let mut options = RestoreOptions::default().with_progress(progress);
-    if let Some(p) = f.value("--path") {
+    if let Some(p) = &args.path {
         options = options.with_path(p);
     }
-    let bar = ProgressBar::start(rx, g.quiet);
+    let bar = ProgressView::start("restore", "reading the snapshot", rx, cli.quiet);
     let t0 = Instant::now();
     let result = repo.restore(&sid, target, options).await;
     bar.finish().await;
@@ -468,45 +657,31 @@ async fn restore(g: &Global) -> atlas_examples::main_support::ProgramResult {
     Ok(true)
 }
 
-fn parse_subset(text: &str) -> Result<ReadDataSubset, Failure> {
-    if let Some(p) = text.strip_suffix('%') {
-        let p: f64 = p
-            .parse()
-            .map_err(|_| format!("--read-data-subset `{text}`: bad percentage"))?;
-        return Ok(ReadDataSubset::Fraction(p / 100.0));
-    }
-    if let Some((n, m)) = text.split_once('/') {
-        let n = n
-            .parse()
-            .map_err(|_| format!("--read-data-subset `{text}`"))?;
-        let m = m
-            .parse()
-            .map_err(|_| format!("--read-data-subset `{text}`"))?;
-        return Ok(ReadDataSubset::Part { n, m });
-    }
-    Err(format!("--read-data-subset `{text}`: write N/M or P%").into())
-}
-
-async fn check(g: &Global) -> atlas_examples::main_support::ProgramResult {
-    let f = Flags::parse(&g.rest, &["--read-data-subset"], &["--read-data"])?;
-    let subset = match (f.on("--read-data"), f.value("--read-data-subset")) {
-        (_, Some(s)) => Some(parse_subset(s)?),
+async fn check(cli: &Cli, args: &CheckArgs) -> ProgramResult {
+    let subset = match (args.read_data, args.read_data_subset) {
+        (_, Some(s)) => Some(s),
         (true, None) => Some(ReadDataSubset::All),
         (false, None) => None,
     };
-    let repos = open_all(g).await?;
+    let repos = open_all(cli).await?;
     let mut ok = true;
-    for (url, repo) in g.repos.iter().zip(&repos) {
+    let mut results = Vec::new();
+    for (url, repo) in cli.repos.iter().zip(&repos) {
         let (progress, rx) = progress_channel();
         let mut options = match subset {
             Some(s) => CheckOptions::read_data(s),
             None => CheckOptions::structure(),
         };
         options.progress = Some(progress);
-        let bar = ProgressBar::start(rx, g.quiet);
+        let bar = ProgressView::start("check", "checking the structure", rx, cli.quiet);
         let result = repo.check(options).await;
         bar.finish().await;
         let r = result?;
+        ok &= r.is_ok();
+        if args.output.output == OutputFormat::Json {
+            results.push(CheckJson::of(url, &r));
+            continue;
+        }
         println!(
             "{url}: {} snapshots, {} trees, {} data blobs, {} packs ({} read), {} unreferenced packs",
             r.snapshots, r.trees, r.data_blobs, r.packs, r.packs_read, r.unreferenced_packs
@@ -516,63 +691,46 @@ async fn check(g: &Global) -> atlas_examples::main_support::ProgramResult {
         }
         if r.is_ok() {
             println!("  no errors");
-        } else {
-            ok = false;
         }
+    }
+    if args.output.output == OutputFormat::Json {
+        cli::print_json(&results)?;
     }
     Ok(ok)
 }
 
-fn count(text: &str, flag: &str) -> Result<KeepCount, Failure> {
-    text.parse()
-        .map_err(|e| format!("{flag} `{text}`: {e}").into())
-}
-
-async fn forget(g: &Global) -> atlas_examples::main_support::ProgramResult {
-    let keep_flags = [
-        "--keep-last",
-        "--keep-hourly",
-        "--keep-daily",
-        "--keep-weekly",
-        "--keep-monthly",
-        "--keep-yearly",
-        "--keep-within",
-        "--keep-tag",
-        "--group-by",
-    ];
-    let f = Flags::parse(&g.rest, &keep_flags, &["--dry-run", "--prune"])?;
-    let repos = open_all(g).await?;
+async fn forget(cli: &Cli, args: &ForgetArgs) -> ProgramResult {
+    let repos = open_all(cli).await?;
     let repo = &repos[0];
-    let mut remove: Vec<String> = f.positional.clone();
-    let has_policy = f.values.iter().any(|(n, _)| n.starts_with("--keep"));
-    if has_policy {
+    let mut remove: Vec<String> = args.ids.clone();
+    if args.has_policy() {
         let mut b = RetentionPolicy::builder();
-        if let Some(v) = f.value("--keep-last") {
-            b = b.keep_last(count(v, "--keep-last")?);
+        if let Some(v) = args.keep_last {
+            b = b.keep_last(v);
         }
-        if let Some(v) = f.value("--keep-hourly") {
-            b = b.keep_hourly(count(v, "--keep-hourly")?);
+        if let Some(v) = args.keep_hourly {
+            b = b.keep_hourly(v);
         }
-        if let Some(v) = f.value("--keep-daily") {
-            b = b.keep_daily(count(v, "--keep-daily")?);
+        if let Some(v) = args.keep_daily {
+            b = b.keep_daily(v);
         }
-        if let Some(v) = f.value("--keep-weekly") {
-            b = b.keep_weekly(count(v, "--keep-weekly")?);
+        if let Some(v) = args.keep_weekly {
+            b = b.keep_weekly(v);
         }
-        if let Some(v) = f.value("--keep-monthly") {
-            b = b.keep_monthly(count(v, "--keep-monthly")?);
+        if let Some(v) = args.keep_monthly {
+            b = b.keep_monthly(v);
         }
-        if let Some(v) = f.value("--keep-yearly") {
-            b = b.keep_yearly(count(v, "--keep-yearly")?);
+        if let Some(v) = args.keep_yearly {
+            b = b.keep_yearly(v);
         }
-        if let Some(v) = f.value("--keep-within") {
-            b = b.keep_within(v.parse::<KeepWithin>()?);
+        if let Some(v) = args.keep_within {
+            b = b.keep_within(v);
         }
-        for tags in f.all("--keep-tag") {
+        for tags in &args.keep_tag {
             b = b.keep_tags(TagSet::new(tags.split(','))?);
         }
-        if let Some(v) = f.value("--group-by") {
-            b = b.group_by(v.parse::<GroupBy>()?);
+        if let Some(v) = args.group_by {
+            b = b.group_by(v);
         }
         let policy = b.build()?;
         let snaps = repo.snapshots().await?;
@@ -606,21 +764,21 @@ async fn forget(g: &Global) -> atlas_examples::main_support::ProgramResult {
     }
     if remove.is_empty() {
         println!("nothing to forget");
-    } else if f.on("--dry-run") {
+    } else if args.dry_run {
         println!("would forget {} snapshots (dry run)", remove.len());
     } else {
         let gone = repo.forget(&remove).await?;
         println!("forgot {} snapshots", gone.len());
     }
-    if f.on("--prune") && !f.on("--dry-run") {
-        return prune(g, repo).await;
+    if args.prune && !args.dry_run {
+        return prune(cli, repo).await;
     }
     Ok(true)
 }
 
-async fn prune(g: &Global, repo: &Repository) -> atlas_examples::main_support::ProgramResult {
+async fn prune(cli: &Cli, repo: &Repository) -> ProgramResult {
     let (progress, rx) = progress_channel();
-    let bar = ProgressBar::start(rx, g.quiet);
+    let bar = ProgressView::start("prune", "finding unused data", rx, cli.quiet);
     let result = repo
         .prune(PruneOptions::default().with_progress(progress))
         .await;
@@ -638,14 +796,14 @@ async fn prune(g: &Global, repo: &Repository) -> atlas_examples::main_support::P
     Ok(true)
 }
 
-async fn sync_all(g: &Global) -> atlas_examples::main_support::ProgramResult {
-    let repos = open_all(g).await?;
+async fn sync_all(cli: &Cli) -> ProgramResult {
+    let repos = open_all(cli).await?;
     if repos.len() < 2 {
         return Err("sync needs two or more --repo: it copies from the first to the others".into());
     }
-    for (url, to) in g.repos[1..].iter().zip(&repos[1..]) {
+    for (url, to) in cli.repos[1..].iter().zip(&repos[1..]) {
         let (progress, rx) = progress_channel();
-        let bar = ProgressBar::start(rx, g.quiet);
+        let bar = ProgressView::start("sync", "comparing the repositories", rx, cli.quiet);
         let result = sync(&repos[0], to, Some(progress)).await;
         bar.finish().await;
         let r = result?;
@@ -659,23 +817,17 @@ async fn sync_all(g: &Global) -> atlas_examples::main_support::ProgramResult {
     Ok(true)
 }
 
-async fn key(g: &Global) -> atlas_examples::main_support::ProgramResult {
-    let repos = open_all(g).await?;
-    let policy = match g.quorum {
-        Some(n) => MirrorPolicy::Quorum(n),
-        None => MirrorPolicy::All,
-    };
-    let set = MirrorSet::new(repos, policy)?;
-    let report = match g
-        .rest
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["list"] => {
+async fn key(cli: &Cli, command: &KeyCommand) -> ProgramResult {
+    let repos = open_all(cli).await?;
+    let set = MirrorSet::new(repos, mirror_policy(cli))?;
+    let report = match command {
+        KeyCommand::List => {
             for k in set.keys().await? {
-                let on: Vec<String> = k.mirrors.iter().map(|&i| g.repos[i].to_string()).collect();
+                let on: Vec<String> = k
+                    .mirrors
+                    .iter()
+                    .map(|&i| cli.repos[i].to_string())
+                    .collect();
                 println!(
                     "{} {} {:<12} created {}{}  on {}",
                     k.key.id,
@@ -688,22 +840,21 @@ async fn key(g: &Global) -> atlas_examples::main_support::ProgramResult {
             }
             return Ok(true);
         }
-        ["add"] => {
-            let new = passphrase(g, "ATLAS_NEW_PASSWORD")?;
+        KeyCommand::Add => {
+            let new = passphrase(cli, "ATLAS_NEW_PASSWORD")?;
             let report = set
                 .add_key(&new, KdfParams::default(), "atlas_backup")
                 .await?;
             println!("added key {}", report.id);
             report
         }
-        ["remove", id] => {
+        KeyCommand::Remove { id } => {
             let report = set.remove_key(id).await?;
             println!("removed key {}", report.id);
             report
         }
-        _ => return Err("key needs add, list or remove ID".into()),
     };
-    for (url, t) in g.repos.iter().zip(&report.targets) {
+    for (url, t) in cli.repos.iter().zip(&report.targets) {
         if let Some(e) = &t.error {
             println!("  NOT changed on {url}: {e}");
         }
@@ -726,93 +877,490 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// Draws progress on stderr: one line redrawn in place on a terminal, a
-/// line every few seconds otherwise (logs), nothing with `--quiet`.
-struct ProgressBar {
+/// A snapshot as `snapshots --output json` and `backup --output json`
+/// print it: a view of its own rather than the manifest's encoding, so
+/// that scripts do not depend on the repository format.
+#[derive(Debug, Serialize)]
+struct SnapshotJson<'a> {
+    id: String,
+    short_id: String,
+    time: String,
+    kind: String,
+    host: &'a str,
+    source: &'a str,
+    paths: &'a [String],
+    tags: &'a [String],
+    parent: Option<String>,
+    complete: bool,
+    files: u64,
+    dirs: u64,
+    symlinks: u64,
+    bytes: u64,
+    bytes_read: u64,
+    new_bytes: u64,
+    new_bytes_stored: u64,
+    new_blobs: u64,
+    unreadable: u64,
+}
+
+impl<'a> SnapshotJson<'a> {
+    fn of(s: &'a Snapshot) -> Self {
+        SnapshotJson {
+            id: s.id.to_hex(),
+            short_id: s.id.short(),
+            time: humantime::format_rfc3339_seconds(s.time).to_string(),
+            kind: s.kind.to_string(),
+            host: &s.host,
+            source: &s.source,
+            paths: &s.paths,
+            tags: &s.tags,
+            parent: s.parent.as_ref().map(|p| p.to_hex()),
+            complete: s.is_complete(),
+            files: s.totals.files,
+            dirs: s.totals.dirs,
+            symlinks: s.totals.symlinks,
+            bytes: s.totals.bytes,
+            bytes_read: s.totals.bytes_read,
+            new_bytes: s.totals.new_bytes,
+            new_bytes_stored: s.totals.new_bytes_stored,
+            new_blobs: s.totals.new_chunks,
+            unreadable: s.totals.unreadable,
+        }
+    }
+}
+
+/// `backup --output json`.
+#[derive(Debug, Serialize)]
+struct BackupJson<'a> {
+    snapshot: SnapshotJson<'a>,
+    elapsed_seconds: f64,
+    repositories: Vec<RepositoryOutcome>,
+    unreadable: Vec<UnreadableJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct RepositoryOutcome {
+    repository: String,
+    committed: bool,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct UnreadableJson<'a> {
+    path: &'a str,
+    reason: &'a str,
+}
+
+/// One repository's result in `check --output json`.
+#[derive(Debug, Serialize)]
+struct CheckJson {
+    repository: String,
+    ok: bool,
+    snapshots: u64,
+    trees: u64,
+    data_blobs: u64,
+    packs: u64,
+    packs_read: u64,
+    unreferenced_packs: u64,
+    problems: Vec<String>,
+}
+
+impl CheckJson {
+    fn of(url: &TargetUrl, r: &CheckReport) -> Self {
+        CheckJson {
+            repository: url.to_string(),
+            ok: r.is_ok(),
+            snapshots: r.snapshots,
+            trees: r.trees,
+            data_blobs: r.data_blobs,
+            packs: r.packs,
+            packs_read: r.packs_read,
+            unreferenced_packs: r.unreferenced_packs,
+            problems: r.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Draws an action's progress on stderr with indicatif: a byte bar with
+/// rate and ETA once the total is known, a count bar for work counted only
+/// in packs (prune), a spinner with bytes and rate before that, and
+/// nothing under `--quiet` or when stderr is not a terminal. The engine
+/// publishes into a `watch` channel; a task reads it ten times a second,
+/// so the engine's workers never wait for the terminal.
+struct ProgressView {
+    bar: ProgressBar,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl ProgressBar {
-    fn start(mut rx: watch::Receiver<Progress>, quiet: bool) -> ProgressBar {
+/// Which of the bar's layouts is showing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Nothing reported yet: the caller's message.
+    Waiting,
+    /// Bytes counted, total unknown.
+    Spinner,
+    /// Bytes against a known total.
+    Bytes,
+    /// Items (packs) against a known total, no bytes.
+    Count,
+}
+
+impl ProgressView {
+    fn start(
+        action: &'static str,
+        waiting: &'static str,
+        mut rx: watch::Receiver<Progress>,
+        quiet: bool,
+    ) -> ProgressView {
         let (stop, mut stopped) = watch::channel(false);
-        if quiet {
-            return ProgressBar { stop, task: None };
-        }
-        let task = tokio::spawn(async move {
-            let tty = std::io::stderr().is_terminal();
-            let period = if tty {
-                Duration::from_millis(200)
-            } else {
-                Duration::from_secs(5)
+        let bar = cli::spinner(quiet, action, waiting);
+        if bar.is_hidden() {
+            return ProgressView {
+                bar,
+                stop,
+                task: None,
             };
-            let t0 = Instant::now();
-            let mut tick = tokio::time::interval(period);
-            tick.tick().await;
-            loop {
-                let last = tokio::select! {
-                    _ = tick.tick() => false,
-                    _ = stopped.changed() => true,
-                };
-                let p = rx.borrow_and_update().clone();
-                let line = render(&p, t0.elapsed());
-                let mut err = std::io::stderr().lock();
-                if tty {
-                    let _ = write!(err, "\r\x1b[2K{line}");
+        }
+        let task = tokio::spawn({
+            let bar = bar.clone();
+            async move {
+                let mut shape = Shape::Waiting;
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    let last = tokio::select! {
+                        _ = tick.tick() => false,
+                        _ = stopped.changed() => true,
+                    };
+                    let p = rx.borrow_and_update().clone();
+                    show(&bar, &p, &mut shape);
                     if last {
-                        let _ = writeln!(err);
+                        break;
                     }
-                } else if !line.is_empty() {
-                    let _ = writeln!(err, "{line}");
-                }
-                if last {
-                    break;
                 }
             }
         });
-        ProgressBar {
+        ProgressView {
+            bar,
             stop,
             task: Some(task),
         }
     }
 
+    /// Stops drawing and clears the bar: the result printed next on
+    /// stdout says what it came to.
     async fn finish(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        self.bar.finish_and_clear();
     }
 }
 
-fn render(p: &Progress, elapsed: Duration) -> String {
+fn show(bar: &ProgressBar, p: &Progress, shape: &mut Shape) {
     if p.action.is_empty() {
-        return String::new();
+        return;
     }
-    let secs = elapsed.as_secs_f64().max(1e-3);
-    let rate = p.bytes_done as f64 / secs;
-    let mut line = format!("[{}] {}", p.action, human(p.bytes_done));
-    if let Some(total) = p.bytes_total.filter(|t| *t > 0) {
-        let pct = 100.0 * p.bytes_done as f64 / total as f64;
-        line += &format!(" / {} ({pct:.0}%)", human(total));
-        if rate > 0.0 && total > p.bytes_done {
-            let eta = (total - p.bytes_done) as f64 / rate;
-            line += &format!(", ETA {eta:.0}s");
+    // check, sync and prune count packs where backup and restore count
+    // files.
+    let unit = match p.action {
+        "check" | "sync" | "prune" => "packs",
+        _ => "files",
+    };
+    let (want, length) = match (p.bytes_total, p.files_total) {
+        (Some(total), _) if total > 0 => (Shape::Bytes, total),
+        (_, Some(total)) if total > 0 && p.bytes_done == 0 => (Shape::Count, total),
+        _ => (Shape::Spinner, 0),
+    };
+    if want != *shape {
+        bar.set_style(cli::style(match want {
+            Shape::Bytes => {
+                "{spinner:.green} {prefix:.bold} [{bar:16.cyan/blue}] {bytes}/{total_bytes} \
+                 {bytes_per_sec} eta {eta} {wide_msg}"
+            }
+            Shape::Count => {
+                "{spinner:.green} {prefix:.bold} [{bar:16.cyan/blue}] {pos}/{len} {msg}, {elapsed}"
+            }
+            Shape::Spinner | Shape::Waiting => {
+                "{spinner:.green} {prefix:.bold} {bytes} ({bytes_per_sec}), {elapsed} {wide_msg}"
+            }
+        }));
+        *shape = want;
+    }
+    let current = p.current.as_deref().map(tail).unwrap_or_default();
+    match want {
+        Shape::Count => {
+            bar.set_length(length);
+            bar.set_position(p.files_done);
+            bar.set_message(unit);
+        }
+        Shape::Bytes | Shape::Spinner | Shape::Waiting => {
+            if want == Shape::Bytes {
+                bar.set_length(length);
+            }
+            bar.set_position(p.bytes_done);
+            let counted = match p.files_total {
+                Some(t) => format!("{} of {t} {unit}", p.files_done),
+                None => format!("{} {unit}", p.files_done),
+            };
+            bar.set_message(format!("{counted}  {current}"));
         }
     }
-    line += &format!(", {}/s, {} files", human(rate as u64), p.files_done);
-    if let Some(t) = p.files_total {
-        line += &format!(" of {t}");
+}
+
+/// The last 40 characters of a path: its most telling part on one line.
+fn tail(path: &str) -> String {
+    let count = path.chars().count();
+    path.chars().skip(count.saturating_sub(40)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("atlas_backup").chain(args.iter().copied()))
     }
-    if let Some(current) = &p.current {
-        let tail: String = current
-            .chars()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        line += &format!("  {tail}");
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
-    line
+
+    #[test]
+    fn the_benchmark_scripts_invocations_parse_as_before() {
+        // scripts/bench-backup.sh and BENCHMARKS.md.
+        let cli = parse(&["--repo", "file:///var/tmp/repo", "init"]).unwrap();
+        assert!(matches!(cli.command, Command::Init));
+        assert_eq!(cli.repos[0].to_string(), "file:///var/tmp/repo");
+
+        let cli = parse(&[
+            "--repo",
+            "file:///var/tmp/repo",
+            "--quiet",
+            "backup",
+            "/var/tmp/data",
+        ])
+        .unwrap();
+        assert!(cli.quiet);
+        let Command::Backup(b) = cli.command else {
+            panic!("not a backup: {:?}", cli.command)
+        };
+        assert_eq!(b.dir.as_deref(), Some("/var/tmp/data"));
+        assert_eq!(b.stdin, None);
+        assert_eq!(b.output.output, OutputFormat::Text);
+
+        let cli = parse(&[
+            "--repo",
+            "file:///w/repo-atlas",
+            "--quiet",
+            "restore",
+            "latest",
+            "--target",
+            "/w/restore-atlas",
+        ])
+        .unwrap();
+        assert!(cli.quiet);
+        let Command::Restore(r) = cli.command else {
+            panic!("not a restore: {:?}", cli.command)
+        };
+        assert_eq!(r.id, "latest");
+        assert_eq!(r.target.as_deref(), Some("/w/restore-atlas"));
+        assert!(!r.stdout);
+    }
+
+    #[test]
+    fn the_readme_invocations_parse_as_before() {
+        let two = [
+            "--repo",
+            "file:///var/backups/a",
+            "--repo",
+            "file:///mnt/other/a",
+        ];
+        let cli = parse(&[&two[..], &["init"]].concat()).unwrap();
+        assert_eq!(cli.repos.len(), 2);
+
+        let cli = parse(&[&two[..], &["backup", "./data", "--tag", "nightly"]].concat()).unwrap();
+        let Command::Backup(b) = cli.command else {
+            panic!("not a backup")
+        };
+        assert_eq!(b.tags, ["nightly"]);
+
+        let cli = parse(&["--repo", "file:///var/backups/a", "snapshots"]).unwrap();
+        assert!(matches!(cli.command, Command::Snapshots { .. }));
+
+        let cli = parse(&[
+            "--repo",
+            "file:///var/backups/a",
+            "forget",
+            "--keep-daily",
+            "7",
+            "--keep-weekly",
+            "4",
+            "--prune",
+        ])
+        .unwrap();
+        let Command::Forget(f) = cli.command else {
+            panic!("not a forget")
+        };
+        assert!(f.has_policy() && f.prune && !f.dry_run);
+        assert_eq!(f.keep_daily, Some(KeepCount::Count(7)));
+        assert_eq!(f.keep_weekly, Some(KeepCount::Count(4)));
+    }
+
+    #[test]
+    fn the_header_forms_parse() {
+        let repo = ["-r", "file:///r"];
+        let with = |rest: &[&str]| parse(&[&repo[..], rest].concat());
+
+        let Command::Backup(b) = with(&["backup", "--stdin", "dump.sql", "--kind", "pit"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a backup")
+        };
+        assert_eq!(b.stdin.as_deref(), Some("dump.sql"));
+        assert!(matches!(b.kind, Some(Kind::PointInTime)));
+
+        let Command::Restore(r) = with(&["restore", "ab12", "--path", "f", "--stdout"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a restore")
+        };
+        assert!(r.stdout && r.target.is_none());
+
+        let Command::Check(c) = with(&["check", "--read-data-subset", "2/7"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a check")
+        };
+        assert_eq!(
+            c.read_data_subset,
+            Some(ReadDataSubset::Part { n: 2, m: 7 })
+        );
+        let Command::Check(c) = with(&["check", "--read-data-subset", "10%"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a check")
+        };
+        assert_eq!(c.read_data_subset, Some(ReadDataSubset::Fraction(0.1)));
+
+        // restic's -1: keep all; a negative number, not an option.
+        let Command::Forget(f) = with(&[
+            "forget",
+            "--keep-last",
+            "-1",
+            "--keep-tag",
+            "a,b",
+            "--keep-tag",
+            "c",
+            "--group-by",
+            "host,tags",
+            "--dry-run",
+            "0a1b",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not a forget")
+        };
+        assert_eq!(f.keep_last, Some(KeepCount::Unlimited));
+        assert_eq!(f.keep_tag, ["a,b", "c"]);
+        assert_eq!(f.ids, ["0a1b"]);
+        assert!(f.dry_run);
+
+        let Command::Key(KeyCommand::Remove { id }) =
+            with(&["key", "remove", "k1"]).unwrap().command
+        else {
+            panic!("not key remove")
+        };
+        assert_eq!(id, "k1");
+
+        // Global options may follow the verb.
+        let cli = parse(&["snapshots", "--output", "json", "--repo", "file:///r", "-q"]).unwrap();
+        assert!(cli.quiet);
+        let Command::Snapshots { output } = cli.command else {
+            panic!("not snapshots")
+        };
+        assert_eq!(output.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn bad_usage_is_refused_by_the_parser() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| parse(args).map(|_| ()).unwrap_err().kind();
+        assert_eq!(
+            kind(&["-r", "file:///r", "backup"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "backup", "/d", "--stdin", "x"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "restore", "latest"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "restore", "latest", "--stdout"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "backup", "/d", "--kind", "weekly"]),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "check", "--read-data-subset", "half"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["-r", "relative/path", "init"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["-r", "file:///r", "bogus"]),
+            ErrorKind::InvalidSubcommand
+        );
+        // Usage errors exit 2, as the old parser did.
+        assert_eq!(
+            parse(&["-r", "file:///r", "bogus"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn progress_names_what_each_action_counts() {
+        let bar = ProgressBar::hidden();
+        let mut shape = Shape::Waiting;
+        // Progress is non-exhaustive: start from the default.
+        let mut p = Progress::default();
+        p.action = "prune";
+        p.files_total = Some(4);
+        p.files_done = 1;
+        show(&bar, &p, &mut shape);
+        assert_eq!(shape, Shape::Count);
+        assert_eq!((bar.position(), bar.length()), (1, Some(4)));
+        assert_eq!(bar.message(), "packs");
+
+        p.action = "restore";
+        p.bytes_total = Some(1000);
+        p.bytes_done = 250;
+        p.current = Some(format!("{}/tail.txt", "d".repeat(60)));
+        show(&bar, &p, &mut shape);
+        assert_eq!(shape, Shape::Bytes);
+        assert_eq!((bar.position(), bar.length()), (250, Some(1000)));
+        assert!(
+            bar.message().starts_with("1 of 4 files  "),
+            "{}",
+            bar.message()
+        );
+        assert!(bar.message().ends_with("/tail.txt"));
+        assert_eq!(tail(p.current.as_deref().unwrap()).chars().count(), 40);
+    }
 }

@@ -9,6 +9,7 @@
 //! `cargo run --release --example atlas_proxy -- --listen 127.0.0.1:8080 \
 //!     --blue 127.0.0.1:9001,127.0.0.1:9002 [--green 127.0.0.1:9003 --canary-weight 10] \
 //!     [--admin 127.0.0.1:9100] [--threads 2] [--shared-runtime]`
+//! (`--help` lists the options and their defaults).
 //!
 //! By default each of the `--threads` threads runs its own single-threaded
 //! runtime and its own router (pools included), all listening on the same
@@ -23,74 +24,69 @@ use std::process::ExitCode;
 
 use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
 use atlas_local::proxy::ProxyRouter;
+use clap::Parser;
 
+/// Atlas's traffic router as a standalone HTTP/1.1 reverse proxy: one
+/// service, a blue and an optional green set of upstreams, and the canary
+/// weight. Runs until Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "atlas_proxy", version, args_override_self = true)]
 struct Args {
+    /// The address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve the proxy's Prometheus metrics (GET /metrics) on this address
+    /// (implies --shared-runtime, so that /metrics counts every request).
+    #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// The stable (blue) upstreams, comma-separated.
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR…]",
+        required = true,
+        value_delimiter = ',',
+        value_parser = parse_addr
+    )]
     blue: Vec<SocketAddr>,
+    /// The canary (green) upstreams, comma-separated.
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR…]",
+        value_delimiter = ',',
+        value_parser = parse_addr
+    )]
     green: Vec<SocketAddr>,
+    /// The percentage of requests sent to green.
+    #[arg(
+        long,
+        value_name = "0-100",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u8).range(0..=100)
+    )]
     canary_weight: u8,
+    /// Worker threads; the default is this machine's number of cores.
+    #[arg(long, value_name = "N", default_value_t = default_threads())]
     threads: usize,
+    /// Run one router on one multi-threaded runtime instead of one router
+    /// per thread, each on its own runtime, sharing the port.
+    #[arg(long)]
     shared_runtime: bool,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut args = Args {
-        listen: "127.0.0.1:8080".parse().expect("literal address"),
-        admin: None,
-        blue: Vec::new(),
-        green: Vec::new(),
-        canary_weight: 0,
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
-        shared_runtime: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        let addrs = |v: String| -> Result<Vec<SocketAddr>, String> {
-            v.split(',')
-                .map(|a| a.trim().parse().map_err(|e| format!("{flag}: {a:?}: {e}")))
-                .collect()
-        };
-        match flag.as_str() {
-            "--listen" => args.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
-            "--admin" => args.admin = Some(value()?.parse().map_err(|e| format!("--admin: {e}"))?),
-            "--blue" => args.blue = addrs(value()?)?,
-            "--green" => args.green = addrs(value()?)?,
-            "--canary-weight" => {
-                args.canary_weight = value()?
-                    .parse()
-                    .map_err(|e| format!("--canary-weight: {e}"))?
-            }
-            "--threads" => {
-                args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?
-            }
-            "--shared-runtime" => args.shared_runtime = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    if args.blue.is_empty() {
-        return Err("--blue needs at least one upstream".into());
-    }
-    Ok(args)
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|e| format!("{:?}: {e}", text.trim()))
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("atlas_proxy: {e}");
-            }
-            eprintln!(
-                "usage: atlas_proxy --listen ADDR --blue ADDR[,ADDR…] [--green ADDR[,ADDR…] --canary-weight 0-100] [--admin ADDR] [--threads N] [--shared-runtime]"
-            );
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -191,4 +187,76 @@ async fn start(args: &Args, listen: SocketAddr, reuse_port: bool) -> BoxResult<P
         .set_split(&svc, &TrafficSplit::new(Slot::Blue, args.canary_weight)?)
         .await?;
     Ok(router)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("atlas_proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn the_benchmark_invocation_parses_as_before() {
+        // scripts/bench-proxy.sh.
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:18091",
+            "--blue",
+            "127.0.0.1:18090",
+            "--threads",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(a.listen, "127.0.0.1:18091".parse().unwrap());
+        assert_eq!(a.blue, ["127.0.0.1:18090".parse().unwrap()]);
+        assert_eq!((a.threads, a.canary_weight), (2, 0));
+        assert!(a.green.is_empty() && a.admin.is_none() && !a.shared_runtime);
+    }
+
+    #[test]
+    fn the_header_invocation_parses() {
+        let a = parse(&[
+            "--blue",
+            "127.0.0.1:9001, 127.0.0.1:9002",
+            "--green",
+            "127.0.0.1:9003",
+            "--canary-weight",
+            "10",
+            "--admin",
+            "127.0.0.1:9100",
+            "--shared-runtime",
+        ])
+        .unwrap();
+        assert_eq!(a.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(a.blue.len(), 2);
+        assert_eq!(a.green, ["127.0.0.1:9003".parse().unwrap()]);
+        assert_eq!(a.canary_weight, 10);
+        assert_eq!(a.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(a.shared_runtime);
+        assert_eq!(a.threads, default_threads());
+    }
+
+    #[test]
+    fn bad_usage_is_refused_by_the_parser() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| parse(args).map(|_| ()).unwrap_err().kind();
+        assert_eq!(kind(&[]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            kind(&["--blue", "127.0.0.1:1", "--canary-weight", "101"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(kind(&["--blue", "localhost"]), ErrorKind::ValueValidation);
+        assert_eq!(
+            kind(&["--blue", "127.0.0.1:1", "--bogus"]),
+            ErrorKind::UnknownArgument
+        );
+    }
 }

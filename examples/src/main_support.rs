@@ -11,7 +11,8 @@ pub type ProgramResult = Result<bool, Box<dyn std::error::Error>>;
 /// The result of a reference program that picks its own exit status.
 pub type StatusResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
-/// Installs a `tracing` subscriber writing to stderr, filtered by
+/// Installs a `tracing` subscriber writing to stderr (above any progress
+/// bar, through [`LogWriter`](crate::cli::LogWriter)), filtered by
 /// `RUST_LOG` or else by `default_filter` (e.g. `"error"`, `"warn"`).
 pub fn init_tracing(default_filter: &str) {
     tracing_subscriber::fmt()
@@ -19,7 +20,8 @@ pub fn init_tracing(default_filter: &str) {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
-        .with_writer(std::io::stderr)
+        // Log lines go above a progress bar rather than through it.
+        .with_writer(|| crate::cli::LogWriter)
         .init();
 }
 

@@ -7,12 +7,14 @@ use futures::stream::{self, StreamExt};
 use rand::seq::SliceRandom;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::error::{IntegrityError, integrity_error};
 use super::format::{
     BlobId, BlobKind, NodeKind, PACK_MAGIC, PACK_TRAILER_LEN, PackId, decode_pack_header,
 };
 use super::index::Index;
+use super::layout::Layout;
 use super::progress::{ProgressFn, Tracker};
-use super::{IntegrityError, Layout, Repository, integrity_error};
+use super::repository::Repository;
 use atlas_core::backup::BackupTargetExt;
 use atlas_core::error::{Error, Result};
 

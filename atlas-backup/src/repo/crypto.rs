@@ -10,7 +10,10 @@ use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use super::error::BACKEND;
 use super::format::{BlobId, BlobKind, from_hex, to_hex};
+use super::pool::Compressors;
+use super::version::Document;
 use atlas_core::error::{Error, Result};
 
 /// Bytes of the nonce before every ciphertext.
@@ -74,7 +77,6 @@ impl fmt::Debug for KeySource {
 /// Argon2id cost parameters for new key files. The defaults are the
 /// `argon2` crate's (OWASP's recommendation): 19 MiB, 2 passes, 1 lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KdfParams {
     /// Memory in KiB. Default 19456 (19 MiB); at least 8.
     pub m_cost: u32,
@@ -221,7 +223,7 @@ impl MasterKey {
         level: i32,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(sealed_capacity(plain.len()));
-        let zstd = super::pool::Compressors::new(level);
+        let zstd = Compressors::new(level);
         self.encode_blob_into(kind, id, plain, &zstd, &mut out);
         out
     }
@@ -237,7 +239,7 @@ impl MasterKey {
         kind: BlobKind,
         id: &BlobId,
         plain: &[u8],
-        zstd: &super::pool::Compressors,
+        zstd: &Compressors,
         out: &mut Vec<u8>,
     ) {
         out.clear();
@@ -306,14 +308,13 @@ impl MasterKey {
     pub(crate) fn open_file(&self, kind: &str, what: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         let compressed = self.open(file_aad(kind).as_bytes(), sealed).ok_or_else(|| {
             Error::backend(
-                super::BACKEND,
+                BACKEND,
                 format!("{what}: authentication failed (corrupted, or not written with this repository's key)"),
             )
         })?;
         let mut out = Vec::new();
-        zstd::stream::copy_decode(compressed.as_slice(), &mut out).map_err(|e| {
-            Error::backend(super::BACKEND, format!("{what}: does not decompress: {e}"))
-        })?;
+        zstd::stream::copy_decode(compressed.as_slice(), &mut out)
+            .map_err(|e| Error::backend(BACKEND, format!("{what}: does not decompress: {e}")))?;
         Ok(out)
     }
 }
@@ -361,7 +362,6 @@ impl fmt::Display for BlobFault {
 /// A key file: the master key wrapped with a key derived from a passphrase
 /// (or a raw key).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct KeyFile {
     pub(crate) version: u32,
     /// `argon2id` or `raw`.
@@ -387,15 +387,12 @@ fn wrapping_key(
     let mut out = [0u8; 32];
     match (source, kdf) {
         (KeySource::Passphrase(p), "argon2id") => {
-            let params = params.ok_or_else(|| {
-                Error::backend(super::BACKEND, "key file: argon2id without params")
-            })?;
+            let params = params
+                .ok_or_else(|| Error::backend(BACKEND, "key file: argon2id without params"))?;
             params
                 .argon2()?
                 .hash_password_into(p.as_bytes(), salt, &mut out)
-                .map_err(|e| {
-                    Error::backend(super::BACKEND, format!("key file: argon2id failed: {e}"))
-                })?;
+                .map_err(|e| Error::backend(BACKEND, format!("key file: argon2id failed: {e}")))?;
         }
         (KeySource::Raw(k), "raw") => {
             out = blake3::derive_key("atlas-backup 2026 raw key wrapping", k);
@@ -429,7 +426,7 @@ impl KeyFile {
         };
         let sealed = wrapper.seal(KEY_AAD, &master.to_bytes());
         Ok(KeyFile {
-            version: 1,
+            version: Document::KeyFile.newest(),
             kdf: kdf.to_owned(),
             params,
             salt: to_hex(&salt),
@@ -450,9 +447,9 @@ impl KeyFile {
             return Ok(None);
         }
         let salt = from_hex(&self.salt)
-            .ok_or_else(|| Error::backend(super::BACKEND, "key file: salt is not hex"))?;
+            .ok_or_else(|| Error::backend(BACKEND, "key file: salt is not hex"))?;
         let sealed = from_hex(&self.wrapped)
-            .ok_or_else(|| Error::backend(super::BACKEND, "key file: wrapped key is not hex"))?;
+            .ok_or_else(|| Error::backend(BACKEND, "key file: wrapped key is not hex"))?;
         let wrapper = MasterKey {
             cipher: wrapping_key(source, &self.kdf, self.params.as_ref(), &salt)?,
             enc: [0; 32],
@@ -463,7 +460,7 @@ impl KeyFile {
         };
         if plain.len() != 64 {
             return Err(Error::backend(
-                super::BACKEND,
+                BACKEND,
                 "key file: wrapped key has the wrong length",
             ));
         }

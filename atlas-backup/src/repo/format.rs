@@ -1,5 +1,9 @@
 //! The repository's on-target data structures: ids, config, pack headers,
 //! index files, trees and snapshot manifests (see `docs/backup-format.md`).
+//!
+//! None of them refuses unknown fields: a newer build of the same major
+//! format version may add fields, and this one must still read what it
+//! wrote (the `version` module checks the major version first).
 
 use std::fmt;
 use std::str::FromStr;
@@ -137,7 +141,6 @@ impl BlobKind {
 
 /// Chunker parameters, fixed per repository (dedup needs them constant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ChunkerParams {
     /// Smallest chunk in bytes (except a file's last). Default 256 KiB.
     pub min_size: u32,
@@ -189,11 +192,11 @@ impl ChunkerParams {
 
 /// The repository's `config` object (plaintext JSON; holds no secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RepoConfig {
     /// Always `atlas-backup`.
     pub format: String,
-    /// Format version, 1.
+    /// The config's major format version (1). A reader refuses a config
+    /// of a newer major version and ignores fields it does not know.
     pub version: u32,
     /// Random repository id (64 hex digits); mirrors share it.
     pub id: String,
@@ -206,7 +209,6 @@ pub struct RepoConfig {
 }
 
 pub(crate) const FORMAT_NAME: &str = "atlas-backup";
-pub(crate) const FORMAT_VERSION: u32 = 1;
 
 // ---- packs ----
 
@@ -270,7 +272,6 @@ pub(crate) fn decode_pack_header(plain: &[u8]) -> Option<Vec<PackedBlob>> {
 
 /// An index file's content.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct IndexFile {
     /// Index files this one replaces (written by prune); readers ignore the
     /// listed ones if they still exist.
@@ -280,7 +281,6 @@ pub(crate) struct IndexFile {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct IndexPack {
     pub(crate) id: PackId,
     pub(crate) size: u64,
@@ -288,7 +288,6 @@ pub(crate) struct IndexPack {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct IndexBlob {
     pub(crate) id: BlobId,
     #[serde(rename = "type")]
@@ -334,7 +333,6 @@ pub enum NodeKind {
 
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Node {
     /// The name (UTF-8; see `name_bytes`).
     pub name: String,
@@ -369,7 +367,6 @@ pub struct Node {
 
 /// A directory listing, sorted by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Tree {
     /// The entries, sorted by name bytes.
     pub nodes: Vec<Node>,
@@ -401,7 +398,6 @@ impl fmt::Display for BackupKind {
 
 /// Totals of one backup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SnapshotTotals {
     /// Regular files in the snapshot.
     pub files: u64,
@@ -451,7 +447,6 @@ pub const MAX_RECORDED_UNREADABLE: usize = 1000;
 /// An entry of the source left out of a backup because it could not be
 /// read, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SkippedEntry {
     /// The entry's path relative to the source root, `/`-separated (lossy
     /// UTF-8 for names that are not).
@@ -462,7 +457,6 @@ pub struct SkippedEntry {
 
 /// Permission bits and modification time of a snapshot's root directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RootMetadata {
     /// Permission bits (`mode & 0o7777`).
     pub mode: u32,
@@ -474,7 +468,6 @@ pub struct RootMetadata {
 
 /// A snapshot manifest: everything retention, listing and restore need.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Snapshot {
     /// The snapshot's id (also the manifest's object name).
     pub id: SnapshotId,
@@ -554,7 +547,6 @@ mod rfc3339 {
 
 /// A lock object's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct LockFile {
     pub(crate) exclusive: bool,
     pub(crate) holder: String,

@@ -7,7 +7,9 @@ use futures::stream::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use super::format::{BlobId, BlobKind, IndexBlob, IndexFile, IndexPack, PackId};
-use super::{BACKEND, Layout, Repository};
+use super::layout::Layout;
+use super::repository::Repository;
+use super::version::Document;
 use atlas_core::backup::BackupTargetExt;
 use atlas_core::error::{Error, Result};
 
@@ -37,11 +39,7 @@ impl Index {
         let files: Vec<(String, IndexFile)> = futures::stream::iter(metas)
             .map(|m| async move {
                 let sealed = inner.target.get_bytes(&m.key).await?;
-                let what = format!("index file {}", m.key);
-                let plain = inner.master.open_file("index", &what, &sealed)?;
-                let file: IndexFile = serde_json::from_slice(&plain).map_err(|e| {
-                    Error::backend(BACKEND, format!("{what}: not a valid index: {e}"))
-                })?;
+                let file: IndexFile = repo.open_document(Document::Index, &m.key, &sealed)?;
                 Ok::<_, Error>((Layout::name_of(&m.key).to_owned(), file))
             })
             .buffer_unordered(16)
@@ -151,7 +149,12 @@ pub(crate) async fn write_index(
 ) -> Result<String> {
     let name = PackId::random().to_hex();
     let file = IndexFile { supersedes, packs };
-    repo.write_file(&repo.inner.layout.index(&name)?, "index", &file, true)
-        .await?;
+    repo.write_file(
+        &repo.inner.layout.index(&name)?,
+        Document::Index,
+        &file,
+        true,
+    )
+    .await?;
     Ok(name)
 }

@@ -9,7 +9,10 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::format::{LockFile, PackId};
-use super::{Layout, Repository};
+use super::host::default_host;
+use super::layout::Layout;
+use super::repository::Repository;
+use super::version::Document;
 use atlas_core::backup::{BackupTargetExt, ObjectKey};
 use atlas_core::error::{Error, ErrorKind, Result};
 
@@ -106,11 +109,7 @@ impl Drop for LockGuard {
 }
 
 fn holder(action: &str) -> String {
-    format!(
-        "{} pid {} {action}",
-        super::backup::default_host(),
-        std::process::id()
-    )
+    format!("{} pid {} {action}", default_host(), std::process::id())
 }
 
 impl Repository {
@@ -132,13 +131,7 @@ impl Repository {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let plain = self
-                .inner
-                .master
-                .open_file("lock", &format!("lock {}", m.key), &sealed)?;
-            let lf: LockFile = serde_json::from_slice(&plain).map_err(|e| {
-                Error::backend(super::BACKEND, format!("lock {}: not valid: {e}", m.key))
-            })?;
+            let lf: LockFile = self.open_document(Document::Lock, &m.key, &sealed)?;
             out.push(LockInfo {
                 id: Layout::name_of(&m.key).to_owned(),
                 exclusive: lf.exclusive,
@@ -198,7 +191,7 @@ impl Repository {
             created: now,
             expires: now + ttl,
         };
-        self.write_file(&key, "lock", &file, true).await?;
+        self.write_file(&key, Document::Lock, &file, true).await?;
         let guard = LockGuard {
             repo: self.clone(),
             key: Some(key.clone()),
@@ -237,7 +230,7 @@ impl Repository {
                     _ = tokio::time::sleep(ttl / 3) => {}
                 }
                 file.expires = SystemTime::now() + ttl;
-                if let Err(e) = repo.write_file(&key, "lock", &file, false).await {
+                if let Err(e) = repo.write_file(&key, Document::Lock, &file, false).await {
                     warn!(lock = %key, error = %e, "could not refresh a lock");
                 }
             }

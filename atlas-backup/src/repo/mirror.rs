@@ -2,62 +2,21 @@
 //! and `sync` of a lagging mirror.
 
 use std::collections::HashSet;
-use std::fmt;
 
 use futures::stream::{StreamExt, TryStreamExt};
 use tracing::{Instrument, info, info_span, instrument, warn};
 
 use super::backup::{BackupOptions, BackupRun, BackupSource, run_backup};
 use super::crypto::{KdfParams, KeySource};
+use super::error::BACKEND;
 use super::format::{IndexPack, PackId, SkippedEntry, Snapshot};
 use super::index::write_index;
+use super::layout::Layout;
+use super::policy::{MirrorPolicy, TargetOutcome, outcome};
 use super::progress::{ProgressFn, Tracker};
-use super::{BACKEND, KeyInfo, Layout, Repository, check_removable};
+use super::repository::{KeyInfo, Repository, check_removable};
 use atlas_core::backup::{BackupTargetExt, PutOptions};
 use atlas_core::error::{Error, ErrorKind, Result};
-
-/// How many targets of a mirror set must commit for a backup to succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MirrorPolicy {
-    /// Every target.
-    All,
-    /// At least this many targets (1 ≤ n ≤ number of targets).
-    Quorum(usize),
-}
-
-impl MirrorPolicy {
-    pub(crate) fn required(self, targets: usize) -> Result<usize> {
-        match self {
-            MirrorPolicy::All => Ok(targets),
-            MirrorPolicy::Quorum(n) if n >= 1 && n <= targets => Ok(n),
-            MirrorPolicy::Quorum(n) => Err(Error::invalid(
-                "policy",
-                format!("quorum must be between 1 and {targets}, got {n}"),
-            )),
-        }
-    }
-}
-
-/// What happened on one target of a mirrored backup.
-#[non_exhaustive]
-pub struct TargetOutcome {
-    /// The target (its Debug form).
-    pub target: String,
-    /// The repository prefix on it.
-    pub prefix: String,
-    /// `None` when the snapshot was committed there, else why not.
-    pub error: Option<Error>,
-}
-
-impl fmt::Debug for TargetOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TargetOutcome")
-            .field("target", &self.target)
-            .field("prefix", &self.prefix)
-            .field("error", &self.error.as_ref().map(ToString::to_string))
-            .finish()
-    }
-}
 
 /// The result of a mirrored backup that met its policy.
 #[derive(Debug)]
@@ -68,7 +27,7 @@ pub struct MirrorReport {
     /// One outcome per target, in the order of the set.
     pub targets: Vec<TargetOutcome>,
     /// Every entry left out because it could not be read, sorted by path
-    /// (as [`BackupReport::unreadable`](super::BackupReport::unreadable)).
+    /// (as [`BackupReport::unreadable`](super::backup::BackupReport::unreadable)).
     pub unreadable: Vec<SkippedEntry>,
 }
 
@@ -93,14 +52,6 @@ pub struct MirrorKeyInfo {
     /// The positions, in the set, of the mirrors holding it: all of them
     /// unless a key change met a quorum only.
     pub mirrors: Vec<usize>,
-}
-
-fn outcome(repo: &Repository, error: Option<Error>) -> TargetOutcome {
-    TargetOutcome {
-        target: format!("{:?}", repo.inner.target),
-        prefix: repo.prefix().to_string(),
-        error,
-    }
 }
 
 /// The error of a key change that met its policy on `ok` targets only.

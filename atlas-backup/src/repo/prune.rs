@@ -7,12 +7,14 @@ use std::fmt;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tracing::{Instrument, info, info_span};
 
+use super::error::{BACKEND, IntegrityError};
 use super::format::{
-    BlobId, IndexPack, NodeKind, PACK_MAGIC, PackId, PackedBlob, encode_pack_header,
+    BlobId, IndexPack, NodeKind, PACK_MAGIC, PackId, PackedBlob, SnapshotId, encode_pack_header,
 };
 use super::index::write_index;
+use super::layout::Layout;
 use super::progress::{ProgressFn, Tracker};
-use super::{BACKEND, IntegrityError, Layout, Repository};
+use super::repository::Repository;
 use atlas_core::backup::BackupTargetExt;
 use atlas_core::error::{Error, Result};
 
@@ -94,7 +96,7 @@ impl Repository {
     /// # Errors
     /// [`Error::NotFound`] / [`Error::InvalidInput`] for an id that matches
     /// no or several snapshots (nothing is deleted then); target errors.
-    pub async fn forget(&self, ids: &[String]) -> Result<Vec<super::SnapshotId>> {
+    pub async fn forget(&self, ids: &[String]) -> Result<Vec<SnapshotId>> {
         let span = info_span!("forget", count = ids.len());
         async move {
             let mut resolved = Vec::new();

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::fs::FileTimes;
-use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,10 +13,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::{self, StreamExt};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::format::{BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree};
+use super::error::{BACKEND, IntegrityError, integrity_error};
+use super::format::{
+    BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree, from_hex,
+};
 use super::index::{BlobLoc, Index};
+use super::platform;
 use super::progress::{ProgressFn, Tracker};
-use super::{BACKEND, IntegrityError, Repository, integrity_error};
+use super::repository::Repository;
 use atlas_core::backup::{BackupTargetExt, ByteRange, ByteStream};
 use atlas_core::error::{Error, Result};
 
@@ -83,7 +86,13 @@ fn with_context(err: Error, snapshot: &SnapshotId, path: &str) -> Error {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+        || platform::has_foreign_separator(name)
+    {
         return Err(
             IntegrityError::new(format!("tree contains an unsafe name {name:?}")).into_error(),
         );
@@ -92,16 +101,16 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 fn os_name(node: &Node) -> Result<std::ffi::OsString> {
-    use std::os::unix::ffi::OsStringExt;
     check_name(&node.name)?;
     match &node.name_bytes {
         Some(hex) => {
-            let raw = super::format::from_hex(hex)
+            let raw = from_hex(hex)
                 .ok_or_else(|| IntegrityError::new("name_bytes is not hex").into_error())?;
             if raw.contains(&b'/') || raw.is_empty() {
                 return Err(IntegrityError::new("tree contains an unsafe name").into_error());
             }
-            Ok(std::ffi::OsString::from_vec(raw))
+            // Where names are not bytes, the lossy UTF-8 form (checked above).
+            Ok(platform::name_from_bytes(raw).unwrap_or_else(|| node.name.clone().into()))
         }
         None => Ok(node.name.clone().into()),
     }
@@ -125,36 +134,17 @@ fn system_time(sec: i64, nsec: u32) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
-/// Sets the permission bits and mtime of the directory `path`.
+/// Sets the permission bits and mtime of the directory `path` (neither
+/// outside Unix).
 fn set_dir_metadata(path: &Path, mode: u32, mtime: SystemTime) -> Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io_err(path, "cannot chmod", e))?;
-    let d = std::fs::File::open(path).map_err(|e| io_err(path, "cannot open", e))?;
-    d.set_times(FileTimes::new().set_modified(mtime))
-        .map_err(|e| io_err(path, "cannot set mtime of", e))
+    platform::set_mode(path, mode).map_err(|e| io_err(path, "cannot chmod", e))?;
+    platform::set_dir_mtime(path, mtime).map_err(|e| io_err(path, "cannot set mtime of", e))
 }
 
-/// Sets the mtime of the symlink `path` itself (its access time is left
-/// alone), not of what it points to.
-#[cfg(unix)]
+/// Sets the mtime of the symlink `path` itself, not of what it points to.
 fn set_symlink_mtime(path: &Path, node: &Node) -> Result<()> {
-    use nix::sys::stat::{UtimensatFlags, utimensat};
-    use nix::sys::time::TimeSpec;
-    let mtime = TimeSpec::new(node.mtime_sec as _, node.mtime_nsec as _);
-    utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &TimeSpec::UTIME_OMIT,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| io_err(path, "cannot set mtime of", std::io::Error::from(e)))
-}
-
-/// Elsewhere a symlink's own times are left as created.
-#[cfg(not(unix))]
-fn set_symlink_mtime(_path: &Path, _node: &Node) -> Result<()> {
-    Ok(())
+    platform::set_symlink_mtime(path, node.mtime_sec, node.mtime_nsec)
+        .map_err(|e| io_err(path, "cannot set mtime of", e))
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -299,6 +289,12 @@ impl Repository {
     /// An incomplete snapshot ([`Snapshot::is_complete`]) restores what it
     /// holds; the entries named in [`Snapshot::unreadable`] are not there.
     ///
+    /// Outside Unix, files and directories are restored with their content
+    /// and file mtimes only: permission bits and directory mtimes are left
+    /// as created, symlinks are skipped with a warning, a name stored as raw
+    /// bytes is written in its lossy UTF-8 form, and a name containing `\`
+    /// is refused as unsafe. Ownership is restored nowhere.
+    ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown snapshot or path; an
     /// [`Error::Backend`] carrying an [`IntegrityError`] (snapshot, file,
@@ -408,9 +404,13 @@ impl Repository {
             report.dirs += 1;
         }
         for (path, node) in &plan.symlinks {
+            if !platform::RESTORES_SYMLINKS {
+                warn!(path = %path.display(), "symlinks are not restored on this platform; skipped");
+                continue;
+            }
             let target = node.target.clone().unwrap_or_default();
             let _ = tokio::fs::remove_file(path).await;
-            tokio::fs::symlink(&target, path)
+            platform::create_symlink(&target, path)
                 .await
                 .map_err(|e| io_err(path, "cannot create symlink", e))?;
             set_symlink_mtime(path, node)?;
@@ -662,7 +662,7 @@ impl Repository {
                                 .write(true)
                                 .open(path)
                                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-                            f.write_all_at(&plain, *offset)
+                            platform::write_all_at(&f, &plain, *offset)
                                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                         }
                         Ok(plain.len() as u64 * targets.len() as u64)
@@ -761,8 +761,7 @@ fn finalize(f: &FileJob) -> Result<()> {
         .write(true)
         .open(&f.tmp)
         .map_err(|e| io_err(&f.tmp, "cannot open", e))?;
-    file.set_permissions(std::fs::Permissions::from_mode(f.node.mode))
-        .map_err(|e| io_err(&f.tmp, "cannot chmod", e))?;
+    platform::set_file_mode(&file, f.node.mode).map_err(|e| io_err(&f.tmp, "cannot chmod", e))?;
     file.set_times(FileTimes::new().set_modified(mtime(&f.node)))
         .map_err(|e| io_err(&f.tmp, "cannot set mtime of", e))?;
     drop(file);

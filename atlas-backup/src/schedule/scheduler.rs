@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{BackupSchedule, ScheduleKind, ScheduledRun};
+use super::plan::{BackupSchedule, ScheduleKind, ScheduledRun};
 use atlas_core::{Error, Result};
 
 /// How long the scheduler sleeps at most before it reads the wall clock

@@ -4,12 +4,31 @@
 //!
 //! ```no_run
 //! # async fn demo(target: impl atlas_core::backup::BackupTarget) {
-//! use atlas_core::testing::conformance::backup_target::{SuiteConfig, all};
-//! // The target holds at most 4 parts of 8 MiB in memory while uploading.
-//! let config = SuiteConfig::default().with_memory_bound(4 * 8 * 1024 * 1024);
-//! all(&target, &config).await;
+//! use atlas_core::testing::conformance::backup_target::{SuiteConfig, run_all};
+//! // The target holds at most 4 parts of 8 MiB in memory while uploading,
+//! // and its server lets racing creates of one key all succeed.
+//! let config = SuiteConfig::new()
+//!     .with_memory_bound(4 * 8 * 1024 * 1024)
+//!     .with_put_if_absent_atomic(false);
+//! let report = run_all(&target, &config).await;
+//! assert_eq!(report.skipped()[0].check, "concurrent_put_if_absent");
 //! # }
 //! ```
+//!
+//! # Capabilities
+//!
+//! Targets differ in what their backend can promise. [`SuiteConfig`]
+//! declares it with capability flags, all on by default; a target that
+//! lacks one turns it off where it is tested, and [`run_all`] still runs the
+//! whole list: a check that needs a missing capability is skipped, reported
+//! as skipped with the reason (a `tracing` warning and a line on standard
+//! output) and listed in the [`SuiteReport`], never counted as passed.
+//!
+//! | flag | default | without it |
+//! |---|---|---|
+//! | [`put_if_absent_atomic`](SuiteConfig::put_if_absent_atomic) | on | [`concurrent_put_if_absent`] is skipped |
+//! | [`large_object_checksum_in_head`](SuiteConfig::large_object_checksum_in_head) | on | [`large_object_streamed`] accepts a `head` without a checksum (a reported one must still be right) |
+//! | [`memory_bound`](SuiteConfig::memory_bound) (`Some`: streams in bounded memory) | off (`None`) | the memory bounds of [`large_object_streamed`] are skipped (the object is still streamed and verified) |
 //!
 //! Each run writes under a fresh random prefix (`atlas-conformance/<hex>/`),
 //! so runs against a shared bucket never collide, and deletes what it wrote
@@ -46,7 +65,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::backup::{
     BackupTarget, BackupTargetExt, ByteRange, ByteStream, Checksum, Crc32cHasher, GetOptions,
@@ -85,13 +104,21 @@ pub struct SuiteConfig {
     /// How far a target's `last_modified` may be from this machine's clock.
     /// Default 10 minutes.
     pub clock_tolerance: Duration,
-    /// Whether `head` must report the checksum of the large (multipart)
-    /// object. Default `true`. Turn off only for a server that stores no
-    /// whole-object checksum for multipart uploads and offers no place to
-    /// keep one (s3s-fs: neither full-object checksums nor object tags), and
-    /// say so where the target is tested; a reported checksum must still be
-    /// right.
+    /// Capability: whether `head` reports the checksum of the large
+    /// (multipart) object. Default `true`. Turn off only for a server that
+    /// stores no whole-object checksum for multipart uploads and offers no
+    /// place to keep one (s3s-fs: neither full-object checksums nor object
+    /// tags), and say so where the target is tested; a reported checksum
+    /// must still be right.
     pub large_object_checksum_in_head: bool,
+    /// Capability: whether racing `put_if_absent`s of one key are atomic,
+    /// so that exactly one wins and the others fail with
+    /// [`Error::Conflict`]. Default `true`. Turn off for a server that
+    /// checks for the key and then writes in two steps (s3s-fs), where
+    /// racing creates can all succeed; [`concurrent_put_if_absent`] is then
+    /// skipped and reported as skipped. A single writer's second create
+    /// ([`put_if_absent_twice`]) must still conflict.
+    pub put_if_absent_atomic: bool,
 }
 
 impl Default for SuiteConfig {
@@ -106,11 +133,25 @@ impl Default for SuiteConfig {
             racing_writers: 8,
             clock_tolerance: Duration::from_secs(600),
             large_object_checksum_in_head: true,
+            put_if_absent_atomic: true,
         }
     }
 }
 
 impl SuiteConfig {
+    /// The defaults: every capability on, no memory bound (see the fields
+    /// for each default).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets whether racing creates of one key are atomic (the
+    /// [`put_if_absent_atomic`](Self::put_if_absent_atomic) capability).
+    pub fn with_put_if_absent_atomic(mut self, atomic: bool) -> Self {
+        self.put_if_absent_atomic = atomic;
+        self
+    }
+
     /// Sets the bytes the target may hold during a transfer (part size ×
     /// concurrency) and turns the memory checks on.
     pub fn with_memory_bound(mut self, bytes: u64) -> Self {
@@ -136,7 +177,9 @@ impl SuiteConfig {
         self
     }
 
-    /// Sets whether `head` must report the large object's checksum.
+    /// Sets whether `head` must report the large object's checksum (the
+    /// [`large_object_checksum_in_head`](Self::large_object_checksum_in_head)
+    /// capability).
     pub fn with_large_object_checksum_in_head(mut self, required: bool) -> Self {
         self.large_object_checksum_in_head = required;
         self
@@ -195,25 +238,132 @@ impl SuiteRun {
     }
 }
 
-/// Runs every check of the suite, in order, under one fresh prefix, then
-/// deletes what the run wrote.
+/// A check the suite skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SkippedCheck {
+    /// The check, by its function name (e.g. `concurrent_put_if_absent`),
+    /// or `<check>: <part>` for the part of a check that needs the
+    /// capability while the rest of the check ran (e.g.
+    /// `large_object_streamed: memory bounds`).
+    pub check: &'static str,
+    /// Why: the capability the target lacks.
+    pub reason: &'static str,
+}
+
+/// What [`run_all`] ran: the checks that passed and the ones skipped for a
+/// capability the target lacks. (A failing check panics instead.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SuiteReport {
+    passed: Vec<&'static str>,
+    skipped: Vec<SkippedCheck>,
+}
+
+impl SuiteReport {
+    /// The checks that ran and passed, in order.
+    pub fn passed(&self) -> &[&'static str] {
+        &self.passed
+    }
+
+    /// The checks skipped, in order, each with its reason.
+    pub fn skipped(&self) -> &[SkippedCheck] {
+        &self.skipped
+    }
+
+    fn pass(&mut self, check: &'static str) {
+        info!(check, "backup target conformance: check passed");
+        self.passed.push(check);
+    }
+
+    fn skip(&mut self, check: &'static str, reason: &'static str) {
+        warn!(check, reason, "backup target conformance: check skipped");
+        // Also on standard output, which the test harness shows with the
+        // test's result, so a skip is seen without a tracing subscriber.
+        println!("backup target conformance: {check} SKIPPED: {reason}");
+        self.skipped.push(SkippedCheck { check, reason });
+    }
+}
+
+/// The checks of the suite, in the order [`run_all`] runs them.
+pub const CHECKS: [&str; 10] = [
+    "invalid_keys_refused",
+    "put_get_head_delete_round_trip",
+    "missing_keys_are_not_found",
+    "ranged_get",
+    "put_if_absent_twice",
+    "concurrent_put_if_absent",
+    "list_many_with_pagination",
+    "interrupted_upload_leaves_no_object",
+    "large_object_streamed",
+    "cleanup",
+];
+
+/// Runs the whole suite, in order, under one fresh prefix, then deletes what
+/// the run wrote. A check that needs a capability `config` turns off is
+/// skipped and reported as such (see the [module docs](self)); every other
+/// check runs.
+///
+/// # Panics
+/// On the first check that fails, naming it.
+pub async fn run_all(target: &dyn BackupTarget, config: &SuiteConfig) -> SuiteReport {
+    let run = SuiteRun::new(config.clone());
+    let mut report = SuiteReport::default();
+    info!(prefix = %run.prefix(), target = ?target, "backup target conformance: start");
+    invalid_keys_refused(target, &run).await;
+    report.pass("invalid_keys_refused");
+    put_get_head_delete_round_trip(target, &run).await;
+    report.pass("put_get_head_delete_round_trip");
+    missing_keys_are_not_found(target, &run).await;
+    report.pass("missing_keys_are_not_found");
+    ranged_get(target, &run).await;
+    report.pass("ranged_get");
+    put_if_absent_twice(target, &run).await;
+    report.pass("put_if_absent_twice");
+    if config.put_if_absent_atomic {
+        concurrent_put_if_absent(target, &run).await;
+        report.pass("concurrent_put_if_absent");
+    } else {
+        report.skip(
+            "concurrent_put_if_absent",
+            "the target declares put_if_absent_atomic = false: racing creates may all succeed",
+        );
+    }
+    list_many_with_pagination(target, &run).await;
+    report.pass("list_many_with_pagination");
+    interrupted_upload_leaves_no_object(target, &run).await;
+    report.pass("interrupted_upload_leaves_no_object");
+    large_object_streamed(target, &run).await;
+    report.pass("large_object_streamed");
+    if config.memory_bound.is_none() {
+        report.skip(
+            "large_object_streamed: memory bounds",
+            "the target declares no memory_bound (it keeps objects in memory by design); the object was still streamed and verified",
+        );
+    }
+    if !config.large_object_checksum_in_head {
+        report.skip(
+            "large_object_streamed: checksum in head",
+            "the target declares large_object_checksum_in_head = false; a reported checksum was still checked",
+        );
+    }
+    cleanup(target, &run).await;
+    report.pass("cleanup");
+    info!(
+        prefix = %run.prefix(),
+        passed = report.passed.len(),
+        skipped = report.skipped.len(),
+        "backup target conformance: done"
+    );
+    report
+}
+
+/// Runs the whole suite as [`run_all`] does, discarding the report: the
+/// entry point every conformance module names `all`.
 ///
 /// # Panics
 /// On the first check that fails, naming it.
 pub async fn all(target: &dyn BackupTarget, config: &SuiteConfig) {
-    let run = SuiteRun::new(config.clone());
-    info!(prefix = %run.prefix(), target = ?target, "backup target conformance: start");
-    invalid_keys_refused(target, &run).await;
-    put_get_head_delete_round_trip(target, &run).await;
-    missing_keys_are_not_found(target, &run).await;
-    ranged_get(target, &run).await;
-    put_if_absent_twice(target, &run).await;
-    concurrent_put_if_absent(target, &run).await;
-    list_many_with_pagination(target, &run).await;
-    interrupted_upload_leaves_no_object(target, &run).await;
-    large_object_streamed(target, &run).await;
-    cleanup(target, &run).await;
-    info!(prefix = %run.prefix(), "backup target conformance: all checks passed");
+    run_all(target, config).await;
 }
 
 /// Deletes everything under the run's prefix and checks the prefix is then

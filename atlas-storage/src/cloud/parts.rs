@@ -1,6 +1,7 @@
 //! Cutting a put's body into parts and uploading them concurrently, with at
 //! most `concurrency + 1` parts in memory (the ones in flight and the one
-//! being filled). Shared by the S3 and Azure targets.
+//! being filled). The S3 and Azure targets upload parts concurrently; all
+//! three cloud targets cut their bodies with [`PartCutter`].
 
 #[cfg(any(feature = "s3", feature = "azure"))]
 use std::future::Future;
@@ -11,6 +12,16 @@ use bytes::{Bytes, BytesMut};
 #[cfg(any(feature = "s3", feature = "azure"))]
 use futures::stream::FuturesUnordered;
 use futures::stream::StreamExt;
+
+/// How a put's body goes out, decided by [`PartCutter::start`].
+#[derive(Debug)]
+pub(crate) enum Upload {
+    /// The whole body, shorter than a part (possibly empty): one request.
+    Single(Bytes),
+    /// The first part of a longer body: a multipart (resumable, block)
+    /// upload, the rest still to be read from the cutter.
+    Parts(Bytes),
+}
 
 /// Cuts a body into parts of `part_size` bytes (the last may be shorter)
 /// and hashes the whole body on the way.
@@ -64,6 +75,18 @@ impl PartCutter {
                 }
                 None => self.done = true,
             }
+        }
+    }
+
+    /// Reads the first part and decides how the body goes out: in one
+    /// request when it is shorter than a part (an empty body included), as
+    /// parts otherwise.
+    pub(crate) async fn start(&mut self) -> Result<Upload> {
+        match self.next_part().await? {
+            Some(first) if !(self.is_finished() && first.len() < self.part_size) => {
+                Ok(Upload::Parts(first))
+            }
+            first => Ok(Upload::Single(first.unwrap_or_default())),
         }
     }
 
@@ -170,6 +193,21 @@ mod tests {
         assert_eq!(c.checksum(), Checksum::crc32c_of(&all));
         let mut empty = PartCutter::new(body(&[]), 5);
         assert!(empty.next_part().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn start_sends_short_bodies_whole_and_longer_ones_as_parts() {
+        let mut c = PartCutter::new(body(&[3, 1]), 5);
+        assert!(matches!(c.start().await.unwrap(), Upload::Single(b) if b.len() == 4));
+        let mut c = PartCutter::new(body(&[]), 5);
+        assert!(matches!(c.start().await.unwrap(), Upload::Single(b) if b.is_empty()));
+        // Exactly one part long is a multipart upload: its last part is
+        // empty, as the size is only known at the end.
+        let mut c = PartCutter::new(body(&[5]), 5);
+        assert!(matches!(c.start().await.unwrap(), Upload::Parts(b) if b.len() == 5));
+        let mut c = PartCutter::new(body(&[4, 4]), 5);
+        assert!(matches!(c.start().await.unwrap(), Upload::Parts(b) if b.len() == 5));
+        assert_eq!(c.next_part().await.unwrap().map(|p| p.len()), Some(3));
     }
 
     #[tokio::test]
