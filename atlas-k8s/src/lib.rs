@@ -22,7 +22,9 @@
 //! (`rustls::crypto::aws_lc_rs::default_provider().install_default()`).
 
 pub mod error;
+pub mod export;
 pub mod job;
 
 pub use error::{BACKEND, map_kube_error};
+pub use export::NamespaceExport;
 pub use job::{MigrationJobHook, MigrationJobRunner};
