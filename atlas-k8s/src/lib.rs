@@ -24,3 +24,6 @@
 pub mod error;
 
 pub use error::{BACKEND, map_kube_error};
+pub mod manifests;
+pub mod security;
+pub use security::{Level, PodSecurityHook, Rule, Violation};
