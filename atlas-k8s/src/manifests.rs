@@ -64,6 +64,26 @@ fn check_name(field: &str, value: &str) -> Result<()> {
     }
 }
 
+/// Refuses an object name that is not a DNS-1123 subdomain: at most 253
+/// characters, dot-separated DNS-1123 labels (the rule for Deployments,
+/// HPAs, PDBs, NetworkPolicies, Roles and ServiceAccounts).
+fn check_object_name(field: &str, value: &str) -> Result<()> {
+    if value.len() > 253 {
+        return Err(Error::invalid(field, "must be at most 253 characters"));
+    }
+    for label in value.split('.') {
+        check_name(field, label).map_err(|_| {
+            Error::invalid(
+                field,
+                format!(
+                    "{value:?} must be dot-separated parts of lowercase letters, digits or '-', each starting and ending with a letter or digit"
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Refuses an empty label map or one with an empty key or a value longer
 /// than 63 characters (the Kubernetes limit).
 fn check_labels(field: &str, labels: &Labels) -> Result<()> {
@@ -280,9 +300,9 @@ impl HpaBuilder {
     /// above 3600 s.
     pub fn build(self) -> Result<HorizontalPodAutoscaler> {
         let _span = tracing::debug_span!("build_hpa", name = %self.name).entered();
-        check_name("name", &self.name)?;
+        check_object_name("name", &self.name)?;
         check_namespace(self.namespace.as_deref())?;
-        check_name("scale_target_ref.name", &self.target)?;
+        check_object_name("scale_target_ref.name", &self.target)?;
         if self.min == 0 {
             return Err(Error::invalid("min_replicas", "must be at least 1"));
         }
@@ -513,7 +533,7 @@ impl PdbBuilder {
     /// blocks every drain).
     pub fn build(self) -> Result<PodDisruptionBudget> {
         let _span = tracing::debug_span!("build_pdb", name = %self.name).entered();
-        check_name("name", &self.name)?;
+        check_object_name("name", &self.name)?;
         check_namespace(self.namespace.as_deref())?;
         check_labels("selector", &self.selector)?;
         let (min_available, max_unavailable) = match self.budget {
@@ -669,7 +689,7 @@ impl AllowFromRouterBuilder {
     /// namespace).
     pub fn build(self) -> Result<NetworkPolicy> {
         let _span = tracing::debug_span!("build_allow_from_router", name = %self.name).entered();
-        check_name("name", &self.name)?;
+        check_object_name("name", &self.name)?;
         check_namespace(self.namespace.as_deref())?;
         check_labels("app", &self.app)?;
         if self.port == 0 {
@@ -752,7 +772,7 @@ impl Default for ContainerResources {
 }
 
 fn mib(v: u32) -> Quantity {
-    if v % 1024 == 0 {
+    if v.is_multiple_of(1024) {
         Quantity(format!("{}Gi", v / 1024))
     } else {
         Quantity(format!("{v}Mi"))
@@ -901,7 +921,7 @@ impl AtlasRoleBuilder {
     /// [`Error::InvalidInput`] naming `name` or `namespace` if invalid.
     pub fn build(self) -> Result<Role> {
         let _span = tracing::debug_span!("build_role", name = %self.name).entered();
-        check_name("name", &self.name)?;
+        check_object_name("name", &self.name)?;
         check_name("namespace", &self.namespace)?;
         let mut routers = self.routers.clone();
         routers.sort();
@@ -975,7 +995,7 @@ pub fn role_binding(
         .namespace
         .as_deref()
         .ok_or_else(|| Error::invalid("role.metadata.namespace", "must be set"))?;
-    check_name("service_account", service_account)?;
+    check_object_name("service_account", service_account)?;
     check_name("service_account_namespace", service_account_namespace)?;
     tracing::debug!(
         role = name,

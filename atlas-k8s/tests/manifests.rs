@@ -713,3 +713,21 @@ fn from_yaml_refuses_another_kind() {
     let err = from_yaml::<HorizontalPodAutoscaler>(&yaml).unwrap_err();
     assert_eq!(field_of(err), "yaml");
 }
+
+#[test]
+fn object_names_are_dns_subdomains_and_namespaces_labels() {
+    let hpa = HpaBuilder::new("checkout.v2", "checkout-green.shop")
+        .namespace("shop")
+        .build()
+        .unwrap();
+    assert_eq!(hpa.metadata.name.as_deref(), Some("checkout.v2"));
+    for bad in ["a..b", ".a", "a.", "A.b", &"a".repeat(254)] {
+        let err = HpaBuilder::new(bad, "checkout").build().unwrap_err();
+        assert_eq!(field_of(err), "name", "{bad}");
+    }
+    let err = HpaBuilder::new("checkout", "checkout")
+        .namespace("shop.eu")
+        .build()
+        .unwrap_err();
+    assert_eq!(field_of(err), "namespace");
+}

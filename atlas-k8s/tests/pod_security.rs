@@ -144,6 +144,9 @@ fn selinux(type_: Option<&str>, user: Option<&str>, role: Option<&str>) -> Optio
 
 type Mutation = fn(&mut PodSpec);
 
+/// Sets one volume source.
+type VolumeKind = fn(&mut Volume);
+
 /// Each spec breaks exactly one rule at exactly one path.
 fn table() -> Vec<(&'static str, Mutation, Rule, &'static str)> {
     vec![
@@ -509,7 +512,7 @@ fn allowed_values_pass() {
         value: "0".into(),
     }]);
     s.containers[0].ports.as_mut().unwrap()[0].host_port = Some(0);
-    let kinds: [(&str, fn(&mut Volume)); 6] = [
+    let kinds: [(&str, VolumeKind); 6] = [
         ("secret", |v| v.secret = Some(Default::default())),
         ("pvc", |v| {
             v.persistent_volume_claim = Some(Default::default())
