@@ -21,6 +21,11 @@
 //! the Pod Security admission controller does, an explicitly unsafe
 //! pod-level value is a violation even when every container overrides it.
 //!
+//! Pods with `spec.os.name: windows` are exempt, as the Pod Security
+//! Standards say, from [`Rule::PrivilegeEscalation`],
+//! [`Rule::SeccompRequired`] and [`Rule::RestrictedCapabilities`], and from
+//! [`Rule::ReadOnlyRootFilesystem`], which Windows containers do not support.
+//!
 //! [`PodSecurityHook`] runs the check as a [`RolloutHook`], so a rollout of a
 //! non-compliant template stops before a replica starts.
 
@@ -273,12 +278,24 @@ struct Entry<'a> {
 
 struct Checker {
     level: Level,
+    /// `spec.os.name` is `windows`: the Linux-only rules do not apply.
+    windows: bool,
     out: Vec<Violation>,
 }
 
+/// Rules that only make sense for Linux containers. The Pod Security
+/// Standards exempt pods with `spec.os.name: windows` from the first three;
+/// Windows containers cannot have a read-only root filesystem either.
+const LINUX_ONLY: [Rule; 4] = [
+    Rule::PrivilegeEscalation,
+    Rule::SeccompRequired,
+    Rule::RestrictedCapabilities,
+    Rule::ReadOnlyRootFilesystem,
+];
+
 impl Checker {
     fn report(&mut self, rule: Rule, path: impl Into<String>, detail: impl Into<String>) {
-        if rule.level() <= self.level {
+        if rule.level() <= self.level && !(self.windows && LINUX_ONLY.contains(&rule)) {
             self.out.push(Violation {
                 rule,
                 path: path.into(),
@@ -328,6 +345,7 @@ fn check(
     let _span = tracing::debug_span!("pod_security_check", %level).entered();
     let mut c = Checker {
         level,
+        windows: spec.os.as_ref().is_some_and(|os| os.name == "windows"),
         out: Vec::new(),
     };
     pod_level(&mut c, spec, annotations, root);

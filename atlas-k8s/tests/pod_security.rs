@@ -916,3 +916,53 @@ async fn a_per_service_template_overrides_the_default() {
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
     assert_eq!(deploys(&w), 1);
 }
+
+#[test]
+fn windows_pods_are_exempt_from_the_linux_only_rules() {
+    let spec = PodSpec {
+        os: Some(k8s_openapi::api::core::v1::PodOS {
+            name: "windows".into(),
+        }),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![Container {
+            name: "app".into(),
+            resources: Some(limits()),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    };
+    assert_eq!(check_pod_spec(&spec, Level::Atlas), []);
+    // The same spec on Linux breaks four rules.
+    let linux = PodSpec {
+        os: None,
+        ..spec.clone()
+    };
+    let rules: Vec<Rule> = check_pod_spec(&linux, Level::Atlas)
+        .into_iter()
+        .map(|v| v.rule)
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            Rule::RestrictedCapabilities,
+            Rule::SeccompRequired,
+            Rule::PrivilegeEscalation,
+            Rule::ReadOnlyRootFilesystem,
+        ]
+    );
+    // Windows pods are not exempt from the rest, e.g. host process.
+    let mut host = spec;
+    host.security_context.as_mut().unwrap().windows_options = Some(WindowsSecurityContextOptions {
+        host_process: Some(true),
+        ..WindowsSecurityContextOptions::default()
+    });
+    host.host_network = Some(true);
+    let rules: Vec<Rule> = check_pod_spec(&host, Level::Atlas)
+        .into_iter()
+        .map(|v| v.rule)
+        .collect();
+    assert_eq!(rules, [Rule::HostNamespaces, Rule::HostProcess]);
+}
