@@ -14,6 +14,21 @@
 //!
 //! [`to_yaml`], [`to_json`] and [`from_yaml`] turn any of them into text
 //! for `kubectl apply` and back.
+//!
+//! ```
+//! use atlas_k8s::manifests::{HpaBuilder, to_yaml};
+//!
+//! let hpa = HpaBuilder::new("checkout", "checkout-green")
+//!     .namespace("shop")
+//!     .build()?;
+//! let yaml = to_yaml(&hpa)?;
+//! assert!(yaml.contains("averageUtilization: 60"));
+//! assert!(yaml.contains("maxReplicas: 100"));
+//! // Refused input names the field.
+//! let err = HpaBuilder::new("checkout", "checkout-green").replicas(5, 4).build();
+//! assert!(matches!(err, Err(atlas_core::Error::InvalidInput { field, .. }) if field == "max_replicas"));
+//! # Ok::<(), atlas_core::Error>(())
+//! ```
 
 use std::collections::BTreeMap;
 

@@ -26,6 +26,27 @@
 //! [`Rule::SeccompRequired`] and [`Rule::RestrictedCapabilities`], and from
 //! [`Rule::ReadOnlyRootFilesystem`], which Windows containers do not support.
 //!
+//! ```
+//! use atlas_k8s::security::{Level, Rule, check_pod_spec};
+//! use k8s_openapi::api::core::v1::{Container, PodSpec, SecurityContext};
+//!
+//! let spec = PodSpec {
+//!     containers: vec![Container {
+//!         name: "app".into(),
+//!         security_context: Some(SecurityContext {
+//!             privileged: Some(true),
+//!             ..SecurityContext::default()
+//!         }),
+//!         ..Container::default()
+//!     }],
+//!     ..PodSpec::default()
+//! };
+//! let violations = check_pod_spec(&spec, Level::Baseline);
+//! assert_eq!(violations.len(), 1);
+//! assert_eq!(violations[0].rule, Rule::Privileged);
+//! assert_eq!(violations[0].path, "spec.containers[0].securityContext.privileged");
+//! ```
+//!
 //! [`PodSecurityHook`] runs the check as a [`RolloutHook`], so a rollout of a
 //! non-compliant template stops before a replica starts.
 
