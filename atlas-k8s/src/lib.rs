@@ -24,7 +24,10 @@
 pub mod error;
 pub mod export;
 pub mod job;
+pub mod manifests;
+pub mod security;
 
 pub use error::{BACKEND, map_kube_error};
 pub use export::NamespaceExport;
 pub use job::{MigrationJobHook, MigrationJobRunner};
+pub use security::{Level, PodSecurityHook, Rule, Violation};
