@@ -22,5 +22,9 @@
 //! (`rustls::crypto::aws_lc_rs::default_provider().install_default()`).
 
 pub mod error;
+pub mod state;
+pub mod workloads;
 
 pub use error::{BACKEND, map_kube_error};
+pub use state::KubeStateStore;
+pub use workloads::{KubeWorkloads, KubeWorkloadsBuilder};
