@@ -129,6 +129,7 @@ pub(super) async fn acquire(
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
                     namespace: Some(store.namespace.clone()),
+                    labels: Some(super::labels(service)),
                     ..ObjectMeta::default()
                 },
                 spec: Some(LeaseSpec {
@@ -292,4 +293,17 @@ pub(super) async fn release(store: &KubeStateStore, lease: &AtlasLease) -> Resul
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_round_up_to_whole_seconds() {
+        assert_eq!(seconds(Duration::from_millis(1500)).unwrap(), 2);
+        assert_eq!(seconds(Duration::from_secs(30)).unwrap(), 30);
+        assert!(seconds(Duration::ZERO).is_err());
+        assert!(seconds(Duration::from_secs(u64::MAX)).is_err());
+    }
 }

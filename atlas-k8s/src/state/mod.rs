@@ -147,7 +147,13 @@ impl KubeStateStore {
         Ok(Some((cm, v)))
     }
 
-    fn config_map(&self, name: &str, version: u64, state: &RolloutState) -> Result<ConfigMap> {
+    fn config_map(
+        &self,
+        service: &ServiceName,
+        version: u64,
+        state: &RolloutState,
+    ) -> Result<ConfigMap> {
+        let name = object_name(service);
         let json = serde_json::to_string(state).map_err(|e| {
             Error::backend_with(crate::BACKEND, "could not serialise the rollout state", e)
         })?;
@@ -155,16 +161,7 @@ impl KubeStateStore {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 namespace: Some(self.namespace.clone()),
-                labels: Some(BTreeMap::from([
-                    (
-                        crate::workloads::LABEL_SERVICE.to_owned(),
-                        state.rollout.service.to_string(),
-                    ),
-                    (
-                        crate::workloads::LABEL_MANAGED_BY.to_owned(),
-                        "atlas".to_owned(),
-                    ),
-                ])),
+                labels: Some(labels(service)),
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([
@@ -175,6 +172,20 @@ impl KubeStateStore {
             ..ConfigMap::default()
         })
     }
+}
+
+/// The labels on a service's ConfigMap and Lease.
+fn labels(service: &ServiceName) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            crate::workloads::LABEL_SERVICE.to_owned(),
+            service.to_string(),
+        ),
+        (
+            crate::workloads::LABEL_MANAGED_BY.to_owned(),
+            "atlas".to_owned(),
+        ),
+    ])
 }
 
 /// Reads the state and counter out of a ConfigMap.
@@ -234,7 +245,7 @@ impl StateStore for KubeStateStore {
         let span = tracing::info_span!("kube_state.compare_and_swap", %service, ?expected, config_map = %what);
         async {
             let Some(expected) = expected else {
-                let cm = self.config_map(&name, 1, state)?;
+                let cm = self.config_map(service, 1, state)?;
                 self.config_maps()
                     .create(&PostParams::default(), &cm)
                     .await
@@ -254,7 +265,7 @@ impl StateStore for KubeStateStore {
                 )));
             }
             let next = expected + 1;
-            let mut cm = self.config_map(&name, next, state)?;
+            let mut cm = self.config_map(service, next, state)?;
             // The compare-and-swap: the API server refuses the replace with
             // a 409 if anything wrote the ConfigMap since it was read.
             cm.metadata.resource_version = current.metadata.resource_version;
@@ -284,5 +295,41 @@ impl StateStore for KubeStateStore {
 
     async fn release_lease(&self, lease: &AtlasLease) -> Result<()> {
         lease::release(self, lease).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm(data: &[(&str, &str)]) -> ConfigMap {
+        ConfigMap {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn a_newer_layout_is_refused_naming_both_versions() {
+        let err = decode("ConfigMap a/b", &cm(&[("format", "2"), ("version", "1")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("layout 2 is newer than 1"), "{msg}");
+        assert!(msg.contains("ConfigMap a/b data.format"), "{msg}");
+    }
+
+    #[test]
+    fn damaged_data_is_refused_naming_the_key() {
+        let err = decode("ConfigMap a/b", &cm(&[("format", "1")])).unwrap_err();
+        assert!(err.to_string().contains("data.version"), "{err}");
+        let err = decode(
+            "ConfigMap a/b",
+            &cm(&[("format", "1"), ("version", "3"), ("state.json", "{")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("data.state.json"), "{err}");
     }
 }
