@@ -685,3 +685,82 @@ async fn losing_the_race_for_a_lease_is_a_conflict() {
     );
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_first_state_write_creates_the_config_map_at_version_1() {
+    let (client, mut api) = mock_client();
+    let store = KubeStateStore::new(client, "shop").unwrap();
+    let server = tokio::spawn(async move {
+        let (post, send) = next(&mut api).await;
+        respond(send, 201, &post.body);
+        post
+    });
+    let state = sample_state(&checkout());
+    assert_eq!(
+        store
+            .compare_and_swap(&checkout(), None, &state)
+            .await
+            .unwrap(),
+        1
+    );
+    let post = server.await.unwrap();
+    assert_eq!(post.method, "POST");
+    assert_eq!(post.path, "/api/v1/namespaces/shop/configmaps");
+    assert_eq!(post.body["metadata"]["name"], "atlas-rollout-checkout");
+    assert!(post.body["metadata"].get("resourceVersion").is_none());
+    assert_eq!(post.body["data"]["version"], "1");
+    assert_eq!(post.body["data"]["format"], "1");
+    let stored: atlas_core::RolloutState =
+        serde_json::from_str(post.body["data"]["state.json"].as_str().unwrap()).unwrap();
+    assert_eq!(stored, state);
+}
+
+#[tokio::test]
+async fn releasing_clears_the_holder_and_keeps_the_transitions() {
+    let (client, mut api) = mock_client();
+    let store = KubeStateStore::new(client, "shop").unwrap();
+    let server = tokio::spawn(async move {
+        let (_, send) = next(&mut api).await;
+        respond(send, 200, &lease("engine-a", "7", 2));
+        let (put, send) = next(&mut api).await;
+        respond(send, 200, &put.body);
+        put
+    });
+    let held = Lease {
+        service: checkout(),
+        holder: "engine-a".into(),
+        token: 2,
+        ttl: Duration::from_secs(15),
+    };
+    store.release_lease(&held).await.unwrap();
+    let put = server.await.unwrap();
+    assert_eq!(put.method, "PUT");
+    assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+    assert_eq!(
+        put.body["spec"],
+        json!({"leaseDurationSeconds": 15, "leaseTransitions": 2})
+    );
+}
+
+#[tokio::test]
+async fn renewing_a_lease_taken_by_another_is_a_conflict_and_writes_nothing() {
+    let (client, mut api) = mock_client();
+    let store = KubeStateStore::new(client, "shop").unwrap();
+    let server = tokio::spawn(async move {
+        let (get, send) = next(&mut api).await;
+        assert_eq!(get.method, "GET");
+        respond(send, 200, &lease("engine-b", "9", 3));
+        assert!(api.next_request().await.is_none(), "no write may follow");
+    });
+    let lost = Lease {
+        service: checkout(),
+        holder: "engine-a".into(),
+        token: 2,
+        ttl: Duration::from_secs(15),
+    };
+    let err = store.renew_lease(&lost).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("engine-b"), "{err}");
+    drop(store);
+    server.await.unwrap();
+}

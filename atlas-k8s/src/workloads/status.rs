@@ -190,3 +190,80 @@ pub(crate) fn pod_names(slices: &[EndpointSlice]) -> BTreeSet<String> {
         .filter_map(|r| r.name.clone())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "shop-green", "generation": generation,
+                         "annotations": {"atlas.dev/version": "v2"}},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_of_an_older_spec_are_not_reported() {
+        let d = deployment(
+            3,
+            json!({"observedGeneration": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+        );
+        let s = slot_status(Slot::Green, "ns", &d, &[], "http");
+        assert_eq!((s.desired, s.updated, s.ready), (2, 0, 0));
+        assert_eq!(s.version.as_deref(), Some("v2"));
+        let d = deployment(
+            3,
+            json!({"observedGeneration": 3, "updatedReplicas": 2, "readyReplicas": 1}),
+        );
+        let s = slot_status(Slot::Green, "ns", &d, &[], "http");
+        assert_eq!((s.updated, s.ready), (2, 1));
+    }
+
+    #[test]
+    fn progress_deadline_exceeded_is_a_failure_naming_the_deployment() {
+        let d = deployment(
+            1,
+            json!({"observedGeneration": 1, "conditions": [{"type": "Progressing", "status": "False",
+                   "reason": "ProgressDeadlineExceeded", "message": "timed out"}]}),
+        );
+        let s = slot_status(Slot::Green, "ns", &d, &[], "http");
+        assert_eq!(s.failures.len(), 1, "{:?}", s.failures);
+        assert!(
+            s.failures[0].contains("Deployment ns/shop-green"),
+            "{:?}",
+            s.failures
+        );
+        assert!(
+            s.failures[0].contains("ProgressDeadlineExceeded: timed out"),
+            "{:?}",
+            s.failures
+        );
+        assert!(!rolled_out(&d));
+    }
+
+    #[test]
+    fn only_ready_serving_endpoints_count_once_each() {
+        let slices: Vec<EndpointSlice> = serde_json::from_value(json!([
+            {"metadata": {}, "addressType": "IPv4",
+             "ports": [{"name": "metrics", "port": 9090}, {"name": "http", "port": 8080}],
+             "endpoints": [
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "b"}},
+                {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "a"}},
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": false}, "targetRef": {"kind": "Pod", "name": "c"}},
+                {"addresses": ["10.0.0.4"], "conditions": {"ready": true, "terminating": true}, "targetRef": {"kind": "Pod", "name": "d"}},
+             ]},
+            {"metadata": {}, "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+             "endpoints": [{"addresses": ["10.0.0.2"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "b"}}]},
+        ]))
+        .unwrap();
+        let got: Vec<String> = ready_endpoints(&slices, "http")
+            .iter()
+            .map(|e| format!("{} {}", e.replica, e.addr))
+            .collect();
+        assert_eq!(got, ["a 10.0.0.1:8080", "b 10.0.0.2:8080"]);
+    }
+}
