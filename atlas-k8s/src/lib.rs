@@ -26,8 +26,12 @@ pub mod export;
 pub mod job;
 pub mod manifests;
 pub mod security;
+pub mod state;
+pub mod workloads;
 
 pub use error::{BACKEND, map_kube_error};
 pub use export::NamespaceExport;
 pub use job::{MigrationJobHook, MigrationJobRunner};
 pub use security::{Level, PodSecurityHook, Rule, Violation};
+pub use state::KubeStateStore;
+pub use workloads::{KubeWorkloads, KubeWorkloadsBuilder};
