@@ -22,5 +22,7 @@
 //! (`rustls::crypto::aws_lc_rs::default_provider().install_default()`).
 
 pub mod error;
+pub mod router;
 
 pub use error::{BACKEND, map_kube_error};
+pub use router::{GatewayApiRouter, NginxIngressRouter, ServiceSelectorRouter};
