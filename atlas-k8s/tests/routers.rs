@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use atlas_core::testing::conformance::{self, router as checks, unique_service};
+use atlas_core::testing::conformance::{router as checks, unique_service};
 use atlas_core::{ErrorKind, RequestMatch, ServiceName, Slot, TrafficRouter, TrafficSplit};
 use atlas_k8s::router::{GatewayApiRouter, GatewayParent};
 use atlas_k8s::{NginxIngressRouter, ServiceSelectorRouter};
@@ -253,7 +253,7 @@ mod istio {
             .build()
             .await
             .expect("fake client");
-        conformance::router::all(&IstioRouter::new(client, NS), "istio").await;
+        checks::all(&IstioRouter::new(client, NS), "istio").await;
     }
 }
 
