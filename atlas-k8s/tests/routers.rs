@@ -808,3 +808,135 @@ async fn service_selector_on_a_cluster() {
         .await
         .expect("delete the test Service");
 }
+
+// ---------------------------------------------------------------- reading
+
+#[test]
+fn gateway_weights_read_back_as_proportions() {
+    let router = GatewayApiRouter::new(offline_sync(), NS, 8080, GatewayParent::new("public"));
+    let checkout = svc("checkout");
+    let route = |blue: Option<i32>, green: Option<i32>| -> HttpRoute {
+        let mut body = route_body(json!([{"backendRefs": [
+            {"name": "checkout-blue", "port": 8080},
+            {"name": "checkout-green", "port": 8080},
+        ]}]));
+        if let Some(w) = blue {
+            body["spec"]["rules"][0]["backendRefs"][0]["weight"] = json!(w);
+        }
+        if let Some(w) = green {
+            body["spec"]["rules"][0]["backendRefs"][1]["weight"] = json!(w);
+        }
+        serde_json::from_value(body).expect("HTTPRoute")
+    };
+    let read = |r: &HttpRoute| router.split_of(&checkout, r);
+    assert_eq!(
+        read(&route(Some(3), Some(1))).unwrap(),
+        split(Slot::Blue, 25)
+    );
+    assert_eq!(
+        read(&route(Some(0), Some(7))).unwrap(),
+        split(Slot::Blue, 100)
+    );
+    // An unset weight is 1, so two unset weights split evenly.
+    assert_eq!(read(&route(None, None)).unwrap(), split(Slot::Blue, 50));
+    let err = read(&route(Some(0), Some(0))).expect_err("no traffic at all");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("HTTPRoute shop/checkout"), "{err}");
+}
+
+#[test]
+fn nginx_weights_read_back_against_their_total() {
+    let router = NginxIngressRouter::new(offline_sync(), NS, "shop.example.com", 8080);
+    let checkout = svc("checkout");
+    let canary = |notes: Value| -> Ingress {
+        serde_json::from_value(ingress_json(
+            "checkout-canary",
+            "checkout-blue",
+            Some(notes),
+        ))
+        .expect("Ingress")
+    };
+    let read = |i: &Ingress| router.split_of(&checkout, i);
+    let got = read(&canary(json!({
+        "nginx.ingress.kubernetes.io/canary": "true",
+        "nginx.ingress.kubernetes.io/canary-weight": "50",
+        "nginx.ingress.kubernetes.io/canary-weight-total": "1000",
+        "nginx.ingress.kubernetes.io/canary-by-header": "x-beta",
+    })))
+    .unwrap();
+    // The canary Ingress points at blue, so green is stable; a header rule
+    // without a value routes the value `always`.
+    assert_eq!(
+        got,
+        split(Slot::Green, 5).with_canary_match(header("x-beta", "always"))
+    );
+    let err = read(&canary(json!({
+        "nginx.ingress.kubernetes.io/canary": "true",
+        "nginx.ingress.kubernetes.io/canary-weight": "five",
+    })))
+    .expect_err("not a number");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("canary-weight"), "{err}");
+    let err = read(&canary(json!({}))).expect_err("not a canary");
+    assert!(
+        err.to_string().contains("Ingress shop/checkout-canary"),
+        "{err}"
+    );
+}
+
+/// A client for building objects only: it is never called.
+fn offline_sync() -> kube::Client {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    mock().0
+}
+
+/// Changing the stable slot rewrites the main Ingress first, then the
+/// canary Ingress: the promotion path's two writes.
+#[tokio::test]
+async fn nginx_stable_change_writes_main_then_canary() {
+    let (client, handle) = mock();
+    let router = NginxIngressRouter::new(client, NS, "shop.example.com", 8080);
+    let base = format!("/apis/networking.k8s.io/v1/namespaces/{NS}/ingresses");
+    let canary = ingress_json(
+        "checkout-canary",
+        "checkout-green",
+        Some(json!({"nginx.ingress.kubernetes.io/canary": "true"})),
+    );
+    let mut to_blue = merge_body("0", None);
+    to_blue["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] =
+        json!("checkout-blue");
+    let mut write = patch(
+        &format!("{base}/checkout-canary?&fieldManager=atlas"),
+        MERGE,
+        to_blue,
+    );
+    write.reply = canary.clone();
+    let server = serve(
+        handle,
+        vec![
+            get(
+                &format!("{base}/checkout"),
+                200,
+                ingress_json("checkout", "checkout-blue", None),
+            ),
+            patch(
+                &format!("{base}/checkout{APPLY_QUERY}"),
+                APPLY,
+                ingress_json("checkout", "checkout-green", None),
+            ),
+            get(&format!("{base}/checkout-canary"), 200, canary.clone()),
+            write,
+        ],
+    );
+    set(
+        &router,
+        &svc("checkout"),
+        &TrafficSplit::all_to(Slot::Green),
+    )
+    .await;
+    drop(router);
+    server.await.expect("server");
+}

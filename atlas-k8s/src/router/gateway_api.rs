@@ -76,9 +76,9 @@ impl GatewayParent {
 /// # Writes
 ///
 /// Every `set_split` is one server-side apply of the whole route (field
-/// manager `atlas`), so weights and match rule change together: rules are
-/// an atomic list in the HTTPRoute schema and are replaced whole. The
-/// first call creates the route.
+/// manager `atlas`), so weights and match rule change together: a rule
+/// Atlas wrote before and does not send again is removed by that same
+/// apply. The first call creates the route.
 ///
 /// ```no_run
 /// # async fn demo() -> atlas_core::Result<()> {

@@ -78,7 +78,8 @@ const WEIGHT_TOTAL: u8 = 100;
 /// canary annotation and the backend, so the Ingress changes whole.
 ///
 /// A split that changes the stable slot also rewrites the main Ingress,
-/// first (two writes; Kubernetes has no transaction over two objects). On
+/// first (two writes; Kubernetes has no transaction over two objects), and
+/// so does the first split of a service, which creates both Ingresses. On
 /// the promotion path, from 100 % canary to all traffic on that slot, no
 /// request changes destination between the two writes: after the first,
 /// both Ingresses point at the new slot. On any other path requests go to
