@@ -13,7 +13,10 @@
 //! and the pods of a slot carry the labels [`SERVICE_LABEL`]` = <service>`
 //! and [`SLOT_LABEL`]` = blue|green`. A split is stored in the routing
 //! objects themselves and read back from them, so a restarted controller
-//! sees what requests follow now.
+//! sees what requests follow now. None of them needs
+//! [`TrafficRouter::set_endpoints`](atlas_core::TrafficRouter::set_endpoints):
+//! Kubernetes Services find their pods by label, so the default, which does
+//! nothing, is right.
 //!
 //! Writes are server-side apply with field manager [`FIELD_MANAGER`],
 //! forced, so Atlas takes over the fields it routes by even when a person
