@@ -14,7 +14,9 @@ use kube::Api;
 use kube::api::Patch;
 use tracing::{Instrument, debug, info_span};
 
-use super::{SERVICE_LABEL, apply_params, percent_of, slot_of_service_name, slot_service_name};
+use super::slots::{
+    SERVICE_LABEL, apply_params, percent_of, slot_of_service_name, slot_service_name,
+};
 use crate::error::map_kube_error;
 
 /// The Gateway an HTTPRoute attaches to (its `parentRefs` entry).

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tracing::{Instrument, debug, info_span};
 
-use super::{SERVICE_LABEL, SLOT_LABEL, apply_params, parse_slot};
+use super::slots::{SERVICE_LABEL, SLOT_LABEL, apply_params, parse_slot, percent_of};
 use crate::error::map_kube_error;
 
 /// The API group of Istio's networking objects.
@@ -208,7 +208,7 @@ impl IstioRouter {
         if stable == canary {
             return Err(bad("atlas-split route", "both destinations are one subset"));
         }
-        let percent = super::percent_of(weight(1), weight(0) + weight(1), &what)?;
+        let percent = percent_of(weight(1), weight(0) + weight(1), &what)?;
         let split = TrafficSplit::new(stable, percent)?;
         let Some(rule) = find(MATCH_RULE) else {
             return Ok(split);

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tracing::{Instrument, debug, info_span};
 
-use super::{
+use super::slots::{
     FIELD_MANAGER, SERVICE_LABEL, apply_params, percent_of, slot_of_service_name, slot_service_name,
 };
 use crate::error::map_kube_error;

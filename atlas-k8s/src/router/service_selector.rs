@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::Patch;
 use tracing::{Instrument, debug, info_span};
 
-use super::{
+use super::slots::{
     FIELD_MANAGER, SERVICE_LABEL, SLOT_LABEL, STABLE_SLOT_ANNOTATION, apply_params, parse_slot,
 };
 use crate::error::map_kube_error;

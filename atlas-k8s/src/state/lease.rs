@@ -1,23 +1,25 @@
 //! The single-driver lease on a `coordination.k8s.io/v1` Lease.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atlas_core::{Error, Lease as AtlasLease, Result, ServiceName};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::Api;
 use kube::api::PostParams;
+use kube::{Api, Client};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{KubeStateStore, object_name};
+use super::objects::{labels, object_name};
 use crate::error::map_kube_error;
 
 /// When this process last saw a Lease change. `tokio::time::Instant` is the
 /// monotonic clock (and pauses in tests).
 #[derive(Debug, Clone)]
-pub(super) struct Observation {
+struct Observation {
     resource_version: String,
     at: Instant,
 }
@@ -53,7 +55,29 @@ fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
-impl KubeStateStore {
+/// The Leases of one namespace, and when this process last saw each one
+/// change.
+#[derive(Clone)]
+pub(super) struct Leases {
+    client: Client,
+    namespace: String,
+    /// Lease name → (resourceVersion, local instant it was first seen at).
+    seen: Arc<Mutex<HashMap<String, Observation>>>,
+}
+
+impl Leases {
+    pub(super) fn new(client: Client, namespace: String) -> Self {
+        Leases {
+            client,
+            namespace,
+            seen: Arc::default(),
+        }
+    }
+
+    fn what(&self, kind: &str, name: &str) -> String {
+        format!("{kind} {}/{name}", self.namespace)
+    }
+
     fn leases(&self) -> Api<Lease> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
@@ -104,7 +128,7 @@ impl KubeStateStore {
 }
 
 pub(super) async fn acquire(
-    store: &KubeStateStore,
+    store: &Leases,
     service: &ServiceName,
     holder: &str,
     ttl: Duration,
@@ -129,7 +153,7 @@ pub(super) async fn acquire(
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
                     namespace: Some(store.namespace.clone()),
-                    labels: Some(super::labels(service)),
+                    labels: Some(labels(service)),
                     ..ObjectMeta::default()
                 },
                 spec: Some(LeaseSpec {
@@ -208,7 +232,7 @@ pub(super) async fn acquire(
     .await
 }
 
-pub(super) async fn renew(store: &KubeStateStore, lease: &AtlasLease) -> Result<()> {
+pub(super) async fn renew(store: &Leases, lease: &AtlasLease) -> Result<()> {
     let name = object_name(&lease.service);
     let what = store.what("Lease", &name);
     let span = tracing::debug_span!("kube_state.renew_lease", service = %lease.service, holder = %lease.holder, token = lease.token, lease = %what);
@@ -250,7 +274,7 @@ pub(super) async fn renew(store: &KubeStateStore, lease: &AtlasLease) -> Result<
     .await
 }
 
-pub(super) async fn release(store: &KubeStateStore, lease: &AtlasLease) -> Result<()> {
+pub(super) async fn release(store: &Leases, lease: &AtlasLease) -> Result<()> {
     let name = object_name(&lease.service);
     let what = store.what("Lease", &name);
     let span = tracing::info_span!("kube_state.release_lease", service = %lease.service, holder = %lease.holder, token = lease.token, lease = %what);
