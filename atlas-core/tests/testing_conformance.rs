@@ -54,6 +54,32 @@ async fn recording_router_passes_the_router_suite() {
     );
 }
 
+/// A router that declares abilities it lacks, or lacks abilities it does
+/// not declare, fails the suite: the capability flags narrow what is
+/// checked, they never wave a check through.
+#[tokio::test(start_paused = true)]
+async fn the_router_suite_holds_routers_to_what_they_declare() {
+    use conformance::router::{MatchSupport, SuiteConfig, WeightSupport};
+    // The recording router accepts every weight and rule: declaring
+    // all-or-nothing weights (or no match rules) must fail, since it does
+    // not refuse what it claims it cannot do.
+    for config in [
+        SuiteConfig::new().with_weights(WeightSupport::AllOrNothing),
+        SuiteConfig::new().with_matches(MatchSupport::None),
+        SuiteConfig::new().with_matches(MatchSupport::HeaderOnly),
+    ] {
+        let run = tokio::spawn(async move {
+            conformance::router::all_with(&RecordingRouter::new(), "declared", &config).await;
+        });
+        assert!(
+            run.await.unwrap_err().is_panic(),
+            "{config:?} must fail on a router that accepts everything"
+        );
+    }
+    // Declaring every ability passes, as with `all`.
+    conformance::router::all_with(&RecordingRouter::new(), "declared", &SuiteConfig::new()).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn mock_workloads_pass_the_workloads_suite_with_and_without_delay() {
     conformance::workloads::all(&MockWorkloads::new(), &fixture(), "mock-workloads").await;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use atlas_core::testing::conformance::router::{MatchSupport, SuiteConfig, WeightSupport};
 use atlas_core::testing::conformance::{router as checks, unique_service};
 use atlas_core::{ErrorKind, RequestMatch, ServiceName, Slot, TrafficRouter, TrafficSplit};
 use atlas_k8s::router::{GatewayApiRouter, GatewayParent};
@@ -71,134 +72,34 @@ async fn round_trip(router: &dyn TrafficRouter, service: &ServiceName, splits: &
 
 // ---------------------------------------------------------------- conformance
 
-/// The Service-selector router moves all traffic at once, so of the core
-/// suite only the checks that use 0 % / 100 % splits apply:
-/// `weights_out_of_range_are_refused` and `unset_split_is_none`. The core
-/// router suite has no capability switch (as the backup-target suite has),
-/// so the other checks are run here on their 0 %/100 % equivalents: round
-/// trip, concurrent writes never mixing, endpoints then split, services
-/// independent.
+/// The Service-selector router moves all traffic at once and has no match
+/// rules: it declares both, and the suite checks that 5/25/50/75 % and
+/// every match rule are refused.
 #[tokio::test]
-async fn service_selector_conformance_at_zero_and_full() {
+async fn service_selector_conformance() {
     let router = ServiceSelectorRouter::new(fake().await, NS, 80);
-    checks::weights_out_of_range_are_refused();
-    checks::unset_split_is_none(&router, &unique_service("sel")).await;
-
-    let a = unique_service("sel");
-    round_trip(
-        &router,
-        &a,
-        &[
-            TrafficSplit::all_to(Slot::Blue),
-            split(Slot::Blue, 100),
-            TrafficSplit::all_to(Slot::Green),
-            split(Slot::Green, 100),
-            TrafficSplit::all_to(Slot::Blue),
-        ],
-    )
-    .await;
-
-    let candidates: Vec<TrafficSplit> = (0..8u8)
-        .map(|i| {
-            let stable = if i % 2 == 0 { Slot::Blue } else { Slot::Green };
-            split(stable, if i % 4 < 2 { 0 } else { 100 })
-        })
-        .collect();
-    for _ in 0..3 {
-        let calls = candidates.iter().map(|s| router.set_split(&a, s));
-        for r in futures::future::join_all(calls).await {
-            r.expect("concurrent set_split");
-        }
-        let got = read(&router, &a).await.expect("a split");
-        assert!(candidates.contains(&got), "a mix: {got}");
-    }
-
-    router
-        .set_endpoints(&a, Slot::Green, &[])
-        .await
-        .expect("set_endpoints is a no-op for a Service");
-    set(&router, &a, &TrafficSplit::all_to(Slot::Green)).await;
-    assert_eq!(
-        read(&router, &a).await,
-        Some(TrafficSplit::all_to(Slot::Green))
-    );
-
-    let b = unique_service("sel");
-    set(&router, &b, &split(Slot::Blue, 100)).await;
-    assert_eq!(
-        read(&router, &a).await,
-        Some(TrafficSplit::all_to(Slot::Green)),
-        "{b} must not change {a}"
-    );
+    let config = SuiteConfig::new()
+        .with_weights(WeightSupport::AllOrNothing)
+        .with_matches(MatchSupport::None);
+    checks::all_with(&router, "sel", &config).await;
 }
 
-/// Every core check but `canary_match_round_trips`, which sets a cookie
-/// match an HTTPRoute cannot express; its header half runs here, and the
-/// cookie refusal below.
+/// An HTTPRoute has no cookie match: the router declares header matches
+/// only, and the suite checks that a cookie match is refused.
 #[tokio::test]
 async fn gateway_api_conformance() {
     let router = GatewayApiRouter::new(fake().await, NS, 8080, GatewayParent::new("public"));
-    checks::weights_out_of_range_are_refused();
-    checks::unset_split_is_none(&router, &unique_service("gw")).await;
-    checks::split_round_trips(&router, &unique_service("gw")).await;
-    checks::concurrent_splits_never_mix(&router, &unique_service("gw")).await;
-    checks::endpoints_then_split(&router, &unique_service("gw")).await;
-    checks::services_are_independent(&router, &unique_service("gw"), &unique_service("gw")).await;
-
-    let s = unique_service("gw");
-    round_trip(
-        &router,
-        &s,
-        &[
-            split(Slot::Blue, 10).with_canary_match(header("x-canary", "always")),
-            split(Slot::Green, 30),
-        ],
-    )
-    .await;
-    let err = router
-        .set_split(
-            &s,
-            &TrafficSplit::all_to(Slot::Green).with_canary_match(cookie("beta", "1")),
-        )
-        .await
-        .expect_err("a cookie match must be refused");
-    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
-    assert_eq!(read(&router, &s).await, Some(split(Slot::Green, 30)));
+    let config = SuiteConfig::new().with_matches(MatchSupport::HeaderOnly);
+    checks::all_with(&router, "gw", &config).await;
 }
 
-/// Every core check but `canary_match_round_trips`, whose cookie value `1`
-/// ingress-nginx cannot match (it routes by cookie only on `always`); the
-/// same check runs here with a header, then a cookie of value `always`.
+/// ingress-nginx routes by cookie only on the value `always`: the router
+/// declares it, and the suite checks that another value is refused.
 #[tokio::test]
 async fn nginx_ingress_conformance() {
     let router = NginxIngressRouter::new(fake().await, NS, "shop.example.com", 8080);
-    checks::weights_out_of_range_are_refused();
-    checks::unset_split_is_none(&router, &unique_service("ngx")).await;
-    checks::split_round_trips(&router, &unique_service("ngx")).await;
-    checks::concurrent_splits_never_mix(&router, &unique_service("ngx")).await;
-    checks::endpoints_then_split(&router, &unique_service("ngx")).await;
-    checks::services_are_independent(&router, &unique_service("ngx"), &unique_service("ngx")).await;
-
-    let s = unique_service("ngx");
-    round_trip(
-        &router,
-        &s,
-        &[
-            split(Slot::Blue, 10).with_canary_match(header("x-canary", "always")),
-            TrafficSplit::all_to(Slot::Green).with_canary_match(cookie("beta", "always")),
-            split(Slot::Green, 30),
-        ],
-    )
-    .await;
-    let err = router
-        .set_split(
-            &s,
-            &TrafficSplit::all_to(Slot::Green).with_canary_match(cookie("beta", "1")),
-        )
-        .await
-        .expect_err("a cookie value other than always must be refused");
-    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
-    assert!(err.to_string().contains("beta=1"), "{err}");
+    let config = SuiteConfig::new().with_matches(MatchSupport::CookieAlwaysOnly);
+    checks::all_with(&router, "ngx", &config).await;
 }
 
 #[cfg(feature = "istio")]

@@ -1,5 +1,12 @@
 //! Conformance checks for [`TrafficRouter`] adapters.
 //!
+//! Routers differ in what they can express: a Kubernetes Service selector
+//! moves all traffic at once, an HTTPRoute has no cookie match, ingress-nginx
+//! matches a cookie only on the value `always`. A router declares that in a
+//! [`SuiteConfig`] and calls [`all_with`]: every check then runs in the form
+//! the router supports, and what it cannot do is checked to be *refused*
+//! with an invalid-input error, never silently accepted or skipped.
+//!
 //! ```
 //! # use atlas_core::testing::{conformance, RecordingRouter};
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -14,15 +21,125 @@ use crate::domain::{Endpoint, RequestMatch, ServiceName, Slot, TrafficSplit};
 use crate::error::ErrorKind;
 use crate::router::TrafficRouter;
 
-/// Runs every router check, each on a fresh service named from `prefix`.
+/// Which traffic weights a router can set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightSupport {
+    /// Any canary weight from 0 to 100 (the default).
+    #[default]
+    Any,
+    /// Only 0 and 100: all traffic moves at once. Other weights must be
+    /// refused with an invalid-input error.
+    AllOrNothing,
+}
+
+/// Which canary match rules a router can set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatchSupport {
+    /// Header and cookie matches with any value (the default).
+    #[default]
+    Any,
+    /// Header matches, and cookie matches only on the value `always`
+    /// (ingress-nginx); other cookie values must be refused.
+    CookieAlwaysOnly,
+    /// Header matches only; cookie matches must be refused.
+    HeaderOnly,
+    /// No match rules; any must be refused.
+    None,
+}
+
+/// What a router can express, for [`all_with`]. The default is everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SuiteConfig {
+    /// The weights it can set.
+    pub weights: WeightSupport,
+    /// The match rules it can set.
+    pub matches: MatchSupport,
+}
+
+impl SuiteConfig {
+    /// Everything supported.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares the weights the router can set.
+    pub fn with_weights(mut self, weights: WeightSupport) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    /// Declares the match rules the router can set.
+    pub fn with_matches(mut self, matches: MatchSupport) -> Self {
+        self.matches = matches;
+        self
+    }
+
+    /// A split of `canary` % away from `stable`, as close as the router
+    /// can express: an all-or-nothing router gets 0 below 50 and 100 from
+    /// 50 on.
+    fn split(&self, stable: Slot, canary: u8) -> TrafficSplit {
+        match self.weights {
+            WeightSupport::Any => split(stable, canary),
+            WeightSupport::AllOrNothing => split(stable, if canary < 50 { 0 } else { 100 }),
+        }
+    }
+}
+
+/// Runs every router check, each on a fresh service named from `prefix`,
+/// for a router that supports everything.
 pub async fn all(router: &dyn TrafficRouter, prefix: &str) {
+    all_with(router, prefix, &SuiteConfig::new()).await;
+}
+
+/// Runs every router check for a router with the abilities `config`
+/// declares; what it lacks is checked to be refused.
+pub async fn all_with(router: &dyn TrafficRouter, prefix: &str, config: &SuiteConfig) {
     weights_out_of_range_are_refused();
     unset_split_is_none(router, &unique_service(prefix)).await;
-    split_round_trips(router, &unique_service(prefix)).await;
-    canary_match_round_trips(router, &unique_service(prefix)).await;
-    concurrent_splits_never_mix(router, &unique_service(prefix)).await;
-    endpoints_then_split(router, &unique_service(prefix)).await;
-    services_are_independent(router, &unique_service(prefix), &unique_service(prefix)).await;
+    split_round_trips_with(router, &unique_service(prefix), config).await;
+    unsupported_weights_are_refused(router, &unique_service(prefix), config).await;
+    canary_match_round_trips_with(router, &unique_service(prefix), config).await;
+    concurrent_splits_never_mix_with(router, &unique_service(prefix), config).await;
+    endpoints_then_split_with(router, &unique_service(prefix), config).await;
+    services_are_independent_with(
+        router,
+        &unique_service(prefix),
+        &unique_service(prefix),
+        config,
+    )
+    .await;
+}
+
+/// An all-or-nothing router refuses a partial weight with an invalid-input
+/// error and keeps the split it had; a router of any weight has nothing to
+/// refuse.
+pub async fn unsupported_weights_are_refused(
+    router: &dyn TrafficRouter,
+    service: &ServiceName,
+    config: &SuiteConfig,
+) {
+    if config.weights == WeightSupport::Any {
+        return;
+    }
+    let before = TrafficSplit::all_to(Slot::Blue);
+    set(router, service, &before).await;
+    for canary in [5, 25, 50, 75] {
+        let err = router
+            .set_split(service, &split(Slot::Blue, canary))
+            .await
+            .expect_err("an all-or-nothing router must refuse a partial weight");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidInput,
+            "weight {canary}: {err}"
+        );
+    }
+    assert_eq!(
+        read(router, service).await,
+        Some(before),
+        "a refused split must leave the split as it was"
+    );
 }
 
 /// Runs every check that applies to a router serving exactly one service,
@@ -111,11 +228,20 @@ pub async fn unset_split_is_none(router: &dyn TrafficRouter, service: &ServiceNa
 
 /// The split set is the split read back, every time it changes.
 pub async fn split_round_trips(router: &dyn TrafficRouter, service: &ServiceName) {
+    split_round_trips_with(router, service, &SuiteConfig::new()).await;
+}
+
+/// [`split_round_trips`] with the weights `config` declares.
+pub async fn split_round_trips_with(
+    router: &dyn TrafficRouter,
+    service: &ServiceName,
+    config: &SuiteConfig,
+) {
     let splits = [
         TrafficSplit::all_to(Slot::Blue),
-        split(Slot::Blue, 5),
-        split(Slot::Blue, 50),
-        split(Slot::Green, 25),
+        config.split(Slot::Blue, 5),
+        config.split(Slot::Blue, 50),
+        config.split(Slot::Green, 25),
         TrafficSplit::all_to(Slot::Green),
         split(Slot::Blue, 100),
     ];
@@ -132,15 +258,47 @@ pub async fn split_round_trips(router: &dyn TrafficRouter, service: &ServiceName
 /// A canary match rule (header or cookie) survives the round trip, and
 /// setting a split without one clears it.
 pub async fn canary_match_round_trips(router: &dyn TrafficRouter, service: &ServiceName) {
-    let header = split(Slot::Blue, 10).with_canary_match(RequestMatch::Header {
-        name: "x-canary".into(),
-        value: "always".into(),
-    });
-    let cookie = TrafficSplit::all_to(Slot::Green).with_canary_match(RequestMatch::Cookie {
-        name: "beta".into(),
-        value: "1".into(),
-    });
-    for s in [header, cookie] {
+    canary_match_round_trips_with(router, service, &SuiteConfig::new()).await;
+}
+
+/// [`canary_match_round_trips`] with the rules `config` declares; the rules
+/// it lacks must be refused with an invalid-input error.
+pub async fn canary_match_round_trips_with(
+    router: &dyn TrafficRouter,
+    service: &ServiceName,
+    config: &SuiteConfig,
+) {
+    let header = config
+        .split(Slot::Blue, 10)
+        .with_canary_match(RequestMatch::Header {
+            name: "x-canary".into(),
+            value: "always".into(),
+        });
+    let cookie = |value: &str| {
+        TrafficSplit::all_to(Slot::Green).with_canary_match(RequestMatch::Cookie {
+            name: "beta".into(),
+            value: value.into(),
+        })
+    };
+    let (supported, refused): (Vec<TrafficSplit>, Vec<TrafficSplit>) = match config.matches {
+        MatchSupport::Any => (vec![header, cookie("1")], vec![]),
+        MatchSupport::CookieAlwaysOnly => (vec![header, cookie("always")], vec![cookie("1")]),
+        MatchSupport::HeaderOnly => (vec![header], vec![cookie("1")]),
+        MatchSupport::None => (vec![], vec![header, cookie("1")]),
+    };
+    for s in refused {
+        let err = router
+            .set_split(service, &s)
+            .await
+            .expect_err("a match rule the router declares it lacks must be refused");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidInput,
+            "refusing {s} ({:?}): {err}",
+            s.canary_match()
+        );
+    }
+    for s in supported {
         set(router, service, &s).await;
         let got = read(router, service).await;
         assert_eq!(
@@ -154,7 +312,7 @@ pub async fn canary_match_round_trips(router: &dyn TrafficRouter, service: &Serv
             "the split with a match rule must read back whole"
         );
     }
-    let plain = split(Slot::Green, 30);
+    let plain = config.split(Slot::Green, 30);
     set(router, service, &plain).await;
     assert_eq!(
         read(router, service).await,
@@ -167,11 +325,21 @@ pub async fn canary_match_round_trips(router: &dyn TrafficRouter, service: &Serv
 /// never a mix of two (weights of one, stable slot or match rule of
 /// another).
 pub async fn concurrent_splits_never_mix(router: &dyn TrafficRouter, service: &ServiceName) {
-    let candidates: Vec<TrafficSplit> = (0..16u8)
+    concurrent_splits_never_mix_with(router, service, &SuiteConfig::new()).await;
+}
+
+/// [`concurrent_splits_never_mix`] with the weights and rules `config`
+/// declares.
+pub async fn concurrent_splits_never_mix_with(
+    router: &dyn TrafficRouter,
+    service: &ServiceName,
+    config: &SuiteConfig,
+) {
+    let mut candidates: Vec<TrafficSplit> = (0..16u8)
         .map(|i| {
             let stable = if i % 2 == 0 { Slot::Blue } else { Slot::Green };
-            let s = split(stable, i * 6);
-            if i % 3 == 0 {
+            let s = config.split(stable, i * 6);
+            if i % 3 == 0 && config.matches != MatchSupport::None {
                 s.with_canary_match(RequestMatch::Header {
                     name: "x-canary".into(),
                     value: format!("v{i}"),
@@ -181,6 +349,7 @@ pub async fn concurrent_splits_never_mix(router: &dyn TrafficRouter, service: &S
             }
         })
         .collect();
+    candidates.dedup();
     for round in 0..4 {
         let calls = candidates.iter().map(|s| router.set_split(service, s));
         for (i, r) in futures::future::join_all(calls)
@@ -206,6 +375,15 @@ pub async fn concurrent_splits_never_mix(router: &dyn TrafficRouter, service: &S
 /// `set_endpoints` for both slots, then `set_split`, works and the split
 /// reads back; emptying a slot's endpoints works too.
 pub async fn endpoints_then_split(router: &dyn TrafficRouter, service: &ServiceName) {
+    endpoints_then_split_with(router, service, &SuiteConfig::new()).await;
+}
+
+/// [`endpoints_then_split`] with the weights `config` declares.
+pub async fn endpoints_then_split_with(
+    router: &dyn TrafficRouter,
+    service: &ServiceName,
+    config: &SuiteConfig,
+) {
     let eps = |slot: Slot, base: u16| -> Vec<Endpoint> {
         (0..2)
             .map(|i| {
@@ -222,7 +400,12 @@ pub async fn endpoints_then_split(router: &dyn TrafficRouter, service: &ServiceN
             .await
             .unwrap_or_else(|e| panic!("set_endpoints({service}, {slot}) failed: {e}"));
     }
-    let s = split(Slot::Blue, 20);
+    // 20 % where weights are free; all of it on green otherwise, so the
+    // return to blue below is a change either way.
+    let s = match config.weights {
+        WeightSupport::Any => split(Slot::Blue, 20),
+        WeightSupport::AllOrNothing => split(Slot::Blue, 100),
+    };
     set(router, service, &s).await;
     assert_eq!(
         read(router, service).await,
@@ -248,7 +431,17 @@ pub async fn services_are_independent(
     first: &ServiceName,
     second: &ServiceName,
 ) {
-    let a = split(Slot::Blue, 40);
+    services_are_independent_with(router, first, second, &SuiteConfig::new()).await;
+}
+
+/// [`services_are_independent`] with the weights `config` declares.
+pub async fn services_are_independent_with(
+    router: &dyn TrafficRouter,
+    first: &ServiceName,
+    second: &ServiceName,
+    config: &SuiteConfig,
+) {
+    let a = config.split(Slot::Blue, 40);
     let b = TrafficSplit::all_to(Slot::Green);
     set(router, first, &a).await;
     set(router, second, &b).await;
