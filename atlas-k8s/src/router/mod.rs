@@ -8,7 +8,7 @@
 //! | [`NginxIngressRouter`] | the canary Ingress (and the main Ingress when the stable slot changes) | any | header; cookie with the value `always` |
 //! | `IstioRouter` (feature `istio`) | one `VirtualService` (and its `DestinationRule` once) | any | header, cookie |
 //!
-//! Every router names its objects after the [`ServiceName`]: the Services
+//! Every router names its objects after the [`ServiceName`](atlas_core::ServiceName): the Services
 //! that select one slot's pods are `<service>-blue` and `<service>-green`,
 //! and the pods of a slot carry the labels [`SERVICE_LABEL`]` = <service>`
 //! and [`SLOT_LABEL`]` = blue|green`. A split is stored in the routing

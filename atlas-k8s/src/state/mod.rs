@@ -4,8 +4,8 @@
 //! ## Rollout state
 //!
 //! The ConfigMap `atlas-rollout-<service>` holds three data keys:
-//! `state.json` (the [`RolloutState`] as JSON), `version` (Atlas's own
-//! write counter, the [`Versioned::version`] the trait speaks of: 1 on
+//! `state.json` (the [`RolloutState`](atlas_core::RolloutState) as JSON), `version` (Atlas's own
+//! write counter, the [`Versioned::version`](atlas_core::Versioned::version) the trait speaks of: 1 on
 //! create, +1 on every write) and `format` (the layout's major version,
 //! `1`; a newer major is refused with both versions named).
 //!
@@ -15,7 +15,7 @@
 //! still rests on `resourceVersion`: a write reads the ConfigMap, checks
 //! the counter against the expected version, and replaces the ConfigMap
 //! with the `resourceVersion` it read, so a write in between makes the
-//! API server answer 409, which becomes [`Error::Conflict`]. A create is
+//! API server answer 409, which becomes [`Error::Conflict`](atlas_core::Error::Conflict). A create is
 //! a plain create; an existing ConfigMap makes it a 409 as well.
 //!
 //! ## Lease
@@ -25,7 +25,7 @@
 //! token in `leaseTransitions`, which grows by one each time the lease
 //! passes to a holder (after a release or an expiry). Every change is a
 //! create or a replace carrying the `resourceVersion` read, so of two
-//! engines racing for a lease one gets a 409, i.e. a [`Error::Conflict`].
+//! engines racing for a lease one gets a 409, i.e. a [`Error::Conflict`](atlas_core::Error::Conflict).
 //!
 //! ### Lease expiry
 //!
