@@ -31,6 +31,7 @@ use kube::api::{Api, ListParams, LogParams, PostParams, WatchEvent, WatchParams}
 use tracing::{debug, info, warn};
 
 use crate::error::map_kube_error;
+use crate::names::check_name;
 
 /// Default time a Job may take before the run fails: 30 minutes.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -85,8 +86,8 @@ impl MigrationJobRunner {
     /// # Errors
     /// [`Error::InvalidInput`] when a name is not a DNS-1123 label.
     pub fn new(client: Client, namespace: &str, cronjob: &str) -> Result<Self> {
-        check_label("job.namespace", namespace)?;
-        check_label("job.cronjob", cronjob)?;
+        check_name("job.namespace", namespace)?;
+        check_name("job.cronjob", cronjob)?;
         Ok(MigrationJobRunner {
             client,
             namespace: namespace.to_owned(),
@@ -413,28 +414,6 @@ impl RolloutHook for MigrationJobHook {
 
     async fn after_scale_down(&self, ctx: &HookContext) -> Result<()> {
         self.run(self.contract.as_ref(), ctx).await
-    }
-}
-
-/// DNS-1123 label: 1 to 63 lowercase letters, digits and `-`, starting and
-/// ending with a letter or digit.
-fn check_label(field: &str, value: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_JOB_NAME
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field.to_owned(),
-            format!(
-                "`{value}` must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
-            ),
-        ))
     }
 }
 

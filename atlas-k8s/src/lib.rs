@@ -25,6 +25,7 @@ pub mod error;
 pub mod export;
 pub mod job;
 pub mod manifests;
+mod names;
 pub mod router;
 pub mod security;
 pub mod state;
