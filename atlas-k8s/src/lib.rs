@@ -28,6 +28,8 @@ pub mod manifests;
 pub mod router;
 pub mod security;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod workloads;
 
 pub use error::{BACKEND, map_kube_error};
