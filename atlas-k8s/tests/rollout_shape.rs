@@ -139,7 +139,7 @@ fn route_weights(writes: &[RecordedRequest], canary: &str) -> Vec<u64> {
                 .filter(|b| b["name"] == format!("checkout-{canary}"))
                 .filter_map(|b| b["weight"].as_u64())
                 .sum();
-            if total == 0 { 0 } else { new * 100 / total }
+            (new * 100).checked_div(total).unwrap_or(0)
         })
         .collect()
 }
