@@ -29,6 +29,8 @@ mod names;
 pub mod router;
 pub mod security;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod workloads;
 
 pub use error::{BACKEND, map_kube_error};
