@@ -24,8 +24,9 @@
 //!    the services it started are stopped (also on failure and on Ctrl-C/SIGTERM);
 //!    on failure the last 50 lines of each started service's log are printed.
 //! 5. `examples`: runs `cargo run --example blue_green` (the README's first
-//!    command) and, with the services, the `migrate_with_rollout` example
-//!    against the real PostgreSQL; either failing fails the run.
+//!    command), `k8s_blue_green --dry-run` and, with the services, the
+//!    `migrate_with_rollout` example
+//!    against the real PostgreSQL; any failing fails the run.
 //! 6. `doctest`: `cargo test --workspace --all-features --doc`, kept apart from
 //!    `--include-ignored`, which would also try to compile ```` ```ignore ````
 //!    doc blocks.
@@ -515,9 +516,23 @@ fn test(args: &[String]) -> Result<ExitCode> {
             return Ok(summary.fail("test", &why));
         }
     }
-    // The reference binaries, run for real: the README's first command, and
-    // the expand/contract migration example on the real PostgreSQL.
-    let mut examples: Vec<Vec<&str>> = vec![vec!["run", "--example", "blue_green"]];
+    // The reference binaries, run for real: the README's first command, the
+    // Kubernetes rollout as a dry run (every API call it would make, against
+    // an in-process API), and the expand/contract migration example on the
+    // real PostgreSQL.
+    let mut examples: Vec<Vec<&str>> = vec![
+        vec!["run", "--example", "blue_green"],
+        vec![
+            "run",
+            "-p",
+            "atlas-examples",
+            "--example",
+            "k8s_blue_green",
+            "--",
+            "--dry-run",
+            "--writes-only",
+        ],
+    ];
     if layout.is_some() {
         examples.push(vec![
             "run",
