@@ -857,18 +857,21 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 /// |---|---|---|---|
 /// | `apps` | deployments | get, list, watch, create, patch | run and scale the slots |
 /// | core | pods | get, list, patch | set `controller.kubernetes.io/pod-deletion-cost` before a scale-down |
-/// | core | services | get, patch | the stable Service and its selector |
+/// | core | services | get, create, patch | the slot Services and the stable Service's selector (a server-side apply that creates an object is also authorized as `create`) |
 /// | `discovery.k8s.io` | endpointslices | get, list, watch | ready endpoints of a slot |
 /// | core | configmaps | get, create, update | rollout state |
 /// | `coordination.k8s.io` | leases | get, create, update | one controller per service |
-/// | `gateway.networking.k8s.io` | httproutes | get, patch | [`RouterKind::GatewayApi`] |
+/// | `gateway.networking.k8s.io` | httproutes | get, create, patch | [`RouterKind::GatewayApi`] |
 /// | `networking.k8s.io` | ingresses | get, create, patch | [`RouterKind::Nginx`] |
-/// | `networking.istio.io` | virtualservices, destinationrules | get, patch | [`RouterKind::Istio`] |
+/// | `networking.istio.io` | virtualservices, destinationrules | get, create, patch | [`RouterKind::Istio`] |
+/// | `batch` | jobs (get, list, watch, create), cronjobs (get) | | [`migration_jobs`](Self::migration_jobs): migrations run as Jobs |
+/// | core | pods/log | get | [`migration_jobs`](Self::migration_jobs): the Job's log in its error |
 #[derive(Debug, Clone)]
 pub struct AtlasRoleBuilder {
     name: String,
     namespace: String,
     routers: Vec<RouterKind>,
+    migration_jobs: bool,
 }
 
 impl AtlasRoleBuilder {
@@ -879,7 +882,15 @@ impl AtlasRoleBuilder {
             name: name.into(),
             namespace: namespace.into(),
             routers: Vec::new(),
+            migration_jobs: false,
         }
+    }
+
+    /// Grants what `atlas_k8s::job::MigrationJobRunner` needs: create and
+    /// follow Jobs made from a CronJob, and read their pods' logs.
+    pub fn migration_jobs(mut self, enabled: bool) -> Self {
+        self.migration_jobs = enabled;
+        self
     }
 
     /// The routers Atlas drives in this namespace.
@@ -906,7 +917,7 @@ impl AtlasRoleBuilder {
                 &["get", "list", "watch", "create", "patch"],
             ),
             rule("", &["pods"], &["get", "list", "patch"]),
-            rule("", &["services"], &["get", "patch"]),
+            rule("", &["services"], &["get", "create", "patch"]),
             rule(
                 "discovery.k8s.io",
                 &["endpointslices"],
@@ -925,7 +936,7 @@ impl AtlasRoleBuilder {
                 RouterKind::GatewayApi => rules.push(rule(
                     "gateway.networking.k8s.io",
                     &["httproutes"],
-                    &["get", "patch"],
+                    &["get", "create", "patch"],
                 )),
                 RouterKind::Nginx => rules.push(rule(
                     "networking.k8s.io",
@@ -935,9 +946,18 @@ impl AtlasRoleBuilder {
                 RouterKind::Istio => rules.push(rule(
                     "networking.istio.io",
                     &["virtualservices", "destinationrules"],
-                    &["get", "patch"],
+                    &["get", "create", "patch"],
                 )),
             }
+        }
+        if self.migration_jobs {
+            rules.push(rule(
+                "batch",
+                &["jobs"],
+                &["get", "list", "watch", "create"],
+            ));
+            rules.push(rule("batch", &["cronjobs"], &["get"]));
+            rules.push(rule("", &["pods/log"], &["get"]));
         }
         Ok(Role {
             metadata: meta(&self.name, Some(&self.namespace)),

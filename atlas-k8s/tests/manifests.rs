@@ -612,7 +612,7 @@ fn atlas_role_is_minimal_and_follows_the_routers() {
             verbs(&["get", "list", "watch", "create", "patch"]),
         ),
         (key("", "pods"), verbs(&["get", "list", "patch"])),
-        (key("", "services"), verbs(&["get", "patch"])),
+        (key("", "services"), verbs(&["get", "create", "patch"])),
         (
             key("discovery.k8s.io", "endpointslices"),
             verbs(&["get", "list", "watch"]),
@@ -650,7 +650,7 @@ fn atlas_role_is_minimal_and_follows_the_routers() {
     let mut expected = base.clone();
     expected.insert(
         key("gateway.networking.k8s.io", "httproutes"),
-        verbs(&["get", "patch"]),
+        verbs(&["get", "create", "patch"]),
     );
     expected.insert(
         key("networking.k8s.io", "ingresses"),
@@ -658,11 +658,11 @@ fn atlas_role_is_minimal_and_follows_the_routers() {
     );
     expected.insert(
         key("networking.istio.io", "virtualservices"),
-        verbs(&["get", "patch"]),
+        verbs(&["get", "create", "patch"]),
     );
     expected.insert(
         key("networking.istio.io", "destinationrules"),
-        verbs(&["get", "patch"]),
+        verbs(&["get", "create", "patch"]),
     );
     assert_eq!(g, expected);
 
@@ -671,6 +671,21 @@ fn atlas_role_is_minimal_and_follows_the_routers() {
         .build()
         .unwrap();
     assert_eq!(grants(&only_gateway).len(), base.len() + 1);
+
+    // Migration Jobs: create and follow Jobs, read the CronJob and the
+    // pods' logs; still nothing can delete.
+    let with_jobs = AtlasRoleBuilder::new("atlas", "shop")
+        .migration_jobs(true)
+        .build()
+        .unwrap();
+    let mut expected = base.clone();
+    expected.insert(
+        key("batch", "jobs"),
+        verbs(&["get", "list", "watch", "create"]),
+    );
+    expected.insert(key("batch", "cronjobs"), verbs(&["get"]));
+    expected.insert(key("", "pods/log"), verbs(&["get"]));
+    assert_eq!(grants(&with_jobs), expected);
 
     assert_eq!(
         field_of(AtlasRoleBuilder::new("atlas", "").build().unwrap_err()),
