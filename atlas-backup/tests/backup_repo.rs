@@ -1924,3 +1924,66 @@ async fn documents_written_before_versions_were_recorded_read_as_version_1() {
         .unwrap();
     assert_eq!(again.snapshot.totals.new_chunks, 1, "only the tree is new");
 }
+
+/// A process killed in the middle of a backup leaves its lock behind. On the
+/// machine that took it, a lock whose process has ended no longer blocks
+/// (and `break_stale_locks` removes it), as restic does; a lock of a live
+/// process, or of another machine, still blocks until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_an_ended_process_of_this_machine_does_not_block() {
+    let mem = Memory::default();
+    let repo = init(&mem, fast_init()).await;
+    // This machine's holder prefix, as the repository writes it.
+    let ours = repo.lock(false, "probe").await.unwrap();
+    let holder = repo.locks().await.unwrap()[0].holder.clone();
+    ours.release().await;
+    let host = holder
+        .split(" pid ")
+        .next()
+        .expect("holder is `host pid N action`")
+        .to_owned();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let ended = child.id();
+    child.wait().unwrap();
+
+    let in_an_hour =
+        humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600));
+    let now = humantime::format_rfc3339_seconds(SystemTime::now());
+    let plant_lock = |id: char, holder: String| {
+        let repo = repo.clone();
+        let now = now.to_string();
+        let until = in_an_hour.to_string();
+        async move {
+            let name = format!("locks/{}", id.to_string().repeat(64));
+            let lock = serde_json::json!({
+                "version": 1, "exclusive": true, "holder": holder,
+                "created": now, "expires": until,
+            });
+            plant(&repo, &name, &lock).await;
+            name
+        }
+    };
+
+    // Another machine's lock: its processes cannot be seen, it blocks.
+    let foreign = plant_lock('a', format!("elsewhere-{host} pid {ended} backup")).await;
+    let err = repo.lock(false, "backup").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    mem.map().remove(&format!("repo/{foreign}"));
+
+    // A live process of this machine (this one): it blocks.
+    let live = plant_lock('b', format!("{host} pid {} backup", std::process::id())).await;
+    let err = repo.lock(false, "backup").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    mem.map().remove(&format!("repo/{live}"));
+
+    // An ended process of this machine: abandoned, so it does not block, and
+    // breaking stale locks removes it.
+    plant_lock('c', format!("{host} pid {ended} backup")).await;
+    let lock = repo
+        .lock(true, "prune")
+        .await
+        .expect("an abandoned lock does not block");
+    lock.release().await;
+    assert_eq!(repo.break_stale_locks().await.unwrap(), 1);
+    assert!(repo.locks().await.unwrap().is_empty());
+}

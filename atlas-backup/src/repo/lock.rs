@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use super::format::{LockFile, PackId};
 use super::host::default_host;
 use super::layout::Layout;
+use super::platform::process_has_ended;
 use super::repository::Repository;
 use super::version::Document;
 use atlas_core::backup::{BackupTargetExt, ObjectKey};
@@ -41,6 +42,25 @@ impl LockInfo {
     /// Whether the lock is past its expiry at `now`.
     pub fn is_stale(&self, now: SystemTime) -> bool {
         self.expires <= now
+    }
+
+    /// Whether the lock no longer protects anything: past its expiry, or
+    /// taken on this machine by a process that has ended (a crash or a
+    /// `kill -9` leaves its lock behind until it expires; restic treats such
+    /// locks the same way). A lock of another machine is judged by its
+    /// expiry alone.
+    pub fn is_abandoned(&self, now: SystemTime) -> bool {
+        self.is_stale(now) || self.local_pid().is_some_and(process_has_ended)
+    }
+
+    /// The pid in the holder (`host pid N action`) when the host is this
+    /// machine.
+    fn local_pid(&self) -> Option<u32> {
+        let rest = self
+            .holder
+            .strip_prefix(&default_host())?
+            .strip_prefix(" pid ")?;
+        rest.split(' ').next()?.parse().ok()
     }
 }
 
@@ -147,8 +167,8 @@ impl Repository {
     /// recorded in the holder (`host pid action`).
     ///
     /// # Errors
-    /// [`Error::Conflict`] naming the holder when an unexpired lock that
-    /// conflicts exists (any lock for an exclusive one, an exclusive one for
+    /// [`Error::Conflict`] naming the holder when a lock that conflicts is
+    /// not [abandoned](LockInfo::is_abandoned) (any lock for an exclusive one, an exclusive one for
     /// a shared one); target errors.
     pub async fn lock(&self, exclusive: bool, action: &str) -> Result<LockGuard> {
         self.lock_with_ttl(exclusive, action, LOCK_TTL).await
@@ -203,7 +223,7 @@ impl Repository {
             .locks()
             .await?
             .into_iter()
-            .filter(|l| l.id != name && !l.is_stale(now) && (exclusive || l.exclusive))
+            .filter(|l| l.id != name && !l.is_abandoned(now) && (exclusive || l.exclusive))
             .collect();
         if let Some(c) = conflicts.first() {
             guard.release().await;
@@ -242,7 +262,8 @@ impl Repository {
         Ok(guard)
     }
 
-    /// Removes every lock past its expiry; returns how many.
+    /// Removes every abandoned lock (past its expiry, or left by a process of
+    /// this machine that has ended); returns how many.
     ///
     /// # Errors
     /// Target errors.
@@ -250,7 +271,7 @@ impl Repository {
         let now = SystemTime::now();
         let mut n = 0;
         for l in self.locks().await? {
-            if l.is_stale(now) {
+            if l.is_abandoned(now) {
                 self.inner
                     .target
                     .delete_if_exists(&self.inner.layout.lock(&l.id)?)

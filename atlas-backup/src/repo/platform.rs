@@ -247,6 +247,31 @@ pub(crate) fn set_symlink_mtime(path: &Path, sec: i64, nsec: u32) -> io::Result<
     }
 }
 
+/// Whether the process `pid` of this machine has ended. On Unix, a signal
+/// 0 that fails with ESRCH says so (EPERM means it runs as another user);
+/// elsewhere this cannot be told and the answer is `false`, leaving the
+/// lock's expiry to decide.
+pub(crate) fn process_has_ended(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(raw) = i32::try_from(pid) else {
+            return false;
+        };
+        if raw <= 0 {
+            return false;
+        }
+        matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
