@@ -43,7 +43,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use atlas_core::backup::{
     BackupTarget, ByteStream, Checksum, Crc32cHasher, GetOptions, GetResult, ListOptions,
-    ObjectKey, ObjectMeta, ObjectPrefix, PutMode, PutOptions, PutResult,
+    ObjectKey, ObjectMeta, ObjectPrefix, PutMode, PutOptions, PutResult, UnfinishedPut,
 };
 use atlas_core::{Error, Result};
 use bytes::{Bytes, BytesMut};
@@ -661,6 +661,104 @@ impl BackupTarget for FsTarget {
         .await
         .map_err(|e| Error::backend_with(BACKEND, "a delete task panicked", e))?
     }
+
+    /// The temporary files (`.atlas-tmp.<random>`) in the folders under
+    /// `prefix`: a put in progress, or one whose process died mid-put.
+    /// Each id is the file's path below the root, `/`-separated.
+    async fn unfinished_puts(&self, prefix: &ObjectPrefix) -> Result<Vec<UnfinishedPut>> {
+        let span = debug_span!("backup.unfinished_puts", backend = BACKEND, %prefix);
+        let inner = self.inner.clone();
+        let prefix = prefix.clone();
+        tokio::task::spawn_blocking(move || {
+            let _e = span.enter();
+            let mut out = Vec::new();
+            find_tmp_files(&inner.root, String::new(), prefix.as_str(), &mut out)?;
+            debug!(found = out.len(), "listed unfinished puts");
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::backend_with(BACKEND, "a listing task panicked", e))?
+    }
+
+    async fn remove_unfinished_put(&self, put: &UnfinishedPut) -> Result<()> {
+        let span = debug_span!("backup.remove_unfinished_put", backend = BACKEND, id = %put.id);
+        let inner = self.inner.clone();
+        let id = put.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let _e = span.enter();
+            let segments: Vec<&str> = id.split('/').collect();
+            let (name, dirs) = segments.split_last().unwrap_or((&"", &[]));
+            if !name.starts_with(TMP_PREFIX)
+                || dirs
+                    .iter()
+                    .any(|d| d.is_empty() || *d == "." || *d == ".." || d.contains('\\'))
+            {
+                return Err(Error::invalid(
+                    "unfinished_put",
+                    format!("{id:?} is not a temporary file of the filesystem target"),
+                ));
+            }
+            let mut path = inner.root.clone();
+            path.extend(segments.iter());
+            inner.refuse_links(&path)?;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(e) => return Err(io_error(e, &format!("removing temporary file {id}"))),
+            }
+            if let Some(d) = path.parent() {
+                inner.sync_dir(d)?;
+            }
+            prune_empty_dirs(&inner.root, path.parent());
+            debug!("removed an unfinished put");
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::backend_with(BACKEND, "a removal task panicked", e))?
+    }
+}
+
+/// Collects the temporary files below `dir` (whose keys start with
+/// `key_prefix`) that lie in a folder under `prefix`. Symbolic links are
+/// not followed.
+fn find_tmp_files(
+    dir: &Path,
+    key_prefix: String,
+    prefix: &str,
+    out: &mut Vec<UnfinishedPut>,
+) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if is_not_found(&e) => return Ok(()),
+        Err(e) => return Err(io_error(e, &format!("listing {}", dir.display()))),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(e, &format!("listing {}", dir.display())))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Ok(ft) = entry.file_type() else {
+            continue;
+        };
+        if ft.is_dir() {
+            let sub = format!("{key_prefix}{name}/");
+            // Descend only where keys under the prefix can be.
+            let shared = sub.len().min(prefix.len());
+            if sub.as_bytes()[..shared] == prefix.as_bytes()[..shared] {
+                find_tmp_files(&entry.path(), sub, prefix, out)?;
+            }
+        } else if ft.is_file() && name.starts_with(TMP_PREFIX) && key_prefix.starts_with(prefix) {
+            let Ok(m) = entry.metadata() else {
+                continue; // renamed into place since the listing
+            };
+            out.push(UnfinishedPut::new(
+                format!("{key_prefix}{name}"),
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.len(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A depth-first walk that yields keys in ascending byte order: entries of a

@@ -159,6 +159,65 @@ async fn fs_puts_leave_no_temporary_files_and_never_list_them() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 }
 
+#[tokio::test]
+async fn fs_lists_and_removes_the_temporary_files_a_crashed_put_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = FsTarget::new(dir.path()).unwrap();
+    target
+        .put_bytes(&key("repo/data/ab/p1"), "x".into())
+        .await
+        .unwrap();
+    target.put_bytes(&key("other/o"), "y".into()).await.unwrap();
+    // What a put killed midway leaves: a temporary file beside its
+    // destination.
+    std::fs::write(
+        dir.path().join("repo/data/ab/.atlas-tmp.0000000000000001"),
+        b"half",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("other/.atlas-tmp.0000000000000002"),
+        b"other",
+    )
+    .unwrap();
+    let found = target
+        .unfinished_puts(&ObjectPrefix::new("repo/").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "only those under the prefix: {found:?}");
+    assert_eq!(found[0].id, "repo/data/ab/.atlas-tmp.0000000000000001");
+    assert_eq!(found[0].size, 4);
+    assert_eq!(
+        target
+            .unfinished_puts(&ObjectPrefix::all())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    target.remove_unfinished_put(&found[0]).await.unwrap();
+    assert!(
+        !dir.path()
+            .join("repo/data/ab/.atlas-tmp.0000000000000001")
+            .exists()
+    );
+    // Gone already: removed.
+    target.remove_unfinished_put(&found[0]).await.unwrap();
+    // Objects are untouched, and an id that names an object is refused.
+    assert_eq!(
+        target.get_bytes(&key("repo/data/ab/p1")).await.unwrap(),
+        "x"
+    );
+    let mut forged = found[0].clone();
+    forged.id = "repo/data/ab/p1".into();
+    let err = target.remove_unfinished_put(&forged).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    forged.id = "../.atlas-tmp.1".into();
+    let err = target.remove_unfinished_put(&forged).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(dir.path().join("repo/data/ab/p1").exists());
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn fs_refuses_to_follow_symbolic_links_out_of_the_root() {

@@ -40,6 +40,6 @@ pub use crate::retry::{BackoffConfig, RetryConfig};
 pub use key::{MAX_KEY_LEN, ObjectKey, ObjectPrefix};
 pub use object::{
     ByteRange, ByteStream, Checksum, Crc32cHasher, GetOptions, GetResult, ListOptions, ObjectMeta,
-    PutMode, PutOptions, PutResult, byte_stream,
+    PutMode, PutOptions, PutResult, UnfinishedPut, byte_stream,
 };
 pub use target::{BackupTarget, BackupTargetExt};

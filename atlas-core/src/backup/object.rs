@@ -166,6 +166,37 @@ impl ObjectMeta {
     }
 }
 
+/// What a put that never finished left on a target: a writer killed
+/// mid-put leaves a temporary file, or an unfinished multipart upload,
+/// which no get, head or listing shows but which takes space. A put still
+/// in progress looks the same; callers tell them apart by
+/// [`last_modified`](Self::last_modified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnfinishedPut {
+    /// The target's own name for it (a temporary file's path below the
+    /// target's root, an upload id), as
+    /// [`remove_unfinished_put`](super::BackupTarget::remove_unfinished_put)
+    /// takes it back.
+    pub id: String,
+    /// When it was last written to (or started, where the backend records
+    /// nothing later).
+    pub last_modified: SystemTime,
+    /// Bytes it holds, where known (0 otherwise).
+    pub size: u64,
+}
+
+impl UnfinishedPut {
+    /// A leftover named `id`, last written at `last_modified`.
+    pub fn new(id: impl Into<String>, last_modified: SystemTime, size: u64) -> Self {
+        UnfinishedPut {
+            id: id.into(),
+            last_modified,
+            size,
+        }
+    }
+}
+
 /// What a successful put wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

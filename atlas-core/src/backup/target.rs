@@ -10,7 +10,7 @@ use futures::stream::{BoxStream, TryStreamExt};
 use super::key::{ObjectKey, ObjectPrefix};
 use super::object::{
     ByteRange, ByteStream, GetOptions, GetResult, ListOptions, ObjectMeta, PutOptions, PutResult,
-    byte_stream,
+    UnfinishedPut, byte_stream,
 };
 use crate::error::{ErrorKind, Result};
 
@@ -90,6 +90,31 @@ pub trait BackupTarget: fmt::Debug + Send + Sync {
     /// # Errors
     /// [`Error::NotFound`](crate::Error::NotFound) when the key does not exist.
     async fn delete(&self, key: &ObjectKey) -> Result<()>;
+
+    /// What puts under `prefix` that never finished left behind (see
+    /// [`UnfinishedPut`]), puts in progress included. The default, for
+    /// targets whose puts leave nothing behind when the writer dies (an
+    /// in-memory store) or that cannot list such leftovers, is none.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn unfinished_puts(&self, prefix: &ObjectPrefix) -> Result<Vec<UnfinishedPut>> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+
+    /// Removes a leftover that [`unfinished_puts`](Self::unfinished_puts)
+    /// listed; one already gone counts as removed. The caller must know
+    /// that its writer is gone: removing a put in progress makes that put
+    /// fail. The default does nothing (there is nothing to remove).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for an id this
+    /// target never listed; backend errors.
+    async fn remove_unfinished_put(&self, put: &UnfinishedPut) -> Result<()> {
+        let _ = put;
+        Ok(())
+    }
 }
 
 /// Conveniences over [`BackupTarget`], implemented for every target.
@@ -224,6 +249,12 @@ macro_rules! forward_backup_target {
             }
             async fn delete(&self, key: &ObjectKey) -> Result<()> {
                 (**self).delete(key).await
+            }
+            async fn unfinished_puts(&self, prefix: &ObjectPrefix) -> Result<Vec<UnfinishedPut>> {
+                (**self).unfinished_puts(prefix).await
+            }
+            async fn remove_unfinished_put(&self, put: &UnfinishedPut) -> Result<()> {
+                (**self).remove_unfinished_put(put).await
             }
         }
     };

@@ -30,7 +30,7 @@ use super::guard::lock;
 use super::{FaultError, FaultPlan, Method};
 use crate::backup::{
     BackupTarget, ByteStream, GetOptions, GetResult, ListOptions, ObjectKey, ObjectMeta,
-    ObjectPrefix, PutOptions, PutResult,
+    ObjectPrefix, PutOptions, PutResult, UnfinishedPut,
 };
 use crate::error::Result;
 
@@ -197,6 +197,15 @@ impl<T: BackupTarget> BackupTarget for FaultyTarget<T> {
     async fn delete(&self, key: &ObjectKey) -> Result<()> {
         let call = self.inner.delete(key);
         self.plan.call(DELETE, call).await
+    }
+
+    // Leftovers pass through without faults: no fault plan names them.
+    async fn unfinished_puts(&self, prefix: &ObjectPrefix) -> Result<Vec<UnfinishedPut>> {
+        self.inner.unfinished_puts(prefix).await
+    }
+
+    async fn remove_unfinished_put(&self, put: &UnfinishedPut) -> Result<()> {
+        self.inner.remove_unfinished_put(put).await
     }
 }
 
