@@ -7,9 +7,11 @@ use futures::stream::{self, StreamExt};
 use rand::seq::SliceRandom;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::damage::Opened;
 use super::error::{IntegrityError, integrity_error};
 use super::format::{
-    BlobId, BlobKind, NodeKind, PACK_MAGIC, PACK_TRAILER_LEN, PackId, decode_pack_header,
+    BlobId, BlobKind, NodeKind, PACK_HEADER_AAD, PACK_TRAILER_LEN, PackId, decode_pack_header,
+    pack_header_span,
 };
 use super::index::Index;
 use super::layout::Layout;
@@ -122,8 +124,9 @@ impl Repository {
     ///
     /// # Errors
     /// Only for failures that stop the check itself (listing fails, an index
-    /// file does not decode, the lock is held exclusively); damage is
-    /// reported in [`CheckReport::problems`].
+    /// file of a newer format version, the lock is held exclusively);
+    /// damage, including damaged manifests and index files, is reported in
+    /// [`CheckReport::problems`].
     pub async fn check(&self, options: CheckOptions) -> Result<CheckReport> {
         let span = info_span!("check", read_data = ?options.read_data);
         self.under_lock(false, "check", self.check_locked(options))
@@ -140,7 +143,17 @@ impl Repository {
             .into_iter()
             .filter_map(|m| Layout::name_of(&m.key).parse().ok().map(|id| (id, m.size)))
             .collect();
-        let index = self.load_index().await?;
+        // A damaged index file is a problem to report, not a reason to stop:
+        // the intact files still say where most blobs are.
+        let (index, damaged_index) = Index::load_tolerant(self).await?;
+        for (_, d) in damaged_index {
+            let mut p = IntegrityError::new(format!(
+                "{} ({}); `repair index` rebuilds the index from the packs",
+                d.reason, d.damage
+            ));
+            p.object = Some(d.path);
+            report.problems.push(p);
+        }
         report.packs = index.packs().len() as u64;
         for (id, size) in index.packs() {
             match on_target.get(id) {
@@ -165,8 +178,20 @@ impl Repository {
         let mut seen_trees: HashSet<BlobId> = HashSet::new();
         let mut seen_data: HashSet<BlobId> = HashSet::new();
         for m in metas {
-            let snap = match self.read_snapshot_key(&m.key).await {
-                Ok(s) => s,
+            let snap = match self.read_manifest(&m.key).await {
+                Ok(Some(Opened::Intact(s))) => s,
+                // Forgotten since the listing.
+                Ok(None) => continue,
+                Ok(Some(Opened::Damaged(d))) => {
+                    let mut p = IntegrityError::new(format!(
+                        "damaged snapshot manifest ({}): {}; `repair snapshots` moves it aside",
+                        d.damage, d.reason
+                    ));
+                    p.snapshot = d.snapshot_id();
+                    p.object = Some(d.path);
+                    report.problems.push(p);
+                    continue;
+                }
                 Err(e) => {
                     report.problems.push(IntegrityError::new(e.to_string()));
                     continue;
@@ -305,19 +330,13 @@ impl Repository {
         tokio::task::spawn_blocking(move || {
             let mut problems = Vec::new();
             let n = bytes.len();
-            if n < PACK_TRAILER_LEN || &bytes[n - 8..] != PACK_MAGIC {
-                return pack_problem("has no pack trailer (truncated or not a pack)".into());
-            }
-            let hlen =
-                u32::from_le_bytes(bytes[n - 12..n - 8].try_into().unwrap_or([0; 4])) as usize;
-            let Some(hstart) = (n - PACK_TRAILER_LEN).checked_sub(hlen) else {
-                return pack_problem("header length points outside the pack".into());
+            let trailer = &bytes[n.saturating_sub(PACK_TRAILER_LEN)..];
+            let (hstart, hend) = match pack_header_span(n as u64, trailer) {
+                Ok((s, e)) => (s as usize, e as usize),
+                Err(why) => return pack_problem(why.into()),
             };
             let header = master
-                .open(
-                    b"atlas-backup/pack-header",
-                    &bytes[hstart..n - PACK_TRAILER_LEN],
-                )
+                .open(PACK_HEADER_AAD, &bytes[hstart..hend])
                 .and_then(|h| decode_pack_header(&h));
             match header {
                 None => problems.extend(pack_problem("header does not decrypt (corrupted)".into())),

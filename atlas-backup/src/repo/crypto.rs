@@ -306,16 +306,54 @@ impl MasterKey {
 
     /// Opens what [`seal_file`](Self::seal_file) produced.
     pub(crate) fn open_file(&self, kind: &str, what: &str, sealed: &[u8]) -> Result<Vec<u8>> {
-        let compressed = self.open(file_aad(kind).as_bytes(), sealed).ok_or_else(|| {
-            Error::backend(
-                BACKEND,
-                format!("{what}: authentication failed (corrupted, or not written with this repository's key)"),
-            )
-        })?;
+        self.open_file_checked(kind, sealed)
+            .map_err(|fault| Error::backend(BACKEND, format!("{what}: {fault}")))
+    }
+
+    /// Opens what [`seal_file`](Self::seal_file) produced, saying why it
+    /// does not open.
+    pub(crate) fn open_file_checked(
+        &self,
+        kind: &str,
+        sealed: &[u8],
+    ) -> std::result::Result<Vec<u8>, FileFault> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(FileFault::Truncated(sealed.len()));
+        }
+        let compressed = self
+            .open(file_aad(kind).as_bytes(), sealed)
+            .ok_or(FileFault::Authentication)?;
         let mut out = Vec::new();
         zstd::stream::copy_decode(compressed.as_slice(), &mut out)
-            .map_err(|e| Error::backend(BACKEND, format!("{what}: does not decompress: {e}")))?;
+            .map_err(|e| FileFault::Decompression(e.to_string()))?;
         Ok(out)
+    }
+}
+
+/// Why a sealed file (index, snapshot, lock) does not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FileFault {
+    /// Fewer bytes (this many) than a nonce and a tag: cut off.
+    Truncated(usize),
+    /// The tag did not verify: changed or cut-off bytes, or another key.
+    Authentication,
+    /// Decrypted, but not a zstd frame.
+    Decompression(String),
+}
+
+impl fmt::Display for FileFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileFault::Truncated(n) => write!(
+                f,
+                "truncated: {n} bytes, fewer than any sealed file has ({})",
+                NONCE_LEN + TAG_LEN
+            ),
+            FileFault::Authentication => f.write_str(
+                "authentication failed (corrupted, or not written with this repository's key)",
+            ),
+            FileFault::Decompression(e) => write!(f, "does not decompress: {e}"),
+        }
     }
 }
 

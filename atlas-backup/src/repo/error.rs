@@ -15,6 +15,10 @@ pub(crate) const BACKEND: &str = "backup-repo";
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct IntegrityError {
+    /// The damaged object, by its path inside the repository
+    /// (`snapshots/<id>`, `index/<name>`), when the problem is one whole
+    /// object rather than a blob in a pack.
+    pub object: Option<String>,
     /// The snapshot being read, if any.
     pub snapshot: Option<SnapshotId>,
     /// The file path inside the snapshot, if any.
@@ -29,7 +33,10 @@ pub struct IntegrityError {
 
 impl fmt::Display for IntegrityError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(s) = &self.snapshot {
+        // A damaged manifest's path already names its snapshot.
+        if let Some(o) = &self.object {
+            write!(f, "{o}: ")?;
+        } else if let Some(s) = &self.snapshot {
             write!(f, "snapshot {}: ", s.short())?;
         }
         if let Some(p) = &self.path {
@@ -53,6 +60,7 @@ impl std::error::Error for IntegrityError {}
 impl IntegrityError {
     pub(crate) fn new(problem: impl Into<String>) -> Self {
         IntegrityError {
+            object: None,
             snapshot: None,
             path: None,
             pack: None,

@@ -216,6 +216,8 @@ pub(crate) const FORMAT_NAME: &str = "atlas-backup";
 pub(crate) const PACK_MAGIC: &[u8; 8] = b"ATLSPAK1";
 /// Bytes of one header entry: kind, id, length, raw length.
 pub(crate) const HEADER_ENTRY_LEN: usize = 1 + 32 + 4 + 4;
+/// The associated data a pack's header is sealed under.
+pub(crate) const PACK_HEADER_AAD: &[u8] = b"atlas-backup/pack-header";
 /// Bytes after the encrypted header: its length (u32 LE) and the magic.
 pub(crate) const PACK_TRAILER_LEN: usize = 4 + 8;
 
@@ -229,6 +231,28 @@ pub(crate) struct PackedBlob {
     pub(crate) length: u32,
     /// Plaintext length.
     pub(crate) raw_length: u32,
+}
+
+/// Where the sealed header of a pack of `size` bytes lies, from the pack's
+/// last [`PACK_TRAILER_LEN`] bytes `trailer`: `(start, end)` byte offsets.
+///
+/// # Errors
+/// What is wrong, when the trailer has no magic or its length points
+/// outside the pack.
+pub(crate) fn pack_header_span(size: u64, trailer: &[u8]) -> Result<(u64, u64), &'static str> {
+    if size < PACK_TRAILER_LEN as u64
+        || trailer.len() != PACK_TRAILER_LEN
+        || &trailer[4..] != PACK_MAGIC
+    {
+        return Err("has no pack trailer (truncated or not a pack)");
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&trailer[..4]);
+    let end = size - PACK_TRAILER_LEN as u64;
+    let start = end
+        .checked_sub(u64::from(u32::from_le_bytes(len)))
+        .ok_or("header length points outside the pack")?;
+    Ok((start, end))
 }
 
 pub(crate) fn encode_pack_header(blobs: &[PackedBlob]) -> Vec<u8> {

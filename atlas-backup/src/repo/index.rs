@@ -4,14 +4,15 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::stream::{StreamExt, TryStreamExt};
-use tracing::debug;
+use tracing::{debug, warn};
 
+use super::damage::{DamagedFile, Opened};
 use super::format::{BlobId, BlobKind, IndexBlob, IndexFile, IndexPack, PackId};
 use super::layout::Layout;
 use super::repository::Repository;
 use super::version::Document;
-use atlas_core::backup::BackupTargetExt;
-use atlas_core::error::{Error, Result};
+use atlas_core::backup::{BackupTargetExt, ObjectKey};
+use atlas_core::error::{Error, ErrorKind, Result};
 
 /// Where one blob lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,18 +34,58 @@ pub(crate) struct Index {
 }
 
 impl Index {
+    /// Loads every index file.
+    ///
+    /// # Errors
+    /// Target errors; [`Error::Precondition`] for a file of a newer format
+    /// version; for a damaged file, an [`Error::Backend`] naming it (its
+    /// source an [`IntegrityError`](crate::repo::IntegrityError) whose
+    /// `object` is `index/<name>`) that suggests `repair index`.
     pub(crate) async fn load(repo: &Repository) -> Result<Index> {
+        let (index, damaged) = Index::load_tolerant(repo).await?;
+        match damaged.into_iter().next() {
+            Some((key, d)) => Err(d.into_error(Document::Index, &key)),
+            None => Ok(index),
+        }
+    }
+
+    /// Loads every index file that can be read, and names those that
+    /// cannot (with their object keys).
+    ///
+    /// # Errors
+    /// Target errors; [`Error::Precondition`] for a file of a newer format
+    /// version.
+    pub(crate) async fn load_tolerant(
+        repo: &Repository,
+    ) -> Result<(Index, Vec<(ObjectKey, DamagedFile)>)> {
         let inner = &repo.inner;
         let metas = inner.target.list_all(&inner.layout.indexes()?).await?;
-        let files: Vec<(String, IndexFile)> = futures::stream::iter(metas)
+        let read: Vec<Option<(ObjectKey, Opened<IndexFile>)>> = futures::stream::iter(metas)
             .map(|m| async move {
-                let sealed = inner.target.get_bytes(&m.key).await?;
-                let file: IndexFile = repo.open_document(Document::Index, &m.key, &sealed)?;
-                Ok::<_, Error>((Layout::name_of(&m.key).to_owned(), file))
+                let sealed = match inner.target.get_bytes(&m.key).await {
+                    Ok(b) => b,
+                    // Superseded and deleted by a prune since the listing.
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let file = repo.open_document_checked(Document::Index, &m.key, &sealed)?;
+                Ok::<_, Error>(Some((m.key, file)))
             })
             .buffer_unordered(16)
             .try_collect()
             .await?;
+        let mut files: Vec<(String, IndexFile)> = Vec::new();
+        let mut damaged = Vec::new();
+        for (key, opened) in read.into_iter().flatten() {
+            match opened {
+                Opened::Intact(f) => files.push((Layout::name_of(&key).to_owned(), f)),
+                Opened::Damaged(d) => {
+                    warn!(index = %d.path, damage = %d.damage, reason = %d.reason, "damaged index file");
+                    damaged.push((key, d));
+                }
+            }
+        }
+        damaged.sort_by(|a, b| a.1.path.cmp(&b.1.path));
         let superseded: HashSet<&str> = files
             .iter()
             .flat_map(|(_, f)| f.supersedes.iter().map(String::as_str))
@@ -63,9 +104,10 @@ impl Index {
             files = index.files.len(),
             packs = index.packs.len(),
             blobs = index.blobs.len(),
+            damaged = damaged.len(),
             "loaded index"
         );
-        Ok(index)
+        Ok((index, damaged))
     }
 
     pub(crate) fn add_pack(&mut self, p: &IndexPack) {

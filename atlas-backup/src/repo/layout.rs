@@ -51,6 +51,18 @@ impl Layout {
     pub(crate) fn lock(&self, name: &str) -> Result<ObjectKey> {
         self.prefix.key(&format!("locks/{name}"))
     }
+    /// Where a damaged document at `path` (`snapshots/<id>`) is moved
+    /// aside: `damaged/<path>`, out of every folder the repository reads.
+    pub(crate) fn damaged_copy(&self, path: &str) -> Result<ObjectKey> {
+        self.prefix.key(&format!("damaged/{path}"))
+    }
+    /// `key`'s path inside the repository (`snapshots/<id>`, …).
+    pub(crate) fn path_of(&self, key: &ObjectKey) -> String {
+        key.as_str()
+            .strip_prefix(self.prefix.as_str())
+            .unwrap_or(key.as_str())
+            .to_owned()
+    }
     /// The last segment of `key` (the id of a key file, index, snapshot…).
     pub(crate) fn name_of(key: &ObjectKey) -> &str {
         key.as_str().rsplit('/').next().unwrap_or_default()

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::format::{LockFile, PackId};
 use super::host::default_host;
@@ -268,18 +268,45 @@ impl Repository {
     /// # Errors
     /// Target errors.
     pub async fn break_stale_locks(&self) -> Result<usize> {
-        let now = SystemTime::now();
-        let mut n = 0;
-        for l in self.locks().await? {
-            if l.is_abandoned(now) {
+        Ok(self.unlock(false).await?.len())
+    }
+
+    /// Removes stale locks — past their expiry, or left on this machine by a
+    /// process that has ended — and returns them. With `remove_all`, removes
+    /// every lock, live ones included, with a warning: the operations
+    /// holding them go on unprotected (a prune could then delete the packs
+    /// of a running backup), so use it only when their holders are known to
+    /// be gone (a lock of another machine whose process crashed, before its
+    /// expiry).
+    ///
+    /// # Errors
+    /// Target errors; a lock that does not decrypt.
+    pub async fn unlock(&self, remove_all: bool) -> Result<Vec<LockInfo>> {
+        let span = info_span!("unlock", remove_all);
+        async {
+            let now = SystemTime::now();
+            let mut removed = Vec::new();
+            for l in self.locks().await? {
+                let abandoned = l.is_abandoned(now);
+                if !abandoned && !remove_all {
+                    continue;
+                }
                 self.inner
                     .target
                     .delete_if_exists(&self.inner.layout.lock(&l.id)?)
                     .await?;
-                warn!(lock = %l.id, holder = %l.holder, "broke a stale lock");
-                n += 1;
+                if abandoned {
+                    warn!(lock = %l.id, holder = %l.holder, "broke a stale lock");
+                } else {
+                    warn!(lock = %l.id, holder = %l.holder, exclusive = l.exclusive,
+                        "removed a live lock: its holder is no longer protected");
+                }
+                removed.push(l);
             }
+            info!(removed = removed.len(), "unlocked");
+            Ok(removed)
         }
-        Ok(n)
+        .instrument(span)
+        .await
     }
 }

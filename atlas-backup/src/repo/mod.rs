@@ -40,6 +40,7 @@ mod blobs;
 mod check;
 mod chunker;
 mod crypto;
+mod damage;
 mod error;
 mod format;
 mod host;
@@ -52,6 +53,7 @@ mod policy;
 mod pool;
 mod progress;
 mod prune;
+mod repair;
 mod repository;
 mod restore;
 mod version;
@@ -61,6 +63,7 @@ pub use backup::{
 };
 pub use check::{CheckOptions, CheckProblem, CheckReport, ReadDataSubset};
 pub use crypto::{KdfParams, KeySource};
+pub use damage::{DamagedFile, DocumentDamage, SnapshotListing};
 pub use error::{IntegrityError, integrity_error};
 pub use format::{
     BackupKind, BlobId, BlobKind, ChunkerParams, MAX_RECORDED_UNREADABLE, Node, NodeKind, PackId,
@@ -71,5 +74,6 @@ pub use mirror::{KeyChangeReport, MirrorKeyInfo, MirrorReport, MirrorSet, SyncRe
 pub use policy::{MirrorPolicy, TargetOutcome};
 pub use progress::{Progress, ProgressFn, progress_channel};
 pub use prune::{PruneOptions, PruneReport};
+pub use repair::{RepairIndexReport, RepairSnapshotsReport};
 pub use repository::{InitOptions, KeyInfo, Repository};
 pub use restore::{RestoreOptions, RestoreReport};

@@ -3,19 +3,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::time::SystemTime;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::error::{BACKEND, IntegrityError};
 use super::format::{
-    BlobId, IndexPack, NodeKind, PACK_MAGIC, PackId, PackedBlob, SnapshotId, encode_pack_header,
+    BlobId, IndexPack, NodeKind, PACK_HEADER_AAD, PACK_MAGIC, PackId, PackedBlob, SnapshotId,
+    encode_pack_header,
 };
 use super::index::write_index;
 use super::layout::Layout;
 use super::progress::{ProgressFn, Tracker};
 use super::repository::Repository;
-use atlas_core::backup::BackupTargetExt;
+use atlas_core::backup::{BackupTargetExt, UnfinishedPut};
 use atlas_core::error::{Error, Result};
 
 /// Options of [`Repository::prune`].
@@ -86,6 +88,10 @@ pub struct PruneReport {
     pub bytes_freed: u64,
     /// Index files replaced by one new index.
     pub index_files_replaced: u64,
+    /// Leftovers of puts that never finished (a crashed backup's temporary
+    /// files), removed: those last written before the oldest live lock was
+    /// taken.
+    pub unfinished_puts_removed: u64,
 }
 
 impl Repository {
@@ -123,15 +129,22 @@ impl Repository {
 
     /// Removes data no snapshot references: packs with no used blob are
     /// deleted, packs mostly unused are repacked, packs left by interrupted
-    /// backups are deleted, and the index is rewritten as one file. Takes an
+    /// backups are deleted, and the index is rewritten as one file. What
+    /// crashed puts left on the target (temporary files; see
+    /// [`UnfinishedPut`]) is removed too when it is older than the oldest
+    /// live lock, so a running writer's temporaries are never touched. Takes an
     /// exclusive lock, so it never runs alongside a backup (whose packs are
     /// not indexed until it finishes). New index first, old indexes next,
     /// packs last: a prune that stops midway loses nothing referenced.
     ///
     /// # Errors
-    /// [`Error::Conflict`] while any other unexpired lock exists;
-    /// [`Error::Backend`] (nothing deleted) when a snapshot or tree cannot be
-    /// read, since then what is used is unknown; target errors.
+    /// [`Error::Conflict`] while any other lock exists that is not
+    /// [abandoned](crate::repo::LockInfo::is_abandoned);
+    /// [`Error::Precondition`] (nothing deleted) while a snapshot manifest
+    /// is damaged ([`repair_snapshots`](Self::repair_snapshots) moves such
+    /// manifests aside) or of a newer format version; [`Error::Backend`]
+    /// (nothing deleted) when the index or a tree cannot be read, since then
+    /// what is used is unknown; target errors.
     pub async fn prune(&self, options: PruneOptions) -> Result<PruneReport> {
         if !(0.0..=1.0).contains(&options.max_unused_fraction) {
             return Err(Error::invalid(
@@ -148,10 +161,25 @@ impl Repository {
     async fn prune_locked(&self, options: PruneOptions) -> Result<PruneReport> {
         let tracker = Tracker::new("prune", options.progress.clone());
         let target = &self.inner.target;
+        // A manifest that cannot be read may reference any blob: until it is
+        // moved aside (`repair snapshots`), deleting anything could destroy
+        // a snapshot that is only unreadable for now (a truncated copy, a
+        // bad sector), so prune refuses before it reads anything else.
+        let listing = self.snapshot_listing().await?;
+        if !listing.damaged.is_empty() {
+            let names: Vec<String> = listing.damaged.iter().map(|d| d.to_string()).collect();
+            return Err(Error::precondition(format!(
+                "prune refused, nothing deleted: {} snapshot manifest(s) cannot be read and may \
+                 reference data: {}; `repair snapshots` moves them aside (to damaged/snapshots/), \
+                 after which prune deletes what only they referenced",
+                names.len(),
+                names.join("; ")
+            )));
+        }
         let index = self.load_index().await?;
         // Everything any snapshot uses.
         let mut used: HashSet<BlobId> = HashSet::new();
-        for snap in self.snapshots().await? {
+        for snap in listing.snapshots {
             let mut stack = vec![snap.tree];
             while let Some(tid) = stack.pop() {
                 if !used.insert(tid) {
@@ -214,6 +242,8 @@ impl Repository {
                 delete.push(*id);
             }
         }
+        let leftovers = self.abandoned_puts().await?;
+        report.unfinished_puts_removed = leftovers.len() as u64;
         if options.dry_run {
             info!(?report, "prune dry run");
             return Ok(report);
@@ -290,15 +320,47 @@ impl Repository {
             .buffer_unordered(8)
             .try_collect::<Vec<bool>>()
             .await?;
+        for put in &leftovers {
+            target.remove_unfinished_put(put).await?;
+            debug!(leftover = %put.id, "removed what an unfinished put left");
+        }
         info!(?report, "prune finished");
         Ok(report)
+    }
+
+    /// What puts that never finished left under the repository's prefix
+    /// and no live lock holder can still be writing: last written before
+    /// the oldest lock that is not abandoned was taken (prune's own lock
+    /// counts, so anything written since prune started stays), or all of
+    /// them when there is no live lock. Lock times come from the clocks of
+    /// the lock holders and leftover times from the target's, so a holder
+    /// whose clock runs ahead by more than a lock's age could lose a
+    /// temporary file; its put then fails and it retries, nothing is lost.
+    async fn abandoned_puts(&self) -> Result<Vec<UnfinishedPut>> {
+        let now = SystemTime::now();
+        let oldest_live = self
+            .locks()
+            .await?
+            .into_iter()
+            .filter(|l| !l.is_abandoned(now))
+            .map(|l| l.created)
+            .min();
+        let leftovers = self
+            .inner
+            .target
+            .unfinished_puts(&self.inner.layout.prefix)
+            .await?;
+        Ok(leftovers
+            .into_iter()
+            .filter(|p| oldest_live.is_none_or(|t| p.last_modified < t))
+            .collect())
     }
 
     async fn upload_pack(&self, mut data: Vec<u8>, blobs: Vec<PackedBlob>) -> Result<IndexPack> {
         let header = self
             .inner
             .master
-            .seal(b"atlas-backup/pack-header", &encode_pack_header(&blobs));
+            .seal(PACK_HEADER_AAD, &encode_pack_header(&blobs));
         data.extend_from_slice(&header);
         data.extend_from_slice(&(header.len() as u32).to_le_bytes());
         data.extend_from_slice(PACK_MAGIC);

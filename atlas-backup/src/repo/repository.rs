@@ -5,9 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures::stream::{StreamExt, TryStreamExt};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use super::crypto::{KdfParams, KeyFile, KeySource, MasterKey};
+use super::damage::{DamagedFile, DocumentDamage, Opened, SnapshotListing};
 use super::error::{BACKEND, json_err};
 use super::format::{self, ChunkerParams, FORMAT_NAME, RepoConfig, Snapshot, SnapshotId};
 use super::layout::Layout;
@@ -392,25 +393,52 @@ impl Repository {
         Ok(())
     }
 
-    /// Every snapshot, oldest first.
+    /// Every intact snapshot, oldest first. A manifest that cannot be read
+    /// (truncated, changed, not decodable) is left out with a warning:
+    /// [`snapshot_listing`](Self::snapshot_listing) names those.
     ///
     /// # Errors
-    /// Target errors; a manifest that does not decrypt or decode
-    /// ([`Error::Backend`] naming it).
+    /// Target errors; [`Error::Precondition`] for a manifest of a newer
+    /// format version, which is not damaged but cannot be read by this build.
     #[instrument(skip(self))]
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let listing = self.snapshot_listing().await?;
+        for d in &listing.damaged {
+            warn!(manifest = %d.path, damage = %d.damage, reason = %d.reason, "skipping a damaged snapshot manifest");
+        }
+        Ok(listing.snapshots)
+    }
+
+    /// Every snapshot: the intact ones, oldest first, and the manifests
+    /// that cannot be read ([`SnapshotListing::damaged`]), with why.
+    ///
+    /// # Errors
+    /// Target errors; [`Error::Precondition`] for a manifest of a newer
+    /// format version.
+    #[instrument(skip(self))]
+    pub async fn snapshot_listing(&self) -> Result<SnapshotListing> {
         let metas = self
             .inner
             .target
             .list_all(&self.inner.layout.snapshots()?)
             .await?;
-        let mut out: Vec<Snapshot> = futures::stream::iter(metas)
-            .map(|m| async move { self.read_snapshot_key(&m.key).await })
+        let read: Vec<Option<Opened<Snapshot>>> = futures::stream::iter(metas)
+            .map(|m| async move { self.read_manifest(&m.key).await })
             .buffer_unordered(16)
             .try_collect()
             .await?;
-        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-        Ok(out)
+        let mut listing = SnapshotListing::default();
+        for r in read.into_iter().flatten() {
+            match r {
+                Opened::Intact(s) => listing.snapshots.push(s),
+                Opened::Damaged(d) => listing.damaged.push(d),
+            }
+        }
+        listing
+            .snapshots
+            .sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        listing.damaged.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(listing)
     }
 
     /// The snapshot with the id `id`, or the only one whose id starts with
@@ -460,24 +488,75 @@ impl Repository {
         self.open_document(Document::Snapshot, key, &sealed)
     }
 
+    /// Reads the manifest at `key`: `None` when it is gone (forgotten
+    /// between a listing and the read).
+    ///
+    /// # Errors
+    /// Target errors; [`Error::Precondition`] for a newer format version.
+    pub(crate) async fn read_manifest(&self, key: &ObjectKey) -> Result<Option<Opened<Snapshot>>> {
+        let sealed = match self.inner.target.get_bytes(key).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.open_document_checked(Document::Snapshot, key, &sealed)
+            .map(Some)
+    }
+
     /// Decrypts the document `doc` read from `key` and decodes it after
     /// checking its format version.
     ///
     /// # Errors
     /// [`Error::Backend`] naming the document when it does not decrypt or
-    /// decode; [`Error::Precondition`] for a newer major version.
+    /// decode, with an [`IntegrityError`](crate::repo::IntegrityError) naming
+    /// the object as its source; [`Error::Precondition`] for a newer major
+    /// version.
     pub(crate) fn open_document<T: serde::de::DeserializeOwned>(
         &self,
         doc: Document,
         key: &ObjectKey,
         sealed: &[u8],
     ) -> Result<T> {
-        let what = format!("{} {key}", doc.noun());
-        let plain = self
+        match self.open_document_checked(doc, key, sealed)? {
+            Opened::Intact(v) => Ok(v),
+            Opened::Damaged(d) => Err(d.into_error(doc, key)),
+        }
+    }
+
+    /// As [`open_document`](Self::open_document), with damage as a value:
+    /// only a newer format version (which is not damage) is an error.
+    pub(crate) fn open_document_checked<T: serde::de::DeserializeOwned>(
+        &self,
+        doc: Document,
+        key: &ObjectKey,
+        sealed: &[u8],
+    ) -> Result<Opened<T>> {
+        let path = self.inner.layout.path_of(key);
+        let plain = match self
             .inner
             .master
-            .open_file(doc.seal_label(), &what, sealed)?;
-        version::decode(doc, &what, &plain)
+            .open_file_checked(doc.seal_label(), sealed)
+        {
+            Ok(p) => p,
+            Err(fault) => return Ok(Opened::Damaged(DamagedFile::of_fault(path, &fault))),
+        };
+        let what = format!("{} {key}", doc.noun());
+        match version::decode(doc, &what, &plain) {
+            Ok(v) => Ok(Opened::Intact(v)),
+            Err(e) if e.kind() == ErrorKind::Precondition => Err(e),
+            Err(e) => {
+                let text = e.to_string();
+                let reason = text
+                    .split_once(&format!("{what}: "))
+                    .map_or(text.as_str(), |(_, r)| r)
+                    .to_owned();
+                Ok(Opened::Damaged(DamagedFile {
+                    path,
+                    damage: DocumentDamage::Unparsable,
+                    reason,
+                }))
+            }
+        }
     }
 
     /// Encrypts `value` as the document `doc`, with its format version, and

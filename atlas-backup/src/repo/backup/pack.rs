@@ -12,7 +12,7 @@ use super::content::{RawBlob, aborted, join_err};
 use super::sink::{Sink, healthy_count, quorum_lost};
 use crate::repo::crypto::{MasterKey, sealed_capacity};
 use crate::repo::format::{
-    IndexPack, PACK_MAGIC, PackId, PackedBlob, RepoConfig, encode_pack_header,
+    IndexPack, PACK_HEADER_AAD, PACK_MAGIC, PackId, PackedBlob, RepoConfig, encode_pack_header,
 };
 use crate::repo::pool::{BufferPool, Compressors};
 use atlas_core::backup::PutOptions;
@@ -81,10 +81,7 @@ async fn close_pack(
     master: &MasterKey,
     pack: OpenPack,
 ) -> impl std::future::Future<Output = (OpenPack, Vec<(usize, Result<()>)>)> {
-    let header = master.seal(
-        b"atlas-backup/pack-header",
-        &encode_pack_header(&pack.blobs),
-    );
+    let header = master.seal(PACK_HEADER_AAD, &encode_pack_header(&pack.blobs));
     let mut trailer = header;
     let hlen = trailer.len() as u32;
     trailer.extend_from_slice(&hlen.to_le_bytes());
