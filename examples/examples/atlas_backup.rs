@@ -18,6 +18,9 @@
 //!   prune                             delete data no snapshot references
 //!   sync                              copy what the 2nd and later repositories lack from the 1st
 //!   key add|list|remove ID            (the new passphrase comes from ATLAS_NEW_PASSWORD)
+//!   repair snapshots                  move damaged snapshot manifests aside (damaged/snapshots/)
+//!   repair index                      rebuild the index from the packs' headers
+//!   unlock [--remove-all]             remove stale locks (--remove-all: every lock)
 //! ```
 //!
 //! `--help` explains the program and every verb (`atlas_backup backup
@@ -32,8 +35,17 @@
 //! The passphrase comes from `ATLAS_PASSWORD` or `--password-file`, never from
 //! the command line, and is never printed. With several `--repo`s, a backup
 //! goes to all of them at once and succeeds when all (or `--quorum N`)
-//! committed it; `key` changes every repository (under the same policy); the
-//! other commands work on the first one (`check` on each).
+//! committed it; `key` changes every repository (under the same policy);
+//! `check`, `repair` and `unlock` work on each; the other commands on the
+//! first one.
+//!
+//! A damaged snapshot manifest (truncated, changed bytes) is listed by
+//! `snapshots` and reported by `check`, and the other commands skip it;
+//! `prune` refuses to run while one exists (it might reference data), until
+//! `repair snapshots` moves it aside. Lost or damaged index files are
+//! rebuilt from the packs by `repair index`. A crashed backup's lock blocks
+//! nothing once its process has ended (or its lock expired); `unlock`
+//! removes it, and `prune` removes the temporary files it left.
 //!
 //! A source entry that cannot be read (it vanished, or reading it failed)
 //! is left out with a warning, as restic does: the snapshot is saved but
@@ -74,8 +86,8 @@ type Failure = Box<dyn std::error::Error>;
 /// The passphrase comes from ATLAS_PASSWORD or --password-file, never from
 /// the command line, and is never printed. With several --repo, a backup
 /// goes to all of them at once and succeeds when all (or --quorum N)
-/// committed it; `key` changes every repository; the other commands work
-/// on the first one (`check` on each).
+/// committed it; `key` changes every repository; `check`, `repair` and
+/// `unlock` work on each; the other commands on the first one.
 #[derive(Debug, Parser)]
 #[command(
     name = "atlas_backup",
@@ -83,7 +95,7 @@ type Failure = Box<dyn std::error::Error>;
     args_override_self = true,
     after_help = "Environment: ATLAS_PASSWORD (the passphrase), ATLAS_NEW_PASSWORD (`key add`), \
 ATLAS_REPOSITORY (when no --repo is given), ATLAS_NO_ARENA_LIMIT=1 (keep glibc's malloc arenas).\n\
-Exit status: 0 success, 1 failure (or problems found by `check`), 2 bad usage, \
+Exit status: 0 success, 1 failure (or problems found by `check` or `repair index`), 2 bad usage, \
 3 snapshot saved without some unreadable entries."
 )]
 struct Cli {
@@ -137,7 +149,9 @@ enum Command {
     /// left out with a warning: the snapshot is saved but marked
     /// incomplete, and the exit status is 3.
     Backup(BackupArgs),
-    /// List the snapshots with their totals (`!` marks incomplete ones).
+    /// List the snapshots with their totals (`!` marks incomplete ones),
+    /// and the snapshot manifests that are damaged (with `--output json`,
+    /// those go to stderr).
     Snapshots {
         #[command(flatten)]
         output: Output,
@@ -149,13 +163,37 @@ enum Command {
     Check(CheckArgs),
     /// Remove snapshots by id or by a retention policy (restic's rules).
     Forget(ForgetArgs),
-    /// Delete data no snapshot references.
+    /// Delete data no snapshot references, and the temporary files crashed
+    /// backups left. Refuses while a snapshot manifest is damaged (see
+    /// `repair snapshots`).
     Prune,
     /// Copy what the 2nd and later repositories lack from the 1st.
     Sync,
     /// Manage the passphrases (keys) that open the repositories.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Repair a damaged repository (each one given with --repo).
+    #[command(subcommand)]
+    Repair(RepairCommand),
+    /// Remove stale locks: expired ones, and those of ended processes of
+    /// this machine (each repository given with --repo).
+    Unlock {
+        /// Remove every lock, live ones too: the operations holding them go
+        /// on unprotected. Only when their holders are known to be gone.
+        #[arg(long)]
+        remove_all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RepairCommand {
+    /// Move damaged snapshot manifests aside, to damaged/snapshots/ in the
+    /// repository (nothing is deleted), so that prune runs again; prune
+    /// then deletes the data only they referenced.
+    Snapshots,
+    /// Rebuild the index from the packs' own headers, then remove the old
+    /// index files (damaged ones included).
+    Index,
 }
 
 /// `--output`, for the verbs whose result scripts read.
@@ -431,6 +469,8 @@ async fn run(cli: Cli) -> StatusResult {
         }
         Command::Sync => sync_all(&cli).await,
         Command::Key(command) => key(&cli, command).await,
+        Command::Repair(command) => repair(&cli, command).await,
+        Command::Unlock { remove_all } => unlock(&cli, *remove_all).await,
     }?;
     Ok(if ok {
         ExitCode::SUCCESS
@@ -578,10 +618,35 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> StatusResult {
 
 async fn snapshots(cli: &Cli, output: OutputFormat) -> ProgramResult {
     let repos = open_all(cli).await?;
-    let mut snaps = repos[0].snapshots().await?;
+    let listing = repos[0].snapshot_listing().await?;
+    let mut snaps = listing.snapshots;
     snaps.sort_by_key(|s| s.time);
+    let damaged = |to_stderr: bool| {
+        for d in &listing.damaged {
+            let line = format!("DAMAGED {}: {} ({})", d.path, d.reason, d.damage);
+            if to_stderr {
+                eprintln!("atlas_backup: {line}");
+            } else {
+                println!("{line}");
+            }
+        }
+        if !listing.damaged.is_empty() {
+            let hint = format!(
+                "{} damaged snapshot manifests: other commands skip them, prune refuses to run; \
+                 `atlas_backup repair snapshots` moves them aside",
+                listing.damaged.len()
+            );
+            if to_stderr {
+                eprintln!("atlas_backup: {hint}");
+            } else {
+                println!("{hint}");
+            }
+        }
+    };
     if output == OutputFormat::Json {
+        // The array stays what scripts read; the damaged go to stderr.
         cli::print_json(&snaps.iter().map(SnapshotJson::of).collect::<Vec<_>>())?;
+        damaged(true);
         return Ok(true);
     }
     println!(
@@ -613,6 +678,7 @@ async fn snapshots(cli: &Cli, output: OutputFormat) -> ProgramResult {
         );
     }
     println!("{} snapshots", snaps.len());
+    damaged(false);
     Ok(true)
 }
 
@@ -793,6 +859,73 @@ async fn prune(cli: &Cli, repo: &Repository) -> ProgramResult {
         r.packs_written,
         human(r.bytes_freed)
     );
+    if r.unfinished_puts_removed > 0 {
+        println!(
+            "prune: removed {} temporary files left by crashed uploads",
+            r.unfinished_puts_removed
+        );
+    }
+    Ok(true)
+}
+
+async fn repair(cli: &Cli, command: &RepairCommand) -> ProgramResult {
+    let repos = open_all(cli).await?;
+    let mut ok = true;
+    for (url, repo) in cli.repos.iter().zip(&repos) {
+        match command {
+            RepairCommand::Snapshots => {
+                let r = repo.repair_snapshots().await?;
+                for d in &r.moved {
+                    println!(
+                        "{url}: moved {} to damaged/{}: {}",
+                        d.path, d.path, d.reason
+                    );
+                }
+                println!(
+                    "{url}: moved {} damaged snapshot manifests aside",
+                    r.moved.len()
+                );
+            }
+            RepairCommand::Index => {
+                let r = repo.repair_index().await?;
+                for d in &r.damaged_index_files {
+                    println!("{url}: damaged index file {}: {}", d.path, d.reason);
+                }
+                for p in &r.unreadable_packs {
+                    println!("{url}: PROBLEM: {p} (left out of the index)");
+                }
+                ok &= r.unreadable_packs.is_empty();
+                println!(
+                    "{url}: indexed {} packs ({} blobs) in {}, removed {} old index files",
+                    r.packs_indexed,
+                    r.blobs,
+                    r.index_file
+                        .as_deref()
+                        .map_or("no index file (no pack)".into(), |n| format!("index/{n}")),
+                    r.index_files_removed
+                );
+            }
+        }
+    }
+    Ok(ok)
+}
+
+async fn unlock(cli: &Cli, remove_all: bool) -> ProgramResult {
+    let repos = open_all(cli).await?;
+    for (url, repo) in cli.repos.iter().zip(&repos) {
+        let now = SystemTime::now();
+        let removed = repo.unlock(remove_all).await?;
+        for l in &removed {
+            if !l.is_abandoned(now) {
+                eprintln!(
+                    "atlas_backup: WARNING: removed the live lock {} of {:?}: it is no longer protected",
+                    &l.id[..8],
+                    l.holder
+                );
+            }
+        }
+        println!("{url}: removed {} locks", removed.len());
+    }
     Ok(true)
 }
 
@@ -1362,5 +1495,187 @@ mod tests {
         );
         assert!(bar.message().ends_with("/tail.txt"));
         assert_eq!(tail(p.current.as_deref().unwrap()).chars().count(), 40);
+    }
+
+    #[test]
+    fn the_repair_and_unlock_verbs_parse_and_are_documented() {
+        let with = |rest: &[&str]| parse(&[&["-r", "file:///r"][..], rest].concat());
+        assert!(matches!(
+            with(&["repair", "snapshots"]).unwrap().command,
+            Command::Repair(RepairCommand::Snapshots)
+        ));
+        assert!(matches!(
+            with(&["repair", "index"]).unwrap().command,
+            Command::Repair(RepairCommand::Index)
+        ));
+        assert!(matches!(
+            with(&["unlock"]).unwrap().command,
+            Command::Unlock { remove_all: false }
+        ));
+        assert!(matches!(
+            parse(&["unlock", "--remove-all", "-r", "file:///r"])
+                .unwrap()
+                .command,
+            Command::Unlock { remove_all: true }
+        ));
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| with(args).map(|_| ()).unwrap_err().kind();
+        assert_eq!(
+            kind(&["repair"]),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert_eq!(kind(&["repair", "packs"]), ErrorKind::InvalidSubcommand);
+        assert_eq!(kind(&["unlock", "--all"]), ErrorKind::UnknownArgument);
+
+        let help = Cli::command().render_long_help().to_string();
+        for verb in ["repair", "unlock"] {
+            assert!(help.contains(verb), "--help lists {verb}: {help}");
+        }
+        let mut cmd = Cli::command();
+        let repair = cmd
+            .find_subcommand_mut("repair")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            repair.contains("snapshots") && repair.contains("index"),
+            "{repair}"
+        );
+        let unlock = cmd
+            .find_subcommand_mut("unlock")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(unlock.contains("--remove-all"), "{unlock}");
+    }
+
+    /// The whole story on a repository in a directory: a damaged manifest
+    /// makes `check` fail and `prune` refuse until `repair snapshots`; lost
+    /// index files come back with `repair index`; `unlock` and `prune`
+    /// clear what a crashed backup left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_repository_is_repaired_from_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let url = format!("file://{}", root.display());
+        let password = dir.path().join("password");
+        std::fs::write(&password, "correct horse\n").unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.txt"), "first version\n".repeat(1000)).unwrap();
+        let run_args = |args: &[&str]| {
+            let cli = parse(
+                &[
+                    &["-q", "-r", url.as_str(), "--password-file"][..],
+                    &[password.to_str().unwrap()],
+                    args,
+                ]
+                .concat(),
+            )
+            .unwrap();
+            run(cli)
+        };
+        let ok = |r: StatusResult| r.map_err(|e| e.to_string()).unwrap();
+        assert_eq!(ok(run_args(&["init"]).await), ExitCode::SUCCESS);
+        assert_eq!(
+            ok(run_args(&["backup", src.to_str().unwrap()]).await),
+            ExitCode::SUCCESS
+        );
+        std::fs::write(src.join("b.txt"), "second file\n".repeat(1000)).unwrap();
+        assert_eq!(
+            ok(run_args(&["backup", src.to_str().unwrap()]).await),
+            ExitCode::SUCCESS
+        );
+
+        // Truncate the first snapshot's manifest.
+        let manifests = |sub: &str| -> Vec<std::path::PathBuf> {
+            let mut v: Vec<_> = std::fs::read_dir(root.join(sub))
+                .map(|d| d.map(|e| e.unwrap().path()).collect())
+                .unwrap_or_default();
+            v.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+            v
+        };
+        let first = manifests("snapshots")[0].clone();
+        let bytes = std::fs::read(&first).unwrap();
+        std::fs::write(&first, &bytes[..bytes.len() / 2]).unwrap();
+        assert_eq!(ok(run_args(&["snapshots"]).await), ExitCode::SUCCESS);
+        assert_eq!(ok(run_args(&["check"]).await), ExitCode::FAILURE);
+        let err = run_args(&["prune"]).await.unwrap_err().to_string();
+        assert!(err.contains("repair snapshots"), "{err}");
+        assert_eq!(
+            ok(run_args(&["repair", "snapshots"]).await),
+            ExitCode::SUCCESS
+        );
+        assert!(!first.exists());
+        let name = first.file_name().unwrap();
+        assert!(root.join("damaged/snapshots").join(name).exists());
+        assert_eq!(ok(run_args(&["check"]).await), ExitCode::SUCCESS);
+
+        // A crashed backup: a temporary upload file and a lock of ours that
+        // nothing releases (this process lives: only --remove-all takes it).
+        let pack_dir = std::fs::read_dir(root.join("data"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let tmp = pack_dir.join(".atlas-tmp.00000000000000aa");
+        std::fs::write(&tmp, b"half a pack").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let target = TargetUrl::parse(&url).unwrap();
+        let repo = Repository::open(
+            target.open(false).await.unwrap(),
+            target.prefix().clone(),
+            &KeySource::passphrase("correct horse"),
+        )
+        .await
+        .unwrap();
+        repo.lock(false, "backup").await.unwrap().leak();
+        assert!(
+            run_args(&["prune"]).await.is_err(),
+            "a live lock blocks prune"
+        );
+        assert_eq!(ok(run_args(&["unlock"]).await), ExitCode::SUCCESS);
+        assert_eq!(repo.locks().await.unwrap().len(), 1, "a live lock stays");
+        assert_eq!(
+            ok(run_args(&["unlock", "--remove-all"]).await),
+            ExitCode::SUCCESS
+        );
+        assert!(repo.locks().await.unwrap().is_empty());
+        assert_eq!(ok(run_args(&["prune"]).await), ExitCode::SUCCESS);
+        assert!(!tmp.exists(), "prune removed the crashed upload's file");
+
+        // Lost index files.
+        for f in manifests("index") {
+            std::fs::remove_file(f).unwrap();
+        }
+        let out = dir.path().join("out");
+        assert!(
+            run_args(&["restore", "latest", "--target", out.to_str().unwrap()])
+                .await
+                .is_err()
+        );
+        assert_eq!(ok(run_args(&["repair", "index"]).await), ExitCode::SUCCESS);
+        let out = dir.path().join("out2");
+        assert_eq!(
+            ok(run_args(&["restore", "latest", "--target", out.to_str().unwrap()]).await),
+            ExitCode::SUCCESS
+        );
+        for f in ["a.txt", "b.txt"] {
+            assert_eq!(
+                std::fs::read(out.join(f)).unwrap(),
+                std::fs::read(src.join(f)).unwrap()
+            );
+        }
+        assert_eq!(
+            ok(run_args(&["check", "--read-data"]).await),
+            ExitCode::SUCCESS
+        );
     }
 }
