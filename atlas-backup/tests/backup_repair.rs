@@ -513,6 +513,37 @@ async fn a_crashed_backup_leaves_nothing_that_blocks_or_stays() {
     );
 }
 
+/// A lock object that does not open blocks as an exclusive lock would
+/// (whose it is cannot be known) until it is a lock's lifetime old;
+/// `unlock` with `remove_all` removes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_lock_blocks_until_removed_and_does_not_break_listing() {
+    let mem = Memory::default();
+    let repo = init(&mem, small_chunks()).await;
+    let key = format!("repo/locks/{}", "d".repeat(64));
+    mem.map()
+        .insert(key.clone(), Bytes::from_static(b"garbage, not a lock"));
+    let locks = repo.locks().await.unwrap();
+    assert_eq!(locks.len(), 1);
+    assert!(locks[0].exclusive);
+    assert!(locks[0].holder.contains("damaged"), "{:?}", locks[0]);
+    let err = repo
+        .backup(stream("a.sql", b"abc"), BackupOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("damaged"), "{err}");
+    assert!(
+        repo.unlock(false).await.unwrap().is_empty(),
+        "not stale yet"
+    );
+    assert_eq!(repo.unlock(true).await.unwrap().len(), 1);
+    assert!(!mem.map().contains_key(&key));
+    repo.backup(stream("a.sql", b"abc"), BackupOptions::default())
+        .await
+        .unwrap();
+}
+
 /// A damaged manifest neither stops the repository from opening nor its
 /// listing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

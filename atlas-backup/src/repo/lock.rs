@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::damage::Opened;
 use super::format::{LockFile, PackId};
 use super::host::default_host;
 use super::layout::Layout;
@@ -133,10 +134,15 @@ fn holder(action: &str) -> String {
 }
 
 impl Repository {
-    /// Every lock in the repository.
+    /// Every lock in the repository. A lock object that does not open is
+    /// listed as an exclusive lock held by "a damaged lock (…)", taken when
+    /// the object was last written and expiring a lock's lifetime later:
+    /// it blocks until then, and [`unlock`](Self::unlock) removes it after
+    /// (or at once with `remove_all`).
     ///
     /// # Errors
-    /// Target errors; a lock that does not decrypt.
+    /// Target errors; [`Error::Precondition`] for a lock of a newer format
+    /// version.
     pub async fn locks(&self) -> Result<Vec<LockInfo>> {
         let metas = self
             .inner
@@ -151,13 +157,31 @@ impl Repository {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let lf: LockFile = self.open_document(Document::Lock, &m.key, &sealed)?;
-            out.push(LockInfo {
-                id: Layout::name_of(&m.key).to_owned(),
-                exclusive: lf.exclusive,
-                holder: lf.holder,
-                created: lf.created,
-                expires: lf.expires,
+            let id = Layout::name_of(&m.key).to_owned();
+            out.push(match self.open_document_checked(Document::Lock, &m.key, &sealed)? {
+                Opened::Intact(lf) => {
+                    let lf: LockFile = lf;
+                    LockInfo {
+                        id,
+                        exclusive: lf.exclusive,
+                        holder: lf.holder,
+                        created: lf.created,
+                        expires: lf.expires,
+                    }
+                }
+                // Whose it is cannot be read, so it blocks everything, as an
+                // exclusive lock, until a holder would have refreshed it:
+                // a lock object unchanged for a whole TTL is stale.
+                Opened::Damaged(d) => {
+                    warn!(lock = %d.path, damage = %d.damage, reason = %d.reason, "damaged lock");
+                    LockInfo {
+                        id,
+                        exclusive: true,
+                        holder: format!("a damaged lock ({}: {})", d.damage, d.reason),
+                        created: m.last_modified,
+                        expires: m.last_modified + LOCK_TTL,
+                    }
+                }
             });
         }
         Ok(out)
@@ -280,7 +304,7 @@ impl Repository {
     /// expiry).
     ///
     /// # Errors
-    /// Target errors; a lock that does not decrypt.
+    /// Target errors; as [`locks`](Self::locks).
     pub async fn unlock(&self, remove_all: bool) -> Result<Vec<LockInfo>> {
         let span = info_span!("unlock", remove_all);
         async {
