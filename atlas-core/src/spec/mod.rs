@@ -98,6 +98,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+pub use crate::strategy::MAX_REPLICAS;
 pub use convert::{ENGINE_ARGS, MAX_DURATION};
 pub use types::{
     AnalysisStepSpec, AnalysisTemplateSpec, BlueGreenSpec, CanaryScaleSpec, CanarySpec,
