@@ -72,4 +72,4 @@ pub use policy::{MirrorPolicy, TargetOutcome};
 pub use progress::{Progress, ProgressFn, progress_channel};
 pub use prune::{PruneOptions, PruneReport};
 pub use repository::{InitOptions, KeyInfo, Repository};
-pub use restore::{RestoreOptions, RestoreReport};
+pub use restore::{EntryKind, RestoreConflict, RestoreOptions, RestoreReport, restore_conflict};
