@@ -16,7 +16,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs::{File, FileTimes};
+use std::fs::File;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
@@ -105,8 +105,9 @@ fn io_err(path: &Path, what: &str, e: io::Error) -> Error {
 pub(super) struct Dest {
     /// The destination as given, for messages.
     path: PathBuf,
-    #[cfg(unix)]
-    root: File,
+    /// Where every walk starts: the destination's handle (its path outside
+    /// Unix).
+    root: DirHandle,
 }
 
 /// `rel` split into its parent (relative) and its last name.
@@ -153,6 +154,7 @@ impl Dest {
         {
             Ok(Dest {
                 path: path.to_path_buf(),
+                root: path.to_path_buf(),
             })
         }
     }
@@ -283,26 +285,30 @@ impl Dest {
     /// Opens the directory `rel`, one name at a time, following no
     /// symlink; `""` is the destination itself.
     fn open_dir(&self, rel: &Path) -> Result<DirHandle> {
-        let mut dir = self
-            .root_handle()
-            .map_err(|e| io_err(&self.path, "cannot open", e))?;
         let mut so_far = PathBuf::new();
+        let mut dir: Option<DirHandle> = None;
         for name in names(rel) {
             let name = name.map_err(|e| io_err(&self.shown(rel), "cannot open", e))?;
             so_far.push(name);
-            dir = match sys_open_dir(&dir, name) {
+            let from = dir.as_ref().unwrap_or(&self.root);
+            dir = Some(match sys_open_dir(from, name) {
                 Ok(next) => next,
                 Err(e) => {
-                    return Err(match sys_kind(&dir, name) {
+                    return Err(match sys_kind(from, name) {
                         Ok(Some(found)) if found != EntryKind::Directory => {
                             self.conflict(&so_far, EntryKind::Directory, found)
                         }
                         _ => io_err(&self.shown(&so_far), "cannot open", e),
                     });
                 }
-            };
+            });
         }
-        Ok(dir)
+        match dir {
+            Some(dir) => Ok(dir),
+            None => self
+                .root_handle()
+                .map_err(|e| io_err(&self.path, "cannot open", e)),
+        }
     }
 }
 
@@ -406,7 +412,7 @@ fn sys_set_symlink_mtime(dir: &DirHandle, name: &OsStr, sec: i64, nsec: u32) -> 
 fn sys_set_dir_metadata(dir: &DirHandle, mode: u32, mtime: SystemTime) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     dir.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    dir.set_times(FileTimes::new().set_modified(mtime))
+    dir.set_times(std::fs::FileTimes::new().set_modified(mtime))
 }
 
 // ---------------------------------------------------------------------------
@@ -418,7 +424,7 @@ type DirHandle = PathBuf;
 #[cfg(not(unix))]
 impl Dest {
     fn root_handle(&self) -> io::Result<DirHandle> {
-        Ok(self.path.clone())
+        Ok(self.root.clone())
     }
 }
 
