@@ -12,6 +12,17 @@ use crate::error::{Error, Result};
 /// Argo Rollouts' default scale-down delay for the old slot.
 pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
 
+/// The most replicas a strategy may ask for: 10 000, for `replicas`,
+/// `preview_replicas` and a canary scale alike.
+///
+/// One service on one host, or one Kubernetes Deployment, runs far fewer;
+/// a larger number is a typo (an extra digit, a value meant for another
+/// field) or a wrapped-around negative, and taking it literally would ask a
+/// platform for billions of processes or pods. The bound also keeps replica
+/// arithmetic (a weight's share of the replicas, rounded up) far from
+/// overflow.
+pub const MAX_REPLICAS: u32 = 10_000;
+
 /// The reference blue-green flow with staged traffic shifting.
 ///
 /// Deploy the idle slot, probe it until healthy, optionally run
@@ -245,7 +256,9 @@ impl Strategy {
     }
 
     /// Checks the rules that do not need the rest of the rollout: replicas
-    /// at least 1, weights non-decreasing and ending at 100 for blue-green.
+    /// between 1 and [`MAX_REPLICAS`], a canary scale of at most the
+    /// strategy's replicas, weights non-decreasing and ending at 100 for
+    /// blue-green.
     pub fn validate(&self) -> Result<()> {
         match self {
             Strategy::BlueGreen(b) => {
@@ -256,11 +269,15 @@ impl Strategy {
                         "must be at least 1",
                     ));
                 }
+                check_replicas(&format!("{at}.replicas"), b.replicas)?;
                 if b.preview_replicas == Some(0) {
                     return Err(Error::invalid(
                         format!("{at}.preview_replicas"),
                         "must be at least 1",
                     ));
+                }
+                if let Some(n) = b.preview_replicas {
+                    check_replicas(&format!("{at}.preview_replicas"), n)?;
                 }
                 if b.traffic_steps.is_empty() {
                     return Err(Error::invalid(
@@ -284,6 +301,7 @@ impl Strategy {
                         "must be at least 1",
                     ));
                 }
+                check_replicas(&format!("{at}.replicas"), c.replicas)?;
                 let mut last = Weight::ZERO;
                 for (i, s) in c.steps.iter().enumerate() {
                     match s {
@@ -300,6 +318,12 @@ impl Strategy {
                             return Err(Error::invalid(
                                 format!("{at}.steps[{i}].set_canary_scale.replicas"),
                                 "must be at least 1",
+                            ));
+                        }
+                        CanaryStep::SetCanaryScale(CanaryScale::Replicas(n)) if *n > c.replicas => {
+                            return Err(Error::invalid(
+                                format!("{at}.steps[{i}].set_canary_scale.replicas"),
+                                canary_scale_rule(*n, c.replicas),
                             ));
                         }
                         CanaryStep::Pause(Some(d)) if d.is_zero() => {
@@ -448,6 +472,24 @@ fn canary_replicas(total: u32, scale: CanaryScale, weight: Weight) -> u32 {
         CanaryScale::Weight(w) => pct(w).max(1),
         CanaryScale::MatchTrafficWeight => pct(weight).max(1),
     }
+}
+
+/// Refuses a replica count above [`MAX_REPLICAS`] (zero is checked where
+/// each field's own message says so).
+fn check_replicas(at: &str, n: u32) -> Result<()> {
+    if n > MAX_REPLICAS {
+        return Err(Error::invalid(
+            at,
+            format!("must be at most {MAX_REPLICAS}, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The rule a canary scale of `n` replicas breaks when the rollout has only
+/// `replicas`: the canary never runs more than the promoted release will.
+pub(crate) fn canary_scale_rule(n: u32, replicas: u32) -> String {
+    format!("must be at most the strategy's replicas ({replicas}), got {n}")
 }
 
 fn check_non_decreasing(weights: &[Weight], at: &str) -> Result<()> {

@@ -518,6 +518,9 @@ const RULES: &[Case] = &[
     // blue-green
     bg(&[("strategy.blue_green.replicas", Some("0"))], "strategy.blue_green.replicas", "must be at least 1"),
     bg(&[("strategy.blue_green.preview_replicas", Some("0"))], "strategy.blue_green.preview_replicas", "must be at least 1"),
+    bg(&[("strategy.blue_green.replicas", Some("10001"))], "strategy.blue_green.replicas", "must be at most 10000, got 10001"),
+    bg(&[("strategy.blue_green.replicas", Some("4294967295"))], "strategy.blue_green.replicas", "must be at most 10000, got 4294967295"),
+    bg(&[("strategy.blue_green.preview_replicas", Some("20000"))], "strategy.blue_green.preview_replicas", "must be at most 10000, got 20000"),
     bg(&[("strategy.blue_green.traffic_steps", Some("[]"))], "strategy.blue_green.traffic_steps", "at least one step"),
     bg(&[("strategy.blue_green.traffic_steps", Some("[5, 150, 100]"))], "strategy.blue_green.traffic_steps[1]", "must be between 0 and 100, got 150"),
     bg(&[("strategy.blue_green.traffic_steps", Some("[50, 25, 100]"))], "strategy.blue_green.traffic_steps[1]", "must not decrease (was 50, now 25)"),
@@ -533,6 +536,7 @@ const RULES: &[Case] = &[
     bg(&[("strategy.blue_green.canary_match.header.value", Some(r#""a\r\nb""#))], "strategy.blue_green.canary_match.header.value", "control characters"),
     // canary
     ca(&[("strategy.canary.replicas", Some("0"))], "strategy.canary.replicas", "must be at least 1"),
+    ca(&[("strategy.canary.replicas", Some("10001"))], "strategy.canary.replicas", "must be at most 10000, got 10001"),
     ca(&[("strategy.canary.steps[2]", Some("{}"))], "strategy.canary.steps[2]", "found none"),
     ca(&[("strategy.canary.steps[8]", Some("{pause: }"))], "strategy.canary.steps[8]", "written `pause: {}`"),
     ca(&[("strategy.canary.steps[2]", Some("{set_weight: 15, pause: {}}"))], "strategy.canary.steps[2]", "found set_weight, pause"),
@@ -544,6 +548,8 @@ const RULES: &[Case] = &[
     ca(&[("strategy.canary.steps[2].set_canary_scale", Some("{}"))], "strategy.canary.steps[2].set_canary_scale", "exactly one of replicas, weight or match_traffic_weight"),
     ca(&[("strategy.canary.steps[2].set_canary_scale", Some("{replicas: 2, weight: 20}"))], "strategy.canary.steps[2].set_canary_scale", "exactly one of replicas, weight or match_traffic_weight"),
     ca(&[("strategy.canary.steps[2].set_canary_scale.replicas", Some("0"))], "strategy.canary.steps[2].set_canary_scale.replicas", "must be at least 1"),
+    ca(&[("strategy.canary.steps[2].set_canary_scale.replicas", Some("11"))], "strategy.canary.steps[2].set_canary_scale.replicas", "must be at most the strategy's replicas (10), got 11"),
+    ca(&[("strategy.canary.replicas", Some("1"))], "strategy.canary.steps[2].set_canary_scale.replicas", "must be at most the strategy's replicas (1), got 2"),
     ca(&[("strategy.canary.steps[2].set_canary_scale", Some("{weight: 120}"))], "strategy.canary.steps[2].set_canary_scale.weight", "must be between 0 and 100"),
     ca(&[("strategy.canary.steps[5].set_canary_scale.match_traffic_weight", Some("false"))], "strategy.canary.steps[5].set_canary_scale.match_traffic_weight", "must be true"),
     ca(&[("strategy.canary.scale_down_delay", Some("1 minute and a bit"))], "strategy.canary.scale_down_delay", "is not a duration"),
@@ -553,6 +559,9 @@ const RULES: &[Case] = &[
     bg(&[("probe.initial_delay", Some("-1s"))], "probe.initial_delay", "is not a duration"),
     bg(&[("probe.period", Some("0s"))], "probe.period", "must be greater than 0"),
     bg(&[("probe.timeout", Some("0ms"))], "probe.timeout", "must be greater than 0"),
+    bg(&[("probe.timeout", Some("3s"))], "probe.timeout", "must not be longer than probe.period (2s), got 3s"),
+    bg(&[("probe.period", Some("400ms"))], "probe.timeout", "must not be longer than probe.period (400ms), got 500ms"),
+    bg(&[("probe.timeout", None), ("probe.period", Some("500ms"))], "probe.timeout", "the default of 1s is longer than probe.period (500ms)"),
     bg(&[("probe.success_threshold", Some("0"))], "probe.success_threshold", "must be at least 1"),
     bg(&[("probe.failure_threshold", Some("0"))], "probe.failure_threshold", "must be at least 1"),
     // analysis
@@ -814,6 +823,100 @@ fn file_errors_name_the_file_and_the_field() {
 }
 
 #[test]
+fn limits_broken_in_a_file_name_the_file_and_the_field() {
+    let dir = scratch_dir("limits");
+    let cases = [
+        (
+            "replicas.toml",
+            canary_text().replace("replicas = 10\n", "replicas = 50000\n"),
+            "strategy.canary.replicas",
+            format!("must be at most {}, got 50000", spec::MAX_REPLICAS),
+        ),
+        (
+            "scale.toml",
+            canary_text().replace(
+                "set_canary_scale = { replicas = 2 }",
+                "set_canary_scale = { replicas = 12 }",
+            ),
+            "strategy.canary.steps[2].set_canary_scale.replicas",
+            "must be at most the strategy's replicas (10), got 12".to_string(),
+        ),
+        (
+            "timeout.yaml",
+            blue_green_text().replace("timeout: 500ms", "timeout: 5s"),
+            "probe.timeout",
+            "must not be longer than probe.period (2s), got 5s".to_string(),
+        ),
+    ];
+    for (name, text, field, rule) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let e = spec::load(&path).unwrap_err();
+        assert_eq!(
+            invalid(&e),
+            (format!("{}: {field}", path.display()), rule),
+            "{name}"
+        );
+    }
+}
+
+/// The same limits hold for a rollout built in code: the engine's
+/// validation refuses it before anything is deployed.
+#[test]
+fn limits_hold_for_rollouts_built_in_code() {
+    assert_eq!(spec::MAX_REPLICAS, atlas_core::strategy::MAX_REPLICAS);
+    let rollout = |strategy: Strategy| {
+        Rollout::new(
+            ServiceName::new("web").unwrap(),
+            Release::new("v1", "web"),
+            strategy,
+        )
+    };
+    let over = spec::MAX_REPLICAS + 1;
+    let ok = rollout(Strategy::BlueGreen(BlueGreen::new(spec::MAX_REPLICAS)));
+    ok.validate().unwrap();
+
+    let e = rollout(Strategy::BlueGreen(BlueGreen::new(over)))
+        .validate()
+        .unwrap_err();
+    assert_eq!(
+        invalid(&e),
+        (
+            "strategy.blue_green.replicas".to_string(),
+            format!("must be at most 10000, got {over}")
+        )
+    );
+    let mut b = BlueGreen::new(3);
+    b.preview_replicas = Some(u32::MAX);
+    let e = rollout(Strategy::BlueGreen(b)).validate().unwrap_err();
+    assert_eq!(invalid(&e).0, "strategy.blue_green.preview_replicas");
+
+    let e = rollout(Strategy::Canary(Canary::new(over, vec![])))
+        .validate()
+        .unwrap_err();
+    assert_eq!(invalid(&e).0, "strategy.canary.replicas");
+
+    let scaled = |n| {
+        rollout(Strategy::Canary(Canary::new(
+            4,
+            vec![
+                CanaryStep::SetWeight(w(10)),
+                CanaryStep::SetCanaryScale(CanaryScale::Replicas(n)),
+            ],
+        )))
+    };
+    scaled(4).validate().unwrap();
+    let e = scaled(5).validate().unwrap_err();
+    assert_eq!(
+        invalid(&e),
+        (
+            "strategy.canary.steps[1].set_canary_scale.replicas".to_string(),
+            "must be at most the strategy's replicas (4), got 5".to_string()
+        )
+    );
+}
+
+#[test]
 fn files_over_the_size_cap_are_refused() {
     let dir = scratch_dir("size");
     let base = blue_green_text();
@@ -1015,7 +1118,8 @@ fn rollout_strategy() -> impl Gen<Value = Rollout> {
                 .prop_map(|(initial_delay, period, timeout, s, f)| ProbePolicy {
                     initial_delay,
                     period,
-                    timeout,
+                    // A timeout may not outlast the period.
+                    timeout: timeout.min(period),
                     success_threshold: s,
                     failure_threshold: f,
                 });
@@ -1115,6 +1219,10 @@ fn canary_strategy(template: impl Gen<Value = String>) -> impl Gen<Value = Strat
                     }
                     Raw::Pause(d) => CanaryStep::Pause(d),
                     Raw::Analysis(t) => CanaryStep::Analysis(t),
+                    // A canary scale may not exceed the strategy's replicas.
+                    Raw::Scale(CanaryScale::Replicas(n)) => {
+                        CanaryStep::SetCanaryScale(CanaryScale::Replicas(n.min(replicas)))
+                    }
                     Raw::Scale(s) => CanaryStep::SetCanaryScale(s),
                 })
                 .collect();

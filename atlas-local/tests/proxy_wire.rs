@@ -1944,3 +1944,137 @@ async fn an_upstream_silent_after_a_request_body_gets_504() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// 25. Refused with 400 as soon as the proxy can tell: a broken chunk size,
+//     an HTTP/1.1 request without exactly one Host, bytes that cannot start
+//     a request line.
+
+/// Sends `raw` on a fresh connection, keeps it open, and asserts that the
+/// answer is exactly the proxy's `400 Bad Request`, after which the proxy
+/// closes the connection.
+async fn assert_400_then_closed(proxy: SocketAddr, raw: &[u8]) {
+    let what = String::from_utf8_lossy(raw).into_owned();
+    let mut w = Wire::connect(proxy).await;
+    let _ = w.try_send(raw).await;
+    let head = w
+        .head()
+        .await
+        .unwrap_or_else(|e| panic!("{what:?}: no answer: {e}"))
+        .unwrap_or_else(|| panic!("{what:?}: closed without an answer"));
+    assert_eq!(head.line, "HTTP/1.1 400 Bad Request", "{what:?}");
+    assert_eq!(head.tokens("connection"), ["close"], "{what:?}");
+    let n = head.content_length().unwrap().expect("a Content-Length");
+    w.take(n).await.unwrap();
+    w.expect_closed(&what).await;
+}
+
+#[tokio::test]
+async fn a_bad_chunk_size_gets_400_and_that_upstream_connection_is_never_reused() {
+    within(async {
+        let up = ScriptedUpstream::echo_target().await;
+        let router = router_to(up.addr).await;
+        let sizes = ["zz", "-5", "ffffffffffffffffffff"];
+        for (i, size) in sizes.iter().enumerate() {
+            let raw = format!(
+                "POST /upload HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nhello\r\n0\r\n\r\n"
+            );
+            assert_400_then_closed(router.local_addr(), raw.as_bytes()).await;
+            // The head went upstream before the body was seen; the upstream
+            // then sees its connection end inside the body, and the next
+            // broken request comes on a connection of its own.
+            bounded("the upstream to see the broken request end", async {
+                while up.errors.lock().unwrap().len() <= i {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await;
+            assert_eq!(up.accepts(), i + 1, "a broken upstream connection was reused");
+        }
+        let errors = up.errors.lock().unwrap().clone();
+        for (conn, error) in errors.iter().enumerate() {
+            assert!(error.starts_with(&format!("conn {conn}: ")), "{error}");
+        }
+        up.errors.lock().unwrap().clear();
+        assert!(up.seen.lock().unwrap().is_empty(), "a broken body reached the upstream whole");
+
+        // The proxy goes on serving, on a fresh upstream connection.
+        let mut w = Wire::connect(router.local_addr()).await;
+        w.send(&get("/after", &[])).await;
+        let r = response(&mut w).await;
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"/after"[..]));
+        assert_eq!(up.last().conn, sizes.len(), "served on a new connection");
+        assert_eq!(up.accepts(), sizes.len() + 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http_1_1_needs_exactly_one_host_and_http_1_0_needs_none() {
+    within(async {
+        let up = ScriptedUpstream::echo_target().await;
+        let router = router_to(up.addr).await;
+        for raw in [
+            &b"GET /no-host HTTP/1.1\r\n\r\n"[..],
+            b"GET /no-host HTTP/1.1\r\nX-Other: 1\r\n\r\n",
+            b"GET http://shop.example/absolute HTTP/1.1\r\n\r\n",
+            b"GET /two HTTP/1.1\r\nHost: shop.example\r\nHost: other.example\r\n\r\n",
+            b"GET /two HTTP/1.1\r\nhost: shop.example\r\nHOST: shop.example\r\n\r\n",
+        ] {
+            assert_400_then_closed(router.local_addr(), raw).await;
+        }
+        assert_only_later_request_reaches(&up, router.local_addr()).await;
+
+        // HTTP/1.0 predates Host: relayed, with the endpoint as its host.
+        let mut w = Wire::connect(router.local_addr()).await;
+        w.send(b"GET /old HTTP/1.0\r\n\r\n").await;
+        let r = response(&mut w).await;
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"/old"[..]));
+        assert_eq!(
+            up.last().head.get("host"),
+            Some(up.addr.to_string().as_str())
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bytes_that_cannot_start_a_request_line_get_400_at_once() {
+    within(async {
+        let up = ScriptedUpstream::echo_target().await;
+        // A head timeout far beyond the test's bound: only an immediate
+        // answer can pass.
+        let router = router_with(up.addr, |b| {
+            b.client_header_timeout(Duration::from_secs(3600))
+        })
+        .await;
+        // The start of a TLS 1.2 ClientHello, as a client speaking HTTPS
+        // to the plain port sends it.
+        let client_hello: &[u8] = &[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x8a, 0x1f,
+        ];
+        for raw in [
+            client_hello,
+            b"\x00\x01\x02\x03binary",
+            b"g\xc3\xa9t / HTTP/1.1\r\n",
+            b"GET /\x01 HTTP/1.1",
+            b"GET / HTTP/2.0\r\n",
+            b"GET / HTTP/1.1\rHost",
+        ] {
+            assert_400_then_closed(router.local_addr(), raw).await;
+        }
+        assert_only_later_request_reaches(&up, router.local_addr()).await;
+
+        // A valid head sent a few bytes at a time, after an empty line,
+        // is still served.
+        let mut w = Wire::connect(router.local_addr()).await;
+        for piece in b"\r\nget /slowly HTTP/1.1\r\nHost: shop.example\r\n\r\n".chunks(3) {
+            w.send(piece).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let r = response(&mut w).await;
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"/slowly"[..]));
+        assert_eq!(up.last().head.request_line().0, "get");
+    })
+    .await;
+}

@@ -76,4 +76,4 @@ pub use progress::{Progress, ProgressFn, progress_channel};
 pub use prune::{PruneOptions, PruneReport};
 pub use repair::{RepairIndexReport, RepairSnapshotsReport};
 pub use repository::{InitOptions, KeyInfo, Repository};
-pub use restore::{RestoreOptions, RestoreReport};
+pub use restore::{EntryKind, RestoreConflict, RestoreOptions, RestoreReport, restore_conflict};

@@ -144,20 +144,6 @@ pub(crate) fn open_no_follow(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
-/// Sets the permission bits of `path` (Unix; elsewhere nothing to do).
-pub(crate) fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (path, mode);
-        Ok(())
-    }
-}
-
 /// Sets the permission bits of the open `file` (Unix; elsewhere nothing to do).
 pub(crate) fn set_file_mode(file: &File, mode: u32) -> io::Result<()> {
     #[cfg(unix)]
@@ -168,21 +154,6 @@ pub(crate) fn set_file_mode(file: &File, mode: u32) -> io::Result<()> {
     #[cfg(not(unix))]
     {
         let _ = (file, mode);
-        Ok(())
-    }
-}
-
-/// Sets the mtime of the directory `path` (Unix; elsewhere a directory
-/// cannot be opened as a file portably, and its mtime is left as is).
-pub(crate) fn set_dir_mtime(path: &Path, mtime: SystemTime) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        let d = File::open(path)?;
-        d.set_times(std::fs::FileTimes::new().set_modified(mtime))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (path, mtime);
         Ok(())
     }
 }
@@ -205,47 +176,6 @@ pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<(
 
 /// Whether restore recreates symlinks here (Unix only).
 pub(crate) const RESTORES_SYMLINKS: bool = cfg!(unix);
-
-/// Creates a symlink at `path` pointing to `target`; fails as unsupported
-/// where [`RESTORES_SYMLINKS`] is false.
-pub(crate) async fn create_symlink(target: &str, path: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        tokio::fs::symlink(target, path).await
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (target, path);
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "symlinks are restored on Unix only",
-        ))
-    }
-}
-
-/// Sets the mtime of the symlink `path` itself (its access time is left
-/// alone), not of what it points to. Elsewhere symlinks are not restored.
-pub(crate) fn set_symlink_mtime(path: &Path, sec: i64, nsec: u32) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        use nix::sys::stat::{UtimensatFlags, utimensat};
-        use nix::sys::time::TimeSpec;
-        let mtime = TimeSpec::new(sec as _, nsec as _);
-        utimensat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            &TimeSpec::UTIME_OMIT,
-            &mtime,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(io::Error::from)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (path, sec, nsec);
-        Ok(())
-    }
-}
 
 /// Whether the process `pid` of this machine has ended. On Unix, a signal
 /// 0 that fails with ESRCH says so (EPERM means it runs as another user);
@@ -295,7 +225,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        set_mode(&file, 0o640).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
         let meta = std::fs::symlink_metadata(&file).unwrap();
         assert_eq!(mode_of(&meta), 0o640);
         assert_eq!(meta.permissions().mode() & 0o7777, 0o640);

@@ -1,9 +1,16 @@
 //! Restore of a snapshot (or a path in it) to a directory, and of one file
 //! as a stream. Every blob is verified before its bytes reach a file; files
 //! are written under a temporary name and renamed only once all their blobs
-//! verified.
+//! verified. Every write goes through [`dest`], which follows no symlink
+//! below the destination; the snapshot's own symlinks are created last, so
+//! that nothing of the same restore is written through one of them either.
 
-use std::collections::HashMap;
+mod dest;
+#[cfg(all(test, unix))]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::fs::FileTimes;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,6 +30,8 @@ use super::progress::{ProgressFn, Tracker};
 use super::repository::Repository;
 use atlas_core::backup::{BackupTargetExt, ByteRange, ByteStream};
 use atlas_core::error::{Error, Result};
+use dest::{Dest, temporary_name};
+pub use dest::{EntryKind, RestoreConflict, restore_conflict};
 
 /// Options of [`Repository::restore`].
 #[derive(Clone, Default)]
@@ -134,24 +143,13 @@ fn system_time(sec: i64, nsec: u32) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
-/// Sets the permission bits and mtime of the directory `path` (neither
-/// outside Unix).
-fn set_dir_metadata(path: &Path, mode: u32, mtime: SystemTime) -> Result<()> {
-    platform::set_mode(path, mode).map_err(|e| io_err(path, "cannot chmod", e))?;
-    platform::set_dir_mtime(path, mtime).map_err(|e| io_err(path, "cannot set mtime of", e))
-}
-
-/// Sets the mtime of the symlink `path` itself, not of what it points to.
-fn set_symlink_mtime(path: &Path, node: &Node) -> Result<()> {
-    platform::set_symlink_mtime(path, node.mtime_sec, node.mtime_nsec)
-        .map_err(|e| io_err(path, "cannot set mtime of", e))
-}
-
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
     Error::backend_with(BACKEND, format!("{what} {}: {e}", path.display()), e)
 }
 
+/// One file to restore. Its paths are relative to the destination.
 struct FileJob {
+    /// Its path in the snapshot, for errors.
     rel: String,
     dest: PathBuf,
     tmp: PathBuf,
@@ -160,11 +158,16 @@ struct FileJob {
     failed: bool,
 }
 
+/// What a restore writes, with paths relative to the destination.
 struct Plan {
     dirs: Vec<(PathBuf, Node)>,
     files: Vec<FileJob>,
     symlinks: Vec<(PathBuf, Node)>,
 }
+
+/// Trees still to plan: a tree, its path in the snapshot and its directory
+/// relative to the destination.
+type PlanStack = Vec<(Tree, String, PathBuf)>;
 
 impl Repository {
     async fn find_node(
@@ -207,25 +210,28 @@ impl Repository {
         Ok(None)
     }
 
-    async fn plan_tree(
+    /// Plans every tree on `stack` and the trees below them.
+    async fn plan_trees(
         &self,
         index: &Index,
         snapshot: &Snapshot,
-        tree: Tree,
-        rel: String,
-        dir: PathBuf,
+        mut stack: PlanStack,
         plan: &mut Plan,
     ) -> Result<()> {
-        let mut stack = vec![(tree, rel, dir)];
         while let Some((tree, rel, dir)) = stack.pop() {
+            let mut names = HashSet::with_capacity(tree.nodes.len());
             for node in tree.nodes {
-                self.plan_node(index, snapshot, node, &rel, &dir, plan, &mut stack)
-                    .await?;
+                self.plan_node(
+                    index, snapshot, node, &rel, &dir, &mut names, plan, &mut stack,
+                )
+                .await?;
             }
         }
         Ok(())
     }
 
+    /// Plans one entry of a tree; `names` holds the names of the entries
+    /// of the same tree planned before it.
     #[allow(clippy::too_many_arguments)]
     async fn plan_node(
         &self,
@@ -234,8 +240,9 @@ impl Repository {
         node: Node,
         rel: &str,
         dir: &Path,
+        names: &mut HashSet<OsString>,
         plan: &mut Plan,
-        stack: &mut Vec<(Tree, String, PathBuf)>,
+        stack: &mut PlanStack,
     ) -> Result<()> {
         let name = os_name(&node)?;
         let child_rel = if rel.is_empty() {
@@ -243,6 +250,17 @@ impl Repository {
         } else {
             format!("{rel}/{}", node.name)
         };
+        // A tree naming one entry twice (no file system lists one) could
+        // make a symlink and a directory of one path; it is refused whole.
+        if !names.insert(name.clone()) {
+            let mut ie = IntegrityError::new(format!(
+                "the directory holds two entries named {:?}",
+                name.to_string_lossy()
+            ));
+            ie.snapshot = Some(snapshot.id);
+            ie.path = Some(child_rel);
+            return Err(ie.into_error());
+        }
         let dest = dir.join(&name);
         match node.kind {
             NodeKind::Dir => {
@@ -259,11 +277,7 @@ impl Repository {
             }
             NodeKind::Symlink => plan.symlinks.push((dest, node)),
             NodeKind::File => {
-                let tmp = dir.join(format!(
-                    ".{}.atlas-restore-{}",
-                    node.name,
-                    &PackId::random().to_hex()[..8]
-                ));
+                let tmp = dir.join(temporary_name(&name, &PackId::random().to_hex()[..8]));
                 plan.files.push(FileJob {
                     rel: child_rel,
                     dest,
@@ -280,11 +294,20 @@ impl Repository {
     /// Restores snapshot `snapshot` (id, unique prefix or `latest`), or the
     /// path [`RestoreOptions::path`] of it, under `dest` (created if
     /// missing). Files, directories, symlinks, permission bits and mtimes
-    /// (a symlink's own mtime included) are recreated; existing files of the
-    /// same names are replaced. A whole-snapshot restore also gives `dest`
-    /// the mode and mtime of the source root ([`Snapshot::root`], when the
-    /// snapshot recorded it). Each pack is read once, downloads overlapping
-    /// with writes.
+    /// (a symlink's own mtime included) are recreated. A whole-snapshot
+    /// restore also gives `dest` the mode and mtime of the source root
+    /// ([`Snapshot::root`], when the snapshot recorded it). Each pack is
+    /// read once, downloads overlapping with writes.
+    ///
+    /// What is already under `dest` is never written through: no symlink
+    /// below `dest` is followed (symlinks in the path of `dest` itself
+    /// are), and the snapshot's own symlinks are created after everything
+    /// else. An existing file or symlink where the snapshot has a file or a
+    /// symlink is replaced (the entry itself; what a symlink points to is
+    /// left alone); an existing directory there is left alone and that
+    /// entry is not restored. Where the snapshot has a directory, an
+    /// existing directory is used, and anything else (a symlink, a file)
+    /// stops the restore before any file is written.
     ///
     /// An incomplete snapshot ([`Snapshot::is_complete`]) restores what it
     /// holds; the entries named in [`Snapshot::unreadable`] are not there.
@@ -293,14 +316,17 @@ impl Repository {
     /// and file mtimes only: permission bits and directory mtimes are left
     /// as created, symlinks are skipped with a warning, a name stored as raw
     /// bytes is written in its lossy UTF-8 form, and a name containing `\`
-    /// is refused as unsafe. Ownership is restored nowhere.
+    /// is refused as unsafe; what is in the way is checked by path, which a
+    /// concurrent change can race. Ownership is restored nowhere.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown snapshot or path; an
     /// [`Error::Backend`] carrying an [`IntegrityError`] (snapshot, file,
-    /// pack, blob) when a blob is missing or corrupted — the files it
-    /// belongs to are not created, the others are; I/O errors naming the
-    /// path.
+    /// pack, blob) when a blob is missing or corrupted, or a tree names one
+    /// entry twice — the files it belongs to are not created, the others
+    /// are; an [`Error::Backend`] carrying a [`RestoreConflict`] (see
+    /// [`restore_conflict`]) naming the path in `dest` where an existing
+    /// entry of another kind is in the way; I/O errors naming the path.
     pub async fn restore(
         &self,
         snapshot: &str,
@@ -328,9 +354,7 @@ impl Repository {
     ) -> Result<RestoreReport> {
         let index = Arc::new(self.load_index().await?);
         let tracker = Arc::new(Tracker::new("restore", options.progress.clone()));
-        tokio::fs::create_dir_all(dest)
-            .await
-            .map_err(|e| io_err(dest, "cannot create", e))?;
+        let out = Arc::new(Dest::open(dest)?);
         let mut plan = Plan {
             dirs: Vec::new(),
             files: Vec::new(),
@@ -349,15 +373,8 @@ impl Repository {
                     .await
                     .map_err(|e| with_context(e, &snapshot.id, "/"))?;
                 root_metadata = snapshot.root;
-                self.plan_tree(
-                    &index,
-                    snapshot,
-                    root,
-                    String::new(),
-                    dest.to_path_buf(),
-                    &mut plan,
-                )
-                .await?;
+                let stack = vec![(root, String::new(), PathBuf::new())];
+                self.plan_trees(&index, snapshot, stack, &mut plan).await?;
             }
             Some(path) => {
                 let node = self
@@ -368,7 +385,7 @@ impl Repository {
                     .rsplit_once('/')
                     .map(|(p, _)| p.to_owned())
                     .unwrap_or_default();
-                let mut dir = dest.to_path_buf();
+                let mut dir = PathBuf::new();
                 for seg in parent_rel.split('/').filter(|s| !s.is_empty()) {
                     check_name(seg)?;
                     dir.push(seg);
@@ -380,41 +397,25 @@ impl Repository {
                     node,
                     &parent_rel,
                     &dir,
+                    &mut HashSet::new(),
                     &mut plan,
                     &mut stack,
                 )
                 .await?;
-                while let Some((tree, rel, d)) = stack.pop() {
-                    for n in tree.nodes {
-                        self.plan_node(&index, snapshot, n, &rel, &d, &mut plan, &mut stack)
-                            .await?;
-                    }
+                self.plan_trees(&index, snapshot, stack, &mut plan).await?;
+                // The directories leading to the path, with default metadata.
+                let mut lead = PathBuf::new();
+                for seg in dir.iter() {
+                    lead.push(seg);
+                    out.create_dir(&lead)?;
                 }
-                tokio::fs::create_dir_all(&dir)
-                    .await
-                    .map_err(|e| io_err(&dir, "cannot create", e))?;
             }
         }
-        // Directories first (parents before children: plan order), then symlinks.
+        // Directories first (parents before children: plan order).
         let mut report = RestoreReport::default();
         for (path, _) in &plan.dirs {
-            tokio::fs::create_dir_all(path)
-                .await
-                .map_err(|e| io_err(path, "cannot create", e))?;
+            out.create_dir(path)?;
             report.dirs += 1;
-        }
-        for (path, node) in &plan.symlinks {
-            if !platform::RESTORES_SYMLINKS {
-                warn!(path = %path.display(), "symlinks are not restored on this platform; skipped");
-                continue;
-            }
-            let target = node.target.clone().unwrap_or_default();
-            let _ = tokio::fs::remove_file(path).await;
-            platform::create_symlink(&target, path)
-                .await
-                .map_err(|e| io_err(path, "cannot create symlink", e))?;
-            set_symlink_mtime(path, node)?;
-            report.symlinks += 1;
         }
         // Where each blob goes, grouped by pack.
         let mut users: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
@@ -426,6 +427,13 @@ impl Repository {
             p.bytes_total = Some(total_bytes);
         });
         for (i, f) in plan.files.iter_mut().enumerate() {
+            // A directory where the file goes: nothing to download for it.
+            if let Err(e) = out.check_replaceable(&f.dest, EntryKind::File) {
+                f.failed = true;
+                error_count += 1;
+                first_error.get_or_insert(e);
+                continue;
+            }
             let mut offset = 0u64;
             for id in &f.node.content {
                 match index.get(id) {
@@ -446,10 +454,7 @@ impl Repository {
                 }
             }
             if !f.failed {
-                let file = std::fs::File::create(&f.tmp)
-                    .map_err(|e| io_err(&f.tmp, "cannot create", e))?;
-                file.set_len(offset)
-                    .map_err(|e| io_err(&f.tmp, "cannot size", e))?;
+                out.create_file(&f.tmp, offset)?;
             }
         }
         let mut by_pack: HashMap<u32, Vec<(BlobLoc, BlobId)>> = HashMap::new();
@@ -464,7 +469,12 @@ impl Repository {
         {
             let mut j = jobs.lock().unwrap_or_else(|e| e.into_inner());
             for f in j.iter_mut().filter(|f| f.remaining == 0 && !f.failed) {
-                finalize(f)?;
+                if let Err(e) = finalize(&out, f) {
+                    f.failed = true;
+                    error_count += 1;
+                    first_error.get_or_insert(e);
+                    continue;
+                }
                 report.files += 1;
                 tracker.update(|p| p.files_done += 1);
             }
@@ -474,10 +484,15 @@ impl Repository {
         let results: Vec<(u64, u64, Vec<Error>)> = stream::iter(packs)
             .map(|(pos, mut blobs)| {
                 blobs.sort_by_key(|(l, _)| l.offset);
-                let (index, jobs, users, tracker) =
-                    (index.clone(), jobs.clone(), users.clone(), tracker.clone());
+                let (index, jobs, users, tracker, out) = (
+                    index.clone(),
+                    jobs.clone(),
+                    users.clone(),
+                    tracker.clone(),
+                    out.clone(),
+                );
                 async move {
-                    self.restore_pack(snapshot, &index, pos, blobs, &jobs, &users, &tracker)
+                    self.restore_pack(snapshot, &index, pos, blobs, &jobs, &users, &tracker, out)
                         .await
                 }
             })
@@ -492,23 +507,40 @@ impl Repository {
                 first_error.get_or_insert(e);
             }
         }
-        // Remove what could not be verified, then set directory metadata
-        // (children first, as writing into a directory changes its mtime).
+        // Remove what could not be verified.
         for f in jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|f| f.failed || f.remaining > 0)
         {
-            let _ = std::fs::remove_file(&f.tmp);
+            out.remove_file(&f.tmp);
         }
+        // The snapshot's symlinks, once nothing else is left to write.
+        for (path, node) in &plan.symlinks {
+            if !platform::RESTORES_SYMLINKS {
+                warn!(path = %out.shown(path).display(), "symlinks are not restored on this platform; skipped");
+                continue;
+            }
+            let target = node.target.as_deref().unwrap_or_default();
+            match out.symlink(path, target, node.mtime_sec, node.mtime_nsec) {
+                Ok(()) => report.symlinks += 1,
+                Err(e) if restore_conflict(&e).is_some() => {
+                    error_count += 1;
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Directory metadata last, children first, as writing into a
+        // directory changes its mtime.
         for (path, node) in plan.dirs.iter().rev() {
-            set_dir_metadata(path, node.mode, mtime(node))?;
+            out.set_dir_metadata(path, node.mode, mtime(node))?;
         }
         // The root last: everything below it is written.
         if let Some(root) = root_metadata {
-            set_dir_metadata(
-                dest,
+            out.set_dir_metadata(
+                Path::new(""),
                 root.mode,
                 system_time(root.mtime_sec, root.mtime_nsec),
             )?;
@@ -516,7 +548,7 @@ impl Repository {
         if let Some(e) = first_error {
             warn!(
                 errors = error_count,
-                "restore found damaged or missing data"
+                "restore left out entries: damaged or missing data, or something in the way"
             );
             return Err(if error_count > 1 {
                 match integrity_error(&e) {
@@ -552,6 +584,7 @@ impl Repository {
         jobs: &Mutex<Vec<FileJob>>,
         users: &HashMap<BlobId, Vec<(usize, u64)>>,
         tracker: &Tracker,
+        out: Arc<Dest>,
     ) -> (u64, u64, Vec<Error>) {
         let pack = index.pack_id(pos);
         let mut errors = Vec::new();
@@ -642,6 +675,7 @@ impl Repository {
                 let sealed: Bytes = buf.split_to(len as usize).freeze();
                 buf_start = off + len;
                 let master = self.inner.master.clone();
+                let writer = out.clone();
                 let targets: Vec<(PathBuf, u64)> = {
                     let j = jobs.lock().unwrap_or_else(|e| e.into_inner());
                     users
@@ -658,12 +692,10 @@ impl Repository {
                             .decode_blob(BlobKind::Data, &id, loc.raw_length, &sealed)
                             .map_err(|f| f.to_string())?;
                         for (path, offset) in &targets {
-                            let f = std::fs::OpenOptions::new()
-                                .write(true)
-                                .open(path)
-                                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-                            platform::write_all_at(&f, &plain, *offset)
-                                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                            let f = writer.open_file(path).map_err(|e| e.to_string())?;
+                            platform::write_all_at(&f, &plain, *offset).map_err(|e| {
+                                format!("cannot write {}: {e}", writer.shown(path).display())
+                            })?;
                         }
                         Ok(plain.len() as u64 * targets.len() as u64)
                     })
@@ -684,7 +716,7 @@ impl Repository {
                             }
                             f.remaining -= 1;
                             if f.remaining == 0 {
-                                match finalize(f) {
+                                match finalize(&out, f) {
                                     Ok(()) => {
                                         files_done += 1;
                                         tracker.update(|p| {
@@ -756,14 +788,14 @@ impl Repository {
     }
 }
 
-fn finalize(f: &FileJob) -> Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&f.tmp)
-        .map_err(|e| io_err(&f.tmp, "cannot open", e))?;
-    platform::set_file_mode(&file, f.node.mode).map_err(|e| io_err(&f.tmp, "cannot chmod", e))?;
+/// Gives the complete temporary file of `f` its metadata and moves it to
+/// its name.
+fn finalize(out: &Dest, f: &FileJob) -> Result<()> {
+    let tmp = out.shown(&f.tmp);
+    let file = out.open_file(&f.tmp)?;
+    platform::set_file_mode(&file, f.node.mode).map_err(|e| io_err(&tmp, "cannot chmod", e))?;
     file.set_times(FileTimes::new().set_modified(mtime(&f.node)))
-        .map_err(|e| io_err(&f.tmp, "cannot set mtime of", e))?;
+        .map_err(|e| io_err(&tmp, "cannot set mtime of", e))?;
     drop(file);
-    std::fs::rename(&f.tmp, &f.dest).map_err(|e| io_err(&f.dest, "cannot rename into", e))
+    out.rename_into(&f.tmp, &f.dest)
 }

@@ -17,7 +17,9 @@ use crate::domain::{Release, RequestMatch, ServiceName, Weight};
 use crate::error::{Error, Result};
 use crate::probe::ProbePolicy;
 use crate::rollout::{DEFAULT_PROGRESS_DEADLINE, InconclusivePolicy, Rollout};
-use crate::strategy::{BlueGreen, Canary, CanaryScale, CanaryStep, Strategy};
+use crate::strategy::{
+    BlueGreen, Canary, CanaryScale, CanaryStep, MAX_REPLICAS, Strategy, canary_scale_rule,
+};
 
 /// The longest duration a spec may give anywhere: 365 days.
 ///
@@ -175,10 +177,10 @@ impl StrategySpec {
 impl BlueGreenSpec {
     fn to_blue_green(&self, templates: &BTreeSet<&str>) -> Result<BlueGreen> {
         let at = "strategy.blue_green";
-        at_least_one(&format!("{at}.replicas"), self.replicas)?;
+        replica_count(&format!("{at}.replicas"), self.replicas)?;
         let mut b = BlueGreen::new(self.replicas);
         if let Some(n) = self.preview_replicas {
-            at_least_one(&format!("{at}.preview_replicas"), n)?;
+            replica_count(&format!("{at}.preview_replicas"), n)?;
             b.preview_replicas = Some(n);
         }
         if let Some(auto) = self.auto_promotion {
@@ -244,11 +246,16 @@ impl BlueGreenSpec {
 impl CanarySpec {
     fn to_canary(&self, templates: &BTreeSet<&str>) -> Result<Canary> {
         let at = "strategy.canary";
-        at_least_one(&format!("{at}.replicas"), self.replicas)?;
+        replica_count(&format!("{at}.replicas"), self.replicas)?;
         let mut last = Weight::ZERO;
         let mut steps = Vec::with_capacity(self.steps.len());
         for (i, step) in self.steps.iter().enumerate() {
-            let step = step.to_step(&format!("{at}.steps[{i}]"), templates, &mut last)?;
+            let step = step.to_step(
+                &format!("{at}.steps[{i}]"),
+                templates,
+                self.replicas,
+                &mut last,
+            )?;
             steps.push(step);
         }
         let mut c = Canary::new(self.replicas, steps);
@@ -267,6 +274,7 @@ impl CanaryStepSpec {
         &self,
         at: &str,
         templates: &BTreeSet<&str>,
+        replicas: u32,
         last: &mut Weight,
     ) -> Result<CanaryStep> {
         let set: Vec<&str> = [
@@ -324,7 +332,7 @@ impl CanaryStepSpec {
         }
         match &self.set_canary_scale {
             Some(s) => Ok(CanaryStep::SetCanaryScale(
-                s.to_scale(&format!("{at}.set_canary_scale"))?,
+                s.to_scale(&format!("{at}.set_canary_scale"), replicas)?,
             )),
             None => Err(found_none()),
         }
@@ -332,10 +340,17 @@ impl CanaryStepSpec {
 }
 
 impl CanaryScaleSpec {
-    fn to_scale(&self, at: &str) -> Result<CanaryScale> {
+    /// The scale, for a strategy of `replicas` replicas.
+    fn to_scale(&self, at: &str, replicas: u32) -> Result<CanaryScale> {
         match (self.replicas, self.weight, self.match_traffic_weight) {
             (Some(n), None, None) => {
                 at_least_one(&format!("{at}.replicas"), n)?;
+                if n > replicas {
+                    return Err(Error::invalid(
+                        format!("{at}.replicas"),
+                        canary_scale_rule(n, replicas),
+                    ));
+                }
                 Ok(CanaryScale::Replicas(n))
             }
             (None, Some(percent), None) => Ok(CanaryScale::Weight(weight(
@@ -421,6 +436,21 @@ impl ProbeSpec {
         if let Some(n) = self.failure_threshold {
             at_least_one("probe.failure_threshold", n)?;
             p.failure_threshold = n;
+        }
+        // An attempt that may outlast the period would make the period a
+        // lie: attempts run one after another, so they would come a timeout
+        // apart, not a period apart.
+        if p.timeout > p.period {
+            let (timeout, period) = (format_duration(p.timeout), format_duration(p.period));
+            let rule = match &self.timeout {
+                Some(_) => {
+                    format!("must not be longer than probe.period ({period}), got {timeout}")
+                }
+                None => format!(
+                    "the default of {timeout} is longer than probe.period ({period}); set probe.timeout to at most the period"
+                ),
+            };
+            return Err(Error::invalid("probe.timeout", rule));
         }
         Ok(p)
     }
@@ -565,6 +595,18 @@ fn rule_of(e: Error) -> String {
 fn at_least_one(at: &str, n: u32) -> Result<()> {
     if n < 1 {
         return Err(Error::invalid(at, "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// A replica count: at least 1 and at most [`MAX_REPLICAS`].
+fn replica_count(at: &str, n: u32) -> Result<()> {
+    at_least_one(at, n)?;
+    if n > MAX_REPLICAS {
+        return Err(Error::invalid(
+            at,
+            format!("must be at most {MAX_REPLICAS}, got {n}"),
+        ));
     }
     Ok(())
 }

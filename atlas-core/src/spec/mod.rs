@@ -6,7 +6,10 @@
 //! unknown fields, so a typo is an error rather than a silently ignored
 //! setting. Durations are human strings (`30s`, `10m`, `1h30m`), conditions
 //! are strings such as `< 0.01`, `<= 200ms` or `>= 99%`, weights are integer
-//! percentages. Omitted fields take the domain's defaults.
+//! percentages. Omitted fields take the domain's defaults. Replica counts
+//! are at most [`MAX_REPLICAS`], a canary scale at most the strategy's
+//! `replicas`, and `probe.timeout` at most `probe.period` (the default
+//! timeout, 1 s, counts: a period under it needs a timeout set too).
 //!
 //! Loading has two stages, and both report
 //! [`Error::InvalidInput`] with `field` set to
@@ -98,6 +101,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+pub use crate::strategy::MAX_REPLICAS;
 pub use convert::{ENGINE_ARGS, MAX_DURATION};
 pub use types::{
     AnalysisStepSpec, AnalysisTemplateSpec, BlueGreenSpec, CanaryScaleSpec, CanarySpec,

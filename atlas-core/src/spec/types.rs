@@ -104,9 +104,10 @@ pub struct StrategySpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlueGreenSpec {
-    /// Replicas once promoted. Required, at least 1.
+    /// Replicas once promoted. Required, 1 to [`MAX_REPLICAS`](crate::strategy::MAX_REPLICAS).
     pub replicas: u32,
-    /// Replicas while previewing, before any traffic. Default: `replicas`.
+    /// Replicas while previewing, before any traffic, 1 to
+    /// [`MAX_REPLICAS`](crate::strategy::MAX_REPLICAS). Default: `replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_replicas: Option<u32>,
     /// When false, the rollout pauses before the first traffic until
@@ -138,7 +139,7 @@ pub struct BlueGreenSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanarySpec {
-    /// Replicas once promoted. Required, at least 1.
+    /// Replicas once promoted. Required, 1 to [`MAX_REPLICAS`](crate::strategy::MAX_REPLICAS).
     pub replicas: u32,
     /// The steps, in order. Default none (straight to 100 %).
     #[serde(default)]
@@ -229,7 +230,8 @@ pub struct AnalysisStepSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryScaleSpec {
-    /// An exact replica count, at least 1.
+    /// An exact replica count, at least 1 and at most the strategy's
+    /// `replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
     /// A percentage (0–100) of the rollout's replicas, rounded up.
@@ -275,7 +277,8 @@ pub struct ProbeSpec {
     /// Time between attempts; greater than 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period: Option<String>,
-    /// Time one attempt may take; greater than 0.
+    /// Time one attempt may take; greater than 0 and at most `period`
+    /// (the default, `1s`, counts too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Consecutive successes needed; at least 1.

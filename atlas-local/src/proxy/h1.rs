@@ -239,6 +239,94 @@ pub(crate) fn head_may_be_complete(buf: &[u8], scanned: &mut usize) -> bool {
     })
 }
 
+/// Where a [`RequestLineCheck`] is in the request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineState {
+    /// Before the method: empty lines (CRLF or LF) are skipped, as
+    /// RFC 9112 §2.2 allows and `httparse` does.
+    Blank,
+    /// After a CR of an empty line.
+    BlankLf,
+    Method,
+    /// Right after the SP that ends the method.
+    TargetStart,
+    Target,
+    /// This many bytes of `HTTP/1.` seen.
+    Version(u8),
+    /// After `HTTP/1.0` or `HTTP/1.1`.
+    VersionEnd,
+    /// After the request line's CR.
+    Lf,
+    /// The request line is whole and well formed.
+    Done,
+}
+
+/// Tells, as the bytes of a request head arrive, whether they can still
+/// be the start of a valid request line (`method SP target SP HTTP/1.x`),
+/// so that bytes that cannot (binary data, a TLS handshake sent to the
+/// plain port) are refused at once rather than after the head timeout.
+/// Each byte is looked at once across reads, and only until the request
+/// line ends; it accepts everything `httparse` accepts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestLineCheck {
+    state: LineState,
+    at: usize,
+}
+
+impl Default for RequestLineCheck {
+    fn default() -> Self {
+        RequestLineCheck {
+            state: LineState::Blank,
+            at: 0,
+        }
+    }
+}
+
+impl RequestLineCheck {
+    /// Checks the bytes of `buf` not seen yet (`buf` only grows between
+    /// calls).
+    pub(crate) fn check(&mut self, buf: &[u8]) -> Result<(), Refusal> {
+        const VERSION: &[u8; 7] = b"HTTP/1.";
+        let bad = Err(refuse(400, "bytes that cannot start a request line"));
+        while self.at < buf.len() && self.state != LineState::Done {
+            let b = buf[self.at];
+            self.state = match self.state {
+                LineState::Blank => match b {
+                    b'\r' => LineState::BlankLf,
+                    b'\n' => LineState::Blank,
+                    _ if is_tchar(b) => LineState::Method,
+                    _ => return bad,
+                },
+                LineState::BlankLf if b == b'\n' => LineState::Blank,
+                LineState::Method if is_tchar(b) => LineState::Method,
+                LineState::Method if b == b' ' => LineState::TargetStart,
+                LineState::TargetStart | LineState::Target if is_target_byte(b) => {
+                    LineState::Target
+                }
+                LineState::Target if b == b' ' => LineState::Version(0),
+                LineState::Version(i) if usize::from(i) < VERSION.len() => {
+                    if b != VERSION[usize::from(i)] {
+                        return bad;
+                    }
+                    LineState::Version(i + 1)
+                }
+                LineState::Version(_) if b == b'0' || b == b'1' => LineState::VersionEnd,
+                LineState::VersionEnd if b == b'\r' => LineState::Lf,
+                LineState::VersionEnd | LineState::Lf if b == b'\n' => LineState::Done,
+                _ => return bad,
+            };
+            self.at += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A byte `httparse` accepts in a request target: visible ASCII or any
+/// byte above it.
+fn is_target_byte(b: u8) -> bool {
+    (b'!'..=b'~').contains(&b) || b >= 0x80
+}
+
 /// Appends one header line.
 pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -704,6 +792,68 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\n",
             &mut scanned
         ));
+    }
+
+    fn line_check(input: &[u8], pieces: usize) -> Result<(), Refusal> {
+        let mut check = RequestLineCheck::default();
+        let step = input.len().div_ceil(pieces.max(1)).max(1);
+        let mut end = 0;
+        while end < input.len() {
+            end = (end + step).min(input.len());
+            check.check(&input[..end])?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn request_line_prefixes_that_can_still_be_valid_pass_in_any_pieces() {
+        let whole = b"\r\n\nGET /a?b=%20c HTTP/1.1\r\nHost: shop\r\n\r\n";
+        for len in 0..=whole.len() {
+            for pieces in [1, 2, 5, len.max(1)] {
+                assert_eq!(
+                    line_check(&whole[..len], pieces),
+                    Ok(()),
+                    "{:?}",
+                    String::from_utf8_lossy(&whole[..len])
+                );
+            }
+        }
+        for ok in [
+            &b"get /x HTTP/1.0\n"[..],
+            b"M-SEARCH * HTTP/1.1\r\n",
+            b"GET http://shop/\xc3\xa9 HTTP/1.1\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\x00 anything after the line is not looked at",
+        ] {
+            assert_eq!(
+                line_check(ok, 1),
+                Ok(()),
+                "{:?}",
+                String::from_utf8_lossy(ok)
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_that_cannot_start_a_request_line_are_refused_early() {
+        for bad in [
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+            b"\x00\x01\x02",
+            b"g\xc3\xa9t / HTTP/1.1",
+            b"GET\t/",
+            b"GET  /",
+            b"GET /\x01",
+            b"GET / HTTP/2",
+            b"GET / http/1.1",
+            b"GET / HTTP/1.12",
+            b"GET / HTTP/1.1\rX",
+            b"\r\r",
+            b" GET",
+        ] {
+            for pieces in [1, bad.len()] {
+                let refusal = line_check(bad, pieces).unwrap_err();
+                assert_eq!(refusal.status, 400, "{:?}", String::from_utf8_lossy(bad));
+            }
+        }
     }
 
     #[test]

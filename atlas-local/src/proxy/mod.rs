@@ -35,12 +35,19 @@
 //!   and an upstream can never disagree on where a request ends (request
 //!   smuggling): a request with both `Content-Length` and
 //!   `Transfer-Encoding`, with differing or invalid `Content-Length`
-//!   values, more than one `Host`, or a malformed head gets 400; a
+//!   values, more than one `Host` (or none, in HTTP/1.1; HTTP/1.0
+//!   requests get the endpoint as their host), or a malformed head gets
+//!   400, and so do bytes that cannot start a request line (binary data,
+//!   a TLS handshake sent to the plain port), as soon as they arrive; a
 //!   transfer coding other than exactly `chunked` 501; a head over 64 KiB
 //!   or 128 fields 431; a client that starts a head but does not finish it
 //!   within the client header timeout 408. Each ends the connection. A
-//!   client that sends nothing of its request body for the client body
-//!   timeout has the exchange abandoned and both connections closed.
+//!   chunked request body with a bad chunk size (or any other break of the
+//!   coding) gets 400 unless a response has already started; the upstream
+//!   connection, which holds part of that request, is closed, never
+//!   pooled. A client that sends nothing of its request body for the
+//!   client body timeout has the exchange abandoned and both connections
+//!   closed.
 //!   `Expect: 100-continue` is answered by the proxy. Interim (1xx)
 //!   upstream responses are not relayed; a response the proxy cannot
 //!   frame unambiguously counts as an upstream failure (502).

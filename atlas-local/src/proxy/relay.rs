@@ -31,7 +31,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::balance::Route;
 use super::h1::{
-    ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, SLOT_HEADER,
+    ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, RequestLineCheck, SLOT_HEADER,
     head_may_be_complete, put_content_length, put_header, put_local_response, put_status_line,
 };
 use super::headers::{PeerInfo, put_forwarding, put_relayed};
@@ -191,12 +191,19 @@ impl ClientConn {
     ) -> Option<Parsed> {
         self.timer.arm(self.shared.client_header_timeout);
         let mut scanned = 0;
+        let mut line = RequestLineCheck::default();
         loop {
             if !self.client_in.is_empty() {
                 if head_may_be_complete(&self.client_in, &mut scanned)
                     && let Some(parsed) = self.plan()
                 {
                     return Some(parsed);
+                }
+                // Only a head that came in pieces gets here: bytes that can
+                // never become a request line are refused now, not at the
+                // head timeout.
+                if let Err(refusal) = line.check(&self.client_in) {
+                    return Some(Parsed::Refused(refusal));
                 }
                 if self.client_in.len() >= MAX_HEAD {
                     return Some(Parsed::Refused(Refusal {
@@ -266,6 +273,14 @@ impl ClientConn {
             return Some(Parsed::Refused(Refusal {
                 status: 400,
                 reason: "more than one Host header",
+            }));
+        }
+        // RFC 9112 §3.2: an HTTP/1.1 request must name its host (even with
+        // an absolute-form target); HTTP/1.0 predates the header.
+        if facts.hosts == 0 && minor >= 1 {
+            return Some(Parsed::Refused(Refusal {
+                status: 400,
+                reason: "HTTP/1.1 request without a Host header",
             }));
         }
         let keep_alive = facts.persistent(minor);
@@ -478,6 +493,7 @@ impl ClientConn {
             return false;
         }
         self.upstream_in.clear();
+        let head_seen = std::sync::atomic::AtomicBool::new(false);
         let (end, uploaded) = {
             let (mut ur, mut uw) = stream.split();
             let (mut cr, mut cw) = self.client.split();
@@ -491,7 +507,6 @@ impl ClientConn {
             let out = &mut self.out;
             let upstream_in = &mut self.upstream_in;
             let response = &response;
-            let head_seen = std::sync::atomic::AtomicBool::new(false);
             let head_seen = &head_seen;
             let download = pin!(async move {
                 match read_response_head(&mut ur, upstream_in, out, response).await {
@@ -508,6 +523,16 @@ impl ClientConn {
             (_, Some(Err(why @ (Upload::ClientGone | Upload::BadBody | Upload::Stalled)))) => {
                 exchange.outcome = None;
                 tracing::debug!(slot = %plan.slot, ?why, "client request body broke off");
+                // The upstream holds part of a request: its connection is
+                // closed here, never pooled.
+                drop(stream);
+                // A client whose chunked coding is broken gets 400, unless
+                // a response head already went its way.
+                if why == Upload::BadBody && !head_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.out.clear();
+                    put_local_response(&mut self.out, 400, "bad request\n", None, true);
+                    let _ = self.client.write_all(&self.out).await;
+                }
                 false
             }
             (ResponseEnd::NoHead(HeadError::Timeout), _) => {

@@ -24,9 +24,10 @@ use atlas_core::backup::{
 use atlas_core::error::{Error, Result};
 
 /// An in-memory target that copies each piece of a put as it arrives
-/// and drops it, as a target writing to a disk or a socket does.
+/// and drops it, as a target writing to a disk or a socket does. The
+/// restore tests use it too.
 #[derive(Debug, Default)]
-struct Streaming {
+pub(crate) struct Streaming {
     objects: Mutex<BTreeMap<String, Bytes>>,
 }
 

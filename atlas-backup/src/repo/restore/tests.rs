@@ -1,0 +1,381 @@
+//! Restore never writes outside its destination: symlinks already there
+//! are not followed, a snapshot's own symlinks are not written through,
+//! and an entry of another kind in the way is refused with a
+//! [`RestoreConflict`] naming it.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::dest::Dest;
+use super::{EntryKind, RestoreConflict, RestoreOptions, restore_conflict};
+use crate::repo::backup::tests::Streaming;
+use crate::repo::crypto::{KdfParams, KeySource};
+use crate::repo::error::integrity_error;
+use crate::repo::format::{
+    BlobKind, IndexPack, Node, NodeKind, PACK_MAGIC, PackId, PackedBlob, SnapshotId, Tree,
+    encode_pack_header, to_hex,
+};
+use crate::repo::index::write_index;
+use crate::repo::repository::{InitOptions, Repository};
+use crate::repo::version::Document;
+use crate::repo::{BackupOptions, DirectorySource};
+use atlas_core::backup::{BackupTargetExt, ObjectPrefix};
+use atlas_core::error::Error;
+
+async fn repository() -> Repository {
+    Repository::init(
+        Arc::new(Streaming::default()),
+        ObjectPrefix::new("repo/").unwrap(),
+        &KeySource::passphrase("restore tests"),
+        InitOptions::default().with_kdf(KdfParams::insecure_fast()),
+    )
+    .await
+    .unwrap()
+}
+
+/// Backs `src` up and returns the snapshot id.
+async fn backup(repo: &Repository, src: &Path) -> String {
+    repo.backup(DirectorySource::new(src), BackupOptions::default())
+        .await
+        .unwrap()
+        .snapshot
+        .id
+        .to_hex()
+}
+
+/// Everything under `dir`, as sorted relative paths.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if fs::symlink_metadata(&path).unwrap().is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn conflict_of(err: &Error) -> RestoreConflict {
+    restore_conflict(err)
+        .unwrap_or_else(|| panic!("not a restore conflict: {err}"))
+        .clone()
+}
+
+fn conflict(path: &Path, wanted: EntryKind, found: EntryKind) -> RestoreConflict {
+    RestoreConflict {
+        path: path.to_path_buf(),
+        wanted,
+        found,
+    }
+}
+
+/// Restores snapshot `id` to `target`, which must fail with the conflict
+/// of `found` at `path` where the snapshot has `wanted`, saying so.
+async fn assert_refused(
+    repo: &Repository,
+    id: &str,
+    target: &Path,
+    options: RestoreOptions,
+    (path, wanted, found): (&Path, EntryKind, EntryKind),
+) {
+    let err = repo.restore(id, target, options).await.unwrap_err();
+    assert_eq!(conflict_of(&err), conflict(path, wanted, found));
+    let says = format!("the destination has a {found} where the snapshot has a {wanted}");
+    assert!(err.to_string().contains(&says), "{err}");
+    assert!(integrity_error(&err).is_none(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_where_a_directory_goes_is_refused_not_followed() {
+    let src = tempfile::tempdir().unwrap();
+    fs::create_dir(src.path().join("sub")).unwrap();
+    fs::write(src.path().join("sub/b.txt"), b"b").unwrap();
+    fs::write(src.path().join("top.txt"), b"top").unwrap();
+    let repo = repository().await;
+    let id = backup(&repo, src.path()).await;
+
+    let outside = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    symlink(outside.path(), target.path().join("sub")).unwrap();
+    let link = target.path().join("sub");
+    let symlink_in_the_way = (link.as_path(), EntryKind::Directory, EntryKind::Symlink);
+    let options = RestoreOptions::default();
+    assert_refused(&repo, &id, target.path(), options, symlink_in_the_way).await;
+    let err = repo
+        .restore(&id, target.path(), RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("restore does not write through a symlink it did not create"),
+        "{err}"
+    );
+    assert_eq!(
+        listing(outside.path()),
+        Vec::<String>::new(),
+        "written outside"
+    );
+    // The link is left as it was, and nothing else was written.
+    assert_eq!(
+        fs::read_link(target.path().join("sub")).unwrap(),
+        outside.path()
+    );
+    assert_eq!(listing(target.path()), ["sub"]);
+
+    // Restoring only a path below the link is refused the same way.
+    let options = RestoreOptions::default().with_path("sub/b.txt");
+    assert_refused(&repo, &id, target.path(), options, symlink_in_the_way).await;
+    assert_eq!(
+        listing(outside.path()),
+        Vec::<String>::new(),
+        "written outside"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_where_a_file_goes_is_replaced_not_written_through() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("kept.txt"), b"from the snapshot").unwrap();
+    fs::write(src.path().join("new.txt"), b"new").unwrap();
+    let repo = repository().await;
+    let id = backup(&repo, src.path()).await;
+
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("kept.txt"), b"outside").unwrap();
+    let target = tempfile::tempdir().unwrap();
+    symlink(
+        outside.path().join("kept.txt"),
+        target.path().join("kept.txt"),
+    )
+    .unwrap();
+    // A dangling link to a file that does not exist yet.
+    symlink(
+        outside.path().join("new.txt"),
+        target.path().join("new.txt"),
+    )
+    .unwrap();
+    let report = repo
+        .restore(&id, target.path(), RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.files, 2);
+    for (name, content) in [("kept.txt", &b"from the snapshot"[..]), ("new.txt", b"new")] {
+        let path = target.path().join(name);
+        assert!(fs::symlink_metadata(&path).unwrap().is_file(), "{name}");
+        assert_eq!(fs::read(&path).unwrap(), content);
+    }
+    assert_eq!(
+        fs::read(outside.path().join("kept.txt")).unwrap(),
+        b"outside"
+    );
+    assert_eq!(listing(outside.path()), ["kept.txt"], "written outside");
+}
+
+/// Stores `root` as a tree blob in a pack of its own and commits a copy of
+/// snapshot `base` whose root it is; returns the new snapshot's id.
+async fn plant_snapshot(repo: &Repository, base: &str, root: &Tree) -> String {
+    let inner = &repo.inner;
+    let json = serde_json::to_vec(root).unwrap();
+    let id = inner.master.blob_id(&json);
+    let mut pack = inner.master.encode_blob(BlobKind::Tree, &id, &json, 1);
+    let blobs = [PackedBlob {
+        kind: BlobKind::Tree,
+        id,
+        offset: 0,
+        length: pack.len() as u32,
+        raw_length: json.len() as u32,
+    }];
+    let header = inner
+        .master
+        .seal(b"atlas-backup/pack-header", &encode_pack_header(&blobs));
+    pack.extend_from_slice(&header);
+    pack.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    pack.extend_from_slice(PACK_MAGIC);
+    let pack_id = PackId::random();
+    let size = pack.len() as u64;
+    inner
+        .target
+        .put_bytes_if_absent(&inner.layout.pack(&pack_id).unwrap(), pack.into())
+        .await
+        .unwrap();
+    write_index(repo, vec![IndexPack::of(pack_id, size, &blobs)], Vec::new())
+        .await
+        .unwrap();
+    let mut snapshot = repo.snapshot(base).await.unwrap();
+    snapshot.id = SnapshotId::random();
+    snapshot.tree = id;
+    repo.write_file(
+        &inner.layout.snapshot(&snapshot.id).unwrap(),
+        Document::Snapshot,
+        &snapshot,
+        true,
+    )
+    .await
+    .unwrap();
+    snapshot.id.to_hex()
+}
+
+/// The root tree of snapshot `id`.
+async fn root_tree(repo: &Repository, id: &str) -> Tree {
+    let snapshot = repo.snapshot(id).await.unwrap();
+    repo.list_dir(&snapshot, "").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_a_symlink_and_a_directory_of_one_name_writes_nothing_outside() {
+    let outside = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    fs::create_dir(src.path().join("d")).unwrap();
+    fs::write(src.path().join("d/b.txt"), b"b").unwrap();
+    symlink(outside.path(), src.path().join("link")).unwrap();
+    let repo = repository().await;
+    let id = backup(&repo, src.path()).await;
+    let honest = root_tree(&repo, &id).await;
+    let node = |kind: NodeKind| -> Node {
+        honest
+            .nodes
+            .iter()
+            .find(|n| n.kind == kind)
+            .cloned()
+            .unwrap()
+    };
+
+    // `a -> outside` and a directory `a` holding `b.txt`; and the same
+    // with the directory's name spelled as raw bytes, which is the name
+    // restore writes.
+    let (mut link, mut dir) = (node(NodeKind::Symlink), node(NodeKind::Dir));
+    link.name = "a".into();
+    dir.name = "a".into();
+    let same_name = Tree {
+        nodes: vec![link.clone(), dir.clone()],
+    };
+    dir.name = "x".into();
+    dir.name_bytes = Some(to_hex(b"a"));
+    let same_bytes = Tree {
+        nodes: vec![link, dir],
+    };
+    for (what, tree) in [("same name", same_name), ("same bytes", same_bytes)] {
+        let planted = plant_snapshot(&repo, &id, &tree).await;
+        let target = tempfile::tempdir().unwrap();
+        let err = repo
+            .restore(&planted, target.path(), RestoreOptions::default())
+            .await
+            .unwrap_err();
+        let ie = integrity_error(&err).unwrap_or_else(|| panic!("{what}: {err}"));
+        assert!(
+            ie.problem.contains("two entries named \"a\""),
+            "{what}: {ie}"
+        );
+        assert_eq!(listing(outside.path()), Vec::<String>::new(), "{what}");
+        assert_eq!(listing(target.path()), Vec::<String>::new(), "{what}");
+    }
+
+    // The honest snapshot restores its symlink as a symlink, with its own
+    // mtime, and nothing through it.
+    let target = tempfile::tempdir().unwrap();
+    repo.restore(&id, target.path(), RestoreOptions::default())
+        .await
+        .unwrap();
+    let restored = target.path().join("link");
+    assert_eq!(fs::read_link(&restored).unwrap(), outside.path());
+    assert_eq!(
+        fs::symlink_metadata(&restored).unwrap().modified().unwrap(),
+        fs::symlink_metadata(src.path().join("link"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    );
+    assert_eq!(listing(outside.path()), Vec::<String>::new());
+}
+
+#[test]
+fn nothing_is_written_through_a_symlink_the_restore_created() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let dest = Dest::open(target.path()).unwrap();
+    dest.symlink(Path::new("a"), outside.path().to_str().unwrap(), 0, 0)
+        .unwrap();
+    let through = conflict(
+        &target.path().join("a"),
+        EntryKind::Directory,
+        EntryKind::Symlink,
+    );
+    let err = dest.create_dir(Path::new("a/b")).unwrap_err();
+    assert_eq!(conflict_of(&err), through);
+    let err = dest.create_file(Path::new("a/b.txt"), 3).unwrap_err();
+    assert_eq!(conflict_of(&err), through);
+    let err = dest.open_file(Path::new("a/b.txt")).unwrap_err();
+    assert_eq!(conflict_of(&err), through);
+    let err = dest
+        .set_dir_metadata(Path::new("a"), 0o700, SystemTime::UNIX_EPOCH)
+        .unwrap_err();
+    assert_eq!(conflict_of(&err), through);
+    // A directory where the link is wanted is not replaced.
+    let err = dest.create_dir(Path::new("a")).unwrap_err();
+    assert_eq!(conflict_of(&err), through);
+    assert_eq!(listing(outside.path()), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_where_a_directory_goes_is_a_conflict_naming_the_path() {
+    let src = tempfile::tempdir().unwrap();
+    fs::create_dir(src.path().join("sub")).unwrap();
+    fs::write(src.path().join("sub/b.txt"), b"b").unwrap();
+    let repo = repository().await;
+    let id = backup(&repo, src.path()).await;
+
+    let target = tempfile::tempdir().unwrap();
+    fs::write(target.path().join("sub"), b"a file").unwrap();
+    let file = target.path().join("sub");
+    let options = RestoreOptions::default();
+    let in_the_way = (file.as_path(), EntryKind::Directory, EntryKind::File);
+    assert_refused(&repo, &id, target.path(), options, in_the_way).await;
+    assert_eq!(fs::read(target.path().join("sub")).unwrap(), b"a file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_where_a_file_or_symlink_goes_is_a_conflict_and_the_rest_is_restored() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("clash.txt"), b"clash").unwrap();
+    fs::write(src.path().join("empty"), b"").unwrap();
+    fs::write(src.path().join("fine.txt"), b"fine").unwrap();
+    symlink("fine.txt", src.path().join("link")).unwrap();
+    let repo = repository().await;
+    let id = backup(&repo, src.path()).await;
+
+    for (name, wanted) in [
+        ("clash.txt", EntryKind::File),
+        ("empty", EntryKind::File),
+        ("link", EntryKind::Symlink),
+    ] {
+        let target = tempfile::tempdir().unwrap();
+        fs::create_dir(target.path().join(name)).unwrap();
+        fs::write(target.path().join(name).join("inside"), b"mine").unwrap();
+        let dir = target.path().join(name);
+        let options = RestoreOptions::default();
+        let in_the_way = (dir.as_path(), wanted, EntryKind::Directory);
+        assert_refused(&repo, &id, target.path(), options, in_the_way).await;
+        // The directory is untouched, the other entries are restored, and
+        // no temporary file is left.
+        assert_eq!(
+            fs::read(target.path().join(name).join("inside")).unwrap(),
+            b"mine"
+        );
+        let mut expected: Vec<String> = ["clash.txt", "empty", "fine.txt", "link"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        expected.push(format!("{name}/inside"));
+        expected.sort();
+        assert_eq!(listing(target.path()), expected, "{name}");
+        assert_eq!(fs::read(target.path().join("fine.txt")).unwrap(), b"fine");
+    }
+}
