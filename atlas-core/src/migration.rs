@@ -16,32 +16,116 @@ use async_trait::async_trait;
 
 use crate::{Error, Result};
 
-/// The version of a migration: the number after `V` in `V<version>__<name>.sql`.
+/// The most dot-separated parts a [`Version`] may have.
+pub const MAX_VERSION_PARTS: usize = 6;
+
+/// The version of a migration: the part after `V` in `V<version>__<name>.sql`.
 ///
-/// Leading zeros are ignored (`V001` is version 1); versions are ordered
-/// numerically.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Version(pub u64);
+/// One or more numbers separated by `.` or `_` (`7`, `1.2.3`, `1_1`, as
+/// Flyway names them), compared numerically part by part (`1.10` comes
+/// after `1.9`). Leading zeros are ignored (`V001` is version 1) and so are
+/// trailing zero parts (`1.0` is `1`), so two spellings of one version are
+/// equal.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    // Unused trailing parts are zero, which makes the derived order the
+    // numeric part-by-part order.
+    parts: [u64; MAX_VERSION_PARTS],
+}
+
+impl Version {
+    /// The single-number version `n` (`V7` is `Version::new(7)`).
+    pub const fn new(n: u64) -> Self {
+        let mut parts = [0; MAX_VERSION_PARTS];
+        parts[0] = n;
+        Version { parts }
+    }
+
+    /// A version from its parts, most significant first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for no part or more than
+    /// [`MAX_VERSION_PARTS`] significant parts.
+    pub fn from_parts(parts: &[u64]) -> Result<Self> {
+        let significant = parts.iter().rposition(|p| *p != 0).map_or(0, |i| i + 1);
+        if parts.is_empty() || significant > MAX_VERSION_PARTS {
+            return Err(Error::invalid(
+                "version",
+                format!("must have 1 to {MAX_VERSION_PARTS} numeric parts"),
+            ));
+        }
+        let mut out = [0; MAX_VERSION_PARTS];
+        out[..significant].copy_from_slice(&parts[..significant]);
+        Ok(Version { parts: out })
+    }
+
+    /// The significant parts (at least one): `1.2.0` gives `[1, 2]`.
+    pub fn parts(&self) -> &[u64] {
+        let significant = self
+            .parts
+            .iter()
+            .rposition(|p| *p != 0)
+            .map_or(1, |i| i + 1);
+        &self.parts[..significant]
+    }
+
+    /// The first part: the whole version when it has one part.
+    pub fn major(&self) -> u64 {
+        self.parts[0]
+    }
+
+    /// The version as Flyway writes it in its history: parts joined by `.`
+    /// without the `V`, e.g. `1.2.3`.
+    pub fn dotted(&self) -> String {
+        self.parts()
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+impl From<u64> for Version {
+    fn from(n: u64) -> Self {
+        Version::new(n)
+    }
+}
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "V{}", self.0)
+        write!(f, "V{}", self.dotted())
+    }
+}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Version({})", self.dotted())
     }
 }
 
 impl std::str::FromStr for Version {
     type Err = Error;
 
-    /// Parses `7` or `V7`.
+    /// Parses `7`, `V7`, `1.2.3`, `V1_1`.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] on anything else.
     fn from_str(s: &str) -> Result<Self> {
-        let digits = s.strip_prefix(['V', 'v']).unwrap_or(s);
-        digits
-            .parse::<u64>()
-            .map(Version)
-            .map_err(|_| Error::invalid("version", format!("`{s}` is not a number like 7 or V7")))
+        let body = s.strip_prefix(['V', 'v']).unwrap_or(s);
+        let bad = || {
+            Error::invalid(
+                "version",
+                format!("`{s}` is not a version like 7, V7, 1.2.3 or V1_1"),
+            )
+        };
+        let mut parts = Vec::new();
+        for part in body.split(['.', '_']) {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            parts.push(part.parse::<u64>().map_err(|_| bad())?);
+        }
+        Version::from_parts(&parts).map_err(|e| Error::invalid("version", format!("`{s}`: {e}")))
     }
 }
 
@@ -120,13 +204,29 @@ pub enum StepKind {
     Down,
 }
 
+/// One statement of a script, as the engine's lexer cut it out of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The statement's text exactly as in the file (with the comments
+    /// before it and its terminating `;`), without any inline COPY data.
+    pub sql: String,
+    /// 1-based line of the file where the statement starts.
+    pub line: usize,
+    /// For `COPY … FROM STDIN` followed by its data in the file (as
+    /// `pg_dump` writes it): the data lines, without the terminating `\.`
+    /// line. The driver streams them with the copy-in protocol.
+    pub copy_data: Option<String>,
+}
+
 /// One script for the driver to run, with everything it needs.
 ///
 /// The migration engine builds it from a checksummed file: `sql` is the
-/// file's text exactly as checksummed, and `statements` the same text split
-/// by the engine's SQL parser (each statement's text as in the file), so a
-/// driver running a script outside a transaction runs the statements one by
-/// one without parsing SQL itself.
+/// file's text (after placeholder replacement), and `statements` the same
+/// text cut at statement boundaries by the engine's lexer (each statement's
+/// text exactly as in the file, so nothing is dropped or rewritten), so a
+/// driver runs the statements one by one, in a transaction or outside one,
+/// without parsing SQL itself. A transactional step never contains a
+/// transaction-control statement: the engine refuses such a file first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationStep {
     /// The migration's version.
@@ -142,11 +242,12 @@ pub struct MigrationStep {
     pub phase: MigrationPhase,
     /// Up or down.
     pub kind: StepKind,
-    /// The script's full text, run as one batch inside a transaction.
+    /// The script's full text, for messages and drivers that keep it.
     pub sql: String,
-    /// The script's statements, in order, run one at a time outside a
-    /// transaction.
-    pub statements: Vec<String>,
+    /// The script's statements, in order: joined, they are `sql` minus
+    /// trailing blank text. Drivers run them one at a time, inside one
+    /// transaction when [`transactional`](Self::transactional).
+    pub statements: Vec<Statement>,
     /// Whether the script runs in one transaction with its history change
     /// (false for `-- atlas:no-transaction` files).
     pub transactional: bool,

@@ -244,13 +244,13 @@ impl<D: MigrationDriver> Migrator<D> {
     }
 
     /// Where every migration stands, without validating or changing
-    /// anything (creates the history table if missing).
+    /// anything: a database without a history table reads as one where
+    /// nothing is applied, and none is created.
     ///
     /// # Errors
     /// Driver errors.
     #[tracing::instrument(skip(self))]
     pub async fn status(&self) -> Result<Vec<MigrationStatus>> {
-        self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         Ok(self.status_of(&history))
     }
@@ -270,7 +270,7 @@ impl<D: MigrationDriver> Migrator<D> {
             let state = match row {
                 Some(r) if r.baseline => MigrationState::Baseline,
                 Some(r) if !r.success => MigrationState::Failed,
-                Some(r) if r.checksum != m.checksum() => MigrationState::ChecksumDrift,
+                Some(r) if !m.matches_checksum(&r.checksum) => MigrationState::ChecksumDrift,
                 Some(_) => MigrationState::Applied,
                 None if baseline.is_some_and(|b| m.version <= b) => MigrationState::BelowBaseline,
                 None if highest.is_some_and(|h| m.version < h) => MigrationState::OutOfOrder,
@@ -401,7 +401,7 @@ impl<D: MigrationDriver> Migrator<D> {
                 break;
             }
             findings.extend(lint_script(&m.up, m.phase(), &config));
-            steps.push(planned(m, &m.up, Direction::Up));
+            steps.push(planned(m, &m.up, Direction::Up)?);
         }
         Ok(Plan {
             direction: Direction::Up,
@@ -446,7 +446,7 @@ impl<D: MigrationDriver> Migrator<D> {
                 ))
             })?;
             findings.extend(lint_script(down, MigrationPhase::Contract, &config));
-            steps.push(planned(m, down, Direction::Down));
+            steps.push(planned(m, down, Direction::Down)?);
         }
         Ok(Plan {
             direction: Direction::Down,
@@ -463,7 +463,6 @@ impl<D: MigrationDriver> Migrator<D> {
     /// target below the applied version or without a file.
     #[tracing::instrument(skip(self))]
     pub async fn plan(&self, target: Option<Version>) -> Result<Plan> {
-        self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         self.validate(&history)?;
         self.plan_up(&history, target)
@@ -476,7 +475,6 @@ impl<D: MigrationDriver> Migrator<D> {
     /// `.down.sql`; [`Error::InvalidInput`] for a target below the baseline.
     #[tracing::instrument(skip(self))]
     pub async fn plan_down_to(&self, to: Version) -> Result<Plan> {
-        self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         self.validate(&history)?;
         self.plan_down(&history, to)
@@ -666,9 +664,13 @@ impl<D: MigrationDriver> Migrator<D> {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_millis();
-                let first = plan.steps.first().map(|s| s.version.0).unwrap_or(0);
-                let last = plan.steps.last().map(|s| s.version.0).unwrap_or(0);
-                let key = prefix.key(&format!("pre-migrate-{stamp}-V{first}-V{last}.dump"))?;
+                let first = plan.steps.first().map(|s| s.version.dotted());
+                let last = plan.steps.last().map(|s| s.version.dotted());
+                let key = prefix.key(&format!(
+                    "pre-migrate-{stamp}-V{}-V{}.dump",
+                    first.unwrap_or_default(),
+                    last.unwrap_or_default()
+                ))?;
                 let record = self.driver.backup(target.as_ref(), &key).await?;
                 info!(key = %record.key, size = record.size, "pre-migration backup taken");
                 Some(record)
@@ -691,7 +693,12 @@ impl<D: MigrationDriver> Migrator<D> {
                 },
             };
             let step = self.step(m, script, kind);
-            info!(version = %m.version, file = %script.file, "running migration");
+            match &script.no_transaction_reason {
+                Some(reason) => {
+                    info!(version = %m.version, file = %script.file, %reason, "running migration without a transaction: PostgreSQL refuses this statement inside a transaction block");
+                }
+                None => info!(version = %m.version, file = %script.file, "running migration"),
+            }
             match self.driver.apply(&step).await {
                 Ok(took) => {
                     info!(version = %m.version, file = %script.file, took_ms = took.as_millis() as u64, "migration done");
@@ -714,8 +721,8 @@ impl<D: MigrationDriver> Migrator<D> {
             phase: m.phase(),
             kind,
             sql: script.sql.clone(),
-            statements: script.statements(),
-            transactional: !script.directives.no_transaction,
+            statements: script.statements().to_vec(),
+            transactional: script.transactional(),
             verify: script.directives.verify.clone(),
             lock_timeout: self.config.lock_timeout,
             statement_timeout: self.config.statement_timeout,
@@ -765,6 +772,7 @@ impl<D: MigrationDriver> Migrator<D> {
         // Part of it committed: undo with the down file when going up.
         if step.kind == StepKind::Up
             && let Some(down) = &m.down
+            && down.check_transaction_control().is_ok()
         {
             {
                 let undo = self.step(m, down, StepKind::Down);
@@ -819,12 +827,15 @@ impl<D: MigrationDriver> Migrator<D> {
     }
 }
 
-fn planned(m: &Migration, script: &super::Script, _direction: Direction) -> PlannedStep {
-    PlannedStep {
+/// A step of a plan; refuses a script that would end or nest the
+/// transaction Atlas runs it in, before anything runs.
+fn planned(m: &Migration, script: &super::Script, _direction: Direction) -> Result<PlannedStep> {
+    script.check_transaction_control()?;
+    Ok(PlannedStep {
         version: m.version,
         name: m.name.clone(),
         file: script.file.clone(),
         phase: m.phase(),
-        transactional: !script.directives.no_transaction,
-    }
+        transactional: script.transactional(),
+    })
 }

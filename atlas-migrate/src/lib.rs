@@ -41,20 +41,25 @@
 //! # Ok::<(), atlas_core::Error>(())
 //! ```
 
+mod checksum;
 mod engine;
 mod hook;
 pub mod lint;
+mod placeholders;
 mod source;
+mod statements;
 
 pub use atlas_core::migration::{
     AppliedMigration, BackupRecord, FailureState, MigrationDriver, MigrationPhase, MigrationStep,
-    StepError, StepKind, Version,
+    Statement, StepError, StepKind, Version,
 };
 pub use atlas_core::{Error, Result};
+pub use checksum::{checksum, flyway_checksum};
 pub use engine::{
     BackupPolicy, Direction, MigrationState, MigrationStatus, Migrator, MigratorConfig, Plan,
     PlannedStep, RepairReport, RunReport,
 };
 pub use hook::MigrationHook;
 pub use lint::{LintConfig, LintFinding, LintReport, LintSeverity};
-pub use source::{Directives, Migration, MigrationSet, Script, checksum};
+pub use placeholders::{CONNECTION_PLACEHOLDERS, SourceOptions};
+pub use source::{Directives, Migration, MigrationSet, Script};
