@@ -337,6 +337,33 @@ pub struct BackupRecord {
     pub restore_command: String,
 }
 
+/// One row of a Flyway schema history table (`flyway_schema_history`),
+/// read so that a database Flyway migrated can be adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlywayHistoryRow {
+    /// `installed_rank`: the order Flyway applied it in.
+    pub installed_rank: i32,
+    /// `version` as Flyway wrote it (`1.2.3`); `None` for a repeatable
+    /// migration.
+    pub version: Option<String>,
+    /// `description`.
+    pub description: String,
+    /// `type`: `SQL`, `BASELINE`, `SCHEMA`, `JDBC`, …
+    pub kind: String,
+    /// `script`: the file's path inside its location.
+    pub script: String,
+    /// `checksum`: Flyway's CRC-32 of the file (`None` for markers).
+    pub checksum: Option<i32>,
+    /// `installed_by`.
+    pub installed_by: String,
+    /// `installed_on`.
+    pub installed_on: SystemTime,
+    /// `execution_time`, in milliseconds.
+    pub execution_time_ms: i64,
+    /// `success`.
+    pub success: bool,
+}
+
 /// A database the migration engine (`atlas_migrate::Migrator`) can migrate.
 ///
 /// The driver owns the connection, the run lock and the history table;
@@ -392,6 +419,19 @@ pub trait MigrationDriver: fmt::Debug + Send + Sync {
     /// Backend errors.
     async fn delete_history(&self, version: Version) -> Result<()>;
 
+    /// The rows of a Flyway schema history table named `table`, by
+    /// installed rank. The default refuses: a driver that cannot read one
+    /// cannot adopt a Flyway-migrated database.
+    ///
+    /// # Errors
+    /// [`Error::Precondition`] by default; [`Error::NotFound`] when the
+    /// table does not exist; backend errors.
+    async fn flyway_history(&self, table: &str) -> Result<Vec<FlywayHistoryRow>> {
+        Err(Error::precondition(format!(
+            "this migration driver cannot read the Flyway history table {table}"
+        )))
+    }
+
     /// Takes a full backup of the database into `target` under `key`.
     /// The default refuses: a driver without backups must be run with
     /// backups disabled.
@@ -434,6 +474,9 @@ macro_rules! forward_driver {
             }
             async fn delete_history(&self, version: Version) -> Result<()> {
                 (**self).delete_history(version).await
+            }
+            async fn flyway_history(&self, table: &str) -> Result<Vec<FlywayHistoryRow>> {
+                (**self).flyway_history(table).await
             }
             async fn backup(
                 &self,

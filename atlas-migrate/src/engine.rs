@@ -180,8 +180,8 @@ pub struct RepairReport {
 /// Runs a [`MigrationSet`] against a [`MigrationDriver`].
 #[derive(Debug)]
 pub struct Migrator<D> {
-    driver: D,
-    set: MigrationSet,
+    pub(crate) driver: D,
+    pub(crate) set: MigrationSet,
     config: MigratorConfig,
 }
 
@@ -610,7 +610,8 @@ impl<D: MigrationDriver> Migrator<D> {
         .await
     }
 
-    async fn locked<T, F, Fut>(&self, f: F) -> Result<T>
+    /// Runs `f` under the run lock, with the history table in place.
+    pub(crate) async fn locked<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,

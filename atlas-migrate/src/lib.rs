@@ -44,14 +44,15 @@
 mod checksum;
 mod engine;
 mod hook;
+mod import;
 pub mod lint;
 mod placeholders;
 mod source;
 mod statements;
 
 pub use atlas_core::migration::{
-    AppliedMigration, BackupRecord, FailureState, MigrationDriver, MigrationPhase, MigrationStep,
-    Statement, StepError, StepKind, Version,
+    AppliedMigration, BackupRecord, FailureState, FlywayHistoryRow, MigrationDriver,
+    MigrationPhase, MigrationStep, Statement, StepError, StepKind, Version,
 };
 pub use atlas_core::{Error, Result};
 pub use checksum::{checksum, flyway_checksum};
@@ -60,6 +61,7 @@ pub use engine::{
     PlannedStep, RepairReport, RunReport,
 };
 pub use hook::MigrationHook;
+pub use import::{FLYWAY_HISTORY_TABLE, ImportReport};
 pub use lint::{LintConfig, LintFinding, LintReport, LintSeverity};
 pub use placeholders::{CONNECTION_PLACEHOLDERS, SourceOptions};
 pub use source::{Directives, Migration, MigrationSet, Script};

@@ -96,8 +96,8 @@ pub struct Script {
     /// The file's path inside the migrations folder, `/`-separated, e.g.
     /// `V2__add_email.sql` or `2024/V2__add_email.sql`.
     pub file: String,
-    /// The text that runs: the file's text with its `${…}` placeholders
-    /// replaced.
+    /// The text that runs: the file's text without a leading byte-order
+    /// mark and with its `${…}` placeholders replaced.
     pub sql: String,
     /// What the history records: [`checksum`] of the file as written
     /// (before placeholder replacement, as Flyway checksums it).
@@ -150,7 +150,9 @@ impl Script {
         options: &SourceOptions,
         context: &LoadContext,
     ) -> Result<Self> {
-        let sql = placeholders::replace(&raw, &file, options, context)?;
+        // A byte-order mark is not SQL; Flyway drops it too.
+        let text = raw.strip_prefix('\u{feff}').unwrap_or(&raw);
+        let sql = placeholders::replace(text, &file, options, context)?;
         let mut directives = Directives::parse(&sql, &file)?;
         let pieces = statements::pieces(&sql);
         let mut statements = Vec::new();

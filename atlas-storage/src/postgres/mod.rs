@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use atlas_core::backup::{BackupTarget, BackupTargetExt, ObjectKey};
 use atlas_core::migration::{
-    AppliedMigration, BackupRecord, MigrationDriver, MigrationPhase, MigrationStep, Statement,
-    StepError, StepKind, Version,
+    AppliedMigration, BackupRecord, FlywayHistoryRow, MigrationDriver, MigrationPhase,
+    MigrationStep, Statement, StepError, StepKind, Version,
 };
 use atlas_core::{Error, Result};
 use bytes::Bytes;
@@ -773,6 +773,50 @@ impl MigrationDriver for PostgresDriver {
             .await
             .map_err(|e| db_err("writing the history", e))?;
         Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn flyway_history(&self, table: &str) -> Result<Vec<FlywayHistoryRow>> {
+        if !valid_table(table) {
+            return Err(Error::invalid(
+                "flyway table",
+                "must be a lowercase identifier [a-z_][a-z0-9_]*, optionally schema.table",
+            ));
+        }
+        let client = self.client.lock().await;
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .map_err(|e| db_err("looking for the Flyway history table", e))?
+            .get(0);
+        if !exists {
+            return Err(Error::not_found(format!("Flyway history table {table}")));
+        }
+        let sql = format!(
+            "SELECT installed_rank, version, description, type, script, checksum, installed_by, \
+             installed_on::timestamptz, execution_time::bigint, success FROM {table} ORDER BY installed_rank"
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| db_err("reading the Flyway history", e))?;
+        let out: Vec<FlywayHistoryRow> = rows
+            .iter()
+            .map(|r| FlywayHistoryRow {
+                installed_rank: r.get(0),
+                version: r.get(1),
+                description: r.get(2),
+                kind: r.get(3),
+                script: r.get(4),
+                checksum: r.get(5),
+                installed_by: r.get(6),
+                installed_on: r.get(7),
+                execution_time_ms: r.get(8),
+                success: r.get(9),
+            })
+            .collect();
+        info!(rows = out.len(), %table, "read the Flyway history");
+        Ok(out)
     }
 
     #[tracing::instrument(skip(self, target), fields(key = %key))]
