@@ -195,6 +195,23 @@ pub struct AppliedMigration {
     pub baseline: bool,
 }
 
+/// The history row of a repeatable migration (`R__<name>.sql`): keyed by
+/// its name, with no version, replaced each time it runs again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedRepeatable {
+    /// The name: the file name's part after `R__`, without `.sql`.
+    pub name: String,
+    /// Checksum of the text that ran.
+    pub checksum: String,
+    /// When it finished.
+    pub applied_at: SystemTime,
+    /// How long it took.
+    pub duration: Duration,
+    /// False for a run that failed part-way outside a transaction; such a
+    /// row blocks every run until `Migrator::repair`.
+    pub success: bool,
+}
+
 /// Which way a script runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
@@ -202,6 +219,10 @@ pub enum StepKind {
     Up,
     /// The down script: on success the driver deletes the history row.
     Down,
+    /// A repeatable script (`R__<name>.sql`, [`MigrationStep::version`]
+    /// unused and zero): on success the driver inserts or replaces the
+    /// repeatable's row ([`MigrationStep::repeatable_row`]).
+    Repeatable,
 }
 
 /// One statement of a script, as the engine's lexer cut it out of the file.
@@ -269,6 +290,18 @@ impl MigrationStep {
     /// Whether the script runs in one transaction with its history change.
     pub fn transactional(&self) -> bool {
         self.transactional
+    }
+
+    /// The row a [`StepKind::Repeatable`] step writes when it succeeds
+    /// after `took`.
+    pub fn repeatable_row(&self, took: Duration) -> AppliedRepeatable {
+        AppliedRepeatable {
+            name: self.name.clone(),
+            checksum: self.checksum.clone(),
+            applied_at: SystemTime::now(),
+            duration: took,
+            success: true,
+        }
     }
 
     /// The history row an up step writes when it succeeds after `took`.
@@ -419,6 +452,39 @@ pub trait MigrationDriver: fmt::Debug + Send + Sync {
     /// Backend errors.
     async fn delete_history(&self, version: Version) -> Result<()>;
 
+    /// The rows of repeatable migrations. The default has none: a driver
+    /// that cannot store them refuses to record one
+    /// ([`put_repeatable`](Self::put_repeatable)).
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn repeatable_history(&self) -> Result<Vec<AppliedRepeatable>> {
+        Ok(Vec::new())
+    }
+
+    /// Inserts or replaces a repeatable migration's row (failed runs,
+    /// import). The default refuses.
+    ///
+    /// # Errors
+    /// [`Error::Precondition`] by default; backend errors.
+    async fn put_repeatable(&self, row: &AppliedRepeatable) -> Result<()> {
+        Err(Error::precondition(format!(
+            "this migration driver cannot record the repeatable migration {}",
+            row.name
+        )))
+    }
+
+    /// Deletes a repeatable migration's row, if present. The default
+    /// refuses.
+    ///
+    /// # Errors
+    /// [`Error::Precondition`] by default; backend errors.
+    async fn delete_repeatable(&self, name: &str) -> Result<()> {
+        Err(Error::precondition(format!(
+            "this migration driver cannot record the repeatable migration {name}"
+        )))
+    }
+
     /// The rows of a Flyway schema history table named `table`, by
     /// installed rank. The default refuses: a driver that cannot read one
     /// cannot adopt a Flyway-migrated database.
@@ -477,6 +543,15 @@ macro_rules! forward_driver {
             }
             async fn flyway_history(&self, table: &str) -> Result<Vec<FlywayHistoryRow>> {
                 (**self).flyway_history(table).await
+            }
+            async fn repeatable_history(&self) -> Result<Vec<AppliedRepeatable>> {
+                (**self).repeatable_history().await
+            }
+            async fn put_repeatable(&self, row: &AppliedRepeatable) -> Result<()> {
+                (**self).put_repeatable(row).await
+            }
+            async fn delete_repeatable(&self, name: &str) -> Result<()> {
+                (**self).delete_repeatable(name).await
             }
             async fn backup(
                 &self,

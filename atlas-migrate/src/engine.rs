@@ -9,8 +9,8 @@ use tracing::{info, warn};
 
 use super::lint::{LintConfig, LintReport, lint_script};
 use super::{
-    AppliedMigration, BackupRecord, FailureState, Migration, MigrationDriver, MigrationPhase,
-    MigrationSet, MigrationStep, StepKind, Version,
+    AppliedMigration, AppliedRepeatable, BackupRecord, FailureState, Migration, MigrationDriver,
+    MigrationPhase, MigrationSet, MigrationStep, Repeatable, StepKind, Version,
 };
 use atlas_core::backup::{BackupTarget, ObjectPrefix};
 use atlas_core::{Error, Result};
@@ -115,8 +115,50 @@ pub struct Plan {
     pub direction: Direction,
     /// The steps, in the order they would run.
     pub steps: Vec<PlannedStep>,
+    /// The repeatable migrations that would run after the steps, in order
+    /// (new ones and those whose text changed).
+    pub repeatables: Vec<PlannedRepeatable>,
     /// The lint findings over the scripts that would run.
     pub lint: LintReport,
+}
+
+/// A repeatable migration a [`Plan`] would run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRepeatable {
+    /// Its name.
+    pub name: String,
+    /// Its file.
+    pub file: String,
+    /// Whether it runs in a transaction.
+    pub transactional: bool,
+    /// True when it ran before and its text changed since.
+    pub changed: bool,
+}
+
+/// Where one repeatable migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepeatableState {
+    /// Never run.
+    Pending,
+    /// Ran, and its text changed since: runs again on the next migrate.
+    Outdated,
+    /// Ran with its current text.
+    Applied,
+    /// Failed part-way and not reverted; needs [`Migrator::repair`].
+    Failed,
+    /// Ran, but its file is gone (it stays as it was).
+    MissingFile,
+}
+
+/// One repeatable migration in [`Migrator::repeatable_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepeatableStatus {
+    /// Its name.
+    pub name: String,
+    /// Where it stands.
+    pub state: RepeatableState,
+    /// Its history row, if any.
+    pub applied: Option<AppliedRepeatable>,
 }
 
 /// Where one migration stands.
@@ -160,6 +202,8 @@ pub struct RunReport {
     pub direction: Direction,
     /// The versions applied (up) or reverted (down), in order.
     pub versions: Vec<Version>,
+    /// The repeatable migrations run, by name, in order.
+    pub repeatables: Vec<String>,
     /// The pre-migration backup, when one was taken.
     pub backup: Option<BackupRecord>,
     /// The lint over the plan.
@@ -175,6 +219,8 @@ pub struct RepairReport {
     pub realigned: Vec<Version>,
     /// Rows removed because their file is gone.
     pub removed_missing: Vec<Version>,
+    /// Failed rows of repeatable migrations removed, by name.
+    pub removed_failed_repeatables: Vec<String>,
 }
 
 /// Runs a [`MigrationSet`] against a [`MigrationDriver`].
@@ -406,6 +452,7 @@ impl<D: MigrationDriver> Migrator<D> {
         Ok(Plan {
             direction: Direction::Up,
             steps,
+            repeatables: Vec::new(),
             lint: LintReport { findings },
         })
     }
@@ -451,6 +498,7 @@ impl<D: MigrationDriver> Migrator<D> {
         Ok(Plan {
             direction: Direction::Down,
             steps,
+            repeatables: Vec::new(),
             lint: LintReport { findings },
         })
     }
@@ -465,7 +513,9 @@ impl<D: MigrationDriver> Migrator<D> {
     pub async fn plan(&self, target: Option<Version>) -> Result<Plan> {
         let history = self.driver.history().await?;
         self.validate(&history)?;
-        self.plan_up(&history, target)
+        let mut plan = self.plan_up(&history, target)?;
+        self.add_repeatables(&mut plan, target).await?;
+        Ok(plan)
     }
 
     /// What `down(to)` would do (a dry run).
@@ -494,7 +544,8 @@ impl<D: MigrationDriver> Migrator<D> {
         self.locked(|| async {
             let history = self.driver.history().await?;
             self.validate(&history)?;
-            let plan = self.plan_up(&history, target)?;
+            let mut plan = self.plan_up(&history, target)?;
+            self.add_repeatables(&mut plan, target).await?;
             self.run(plan).await
         })
         .await
@@ -513,7 +564,11 @@ impl<D: MigrationDriver> Migrator<D> {
         self.locked(|| async {
             let history = self.driver.history().await?;
             self.validate(&history)?;
-            let plan = self.plan_up_until(&history, None, phase == MigrationPhase::Expand)?;
+            let expand = phase == MigrationPhase::Expand;
+            let mut plan = self.plan_up_until(&history, None, expand)?;
+            if !expand {
+                self.add_repeatables(&mut plan, None).await?;
+            }
             self.run(plan).await
         })
         .await
@@ -564,6 +619,12 @@ impl<D: MigrationDriver> Migrator<D> {
                         report.realigned.push(row.version);
                     }
                     Some(_) => {}
+                }
+            }
+            for row in self.driver.repeatable_history().await? {
+                if !row.success {
+                    self.driver.delete_repeatable(&row.name).await?;
+                    report.removed_failed_repeatables.push(row.name);
                 }
             }
             info!(?report, "migration history repaired");
@@ -646,10 +707,11 @@ impl<D: MigrationDriver> Migrator<D> {
         let mut report = RunReport {
             direction: plan.direction,
             versions: Vec::new(),
+            repeatables: Vec::new(),
             backup: None,
             lint: plan.lint.clone(),
         };
-        if plan.steps.is_empty() {
+        if plan.steps.is_empty() && plan.repeatables.is_empty() {
             info!("nothing to migrate");
             return Ok(report);
         }
@@ -710,16 +772,198 @@ impl<D: MigrationDriver> Migrator<D> {
                 }
             }
         }
+        for planned in &plan.repeatables {
+            let Some(r) = self.set.repeatable(&planned.name) else {
+                return Err(Error::not_found(format!(
+                    "repeatable migration {}",
+                    planned.name
+                )));
+            };
+            let step = self.repeatable_step(r);
+            info!(name = %r.name, file = %r.script.file, changed = planned.changed, "running repeatable migration");
+            match self.driver.apply(&step).await {
+                Ok(took) => {
+                    info!(name = %r.name, took_ms = took.as_millis() as u64, "repeatable migration done");
+                    report.repeatables.push(r.name.clone());
+                }
+                Err(failure) => {
+                    return Err(self.repeatable_failure(r, failure, &report).await);
+                }
+            }
+        }
         Ok(report)
     }
 
+    /// Where every repeatable migration stands, without changing anything.
+    ///
+    /// # Errors
+    /// Driver errors.
+    #[tracing::instrument(skip(self))]
+    pub async fn repeatable_status(&self) -> Result<Vec<RepeatableStatus>> {
+        let rows = self.driver.repeatable_history().await?;
+        Ok(self.repeatable_status_of(&rows))
+    }
+
+    fn repeatable_status_of(&self, rows: &[AppliedRepeatable]) -> Vec<RepeatableStatus> {
+        let mut out: Vec<RepeatableStatus> = self
+            .set
+            .repeatables()
+            .iter()
+            .map(|r| {
+                let row = rows.iter().find(|row| row.name == r.name);
+                let state = match row {
+                    None => RepeatableState::Pending,
+                    Some(row) if !row.success => RepeatableState::Failed,
+                    Some(row) if row.checksum != r.checksum => RepeatableState::Outdated,
+                    Some(_) => RepeatableState::Applied,
+                };
+                RepeatableStatus {
+                    name: r.name.clone(),
+                    state,
+                    applied: row.cloned(),
+                }
+            })
+            .collect();
+        for row in rows {
+            if self.set.repeatable(&row.name).is_none() {
+                out.push(RepeatableStatus {
+                    name: row.name.clone(),
+                    state: if row.success {
+                        RepeatableState::MissingFile
+                    } else {
+                        RepeatableState::Failed
+                    },
+                    applied: Some(row.clone()),
+                });
+            }
+        }
+        out
+    }
+
+    /// Adds the repeatable migrations to run after an up plan that reaches
+    /// the newest version: those never run and those whose text changed,
+    /// in name order, as Flyway runs them.
+    ///
+    /// # Errors
+    /// [`Error::Precondition`] for a failed repeatable migration left in
+    /// the history; as [`Script::check_transaction_control`](super::Script::check_transaction_control).
+    async fn add_repeatables(&self, plan: &mut Plan, target: Option<Version>) -> Result<()> {
+        if target.is_some_and(|t| self.set.latest().is_some_and(|latest| t < latest)) {
+            return Ok(());
+        }
+        let rows = self.driver.repeatable_history().await?;
+        let config = self.lint_config();
+        for status in self.repeatable_status_of(&rows) {
+            let changed = match status.state {
+                RepeatableState::Pending => false,
+                RepeatableState::Outdated => true,
+                RepeatableState::Failed => {
+                    return Err(Error::precondition(format!(
+                        "repeatable migration {} failed part-way and was not reverted; fix the database, then run repair",
+                        status.name
+                    )));
+                }
+                RepeatableState::Applied | RepeatableState::MissingFile => continue,
+            };
+            let Some(r) = self.set.repeatable(&status.name) else {
+                continue;
+            };
+            r.script.check_transaction_control()?;
+            plan.lint
+                .findings
+                .extend(lint_script(&r.script, MigrationPhase::Expand, &config));
+            plan.repeatables.push(PlannedRepeatable {
+                name: r.name.clone(),
+                file: r.script.file.clone(),
+                transactional: r.script.transactional(),
+                changed,
+            });
+        }
+        Ok(())
+    }
+
+    fn repeatable_step(&self, r: &Repeatable) -> MigrationStep {
+        self.script_step(
+            (
+                Version::new(0),
+                &r.name,
+                &r.checksum,
+                MigrationPhase::Expand,
+            ),
+            &r.script,
+            StepKind::Repeatable,
+        )
+    }
+
+    /// The invariant tables a script's run is checked against: the
+    /// configured ones minus those it declares it changes.
+    fn invariants_of(&self, script: &super::Script) -> Vec<String> {
+        self.config
+            .invariant_tables
+            .iter()
+            .filter(|t| !script.directives.allow_data_change.contains(t))
+            .cloned()
+            .collect()
+    }
+
+    async fn repeatable_failure(
+        &self,
+        r: &Repeatable,
+        failure: super::StepError,
+        report: &RunReport,
+    ) -> Error {
+        let file = &r.script.file;
+        let cause = failure.error;
+        if failure.state == FailureState::RolledBack {
+            warn!(name = %r.name, %file, error = %cause, "repeatable migration failed and was rolled back");
+            return Error::backend_with(
+                "migrate",
+                format!(
+                    "{file} failed and was rolled back, its changes undone (the versioned migrations of this run stay applied)"
+                ),
+                cause,
+            );
+        }
+        let row = AppliedRepeatable {
+            name: r.name.clone(),
+            checksum: r.checksum.clone(),
+            applied_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            success: false,
+        };
+        if let Err(e) = self.driver.put_repeatable(&row).await {
+            warn!(error = %e, "recording the failed repeatable migration failed");
+        }
+        let restore = restore_hint(report);
+        warn!(name = %r.name, %file, error = %cause, "repeatable migration failed part-way");
+        Error::backend_with(
+            "migrate",
+            format!(
+                "{file} failed part-way; the database may be half-migrated; {restore}; then run repair"
+            ),
+            cause,
+        )
+    }
+
     fn step(&self, m: &Migration, script: &super::Script, kind: StepKind) -> MigrationStep {
+        self.script_step((m.version, &m.name, m.checksum(), m.phase()), script, kind)
+    }
+
+    /// The step for one script of the migration `(version, name,
+    /// checksum, phase)`; down scripts are not checked against the
+    /// invariant tables (undoing may rightly change data).
+    fn script_step(
+        &self,
+        (version, name, checksum, phase): (Version, &str, &str, MigrationPhase),
+        script: &super::Script,
+        kind: StepKind,
+    ) -> MigrationStep {
         MigrationStep {
-            version: m.version,
-            name: m.name.clone(),
+            version,
+            name: name.to_owned(),
             file: script.file.clone(),
-            checksum: m.checksum().to_owned(),
-            phase: m.phase(),
+            checksum: checksum.to_owned(),
+            phase,
             kind,
             sql: script.sql.clone(),
             statements: script.statements().to_vec(),
@@ -728,13 +972,7 @@ impl<D: MigrationDriver> Migrator<D> {
             lock_timeout: self.config.lock_timeout,
             statement_timeout: self.config.statement_timeout,
             invariants: match kind {
-                StepKind::Up => self
-                    .config
-                    .invariant_tables
-                    .iter()
-                    .filter(|t| !script.directives.allow_data_change.contains(t))
-                    .cloned()
-                    .collect(),
+                StepKind::Up | StepKind::Repeatable => self.invariants_of(script),
                 StepKind::Down => Vec::new(),
             },
         }
@@ -810,13 +1048,7 @@ impl<D: MigrationDriver> Migrator<D> {
         {
             warn!(error = %e, "recording the failed migration failed");
         }
-        let restore = match &report.backup {
-            Some(b) => format!(
-                "restore the pre-migration backup {} (download it from the backup target to <FILE>): {}",
-                b.key, b.restore_command
-            ),
-            None => "no pre-migration backup was taken; restore from your own backups".to_owned(),
-        };
+        let restore = restore_hint(report);
         warn!(version = %m.version, %file, error = %cause, %restore, "migration failed part-way and could not be reverted");
         Error::backend_with(
             "migrate",
@@ -825,6 +1057,17 @@ impl<D: MigrationDriver> Migrator<D> {
             ),
             cause,
         )
+    }
+}
+
+/// What to do about a database a failed migration left half-migrated.
+fn restore_hint(report: &RunReport) -> String {
+    match &report.backup {
+        Some(b) => format!(
+            "restore the pre-migration backup {} (download it from the backup target to <FILE>): {}",
+            b.key, b.restore_command
+        ),
+        None => "no pre-migration backup was taken; restore from your own backups".to_owned(),
     }
 }
 

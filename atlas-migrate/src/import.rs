@@ -7,7 +7,7 @@ use tracing::info;
 
 use crate::engine::Migrator;
 use atlas_core::migration::{
-    AppliedMigration, FlywayHistoryRow, MigrationDriver, MigrationPhase, Version,
+    AppliedMigration, AppliedRepeatable, FlywayHistoryRow, MigrationDriver, MigrationPhase, Version,
 };
 use atlas_core::{Error, Result};
 
@@ -22,6 +22,9 @@ pub struct ImportReport {
     /// The version of Flyway's baseline marker, recorded as Atlas's
     /// baseline.
     pub baseline: Option<Version>,
+    /// Repeatable migrations recorded as run (their latest Flyway row
+    /// matches the file); the others run again on the next migrate.
+    pub repeatables: Vec<String>,
 }
 
 fn row_version(row: &FlywayHistoryRow, table: &str) -> Result<Version> {
@@ -46,7 +49,7 @@ impl<D: MigrationDriver> Migrator<D> {
     /// # Errors
     /// - [`Error::Precondition`] when Atlas's history is not empty, a row
     ///   failed (`success = false`), or a row is of a kind Atlas cannot run
-    ///   (repeatable, Java, undo);
+    ///   (Java, undo);
     /// - [`Error::NotFound`] for the table, or an applied version without
     ///   its file;
     /// - [`Error::Conflict`] for a file whose Flyway checksum differs from
@@ -64,6 +67,7 @@ impl<D: MigrationDriver> Migrator<D> {
             let rows = self.driver.flyway_history(table).await?;
             let mut report = ImportReport::default();
             let mut records = Vec::new();
+            let mut repeatables: Vec<AppliedRepeatable> = Vec::new();
             for row in &rows {
                 let at = format!("{table} row {} ({})", row.installed_rank, row.script);
                 if !row.success {
@@ -90,9 +94,32 @@ impl<D: MigrationDriver> Migrator<D> {
                     }
                     "SQL" if row.version.is_some() => {}
                     "SQL" => {
-                        return Err(Error::precondition(format!(
-                            "{at} is a repeatable migration, which Atlas does not run yet"
-                        )));
+                        // A repeatable migration: Flyway adds a row each time
+                        // it runs, so the latest row per file counts. One
+                        // that matches the file is recorded; any other runs
+                        // again, which is what a repeatable migration is for.
+                        let base = row.script.rsplit('/').next().unwrap_or(&row.script);
+                        let name = base
+                            .strip_prefix("R__")
+                            .and_then(|n| n.strip_suffix(".sql"))
+                            .unwrap_or(base);
+                        let current = self.set.repeatable(name);
+                        repeatables.retain(|r: &AppliedRepeatable| r.name != name);
+                        match current {
+                            Some(r) if row.checksum == Some(r.script.flyway_checksum) => {
+                                repeatables.push(AppliedRepeatable {
+                                    name: r.name.clone(),
+                                    checksum: r.checksum.clone(),
+                                    applied_at: row.installed_on,
+                                    duration: Duration::from_millis(
+                                        u64::try_from(row.execution_time_ms).unwrap_or(0),
+                                    ),
+                                    success: true,
+                                });
+                            }
+                            _ => info!(%name, "repeatable migration changed since Flyway ran it (or is gone): it runs again"),
+                        }
+                        continue;
                     }
                     other => {
                         return Err(Error::precondition(format!(
@@ -130,6 +157,10 @@ impl<D: MigrationDriver> Migrator<D> {
             }
             for record in &records {
                 self.driver.put_history(record).await?;
+            }
+            for record in &repeatables {
+                self.driver.put_repeatable(record).await?;
+                report.repeatables.push(record.name.clone());
             }
             info!(imported = report.imported.len(), baseline = ?report.baseline, %table, "Flyway history imported");
             Ok(report)

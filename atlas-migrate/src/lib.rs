@@ -51,17 +51,17 @@ mod source;
 mod statements;
 
 pub use atlas_core::migration::{
-    AppliedMigration, BackupRecord, FailureState, FlywayHistoryRow, MigrationDriver,
-    MigrationPhase, MigrationStep, Statement, StepError, StepKind, Version,
+    AppliedMigration, AppliedRepeatable, BackupRecord, FailureState, FlywayHistoryRow,
+    MigrationDriver, MigrationPhase, MigrationStep, Statement, StepError, StepKind, Version,
 };
 pub use atlas_core::{Error, Result};
 pub use checksum::{checksum, flyway_checksum};
 pub use engine::{
     BackupPolicy, Direction, MigrationState, MigrationStatus, Migrator, MigratorConfig, Plan,
-    PlannedStep, RepairReport, RunReport,
+    PlannedRepeatable, PlannedStep, RepairReport, RepeatableState, RepeatableStatus, RunReport,
 };
 pub use hook::MigrationHook;
 pub use import::{FLYWAY_HISTORY_TABLE, ImportReport};
 pub use lint::{LintConfig, LintFinding, LintReport, LintSeverity};
 pub use placeholders::{CONNECTION_PLACEHOLDERS, SourceOptions};
-pub use source::{Directives, Migration, MigrationSet, Script};
+pub use source::{Directives, Migration, MigrationSet, Repeatable, Script};

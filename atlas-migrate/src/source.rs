@@ -260,8 +260,24 @@ impl Migration {
     }
 }
 
+/// A repeatable migration, `R__<name>.sql`: run after the versioned
+/// migrations, in name order, each time its text changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repeatable {
+    /// The name: the file name's part after `R__`, without `.sql`.
+    pub name: String,
+    /// The script.
+    pub script: Script,
+    /// What the history records: [`checksum`] of the text that runs,
+    /// placeholders replaced, so a new placeholder value runs it again (as
+    /// Flyway does for repeatable migrations).
+    pub checksum: String,
+}
+
 /// What a file name says.
 enum FileName {
+    /// `R__<name>.sql`.
+    Repeatable { name: String },
     /// `V<version>__<name>.sql` or `.down.sql`.
     Versioned {
         version: Version,
@@ -296,9 +312,15 @@ fn parse_file_name(file: &str) -> Result<FileName> {
             Some(b'U') if file.contains("__") => ignored(
                 "Flyway undo migrations (U…) are not run; Atlas reverts with V<version>__<name>.down.sql",
             ),
-            Some(b'R') if file.starts_with("R__") => {
-                ignored("repeatable migrations (R__…) are not supported yet")
-            }
+            Some(b'R') if file.starts_with("R__") => match &file[3..file.len() - 4] {
+                "" => Err(Error::invalid(
+                    file,
+                    "the name is empty; repeatable migrations are named R__<name>.sql",
+                )),
+                name => Ok(FileName::Repeatable {
+                    name: name.to_owned(),
+                }),
+            },
             Some(b'v') if file.contains("__") => ignored("the prefix must be an upper-case V"),
             _ => ignored("the name does not start with V"),
         };
@@ -336,6 +358,7 @@ fn parse_file_name(file: &str) -> Result<FileName> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationSet {
     migrations: Vec<Migration>,
+    repeatables: Vec<Repeatable>,
     warnings: Vec<String>,
 }
 
@@ -403,12 +426,32 @@ impl MigrationSet {
         let context = LoadContext::now();
         let mut ups: BTreeMap<Version, (String, Script)> = BTreeMap::new();
         let mut downs: BTreeMap<Version, (String, Script)> = BTreeMap::new();
+        let mut repeatables: BTreeMap<String, Repeatable> = BTreeMap::new();
         let mut warnings = Vec::new();
         for (file, text) in sources {
             let file: String = file.into();
             let base = file.rsplit('/').next().unwrap_or(&file);
             let (version, name, down) = match parse_file_name(base)? {
                 FileName::Other => continue,
+                FileName::Repeatable { name } => {
+                    if let Some(other) = repeatables.get(&name) {
+                        return Err(Error::invalid(
+                            file,
+                            format!("repeatable migration {name} is also {}", other.script.file),
+                        ));
+                    }
+                    let script = Script::build(file.clone(), text.into(), options, &context)?;
+                    let checksum = checksum(script.sql.as_bytes());
+                    repeatables.insert(
+                        name.clone(),
+                        Repeatable {
+                            name,
+                            script,
+                            checksum,
+                        },
+                    );
+                    continue;
+                }
                 FileName::Ignored(why) => {
                     warn!(%file, %why, "ignored file that looks like a migration");
                     warnings.push(format!("{file} is ignored: {why}"));
@@ -453,6 +496,7 @@ impl MigrationSet {
         }
         Ok(MigrationSet {
             migrations,
+            repeatables: repeatables.into_values().collect(),
             warnings,
         })
     }
@@ -460,6 +504,16 @@ impl MigrationSet {
     /// The migrations, by ascending version.
     pub fn migrations(&self) -> &[Migration] {
         &self.migrations
+    }
+
+    /// The repeatable migrations, by name (the order they run in).
+    pub fn repeatables(&self) -> &[Repeatable] {
+        &self.repeatables
+    }
+
+    /// The repeatable migration called `name`.
+    pub fn repeatable(&self, name: &str) -> Option<&Repeatable> {
+        self.repeatables.iter().find(|r| r.name == name)
     }
 
     /// Files that look like migrations but are not run, each with why.

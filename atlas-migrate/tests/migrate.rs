@@ -732,3 +732,138 @@ async fn shared_and_boxed_drivers_are_drivers() {
     let report = boxed.migrate(None).await.expect("box");
     assert_eq!(report.versions, vec![Version::new(2), Version::new(3)]);
 }
+
+#[tokio::test]
+async fn transaction_control_in_a_transactional_file_is_refused_naming_file_and_line() {
+    let driver = MemoryDriver::new();
+    let lenient = MigratorConfig {
+        allow_lint_errors: true,
+        ..no_backup()
+    };
+    for (file, sql, line) in [
+        (
+            "V1__c.sql",
+            "CREATE TABLE a (id int);\nCOMMIT;\nSELECT 1/0;",
+            2,
+        ),
+        (
+            "V1__w.sql",
+            "-- wrapped\nBEGIN;\nCREATE TABLE a (id int);\nCOMMIT;",
+            2,
+        ),
+        (
+            "V1__r.sql",
+            "CREATE TABLE a (id int);\n\nrollback prepared 'x';",
+            3,
+        ),
+    ] {
+        let m = Migrator::new(driver.clone(), set(&[(file, sql)])).with_config(lenient.clone());
+        let err = m.migrate(None).await.expect_err(file);
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains(&format!("{file}:{line}")), "{err}");
+        assert!(driver.runs().is_empty(), "nothing ran for {file}");
+    }
+    // Savepoints, bodies and no-transaction files are fine.
+    let fine = set(&[
+        (
+            "V1__s.sql",
+            "SAVEPOINT s;\nCREATE TABLE a (id int);\nROLLBACK TO SAVEPOINT s;\nRELEASE s;\n\
+             DO $$ BEGIN COMMIT; END $$;",
+        ),
+        (
+            "V2__n.sql",
+            "-- atlas:no-transaction\nBEGIN;\nSELECT 1;\nCOMMIT;",
+        ),
+    ]);
+    let m = Migrator::new(driver.clone(), fine).with_config(lenient);
+    let report = m.migrate(None).await.expect("allowed");
+    assert_eq!(report.versions, vec![Version::new(1), Version::new(2)]);
+}
+
+#[test]
+fn flyway_versions_order_numerically_and_equal_spellings_collide() {
+    let s = set(&[
+        ("V1.10__ten.sql", "SELECT 10;"),
+        ("V1.9__nine.sql", "SELECT 9;"),
+        ("V1_2__two.sql", "SELECT 2;"),
+        ("V1.2.3__three.sql", "SELECT 3;"),
+        ("V2__x.sql", "SELECT 20;"),
+    ]);
+    let order: Vec<String> = s.migrations().iter().map(|m| m.version.dotted()).collect();
+    assert_eq!(order, vec!["1.2", "1.2.3", "1.9", "1.10", "2"]);
+    assert_eq!(s.migrations()[0].up.file, "V1_2__two.sql");
+    let err = MigrationSet::from_sources([("V1.1__a.sql", ""), ("V1_1__b.sql", "")])
+        .expect_err("one version twice");
+    let text = err.to_string();
+    assert!(
+        text.contains("V1.1__a.sql") && text.contains("V1_1__b.sql"),
+        "{text}"
+    );
+    assert_eq!("V1.0".parse::<Version>().expect("v"), Version::new(1));
+    assert!("1..2".parse::<Version>().is_err());
+    assert!("1.x".parse::<Version>().is_err());
+}
+
+#[tokio::test]
+async fn repeatables_run_after_versioned_ones_in_name_order_whenever_they_change() {
+    let driver = MemoryDriver::new();
+    let options =
+        |value: &str| atlas_migrate::SourceOptions::default().with_placeholder("who", value);
+    let files = |view: &str| {
+        vec![
+            (
+                "V1__t.sql".to_owned(),
+                "CREATE TABLE t (id bigint);".to_owned(),
+            ),
+            ("R__b_view.sql".to_owned(), view.to_owned()),
+            (
+                "sub/R__a_func.sql".to_owned(),
+                "SELECT '${who}';".to_owned(),
+            ),
+        ]
+    };
+    let load = |view: &str, who: &str| {
+        MigrationSet::from_sources_with(files(view), &options(who)).expect("set")
+    };
+    let m = migrator(&driver, load("SELECT 1;", "ann"));
+    let plan = m.plan(None).await.expect("plan");
+    let names: Vec<&str> = plan.repeatables.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["a_func", "b_view"]);
+    let report = m.migrate(None).await.expect("first");
+    assert_eq!(report.versions, vec![Version::new(1)]);
+    assert_eq!(report.repeatables, vec!["a_func", "b_view"]);
+    let order: Vec<String> = driver.runs().iter().map(|r| r.file.clone()).collect();
+    assert_eq!(
+        order,
+        vec!["V1__t.sql", "sub/R__a_func.sql", "R__b_view.sql"]
+    );
+    assert_eq!(driver.rows().len(), 1, "repeatables have no versioned row");
+    assert_eq!(driver.repeatable_rows().len(), 2);
+    // Unchanged: nothing runs.
+    let again = migrator(&driver, load("SELECT 1;", "ann"))
+        .migrate(None)
+        .await
+        .expect("again");
+    assert!(again.versions.is_empty() && again.repeatables.is_empty());
+    // A changed file, or a new placeholder value, runs it again.
+    let changed = migrator(&driver, load("SELECT 2;", "bob"));
+    let status = changed.repeatable_status().await.expect("status");
+    assert!(
+        status
+            .iter()
+            .all(|s| s.state == atlas_migrate::RepeatableState::Outdated),
+        "{status:?}"
+    );
+    let report = changed.migrate(None).await.expect("changed");
+    assert_eq!(report.repeatables, vec!["a_func", "b_view"]);
+    // A target below the newest version runs no repeatable.
+    let mut newer = files("SELECT 3;");
+    newer.push(("V2__u.sql".to_owned(), "SELECT 1;".to_owned()));
+    let m = migrator(
+        &driver,
+        MigrationSet::from_sources_with(newer, &options("bob")).expect("set"),
+    );
+    let plan = m.plan(Some(Version::new(1))).await.expect("plan to V1");
+    assert!(plan.repeatables.is_empty(), "{plan:?}");
+    assert_eq!(m.plan(None).await.expect("plan").repeatables.len(), 1);
+}

@@ -278,6 +278,19 @@ fn print_plan(plan: &Plan) {
             }
         );
     }
+    for r in &plan.repeatables {
+        println!(
+            "Repeatable {} {} ({}, {})",
+            r.name,
+            r.file,
+            if r.changed { "changed" } else { "new" },
+            if r.transactional {
+                "in a transaction"
+            } else {
+                "no transaction"
+            }
+        );
+    }
     print_lint(&plan.lint);
 }
 
@@ -356,7 +369,8 @@ struct StepJson {
     transactional: bool,
 }
 
-/// One line of `status --output json`.
+/// One line of `status --output json` (version `R` for a repeatable
+/// migration).
 #[derive(Debug, Serialize)]
 struct StatusJson {
     version: String,
@@ -420,34 +434,43 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     let migrator = Migrator::new(driver, set).with_config(config);
     match &cli.command {
         Command::Status { output } => {
-            let status = migrator.status().await?;
-            if output.output == OutputFormat::Json {
-                let lines: Vec<StatusJson> = status
+            let rfc3339 =
+                |at: std::time::SystemTime| humantime::format_rfc3339_seconds(at).to_string();
+            // Versioned migrations, then the repeatable ones (version `R`).
+            let mut lines: Vec<StatusJson> = migrator
+                .status()
+                .await?
+                .iter()
+                .map(|s| StatusJson {
+                    version: s.version.to_string(),
+                    name: s.name.clone(),
+                    state: format!("{:?}", s.state),
+                    applied_at: s.applied.as_ref().map(|a| rfc3339(a.applied_at)),
+                })
+                .collect();
+            lines.extend(
+                migrator
+                    .repeatable_status()
+                    .await?
                     .iter()
-                    .map(|s| StatusJson {
-                        version: s.version.to_string(),
-                        name: s.name.clone(),
-                        state: format!("{:?}", s.state),
-                        applied_at: s
-                            .applied
-                            .as_ref()
-                            .map(|a| humantime::format_rfc3339_seconds(a.applied_at).to_string()),
-                    })
-                    .collect();
+                    .map(|r| StatusJson {
+                        version: "R".to_owned(),
+                        name: r.name.clone(),
+                        state: format!("{:?}", r.state),
+                        applied_at: r.applied.as_ref().map(|a| rfc3339(a.applied_at)),
+                    }),
+            );
+            if output.output == OutputFormat::Json {
                 cli::print_json(&lines)?;
                 return Ok(true);
             }
-            for s in status {
-                let when = s
-                    .applied
-                    .as_ref()
-                    .map(|a| humantime::format_rfc3339_seconds(a.applied_at).to_string())
-                    .unwrap_or_default();
+            for line in lines {
                 println!(
-                    "{:<8} {:<30} {:?} {when}",
-                    s.version.to_string(),
-                    s.name,
-                    s.state
+                    "{:<8} {:<30} {} {}",
+                    line.version,
+                    line.name,
+                    line.state,
+                    line.applied_at.unwrap_or_default()
                 );
             }
         }
@@ -481,6 +504,9 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 println!("pre-migration backup: {} ({} bytes)", b.key, b.size);
             }
             println!("applied: {}", list(&report.versions));
+            if !report.repeatables.is_empty() {
+                println!("repeatable: {}", report.repeatables.join(", "));
+            }
         }
         Command::Down { to } => {
             let result = migrator.down(*to).await;
@@ -502,6 +528,9 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 println!("baseline: {b}");
             }
             println!("imported from {flyway_table}: {}", list(&report.imported));
+            if !report.repeatables.is_empty() {
+                println!("repeatable: {}", report.repeatables.join(", "));
+            }
         }
         Command::Lint { .. } => unreachable!("handled above, without a database"),
     }
@@ -573,6 +602,20 @@ impl<D: MigrationDriver> MigrationDriver for Shown<D> {
         table: &str,
     ) -> atlas_core::Result<Vec<atlas_migrate::FlywayHistoryRow>> {
         self.inner.flyway_history(table).await
+    }
+    async fn repeatable_history(
+        &self,
+    ) -> atlas_core::Result<Vec<atlas_migrate::AppliedRepeatable>> {
+        self.inner.repeatable_history().await
+    }
+    async fn put_repeatable(
+        &self,
+        row: &atlas_migrate::AppliedRepeatable,
+    ) -> atlas_core::Result<()> {
+        self.inner.put_repeatable(row).await
+    }
+    async fn delete_repeatable(&self, name: &str) -> atlas_core::Result<()> {
+        self.inner.delete_repeatable(name).await
     }
     async fn backup(
         &self,
@@ -743,9 +786,9 @@ mod tests {
         let cli = parse(&[
             "--placeholder",
             "schema=app",
-            "import",
             "--placeholder",
             "x=a=b",
+            "import",
         ])
         .unwrap();
         assert_eq!(

@@ -169,7 +169,7 @@ async fn snapshot(client: &Client) -> (Vec<String>, Vec<String>, Option<String>)
 async fn history_versions(client: &Client) -> Vec<i64> {
     client
         .query(
-            "SELECT version::bigint FROM atlas_schema_history ORDER BY 1",
+            "SELECT version::bigint FROM atlas_schema_history WHERE version IS NOT NULL ORDER BY 1",
             &[],
         )
         .await
@@ -661,7 +661,10 @@ async fn table_exists(client: &Client, name: &str) -> bool {
 
 async fn history_rows(client: &Client) -> Vec<(String, bool)> {
     let mut rows: Vec<(String, bool)> = client
-        .query("SELECT version, success FROM atlas_schema_history", &[])
+        .query(
+            "SELECT version, success FROM atlas_schema_history WHERE version IS NOT NULL",
+            &[],
+        )
         .await
         .expect("history")
         .iter()
@@ -888,6 +891,10 @@ async fn a_flyway_folder_runs_as_published() {
     std::fs::create_dir_all(root.join("release/2")).expect("dirs");
     let write = |path: &str, text: &[u8]| std::fs::write(root.join(path), text).expect("write");
     write(
+        "release/R__item_view.sql",
+        b"DROP VIEW IF EXISTS item_names;\nCREATE VIEW item_names AS SELECT v AS ${label} FROM app_items;\n",
+    );
+    write(
         "V1__init.sql",
         b"CREATE TABLE ${schema_prefix}items (id int PRIMARY KEY, v text);\n",
     );
@@ -907,7 +914,9 @@ async fn a_flyway_folder_runs_as_published() {
     write("v3__lower.sql", b"DROP TABLE app_items;\n");
     write("V3__upper.SQL", b"DROP TABLE app_items;\n");
     write("V3_no_separator.sql", b"DROP TABLE app_items;\n");
-    let options = atlas_migrate::SourceOptions::default().with_placeholder("schema_prefix", "app_");
+    let options = atlas_migrate::SourceOptions::default()
+        .with_placeholder("schema_prefix", "app_")
+        .with_placeholder("label", "name");
     let folder = MigrationSet::load_with(root, &options).expect("load");
     let warned = folder.warnings().join("\n");
     for name in [
@@ -918,10 +927,32 @@ async fn a_flyway_folder_runs_as_published() {
     ] {
         assert!(warned.contains(name), "{name} not in {warned}");
     }
-    let m = Migrator::new(db.driver().await, folder.clone()).with_config(config());
+    let m = Migrator::new(db.driver().await, folder.clone()).with_config(lenient());
     let report = m.migrate(None).await.expect("migrate");
     let applied: Vec<String> = report.versions.iter().map(|v| v.dotted()).collect();
     assert_eq!(applied, vec!["1", "1.2", "1.9", "1.10"]);
+    assert_eq!(
+        report.repeatables,
+        vec!["item_view"],
+        "after the versioned ones"
+    );
+    let view: i64 = client
+        .query_one("SELECT count(name) FROM item_names", &[])
+        .await
+        .expect("view")
+        .get(0);
+    assert_eq!(view, 3);
+    let repeatable_rows: Vec<(Option<String>, String, bool)> = client
+        .query(
+            "SELECT version, name, success FROM atlas_schema_history WHERE version IS NULL",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(repeatable_rows, vec![(None, "item_view".to_owned(), true)]);
     let nine: String = client
         .query_one("SELECT v FROM app_items WHERE id = 9", &[])
         .await
@@ -934,8 +965,31 @@ async fn a_flyway_folder_runs_as_published() {
         b"INSERT INTO app_items VALUES (9, '${flyway:filename}');\n",
     );
     let again = MigrationSet::load_with(root, &options).expect("reload");
-    let m = Migrator::new(db.driver().await, again).with_config(config());
-    assert!(m.migrate(None).await.expect("no drift").versions.is_empty());
+    let m = Migrator::new(db.driver().await, again).with_config(lenient());
+    let report = m.migrate(None).await.expect("no drift");
+    assert!(
+        report.versions.is_empty() && report.repeatables.is_empty(),
+        "{report:?}"
+    );
+    // A new placeholder value changes the repeatable: it runs again.
+    let relabel = atlas_migrate::SourceOptions {
+        placeholders: [("schema_prefix", "app_"), ("label", "title")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    let m = Migrator::new(
+        db.driver().await,
+        MigrationSet::load_with(root, &relabel).expect("relabel"),
+    )
+    .with_config(lenient());
+    let report = m.migrate(None).await.expect("rerun");
+    assert_eq!(report.repeatables, vec!["item_view"]);
+    client
+        .query_one("SELECT count(title) FROM item_names", &[])
+        .await
+        .expect("renamed column");
     // An unknown placeholder is refused naming it and the file.
     write("V4__unknown.sql", b"SELECT '${nobody}';\n");
     let err = MigrationSet::load_with(root, &options).expect_err("unknown placeholder");
@@ -1074,4 +1128,39 @@ async fn importing_a_flyway_history_then_migrate_applies_only_new_files() {
         .await
         .expect_err("failed row");
     assert_eq!(err.kind(), ErrorKind::Precondition, "{err}");
+}
+
+/// A history table written by an earlier Atlas release (bigint version
+/// primary key) is read as it is, and upgraded under the run lock.
+#[tokio::test]
+#[ignore = "needs postgres; run: cargo xtask test"]
+async fn an_old_history_table_is_upgraded_under_the_lock() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "{V1}\nCREATE TABLE atlas_schema_history (version bigint PRIMARY KEY, name text NOT NULL, \
+             checksum text NOT NULL, phase text NOT NULL, applied_at timestamptz NOT NULL, \
+             duration_ms bigint NOT NULL, success boolean NOT NULL, baseline boolean NOT NULL DEFAULT false);\n\
+             INSERT INTO atlas_schema_history VALUES (1, 'accounts', '{}', 'expand', now(), 5, true, false);",
+            atlas_migrate::checksum(V1.as_bytes())
+        ))
+        .await
+        .expect("old table");
+    let m = Migrator::new(db.driver().await, three()).with_config(config());
+    let status = m.status().await.expect("status reads the old table");
+    assert_eq!(status[0].state, atlas_migrate::MigrationState::Applied);
+    let report = m.migrate(None).await.expect("migrate");
+    assert_eq!(report.versions, vec![Version::new(2), Version::new(3)]);
+    let kind: String = client
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'atlas_schema_history'::regclass AND attname = 'version'",
+            &[],
+        )
+        .await
+        .expect("type")
+        .get(0);
+    assert_eq!(kind, "text");
+    assert_eq!(history_versions(&client).await, vec![1, 2, 3]);
 }

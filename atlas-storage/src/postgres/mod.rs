@@ -16,11 +16,12 @@
 //!   invalid index behind) so the migrator runs the down file.
 //! - **Timeouts**: `lock_timeout` and `statement_timeout` are set for every
 //!   script (`SET LOCAL` in a transaction, `SET`/`RESET` outside).
-//! - **History**: table `atlas_schema_history` by default (version primary
-//!   key, as text such as `1.2.3`, so no duplicate rows can exist). It is
-//!   created, or upgraded from the bigint versions of earlier Atlas
-//!   releases, only under the run lock; reading a database without it
-//!   finds an empty history and creates nothing.
+//! - **History**: table `atlas_schema_history` by default: one row per
+//!   version (unique, as text such as `1.2.3`), and one row per repeatable
+//!   migration with no version (unique by name). It is created, or upgraded
+//!   from the version-keyed table of earlier Atlas releases, only under the
+//!   run lock; reading a database without it finds an empty history and
+//!   creates nothing.
 //! - **Backups**: `pg_dump --format=custom` streamed into any
 //!   [`BackupTarget`]; the connection password goes to `pg_dump` through
 //!   `PGPASSWORD`, never on its command line, and never into logs.
@@ -37,8 +38,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use atlas_core::backup::{BackupTarget, BackupTargetExt, ObjectKey};
 use atlas_core::migration::{
-    AppliedMigration, BackupRecord, FlywayHistoryRow, MigrationDriver, MigrationPhase,
-    MigrationStep, Statement, StepError, StepKind, Version,
+    AppliedMigration, AppliedRepeatable, BackupRecord, FlywayHistoryRow, MigrationDriver,
+    MigrationPhase, MigrationStep, Statement, StepError, StepKind, Version,
 };
 use atlas_core::{Error, Result};
 use bytes::Bytes;
@@ -476,6 +477,34 @@ impl PostgresDriver {
         Ok(())
     }
 
+    async fn insert_repeatable(
+        client: &impl tokio_postgres::GenericClient,
+        table: &str,
+        row: &AppliedRepeatable,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {table} (version, name, checksum, phase, applied_at, duration_ms, success, baseline) \
+             VALUES (NULL, $1, $2, 'expand', $3, $4, $5, false) \
+             ON CONFLICT (name) WHERE version IS NULL DO UPDATE SET checksum = EXCLUDED.checksum, \
+             applied_at = EXCLUDED.applied_at, duration_ms = EXCLUDED.duration_ms, success = EXCLUDED.success"
+        );
+        let duration_ms = i64::try_from(row.duration.as_millis()).unwrap_or(i64::MAX);
+        client
+            .execute(
+                &sql,
+                &[
+                    &row.name,
+                    &row.checksum,
+                    &row.applied_at,
+                    &duration_ms,
+                    &row.success,
+                ],
+            )
+            .await
+            .map_err(|e| db_err("writing the history", e))?;
+        Ok(())
+    }
+
     async fn verify(
         client: &impl tokio_postgres::GenericClient,
         step: &MigrationStep,
@@ -505,6 +534,9 @@ impl PostgresDriver {
     ) -> Result<()> {
         match step.kind {
             StepKind::Up => Self::insert_row(client, &self.table, &step.history_row(took)).await,
+            StepKind::Repeatable => {
+                Self::insert_repeatable(client, &self.table, &step.repeatable_row(took)).await
+            }
             StepKind::Down => {
                 let sql = format!("DELETE FROM {} WHERE version = $1", self.table);
                 client
@@ -654,41 +686,50 @@ impl MigrationDriver for PostgresDriver {
         Ok(())
     }
 
-    /// Creates the table, or turns the bigint version column of earlier
-    /// Atlas releases into text. The engine calls it under the run lock
-    /// only, so concurrent runners never race on `CREATE TABLE`.
+    /// Creates the table, or upgrades the table of earlier Atlas releases
+    /// (a bigint or text version primary key) to text versions that may be
+    /// NULL for repeatable migrations. The engine calls it under the run
+    /// lock only, so concurrent runners never race on `CREATE TABLE`.
     async fn ensure_history(&self) -> Result<()> {
         let client = self.client.lock().await;
+        let table = &self.table;
+        let short = table.rsplit('.').next().unwrap_or(table);
         let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} (\
-             version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS {table} (\
+             version text UNIQUE, name text NOT NULL, checksum text NOT NULL, \
              phase text NOT NULL, applied_at timestamptz NOT NULL, duration_ms bigint NOT NULL, \
-             success boolean NOT NULL, baseline boolean NOT NULL DEFAULT false)",
-            self.table
+             success boolean NOT NULL, baseline boolean NOT NULL DEFAULT false)"
         );
         client
             .batch_execute(&sql)
             .await
             .map_err(|e| db_err("creating the history table", e))?;
-        let version_type: String = client
-            .query_one(
-                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
-                 WHERE attrelid = $1::text::regclass AND attname = 'version'",
-                &[&self.table],
+        let primary_key: Option<String> = client
+            .query_opt(
+                "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'p'",
+                &[table],
             )
             .await
-            .map_err(|e| db_err("reading the history table's columns", e))?
-            .get(0);
-        if version_type == "bigint" {
-            info!(table = %self.table, "upgrading the history table: versions become text (1.2.3)");
+            .map_err(|e| db_err("reading the history table's constraints", e))?
+            .map(|r| r.get(0));
+        if let Some(key) = primary_key {
+            info!(%table, "upgrading the history table: text versions, rows for repeatable migrations");
             client
                 .batch_execute(&format!(
-                    "ALTER TABLE {} ALTER COLUMN version TYPE text USING version::text",
-                    self.table
+                    "ALTER TABLE {table} DROP CONSTRAINT \"{}\", \
+                     ALTER COLUMN version TYPE text USING version::text, \
+                     ALTER COLUMN version DROP NOT NULL, ADD UNIQUE (version)",
+                    key.replace('"', "\"\"")
                 ))
                 .await
                 .map_err(|e| db_err("upgrading the history table", e))?;
         }
+        client
+            .batch_execute(&format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {short}_repeatable ON {table} (name) WHERE version IS NULL"
+            ))
+            .await
+            .map_err(|e| db_err("creating the history table's index", e))?;
         Ok(())
     }
 
@@ -700,7 +741,7 @@ impl MigrationDriver for PostgresDriver {
         }
         let sql = format!(
             "SELECT version::text, name, checksum, phase, applied_at, duration_ms, success, baseline \
-             FROM {}",
+             FROM {} WHERE version IS NOT NULL",
             self.table
         );
         let rows = client
@@ -758,6 +799,50 @@ impl MigrationDriver for PostgresDriver {
             warn!(error = %e, "resetting timeouts failed");
         }
         result
+    }
+
+    async fn repeatable_history(&self) -> Result<Vec<AppliedRepeatable>> {
+        let client = self.client.lock().await;
+        if !self.history_exists(&client).await? {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT name, checksum, applied_at, duration_ms, success FROM {} \
+             WHERE version IS NULL ORDER BY name",
+            self.table
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| db_err("reading the history", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| AppliedRepeatable {
+                name: r.get(0),
+                checksum: r.get(1),
+                applied_at: r.get(2),
+                duration: Duration::from_millis(u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
+                success: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn put_repeatable(&self, row: &AppliedRepeatable) -> Result<()> {
+        let client = self.client.lock().await;
+        Self::insert_repeatable(&*client, &self.table, row).await
+    }
+
+    async fn delete_repeatable(&self, name: &str) -> Result<()> {
+        let client = self.client.lock().await;
+        let sql = format!(
+            "DELETE FROM {} WHERE version IS NULL AND name = $1",
+            self.table
+        );
+        client
+            .execute(&sql, &[&name])
+            .await
+            .map_err(|e| db_err("writing the history", e))?;
+        Ok(())
     }
 
     async fn put_history(&self, row: &AppliedMigration) -> Result<()> {
