@@ -9,8 +9,8 @@ use tracing::{info, warn};
 
 use super::lint::{LintConfig, LintReport, lint_script};
 use super::{
-    AppliedMigration, AppliedRepeatable, BackupRecord, FailureState, Migration, MigrationDriver,
-    MigrationPhase, MigrationSet, MigrationStep, Repeatable, StepKind, Version,
+    AppliedMigration, BackupRecord, FailureState, Migration, MigrationDriver, MigrationPhase,
+    MigrationSet, MigrationStep, StepKind, Version,
 };
 use atlas_core::backup::{BackupTarget, ObjectPrefix};
 use atlas_core::{Error, Result};
@@ -135,32 +135,6 @@ pub struct PlannedRepeatable {
     pub changed: bool,
 }
 
-/// Where one repeatable migration stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RepeatableState {
-    /// Never run.
-    Pending,
-    /// Ran, and its text changed since: runs again on the next migrate.
-    Outdated,
-    /// Ran with its current text.
-    Applied,
-    /// Failed part-way and not reverted; needs [`Migrator::repair`].
-    Failed,
-    /// Ran, but its file is gone (it stays as it was).
-    MissingFile,
-}
-
-/// One repeatable migration in [`Migrator::repeatable_status`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepeatableStatus {
-    /// Its name.
-    pub name: String,
-    /// Where it stands.
-    pub state: RepeatableState,
-    /// Its history row, if any.
-    pub applied: Option<AppliedRepeatable>,
-}
-
 /// Where one migration stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MigrationState {
@@ -257,7 +231,7 @@ impl<D: MigrationDriver> Migrator<D> {
         &self.set
     }
 
-    fn lint_config(&self) -> LintConfig {
+    pub(crate) fn lint_config(&self) -> LintConfig {
         let mut lint = self.config.lint.clone();
         // The runner sets these per migration; asking every file to set
         // them again would only be noise. An explicit override still wins.
@@ -794,155 +768,15 @@ impl<D: MigrationDriver> Migrator<D> {
         Ok(report)
     }
 
-    /// Where every repeatable migration stands, without changing anything.
-    ///
-    /// # Errors
-    /// Driver errors.
-    #[tracing::instrument(skip(self))]
-    pub async fn repeatable_status(&self) -> Result<Vec<RepeatableStatus>> {
-        let rows = self.driver.repeatable_history().await?;
-        Ok(self.repeatable_status_of(&rows))
-    }
-
-    fn repeatable_status_of(&self, rows: &[AppliedRepeatable]) -> Vec<RepeatableStatus> {
-        let mut out: Vec<RepeatableStatus> = self
-            .set
-            .repeatables()
-            .iter()
-            .map(|r| {
-                let row = rows.iter().find(|row| row.name == r.name);
-                let state = match row {
-                    None => RepeatableState::Pending,
-                    Some(row) if !row.success => RepeatableState::Failed,
-                    Some(row) if row.checksum != r.checksum => RepeatableState::Outdated,
-                    Some(_) => RepeatableState::Applied,
-                };
-                RepeatableStatus {
-                    name: r.name.clone(),
-                    state,
-                    applied: row.cloned(),
-                }
-            })
-            .collect();
-        for row in rows {
-            if self.set.repeatable(&row.name).is_none() {
-                out.push(RepeatableStatus {
-                    name: row.name.clone(),
-                    state: if row.success {
-                        RepeatableState::MissingFile
-                    } else {
-                        RepeatableState::Failed
-                    },
-                    applied: Some(row.clone()),
-                });
-            }
-        }
-        out
-    }
-
-    /// Adds the repeatable migrations to run after an up plan that reaches
-    /// the newest version: those never run and those whose text changed,
-    /// in name order, as Flyway runs them.
-    ///
-    /// # Errors
-    /// [`Error::Precondition`] for a failed repeatable migration left in
-    /// the history; as [`Script::check_transaction_control`](super::Script::check_transaction_control).
-    async fn add_repeatables(&self, plan: &mut Plan, target: Option<Version>) -> Result<()> {
-        if target.is_some_and(|t| self.set.latest().is_some_and(|latest| t < latest)) {
-            return Ok(());
-        }
-        let rows = self.driver.repeatable_history().await?;
-        let config = self.lint_config();
-        for status in self.repeatable_status_of(&rows) {
-            let changed = match status.state {
-                RepeatableState::Pending => false,
-                RepeatableState::Outdated => true,
-                RepeatableState::Failed => {
-                    return Err(Error::precondition(format!(
-                        "repeatable migration {} failed part-way and was not reverted; fix the database, then run repair",
-                        status.name
-                    )));
-                }
-                RepeatableState::Applied | RepeatableState::MissingFile => continue,
-            };
-            let Some(r) = self.set.repeatable(&status.name) else {
-                continue;
-            };
-            r.script.check_transaction_control()?;
-            plan.lint
-                .findings
-                .extend(lint_script(&r.script, MigrationPhase::Expand, &config));
-            plan.repeatables.push(PlannedRepeatable {
-                name: r.name.clone(),
-                file: r.script.file.clone(),
-                transactional: r.script.transactional(),
-                changed,
-            });
-        }
-        Ok(())
-    }
-
-    fn repeatable_step(&self, r: &Repeatable) -> MigrationStep {
-        self.script_step(
-            (
-                Version::new(0),
-                &r.name,
-                &r.checksum,
-                MigrationPhase::Expand,
-            ),
-            &r.script,
-            StepKind::Repeatable,
-        )
-    }
-
     /// The invariant tables a script's run is checked against: the
     /// configured ones minus those it declares it changes.
-    fn invariants_of(&self, script: &super::Script) -> Vec<String> {
+    pub(crate) fn invariants_of(&self, script: &super::Script) -> Vec<String> {
         self.config
             .invariant_tables
             .iter()
             .filter(|t| !script.directives.allow_data_change.contains(t))
             .cloned()
             .collect()
-    }
-
-    async fn repeatable_failure(
-        &self,
-        r: &Repeatable,
-        failure: super::StepError,
-        report: &RunReport,
-    ) -> Error {
-        let file = &r.script.file;
-        let cause = failure.error;
-        if failure.state == FailureState::RolledBack {
-            warn!(name = %r.name, %file, error = %cause, "repeatable migration failed and was rolled back");
-            return Error::backend_with(
-                "migrate",
-                format!(
-                    "{file} failed and was rolled back, its changes undone (the versioned migrations of this run stay applied)"
-                ),
-                cause,
-            );
-        }
-        let row = AppliedRepeatable {
-            name: r.name.clone(),
-            checksum: r.checksum.clone(),
-            applied_at: SystemTime::now(),
-            duration: Duration::ZERO,
-            success: false,
-        };
-        if let Err(e) = self.driver.put_repeatable(&row).await {
-            warn!(error = %e, "recording the failed repeatable migration failed");
-        }
-        let restore = restore_hint(report);
-        warn!(name = %r.name, %file, error = %cause, "repeatable migration failed part-way");
-        Error::backend_with(
-            "migrate",
-            format!(
-                "{file} failed part-way; the database may be half-migrated; {restore}; then run repair"
-            ),
-            cause,
-        )
     }
 
     fn step(&self, m: &Migration, script: &super::Script, kind: StepKind) -> MigrationStep {
@@ -952,7 +786,7 @@ impl<D: MigrationDriver> Migrator<D> {
     /// The step for one script of the migration `(version, name,
     /// checksum, phase)`; down scripts are not checked against the
     /// invariant tables (undoing may rightly change data).
-    fn script_step(
+    pub(crate) fn script_step(
         &self,
         (version, name, checksum, phase): (Version, &str, &str, MigrationPhase),
         script: &super::Script,
@@ -1061,7 +895,7 @@ impl<D: MigrationDriver> Migrator<D> {
 }
 
 /// What to do about a database a failed migration left half-migrated.
-fn restore_hint(report: &RunReport) -> String {
+pub(crate) fn restore_hint(report: &RunReport) -> String {
     match &report.backup {
         Some(b) => format!(
             "restore the pre-migration backup {} (download it from the backup target to <FILE>): {}",
