@@ -357,6 +357,8 @@ impl LintJson {
 struct PlanJson {
     direction: String,
     steps: Vec<StepJson>,
+    /// Repeatable migrations that run after the steps, by name.
+    repeatables: Vec<String>,
     lint: LintJson,
 }
 
@@ -491,6 +493,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                             transactional: s.transactional,
                         })
                         .collect(),
+                    repeatables: plan.repeatables.iter().map(|r| r.name.clone()).collect(),
                     lint: LintJson::of(&plan.lint),
                 })?,
             }
