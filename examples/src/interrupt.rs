@@ -241,11 +241,6 @@ impl Interrupts {
         Ok(Interrupts { first, scratch })
     }
 
-    /// The stop signal received so far, if any.
-    pub fn received(&self) -> Option<StopSignal> {
-        *self.first.borrow()
-    }
-
     /// Waits for the first stop signal (at once if one already came).
     pub async fn wait(&self) -> StopSignal {
         let mut first = self.first.clone();
