@@ -548,7 +548,11 @@ async fn shutdown_stops_everything_and_refuses_more_work() {
         .unwrap();
     wait_for(&w, &svc, Slot::Blue, "2 ready", |s| s.ready == 2).await;
     let pids = w.pids(&svc, Slot::Blue).await;
-    w.shutdown().await;
+    assert_eq!(
+        w.shutdown().await,
+        2,
+        "shutdown counts the replicas it stopped"
+    );
     // shutdown returns once the processes are gone.
     for (_, pid) in &pids {
         assert!(!alive(*pid), "{pid} still alive after shutdown");
@@ -560,7 +564,7 @@ async fn shutdown_stops_everything_and_refuses_more_work() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Precondition);
-    w.shutdown().await;
+    assert_eq!(w.shutdown().await, 0, "nothing left to stop");
 }
 
 #[tokio::test]
@@ -625,4 +629,117 @@ async fn scale_down_stops_the_highest_indices() {
         ["checkout-green-0", "checkout-green-1", "checkout-green-2"]
     );
     w.shutdown().await;
+}
+
+/// The kernel ties a replica's life to the thread that forked it: replicas
+/// deployed from threads that end (a thread of the caller's own, tokio's
+/// blocking pool) must keep running while their owner lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_deployed_from_threads_that_end_keep_running() {
+    let logs = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let w = std::sync::Arc::new(workloads(logs.path()));
+    let svc = service("checkout");
+    let runtime = tokio::runtime::Handle::current();
+    let deploy = {
+        let (w, svc, release) = (w.clone(), svc.clone(), http_server("v1", site.path()));
+        move || runtime.block_on(w.deploy(&svc, Slot::Blue, &release, 2))
+    };
+    std::thread::spawn(deploy).join().unwrap().unwrap();
+    let (w2, svc2, release) = (w.clone(), svc.clone(), http_server("v1", site.path()));
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(w2.deploy(&svc2, Slot::Green, &release, 1))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    wait_for(&w, &svc, Slot::Blue, "2 ready", |s| s.ready == 2).await;
+    wait_for(&w, &svc, Slot::Green, "1 ready", |s| s.ready == 1).await;
+    // The deploying threads are gone; a replica tied to them would have
+    // been killed by now.
+    sleep(Duration::from_millis(500)).await;
+    for slot in [Slot::Blue, Slot::Green] {
+        let s = w.status(&svc, slot).await.unwrap();
+        assert!(s.failures.is_empty(), "{slot}: {:?}", s.failures);
+        for (_, pid) in w.pids(&svc, slot).await {
+            assert!(alive(pid), "{slot} replica {pid} died with its thread");
+        }
+    }
+    assert_eq!(w.shutdown().await, 3);
+}
+
+/// Set in the child copy of this test binary that plays the owner in
+/// [`replicas_die_with_their_owner_even_on_sigkill`]: the directory to put
+/// the replicas' logs and pids in.
+const OWNER_DIR_VAR: &str = "ATLAS_TEST_PROCESS_OWNER_DIR";
+
+/// An owner that is SIGKILLed runs no `Drop` and no signal handler: only
+/// the kernel can end its replicas. This test runs a copy of this test
+/// binary as the owner (the same test, with [`OWNER_DIR_VAR`] set), which
+/// deploys replicas, writes their pids and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_die_with_their_owner_even_on_sigkill() {
+    if let Some(dir) = std::env::var_os(OWNER_DIR_VAR) {
+        return be_the_owner(Path::new(&dir)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut owner = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "replicas_die_with_their_owner_even_on_sigkill",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(OWNER_DIR_VAR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pids_file = dir.path().join("pids");
+    let pids: Vec<u32> = loop {
+        let pids: Vec<u32> = std::fs::read_to_string(&pids_file)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        if pids.len() == 3 {
+            break pids;
+        }
+        if let Some(status) = owner.try_wait().unwrap() {
+            panic!("the owner exited ({status}) before starting its replicas");
+        }
+        sleep(Duration::from_millis(20)).await;
+    };
+    assert!(pids.iter().all(|p| alive(*p)), "replicas must run first");
+    owner.start_kill().unwrap();
+    owner.wait().await.unwrap();
+    for pid in pids {
+        wait_gone(pid, Duration::from_secs(5)).await;
+    }
+}
+
+async fn be_the_owner(dir: &Path) {
+    let w = workloads(&dir.join("logs"));
+    let svc = service("checkout");
+    let sleeper = Release::new("v1", "sleep").with_arg("1000");
+    w.deploy(&svc, Slot::Blue, &sleeper, 2).await.unwrap();
+    // One more from a thread that ends, as in the test above.
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| runtime.block_on(w.deploy(&svc, Slot::Green, &sleeper, 1)))
+            .join()
+            .unwrap()
+    })
+    .unwrap();
+    let mut pids: Vec<String> = Vec::new();
+    for slot in [Slot::Blue, Slot::Green] {
+        pids.extend(w.pids(&svc, slot).await.iter().map(|p| p.1.to_string()));
+    }
+    // Written whole under another name, then renamed: the test never reads
+    // a partial list.
+    std::fs::write(dir.join("pids.tmp"), pids.join(" ")).unwrap();
+    std::fs::rename(dir.join("pids.tmp"), dir.join("pids")).unwrap();
+    std::future::pending::<()>().await;
 }

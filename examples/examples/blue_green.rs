@@ -14,9 +14,19 @@
 //! are all local. The app is this same binary, started as `blue_green
 //! demo-app …`.
 //!
+//! Ctrl-C (SIGINT) or SIGTERM aborts the rollout in progress (all traffic
+//! back on the stable slot, the new slot scaled down: the run's state is
+//! deleted, so there would be nothing to resume), stops the load, the
+//! replicas and the proxy, removes the work directory, prints one line
+//! starting with `interrupted` saying what it did, and exits with 130
+//! (SIGINT) or 143 (SIGTERM). A second signal exits at once. On Linux the
+//! replicas die with this program even when it is SIGKILLed; the work
+//! directory it leaves then is removed by the next run.
+//!
 //! Run: `cargo run --example blue_green`
 //! (`RUST_LOG=atlas_core=info` shows the engine's own tracing events.)
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +36,9 @@ use atlas_core::{
     AnalysisTemplate, BlueGreen, Engine, EventKind, Outcome, ProbePolicy, Release, Rollout,
     RolloutEvent, ServiceName, Slot, Strategy, TrafficRouter,
 };
-use atlas_examples::load::{Load, LoadConfig};
+use atlas_examples::interrupt::{self, Ended, Interrupted, Interrupts};
+use atlas_examples::load::{Load, LoadConfig, LoadTotals};
+use atlas_examples::main_support::StatusResult;
 use atlas_local::file_store::FileStateStore;
 use atlas_local::process::{ProcessWorkloads, Readiness};
 use atlas_local::proxy::{ProxyMetrics, ProxyRouter};
@@ -43,12 +55,56 @@ fn main() -> ExitCode {
     }
     // The demo prints every engine event itself; RUST_LOG shows more.
     atlas_examples::main_support::init_tracing("error");
-    atlas_examples::main_support::run("blue_green", run())
+    atlas_examples::main_support::run_with_status("blue_green", run())
 }
 
-async fn run() -> Result<bool, Box<dyn std::error::Error>> {
+async fn run() -> StatusResult {
+    // First, so that a signal at any point is handled, not fatal.
+    let interrupts = Interrupts::listen("blue_green")?;
+    let work = interrupt::work_dir("atlas-blue-green")?;
+    interrupts.remove_on_forced_exit(&work);
+    let ended = demo(&work, &interrupts).await;
+    let removed = std::fs::remove_dir_all(&work);
+    Ok(ended?.exit_code(&work, &removed, |ok| {
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }))
+}
+
+/// The local stack the rollouts run on.
+struct Stack {
+    svc: ServiceName,
+    me: String,
+    router: Arc<ProxyRouter>,
+    metrics: ProxyMetrics,
+    engine: Engine,
+    t0: Instant,
+}
+
+/// The load and the once-a-second traffic line, once started.
+#[derive(Default)]
+struct Traffic {
+    load: Option<Load>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    async fn stop(&mut self) -> Option<LoadTotals> {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.abort();
+        }
+        Some(self.load.take()?.stop().await.0)
+    }
+}
+
+async fn demo(
+    work: &Path,
+    interrupts: &Interrupts,
+) -> Result<Ended<bool>, Box<dyn std::error::Error>> {
     let t0 = Instant::now();
-    let work = tempfile_dir()?;
     let svc = ServiceName::new("shop")?;
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
 
@@ -78,59 +134,46 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         .store(Arc::new(FileStateStore::new(work.join("state"))?))
         .poll_interval(Duration::from_millis(100))
         .build()?;
-    println!("Atlas blue-green demo");
+    println!("Atlas blue-green demo (Ctrl-C aborts the rollout in progress and cleans up)");
     println!("  proxy   http://{}/", router.local_addr());
     if let Some(admin) = router.admin_addr() {
         println!("  metrics http://{admin}/metrics");
     }
+    println!("  work    {}", work.display());
     println!("  logs    {}", work.join("logs").display());
     let progress = tokio::spawn(show_events(engine.subscribe(), t0));
-
-    // v1: the first release of the service goes straight to blue.
-    section("1/3 deploy v1 to blue (first release: no canary, nothing to compare with)");
-    let v1 = engine
-        .start(rollout(&svc, &me, "v1", &[]))
-        .await?
-        .wait()
-        .await?;
-    expect(&v1, true)?;
-
-    let mut load_config = LoadConfig::new(router.local_addr(), LOAD_RATE);
-    load_config.workers = 16;
-    let load = Load::start(load_config);
-    let ticker = tokio::spawn(show_traffic(
-        metrics.clone(),
-        router.clone(),
-        svc.clone(),
+    let stack = Stack {
+        svc,
+        me,
+        router,
+        metrics,
+        engine,
         t0,
-    ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    };
 
-    section("2/3 roll out v2 to green: 5 → 25 → 50 → 75 → 100 % with analysis between steps");
-    let v2 = engine
-        .start(rollout(&svc, &me, "v2", &[]))
-        .await?
-        .wait()
-        .await?;
-    expect(&v2, true)?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    section("3/3 roll out v3 (answers 5 % of requests with 500): analysis must catch it");
-    let v3 = engine
-        .start(rollout(&svc, &me, "v3", &["--error-rate", "0.05"]))
-        .await?
-        .wait()
-        .await?;
-    expect(&v3, false)?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let (totals, _) = load.stop().await;
-    ticker.abort();
-    let live = router.split(&svc).await?;
-    workloads.shutdown().await;
-    router.shutdown().await;
-    drop(engine);
+    let mut traffic = Traffic::default();
+    let result = rollouts(&stack, &mut traffic, interrupts).await;
+    // Whatever happened: stop the load first, so the proxy has no request
+    // in flight, then the replicas and the proxy.
+    let totals = traffic.stop().await;
+    let live = stack.router.split(&stack.svc).await.ok().flatten();
+    let replicas = workloads.shutdown().await;
+    stack.router.shutdown().await;
+    drop(stack.engine);
     let _ = progress.await;
+    let [v1, v2, v3] = match Ended::sort(result, replicas)? {
+        Ended::Finished(outcomes) => outcomes,
+        Ended::Interrupted {
+            interrupted,
+            replicas,
+        } => {
+            return Ok(Ended::Interrupted {
+                interrupted,
+                replicas,
+            });
+        }
+    };
+    let totals = totals.unwrap_or_default();
 
     section("summary");
     println!("  v1: {v1}");
@@ -172,8 +215,68 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
             "NOT OK"
         }
     );
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(ok)
+    Ok(Ended::Finished(ok))
+}
+
+impl Stack {
+    /// Rolls out `version` of the demo app (with `extra` flags) and waits
+    /// for the outcome; a stop signal aborts it.
+    async fn roll_out(
+        &self,
+        interrupts: &Interrupts,
+        version: &str,
+        extra: &[&str],
+    ) -> Result<Outcome, Box<dyn std::error::Error>> {
+        let handle = self
+            .engine
+            .start(rollout(&self.svc, &self.me, version, extra))
+            .await?;
+        interrupts.finish(handle).await
+    }
+}
+
+/// Lets the traffic settle between rollouts, unless a stop signal comes.
+async fn settle(interrupts: &Interrupts) -> Result<(), Interrupted> {
+    interrupts
+        .or_stop(tokio::time::sleep(Duration::from_secs(2)))
+        .await
+}
+
+/// The three rollouts, under load from the second on. A stop signal ends
+/// them with `Interrupted`, after aborting the rollout in progress.
+async fn rollouts(
+    stack: &Stack,
+    traffic: &mut Traffic,
+    interrupts: &Interrupts,
+) -> Result<[Outcome; 3], Box<dyn std::error::Error>> {
+    // v1: the first release of the service goes straight to blue.
+    section("1/3 deploy v1 to blue (first release: no canary, nothing to compare with)");
+    let v1 = stack.roll_out(interrupts, "v1", &[]).await?;
+    expect(&v1, true)?;
+
+    let mut load_config = LoadConfig::new(stack.router.local_addr(), LOAD_RATE);
+    load_config.workers = 16;
+    traffic.load = Some(Load::start(load_config));
+    traffic.ticker = Some(tokio::spawn(show_traffic(
+        stack.metrics.clone(),
+        stack.router.clone(),
+        stack.svc.clone(),
+        stack.t0,
+    )));
+    settle(interrupts).await?;
+
+    section("2/3 roll out v2 to green: 5 → 25 → 50 → 75 → 100 % with analysis between steps");
+    let v2 = stack.roll_out(interrupts, "v2", &[]).await?;
+    expect(&v2, true)?;
+    settle(interrupts).await?;
+
+    section("3/3 roll out v3 (answers 5 % of requests with 500): analysis must catch it");
+    let v3 = stack
+        .roll_out(interrupts, "v3", &["--error-rate", "0.05"])
+        .await?;
+    expect(&v3, false)?;
+    settle(interrupts).await?;
+    Ok([v1, v2, v3])
 }
 
 /// One rollout of the demo app at `version`, with `extra` app flags.
@@ -301,10 +404,4 @@ async fn show_traffic(
         }
         println!("{line}");
     }
-}
-
-fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("atlas-blue-green-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

@@ -32,6 +32,10 @@
 //!     --web.listen-address=127.0.0.1:9090 &
 //! ```
 //!
+//! Ctrl-C (SIGINT) or SIGTERM aborts the canary in progress (all traffic
+//! back to stable), prints one line starting with `interrupted`, and exits
+//! with 130 (SIGINT) or 143 (SIGTERM).
+//!
 //! Run: `cargo run --example canary_prometheus` (about a minute).
 
 use std::convert::Infallible;
@@ -47,6 +51,7 @@ use atlas_core::{
     Release, Rollout, RolloutEvent, ServiceName, Slot, Strategy, TrafficRouter, TrafficSplit,
     Weight, Workloads,
 };
+use atlas_examples::interrupt::{Interrupted, Interrupts};
 use atlas_metrics::prometheus::RequestMetrics;
 use atlas_metrics::{PrometheusProvider, Telemetry};
 use bytes::Bytes;
@@ -87,6 +92,23 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // First, so that a signal at any point is handled, not fatal.
+    let interrupts = Interrupts::listen("canary_prometheus")?;
+    match canaries(&interrupts).await {
+        Err(e) => match e.downcast::<Interrupted>() {
+            Ok(interrupted) => {
+                // The workloads and the router are in-memory mocks, and the
+                // metrics server ends with the program.
+                println!("{interrupted}; nothing else to stop");
+                Ok(interrupted.signal.exit_code())
+            }
+            Err(e) => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+async fn canaries(interrupts: &Interrupts) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (url, source) = match std::env::var("ATLAS_TEST_PROMETHEUS_URL") {
         Ok(u) => (u, "ATLAS_TEST_PROMETHEUS_URL"),
         Err(_) => ("http://127.0.0.1:9090".to_string(), "the default address"),
@@ -126,7 +148,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .timeout(Duration::from_secs(10))
         .build()?;
     println!("Waiting for Prometheus to scrape {METRICS_ADDR} ...");
-    wait_for_scrape(&prometheus).await?;
+    interrupts.or_stop(wait_for_scrape(&prometheus)).await??;
 
     let requests = RequestMetrics::new(format!(
         "job=\"{JOB}\",instance=\"{METRICS_ADDR}\",slot=\"{{{{canary}}}}\",version=\"{{{{canary_version}}}}\""
@@ -173,7 +195,13 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
             Strategy::Canary(Canary::new(2, steps.clone())),
         )
         .with_analysis(template.clone());
-        let outcome = engine.start(rollout).await?.wait().await?;
+        let outcome = match interrupts.finish(engine.start(rollout).await?).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                traffic.abort();
+                return Err(e);
+            }
+        };
         println!("=> {version}: {outcome:?}");
         outcomes.push(outcome);
     }

@@ -16,6 +16,13 @@
 //! change into a local directory. It creates a database of its own and
 //! drops it at the end.
 //!
+//! Ctrl-C (SIGINT) or SIGTERM aborts the rollout in progress (traffic
+//! back on the stable slot, the new slot scaled down), stops the replicas
+//! and the proxy, drops the database, removes the work directory, says so
+//! in one line starting with `interrupted`, and exits with 130 (SIGINT) or
+//! 143 (SIGTERM); a second signal exits at once. The migrations already
+//! applied are not undone: the database is dropped with them.
+//!
 //! Run (needs a PostgreSQL server; `cargo xtask test` starts one):
 //! `cargo run -p atlas-examples --features postgres --example migrate_with_rollout`
 //! (`ATLAS_TEST_POSTGRES_URL`, default
@@ -30,6 +37,8 @@ use atlas_core::{
     BlueGreen, Engine, EventKind, Outcome, ProbePolicy, Release, Rollout, ServiceName, Slot,
     Strategy, Workloads,
 };
+use atlas_examples::interrupt::{self, Ended, Interrupts};
+use atlas_examples::main_support::StatusResult;
 use atlas_local::file_store::FileStateStore;
 use atlas_local::process::{ProcessWorkloads, Readiness};
 use atlas_local::proxy::ProxyRouter;
@@ -64,7 +73,7 @@ fn main() -> ExitCode {
         return atlas_examples::demo_app::main_from_args(args.into_iter().skip(1));
     }
     atlas_examples::main_support::init_tracing("error");
-    atlas_examples::main_support::run("migrate_with_rollout", async { run().await.map(|()| true) })
+    atlas_examples::main_support::run_with_status("migrate_with_rollout", run())
 }
 
 async fn admin(url: &str) -> Result<tokio_postgres::Client, Box<dyn std::error::Error>> {
@@ -73,7 +82,9 @@ async fn admin(url: &str) -> Result<tokio_postgres::Client, Box<dyn std::error::
     Ok(client)
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+async fn run() -> StatusResult {
+    // First, so that a signal at any point is handled, not fatal.
+    let interrupts = Interrupts::listen("migrate_with_rollout")?;
     let admin_url = std::env::var("ATLAS_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".to_owned());
     let db = format!("atlas_demo_{}", std::process::id());
@@ -86,18 +97,32 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .await?;
-    let work = std::env::temp_dir().join(format!("atlas-migrate-rollout-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let result = demo(&url, &work).await;
-    let _ = admin(&admin_url)
-        .await?
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await;
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    let work = interrupt::work_dir("atlas-migrate-rollout")?;
+    interrupts.remove_on_forced_exit(&work);
+    let ended = demo(&url, &work, &interrupts).await;
+    let dropped = match admin(&admin_url).await {
+        Ok(client) => client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await
+            .map_err(Into::into),
+        Err(e) => Err(e),
+    };
+    let removed = std::fs::remove_dir_all(&work);
+    let ended = ended?;
+    if matches!(ended, Ended::Interrupted { .. }) {
+        match &dropped {
+            Ok(()) => println!("dropped database {db}"),
+            Err(e) => println!("could not drop database {db}: {e}"),
+        }
+    }
+    Ok(ended.exit_code(&work, &removed, |()| ExitCode::SUCCESS))
 }
 
-async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+async fn demo(
+    url: &str,
+    work: &std::path::Path,
+    interrupts: &Interrupts,
+) -> Result<Ended<()>, Box<dyn std::error::Error>> {
     let svc = ServiceName::new("accounts")?;
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
     let router = Arc::new(
@@ -116,6 +141,44 @@ async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::erro
             .build()?,
     );
     let store = Arc::new(FileStateStore::new(work.join("state"))?);
+    let stack = Stack {
+        svc,
+        me,
+        router,
+        workloads,
+        store,
+    };
+    let result = releases(url, work, &stack, interrupts).await;
+    // Whatever happened: stop the replicas (gracefully) and the proxy.
+    let replicas = stack.workloads.shutdown().await;
+    stack.router.shutdown().await;
+    Ended::sort(result, replicas)
+}
+
+/// The local stack the releases run on.
+struct Stack {
+    svc: ServiceName,
+    me: String,
+    router: Arc<ProxyRouter>,
+    workloads: Arc<ProcessWorkloads>,
+    store: Arc<FileStateStore>,
+}
+
+/// The two releases and their checks. A stop signal ends them with
+/// `Interrupted`, after aborting the rollout in progress.
+async fn releases(
+    url: &str,
+    work: &std::path::Path,
+    stack: &Stack,
+    interrupts: &Interrupts,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let Stack {
+        svc,
+        me,
+        router,
+        workloads,
+        store,
+    } = stack;
     // Each release ships the migrations it needs; the engine that rolls it
     // out carries them as a hook: expand before the new slot starts,
     // contract once the old slot is scaled down.
@@ -133,11 +196,10 @@ async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::erro
 
     println!("== 1/2 release v1 with its migration V1 (first rollout: all at once)");
     let v1 = migration_hook(url, work, &MIGRATIONS[..1]).await?;
-    let outcome = release_engine(v1.clone())?
-        .start(rollout(&svc, &me, "v1"))
-        .await?
-        .wait()
+    let handle = release_engine(v1.clone())?
+        .start(rollout(svc, me, "v1"))
         .await?;
+    let outcome = interrupts.finish(handle).await?;
     expect_promoted(&outcome)?;
     show(&v1);
 
@@ -146,8 +208,8 @@ async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::erro
     let engine = release_engine(v2.clone())?;
     // Watch the rollout: record what ran when each hook fired.
     let mut events = engine.subscribe();
-    let handle = engine.start(rollout(&svc, &me, "v2")).await?;
-    let outcome = handle.wait().await?;
+    let handle = engine.start(rollout(svc, me, "v2")).await?;
+    let outcome = interrupts.finish(handle).await?;
     expect_promoted(&outcome)?;
     let mut order = Vec::new();
     while let Ok(e) = events.try_recv() {
@@ -178,7 +240,7 @@ async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::erro
     }
     let mut old_running = 0;
     for slot in [Slot::Blue, Slot::Green] {
-        let status = workloads.status(&svc, slot).await?;
+        let status = workloads.status(svc, slot).await?;
         println!(
             "  {slot}: version {:?}, {} ready",
             status.version.as_deref().unwrap_or("-"),
@@ -194,8 +256,6 @@ async fn demo(url: &str, work: &std::path::Path) -> Result<(), Box<dyn std::erro
     for s in v2.migrator().status().await? {
         println!("  {} {:<20} {:?}", s.version, s.name, s.state);
     }
-    workloads.shutdown().await;
-    router.shutdown().await;
     println!("OK: expand before v2 started, contract after v1 was gone");
     Ok(())
 }

@@ -3,5 +3,6 @@
 
 pub mod cli;
 pub mod demo_app;
+pub mod interrupt;
 pub mod load;
 pub mod main_support;

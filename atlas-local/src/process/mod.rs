@@ -46,6 +46,20 @@
 //!   30 s, as Kubernetes' `terminationGracePeriodSeconds`) has passed.
 //!   [`ProcessWorkloads::shutdown`] stops every replica that way and waits;
 //!   dropping the [`ProcessWorkloads`] SIGKILLs whatever still runs.
+//! - **Owner death.** On Linux a replica never outlives the program that
+//!   owns it, however that program ends (SIGKILL and crashes included):
+//!   each replica asks the kernel for SIGKILL when its parent goes
+//!   (`PR_SET_PDEATHSIG`), and refuses to start if its owner died while it
+//!   was being forked. The kernel ties this to the *thread* that forked the
+//!   replica, so every replica is forked by one thread that the
+//!   [`ProcessWorkloads`] owns and that ends only when it is dropped:
+//!   deploying from a short-lived thread or from tokio's blocking pool is
+//!   safe. Processes a replica starts itself are not covered (the kernel
+//!   does not pass the setting on). Other Unix systems have no such
+//!   setting: there replicas end with their owner only on an orderly exit
+//!   ([`shutdown`](ProcessWorkloads::shutdown), `Drop`, or a signal handler
+//!   that leads to either), so a program embedding this should handle
+//!   SIGINT and SIGTERM.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -71,6 +85,7 @@
 mod config;
 mod readiness;
 mod replica;
+mod spawner;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -86,6 +101,7 @@ use tracing::Instrument;
 use config::{BACKEND, Config};
 pub use readiness::Readiness;
 use replica::{Observed, Replica, Spec};
+use spawner::Spawner;
 
 /// Default time between SIGTERM and SIGKILL: Kubernetes' default
 /// `terminationGracePeriodSeconds`.
@@ -218,10 +234,12 @@ impl ProcessWorkloadsBuilder {
             poll_interval: self.poll_interval,
             probe_timeout: self.probe_timeout,
         };
+        let spawner = Spawner::start()?;
         tracing::debug!(?config, "process workloads ready");
         Ok(ProcessWorkloads {
             config: Arc::new(config),
             state: tokio::sync::Mutex::new(State::default()),
+            spawner,
         })
     }
 }
@@ -231,11 +249,17 @@ impl ProcessWorkloadsBuilder {
 /// lifecycle.
 ///
 /// Needs a tokio runtime with I/O and time enabled. Nothing outlives it:
-/// [`shutdown`](Self::shutdown) stops every replica gracefully, and `Drop`
-/// SIGKILLs whatever still runs.
+/// [`shutdown`](Self::shutdown) stops every replica gracefully, `Drop`
+/// SIGKILLs whatever still runs, and on Linux the kernel kills the
+/// replicas if the program dies without either (see *Owner death* in the
+/// [module documentation](self)). It owns one thread, which forks every
+/// replica and ends when it is dropped.
 pub struct ProcessWorkloads {
     config: Arc<Config>,
     state: tokio::sync::Mutex<State>,
+    /// Forks every replica; declared after `state` so that it is dropped
+    /// after `Drop` has killed the replicas.
+    spawner: Spawner,
 }
 
 #[derive(Default)]
@@ -310,7 +334,11 @@ impl ProcessWorkloads {
     /// Stops every replica gracefully (SIGTERM, SIGKILL after the grace
     /// period), waits until all are gone, and refuses further deploys and
     /// scales with [`Error::Precondition`]. Calling it again is harmless.
-    pub async fn shutdown(&self) {
+    ///
+    /// Returns how many replica processes were still running (including
+    /// ones already being stopped) and are now gone; replicas that had
+    /// exited on their own are not counted.
+    pub async fn shutdown(&self) -> usize {
         let replicas: Vec<Replica> = {
             let mut state = self.state.lock().await;
             state.closed = true;
@@ -321,12 +349,21 @@ impl ProcessWorkloads {
             }
             all
         };
-        tracing::info!(replicas = replicas.len(), "shutting down process workloads");
+        let running = replicas
+            .iter()
+            .filter(|r| !matches!(r.observe(), Observed::Failed(_)))
+            .count();
+        tracing::info!(
+            replicas = replicas.len(),
+            running,
+            "shutting down process workloads"
+        );
         for r in &replicas {
             r.request_stop();
         }
         futures::future::join_all(replicas.into_iter().map(Replica::join)).await;
-        tracing::info!("process workloads shut down");
+        tracing::info!(stopped = running, "process workloads shut down");
+        running
     }
 
     /// Starts or stops replicas so that `record` runs indices `0..replicas`
@@ -393,6 +430,7 @@ impl ProcessWorkloads {
                 port,
             },
             &self.config,
+            &self.spawner,
         )
     }
 }

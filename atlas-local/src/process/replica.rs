@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::config::{BACKEND, Config};
 use super::readiness;
+use super::spawner::Spawner;
 
 /// After SIGKILL a process can still take a moment to go (it may sit in an
 /// uninterruptible wait); past this, the watcher gives up and says so.
@@ -149,8 +150,13 @@ pub(super) struct Replica {
 }
 
 impl Replica {
-    /// Opens the log file, starts the process and its watcher.
-    pub(super) fn spawn(spec: Spec<'_>, config: &Arc<Config>) -> Result<Replica> {
+    /// Opens the log file, starts the process (on `spawner`'s thread) and
+    /// its watcher.
+    pub(super) fn spawn(
+        spec: Spec<'_>,
+        config: &Arc<Config>,
+        spawner: &Spawner,
+    ) -> Result<Replica> {
         let Spec {
             service,
             slot,
@@ -191,10 +197,12 @@ impl Replica {
             .stdout(Stdio::from(log.try_clone().map_err(log_err)?))
             .stderr(Stdio::from(stderr))
             // Own process group: a Ctrl-C in the terminal hits Atlas only,
-            // which then stops the replicas gracefully.
+            // which then stops the replicas gracefully (a group-wide signal
+            // would also reach replicas mid-rollout, before Atlas has moved
+            // traffic off them).
             .process_group(0)
             .kill_on_drop(true);
-        let child = match command.spawn() {
+        let child = match spawner.spawn(command) {
             Ok(child) => child,
             Err(e) => {
                 let _ = writeln!(log, "==== atlas: could not start {name}: {e}");

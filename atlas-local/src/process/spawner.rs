@@ -1,0 +1,206 @@
+//! The one thread that starts every replica process, and what ties a
+//! replica's life to the program that owns it.
+//!
+//! On Linux each replica asks the kernel, between `fork` and `exec`, for
+//! SIGKILL when its parent dies (`PR_SET_PDEATHSIG`). The kernel keeps that
+//! promise whatever ends the owner, SIGKILL and crashes included, where
+//! `Drop` and signal handlers run only on an orderly exit. The catch: the
+//! "parent" the kernel watches is the *thread* that forked the child, not
+//! the process. Tokio's blocking-pool threads end after a while idle, a
+//! worker that ran `block_in_place` may end too, and a caller may deploy
+//! from a short-lived thread of its own; a replica forked there would be
+//! killed the moment that thread ends. So every replica is forked by one
+//! dedicated thread that lives exactly as long as the
+//! [`ProcessWorkloads`](super::ProcessWorkloads) that owns it: when the
+//! owner is dropped the thread ends, and the kernel kills whatever it had
+//! started (which `Drop` has already killed anyway).
+//!
+//! The setting does not reach processes a replica starts itself (the
+//! kernel clears it in a forked child): those are in the replica's process
+//! group, which an orderly stop signals, but they outlive an owner that was
+//! SIGKILLed unless the replica passes the same request on.
+//!
+//! Other Unix systems have no such kernel setting: there replicas end with
+//! the owner only when it exits in an orderly way (`shutdown`, `Drop`, or a
+//! signal handler that runs them).
+
+use std::io;
+use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use atlas_core::{Error, Result};
+use tokio::process::{Child, Command};
+
+use super::config::BACKEND;
+
+/// One replica to start, and where the result goes.
+struct Job {
+    command: Command,
+    /// The runtime the caller runs on: tokio registers the child with its
+    /// process driver, so the spawning thread must be inside it.
+    runtime: tokio::runtime::Handle,
+    reply: mpsc::SyncSender<io::Result<Child>>,
+}
+
+/// The thread that forks every replica; see the module documentation.
+pub(super) struct Spawner {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Spawner {
+    /// Starts the spawning thread.
+    pub(super) fn start() -> Result<Spawner> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("atlas-replica-spawner".into())
+            .spawn(move || {
+                for job in queue {
+                    let _runtime = job.runtime.enter();
+                    let mut command = job.command;
+                    // The caller may have given up waiting (it never does
+                    // today); the child is then dropped, and kill_on_drop
+                    // ends it.
+                    let _ = job.reply.send(command.spawn());
+                }
+                tracing::debug!("replica spawner thread ends: its owner was dropped");
+            })
+            .map_err(|e| {
+                Error::backend_with(BACKEND, "cannot start the replica spawner thread", e)
+            })?;
+        Ok(Spawner {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts `command` on the spawning thread, tied to this process's life
+    /// on Linux, and returns the child. Blocks for as long as a fork and
+    /// exec take.
+    ///
+    /// Must be called inside a tokio runtime (the caller's `deploy` or
+    /// `scale` is).
+    pub(super) fn spawn(&self, mut command: Command) -> io::Result<Child> {
+        die_with_owner(&mut command, std::process::id());
+        let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        let (reply, result) = mpsc::sync_channel(1);
+        let job = Job {
+            command,
+            runtime,
+            reply,
+        };
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|jobs| jobs.send(job).is_ok());
+        if sent != Some(true) {
+            return Err(io::Error::other("the replica spawner thread has ended"));
+        }
+        result.recv().map_err(|_| {
+            io::Error::other("the replica spawner thread ended while starting a replica")
+        })?
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread.
+        self.jobs
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("replica spawner thread panicked");
+        }
+    }
+}
+
+/// Makes the child ask for SIGKILL when the thread that forks it ends, and
+/// refuse to run if `owner` (this process's id, read before the fork) is
+/// already gone: an owner that died between `fork` and the request would
+/// otherwise leave the child running for good, reparented.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_owner(command: &mut Command, owner: u32) {
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed. It makes two system calls
+    // (prctl, getppid) through nix's thin wrappers, and builds its errors
+    // with `io::Error::from_raw_os_error`: no allocation, no lock, no
+    // shared state.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if u32::try_from(nix::unistd::getppid().as_raw()) != Ok(owner) {
+                // The owner died before the request was in place: the
+                // spawn fails here and the child exits without running.
+                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// No kernel setting outside Linux: see the module documentation.
+#[cfg(not(target_os = "linux"))]
+fn die_with_owner(_command: &mut Command, _owner: u32) {}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::process::Stdio;
+
+    use super::*;
+
+    fn sleeper() -> Command {
+        let mut command = Command::new("sleep");
+        command
+            .arg("30")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    #[tokio::test]
+    async fn a_child_whose_owner_is_gone_before_it_runs_does_not_start() {
+        // As if the owner had died between fork and prctl: the child sees a
+        // parent that is not the owner it was told about.
+        let mut command = sleeper();
+        die_with_owner(&mut command, std::process::id().wrapping_add(1));
+        let err = command.spawn().expect_err("the child must refuse to run");
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ESRCH), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_child_started_by_the_spawner_asks_for_sigkill_when_it_ends() {
+        let spawner = Spawner::start().unwrap();
+        let mut child = spawner.spawn(sleeper()).unwrap();
+        assert!(child.try_wait().unwrap().is_none(), "the child must run");
+        // Ending the spawner thread is what the kernel watches.
+        drop(spawner);
+        let exit = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
+            .await
+            .expect("the child outlived the spawner thread")
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&exit),
+            Some(nix::libc::SIGKILL)
+        );
+    }
+
+    #[tokio::test]
+    async fn spawning_after_the_thread_ended_is_an_error() {
+        let mut spawner = Spawner::start().unwrap();
+        spawner
+            .jobs
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        assert!(spawner.spawn(sleeper()).is_err());
+    }
+}
