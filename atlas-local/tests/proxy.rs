@@ -751,12 +751,20 @@ async fn draining_gives_up_after_the_grace_period() {
     );
 }
 
+/// An address that refuses connections for as long as the returned socket
+/// lives: bound but never listening, so no other test can take the port
+/// between choosing it and connecting to it (a closed listener's port can be
+/// handed to the next socket that binds port 0).
+fn refusing_addr() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_are_retried_for_idempotent_requests_only() {
-    let dead_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_held, dead_addr) = refusing_addr();
     let live = TestUpstream::start("live").await;
     let router = router(&[], &[]).await;
     router
@@ -823,10 +831,7 @@ async fn refused_connections_are_retried_for_idempotent_requests_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_without_reachable_replicas_answers_502_or_503() {
-    let dead_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_held, dead_addr) = refusing_addr();
     let router = router(&[], &[]).await;
     router
         .set_endpoints(&service(), Slot::Green, &[Endpoint::new("dead", dead_addr)])
