@@ -56,5 +56,5 @@ pub use engine::{
     PlannedStep, RepairReport, RunReport,
 };
 pub use hook::MigrationHook;
-pub use lint::{LintConfig, LintFinding, LintReport, LintSeverity};
+pub use lint::{LintConfig, LintFinding, LintReport, LintSeverity, PlanLinter};
 pub use source::{Directives, Migration, MigrationSet, Script, checksum};

@@ -563,10 +563,18 @@ fn lint_flags_each_unsafe_pattern_and_passes_the_safe_rewrite() {
         let found = errors_of("V1__safe.sql", safe_sql, phase, &with_timeouts);
         assert!(found.is_empty(), "{safe_sql}: {found:?}");
     }
-    // Concurrent index inside a transaction is refused too.
+    // A concurrent index makes the file run without a transaction: alone
+    // it is fine, inside an explicit transaction block it is refused.
+    let found = errors_of(
+        "V1__alone.sql",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);",
+        expand,
+        &with_timeouts,
+    );
+    assert!(found.is_empty(), "{found:?}");
     let found = errors_of(
         "V1__tx.sql",
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);",
+        "BEGIN;\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);\nCOMMIT;",
         expand,
         &with_timeouts,
     );
