@@ -190,6 +190,10 @@ mod tests {
     #[test]
     fn other_languages_and_function_bodies_are_not_followed() {
         assert!(texts("DO LANGUAGE plperl $$ my $x = 1; $$;").is_empty());
+        assert_eq!(
+            texts("DO LANGUAGE plpgsql $$ BEGIN DELETE FROM t; END $$;").len(),
+            1
+        );
         assert!(
             texts("CREATE FUNCTION f() RETURNS void AS $$ BEGIN DELETE FROM t; END $$ LANGUAGE plpgsql;")
                 .is_empty()

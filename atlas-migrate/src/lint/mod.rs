@@ -448,7 +448,7 @@ impl<'a> PlanLinter<'a> {
         run.squawk();
         run.non_transactional_mixed();
         let mut findings = run.findings;
-        findings.sort_by_key(|f| f.line);
+        findings.sort_by(|a, b| (a.line, &a.rule).cmp(&(b.line, &b.rule)));
         findings.dedup_by(|a, b| a.rule == b.rule && a.line == b.line);
         debug!(findings = findings.len(), "linted");
         findings
