@@ -1216,7 +1216,7 @@ impl SpyHook {
                 .iter()
                 .flat_map(|d| d.rows())
                 .filter(|r| r.success)
-                .map(|r| r.version.0)
+                .map(|r| r.version.major())
                 .collect(),
         });
         let failing = self.fail_at == Some(ctx.point)

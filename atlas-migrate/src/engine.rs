@@ -115,8 +115,24 @@ pub struct Plan {
     pub direction: Direction,
     /// The steps, in the order they would run.
     pub steps: Vec<PlannedStep>,
+    /// The repeatable migrations that would run after the steps, in order
+    /// (new ones and those whose text changed).
+    pub repeatables: Vec<PlannedRepeatable>,
     /// The lint findings over the scripts that would run.
     pub lint: LintReport,
+}
+
+/// A repeatable migration a [`Plan`] would run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRepeatable {
+    /// Its name.
+    pub name: String,
+    /// Its file.
+    pub file: String,
+    /// Whether it runs in a transaction.
+    pub transactional: bool,
+    /// True when it ran before and its text changed since.
+    pub changed: bool,
 }
 
 /// Where one migration stands.
@@ -160,6 +176,8 @@ pub struct RunReport {
     pub direction: Direction,
     /// The versions applied (up) or reverted (down), in order.
     pub versions: Vec<Version>,
+    /// The repeatable migrations run, by name, in order.
+    pub repeatables: Vec<String>,
     /// The pre-migration backup, when one was taken.
     pub backup: Option<BackupRecord>,
     /// The lint over the plan.
@@ -175,13 +193,15 @@ pub struct RepairReport {
     pub realigned: Vec<Version>,
     /// Rows removed because their file is gone.
     pub removed_missing: Vec<Version>,
+    /// Failed rows of repeatable migrations removed, by name.
+    pub removed_failed_repeatables: Vec<String>,
 }
 
 /// Runs a [`MigrationSet`] against a [`MigrationDriver`].
 #[derive(Debug)]
 pub struct Migrator<D> {
-    driver: D,
-    set: MigrationSet,
+    pub(crate) driver: D,
+    pub(crate) set: MigrationSet,
     config: MigratorConfig,
 }
 
@@ -211,7 +231,7 @@ impl<D: MigrationDriver> Migrator<D> {
         &self.set
     }
 
-    fn lint_config(&self) -> LintConfig {
+    pub(crate) fn lint_config(&self) -> LintConfig {
         let mut lint = self.config.lint.clone();
         // The runner sets these per migration; asking every file to set
         // them again would only be noise. An explicit override still wins.
@@ -244,13 +264,13 @@ impl<D: MigrationDriver> Migrator<D> {
     }
 
     /// Where every migration stands, without validating or changing
-    /// anything (creates the history table if missing).
+    /// anything: a database without a history table reads as one where
+    /// nothing is applied, and none is created.
     ///
     /// # Errors
     /// Driver errors.
     #[tracing::instrument(skip(self))]
     pub async fn status(&self) -> Result<Vec<MigrationStatus>> {
-        self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         Ok(self.status_of(&history))
     }
@@ -270,7 +290,7 @@ impl<D: MigrationDriver> Migrator<D> {
             let state = match row {
                 Some(r) if r.baseline => MigrationState::Baseline,
                 Some(r) if !r.success => MigrationState::Failed,
-                Some(r) if r.checksum != m.checksum() => MigrationState::ChecksumDrift,
+                Some(r) if !m.matches_checksum(&r.checksum) => MigrationState::ChecksumDrift,
                 Some(_) => MigrationState::Applied,
                 None if baseline.is_some_and(|b| m.version <= b) => MigrationState::BelowBaseline,
                 None if highest.is_some_and(|h| m.version < h) => MigrationState::OutOfOrder,
@@ -401,11 +421,12 @@ impl<D: MigrationDriver> Migrator<D> {
                 break;
             }
             findings.extend(lint_script(&m.up, m.phase(), &config));
-            steps.push(planned(m, &m.up, Direction::Up));
+            steps.push(planned(m, &m.up, Direction::Up)?);
         }
         Ok(Plan {
             direction: Direction::Up,
             steps,
+            repeatables: Vec::new(),
             lint: LintReport { findings },
         })
     }
@@ -446,11 +467,12 @@ impl<D: MigrationDriver> Migrator<D> {
                 ))
             })?;
             findings.extend(lint_script(down, MigrationPhase::Contract, &config));
-            steps.push(planned(m, down, Direction::Down));
+            steps.push(planned(m, down, Direction::Down)?);
         }
         Ok(Plan {
             direction: Direction::Down,
             steps,
+            repeatables: Vec::new(),
             lint: LintReport { findings },
         })
     }
@@ -463,10 +485,11 @@ impl<D: MigrationDriver> Migrator<D> {
     /// target below the applied version or without a file.
     #[tracing::instrument(skip(self))]
     pub async fn plan(&self, target: Option<Version>) -> Result<Plan> {
-        self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         self.validate(&history)?;
-        self.plan_up(&history, target)
+        let mut plan = self.plan_up(&history, target)?;
+        self.add_repeatables(&mut plan, target).await?;
+        Ok(plan)
     }
 
     /// What `down(to)` would do (a dry run).
@@ -476,7 +499,6 @@ impl<D: MigrationDriver> Migrator<D> {
     /// `.down.sql`; [`Error::InvalidInput`] for a target below the baseline.
     #[tracing::instrument(skip(self))]
     pub async fn plan_down_to(&self, to: Version) -> Result<Plan> {
-        self.driver.ensure_history().await?;
         let history = self.driver.history().await?;
         self.validate(&history)?;
         self.plan_down(&history, to)
@@ -496,7 +518,8 @@ impl<D: MigrationDriver> Migrator<D> {
         self.locked(|| async {
             let history = self.driver.history().await?;
             self.validate(&history)?;
-            let plan = self.plan_up(&history, target)?;
+            let mut plan = self.plan_up(&history, target)?;
+            self.add_repeatables(&mut plan, target).await?;
             self.run(plan).await
         })
         .await
@@ -515,7 +538,11 @@ impl<D: MigrationDriver> Migrator<D> {
         self.locked(|| async {
             let history = self.driver.history().await?;
             self.validate(&history)?;
-            let plan = self.plan_up_until(&history, None, phase == MigrationPhase::Expand)?;
+            let expand = phase == MigrationPhase::Expand;
+            let mut plan = self.plan_up_until(&history, None, expand)?;
+            if !expand {
+                self.add_repeatables(&mut plan, None).await?;
+            }
             self.run(plan).await
         })
         .await
@@ -568,6 +595,12 @@ impl<D: MigrationDriver> Migrator<D> {
                     Some(_) => {}
                 }
             }
+            for row in self.driver.repeatable_history().await? {
+                if !row.success {
+                    self.driver.delete_repeatable(&row.name).await?;
+                    report.removed_failed_repeatables.push(row.name);
+                }
+            }
             info!(?report, "migration history repaired");
             Ok(report)
         })
@@ -612,7 +645,8 @@ impl<D: MigrationDriver> Migrator<D> {
         .await
     }
 
-    async fn locked<T, F, Fut>(&self, f: F) -> Result<T>
+    /// Runs `f` under the run lock, with the history table in place.
+    pub(crate) async fn locked<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -647,10 +681,11 @@ impl<D: MigrationDriver> Migrator<D> {
         let mut report = RunReport {
             direction: plan.direction,
             versions: Vec::new(),
+            repeatables: Vec::new(),
             backup: None,
             lint: plan.lint.clone(),
         };
-        if plan.steps.is_empty() {
+        if plan.steps.is_empty() && plan.repeatables.is_empty() {
             info!("nothing to migrate");
             return Ok(report);
         }
@@ -666,9 +701,13 @@ impl<D: MigrationDriver> Migrator<D> {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_millis();
-                let first = plan.steps.first().map(|s| s.version.0).unwrap_or(0);
-                let last = plan.steps.last().map(|s| s.version.0).unwrap_or(0);
-                let key = prefix.key(&format!("pre-migrate-{stamp}-V{first}-V{last}.dump"))?;
+                let first = plan.steps.first().map(|s| s.version.dotted());
+                let last = plan.steps.last().map(|s| s.version.dotted());
+                let key = prefix.key(&format!(
+                    "pre-migrate-{stamp}-V{}-V{}.dump",
+                    first.unwrap_or_default(),
+                    last.unwrap_or_default()
+                ))?;
                 let record = self.driver.backup(target.as_ref(), &key).await?;
                 info!(key = %record.key, size = record.size, "pre-migration backup taken");
                 Some(record)
@@ -691,7 +730,12 @@ impl<D: MigrationDriver> Migrator<D> {
                 },
             };
             let step = self.step(m, script, kind);
-            info!(version = %m.version, file = %script.file, "running migration");
+            match &script.no_transaction_reason {
+                Some(reason) => {
+                    info!(version = %m.version, file = %script.file, %reason, "running migration without a transaction: PostgreSQL refuses this statement inside a transaction block");
+                }
+                None => info!(version = %m.version, file = %script.file, "running migration"),
+            }
             match self.driver.apply(&step).await {
                 Ok(took) => {
                     info!(version = %m.version, file = %script.file, took_ms = took.as_millis() as u64, "migration done");
@@ -702,31 +746,67 @@ impl<D: MigrationDriver> Migrator<D> {
                 }
             }
         }
+        for planned in &plan.repeatables {
+            let Some(r) = self.set.repeatable(&planned.name) else {
+                return Err(Error::not_found(format!(
+                    "repeatable migration {}",
+                    planned.name
+                )));
+            };
+            let step = self.repeatable_step(r);
+            info!(name = %r.name, file = %r.script.file, changed = planned.changed, "running repeatable migration");
+            match self.driver.apply(&step).await {
+                Ok(took) => {
+                    info!(name = %r.name, took_ms = took.as_millis() as u64, "repeatable migration done");
+                    report.repeatables.push(r.name.clone());
+                }
+                Err(failure) => {
+                    return Err(self.repeatable_failure(r, failure, &report).await);
+                }
+            }
+        }
         Ok(report)
     }
 
+    /// The invariant tables a script's run is checked against: the
+    /// configured ones minus those it declares it changes.
+    pub(crate) fn invariants_of(&self, script: &super::Script) -> Vec<String> {
+        self.config
+            .invariant_tables
+            .iter()
+            .filter(|t| !script.directives.allow_data_change.contains(t))
+            .cloned()
+            .collect()
+    }
+
     fn step(&self, m: &Migration, script: &super::Script, kind: StepKind) -> MigrationStep {
+        self.script_step((m.version, &m.name, m.checksum(), m.phase()), script, kind)
+    }
+
+    /// The step for one script of the migration `(version, name,
+    /// checksum, phase)`; down scripts are not checked against the
+    /// invariant tables (undoing may rightly change data).
+    pub(crate) fn script_step(
+        &self,
+        (version, name, checksum, phase): (Version, &str, &str, MigrationPhase),
+        script: &super::Script,
+        kind: StepKind,
+    ) -> MigrationStep {
         MigrationStep {
-            version: m.version,
-            name: m.name.clone(),
+            version,
+            name: name.to_owned(),
             file: script.file.clone(),
-            checksum: m.checksum().to_owned(),
-            phase: m.phase(),
+            checksum: checksum.to_owned(),
+            phase,
             kind,
             sql: script.sql.clone(),
-            statements: script.statements(),
-            transactional: !script.directives.no_transaction,
+            statements: script.statements().to_vec(),
+            transactional: script.transactional(),
             verify: script.directives.verify.clone(),
             lock_timeout: self.config.lock_timeout,
             statement_timeout: self.config.statement_timeout,
             invariants: match kind {
-                StepKind::Up => self
-                    .config
-                    .invariant_tables
-                    .iter()
-                    .filter(|t| !script.directives.allow_data_change.contains(t))
-                    .cloned()
-                    .collect(),
+                StepKind::Up | StepKind::Repeatable => self.invariants_of(script),
                 StepKind::Down => Vec::new(),
             },
         }
@@ -765,6 +845,7 @@ impl<D: MigrationDriver> Migrator<D> {
         // Part of it committed: undo with the down file when going up.
         if step.kind == StepKind::Up
             && let Some(down) = &m.down
+            && down.check_transaction_control().is_ok()
         {
             {
                 let undo = self.step(m, down, StepKind::Down);
@@ -801,13 +882,7 @@ impl<D: MigrationDriver> Migrator<D> {
         {
             warn!(error = %e, "recording the failed migration failed");
         }
-        let restore = match &report.backup {
-            Some(b) => format!(
-                "restore the pre-migration backup {} (download it from the backup target to <FILE>): {}",
-                b.key, b.restore_command
-            ),
-            None => "no pre-migration backup was taken; restore from your own backups".to_owned(),
-        };
+        let restore = restore_hint(report);
         warn!(version = %m.version, %file, error = %cause, %restore, "migration failed part-way and could not be reverted");
         Error::backend_with(
             "migrate",
@@ -819,12 +894,26 @@ impl<D: MigrationDriver> Migrator<D> {
     }
 }
 
-fn planned(m: &Migration, script: &super::Script, _direction: Direction) -> PlannedStep {
-    PlannedStep {
+/// What to do about a database a failed migration left half-migrated.
+pub(crate) fn restore_hint(report: &RunReport) -> String {
+    match &report.backup {
+        Some(b) => format!(
+            "restore the pre-migration backup {} (download it from the backup target to <FILE>): {}",
+            b.key, b.restore_command
+        ),
+        None => "no pre-migration backup was taken; restore from your own backups".to_owned(),
+    }
+}
+
+/// A step of a plan; refuses a script that would end or nest the
+/// transaction Atlas runs it in, before anything runs.
+fn planned(m: &Migration, script: &super::Script, _direction: Direction) -> Result<PlannedStep> {
+    script.check_transaction_control()?;
+    Ok(PlannedStep {
         version: m.version,
         name: m.name.clone(),
         file: script.file.clone(),
         phase: m.phase(),
-        transactional: !script.directives.no_transaction,
-    }
+        transactional: script.transactional(),
+    })
 }

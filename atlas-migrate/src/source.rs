@@ -2,16 +2,21 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use tracing::{info, warn};
 
-use atlas_core::migration::{MigrationPhase, Version};
+use crate::checksum::{checksum, flyway_checksum, raw_sha256};
+use crate::placeholders::{self, LoadContext, SourceOptions};
+use crate::statements;
+use atlas_core::migration::{MigrationPhase, Statement, Version};
 use atlas_core::{Error, Result};
 
 /// The `-- atlas:` directives of one SQL file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Directives {
     /// `-- atlas:no-transaction`: run statement by statement outside a
-    /// transaction (needed for `CREATE INDEX CONCURRENTLY`). Default: false.
+    /// transaction. Default: false. A script whose statement PostgreSQL
+    /// refuses inside a transaction block (`CREATE INDEX CONCURRENTLY`,
+    /// `VACUUM`, …) gets it set without the directive.
     pub no_transaction: bool,
     /// `-- atlas:phase expand|contract`. Default: expand.
     pub phase: MigrationPhase,
@@ -85,64 +90,143 @@ impl Directives {
     }
 }
 
-/// The SHA-256 of a file's bytes, lowercase hex.
-pub fn checksum(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for byte in digest.iter() {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
-}
-
 /// One SQL script (the up or the down half of a migration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
-    /// The file name, e.g. `V2__add_email.sql`.
+    /// The file's path inside the migrations folder, `/`-separated, e.g.
+    /// `V2__add_email.sql` or `2024/V2__add_email.sql`.
     pub file: String,
-    /// The file's full text.
+    /// The text that runs: the file's text without a leading byte-order
+    /// mark and with its `${…}` placeholders replaced.
     pub sql: String,
-    /// SHA-256 of the file, lowercase hex.
+    /// What the history records: [`checksum`] of the file as written
+    /// (before placeholder replacement, as Flyway checksums it).
     pub checksum: String,
-    /// The file's `-- atlas:` directives.
+    /// Flyway's checksum of the file as written ([`flyway_checksum`]), for
+    /// comparing with a `flyway_schema_history` row.
+    pub flyway_checksum: i32,
+    /// The file's `-- atlas:` directives. `no_transaction` is also set when
+    /// a statement cannot run inside a transaction block
+    /// ([`no_transaction_reason`](Self::no_transaction_reason)).
     pub directives: Directives,
+    /// Why the script runs without a transaction although it has no
+    /// `-- atlas:no-transaction` directive: the statement PostgreSQL refuses
+    /// in a transaction block, and its line.
+    pub no_transaction_reason: Option<String>,
+    statements: Vec<Statement>,
+    /// The first transaction-control statement (line, command), refused in
+    /// a script that runs in a transaction.
+    transaction_control: Option<(usize, String)>,
+    /// SHA-256 of the exact bytes: what Atlas recorded before it ignored
+    /// line-ending style, still accepted for files applied back then.
+    raw_checksum: String,
 }
 
 impl Script {
-    /// Builds a script from its file name and text.
+    /// Builds a script from its file name and text, without placeholders.
     ///
     /// # Errors
     /// As [`Directives::parse`].
     pub fn new(file: impl Into<String>, sql: impl Into<String>) -> Result<Self> {
-        let file = file.into();
-        let sql = sql.into();
-        let directives = Directives::parse(&sql, &file)?;
+        Self::with_options(file, sql, &SourceOptions::default())
+    }
+
+    /// Builds a script, replacing its placeholders as `options` say.
+    ///
+    /// # Errors
+    /// As [`Directives::parse`]; [`Error::InvalidInput`] naming the file and
+    /// line of a placeholder without a value.
+    pub fn with_options(
+        file: impl Into<String>,
+        sql: impl Into<String>,
+        options: &SourceOptions,
+    ) -> Result<Self> {
+        Self::build(file.into(), sql.into(), options, &LoadContext::now())
+    }
+
+    fn build(
+        file: String,
+        raw: String,
+        options: &SourceOptions,
+        context: &LoadContext,
+    ) -> Result<Self> {
+        // A byte-order mark is not SQL; Flyway drops it too.
+        let text = raw.strip_prefix('\u{feff}').unwrap_or(&raw);
+        let sql = placeholders::replace(text, &file, options, context)?;
+        let mut directives = Directives::parse(&sql, &file)?;
+        let pieces = statements::pieces(&sql);
+        let mut statements = Vec::new();
+        let mut no_transaction_reason = None;
+        let mut transaction_control = None;
+        for piece in pieces.iter().filter(|p| p.is_statement()) {
+            let line = piece.line(&sql);
+            if no_transaction_reason.is_none()
+                && let Some(reason) = piece.needs_no_transaction()
+            {
+                no_transaction_reason = Some(format!("{reason} at line {line}"));
+            }
+            if transaction_control.is_none()
+                && let Some(command) = piece.transaction_control()
+            {
+                transaction_control = Some((line, command));
+            }
+            statements.push(piece.statement(&sql));
+        }
+        if directives.no_transaction {
+            no_transaction_reason = None;
+        } else if let Some(reason) = &no_transaction_reason {
+            info!(%file, %reason, "this script runs without a transaction: PostgreSQL refuses its statement inside a transaction block");
+            directives.no_transaction = true;
+        }
         Ok(Script {
-            checksum: checksum(sql.as_bytes()),
+            checksum: checksum(raw.as_bytes()),
+            flyway_checksum: flyway_checksum(raw.as_bytes()),
+            raw_checksum: raw_sha256(raw.as_bytes()),
             file,
             sql,
             directives,
+            no_transaction_reason,
+            statements,
+            transaction_control,
         })
     }
 
-    /// The statements of the script, split by the SQL parser, each with
-    /// its text exactly as in the file. Used to run a no-transaction script
-    /// one statement at a time (PostgreSQL runs a multi-statement query
-    /// string in one implicit transaction).
-    pub fn statements(&self) -> Vec<String> {
-        use squawk_syntax::ast::AstNode;
-        let parse = squawk_syntax::SourceFile::parse(&self.sql);
-        parse
-            .tree()
-            .stmts()
-            .map(|stmt| {
-                let range = stmt.syntax().text_range();
-                let start = u32::from(range.start()) as usize;
-                let end = u32::from(range.end()) as usize;
-                self.sql.get(start..end).unwrap_or_default().to_owned()
-            })
-            .filter(|s| !s.trim().is_empty())
-            .collect()
+    /// The statements of the script, each with its text exactly as in the
+    /// file (found by a lexer that only looks for boundaries, so nothing is
+    /// dropped or rewritten), in order.
+    pub fn statements(&self) -> &[Statement] {
+        &self.statements
+    }
+
+    /// Whether the script runs in one transaction with its history change.
+    pub fn transactional(&self) -> bool {
+        !self.directives.no_transaction
+    }
+
+    /// Refuses a transactional script holding a transaction-control
+    /// statement: Atlas runs it in a transaction of its own, which such a
+    /// statement would end or nest, so its changes and its history row
+    /// could no longer commit or roll back together.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the file and line.
+    pub fn check_transaction_control(&self) -> Result<()> {
+        match &self.transaction_control {
+            Some((line, command)) if self.transactional() => Err(Error::invalid(
+                format!("{}:{line}", self.file),
+                format!(
+                    "{command} controls the transaction, but Atlas runs this file in a transaction of its own; \
+                     remove it, or add `-- atlas:no-transaction` to run the file statement by statement"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `recorded` (from the history) is this file's checksum,
+    /// including the one Atlas recorded before it ignored line endings.
+    pub fn matches_checksum(&self, recorded: &str) -> bool {
+        recorded == self.checksum || recorded == self.raw_checksum
     }
 }
 
@@ -165,64 +249,149 @@ impl Migration {
         &self.up.checksum
     }
 
+    /// Whether `recorded` (from the history) matches the up script.
+    pub fn matches_checksum(&self, recorded: &str) -> bool {
+        self.up.matches_checksum(recorded)
+    }
+
     /// The phase declared by the up script.
     pub fn phase(&self) -> MigrationPhase {
         self.up.directives.phase
     }
 }
 
-/// Parses `V<version>__<name>.sql` / `.down.sql`; `None` for other files.
-fn parse_file_name(file: &str) -> Option<Result<(Version, String, bool)>> {
-    let rest = file.strip_prefix('V')?;
+/// A repeatable migration, `R__<name>.sql`: run after the versioned
+/// migrations, in name order, each time its text changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repeatable {
+    /// The name: the file name's part after `R__`, without `.sql`.
+    pub name: String,
+    /// The script.
+    pub script: Script,
+    /// What the history records: [`checksum`] of the text that runs,
+    /// placeholders replaced, so a new placeholder value runs it again (as
+    /// Flyway does for repeatable migrations).
+    pub checksum: String,
+}
+
+/// What a file name says.
+enum FileName {
+    /// `R__<name>.sql`.
+    Repeatable { name: String },
+    /// `V<version>__<name>.sql` or `.down.sql`.
+    Versioned {
+        version: Version,
+        name: String,
+        down: bool,
+    },
+    /// Looks like a migration but is not run; the reason.
+    Ignored(String),
+    /// Not a migration file at all.
+    Other,
+}
+
+const NAMING: &str =
+    "V<version>__<name>.sql or V<version>__<name>.down.sql (version: numbers separated by . or _)";
+
+/// Parses a file name (the last part of its path).
+fn parse_file_name(file: &str) -> Result<FileName> {
+    let lower = file.to_ascii_lowercase();
+    if !lower.ends_with(".sql") {
+        return Ok(FileName::Other);
+    }
+    let ignored = |why: &str| {
+        Ok(FileName::Ignored(format!(
+            "{why}; migrations are named {NAMING}"
+        )))
+    };
+    if !file.ends_with(".sql") {
+        return ignored("the extension is not lower-case .sql");
+    }
+    let Some(rest) = file.strip_prefix('V') else {
+        return match file.as_bytes().first() {
+            Some(b'U') if file.contains("__") => ignored(
+                "Flyway undo migrations (U…) are not run; Atlas reverts with V<version>__<name>.down.sql",
+            ),
+            Some(b'R') if file.starts_with("R__") => match &file[3..file.len() - 4] {
+                "" => Err(Error::invalid(
+                    file,
+                    "the name is empty; repeatable migrations are named R__<name>.sql",
+                )),
+                name => Ok(FileName::Repeatable {
+                    name: name.to_owned(),
+                }),
+            },
+            Some(b'v') if file.contains("__") => ignored("the prefix must be an upper-case V"),
+            _ => ignored("the name does not start with V"),
+        };
+    };
     let (stem, down) = if let Some(stem) = rest.strip_suffix(".down.sql") {
         (stem, true)
     } else {
-        (rest.strip_suffix(".sql")?, false)
+        (&rest[..rest.len() - 4], false)
     };
-    let rule = "must be V<version>__<name>.sql or V<version>__<name>.down.sql, version digits, name non-empty";
     let Some((version, name)) = stem.split_once("__") else {
-        return Some(Err(Error::invalid(file, rule)));
+        return ignored("there is no `__` between version and name");
     };
-    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
-        return Some(Err(Error::invalid(file, rule)));
+    let version: Version = version.parse().map_err(|_| {
+        Error::invalid(
+            file,
+            format!(
+                "the version must be numbers separated by . or _; migrations are named {NAMING}"
+            ),
+        )
+    })?;
+    if name.is_empty() {
+        return Err(Error::invalid(
+            file,
+            format!("the name is empty; migrations are named {NAMING}"),
+        ));
     }
-    match version.parse::<u64>() {
-        Ok(v) => Some(Ok((Version(v), name.to_owned(), down))),
-        Err(_) => Some(Err(Error::invalid(file, "version does not fit in 64 bits"))),
-    }
+    Ok(FileName::Versioned {
+        version,
+        name: name.to_owned(),
+        down,
+    })
 }
 
-/// The migrations of one directory, sorted by version.
+/// The migrations of one folder, sorted by version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationSet {
     migrations: Vec<Migration>,
+    repeatables: Vec<Repeatable>,
+    warnings: Vec<String>,
 }
 
 impl MigrationSet {
-    /// Reads every `V*.sql` file of `dir` (other files are ignored).
+    /// Reads every migration file of `dir` and its subfolders, without
+    /// placeholders.
+    ///
+    /// # Errors
+    /// As [`load_with`](Self::load_with).
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(dir, &SourceOptions::default())
+    }
+
+    /// Reads every migration file of `dir` and its subfolders (files are
+    /// named by their path inside `dir`), replacing placeholders as
+    /// `options` say. Files that look like migrations but are not run (a
+    /// Flyway undo file, a lower-case `v`, an upper-case `.SQL`, no `__`)
+    /// are listed in [`warnings`](Self::warnings) and logged.
     ///
     /// # Errors
     /// [`Error::NotFound`] if `dir` cannot be read; [`Error::InvalidInput`]
-    /// naming the file for a malformed `V…` name, two files with one version,
-    /// a down file without its up file, a non-UTF-8 file or a bad directive.
-    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+    /// naming the file for a malformed version, two files with one version,
+    /// a down file without its up file, a non-UTF-8 file, a bad directive or
+    /// a placeholder without a value.
+    pub fn load_with(dir: impl AsRef<Path>, options: &SourceOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            Error::not_found(format!("migrations directory {}: {e}", dir.display()))
-        })?;
         let mut files: Vec<(String, PathBuf)> = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| {
-                Error::not_found(format!("migrations directory {}: {e}", dir.display()))
-            })?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            files.push((name, entry.path()));
-        }
+        walk(dir, "", &mut files)?;
+        files.sort();
         let mut sources = Vec::new();
         for (name, path) in files {
-            if parse_file_name(&name).is_none() {
+            let base = name.rsplit('/').next().unwrap_or(&name);
+            if matches!(parse_file_name(base), Ok(FileName::Other)) {
                 continue;
             }
             let bytes = std::fs::read(&path)
@@ -231,27 +400,70 @@ impl MigrationSet {
                 .map_err(|_| Error::invalid(name.clone(), "must be UTF-8 text"))?;
             sources.push((name, text));
         }
-        Self::from_sources(sources)
+        Self::from_sources_with(sources, options)
     }
 
     /// Builds a set from `(file name, text)` pairs, as [`load`](Self::load)
-    /// does from a directory. Names not starting with `V` are ignored.
+    /// does from a folder. Names that are not migrations are ignored.
     ///
     /// # Errors
     /// As [`load`](Self::load).
     pub fn from_sources(
         sources: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
     ) -> Result<Self> {
+        Self::from_sources_with(sources, &SourceOptions::default())
+    }
+
+    /// [`from_sources`](Self::from_sources) with placeholder options.
+    ///
+    /// # Errors
+    /// As [`load_with`](Self::load_with).
+    pub fn from_sources_with(
+        sources: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
+        options: &SourceOptions,
+    ) -> Result<Self> {
         use std::collections::BTreeMap;
+        let context = LoadContext::now();
         let mut ups: BTreeMap<Version, (String, Script)> = BTreeMap::new();
         let mut downs: BTreeMap<Version, (String, Script)> = BTreeMap::new();
+        let mut repeatables: BTreeMap<String, Repeatable> = BTreeMap::new();
+        let mut warnings = Vec::new();
         for (file, text) in sources {
             let file: String = file.into();
-            let Some(parsed) = parse_file_name(&file) else {
-                continue;
+            let base = file.rsplit('/').next().unwrap_or(&file);
+            let (version, name, down) = match parse_file_name(base)? {
+                FileName::Other => continue,
+                FileName::Repeatable { name } => {
+                    if let Some(other) = repeatables.get(&name) {
+                        return Err(Error::invalid(
+                            file,
+                            format!("repeatable migration {name} is also {}", other.script.file),
+                        ));
+                    }
+                    let script = Script::build(file.clone(), text.into(), options, &context)?;
+                    let checksum = checksum(script.sql.as_bytes());
+                    repeatables.insert(
+                        name.clone(),
+                        Repeatable {
+                            name,
+                            script,
+                            checksum,
+                        },
+                    );
+                    continue;
+                }
+                FileName::Ignored(why) => {
+                    warn!(%file, %why, "ignored file that looks like a migration");
+                    warnings.push(format!("{file} is ignored: {why}"));
+                    continue;
+                }
+                FileName::Versioned {
+                    version,
+                    name,
+                    down,
+                } => (version, name, down),
             };
-            let (version, name, down) = parsed?;
-            let script = Script::new(file.clone(), text)?;
+            let script = Script::build(file.clone(), text.into(), options, &context)?;
             let map = if down { &mut downs } else { &mut ups };
             if let Some((_, other)) = map.get(&version) {
                 return Err(Error::invalid(
@@ -268,7 +480,7 @@ impl MigrationSet {
                 _ => {
                     return Err(Error::invalid(
                         down.file.clone(),
-                        format!("down file has no matching V{}__{down_name}.sql", version.0),
+                        format!("down file has no matching {version}__{down_name}.sql"),
                     ));
                 }
             }
@@ -282,12 +494,31 @@ impl MigrationSet {
                 down,
             });
         }
-        Ok(MigrationSet { migrations })
+        Ok(MigrationSet {
+            migrations,
+            repeatables: repeatables.into_values().collect(),
+            warnings,
+        })
     }
 
     /// The migrations, by ascending version.
     pub fn migrations(&self) -> &[Migration] {
         &self.migrations
+    }
+
+    /// The repeatable migrations, by name (the order they run in).
+    pub fn repeatables(&self) -> &[Repeatable] {
+        &self.repeatables
+    }
+
+    /// The repeatable migration called `name`.
+    pub fn repeatable(&self, name: &str) -> Option<&Repeatable> {
+        self.repeatables.iter().find(|r| r.name == name)
+    }
+
+    /// Files that look like migrations but are not run, each with why.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The migration with `version`.
@@ -302,4 +533,31 @@ impl MigrationSet {
     pub fn latest(&self) -> Option<Version> {
         self.migrations.last().map(|m| m.version)
     }
+}
+
+/// Collects the files under `dir` (recursively) as (path inside the
+/// root, `/`-separated, full path).
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::not_found(format!("migrations directory {}: {e}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            Error::not_found(format!("migrations directory {}: {e}", dir.display()))
+        })?;
+        let Ok(name) = entry.file_name().into_string() else {
+            warn!(path = %entry.path().display(), "ignored file with a non-UTF-8 name");
+            continue;
+        };
+        let path = entry.path();
+        let relative = format!("{prefix}{name}");
+        let file_type = entry
+            .file_type()
+            .map_err(|e| Error::not_found(format!("{}: {e}", path.display())))?;
+        if file_type.is_dir() || (file_type.is_symlink() && path.is_dir()) {
+            walk(&path, &format!("{relative}/"), out)?;
+        } else {
+            out.push((relative, path));
+        }
+    }
+    Ok(())
 }

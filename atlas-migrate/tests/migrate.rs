@@ -145,9 +145,9 @@ fn file_names_versions_and_directives_are_parsed() {
         ("V2__first.sql", "SELECT 1;"),
         ("README.md", "ignored"),
     ]);
-    let versions: Vec<u64> = s.migrations().iter().map(|m| m.version.0).collect();
+    let versions: Vec<u64> = s.migrations().iter().map(|m| m.version.major()).collect();
     assert_eq!(versions, vec![2, 10]);
-    let later = s.get(Version(10)).expect("V10");
+    let later = s.get(Version::new(10)).expect("V10");
     assert_eq!(later.name, "later");
     assert_eq!(later.phase(), MigrationPhase::Contract);
     assert_eq!(later.up.directives.verify, vec!["SELECT true".to_owned()]);
@@ -160,8 +160,16 @@ fn file_names_versions_and_directives_are_parsed() {
 
 #[test]
 fn bad_files_are_refused_with_their_name() {
+    // A name without `__` is not a migration (Flyway ignores it too): it
+    // is named in a warning rather than refused.
+    let warned = MigrationSet::from_sources([("V1_x.sql", "")]).expect("ignored");
+    assert!(warned.migrations().is_empty());
+    assert!(
+        warned.warnings().iter().any(|w| w.contains("V1_x.sql")),
+        "{:?}",
+        warned.warnings()
+    );
     for (files, needle) in [
-        (vec![("V1_x.sql", "")], "V1_x.sql"),
         (vec![("Vx__a.sql", "")], "Vx__a.sql"),
         (vec![("V1__a.sql", ""), ("V01__b.sql", "")], "also used by"),
         (vec![("V1__a.down.sql", "")], "no matching"),
@@ -197,7 +205,7 @@ fn no_transaction_scripts_split_into_statements() {
     .expect("script");
     let statements = script.statements();
     assert_eq!(statements.len(), 2, "{statements:?}");
-    assert!(statements[1].contains("CONCURRENTLY b"));
+    assert!(statements[1].sql.contains("CONCURRENTLY b"));
 }
 
 #[tokio::test]
@@ -205,7 +213,10 @@ async fn migrate_applies_in_order_then_is_a_no_op() {
     let driver = MemoryDriver::new();
     let m = migrator(&driver, three());
     let report = m.migrate(None).await.expect("migrate");
-    assert_eq!(report.versions, vec![Version(1), Version(2), Version(3)]);
+    assert_eq!(
+        report.versions,
+        vec![Version::new(1), Version::new(2), Version::new(3)]
+    );
     assert_eq!(
         driver.effects(),
         vec!["V1__users.sql", "V2__email.sql", "V3__email_index.sql"]
@@ -224,24 +235,24 @@ async fn migrate_applies_in_order_then_is_a_no_op() {
 async fn migrate_to_a_target_then_down_to_a_target() {
     let driver = MemoryDriver::new();
     let m = migrator(&driver, three());
-    let plan = m.plan(Some(Version(2))).await.expect("plan");
+    let plan = m.plan(Some(Version::new(2))).await.expect("plan");
     assert_eq!(plan.steps.len(), 2);
     assert!(driver.runs().is_empty(), "plan is a dry run");
-    m.migrate(Some(Version(2))).await.expect("to V2");
+    m.migrate(Some(Version::new(2))).await.expect("to V2");
     assert_eq!(driver.rows().len(), 2);
     m.migrate(None).await.expect("rest");
-    let down = m.down(Version(1)).await.expect("down");
+    let down = m.down(Version::new(1)).await.expect("down");
     assert_eq!(down.direction, Direction::Down);
-    assert_eq!(down.versions, vec![Version(3), Version(2)]);
+    assert_eq!(down.versions, vec![Version::new(3), Version::new(2)]);
     let rows: Vec<Version> = driver.rows().iter().map(|r| r.version).collect();
-    assert_eq!(rows, vec![Version(1)]);
+    assert_eq!(rows, vec![Version::new(1)]);
     let files: Vec<String> = driver.runs().iter().map(|r| r.file.clone()).collect();
     assert_eq!(
         &files[3..],
         ["V3__email_index.down.sql", "V2__email.down.sql"]
     );
     let err = m
-        .migrate(Some(Version(0)))
+        .migrate(Some(Version::new(0)))
         .await
         .expect_err("below applied");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
@@ -252,7 +263,7 @@ async fn down_without_a_down_file_names_it() {
     let driver = MemoryDriver::new();
     let m = migrator(&driver, set(&[("V1__a.sql", V1), ("V2__b.sql", V2)]));
     m.migrate(None).await.expect("migrate");
-    let err = m.down(Version(0)).await.expect_err("no down file");
+    let err = m.down(Version::new(0)).await.expect_err("no down file");
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.to_string().contains("V2__b.down.sql"), "{err}");
     assert_eq!(driver.rows().len(), 2, "nothing reverted");
@@ -284,7 +295,7 @@ async fn checksum_drift_is_refused_naming_version_and_file_until_repair() {
     let status = m.status().await.expect("status");
     assert_eq!(status[1].state, MigrationState::ChecksumDrift);
     let repaired = m.repair().await.expect("repair");
-    assert_eq!(repaired.realigned, vec![Version(2)]);
+    assert_eq!(repaired.realigned, vec![Version::new(2)]);
     m.migrate(None).await.expect("accepted after repair");
     changed.pop();
     let missing = migrator(&driver, set(&changed));
@@ -318,15 +329,18 @@ async fn a_new_version_below_the_highest_applied_is_out_of_order() {
 async fn baseline_skips_older_migrations() {
     let driver = MemoryDriver::new();
     let m = migrator(&driver, three());
-    m.baseline(Version(2)).await.expect("baseline");
+    m.baseline(Version::new(2)).await.expect("baseline");
     let report = m.migrate(None).await.expect("migrate");
-    assert_eq!(report.versions, vec![Version(3)]);
+    assert_eq!(report.versions, vec![Version::new(3)]);
     let status = m.status().await.expect("status");
     assert_eq!(status[0].state, MigrationState::BelowBaseline);
     assert_eq!(status[1].state, MigrationState::Baseline);
-    let again = m.baseline(Version(3)).await.expect_err("history not empty");
+    let again = m
+        .baseline(Version::new(3))
+        .await
+        .expect_err("history not empty");
     assert_eq!(again.kind(), ErrorKind::Precondition);
-    let below = m.down(Version(1)).await.expect_err("below baseline");
+    let below = m.down(Version::new(1)).await.expect_err("below baseline");
     assert_eq!(below.kind(), ErrorKind::InvalidInput);
 }
 
@@ -338,7 +352,7 @@ async fn a_rolled_back_failure_leaves_earlier_migrations_and_records_nothing() {
     let err = m.migrate(None).await.expect_err("fails");
     assert!(err.to_string().contains("rolled back"), "{err}");
     let rows: Vec<Version> = driver.rows().iter().map(|r| r.version).collect();
-    assert_eq!(rows, vec![Version(1)]);
+    assert_eq!(rows, vec![Version::new(1)]);
     assert_eq!(driver.effects(), vec!["V1__users.sql"]);
     assert!(
         m.migrate(None).await.is_err(),
@@ -420,13 +434,13 @@ async fn a_partial_failure_without_down_file_stops_with_the_restore_command() {
     let failed = driver
         .rows()
         .into_iter()
-        .find(|r| r.version == Version(2))
+        .find(|r| r.version == Version::new(2))
         .expect("row");
     assert!(!failed.success);
     let blocked = m.migrate(None).await.expect_err("failed row blocks");
     assert_eq!(blocked.kind(), ErrorKind::Precondition);
     let repaired = m.repair().await.expect("repair");
-    assert_eq!(repaired.removed_failed, vec![Version(2)]);
+    assert_eq!(repaired.removed_failed, vec![Version::new(2)]);
     let backups = target
         .list_all(&ObjectPrefix::new("db/").expect("prefix"))
         .await
@@ -563,23 +577,19 @@ fn lint_flags_each_unsafe_pattern_and_passes_the_safe_rewrite() {
         let found = errors_of("V1__safe.sql", safe_sql, phase, &with_timeouts);
         assert!(found.is_empty(), "{safe_sql}: {found:?}");
     }
-    // A concurrent index makes the file run without a transaction: alone
-    // it is fine, inside an explicit transaction block it is refused.
-    let found = errors_of(
-        "V1__alone.sql",
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);",
-        expand,
-        &with_timeouts,
+    // A concurrent index cannot run in a transaction: the file runs
+    // without one on its own, says why, and so the lint has nothing to
+    // refuse.
+    let sql = "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);";
+    let script = Script::new("V1__tx.sql", sql).expect("script");
+    assert!(!script.transactional());
+    assert_eq!(
+        script.no_transaction_reason.as_deref(),
+        Some("CREATE INDEX CONCURRENTLY at line 1")
     );
-    assert!(found.is_empty(), "{found:?}");
-    let found = errors_of(
-        "V1__tx.sql",
-        "BEGIN;\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);\nCOMMIT;",
-        expand,
-        &with_timeouts,
-    );
+    let found = errors_of("V1__tx.sql", sql, expand, &with_timeouts);
     assert!(
-        found
+        !found
             .iter()
             .any(|r| r == "ban-concurrent-index-creation-in-transaction"),
         "{found:?}"
@@ -628,7 +638,7 @@ async fn the_backup_is_taken_before_any_change_and_recorded() {
         },
         ..MigratorConfig::default()
     });
-    m.migrate(Some(Version(1))).await.expect("first");
+    m.migrate(Some(Version::new(1))).await.expect("first");
     let report = m.migrate(None).await.expect("rest");
     let backup = report.backup.expect("recorded with the run");
     assert!(backup.key.as_str().starts_with("pre/pre-migrate-"));
@@ -656,7 +666,7 @@ async fn invariant_tables_reach_the_driver_minus_declared_ones_and_never_on_down
         ..no_backup()
     });
     m.migrate(None).await.expect("migrate");
-    m.down(Version(0)).await.expect("down");
+    m.down(Version::new(0)).await.expect("down");
     let got: Vec<(String, Vec<String>)> = driver
         .runs()
         .into_iter()
@@ -696,7 +706,7 @@ async fn expand_runs_up_to_the_first_contract_migration_and_contract_runs_the_re
         .migrate_phase(MigrationPhase::Expand)
         .await
         .expect("expand");
-    assert_eq!(expand.versions, vec![Version(1), Version(2)]);
+    assert_eq!(expand.versions, vec![Version::new(1), Version::new(2)]);
     let again = m
         .migrate_phase(MigrationPhase::Expand)
         .await
@@ -709,16 +719,151 @@ async fn expand_runs_up_to_the_first_contract_migration_and_contract_runs_the_re
         .migrate_phase(MigrationPhase::Contract)
         .await
         .expect("contract");
-    assert_eq!(contract.versions, vec![Version(3), Version(4)]);
+    assert_eq!(contract.versions, vec![Version::new(3), Version::new(4)]);
 }
 
 #[tokio::test]
 async fn shared_and_boxed_drivers_are_drivers() {
     let driver = MemoryDriver::new();
     let shared = Migrator::new(Arc::new(driver.clone()), three()).with_config(no_backup());
-    shared.migrate(Some(Version(1))).await.expect("arc");
+    shared.migrate(Some(Version::new(1))).await.expect("arc");
     let boxed: Box<dyn atlas_migrate::MigrationDriver> = Box::new(driver.clone());
     let boxed = Migrator::new(boxed, three()).with_config(no_backup());
     let report = boxed.migrate(None).await.expect("box");
-    assert_eq!(report.versions, vec![Version(2), Version(3)]);
+    assert_eq!(report.versions, vec![Version::new(2), Version::new(3)]);
+}
+
+#[tokio::test]
+async fn transaction_control_in_a_transactional_file_is_refused_naming_file_and_line() {
+    let driver = MemoryDriver::new();
+    let lenient = MigratorConfig {
+        allow_lint_errors: true,
+        ..no_backup()
+    };
+    for (file, sql, line) in [
+        (
+            "V1__c.sql",
+            "CREATE TABLE a (id int);\nCOMMIT;\nSELECT 1/0;",
+            2,
+        ),
+        (
+            "V1__w.sql",
+            "-- wrapped\nBEGIN;\nCREATE TABLE a (id int);\nCOMMIT;",
+            2,
+        ),
+        (
+            "V1__r.sql",
+            "CREATE TABLE a (id int);\n\nrollback prepared 'x';",
+            3,
+        ),
+    ] {
+        let m = Migrator::new(driver.clone(), set(&[(file, sql)])).with_config(lenient.clone());
+        let err = m.migrate(None).await.expect_err(file);
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains(&format!("{file}:{line}")), "{err}");
+        assert!(driver.runs().is_empty(), "nothing ran for {file}");
+    }
+    // Savepoints, bodies and no-transaction files are fine.
+    let fine = set(&[
+        (
+            "V1__s.sql",
+            "SAVEPOINT s;\nCREATE TABLE a (id int);\nROLLBACK TO SAVEPOINT s;\nRELEASE s;\n\
+             DO $$ BEGIN COMMIT; END $$;",
+        ),
+        (
+            "V2__n.sql",
+            "-- atlas:no-transaction\nBEGIN;\nSELECT 1;\nCOMMIT;",
+        ),
+    ]);
+    let m = Migrator::new(driver.clone(), fine).with_config(lenient);
+    let report = m.migrate(None).await.expect("allowed");
+    assert_eq!(report.versions, vec![Version::new(1), Version::new(2)]);
+}
+
+#[test]
+fn flyway_versions_order_numerically_and_equal_spellings_collide() {
+    let s = set(&[
+        ("V1.10__ten.sql", "SELECT 10;"),
+        ("V1.9__nine.sql", "SELECT 9;"),
+        ("V1_2__two.sql", "SELECT 2;"),
+        ("V1.2.3__three.sql", "SELECT 3;"),
+        ("V2__x.sql", "SELECT 20;"),
+    ]);
+    let order: Vec<String> = s.migrations().iter().map(|m| m.version.dotted()).collect();
+    assert_eq!(order, vec!["1.2", "1.2.3", "1.9", "1.10", "2"]);
+    assert_eq!(s.migrations()[0].up.file, "V1_2__two.sql");
+    let err = MigrationSet::from_sources([("V1.1__a.sql", ""), ("V1_1__b.sql", "")])
+        .expect_err("one version twice");
+    let text = err.to_string();
+    assert!(
+        text.contains("V1.1__a.sql") && text.contains("V1_1__b.sql"),
+        "{text}"
+    );
+    assert_eq!("V1.0".parse::<Version>().expect("v"), Version::new(1));
+    assert!("1..2".parse::<Version>().is_err());
+    assert!("1.x".parse::<Version>().is_err());
+}
+
+#[tokio::test]
+async fn repeatables_run_after_versioned_ones_in_name_order_whenever_they_change() {
+    let driver = MemoryDriver::new();
+    let options =
+        |value: &str| atlas_migrate::SourceOptions::default().with_placeholder("who", value);
+    let files = |view: &str| {
+        vec![
+            (
+                "V1__t.sql".to_owned(),
+                "CREATE TABLE t (id bigint);".to_owned(),
+            ),
+            ("R__b_view.sql".to_owned(), view.to_owned()),
+            (
+                "sub/R__a_func.sql".to_owned(),
+                "SELECT '${who}';".to_owned(),
+            ),
+        ]
+    };
+    let load = |view: &str, who: &str| {
+        MigrationSet::from_sources_with(files(view), &options(who)).expect("set")
+    };
+    let m = migrator(&driver, load("SELECT 1;", "ann"));
+    let plan = m.plan(None).await.expect("plan");
+    let names: Vec<&str> = plan.repeatables.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["a_func", "b_view"]);
+    let report = m.migrate(None).await.expect("first");
+    assert_eq!(report.versions, vec![Version::new(1)]);
+    assert_eq!(report.repeatables, vec!["a_func", "b_view"]);
+    let order: Vec<String> = driver.runs().iter().map(|r| r.file.clone()).collect();
+    assert_eq!(
+        order,
+        vec!["V1__t.sql", "sub/R__a_func.sql", "R__b_view.sql"]
+    );
+    assert_eq!(driver.rows().len(), 1, "repeatables have no versioned row");
+    assert_eq!(driver.repeatable_rows().len(), 2);
+    // Unchanged: nothing runs.
+    let again = migrator(&driver, load("SELECT 1;", "ann"))
+        .migrate(None)
+        .await
+        .expect("again");
+    assert!(again.versions.is_empty() && again.repeatables.is_empty());
+    // A changed file, or a new placeholder value, runs it again.
+    let changed = migrator(&driver, load("SELECT 2;", "bob"));
+    let status = changed.repeatable_status().await.expect("status");
+    assert!(
+        status
+            .iter()
+            .all(|s| s.state == atlas_migrate::RepeatableState::Outdated),
+        "{status:?}"
+    );
+    let report = changed.migrate(None).await.expect("changed");
+    assert_eq!(report.repeatables, vec!["a_func", "b_view"]);
+    // A target below the newest version runs no repeatable.
+    let mut newer = files("SELECT 3;");
+    newer.push(("V2__u.sql".to_owned(), "SELECT 1;".to_owned()));
+    let m = migrator(
+        &driver,
+        MigrationSet::from_sources_with(newer, &options("bob")).expect("set"),
+    );
+    let plan = m.plan(Some(Version::new(1))).await.expect("plan to V1");
+    assert!(plan.repeatables.is_empty(), "{plan:?}");
+    assert_eq!(m.plan(None).await.expect("plan").repeatables.len(), 1);
 }

@@ -49,7 +49,7 @@ impl Spy {
                 .rows()
                 .iter()
                 .filter(|r| r.success)
-                .map(|r| r.version.0)
+                .map(|r| r.version.major())
                 .collect(),
         });
         Ok(())
@@ -170,7 +170,7 @@ async fn migration_hook_expands_before_the_new_slot_and_contracts_after_the_old_
     let reports: Vec<(HookPoint, Vec<u64>)> = migrations
         .reports()
         .into_iter()
-        .map(|(p, r)| (p, r.versions.iter().map(|v| v.0).collect()))
+        .map(|(p, r)| (p, r.versions.iter().map(|v| v.major()).collect()))
         .collect();
     assert_eq!(
         reports,

@@ -15,9 +15,15 @@
 //! ```
 //!
 //! Commands: `status`, `plan [--to V]`, `lint`, `migrate [--to V]`,
-//! `down --to V`, `repair`, `baseline --to V`; `--help` explains each
+//! `down --to V`, `repair`, `baseline --to V`, `import [--flyway-table T]`
+//! (adopt a database Flyway migrated); `--help` explains each
 //! (`atlas_migrate migrate --help`). `status`, `plan` and `lint` take
 //! `--output json` for scripts.
+//! Flyway folders run as published: versions such as `V1_1__x.sql` or
+//! `V1.2.3__x.sql`, subfolders, `${name}` placeholders (`--placeholder
+//! name=value`, repeated; `${flyway:user}`, `${flyway:database}`,
+//! `${flyway:defaultSchema}` and `${flyway:table}` come from the
+//! connection unless given), and files that cannot run in a transaction.
 //! Options (before or after the command): `--url URL` (or `DATABASE_URL`),
 //! `--dir DIR` (default `migrations`), `--backup-dir DIR` or `--no-backup`,
 //! `--fail-fast` (do not wait for another runner's lock),
@@ -51,9 +57,11 @@ use serde::Serialize;
 /// Versioned, checksummed, linted SQL migrations for PostgreSQL, with a
 /// pre-migration backup (Atlas's migration engine, `atlas_migrate`).
 ///
-/// Migrations are files `V<version>__<name>.sql` in --dir, each with an
-/// optional `V<version>__<name>.down.sql`; their history is a table in the
-/// database.
+/// Migrations are files `V<version>__<name>.sql` in --dir and its
+/// subfolders (version: numbers separated by `.` or `_`, as Flyway names
+/// them), each with an optional `V<version>__<name>.down.sql`; their
+/// history is a table in the database. Files that look like migrations but
+/// are not run are named in warnings on stderr.
 #[derive(Debug, Parser)]
 #[command(
     name = "atlas_migrate",
@@ -118,6 +126,23 @@ struct Cli {
     )]
     table: Option<String>,
 
+    /// A value for the `${NAME}` placeholder in the migration files, as
+    /// NAME=VALUE; repeat for more. A placeholder without a value is an
+    /// error naming it and its file.
+    #[arg(
+        long = "placeholder",
+        value_name = "NAME=VALUE",
+        global = true,
+        help_heading = "Global options",
+        value_parser = parse_placeholder
+    )]
+    placeholders: Vec<(String, String)>,
+
+    /// Leave `${…}` text in the files as it is (Flyway's
+    /// placeholderReplacement=false).
+    #[arg(long, global = true, help_heading = "Global options")]
+    no_placeholder_replacement: bool,
+
     /// Draw no progress on stderr (progress is also off when stderr is not
     /// a terminal).
     #[arg(short, long, global = true, help_heading = "Global options")]
@@ -171,6 +196,60 @@ enum Command {
         #[arg(long, value_name = "V")]
         to: Version,
     },
+    /// Adopt a database Flyway migrated: check every row of its history
+    /// table against the files by Flyway's checksum and record them as
+    /// applied (only on an empty history; nothing is recorded on any
+    /// mismatch or failed row), so `migrate` runs only what is new.
+    Import {
+        /// Flyway's history table.
+        #[arg(long, value_name = "TABLE", default_value = atlas_migrate::FLYWAY_HISTORY_TABLE)]
+        flyway_table: String,
+    },
+}
+
+fn parse_placeholder(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("`{arg}` must be NAME=VALUE")),
+    }
+}
+
+/// The placeholder options: the command line's values, plus Flyway's
+/// connection built-ins from the URL and history table unless given.
+fn source_options(cli: &Cli) -> atlas_migrate::SourceOptions {
+    let mut options = atlas_migrate::SourceOptions {
+        placeholder_replacement: !cli.no_placeholder_replacement,
+        ..Default::default()
+    };
+    if let Some(config) = cli
+        .url
+        .as_deref()
+        .and_then(|u| u.parse::<tokio_postgres::Config>().ok())
+    {
+        if let Some(user) = config.get_user() {
+            options
+                .placeholders
+                .insert("flyway:user".to_owned(), user.to_owned());
+        }
+        if let Some(db) = config.get_dbname() {
+            options
+                .placeholders
+                .insert("flyway:database".to_owned(), db.to_owned());
+        }
+    }
+    options
+        .placeholders
+        .insert("flyway:defaultSchema".to_owned(), "public".to_owned());
+    options.placeholders.insert(
+        "flyway:table".to_owned(),
+        cli.table
+            .clone()
+            .unwrap_or_else(|| "atlas_schema_history".to_owned()),
+    );
+    for (name, value) in &cli.placeholders {
+        options.placeholders.insert(name.clone(), value.clone());
+    }
+    options
 }
 
 /// `--output`, for the verbs whose result scripts read.
@@ -193,6 +272,19 @@ fn print_plan(plan: &Plan) {
             step.file,
             step.phase,
             if step.transactional {
+                "in a transaction"
+            } else {
+                "no transaction"
+            }
+        );
+    }
+    for r in &plan.repeatables {
+        println!(
+            "Repeatable {} {} ({}, {})",
+            r.name,
+            r.file,
+            if r.changed { "changed" } else { "new" },
+            if r.transactional {
                 "in a transaction"
             } else {
                 "no transaction"
@@ -265,6 +357,8 @@ impl LintJson {
 struct PlanJson {
     direction: String,
     steps: Vec<StepJson>,
+    /// Repeatable migrations that run after the steps, by name.
+    repeatables: Vec<String>,
     lint: LintJson,
 }
 
@@ -277,7 +371,8 @@ struct StepJson {
     transactional: bool,
 }
 
-/// One line of `status --output json`.
+/// One line of `status --output json` (version `R` for a repeatable
+/// migration).
 #[derive(Debug, Serialize)]
 struct StatusJson {
     version: String,
@@ -287,7 +382,10 @@ struct StatusJson {
 }
 
 async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
-    let set = MigrationSet::load(&cli.dir)?;
+    let set = MigrationSet::load_with(&cli.dir, &source_options(&cli))?;
+    for warning in set.warnings() {
+        eprintln!("atlas_migrate: warning: {warning}");
+    }
     let backup = match (&cli.backup_dir, cli.no_backup) {
         (Some(_), true) => return Err("--backup-dir and --no-backup exclude each other".into()),
         (Some(dir), false) => BackupPolicy::To {
@@ -338,34 +436,43 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     let migrator = Migrator::new(driver, set).with_config(config);
     match &cli.command {
         Command::Status { output } => {
-            let status = migrator.status().await?;
-            if output.output == OutputFormat::Json {
-                let lines: Vec<StatusJson> = status
+            let rfc3339 =
+                |at: std::time::SystemTime| humantime::format_rfc3339_seconds(at).to_string();
+            // Versioned migrations, then the repeatable ones (version `R`).
+            let mut lines: Vec<StatusJson> = migrator
+                .status()
+                .await?
+                .iter()
+                .map(|s| StatusJson {
+                    version: s.version.to_string(),
+                    name: s.name.clone(),
+                    state: format!("{:?}", s.state),
+                    applied_at: s.applied.as_ref().map(|a| rfc3339(a.applied_at)),
+                })
+                .collect();
+            lines.extend(
+                migrator
+                    .repeatable_status()
+                    .await?
                     .iter()
-                    .map(|s| StatusJson {
-                        version: s.version.to_string(),
-                        name: s.name.clone(),
-                        state: format!("{:?}", s.state),
-                        applied_at: s
-                            .applied
-                            .as_ref()
-                            .map(|a| humantime::format_rfc3339_seconds(a.applied_at).to_string()),
-                    })
-                    .collect();
+                    .map(|r| StatusJson {
+                        version: "R".to_owned(),
+                        name: r.name.clone(),
+                        state: format!("{:?}", r.state),
+                        applied_at: r.applied.as_ref().map(|a| rfc3339(a.applied_at)),
+                    }),
+            );
+            if output.output == OutputFormat::Json {
                 cli::print_json(&lines)?;
                 return Ok(true);
             }
-            for s in status {
-                let when = s
-                    .applied
-                    .as_ref()
-                    .map(|a| humantime::format_rfc3339_seconds(a.applied_at).to_string())
-                    .unwrap_or_default();
+            for line in lines {
                 println!(
-                    "{:<8} {:<30} {:?} {when}",
-                    s.version.to_string(),
-                    s.name,
-                    s.state
+                    "{:<8} {:<30} {} {}",
+                    line.version,
+                    line.name,
+                    line.state,
+                    line.applied_at.unwrap_or_default()
                 );
             }
         }
@@ -386,6 +493,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                             transactional: s.transactional,
                         })
                         .collect(),
+                    repeatables: plan.repeatables.iter().map(|r| r.name.clone()).collect(),
                     lint: LintJson::of(&plan.lint),
                 })?,
             }
@@ -399,6 +507,9 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 println!("pre-migration backup: {} ({} bytes)", b.key, b.size);
             }
             println!("applied: {}", list(&report.versions));
+            if !report.repeatables.is_empty() {
+                println!("repeatable: {}", report.repeatables.join(", "));
+            }
         }
         Command::Down { to } => {
             let result = migrator.down(*to).await;
@@ -413,6 +524,16 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
         Command::Baseline { to } => {
             migrator.baseline(*to).await?;
             println!("baseline recorded at {to}");
+        }
+        Command::Import { flyway_table } => {
+            let report = migrator.import_flyway(flyway_table).await?;
+            if let Some(b) = report.baseline {
+                println!("baseline: {b}");
+            }
+            println!("imported from {flyway_table}: {}", list(&report.imported));
+            if !report.repeatables.is_empty() {
+                println!("repeatable: {}", report.repeatables.join(", "));
+            }
         }
         Command::Lint { .. } => unreachable!("handled above, without a database"),
     }
@@ -478,6 +599,26 @@ impl<D: MigrationDriver> MigrationDriver for Shown<D> {
     }
     async fn delete_history(&self, version: Version) -> atlas_core::Result<()> {
         self.inner.delete_history(version).await
+    }
+    async fn flyway_history(
+        &self,
+        table: &str,
+    ) -> atlas_core::Result<Vec<atlas_migrate::FlywayHistoryRow>> {
+        self.inner.flyway_history(table).await
+    }
+    async fn repeatable_history(
+        &self,
+    ) -> atlas_core::Result<Vec<atlas_migrate::AppliedRepeatable>> {
+        self.inner.repeatable_history().await
+    }
+    async fn put_repeatable(
+        &self,
+        row: &atlas_migrate::AppliedRepeatable,
+    ) -> atlas_core::Result<()> {
+        self.inner.put_repeatable(row).await
+    }
+    async fn delete_repeatable(&self, name: &str) -> atlas_core::Result<()> {
+        self.inner.delete_repeatable(name).await
     }
     async fn backup(
         &self,
@@ -645,6 +786,28 @@ mod tests {
             parse(&["repair"]).unwrap().command,
             Command::Repair
         ));
+        let cli = parse(&[
+            "--placeholder",
+            "schema=app",
+            "--placeholder",
+            "x=a=b",
+            "import",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.placeholders,
+            vec![
+                ("schema".to_owned(), "app".to_owned()),
+                ("x".to_owned(), "a=b".to_owned())
+            ]
+        );
+        let Command::Import { flyway_table } = cli.command else {
+            panic!("not import")
+        };
+        assert_eq!(flyway_table, "flyway_schema_history");
+        let options = source_options(&parse(&["--url", "postgres://me@h/db1", "status"]).unwrap());
+        assert_eq!(options.placeholders["flyway:user"], "me");
+        assert_eq!(options.placeholders["flyway:database"], "db1");
     }
 
     #[test]
@@ -660,5 +823,9 @@ mod tests {
         );
         assert_eq!(kind(&["status", "--to", "3"]), ErrorKind::UnknownArgument);
         assert_eq!(parse(&["frobnicate"]).unwrap_err().exit_code(), 2);
+        assert_eq!(
+            kind(&["--placeholder", "novalue", "status"]),
+            ErrorKind::ValueValidation
+        );
     }
 }

@@ -93,6 +93,14 @@ fn config() -> MigratorConfig {
     }
 }
 
+/// Lint errors allowed: for files whose point is what PostgreSQL does.
+fn lenient() -> MigratorConfig {
+    MigratorConfig {
+        allow_lint_errors: true,
+        ..config()
+    }
+}
+
 const V1: &str = "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL);\n\
 INSERT INTO accounts SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 100) g;";
 const V1_DOWN: &str = "-- atlas:phase contract\nDROP TABLE accounts;";
@@ -161,7 +169,7 @@ async fn snapshot(client: &Client) -> (Vec<String>, Vec<String>, Option<String>)
 async fn history_versions(client: &Client) -> Vec<i64> {
     client
         .query(
-            "SELECT version FROM atlas_schema_history ORDER BY version",
+            "SELECT version::bigint FROM atlas_schema_history WHERE version IS NOT NULL ORDER BY 1",
             &[],
         )
         .await
@@ -177,10 +185,10 @@ async fn apply_then_reapply_is_a_no_op_then_down() {
     let db = TestDb::new().await;
     let client = db.client().await;
     let m = Migrator::new(db.driver().await, three()).with_config(config());
-    m.migrate(Some(Version(1))).await.expect("V1");
+    m.migrate(Some(Version::new(1))).await.expect("V1");
     let at_v1 = snapshot(&client).await;
     let report = m.migrate(None).await.expect("migrate");
-    assert_eq!(report.versions, vec![Version(2), Version(3)]);
+    assert_eq!(report.versions, vec![Version::new(2), Version::new(3)]);
     assert_eq!(history_versions(&client).await, vec![1, 2, 3]);
     let after = snapshot(&client).await;
     assert!(
@@ -190,7 +198,7 @@ async fn apply_then_reapply_is_a_no_op_then_down() {
     assert!(after.1.contains(&"accounts_email".to_owned()));
     let row = client
         .query_one(
-            "SELECT name, checksum, phase, success, duration_ms >= 0 FROM atlas_schema_history WHERE version = 2",
+            "SELECT name, checksum, phase, success, duration_ms >= 0 FROM atlas_schema_history WHERE version = '2'",
             &[],
         )
         .await
@@ -207,15 +215,15 @@ async fn apply_then_reapply_is_a_no_op_then_down() {
     assert!(again.versions.is_empty());
     assert_eq!(snapshot(&client).await, after, "re-apply changed nothing");
 
-    let down = m.down(Version(1)).await.expect("down");
-    assert_eq!(down.versions, vec![Version(3), Version(2)]);
+    let down = m.down(Version::new(1)).await.expect("down");
+    assert_eq!(down.versions, vec![Version::new(3), Version::new(2)]);
     assert_eq!(history_versions(&client).await, vec![1]);
     let reverted = snapshot(&client).await;
     assert!(!reverted.0.contains(&"accounts.plan:text".to_owned()));
     assert!(!reverted.1.contains(&"accounts_email".to_owned()));
     assert_eq!(reverted, at_v1, "down restored the V1 schema and data");
     let up_again = m.migrate(None).await.expect("up again");
-    assert_eq!(up_again.versions, vec![Version(2), Version(3)]);
+    assert_eq!(up_again.versions, vec![Version::new(2), Version::new(3)]);
 }
 
 #[tokio::test]
@@ -274,7 +282,7 @@ async fn two_runners_at_once_one_waits_and_history_has_no_duplicate() {
     applied.sort();
     assert_eq!(
         applied,
-        vec![Version(1), Version(2)],
+        vec![Version::new(1), Version::new(2)],
         "each version applied once"
     );
     let client = db.client().await;
@@ -317,7 +325,7 @@ async fn checksum_drift_is_refused() {
     let client = db.client().await;
     Migrator::new(db.driver().await, three())
         .with_config(config())
-        .migrate(Some(Version(2)))
+        .migrate(Some(Version::new(2)))
         .await
         .expect("migrate");
     let before = snapshot(&client).await;
@@ -358,29 +366,32 @@ async fn create_index_concurrently_runs_outside_a_transaction() {
         .expect("index")
         .get(0);
     assert!(valid);
-    // The same file without the directive fails in its transaction, and
-    // the lint says why before anything runs.
+    // The same file without the directive runs without a transaction on
+    // its own, as Flyway does: PostgreSQL would refuse it inside one.
     let db2 = TestDb::new().await;
     let in_tx = set(&[
         ("V1__accounts.sql", V1),
         (
             "V2__idx.sql",
-            "CREATE INDEX CONCURRENTLY accounts_email ON accounts (email);",
+            "CREATE INDEX CONCURRENTLY accounts_email ON accounts (email);
+VACUUM accounts;",
         ),
     ]);
-    let m2 = Migrator::new(db2.driver().await, in_tx.clone()).with_config(config());
-    let err = m2.migrate(None).await.expect_err("lint");
-    assert!(
-        err.to_string()
-            .contains("ban-concurrent-index-creation-in-transaction"),
-        "{err}"
-    );
-    let forced = Migrator::new(db2.driver().await, in_tx).with_config(MigratorConfig {
-        allow_lint_errors: true,
-        ..config()
-    });
-    let err = forced.migrate(None).await.expect_err("postgres refuses");
-    assert!(err.to_string().contains("rolled back"), "{err}");
+    let m2 = Migrator::new(db2.driver().await, in_tx).with_config(config());
+    let plan = m2.plan(None).await.expect("plan");
+    assert!(!plan.steps[1].transactional, "{plan:?}");
+    m2.migrate(None).await.expect("runs without a transaction");
+    let valid: bool = db2
+        .client()
+        .await
+        .query_one(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'accounts_email'::regclass",
+            &[],
+        )
+        .await
+        .expect("index")
+        .get(0);
+    assert!(valid);
 }
 
 #[tokio::test]
@@ -430,7 +441,7 @@ async fn a_failed_verify_after_a_non_transactional_step_runs_the_down_file() {
     assert!(!text.contains("password"), "{text}");
     let failed: bool = client
         .query_one(
-            "SELECT success FROM atlas_schema_history WHERE version = 2",
+            "SELECT success FROM atlas_schema_history WHERE version = '2'",
             &[],
         )
         .await
@@ -448,7 +459,7 @@ async fn the_pre_migration_backup_restores_into_a_fresh_database_with_identical_
     let client = db.client().await;
     Migrator::new(db.driver().await, three())
         .with_config(config())
-        .migrate(Some(Version(1)))
+        .migrate(Some(Version::new(1)))
         .await
         .expect("V1");
     let before = snapshot(&client).await;
@@ -537,7 +548,7 @@ async fn table_invariants_refuse_undeclared_data_changes() {
         .migrate(None)
         .await
         .expect("allowed");
-    assert_eq!(report.versions, vec![Version(2), Version(3)]);
+    assert_eq!(report.versions, vec![Version::new(2), Version::new(3)]);
     let free: i64 = client
         .query_one("SELECT count(*) FROM accounts WHERE plan = 'free'", &[])
         .await
@@ -638,4 +649,518 @@ async fn timeouts_are_set_for_every_migration() {
         "{source}"
     );
     blocker.batch_execute("ROLLBACK").await.expect("release");
+}
+
+async fn table_exists(client: &Client, name: &str) -> bool {
+    client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .expect("to_regclass")
+        .get(0)
+}
+
+async fn history_rows(client: &Client) -> Vec<(String, bool)> {
+    let mut rows: Vec<(String, bool)> = client
+        .query(
+            "SELECT version, success FROM atlas_schema_history WHERE version IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("history")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    rows.sort_by_key(|(v, _)| v.parse::<Version>().expect("version"));
+    rows
+}
+
+/// Every statement PostgreSQL receives is the file's own text: a statement
+/// it cannot read fails the migration, which is recorded as failed with
+/// the statements that committed before it named.
+#[tokio::test]
+#[ignore = "needs postgres; run: cargo xtask test"]
+async fn a_statement_postgres_cannot_read_fails_a_no_transaction_migration() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let files = [(
+        "V1__w.sql",
+        "-- atlas:no-transaction\nCREATE TABLE w_a (id int);\nCREATE INDX w_a_id ON w_a (id);\nALTERR TABLE w_a ADD COLUMN note text;\n",
+    )];
+    let m = Migrator::new(db.driver().await, set(&files)).with_config(lenient());
+    let err = m
+        .migrate(None)
+        .await
+        .expect_err("PostgreSQL refuses CREATE INDX");
+    let text = format!(
+        "{err} / {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(text.contains("failed part-way"), "{text}");
+    assert!(
+        text.contains(
+            "1 of 3 statements of V1__w.sql committed before the statement at line 3 failed"
+        ),
+        "{text}"
+    );
+    assert!(
+        table_exists(&client, "w_a").await,
+        "the first statement committed"
+    );
+    let note: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'w_a' AND column_name = 'note'",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .get(0);
+    assert_eq!(note, 0, "nothing after the bad statement ran");
+    assert_eq!(history_rows(&client).await, vec![("1".to_owned(), false)]);
+}
+
+/// Read-only verbs create nothing; creating the history table happens
+/// under the run lock, so concurrent runs on a fresh database never race.
+#[tokio::test]
+#[ignore = "needs postgres; run: cargo xtask test"]
+async fn concurrent_status_plan_and_migrate_on_a_fresh_database_all_succeed() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let files = three();
+    let status = Migrator::new(db.driver().await, files.clone())
+        .with_config(config())
+        .status()
+        .await
+        .expect("status");
+    assert!(status.iter().all(|s| s.applied.is_none()));
+    Migrator::new(db.driver().await, files.clone())
+        .with_config(config())
+        .plan(None)
+        .await
+        .expect("plan");
+    assert!(
+        !table_exists(&client, "atlas_schema_history").await,
+        "status and plan created no table"
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let url = db.url();
+        let files = files.clone();
+        tasks.spawn(async move {
+            let driver = PostgresDriver::builder(url)
+                .connect()
+                .await
+                .expect("driver");
+            let m = Migrator::new(driver, files).with_config(config());
+            match i % 4 {
+                0 => m.migrate(None).await.map(|_| ()),
+                1 => m.plan(None).await.map(|_| ()),
+                2 => m.plan_down_to(Version::new(0)).await.map(|_| ()),
+                _ => m.status().await.map(|_| ()),
+            }
+            .map_err(|e| format!("task {i}: {e}"))
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        if let Err(e) = result.expect("task") {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(history_versions(&client).await, vec![1, 2, 3]);
+}
+
+/// Transaction control in a transactional file is refused before
+/// anything runs, whatever the lint flags say; in a dollar-quoted body it
+/// is not a statement and is fine.
+#[tokio::test]
+#[ignore = "needs postgres; run: cargo xtask test"]
+async fn transaction_control_in_a_transactional_file_is_refused_before_anything_runs() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    for (file, sql, line) in [
+        (
+            "V1__e.sql",
+            "CREATE TABLE e_a (id int);\nCOMMIT;\nCREATE TABLE e_b (id int);\nSELECT 1/0;",
+            2,
+        ),
+        (
+            "V1__wrapped.sql",
+            "-- wrapped as a psql user would\nBEGIN;\nCREATE TABLE e_a (id int);\nCOMMIT;",
+            2,
+        ),
+    ] {
+        let m = Migrator::new(db.driver().await, set(&[(file, sql)])).with_config(lenient());
+        let err = m.migrate(None).await.expect_err(file);
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains(&format!("{file}:{line}")), "{err}");
+        let plan_err = m.plan(None).await.expect_err("plan refuses too");
+        assert_eq!(plan_err.kind(), ErrorKind::InvalidInput);
+        assert!(!table_exists(&client, "e_a").await, "{file}: nothing ran");
+        assert!(history_rows(&client).await.is_empty());
+    }
+    let fine = set(&[(
+        "V1__body.sql",
+        "CREATE TABLE e_a (id int);\n\
+         CREATE FUNCTION e_f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;\n\
+         CREATE FUNCTION e_g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 2; END;\n\
+         DO $do$ BEGIN PERFORM e_f(); END $do$;",
+    )]);
+    let m = Migrator::new(db.driver().await, fine).with_config(lenient());
+    m.migrate(None).await.expect("bodies are not statements");
+    let two: i32 = client
+        .query_one("SELECT e_g()", &[])
+        .await
+        .expect("e_g")
+        .get(0);
+    assert_eq!(two, 2);
+    assert_eq!(history_rows(&client).await, vec![("1".to_owned(), true)]);
+}
+
+/// `COPY … FROM stdin` with its data in the file, as pg_dump writes it,
+/// goes through the copy-in protocol, in a transaction and outside one.
+#[tokio::test]
+#[ignore = "needs postgres; run: cargo xtask test"]
+async fn copy_from_stdin_with_inline_data_loads_in_and_outside_a_transaction() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let files = [
+        (
+            "V1__copy.sql",
+            "CREATE TABLE c (a int PRIMARY KEY, b text);\n\
+             COPY public.c (a, b) FROM stdin;\n1\tsemi;colon\n2\t\\N\n3\tit's\n\\.\n\
+             UPDATE c SET b = 'none' WHERE b IS NULL;\n",
+        ),
+        (
+            "V2__copy_no_tx.sql",
+            "-- atlas:no-transaction\r\nCOPY c FROM STDIN;\r\n4\tfour\r\n\\.\r\nCREATE INDEX CONCURRENTLY c_b ON c (b);\r\n",
+        ),
+    ];
+    let m = Migrator::new(db.driver().await, set(&files)).with_config(lenient());
+    m.migrate(None).await.expect("copy");
+    let rows: Vec<(i32, String)> = client
+        .query("SELECT a, b FROM c ORDER BY a", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "semi;colon".to_owned()),
+            (2, "none".to_owned()),
+            (3, "it's".to_owned()),
+            (4, "four".to_owned()),
+        ]
+    );
+    assert_eq!(history_versions(&client).await, vec![1, 2]);
+    // Bad data fails its transaction as a whole: no row, no history.
+    let bad = [
+        files[0],
+        files[1],
+        (
+            "V3__bad.sql",
+            "COPY c FROM stdin;\n5\tfive\nnot-a-number\tx\n\\.\n",
+        ),
+    ];
+    let m = Migrator::new(db.driver().await, set(&bad)).with_config(lenient());
+    let err = m.migrate(None).await.expect_err("bad copy data");
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM c", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 4);
+    assert_eq!(history_versions(&client).await, vec![1, 2]);
+}
+
+/// A Flyway folder runs as published: dotted and underscored versions in
+/// numeric order, subfolders, placeholders, CRLF and BOM files, ignored
+/// look-alikes named in warnings.
+#[tokio::test]
+#[ignore = "needs postgres; run: cargo xtask test"]
+async fn a_flyway_folder_runs_as_published() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("release/2")).expect("dirs");
+    let write = |path: &str, text: &[u8]| std::fs::write(root.join(path), text).expect("write");
+    write(
+        "release/R__item_view.sql",
+        b"DROP VIEW IF EXISTS item_names;\nCREATE VIEW item_names AS SELECT v AS ${label} FROM app_items;\n",
+    );
+    write(
+        "V1__init.sql",
+        b"CREATE TABLE ${schema_prefix}items (id int PRIMARY KEY, v text);\n",
+    );
+    write(
+        "release/V1.9__nine.sql",
+        b"\xef\xbb\xbfINSERT INTO app_items VALUES (9, '${flyway:filename}');\r\n",
+    );
+    write(
+        "release/2/V1.10__ten.sql",
+        b"INSERT INTO app_items VALUES (10, 'ten');\r\n",
+    );
+    write(
+        "V1_2__two.sql",
+        b"INSERT INTO app_items VALUES (2, 'two');\n",
+    );
+    write("U1.10__undo.sql", b"DELETE FROM app_items;\n");
+    write("v3__lower.sql", b"DROP TABLE app_items;\n");
+    write("V3__upper.SQL", b"DROP TABLE app_items;\n");
+    write("V3_no_separator.sql", b"DROP TABLE app_items;\n");
+    let options = atlas_migrate::SourceOptions::default()
+        .with_placeholder("schema_prefix", "app_")
+        .with_placeholder("label", "name");
+    let folder = MigrationSet::load_with(root, &options).expect("load");
+    let warned = folder.warnings().join("\n");
+    for name in [
+        "U1.10__undo.sql",
+        "v3__lower.sql",
+        "V3__upper.SQL",
+        "V3_no_separator.sql",
+    ] {
+        assert!(warned.contains(name), "{name} not in {warned}");
+    }
+    let m = Migrator::new(db.driver().await, folder.clone()).with_config(lenient());
+    let report = m.migrate(None).await.expect("migrate");
+    let applied: Vec<String> = report.versions.iter().map(|v| v.dotted()).collect();
+    assert_eq!(applied, vec!["1", "1.2", "1.9", "1.10"]);
+    assert_eq!(
+        report.repeatables,
+        vec!["item_view"],
+        "after the versioned ones"
+    );
+    let view: i64 = client
+        .query_one("SELECT count(name) FROM item_names", &[])
+        .await
+        .expect("view")
+        .get(0);
+    assert_eq!(view, 3);
+    let repeatable_rows: Vec<(Option<String>, String, bool)> = client
+        .query(
+            "SELECT version, name, success FROM atlas_schema_history WHERE version IS NULL",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(repeatable_rows, vec![(None, "item_view".to_owned(), true)]);
+    let nine: String = client
+        .query_one("SELECT v FROM app_items WHERE id = 9", &[])
+        .await
+        .expect("row 9")
+        .get(0);
+    assert_eq!(nine, "V1.9__nine.sql");
+    // Line endings and a BOM are not changes.
+    write(
+        "release/V1.9__nine.sql",
+        b"INSERT INTO app_items VALUES (9, '${flyway:filename}');\n",
+    );
+    let again = MigrationSet::load_with(root, &options).expect("reload");
+    let m = Migrator::new(db.driver().await, again).with_config(lenient());
+    let report = m.migrate(None).await.expect("no drift");
+    assert!(
+        report.versions.is_empty() && report.repeatables.is_empty(),
+        "{report:?}"
+    );
+    // A new placeholder value changes the repeatable: it runs again.
+    let relabel = atlas_migrate::SourceOptions {
+        placeholders: [("schema_prefix", "app_"), ("label", "title")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    let m = Migrator::new(
+        db.driver().await,
+        MigrationSet::load_with(root, &relabel).expect("relabel"),
+    )
+    .with_config(lenient());
+    let report = m.migrate(None).await.expect("rerun");
+    assert_eq!(report.repeatables, vec!["item_view"]);
+    client
+        .query_one("SELECT count(title) FROM item_names", &[])
+        .await
+        .expect("renamed column");
+    // An unknown placeholder is refused naming it and the file.
+    write("V4__unknown.sql", b"SELECT '${nobody}';\n");
+    let err = MigrationSet::load_with(root, &options).expect_err("unknown placeholder");
+    assert!(
+        err.to_string().contains("V4__unknown.sql:1") && err.to_string().contains("${nobody}"),
+        "{err}"
+    );
+    std::fs::remove_file(root.join("V4__unknown.sql")).expect("rm");
+    // Equal versions spelled two ways are one version.
+    write("V1.2__again.sql", b"SELECT 1;\n");
+    let err = MigrationSet::load_with(root, &options).expect_err("duplicate");
+    assert!(
+        err.to_string().contains("V1_2__two.sql") && err.to_string().contains("V1.2__again.sql"),
+        "{err}"
+    );
+}
+
+/// A database Flyway migrated is adopted: its history rows are checked
+/// by Flyway's checksum and recorded, and `migrate` then applies only the
+/// new file.
+#[tokio::test]
+#[ignore = "needs postgres; run: cargo xtask test"]
+async fn importing_a_flyway_history_then_migrate_applies_only_new_files() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let v1 = "CREATE TABLE people (id int PRIMARY KEY, name text);\n";
+    let v1_1 = "ALTER TABLE people ADD COLUMN email text;\r\n";
+    let v2 = "ALTER TABLE people ADD COLUMN IF NOT EXISTS nick text;\n";
+    // The schema as Flyway left it, applied with psql.
+    let schema = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(schema.path(), format!("{v1}{v1_1}")).expect("write schema");
+    let status = std::process::Command::new("psql")
+        .arg("--no-psqlrc")
+        .arg("--set=ON_ERROR_STOP=1")
+        .arg("--quiet")
+        .arg("--dbname")
+        .arg(db.url())
+        .arg("--file")
+        .arg(schema.path())
+        .status()
+        .expect("psql");
+    assert!(status.success());
+    // Flyway's own history table and the rows Flyway writes.
+    client
+        .batch_execute(
+            "CREATE TABLE flyway_schema_history (installed_rank int NOT NULL PRIMARY KEY, version varchar(50), \
+             description varchar(200) NOT NULL, type varchar(20) NOT NULL, script varchar(1000) NOT NULL, \
+             checksum int, installed_by varchar(100) NOT NULL, installed_on timestamp NOT NULL DEFAULT now(), \
+             execution_time int NOT NULL, success boolean NOT NULL)",
+        )
+        .await
+        .expect("flyway table");
+    let insert = "INSERT INTO flyway_schema_history VALUES ($1, $2, $3, 'SQL', $4, $5, 'postgres', now(), 12, true)";
+    let crc1 = atlas_migrate::flyway_checksum(v1.as_bytes());
+    let crc1_1 = atlas_migrate::flyway_checksum(v1_1.as_bytes());
+    client
+        .execute(insert, &[&1i32, &"1", &"people", &"V1__people.sql", &crc1])
+        .await
+        .expect("row 1");
+    client
+        .execute(
+            insert,
+            &[&2i32, &"1.1", &"email", &"V1_1__email.sql", &crc1_1],
+        )
+        .await
+        .expect("row 2");
+    let folder = [
+        ("V1__people.sql", v1),
+        ("V1_1__email.sql", v1_1),
+        ("V2__index.sql", v2),
+    ];
+    // A changed file is refused, nothing recorded.
+    let changed = [
+        (
+            "V1__people.sql",
+            "CREATE TABLE people (id bigint PRIMARY KEY, name text);\n",
+        ),
+        folder[1],
+        folder[2],
+    ];
+    let err = Migrator::new(db.driver().await, set(&changed))
+        .with_config(config())
+        .import_flyway(atlas_migrate::FLYWAY_HISTORY_TABLE)
+        .await
+        .expect_err("checksum mismatch");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("V1__people.sql"), "{err}");
+    assert!(history_rows(&client).await.is_empty());
+
+    let m = Migrator::new(db.driver().await, set(&folder)).with_config(config());
+    let report = m
+        .import_flyway(atlas_migrate::FLYWAY_HISTORY_TABLE)
+        .await
+        .expect("import");
+    assert_eq!(
+        report.imported,
+        vec![Version::new(1), "1.1".parse().expect("v")]
+    );
+    let applied = m.migrate(None).await.expect("migrate");
+    assert_eq!(
+        applied.versions,
+        vec![Version::new(2)],
+        "only the new file ran"
+    );
+    let nick: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'people' AND column_name = 'nick'",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .get(0);
+    assert_eq!(nick, 1);
+    assert_eq!(
+        history_rows(&client).await,
+        vec![
+            ("1".to_owned(), true),
+            ("1.1".to_owned(), true),
+            ("2".to_owned(), true)
+        ]
+    );
+    // A failed Flyway row blocks an import.
+    let db2 = TestDb::new().await;
+    let c2 = db2.client().await;
+    c2.batch_execute(
+        "CREATE TABLE flyway_schema_history (installed_rank int PRIMARY KEY, version varchar(50), description varchar(200), \
+         type varchar(20), script varchar(1000), checksum int, installed_by varchar(100), installed_on timestamp, \
+         execution_time int, success boolean); \
+         INSERT INTO flyway_schema_history VALUES (1, '1', 'people', 'SQL', 'V1__people.sql', 0, 'x', now(), 1, false);",
+    )
+    .await
+    .expect("failed row");
+    let err = Migrator::new(db2.driver().await, set(&folder))
+        .with_config(config())
+        .import_flyway("flyway_schema_history")
+        .await
+        .expect_err("failed row");
+    assert_eq!(err.kind(), ErrorKind::Precondition, "{err}");
+}
+
+/// A history table written by an earlier Atlas release (bigint version
+/// primary key) is read as it is, and upgraded under the run lock.
+#[tokio::test]
+#[ignore = "needs postgres; run: cargo xtask test"]
+async fn an_old_history_table_is_upgraded_under_the_lock() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "{V1}\nCREATE TABLE atlas_schema_history (version bigint PRIMARY KEY, name text NOT NULL, \
+             checksum text NOT NULL, phase text NOT NULL, applied_at timestamptz NOT NULL, \
+             duration_ms bigint NOT NULL, success boolean NOT NULL, baseline boolean NOT NULL DEFAULT false);\n\
+             INSERT INTO atlas_schema_history VALUES (1, 'accounts', '{}', 'expand', now(), 5, true, false);",
+            atlas_migrate::checksum(V1.as_bytes())
+        ))
+        .await
+        .expect("old table");
+    let m = Migrator::new(db.driver().await, three()).with_config(config());
+    let status = m.status().await.expect("status reads the old table");
+    assert_eq!(status[0].state, atlas_migrate::MigrationState::Applied);
+    let report = m.migrate(None).await.expect("migrate");
+    assert_eq!(report.versions, vec![Version::new(2), Version::new(3)]);
+    let kind: String = client
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'atlas_schema_history'::regclass AND attname = 'version'",
+            &[],
+        )
+        .await
+        .expect("type")
+        .get(0);
+    assert_eq!(kind, "text");
+    assert_eq!(history_versions(&client).await, vec![1, 2, 3]);
 }

@@ -9,14 +9,15 @@ use async_trait::async_trait;
 
 use crate::backup::{BackupTarget, BackupTargetExt, ObjectKey, byte_stream};
 use crate::migration::{
-    AppliedMigration, BackupRecord, FailureState, MigrationDriver, MigrationStep, StepError,
-    StepKind, Version,
+    AppliedMigration, AppliedRepeatable, BackupRecord, FailureState, MigrationDriver,
+    MigrationStep, StepError, StepKind, Version,
 };
 use crate::{Error, Result};
 
 #[derive(Debug, Default)]
 struct State {
     history: BTreeMap<Version, AppliedMigration>,
+    repeatables: BTreeMap<String, AppliedRepeatable>,
     /// Scripts whose effects are in the "database", in order.
     effects: Vec<String>,
     /// Every script run, committed or not, with its timeouts.
@@ -92,6 +93,11 @@ impl MemoryDriver {
     pub fn rows(&self) -> Vec<AppliedMigration> {
         self.state().history.values().cloned().collect()
     }
+
+    /// The repeatable migrations' rows, by name.
+    pub fn repeatable_rows(&self) -> Vec<AppliedRepeatable> {
+        self.state().repeatables.values().cloned().collect()
+    }
 }
 
 #[async_trait]
@@ -157,6 +163,10 @@ impl MigrationDriver for MemoryDriver {
             StepKind::Down => {
                 s.history.remove(&step.version);
             }
+            StepKind::Repeatable => {
+                s.repeatables
+                    .insert(step.name.clone(), step.repeatable_row(Duration::ZERO));
+            }
         }
         Ok(Duration::ZERO)
     }
@@ -168,6 +178,22 @@ impl MigrationDriver for MemoryDriver {
 
     async fn delete_history(&self, version: Version) -> Result<()> {
         self.state().history.remove(&version);
+        Ok(())
+    }
+
+    async fn repeatable_history(&self) -> Result<Vec<AppliedRepeatable>> {
+        Ok(self.repeatable_rows())
+    }
+
+    async fn put_repeatable(&self, row: &AppliedRepeatable) -> Result<()> {
+        self.state()
+            .repeatables
+            .insert(row.name.clone(), row.clone());
+        Ok(())
+    }
+
+    async fn delete_repeatable(&self, name: &str) -> Result<()> {
+        self.state().repeatables.remove(name);
         Ok(())
     }
 

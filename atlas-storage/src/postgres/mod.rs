@@ -5,16 +5,23 @@
 //!   name, so concurrent runners against one database either wait (polling
 //!   `pg_try_advisory_lock` up to [`LockWait::Wait`]'s timeout, the default
 //!   being 60 s) or are refused at once ([`LockWait::FailFast`]).
+//! - **Statements**: each statement of a script is sent on its own, its
+//!   text exactly as the engine cut it from the file; a `COPY … FROM STDIN`
+//!   statement streams its inline data with the copy-in protocol.
 //! - **Transactions**: each script runs in its own transaction together
-//!   with its verify queries and its history row, unless it says
-//!   `-- atlas:no-transaction`; then each statement runs on its own, and a
-//!   failure is reported as partially applied (a failed
-//!   `CREATE INDEX CONCURRENTLY` leaves an invalid index behind) so the
-//!   migrator runs the down file.
+//!   with its verify queries and its history row, unless it runs without
+//!   one; then each statement commits on its own, and a failure after the
+//!   first committed statement is reported as partially applied (saying
+//!   how many committed; a failed `CREATE INDEX CONCURRENTLY` leaves an
+//!   invalid index behind) so the migrator runs the down file.
 //! - **Timeouts**: `lock_timeout` and `statement_timeout` are set for every
 //!   script (`SET LOCAL` in a transaction, `SET`/`RESET` outside).
-//! - **History**: table `atlas_schema_history` by default (version primary
-//!   key, so no duplicate rows can exist).
+//! - **History**: table `atlas_schema_history` by default: one row per
+//!   version (unique, as text such as `1.2.3`), and one row per repeatable
+//!   migration with no version (unique by name). It is created, or upgraded
+//!   from the version-keyed table of earlier Atlas releases, only under the
+//!   run lock; reading a database without it finds an empty history and
+//!   creates nothing.
 //! - **Backups**: `pg_dump --format=custom` streamed into any
 //!   [`BackupTarget`]; the connection password goes to `pg_dump` through
 //!   `PGPASSWORD`, never on its command line, and never into logs.
@@ -31,8 +38,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use atlas_core::backup::{BackupTarget, BackupTargetExt, ObjectKey};
 use atlas_core::migration::{
-    AppliedMigration, BackupRecord, MigrationDriver, MigrationPhase, MigrationStep, StepError,
-    StepKind, Version,
+    AppliedMigration, AppliedRepeatable, BackupRecord, FlywayHistoryRow, MigrationDriver,
+    MigrationPhase, MigrationStep, Statement, StepError, StepKind, Version,
 };
 use atlas_core::{Error, Result};
 use bytes::Bytes;
@@ -318,9 +325,64 @@ fn db_err(what: &str, e: tokio_postgres::Error) -> Error {
     }
 }
 
-fn to_i64(version: Version) -> Result<i64> {
-    i64::try_from(version.0)
-        .map_err(|_| Error::invalid("version", format!("{version} is above PostgreSQL's bigint")))
+/// A connection or a transaction on it: both can start a copy-in.
+trait Session: tokio_postgres::GenericClient {
+    async fn copy_in_bytes(
+        &self,
+        sql: &str,
+    ) -> Result<tokio_postgres::CopyInSink<Bytes>, tokio_postgres::Error>;
+}
+
+impl Session for Client {
+    async fn copy_in_bytes(
+        &self,
+        sql: &str,
+    ) -> Result<tokio_postgres::CopyInSink<Bytes>, tokio_postgres::Error> {
+        self.copy_in(sql).await
+    }
+}
+
+impl Session for tokio_postgres::Transaction<'_> {
+    async fn copy_in_bytes(
+        &self,
+        sql: &str,
+    ) -> Result<tokio_postgres::CopyInSink<Bytes>, tokio_postgres::Error> {
+        self.copy_in(sql).await
+    }
+}
+
+/// Runs one statement: as a simple query, or, for `COPY … FROM STDIN`
+/// with inline data, through the copy-in protocol.
+async fn run_statement(
+    client: &impl Session,
+    step: &MigrationStep,
+    statement: &Statement,
+) -> Result<()> {
+    let what = || format!("running {}:{}", step.file, statement.line);
+    match &statement.copy_data {
+        None => client
+            .batch_execute(&statement.sql)
+            .await
+            .map_err(|e| db_err(&what(), e)),
+        Some(data) => {
+            use futures::SinkExt;
+            let sink = client
+                .copy_in_bytes(&statement.sql)
+                .await
+                .map_err(|e| db_err(&what(), e))?;
+            let mut sink = std::pin::pin!(sink);
+            sink.send(Bytes::copy_from_slice(data.as_bytes()))
+                .await
+                .map_err(|e| db_err(&what(), e))?;
+            let rows = sink
+                .as_mut()
+                .finish()
+                .await
+                .map_err(|e| db_err(&what(), e))?;
+            debug!(file = %step.file, line = statement.line, rows, "copied inline data");
+            Ok(())
+        }
+    }
 }
 
 fn millis(d: Duration) -> u128 {
@@ -400,7 +462,7 @@ impl PostgresDriver {
             .execute(
                 &sql,
                 &[
-                    &to_i64(row.version)?,
+                    &row.version.dotted(),
                     &row.name,
                     &row.checksum,
                     &row.phase.as_str(),
@@ -408,6 +470,34 @@ impl PostgresDriver {
                     &duration_ms,
                     &row.success,
                     &row.baseline,
+                ],
+            )
+            .await
+            .map_err(|e| db_err("writing the history", e))?;
+        Ok(())
+    }
+
+    async fn insert_repeatable(
+        client: &impl tokio_postgres::GenericClient,
+        table: &str,
+        row: &AppliedRepeatable,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {table} (version, name, checksum, phase, applied_at, duration_ms, success, baseline) \
+             VALUES (NULL, $1, $2, 'expand', $3, $4, $5, false) \
+             ON CONFLICT (name) WHERE version IS NULL DO UPDATE SET checksum = EXCLUDED.checksum, \
+             applied_at = EXCLUDED.applied_at, duration_ms = EXCLUDED.duration_ms, success = EXCLUDED.success"
+        );
+        let duration_ms = i64::try_from(row.duration.as_millis()).unwrap_or(i64::MAX);
+        client
+            .execute(
+                &sql,
+                &[
+                    &row.name,
+                    &row.checksum,
+                    &row.applied_at,
+                    &duration_ms,
+                    &row.success,
                 ],
             )
             .await
@@ -444,10 +534,13 @@ impl PostgresDriver {
     ) -> Result<()> {
         match step.kind {
             StepKind::Up => Self::insert_row(client, &self.table, &step.history_row(took)).await,
+            StepKind::Repeatable => {
+                Self::insert_repeatable(client, &self.table, &step.repeatable_row(took)).await
+            }
             StepKind::Down => {
                 let sql = format!("DELETE FROM {} WHERE version = $1", self.table);
                 client
-                    .execute(&sql, &[&to_i64(step.version)?])
+                    .execute(&sql, &[&step.version.dotted()])
                     .await
                     .map_err(|e| db_err("writing the history", e))?;
                 Ok(())
@@ -484,9 +577,9 @@ impl PostgresDriver {
                 .map_err(|e| db_err("setting timeouts", e))?;
         }
         let invariants = capture_invariants(&tx, step).await?;
-        tx.batch_execute(&step.sql)
-            .await
-            .map_err(|e| db_err(&format!("running {}", step.file), e))?;
+        for statement in &step.statements {
+            run_statement(&tx, step, statement).await?;
+        }
         Self::verify(&tx, step).await?;
         check_invariants(&tx, step, &invariants).await?;
         let took = started.elapsed();
@@ -497,24 +590,57 @@ impl PostgresDriver {
         Ok(took)
     }
 
+    /// Runs the statements one by one, each committing on its own; on
+    /// failure, says how many committed before it (none: nothing changed).
     async fn apply_outside_transaction(
         &self,
         client: &Client,
         step: &MigrationStep,
-    ) -> Result<Duration> {
+    ) -> Result<Duration, StepError> {
         let started = Instant::now();
-        let invariants = capture_invariants(client, step).await?;
-        for statement in &step.statements {
-            client
-                .batch_execute(statement)
-                .await
-                .map_err(|e| db_err(&format!("running {}", step.file), e))?;
+        let invariants = capture_invariants(client, step)
+            .await
+            .map_err(StepError::rolled_back)?;
+        let total = step.statements.len();
+        for (done, statement) in step.statements.iter().enumerate() {
+            if let Err(e) = run_statement(client, step, statement).await {
+                if done == 0 {
+                    return Err(StepError::rolled_back(e));
+                }
+                return Err(StepError::partial(Error::backend_with(
+                    BACKEND,
+                    format!(
+                        "{} of {total} statements of {} committed before the statement at line {} failed",
+                        done, step.file, statement.line
+                    ),
+                    e,
+                )));
+            }
         }
-        Self::verify(client, step).await?;
-        check_invariants(client, step, &invariants).await?;
-        let took = started.elapsed();
-        self.record(client, step, took).await?;
-        Ok(took)
+        let after = async {
+            Self::verify(client, step).await?;
+            check_invariants(client, step, &invariants).await?;
+            let took = started.elapsed();
+            self.record(client, step, took).await?;
+            Ok(took)
+        };
+        after.await.map_err(|e: Error| {
+            if total == 0 {
+                StepError::rolled_back(e)
+            } else {
+                StepError::partial(e)
+            }
+        })
+    }
+
+    /// Whether the history table exists, so that reading it never has to
+    /// create it.
+    async fn history_exists(&self, client: &Client) -> Result<bool> {
+        let row = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.table])
+            .await
+            .map_err(|e| db_err("looking for the history table", e))?;
+        Ok(row.get(0))
     }
 }
 
@@ -560,41 +686,81 @@ impl MigrationDriver for PostgresDriver {
         Ok(())
     }
 
+    /// Creates the table, or upgrades the table of earlier Atlas releases
+    /// (a bigint or text version primary key) to text versions that may be
+    /// NULL for repeatable migrations. The engine calls it under the run
+    /// lock only, so concurrent runners never race on `CREATE TABLE`.
     async fn ensure_history(&self) -> Result<()> {
         let client = self.client.lock().await;
+        let table = &self.table;
+        let short = table.rsplit('.').next().unwrap_or(table);
         let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} (\
-             version bigint PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS {table} (\
+             version text UNIQUE, name text NOT NULL, checksum text NOT NULL, \
              phase text NOT NULL, applied_at timestamptz NOT NULL, duration_ms bigint NOT NULL, \
-             success boolean NOT NULL, baseline boolean NOT NULL DEFAULT false)",
-            self.table
+             success boolean NOT NULL, baseline boolean NOT NULL DEFAULT false)"
         );
         client
             .batch_execute(&sql)
             .await
-            .map_err(|e| db_err("creating the history table", e))
+            .map_err(|e| db_err("creating the history table", e))?;
+        let primary_key: Option<String> = client
+            .query_opt(
+                "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'p'",
+                &[table],
+            )
+            .await
+            .map_err(|e| db_err("reading the history table's constraints", e))?
+            .map(|r| r.get(0));
+        if let Some(key) = primary_key {
+            info!(%table, "upgrading the history table: text versions, rows for repeatable migrations");
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {table} DROP CONSTRAINT \"{}\", \
+                     ALTER COLUMN version TYPE text USING version::text, \
+                     ALTER COLUMN version DROP NOT NULL, ADD UNIQUE (version)",
+                    key.replace('"', "\"\"")
+                ))
+                .await
+                .map_err(|e| db_err("upgrading the history table", e))?;
+        }
+        client
+            .batch_execute(&format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {short}_repeatable ON {table} (name) WHERE version IS NULL"
+            ))
+            .await
+            .map_err(|e| db_err("creating the history table's index", e))?;
+        Ok(())
     }
 
     async fn history(&self) -> Result<Vec<AppliedMigration>> {
         let client = self.client.lock().await;
+        if !self.history_exists(&client).await? {
+            debug!(table = %self.table, "no history table yet: nothing applied");
+            return Ok(Vec::new());
+        }
         let sql = format!(
-            "SELECT version, name, checksum, phase, applied_at, duration_ms, success, baseline \
-             FROM {} ORDER BY version",
+            "SELECT version::text, name, checksum, phase, applied_at, duration_ms, success, baseline \
+             FROM {} WHERE version IS NOT NULL",
             self.table
         );
         let rows = client
             .query(&sql, &[])
             .await
             .map_err(|e| db_err("reading the history", e))?;
-        rows.iter()
+        let mut out = rows
+            .iter()
             .map(|r| {
-                let version: i64 = r.get(0);
+                let version: String = r.get(0);
                 let phase: String = r.get(3);
                 let duration_ms: i64 = r.get(5);
                 Ok(AppliedMigration {
-                    version: Version(u64::try_from(version).map_err(|_| {
-                        Error::backend(BACKEND, format!("negative version {version} in history"))
-                    })?),
+                    version: version.parse().map_err(|_| {
+                        Error::backend(
+                            BACKEND,
+                            format!("version `{version}` in the history is not a version"),
+                        )
+                    })?,
                     name: r.get(1),
                     checksum: r.get(2),
                     phase: MigrationPhase::parse(&phase, &format!("{}.phase", self.table))?,
@@ -604,7 +770,9 @@ impl MigrationDriver for PostgresDriver {
                     baseline: r.get(7),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|r| r.version);
+        Ok(out)
     }
 
     #[tracing::instrument(skip(self, step), fields(file = %step.file, transactional = step.transactional()))]
@@ -630,7 +798,51 @@ impl MigrationDriver for PostgresDriver {
         {
             warn!(error = %e, "resetting timeouts failed");
         }
-        result.map_err(StepError::partial)
+        result
+    }
+
+    async fn repeatable_history(&self) -> Result<Vec<AppliedRepeatable>> {
+        let client = self.client.lock().await;
+        if !self.history_exists(&client).await? {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT name, checksum, applied_at, duration_ms, success FROM {} \
+             WHERE version IS NULL ORDER BY name",
+            self.table
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| db_err("reading the history", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| AppliedRepeatable {
+                name: r.get(0),
+                checksum: r.get(1),
+                applied_at: r.get(2),
+                duration: Duration::from_millis(u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
+                success: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn put_repeatable(&self, row: &AppliedRepeatable) -> Result<()> {
+        let client = self.client.lock().await;
+        Self::insert_repeatable(&*client, &self.table, row).await
+    }
+
+    async fn delete_repeatable(&self, name: &str) -> Result<()> {
+        let client = self.client.lock().await;
+        let sql = format!(
+            "DELETE FROM {} WHERE version IS NULL AND name = $1",
+            self.table
+        );
+        client
+            .execute(&sql, &[&name])
+            .await
+            .map_err(|e| db_err("writing the history", e))?;
+        Ok(())
     }
 
     async fn put_history(&self, row: &AppliedMigration) -> Result<()> {
@@ -642,10 +854,54 @@ impl MigrationDriver for PostgresDriver {
         let client = self.client.lock().await;
         let sql = format!("DELETE FROM {} WHERE version = $1", self.table);
         client
-            .execute(&sql, &[&to_i64(version)?])
+            .execute(&sql, &[&version.dotted()])
             .await
             .map_err(|e| db_err("writing the history", e))?;
         Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn flyway_history(&self, table: &str) -> Result<Vec<FlywayHistoryRow>> {
+        if !valid_table(table) {
+            return Err(Error::invalid(
+                "flyway table",
+                "must be a lowercase identifier [a-z_][a-z0-9_]*, optionally schema.table",
+            ));
+        }
+        let client = self.client.lock().await;
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .map_err(|e| db_err("looking for the Flyway history table", e))?
+            .get(0);
+        if !exists {
+            return Err(Error::not_found(format!("Flyway history table {table}")));
+        }
+        let sql = format!(
+            "SELECT installed_rank, version, description, type, script, checksum, installed_by, \
+             installed_on::timestamptz, execution_time::bigint, success FROM {table} ORDER BY installed_rank"
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| db_err("reading the Flyway history", e))?;
+        let out: Vec<FlywayHistoryRow> = rows
+            .iter()
+            .map(|r| FlywayHistoryRow {
+                installed_rank: r.get(0),
+                version: r.get(1),
+                description: r.get(2),
+                kind: r.get(3),
+                script: r.get(4),
+                checksum: r.get(5),
+                installed_by: r.get(6),
+                installed_on: r.get(7),
+                execution_time_ms: r.get(8),
+                success: r.get(9),
+            })
+            .collect();
+        info!(rows = out.len(), %table, "read the Flyway history");
+        Ok(out)
     }
 
     #[tracing::instrument(skip(self, target), fields(key = %key))]
