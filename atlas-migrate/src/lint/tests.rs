@@ -380,3 +380,43 @@ fn a_constraint_dropped_and_added_back_is_not_a_drop() {
     let no_tx = format!("-- atlas:no-transaction\n{later}");
     assert_eq!(lint(&no_tx), [("ban-drop-constraint".to_owned(), 2)]);
 }
+
+/// The migrator lints in plan order: a widening after the table's
+/// creation is known to be safe, in `lint()` and in a plan whose earlier
+/// files are already applied.
+#[tokio::test]
+async fn the_migrator_lints_against_the_schema_earlier_files_built() {
+    use crate::{BackupPolicy, MigrationSet, Migrator, MigratorConfig, Version};
+    let set = MigrationSet::from_sources([
+        ("V1__users.sql", USERS),
+        (
+            "V2__wider.sql",
+            "ALTER TABLE users ALTER COLUMN email TYPE varchar(200);",
+        ),
+        (
+            "V3__narrower.sql",
+            "ALTER TABLE users ALTER COLUMN email TYPE varchar(20);",
+        ),
+    ])
+    .unwrap();
+    let migrator =
+        Migrator::new(atlas_core::testing::MemoryDriver::new(), set).with_config(MigratorConfig {
+            backup: BackupPolicy::Disabled,
+            allow_lint_errors: true,
+            ..MigratorConfig::default()
+        });
+    let type_changes = |findings: &[LintFinding]| -> Vec<String> {
+        findings
+            .iter()
+            .filter(|f| f.rule == "changing-column-type")
+            .map(|f| f.file.clone())
+            .collect()
+    };
+    assert_eq!(
+        type_changes(&migrator.lint().findings),
+        ["V3__narrower.sql"]
+    );
+    migrator.migrate(Some(Version::from(1))).await.unwrap();
+    let plan = migrator.plan(None).await.unwrap();
+    assert_eq!(type_changes(&plan.lint.findings), ["V3__narrower.sql"]);
+}
