@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use super::lint::{LintConfig, LintReport, lint_script};
+use super::lint::{LintConfig, LintReport, PlanLinter, lint_script};
 use super::{
     AppliedMigration, BackupRecord, FailureState, Migration, MigrationDriver, MigrationPhase,
     MigrationSet, MigrationStep, StepKind, Version,
@@ -254,8 +254,11 @@ impl<D: MigrationDriver> Migrator<D> {
     pub fn lint(&self) -> LintReport {
         let config = self.lint_config();
         let mut findings = Vec::new();
+        // In order, so each file is judged against the schema the ones
+        // before it built.
+        let mut linter = PlanLinter::new(&config);
         for m in self.set.migrations() {
-            findings.extend(lint_script(&m.up, m.phase(), &config));
+            findings.extend(linter.lint(&m.up, m.phase()));
             if let Some(down) = &m.down {
                 findings.extend(lint_script(down, MigrationPhase::Contract, &config));
             }
@@ -408,7 +411,19 @@ impl<D: MigrationDriver> Migrator<D> {
         let config = self.lint_config();
         let mut steps = Vec::new();
         let mut findings = Vec::new();
-        for s in self.status_of(history) {
+        let statuses = self.status_of(history);
+        // The lint judges each pending file against the schema the
+        // applied ones built.
+        let mut linter = PlanLinter::new(&config);
+        for s in statuses
+            .iter()
+            .filter(|s| s.state != MigrationState::Pending)
+        {
+            if let Some(m) = self.set.get(s.version) {
+                linter.learn(&m.up);
+            }
+        }
+        for s in statuses {
             if s.state != MigrationState::Pending || target.is_some_and(|t| s.version > t) {
                 continue;
             }
@@ -420,7 +435,7 @@ impl<D: MigrationDriver> Migrator<D> {
                 // may run before it.
                 break;
             }
-            findings.extend(lint_script(&m.up, m.phase(), &config));
+            findings.extend(linter.lint(&m.up, m.phase()));
             steps.push(planned(m, &m.up, Direction::Up)?);
         }
         Ok(Plan {

@@ -77,7 +77,7 @@ pub use engine::{
 };
 pub use hook::MigrationHook;
 pub use import::{FLYWAY_HISTORY_TABLE, ImportReport};
-pub use lint::{LintConfig, LintFinding, LintReport, LintSeverity};
+pub use lint::{LintConfig, LintFinding, LintReport, LintSeverity, PlanLinter};
 pub use placeholders::{CONNECTION_PLACEHOLDERS, SourceOptions};
 pub use repeatable::{RepeatableState, RepeatableStatus};
 pub use source::{Directives, Migration, MigrationSet, Repeatable, Script};

@@ -1,0 +1,1 @@
+DROP MATERIALIZED VIEW IF EXISTS lineage_events_by_type_daily_view;
