@@ -164,6 +164,21 @@ fn module_path(src: &Path, file: &Path) -> Option<ModPath> {
     Some(parts)
 }
 
+/// Whether `rest` starts with an attribute that compiles the next item only
+/// into tests: `#[cfg(test)]`, or `#[cfg(all(test, …))]` (test code for one
+/// platform or feature).
+fn is_test_only_attribute(rest: &str) -> bool {
+    let Some(inner) = rest.strip_prefix("#[cfg(") else {
+        return false;
+    };
+    let inner: String = inner
+        .chars()
+        .take_while(|c| *c != ']')
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    inner == "test)" || inner.starts_with("all(test,")
+}
+
 /// The code with comments, string contents and `#[cfg(test)]` items
 /// blanked out, line breaks kept so line numbers stay true.
 fn strip_tests_and_comments(text: &str) -> String {
@@ -194,7 +209,7 @@ fn strip_tests_and_comments(text: &str) -> String {
             i = end;
             continue;
         }
-        if rest.starts_with("#[cfg(test)]") {
+        if is_test_only_attribute(rest) {
             // Skip the attribute and the item after it, through its block.
             if let Some(open) = rest.find(['{', ';']) {
                 let mut j = i + open;
@@ -645,6 +660,21 @@ mod tests {
             paths,
             [(1, "a::B".to_owned()), (6, "crate::y::z".to_owned())]
         );
+    }
+
+    #[test]
+    fn platform_test_modules_are_blanked_and_other_cfgs_are_kept() {
+        let text = "#[cfg(all(test, target_os = \"linux\"))]\nmod tests {\n use super::*;\n}\n\
+                    #[cfg( all( test , unix ))]\nmod more { use super::*; }\n\
+                    #[cfg(any(test, feature = \"x\"))]\nuse crate::kept;\n\
+                    #[cfg(unix)]\nuse crate::also_kept;\n";
+        let code = strip_tests_and_comments(text);
+        assert!(!code.contains("super"), "{code}");
+        let paths: Vec<String> = paths_in(&code)
+            .into_iter()
+            .map(|(_, p)| p.join("::"))
+            .collect();
+        assert_eq!(paths, ["crate::kept", "crate::also_kept"]);
     }
 
     #[test]
