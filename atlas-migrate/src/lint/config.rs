@@ -9,7 +9,10 @@ use squawk_linter::Rule;
 
 use atlas_core::{Error, Result};
 
-use super::{ATLAS_RULES, is_atlas_rule};
+use super::rules::{
+    ATLAS_RULES, ENUM_VALUE_USED_IN_TRANSACTION, EXPAND_PHASE_DESTRUCTIVE, NON_TRANSACTIONAL_MIXED,
+    SYNTAX_ERROR, WHOLE_TABLE_DELETE, WHOLE_TABLE_UPDATE, is_atlas_rule, squawk_rules,
+};
 
 /// How much a lint finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -262,7 +265,7 @@ impl LintConfig {
         if let Some(s) = self.overrides.get(rule) {
             return *s;
         }
-        if let Some(default) = super::atlas_rule_default(rule) {
+        if let Some(default) = atlas_rule_default(rule) {
             return default;
         }
         match Rule::try_from(rule) {
@@ -309,7 +312,7 @@ impl LintConfig {
 
     /// The squawk rules that run on `file` (severity above off).
     pub(crate) fn enabled_rules(&self, file: &str) -> Vec<Rule> {
-        super::squawk_rules()
+        squawk_rules()
             .into_iter()
             .filter(|r| r.expands_to().is_empty())
             .filter(|r| self.severity_for(file, &r.to_string()) != LintSeverity::Off)
@@ -351,6 +354,18 @@ fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The default severity of one of Atlas's own rules.
+pub(super) fn atlas_rule_default(rule: &str) -> Option<LintSeverity> {
+    match rule {
+        EXPAND_PHASE_DESTRUCTIVE | SYNTAX_ERROR => Some(LintSeverity::Error),
+        WHOLE_TABLE_UPDATE
+        | WHOLE_TABLE_DELETE
+        | NON_TRANSACTIONAL_MIXED
+        | ENUM_VALUE_USED_IN_TRANSACTION => Some(LintSeverity::Warning),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

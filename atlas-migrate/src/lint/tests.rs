@@ -1,5 +1,7 @@
 //! Rules and non-alarms, one small SQL snippet each.
 
+use super::config::atlas_rule_default;
+use super::rules::{ATLAS_RULES, squawk_rules};
 use super::*;
 
 /// The runner sets both timeouts by default, so the lint's timeout rules
