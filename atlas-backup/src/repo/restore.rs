@@ -791,11 +791,11 @@ impl Repository {
 /// Gives the complete temporary file of `f` its metadata and moves it to
 /// its name.
 fn finalize(out: &Dest, f: &FileJob) -> Result<()> {
-    let tmp = out.shown(&f.tmp);
     let file = out.open_file(&f.tmp)?;
-    platform::set_file_mode(&file, f.node.mode).map_err(|e| io_err(&tmp, "cannot chmod", e))?;
+    platform::set_file_mode(&file, f.node.mode)
+        .map_err(|e| io_err(&out.shown(&f.tmp), "cannot chmod", e))?;
     file.set_times(FileTimes::new().set_modified(mtime(&f.node)))
-        .map_err(|e| io_err(&tmp, "cannot set mtime of", e))?;
+        .map_err(|e| io_err(&out.shown(&f.tmp), "cannot set mtime of", e))?;
     drop(file);
     out.rename_into(&f.tmp, &f.dest)
 }

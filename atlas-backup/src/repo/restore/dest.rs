@@ -13,12 +13,20 @@
 //! entry itself; what a symlink points to is not touched); a directory
 //! there is refused. Elsewhere the same checks are made on paths with
 //! `symlink_metadata`, which a concurrent change can race.
+//!
+//! Walking every path from the destination's handle would cost one
+//! `openat` per directory level for each write; a restore makes several
+//! writes per file, and a source tree holds tens of thousands of small
+//! files several levels deep. So the handles of recently used directories
+//! are kept ([`DirHandles`]), and a walk starts from the nearest one.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::repo::error::BACKEND;
@@ -100,14 +108,100 @@ fn io_err(path: &Path, what: &str, e: io::Error) -> Error {
 }
 
 /// The destination directory of one restore. Paths given to its methods
-/// are relative to it and made of plain names only.
+/// are relative to it and made of plain names only. Shared by the
+/// restore's workers; the directory handles it keeps are closed when it is
+/// dropped, at the end of the restore.
 #[derive(Debug)]
 pub(super) struct Dest {
     /// The destination as given, for messages.
     path: PathBuf,
     /// Where every walk starts: the destination's handle (its path outside
     /// Unix).
-    root: DirHandle,
+    root: Arc<DirHandle>,
+    /// Handles of directories below the destination opened before.
+    dirs: Mutex<DirHandles>,
+}
+
+/// How many directory handles a restore keeps open on Unix: a quarter of
+/// the usual soft limit of 1024 descriptors per process, and more than the
+/// directories the blobs of the packs restored at once go to in a source
+/// tree. Outside Unix a "handle" is a path, which a later step would follow
+/// to wherever it leads by then, so none is kept.
+const DIR_HANDLES: usize = if cfg!(unix) { 256 } else { 0 };
+
+/// Open handles of directories below the destination, by their path
+/// relative to it, the least recently used dropped first.
+///
+/// Keeping a handle does not weaken the no-symlink rule. Each was opened
+/// with `O_NOFOLLOW | O_DIRECTORY` from the handle of its parent, itself
+/// kept or opened the same way from the destination's, so it names the
+/// directory that was at its path below the destination when it was
+/// opened, never a symlink's target. Swapping a name on its path for a
+/// symlink later changes what the path leads to, not what the handle
+/// names: writes through a kept handle still land in that directory. The
+/// directory itself can only leave the destination by a rename, and moving
+/// it somewhere takes write permission there, which is the power to put
+/// files there anyway; a walk done afresh for every write has the same
+/// window between its `openat` and its write. The restore itself never
+/// removes or replaces a directory (it refuses to), so a kept handle
+/// names the directory at its path for as long as nothing else changes
+/// the destination.
+#[derive(Debug)]
+struct DirHandles {
+    /// Each handle with the tick of its last use.
+    open: HashMap<PathBuf, (Arc<DirHandle>, u64)>,
+    /// Counts lookups and insertions: a use's tick is unique.
+    tick: u64,
+    /// At most this many handles are kept.
+    bound: usize,
+}
+
+impl DirHandles {
+    fn new(bound: usize) -> Self {
+        DirHandles {
+            open: HashMap::new(),
+            tick: 0,
+            bound,
+        }
+    }
+
+    fn get(&mut self, rel: &Path) -> Option<Arc<DirHandle>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.open.get_mut(rel).map(|(handle, used)| {
+            *used = tick;
+            handle.clone()
+        })
+    }
+
+    /// Keeps `handle` as the directory `rel`. When the bound is reached,
+    /// the older half is dropped at once, so that finding what to drop
+    /// costs little per insertion. A dropped handle another worker still
+    /// holds stays open until that worker is done with it.
+    fn insert(&mut self, rel: PathBuf, handle: Arc<DirHandle>) {
+        if self.bound == 0 {
+            return;
+        }
+        if self.open.len() >= self.bound {
+            let keep = self.bound / 2;
+            tracing::trace!(
+                kept = keep,
+                bound = self.bound,
+                "restore closes its least recently used directory handles"
+            );
+            let mut uses: Vec<u64> = self.open.values().map(|(_, used)| *used).collect();
+            match uses.len().checked_sub(keep) {
+                Some(at) if keep > 0 => {
+                    let (_, oldest_kept, _) = uses.select_nth_unstable(at);
+                    let oldest_kept = *oldest_kept;
+                    self.open.retain(|_, (_, used)| *used >= oldest_kept);
+                }
+                _ => self.open.clear(),
+            }
+        }
+        self.tick += 1;
+        self.open.insert(rel, (handle, self.tick));
+    }
 }
 
 /// `rel` split into its parent (relative) and its last name.
@@ -136,32 +230,49 @@ impl Dest {
     /// Creates the destination `path` if missing (symlinks in `path`
     /// itself are the caller's choice and are followed) and opens it.
     pub(super) fn open(path: &Path) -> Result<Dest> {
+        Dest::with_dir_handles(path, DIR_HANDLES)
+    }
+
+    /// [`Dest::open`], keeping at most `bound` directory handles.
+    pub(super) fn with_dir_handles(path: &Path, bound: usize) -> Result<Dest> {
         std::fs::create_dir_all(path).map_err(|e| io_err(path, "cannot create", e))?;
         #[cfg(unix)]
-        {
+        let root = {
             use std::os::unix::fs::OpenOptionsExt;
-            let root = std::fs::OpenOptions::new()
+            std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(nix::libc::O_DIRECTORY)
                 .open(path)
-                .map_err(|e| io_err(path, "cannot open", e))?;
-            Ok(Dest {
-                path: path.to_path_buf(),
-                root,
-            })
-        }
+                .map_err(|e| io_err(path, "cannot open", e))?
+        };
         #[cfg(not(unix))]
-        {
-            Ok(Dest {
-                path: path.to_path_buf(),
-                root: path.to_path_buf(),
-            })
-        }
+        let root = path.to_path_buf();
+        Ok(Dest {
+            path: path.to_path_buf(),
+            root: Arc::new(root),
+            dirs: Mutex::new(DirHandles::new(bound)),
+        })
+    }
+
+    /// How many directory handles are kept now.
+    #[cfg(test)]
+    pub(super) fn dir_handles_kept(&self) -> usize {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .len()
     }
 
     /// `rel` as a path under the destination, for messages.
     pub(super) fn shown(&self, rel: &Path) -> PathBuf {
         self.path.join(rel)
+    }
+
+    /// An I/O error at `rel` saying what failed; the path is made only
+    /// when it is needed.
+    fn failed<'a>(&'a self, rel: &'a Path, what: &'a str) -> impl Fn(io::Error) -> Error + 'a {
+        move |e| io_err(&self.shown(rel), what, e)
     }
 
     fn conflict(&self, rel: &Path, wanted: EntryKind, found: EntryKind) -> Error {
@@ -181,10 +292,9 @@ impl Dest {
     /// A [`RestoreConflict`] when something else is at `rel` or on the
     /// way to it; I/O errors naming the path.
     pub(super) fn create_dir(&self, rel: &Path) -> Result<()> {
-        let shown = self.shown(rel);
-        let (parent, name) = split(rel).map_err(|e| io_err(&shown, "cannot create", e))?;
+        let (parent, name) = split(rel).map_err(self.failed(rel, "cannot create"))?;
         let dir = self.open_dir(parent)?;
-        sys_create_dir(&dir, name).map_err(|e| io_err(&shown, "cannot create", e))?;
+        sys_create_dir(&dir, name).map_err(self.failed(rel, "cannot create"))?;
         // Whatever was there, `rel` must now be a real directory.
         self.open_dir(rel).map(drop)
     }
@@ -192,21 +302,17 @@ impl Dest {
     /// Creates the new file `rel` (a name nothing else uses) with `len`
     /// bytes, ready to be written at any offset.
     pub(super) fn create_file(&self, rel: &Path, len: u64) -> Result<()> {
-        let shown = self.shown(rel);
-        let (parent, name) = split(rel).map_err(|e| io_err(&shown, "cannot create", e))?;
+        let (parent, name) = split(rel).map_err(self.failed(rel, "cannot create"))?;
         let dir = self.open_dir(parent)?;
-        let file =
-            sys_open_file(&dir, name, true).map_err(|e| io_err(&shown, "cannot create", e))?;
-        file.set_len(len)
-            .map_err(|e| io_err(&shown, "cannot size", e))
+        let file = sys_open_file(&dir, name, true).map_err(self.failed(rel, "cannot create"))?;
+        file.set_len(len).map_err(self.failed(rel, "cannot size"))
     }
 
     /// Opens the file `rel` for writing, following no symlink.
     pub(super) fn open_file(&self, rel: &Path) -> Result<File> {
-        let shown = self.shown(rel);
-        let (parent, name) = split(rel).map_err(|e| io_err(&shown, "cannot open", e))?;
+        let (parent, name) = split(rel).map_err(self.failed(rel, "cannot open"))?;
         let dir = self.open_dir(parent)?;
-        sys_open_file(&dir, name, false).map_err(|e| io_err(&shown, "cannot open", e))
+        sys_open_file(&dir, name, false).map_err(self.failed(rel, "cannot open"))
     }
 
     /// Removes the file `rel`, if it is there (a temporary file that could
@@ -222,8 +328,7 @@ impl Dest {
     /// Checks that an entry of kind `wanted` can be put at `rel`: nothing
     /// is there, or a file or symlink the restore may replace.
     pub(super) fn check_replaceable(&self, rel: &Path, wanted: EntryKind) -> Result<()> {
-        let shown = self.shown(rel);
-        let (parent, name) = split(rel).map_err(|e| io_err(&shown, "cannot check", e))?;
+        let (parent, name) = split(rel).map_err(self.failed(rel, "cannot check"))?;
         let dir = self.open_dir(parent)?;
         self.replaceable_in(&dir, rel, name, wanted).map(drop)
     }
@@ -240,75 +345,91 @@ impl Dest {
         match sys_kind(dir, name) {
             Ok(Some(EntryKind::Directory)) => Err(self.conflict(rel, wanted, EntryKind::Directory)),
             Ok(found) => Ok(found),
-            Err(e) => Err(io_err(&self.shown(rel), "cannot check", e)),
+            Err(e) => Err(self.failed(rel, "cannot check")(e)),
         }
     }
 
     /// Moves the file `from` to `to` in the same directory, replacing a
     /// file or symlink at `to` (the entry, not what it points to).
     pub(super) fn rename_into(&self, from: &Path, to: &Path) -> Result<()> {
-        let shown = self.shown(to);
-        let (parent, from_name) =
-            split(from).map_err(|e| io_err(&shown, "cannot rename into", e))?;
-        let (_, to_name) = split(to).map_err(|e| io_err(&shown, "cannot rename into", e))?;
+        let (parent, from_name) = split(from).map_err(self.failed(to, "cannot rename into"))?;
+        let (_, to_name) = split(to).map_err(self.failed(to, "cannot rename into"))?;
         let dir = self.open_dir(parent)?;
-        self.replaceable_in(&dir, to, to_name, EntryKind::File)?;
-        sys_rename(&dir, from_name, to_name).map_err(|e| io_err(&shown, "cannot rename into", e))
+        // A rename never replaces a directory with a file: what is at `to`
+        // is looked at only when the rename fails, to say why.
+        sys_rename(&dir, from_name, to_name).or_else(|e| {
+            self.replaceable_in(&dir, to, to_name, EntryKind::File)?;
+            Err(self.failed(to, "cannot rename into")(e))
+        })
     }
 
     /// Creates the symlink `rel` pointing to `target`, replacing a file or
     /// symlink there, and gives the link itself the mtime `sec`.`nsec`.
     pub(super) fn symlink(&self, rel: &Path, target: &str, sec: i64, nsec: u32) -> Result<()> {
-        let shown = self.shown(rel);
-        let (parent, name) = split(rel).map_err(|e| io_err(&shown, "cannot create symlink", e))?;
+        let (parent, name) = split(rel).map_err(self.failed(rel, "cannot create symlink"))?;
         let dir = self.open_dir(parent)?;
         if self
             .replaceable_in(&dir, rel, name, EntryKind::Symlink)?
             .is_some()
         {
-            sys_remove(&dir, name).map_err(|e| io_err(&shown, "cannot replace", e))?;
+            sys_remove(&dir, name).map_err(self.failed(rel, "cannot replace"))?;
         }
-        sys_symlink(&dir, name, target).map_err(|e| io_err(&shown, "cannot create symlink", e))?;
+        sys_symlink(&dir, name, target).map_err(self.failed(rel, "cannot create symlink"))?;
         sys_set_symlink_mtime(&dir, name, sec, nsec)
-            .map_err(|e| io_err(&shown, "cannot set mtime of", e))
+            .map_err(self.failed(rel, "cannot set mtime of"))
     }
 
     /// Sets the permission bits (Unix) and mtime of the directory `rel`
     /// (`""`: the destination itself).
     pub(super) fn set_dir_metadata(&self, rel: &Path, mode: u32, mtime: SystemTime) -> Result<()> {
-        let shown = self.shown(rel);
         let dir = self.open_dir(rel)?;
-        sys_set_dir_metadata(&dir, mode, mtime)
-            .map_err(|e| io_err(&shown, "cannot set metadata of", e))
+        sys_set_dir_metadata(&dir, mode, mtime).map_err(self.failed(rel, "cannot set metadata of"))
     }
 
-    /// Opens the directory `rel`, one name at a time, following no
-    /// symlink; `""` is the destination itself.
-    fn open_dir(&self, rel: &Path) -> Result<DirHandle> {
-        let mut so_far = PathBuf::new();
-        let mut dir: Option<DirHandle> = None;
-        for name in names(rel) {
-            let name = name.map_err(|e| io_err(&self.shown(rel), "cannot open", e))?;
+    /// Opens the directory `rel`, following no symlink; `""` is the
+    /// destination itself. The walk starts from the nearest kept handle on
+    /// the way (the destination's at worst) and goes one name at a time,
+    /// keeping the handle of every directory it opens.
+    fn open_dir(&self, rel: &Path) -> Result<Arc<DirHandle>> {
+        let (start, mut dir) = {
+            let mut kept = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            // Most lookups are of a directory kept already.
+            if let Some(dir) = kept.get(rel) {
+                return Ok(dir);
+            }
+            rel.ancestors()
+                .skip(1)
+                .find_map(|at| {
+                    if at.as_os_str().is_empty() {
+                        Some((at, self.root.clone()))
+                    } else {
+                        kept.get(at).map(|dir| (at, dir))
+                    }
+                })
+                .unwrap_or((Path::new(""), self.root.clone()))
+        };
+        let rest = rel.strip_prefix(start).unwrap_or(rel);
+        let mut so_far = start.to_path_buf();
+        for name in names(rest) {
+            let name = name.map_err(self.failed(rel, "cannot open"))?;
             so_far.push(name);
-            let from = dir.as_ref().unwrap_or(&self.root);
-            dir = Some(match sys_open_dir(from, name) {
-                Ok(next) => next,
+            dir = match sys_open_dir(&dir, name) {
+                Ok(next) => Arc::new(next),
                 Err(e) => {
-                    return Err(match sys_kind(from, name) {
+                    return Err(match sys_kind(&dir, name) {
                         Ok(Some(found)) if found != EntryKind::Directory => {
                             self.conflict(&so_far, EntryKind::Directory, found)
                         }
                         _ => io_err(&self.shown(&so_far), "cannot open", e),
                     });
                 }
-            });
+            };
+            self.dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(so_far.clone(), dir.clone());
         }
-        match dir {
-            Some(dir) => Ok(dir),
-            None => self
-                .root_handle()
-                .map_err(|e| io_err(&self.path, "cannot open", e)),
-        }
+        Ok(dir)
     }
 }
 
@@ -317,13 +438,6 @@ impl Dest {
 
 #[cfg(unix)]
 type DirHandle = File;
-
-#[cfg(unix)]
-impl Dest {
-    fn root_handle(&self) -> io::Result<DirHandle> {
-        self.root.try_clone()
-    }
-}
 
 /// Creates the directory `name` in `dir`; something already there is for
 /// the caller to look at.
@@ -420,13 +534,6 @@ fn sys_set_dir_metadata(dir: &DirHandle, mode: u32, mtime: SystemTime) -> io::Re
 
 #[cfg(not(unix))]
 type DirHandle = PathBuf;
-
-#[cfg(not(unix))]
-impl Dest {
-    fn root_handle(&self) -> io::Result<DirHandle> {
-        Ok(self.root.clone())
-    }
-}
 
 #[cfg(not(unix))]
 fn sys_create_dir(dir: &DirHandle, name: &OsStr) -> io::Result<()> {

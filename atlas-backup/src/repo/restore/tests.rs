@@ -379,3 +379,92 @@ async fn a_directory_where_a_file_or_symlink_goes_is_a_conflict_and_the_rest_is_
         assert_eq!(fs::read(target.path().join("fine.txt")).unwrap(), b"fine");
     }
 }
+
+/// A file's content as written through `dest`: created, written at its
+/// offset, renamed to `rel`.
+fn write_through(dest: &Dest, rel: &Path, content: &[u8]) {
+    let tmp = rel.with_extension("tmp");
+    dest.create_file(&tmp, content.len() as u64).unwrap();
+    let file = dest.open_file(&tmp).unwrap();
+    crate::repo::platform::write_all_at(&file, content, 0).unwrap();
+    drop(file);
+    dest.rename_into(&tmp, rel).unwrap();
+}
+
+#[test]
+fn more_directories_than_handles_kept_are_all_restored() {
+    let target = tempfile::tempdir().unwrap();
+    let bound = 4;
+    let dest = Dest::with_dir_handles(target.path(), bound).unwrap();
+    // A chain deeper than the bound, and a row of siblings wider than it,
+    // each with children, so walks start from evicted ancestors.
+    let mut dirs = Vec::new();
+    let mut deep = std::path::PathBuf::new();
+    for level in 0..12 {
+        deep.push(format!("d{level}"));
+        dirs.push(deep.clone());
+    }
+    for i in 0..10 {
+        let side = Path::new("d0/d1").join(format!("s{i}"));
+        dirs.push(side.clone());
+        dirs.push(side.join("leaf"));
+    }
+    for dir in &dirs {
+        dest.create_dir(dir).unwrap();
+        assert!(dest.dir_handles_kept() <= bound);
+    }
+    // Written in an order that jumps between the directories.
+    let files: Vec<_> = dirs.iter().map(|d| d.join("f.txt")).collect();
+    for (i, file) in files.iter().enumerate().rev().step_by(2) {
+        write_through(&dest, file, format!("file {i}").as_bytes());
+        assert!(dest.dir_handles_kept() <= bound);
+    }
+    for (i, file) in files.iter().enumerate().rev().skip(1).step_by(2) {
+        write_through(&dest, file, format!("file {i}").as_bytes());
+        assert!(dest.dir_handles_kept() <= bound);
+    }
+    for dir in dirs.iter().rev() {
+        dest.set_dir_metadata(dir, 0o750, SystemTime::UNIX_EPOCH)
+            .unwrap();
+    }
+    for (i, file) in files.iter().enumerate() {
+        let content = fs::read(target.path().join(file)).unwrap();
+        assert_eq!(
+            content,
+            format!("file {i}").as_bytes(),
+            "{}",
+            file.display()
+        );
+    }
+    for dir in &dirs {
+        let meta = fs::metadata(target.path().join(dir)).unwrap();
+        assert_eq!(meta.modified().unwrap(), SystemTime::UNIX_EPOCH);
+    }
+    assert_eq!(listing(target.path()).len(), dirs.len() + files.len());
+}
+
+#[test]
+fn a_directory_swapped_for_a_symlink_after_it_was_opened_is_not_followed() {
+    for bound in [0, 8] {
+        let outside = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let dest = Dest::with_dir_handles(target.path(), bound).unwrap();
+        dest.create_dir(Path::new("a")).unwrap();
+        write_through(&dest, Path::new("a/one"), b"one");
+        fs::rename(target.path().join("a"), target.path().join("moved")).unwrap();
+        symlink(outside.path(), target.path().join("a")).unwrap();
+        let second = dest.create_file(Path::new("a/two"), 3);
+        if bound == 0 {
+            // Walked afresh: the symlink is found and refused.
+            let link = target.path().join("a");
+            let through = conflict(&link, EntryKind::Directory, EntryKind::Symlink);
+            assert_eq!(conflict_of(&second.unwrap_err()), through);
+        } else {
+            // The kept handle names the directory it was opened as, which
+            // is now "moved": the file goes there, not through the link.
+            second.unwrap();
+            assert!(target.path().join("moved/two").is_file());
+        }
+        assert_eq!(listing(outside.path()), Vec::<String>::new());
+    }
+}
