@@ -11,6 +11,16 @@
 //! aborted (`AbortMultipartUpload`), so no part lingers and no object
 //! appears.
 //!
+//! # Unfinished uploads
+//!
+//! An upload whose process died stays on the server, its parts stored and
+//! billed, until aborted. [`unfinished_puts`](atlas_core::backup::BackupTarget::unfinished_puts)
+//! lists the uploads under a prefix (`ListMultipartUploads`), each with its
+//! initiation time, and
+//! [`remove_unfinished_put`](atlas_core::backup::BackupTarget::remove_unfinished_put)
+//! aborts one (an upload already gone counts as removed). A server that
+//! does not implement the listing (s3s-fs) reports none, with a warning.
+//!
 //! # Conditional create
 //!
 //! `put_if_absent` sends `If-None-Match: *` on `PutObject` or on
@@ -53,13 +63,15 @@
 //!
 //! `builder` holds the settings and their checks, `target` the
 //! [`BackupTarget`](atlas_core::backup::BackupTarget) calls, `upload` the
-//! single and multipart puts, `error` the mapping of the SDK's errors onto
+//! single and multipart puts, `unfinished` the listing and aborting of
+//! uploads left behind, `error` the mapping of the SDK's errors onto
 //! the shared HTTP status table.
 
 mod builder;
 mod error;
 mod service;
 mod target;
+mod unfinished;
 mod upload;
 
 pub use builder::S3TargetBuilder;

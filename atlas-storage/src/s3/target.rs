@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use atlas_core::backup::{
     BackupTarget, ByteStream, Checksum, GetOptions, GetResult, ListOptions, ObjectKey, ObjectMeta,
-    ObjectPrefix, PutOptions, PutResult,
+    ObjectPrefix, PutOptions, PutResult, UnfinishedPut,
 };
 use atlas_core::{Error, Result};
 use aws_sdk_s3::Client;
@@ -370,6 +370,38 @@ impl BackupTarget for S3Target {
                 })
                 .await?;
             debug!("deleted");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The multipart uploads under `prefix` that were neither completed
+    /// nor aborted: puts in progress, and those whose process died
+    /// mid-upload (S3 keeps and bills their parts until they are aborted).
+    /// Each time is the upload's initiation, each size 0 (S3 lists sizes
+    /// only part by part), each id `<key>\<upload id>`. A server that
+    /// does not implement `ListMultipartUploads` reports none (and a
+    /// warning): the contract's answer for a target that cannot list its
+    /// leftovers, which keeps prune working there.
+    async fn unfinished_puts(&self, prefix: &ObjectPrefix) -> Result<Vec<UnfinishedPut>> {
+        let span = debug_span!("backup.unfinished_puts", backend = BACKEND, bucket = %self.inner.bucket, %prefix);
+        async move {
+            let found = self.inner.unfinished_puts(prefix).await?;
+            debug!(found = found.len(), "listed unfinished puts");
+            Ok(found)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Aborts the multipart upload (`AbortMultipartUpload`), which frees
+    /// its parts; one already gone counts as removed.
+    async fn remove_unfinished_put(&self, put: &UnfinishedPut) -> Result<()> {
+        let span = debug_span!("backup.remove_unfinished_put", backend = BACKEND, bucket = %self.inner.bucket, id = %put.id);
+        async move {
+            self.inner.remove_unfinished_put(&put.id).await?;
+            debug!("removed an unfinished put");
             Ok(())
         }
         .instrument(span)
