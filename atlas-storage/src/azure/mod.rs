@@ -13,7 +13,10 @@
 //! committed with one `Put Block List`: until the commit nothing is
 //! visible, and a failed upload leaves only uncommitted blocks, which Azure
 //! discards after a week (Blob Storage has no call to abort them, so the
-//! shared abort-on-drop guard only records an abandoned block upload). Block ids
+//! shared abort-on-drop guard only records an abandoned block upload). Nor
+//! can they be listed where the blob exists already, so
+//! [`unfinished_puts`](atlas_core::backup::BackupTarget::unfinished_puts)
+//! reports none and leaves them to the service. Block ids
 //! carry a random upload id, so concurrent uploads of one key never mix
 //! blocks. The target holds at most `block_size × (concurrency + 1)` bytes of
 //! a body ([`AzureBlobTarget::max_buffered_bytes`]).

@@ -25,7 +25,9 @@
 //! uploads of one object are sequential); the last request carries the
 //! whole object's CRC32C (`X-Goog-Hash`), which GCS verifies before the
 //! object appears. A failed or dropped upload cancels its session, and
-//! nothing appears. The target holds at most two chunks of a body
+//! nothing appears. A session whose process died cannot be listed, so
+//! [`unfinished_puts`](atlas_core::backup::BackupTarget::unfinished_puts)
+//! reports none; GCS expires it after a week. The target holds at most two chunks of a body
 //! ([`GcsTarget::max_buffered_bytes`]).
 //!
 //! # Conditional create
