@@ -3,6 +3,7 @@
 //! `atlas-backup/docs/backup-format.md`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::BACKEND;
 use super::format::{BlobId, BlobKind, from_hex, to_hex};
-use super::pool::Compressors;
+use super::pool::{Compressors, Decompressors};
 use super::version::Document;
 use atlas_core::error::{Error, Result};
 
@@ -125,6 +126,9 @@ pub(crate) struct MasterKey {
     cipher: XChaCha20Poly1305,
     enc: [u8; 32],
     id_key: [u8; 32],
+    /// Shared by every clone, so each thread decoding blobs with this key
+    /// reuses an idle context instead of creating one per blob.
+    zstd: Arc<Decompressors>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -147,6 +151,18 @@ impl MasterKey {
             cipher: XChaCha20Poly1305::new(&Key::from(enc)),
             enc,
             id_key,
+            zstd: Arc::new(Decompressors::new()),
+        }
+    }
+
+    /// A key that only seals and opens a key file's wrapped master key
+    /// with `cipher`; it has no id key and decodes no blobs.
+    fn wrapping(cipher: XChaCha20Poly1305) -> Self {
+        MasterKey {
+            cipher,
+            enc: [0; 32],
+            id_key: [0; 32],
+            zstd: Arc::new(Decompressors::new()),
         }
     }
 
@@ -285,8 +301,12 @@ impl MasterKey {
             .ok_or(BlobFault::Malformed("empty body"))?;
         let plain = match *flag {
             COMPRESSION_NONE => payload.to_vec(),
-            COMPRESSION_ZSTD => zstd::bulk::decompress(payload, raw_len as usize)
-                .map_err(|_| BlobFault::Malformed("zstd data does not decompress"))?,
+            // The output is allocated at raw_len up front and never grown,
+            // so a frame claiming more than the index says fails here.
+            COMPRESSION_ZSTD => self
+                .zstd
+                .decompress(payload, raw_len as usize)
+                .ok_or(BlobFault::Malformed("zstd data does not decompress"))?,
             _ => return Err(BlobFault::Malformed("unknown compression flag")),
         };
         if plain.len() != raw_len as usize {
@@ -457,11 +477,7 @@ impl KeyFile {
             KeySource::Raw(_) => ("raw", None, Vec::new()),
         };
         let wrap = wrapping_key(source, kdf, params.as_ref(), &salt)?;
-        let wrapper = MasterKey {
-            cipher: wrap,
-            enc: [0; 32],
-            id_key: [0; 32],
-        };
+        let wrapper = MasterKey::wrapping(wrap);
         let sealed = wrapper.seal(KEY_AAD, &master.to_bytes());
         Ok(KeyFile {
             version: Document::KeyFile.newest(),
@@ -488,11 +504,12 @@ impl KeyFile {
             .ok_or_else(|| Error::backend(BACKEND, "key file: salt is not hex"))?;
         let sealed = from_hex(&self.wrapped)
             .ok_or_else(|| Error::backend(BACKEND, "key file: wrapped key is not hex"))?;
-        let wrapper = MasterKey {
-            cipher: wrapping_key(source, &self.kdf, self.params.as_ref(), &salt)?,
-            enc: [0; 32],
-            id_key: [0; 32],
-        };
+        let wrapper = MasterKey::wrapping(wrapping_key(
+            source,
+            &self.kdf,
+            self.params.as_ref(),
+            &salt,
+        )?);
         let Some(plain) = wrapper.open(KEY_AAD, &sealed) else {
             return Ok(None);
         };
@@ -539,6 +556,34 @@ mod tests {
         );
         let other = MasterKey::generate();
         assert_ne!(other.blob_id(&data), id, "ids are keyed");
+    }
+
+    #[test]
+    fn a_blob_decoded_with_the_wrong_length_is_malformed_however_often() {
+        let k = MasterKey::generate();
+        let data = b"restore restore restore restore restore ".repeat(50);
+        let id = k.blob_id(&data);
+        let sealed = k.encode_blob(BlobKind::Data, &id, &data, 3);
+        let n = data.len() as u32;
+        // Repeated, so the contexts reused after a failure are exercised.
+        for _ in 0..3 {
+            assert_eq!(
+                k.decode_blob(BlobKind::Data, &id, n - 1, &sealed),
+                Err(BlobFault::Malformed("zstd data does not decompress")),
+                "more output than the index allows is not written"
+            );
+            assert_eq!(
+                k.decode_blob(BlobKind::Data, &id, n + 1, &sealed),
+                Err(BlobFault::Malformed("length differs from the index"))
+            );
+            assert_eq!(
+                k.decode_blob(BlobKind::Data, &id, n, &sealed),
+                Ok(data.clone())
+            );
+        }
+        // A clone (as handed to blocking tasks) decodes with the same key.
+        let clone = k.clone();
+        assert_eq!(clone.decode_blob(BlobKind::Data, &id, n, &sealed), Ok(data));
     }
 
     #[test]
