@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 use super::error::map_err;
 use super::service::{BACKEND, MAX_PAGE};
 use super::target::Inner;
+use super::upload::abort_upload;
 use crate::cloud::status::Access;
 
 /// Separates the key from the upload id in a leftover's id.
@@ -141,26 +142,8 @@ impl Inner {
         let (key, upload_id) = parse_unfinished_id(id)?;
         self.transfer
             .retry
-            .run(BACKEND, "abort multipart upload", || async {
-                match self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key.as_str())
-                    .upload_id(upload_id)
-                    .send()
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.code() == Some("NoSuchUpload") => {
-                        debug!("the upload was gone already");
-                        Ok(())
-                    }
-                    Err(e) => match map_err(e, Access::Write, "abort upload", key.as_str()) {
-                        err if err.kind() == atlas_core::ErrorKind::NotFound => Ok(()),
-                        err => Err(err),
-                    },
-                }
+            .run(BACKEND, "abort multipart upload", || {
+                abort_upload(&self.client, &self.bucket, key.as_str(), upload_id)
             })
             .await
     }

@@ -5,6 +5,7 @@
 use atlas_core::backup::{Checksum, ObjectKey, PutMode, PutResult};
 use atlas_core::{Error, Result};
 use aws_sdk_s3::Client;
+use aws_sdk_s3::error::ProvideErrorMetadata as _;
 use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, Tag, Tagging,
@@ -235,17 +236,38 @@ impl Inner {
 
 /// Aborts a multipart upload, so its parts are freed and no object appears.
 async fn abort(client: Client, bucket: String, key: String, upload_id: String) {
-    let r = client
+    match abort_upload(&client, &bucket, &key, &upload_id).await {
+        Ok(()) => debug!(%key, %upload_id, "multipart upload aborted"),
+        Err(e) => {
+            warn!(%key, %upload_id, error = %e, "cannot abort a multipart upload; a bucket lifecycle rule must clean it up")
+        }
+    }
+}
+
+/// One `AbortMultipartUpload` request; an upload that is gone already
+/// (`NoSuchUpload`, or 404) counts as aborted.
+pub(super) async fn abort_upload(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<()> {
+    let sent = client
         .abort_multipart_upload()
-        .bucket(&bucket)
-        .key(&key)
-        .upload_id(&upload_id)
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
         .send()
         .await;
-    match r {
-        Ok(_) => debug!(%key, %upload_id, "multipart upload aborted"),
-        Err(e) => {
-            warn!(%key, %upload_id, error = %map_err(e, Access::Write, "abort", &key), "cannot abort a multipart upload; a bucket lifecycle rule must clean it up")
+    match sent {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("NoSuchUpload") => {
+            debug!(%key, %upload_id, "the upload was gone already");
+            Ok(())
         }
+        Err(e) => match map_err(e, Access::Write, "abort upload", key) {
+            err if err.kind() == atlas_core::ErrorKind::NotFound => Ok(()),
+            err => Err(err),
+        },
     }
 }
