@@ -41,8 +41,8 @@
 //! | variable | value | service |
 //! |---|---|---|
 //! | `ATLAS_TEST_POSTGRES_URL` | `postgres://postgres@127.0.0.1:5433/postgres` | PostgreSQL (throwaway cluster, trust auth) |
-//! | `ATLAS_TEST_PROMETHEUS_URL` | `http://127.0.0.1:9090` | Prometheus, scrape/eval every 1s, job `atlas-test` scraping 127.0.0.1:19091–19094, plus itself; alerts go to the Alertmanager; lifecycle API and remote-write receiver on |
-//! | `ATLAS_TEST_ALERTMANAGER_URL` | `http://127.0.0.1:9093` | Alertmanager, null receiver, 1s group timers |
+//! | `ATLAS_TEST_PROMETHEUS_URL` | `http://127.0.0.1:9090` | Prometheus, scrape/eval every 1s, job `atlas-test` scraping 127.0.0.1:19091–19096, plus itself; rule `AtlasTestAlert` (`atlas_test_alert_trigger > 0`); alerts go to the Alertmanager; lifecycle API and remote-write receiver on |
+//! | `ATLAS_TEST_ALERTMANAGER_URL` | `http://127.0.0.1:9093` | Alertmanager, null receiver, 1s group timers; `source="atlas-test"` alerts also to a webhook on 127.0.0.1:19099 |
 //! | `ATLAS_TEST_AZURITE_URL` | `http://127.0.0.1:10000/devstoreaccount1` | Azurite blob |
 //! | `STORAGE_EMULATOR_HOST` | `http://127.0.0.1:4443` | fake-gcs-server |
 //! | `ATLAS_TEST_S3_MOTO_URL` | `http://127.0.0.1:9000` | moto (S3) |

@@ -122,6 +122,12 @@ impl Service {
                     return p;
                 }
                 match http_expect(port, "/api/v2/status", 200) {
+                    Ok(r) if r.body.contains("versionInfo") && !r.body.contains("atlas-webhook") => {
+                        Probe::Unexpected(
+                            "this Alertmanager has no `atlas-webhook` receiver (started by an older xtask?)"
+                                .into(),
+                        )
+                    }
                     Ok(r) if r.body.contains("versionInfo") => Probe::Ready,
                     Ok(r) => Probe::Unexpected(format!(
                         "/api/v2/status is not Alertmanager's: {}",
@@ -182,9 +188,17 @@ fn probe_prometheus(port: u16) -> Probe {
         Ok(r) => r.body,
         Err(p) => return p,
     };
-    if !config.contains("atlas-test") || !config.contains("127.0.0.1:19091") {
+    if !config.contains("atlas-test")
+        || !config.contains("127.0.0.1:19091")
+        || !config.contains("127.0.0.1:19096")
+    {
         return Probe::Unexpected(
-            "this Prometheus has no `atlas-test` job scraping 127.0.0.1:19091-19094".into(),
+            "this Prometheus has no `atlas-test` job scraping 127.0.0.1:19091-19096".into(),
+        );
+    }
+    if !config.contains("rules.yml") {
+        return Probe::Unexpected(
+            "this Prometheus loads no `rules.yml` (the test alert rule)".into(),
         );
     }
     if !config.contains("scrape_interval: 1s") {

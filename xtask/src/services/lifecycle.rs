@@ -422,20 +422,48 @@ fn fresh_dir(dir: &Path) -> Result<PathBuf> {
 const ALERTMANAGER_CONFIG: &str = "\
 # Written by `cargo xtask`; rewritten at every start.
 # One receiver that drops everything, and short timers so that alerts and
-# their groups show up in the v2 API quickly.
+# their groups show up in the v2 API quickly. Alerts of the `atlas-test`
+# rule group (source=\"atlas-test\") also go to Atlas's webhook receiver,
+# which the notification end-to-end test serves on 127.0.0.1:19099.
 route:
   receiver: 'null'
   group_by: ['alertname']
   group_wait: 1s
   group_interval: 1s
   repeat_interval: 1m
+  routes:
+    - matchers: ['source=\"atlas-test\"']
+      receiver: 'atlas-webhook'
+      group_by: ['alertname', 'run']
 receivers:
   - name: 'null'
+  - name: 'atlas-webhook'
+    webhook_configs:
+      - url: 'http://127.0.0.1:19099/alertmanager'
+        send_resolved: true
+";
+
+/// One rule for the notification end-to-end test: it fires while a test
+/// target exposes `atlas_test_alert_trigger` above 0, carrying the series'
+/// labels (`run`, `severity`, `priority`).
+const PROMETHEUS_RULES: &str = "\
+# Written by `cargo xtask`; rewritten at every start.
+groups:
+  - name: atlas-test
+    rules:
+      - alert: AtlasTestAlert
+        expr: atlas_test_alert_trigger > 0
+        labels:
+          source: atlas-test
+        annotations:
+          summary: '{{ $labels.run }}: test alert firing'
 ";
 
 fn write_prometheus_config(layout: &Layout) -> Result<PathBuf> {
     let dir = layout.state(Service::Prometheus)?;
-    let targets = (19091..=19094)
+    let rules = dir.join("rules.yml");
+    fs::write(&rules, PROMETHEUS_RULES)?;
+    let targets = (19091..=19096)
         .map(|p| format!("'127.0.0.1:{p}'"))
         .collect::<Vec<_>>()
         .join(", ");
@@ -450,6 +478,8 @@ alerting:
   alertmanagers:
     - static_configs:
         - targets: ['127.0.0.1:{am}']
+rule_files:
+  - {rules}
 scrape_configs:
   - job_name: prometheus
     static_configs:
@@ -461,6 +491,7 @@ scrape_configs:
 ",
         am = Service::Alertmanager.port(),
         prom = Service::Prometheus.port(),
+        rules = rules.display(),
     );
     let path = dir.join("prometheus.yml");
     fs::write(&path, config)?;
