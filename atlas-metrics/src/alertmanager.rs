@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use atlas_core::retry::RetryConfig;
@@ -28,6 +28,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::client::{ApiClient, Credentials};
+use crate::delivery::rfc3339;
 use crate::tls::TlsOptions;
 
 const BACKEND: &str = "alertmanager";
@@ -90,10 +91,6 @@ fn is_label_name(s: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 impl AlertmanagerNotifier {

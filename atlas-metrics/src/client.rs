@@ -45,6 +45,10 @@ pub(crate) struct ApiClient {
     pub(crate) backend: &'static str,
     http: reqwest::Client,
     base: Url,
+    /// The URL as given (no trailing `/` added), for webhook endpoints.
+    target: Url,
+    /// The path is a secret (a Slack webhook's token): never shown.
+    secret_path: bool,
     credentials: Option<Credentials>,
     pub(crate) timeout: Duration,
 }
@@ -53,7 +57,7 @@ impl fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiClient")
             .field("backend", &self.backend)
-            .field("base", &redacted_url(&self.base))
+            .field("base", &self.shown_base())
             .field("credentials", &self.credentials)
             .field("timeout", &self.timeout)
             .finish()
@@ -112,6 +116,7 @@ impl ApiClient {
             let _ = base.set_username("");
             let _ = base.set_password(None);
         }
+        let target = base.clone();
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
@@ -137,9 +142,34 @@ impl ApiClient {
             backend,
             http,
             base,
+            target,
+            secret_path: false,
             credentials,
             timeout,
         })
+    }
+
+    /// Marks the URL's path as a secret: `Debug` and errors show only the
+    /// scheme and host. Incoming-webhook URLs carry their token in the path.
+    pub(crate) fn with_secret_path(mut self) -> Self {
+        self.secret_path = true;
+        self
+    }
+
+    /// The base URL as logs and errors may show it.
+    pub(crate) fn shown_base(&self) -> String {
+        if self.secret_path {
+            let mut shown = self.base.clone();
+            shown.set_path("/<redacted>");
+            redacted_url(&shown)
+        } else {
+            redacted_url(&self.base)
+        }
+    }
+
+    /// A POST to the URL exactly as configured, authorized.
+    pub(crate) fn post_target(&self) -> RequestBuilder {
+        self.authorize(self.http.post(self.target.clone()))
     }
 
     /// The base URL, without credentials.
@@ -213,7 +243,7 @@ impl ApiClient {
             401 | 403 => Error::backend(self.backend, format!("{message} (check the credentials)")),
             404 => Error::backend(
                 self.backend,
-                format!("{message} (check the base URL {})", self.base),
+                format!("{message} (check the base URL {})", self.shown_base()),
             ),
             400..=499 => Error::invalid(field, message),
             _ => Error::backend(self.backend, message),
@@ -281,6 +311,19 @@ mod tests {
             })
         );
         assert!(!format!("{c:?}").contains("p@ss"));
+        let secret = ApiClient::new(
+            "slack",
+            "slack.webhook_url",
+            "https://hooks.example/services/T0/B0/s3cr3t",
+            None,
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap()
+        .with_secret_path();
+        assert!(!format!("{secret:?}").contains("s3cr3t"));
+        let e = secret.status_error(StatusCode::NOT_FOUND, "no_service", "slack");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
         assert_eq!(
             c.url("/api/v1/query").unwrap().as_str(),
             "http://prom.internal:9090/prefix/api/v1/query"

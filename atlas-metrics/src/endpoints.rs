@@ -10,7 +10,6 @@
 //!
 //! `HEAD` works wherever `GET` does; other methods get `405`, other paths `404`.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,17 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use atlas_core::{Error, Result};
+use atlas_core::Result;
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::server::HttpServer;
 use crate::telemetry::{OPENMETRICS_CONTENT_TYPE, Telemetry};
 
 /// The default time one readiness check may take: 2 s.
@@ -203,58 +199,15 @@ impl Endpoints {
     /// [`EndpointsServer::shutdown`].
     ///
     /// # Errors
-    /// [`Error::Backend`] when the address cannot be bound.
+    /// [`atlas_core::Error::Backend`] when the address cannot be bound.
     pub async fn serve(self, addr: SocketAddr) -> Result<EndpointsServer> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::backend_with("endpoints", format!("cannot bind {addr}"), e))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| Error::backend_with("endpoints", "no local address", e))?;
-        let (stop, mut stopped) = watch::channel(false);
-        let this = self;
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = stopped.changed() => break,
-                    accepted = listener.accept() => {
-                        let stream = match accepted {
-                            Ok((s, _)) => s,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "accept failed");
-                                continue;
-                            }
-                        };
-                        let this = this.clone();
-                        let mut stop = stopped.clone();
-                        connections.spawn(async move {
-                            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                                let this = this.clone();
-                                async move { Ok::<_, Infallible>(this.handle(&req).await) }
-                            });
-                            let conn = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service);
-                            tokio::pin!(conn);
-                            tokio::select! {
-                                r = conn.as_mut() => {
-                                    if let Err(e) = r {
-                                        tracing::debug!(error = %e, "endpoint connection ended");
-                                    }
-                                }
-                                _ = stop.changed() => {
-                                    conn.as_mut().graceful_shutdown();
-                                    let _ = conn.await;
-                                }
-                            }
-                        });
-                    }
-                }
-            }
-            while connections.join_next().await.is_some() {}
-        });
-        tracing::info!(addr = %local, "serving /metrics, /health, /ready");
-        Ok(EndpointsServer { local, stop, task })
+        let server = HttpServer::bind("endpoints", addr, move |req| {
+            let this = self.clone();
+            async move { this.handle(&req).await }
+        })
+        .await?;
+        tracing::info!(addr = %server.local, "serving /metrics, /health, /ready");
+        Ok(EndpointsServer { server })
     }
 }
 
@@ -271,21 +224,19 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 /// A running endpoints server.
 #[derive(Debug)]
 pub struct EndpointsServer {
-    local: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    server: HttpServer,
 }
 
 impl EndpointsServer {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.server.local
     }
 
     /// Stops accepting, lets requests in flight finish, and waits for that.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        tracing::info!(addr = %self.local, "endpoints stopped");
+        let local = self.server.local;
+        self.server.shutdown().await;
+        tracing::info!(addr = %local, "endpoints stopped");
     }
 }

@@ -11,7 +11,13 @@
 //!   rollout events, and the `/metrics`, `/health`, `/ready`
 //!   [endpoints];
 //! - [`AlertmanagerNotifier`], which delivers notifications and the alerts
-//!   of [`atlas_core::alerts`] to Alertmanager.
+//!   of [`atlas_core::alerts`] to Alertmanager;
+//! - more notifiers — [`SlackNotifier`] (Block Kit), [`PagerDutyNotifier`]
+//!   (Events API v2), [`SignedWebhookNotifier`] (HMAC-SHA256) — and the
+//!   [`EscalationPolicy`] that routes between them by severity and
+//!   priority, de-duplicates, rate-limits and escalates;
+//! - [`AlertmanagerReceiver`], Alertmanager's webhook receiver, which hands
+//!   each alert to a notifier such as the escalation policy.
 //!
 //! ## HTTP clients
 //!
@@ -50,16 +56,30 @@
 
 pub mod alertmanager;
 mod client;
+mod delivery;
 pub mod endpoints;
+pub mod escalation;
+pub mod identity;
+pub mod pagerduty;
 pub mod probe;
 pub mod prometheus;
+pub mod receiver;
+mod server;
+pub mod slack;
 pub mod telemetry;
 pub mod tls;
+pub mod webhook;
 
 pub use alertmanager::AlertmanagerNotifier;
 pub use client::Credentials;
 pub use endpoints::{Endpoints, EndpointsServer, ReadinessCheck};
+pub use escalation::{DispatchReport, EscalationPolicy, RateLimit, Route, Suppressed};
+pub use identity::{Priority, dedup_key};
+pub use pagerduty::PagerDutyNotifier;
 pub use probe::{ConnectionLimiter, HttpProbe, TcpProbe, TlsCertProbe};
 pub use prometheus::PrometheusProvider;
+pub use receiver::{AlertmanagerReceiver, ReceiverServer};
+pub use slack::SlackNotifier;
 pub use telemetry::{InstrumentedProbe, Telemetry};
 pub use tls::TlsOptions;
+pub use webhook::SignedWebhookNotifier;

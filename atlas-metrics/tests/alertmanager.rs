@@ -9,23 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use atlas_core::alerts::{AlertEvaluator, AlertRule, AlertState, RuleSet};
-use atlas_core::retry::{BackoffConfig, RetryConfig};
 use atlas_core::testing::{ScriptedMetrics, conformance};
 use atlas_core::{ErrorKind, Notification, Notifier, Severity};
 use atlas_metrics::AlertmanagerNotifier;
 use serde_json::Value;
-use support::{Reply, TestServer};
-
-/// `attempts` in all (so `attempts - 1` retries), 10 ms backoff doubling to 20 ms.
-fn fast_retry(attempts: u32) -> RetryConfig {
-    RetryConfig::control_plane()
-        .with_max_retries(attempts - 1)
-        .with_backoff(
-            BackoffConfig::default()
-                .with_init_backoff(Duration::from_millis(10))
-                .with_max_backoff(Duration::from_millis(20)),
-        )
-}
+use support::{Reply, TestServer, fast_retry};
 
 fn parse_time(s: &str) -> SystemTime {
     humantime::parse_rfc3339(s).unwrap()

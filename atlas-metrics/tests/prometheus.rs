@@ -13,7 +13,6 @@ use atlas_core::analysis::{AnalysisPhase, AnalysisTemplate, run_template};
 use atlas_core::judge::{
     CanaryJudge, Direction, JudgeConfig, JudgeMetric, SampleProvider, Verdict,
 };
-use atlas_core::retry::{BackoffConfig, RetryConfig};
 use atlas_core::{ErrorKind, Measurement, MetricProvider, MetricQuery};
 use atlas_metrics::prometheus::{QueryResult, RequestMetrics};
 use atlas_metrics::{PrometheusProvider, TlsOptions};
@@ -22,7 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use support::{Reply, TestServer, refused_addr};
+use support::{Reply, TestServer, fast_retry, refused_addr};
 
 const VECTOR_ONE: &str = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000,"0.995"]}]}}"#;
 
@@ -33,17 +32,6 @@ fn query(text: &str) -> MetricQuery {
         window: Duration::from_secs(120),
         args: BTreeMap::new(),
     }
-}
-
-/// `attempts` in all (so `attempts - 1` retries), 10 ms backoff doubling to 20 ms.
-fn fast_retry(attempts: u32) -> RetryConfig {
-    RetryConfig::control_plane()
-        .with_max_retries(attempts - 1)
-        .with_backoff(
-            BackoffConfig::default()
-                .with_init_backoff(Duration::from_millis(10))
-                .with_max_backoff(Duration::from_millis(20)),
-        )
 }
 
 fn form(body: &str) -> BTreeMap<String, String> {

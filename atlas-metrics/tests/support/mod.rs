@@ -12,6 +12,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+/// `attempts` in all (so `attempts - 1` retries), 10 ms backoff doubling to 20 ms.
+pub fn fast_retry(attempts: u32) -> atlas_core::retry::RetryConfig {
+    atlas_core::retry::RetryConfig::control_plane()
+        .with_max_retries(attempts - 1)
+        .with_backoff(
+            atlas_core::retry::BackoffConfig::default()
+                .with_init_backoff(Duration::from_millis(10))
+                .with_max_backoff(Duration::from_millis(20)),
+        )
+}
+
 /// What the test server answers.
 #[derive(Clone, Debug)]
 pub struct Reply {
