@@ -11,6 +11,7 @@
 //! | `local` | `atlas-local`: process workloads, Atlas's HTTP proxy router, file state store | `atlas::local` |
 //! | `k8s` | `atlas-k8s`: Kubernetes adapters | `atlas::k8s` |
 //! | `metrics` | `atlas-metrics`: Prometheus provider, health probes, Atlas's metrics, Alertmanager | `atlas::metrics` |
+//! | `gates` | `atlas-gates`: quality gates before a rollout (tests, coverage, vulnerabilities, benchmarks, policies, staging) | `atlas::gates` |
 //! | `backup` | `atlas-backup` (repository, retention, schedules) and `storage` | `atlas::backup` |
 //! | `migrate` | `atlas-migrate`: migration engine, zero-downtime lint, rollout hook | `atlas::migrate` |
 //! | `storage` | `atlas-storage` with the filesystem and memory targets | `atlas::storage` |
@@ -47,6 +48,8 @@ pub use atlas_core::{
 
 #[cfg(feature = "backup")]
 pub use atlas_backup as backup;
+#[cfg(feature = "gates")]
+pub use atlas_gates as gates;
 #[cfg(feature = "k8s")]
 pub use atlas_k8s as k8s;
 #[cfg(feature = "local")]
