@@ -21,6 +21,12 @@
 //! that failed. A report that is missing or malformed is a typed
 //! [`Error`], which the hook counts as a failed gate: never a pass.
 //!
+//! The deployment validation [`Checklist`] (application health, migrations
+//! applied, traffic distribution, certificates, metrics, backup and drill
+//! ages, the benchmark gate, …) lives here too, as a library function
+//! separate from any command line: [`Checklist::run`] gives a
+//! [`ChecklistReport`] with a table, JSON and an exit status.
+//!
 //! This crate is an engine in Atlas's layout: it depends on `atlas-core`
 //! only. Its parsers need an XML reader (quick-xml), which `atlas-core`
 //! does not take on, and policy checks that live in adapters (the pod
@@ -49,6 +55,7 @@
 //! ```
 
 pub mod bench;
+pub mod checklist;
 pub mod coverage;
 pub mod cvss;
 mod error;
@@ -60,6 +67,10 @@ pub mod vulns;
 mod xml;
 
 pub use bench::BenchmarkGate;
+pub use checklist::{
+    Bound, CheckItem, CheckOutcome, CheckStatus, Checklist, ChecklistReport, FnCheck, GateCheck,
+    ItemResult, MetricCheck, MigrationsCheck, ProbeCheck, TrafficCheck,
+};
 pub use coverage::{CoverageGate, CoverageReport, FileCoverage};
 pub use error::{Error, Result};
 pub use gate::{Gate, GateContext, GateReport, GateResult, GateStatus, QualityGates, Verdict};

@@ -5,13 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use atlas_core::testing::{MemoryStateStore, MockWorkloads, RecordingRouter, ScriptedProbe};
-use atlas_core::{
-    BlueGreen, Engine, Outcome, Release, Rollout, ServiceName, Slot, Strategy, TrafficRouter,
-    TrafficSplit, Workloads,
-};
+use atlas_core::testing::MemoryStateStore;
+use atlas_core::{Outcome, ServiceName, Slot};
 use atlas_gates::bench::compare;
 use atlas_gates::vulns::parse_findings;
 use atlas_gates::{
@@ -19,6 +15,10 @@ use atlas_gates::{
     PolicyGate, QualityGates, ReportFormat, StagingGate, TestGate, TestOutcome, TestReport,
     VulnSeverity, VulnerabilityGate,
 };
+
+mod support;
+
+use support::{run, world_rollout};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -493,42 +493,6 @@ async fn the_report_names_every_failed_gate_and_errors_never_pass() {
     assert!(text.contains("coverage: error: cannot read"), "{text}");
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["results"][4]["status"], "error");
-}
-
-fn world_rollout(version: &str) -> Rollout {
-    Rollout::new(
-        ServiceName::new("checkout").unwrap(),
-        Release::new(version, format!("checkout:{version}")),
-        Strategy::BlueGreen(BlueGreen::new(2)),
-    )
-}
-
-async fn run(
-    store: MemoryStateStore,
-    rollout: Rollout,
-    hook: QualityGates,
-) -> (Outcome, MockWorkloads) {
-    let workloads = MockWorkloads::new().with_ready_delay(Duration::from_secs(1));
-    let router = RecordingRouter::new();
-    let svc = rollout.service.clone();
-    workloads
-        .deploy(&svc, Slot::Blue, &Release::new("v1", "checkout:v1"), 2)
-        .await
-        .unwrap();
-    router
-        .set_split(&svc, &TrafficSplit::all_to(Slot::Blue))
-        .await
-        .unwrap();
-    let engine = Engine::builder()
-        .workloads(Arc::new(workloads.clone()))
-        .router(Arc::new(router))
-        .probe(Arc::new(ScriptedProbe::new()))
-        .store(Arc::new(store))
-        .hook(Arc::new(hook))
-        .build()
-        .unwrap();
-    let outcome = engine.start(rollout).await.unwrap().wait().await.unwrap();
-    (outcome, workloads)
 }
 
 #[tokio::test(start_paused = true)]

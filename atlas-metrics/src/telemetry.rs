@@ -117,12 +117,30 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepositoryLabels {
+    repository: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupResultLabels {
+    repository: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabels {
     probe: String,
     result: String,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
 
 fn step_histogram() -> Histogram {
     // 10 ms to about 45 minutes: a weight change to a long pause.
@@ -148,6 +166,11 @@ struct Families {
     probe_results: Family<ResultLabels, Counter>,
     probe_attempts: Family<ProbeLabels, Counter>,
     probe_duration: Family<ProbeLabels, Histogram, fn() -> Histogram>,
+    backups: Family<BackupResultLabels, Counter>,
+    backup_success: Family<RepositoryLabels, FloatGauge>,
+    backup_size: Family<RepositoryLabels, Gauge>,
+    restore_test: Family<RepositoryLabels, FloatGauge>,
+    failover_drill: Family<ServiceLabels, FloatGauge>,
     lagged: Counter,
 }
 
@@ -210,6 +233,11 @@ impl Telemetry {
             probe_results: Family::default(),
             probe_attempts: Family::default(),
             probe_duration: Family::new_with_constructor(probe_histogram as fn() -> Histogram),
+            backups: Family::default(),
+            backup_success: Family::default(),
+            backup_size: Family::default(),
+            restore_test: Family::default(),
+            failover_drill: Family::default(),
             lagged: Counter::default(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
@@ -290,6 +318,36 @@ impl Telemetry {
             "Time of single health probe attempts",
             Some(Unit::Seconds),
             Box::new(f.probe_duration.clone()),
+        );
+        reg(
+            "backups",
+            "Backups finished, by result",
+            None,
+            Box::new(f.backups.clone()),
+        );
+        reg(
+            "backup_last_success_timestamp",
+            "When the repository's last successful backup finished, Unix time",
+            Some(Unit::Seconds),
+            Box::new(f.backup_success.clone()),
+        );
+        reg(
+            "backup_last_size",
+            "Bytes the repository's last successful backup read from its source",
+            Some(Unit::Bytes),
+            Box::new(f.backup_size.clone()),
+        );
+        reg(
+            "backup_last_restore_test_timestamp",
+            "When a restore from the repository was last tested successfully, Unix time",
+            Some(Unit::Seconds),
+            Box::new(f.restore_test.clone()),
+        );
+        reg(
+            "failover_last_drill_timestamp",
+            "When the service's last successful failover drill finished, Unix time",
+            Some(Unit::Seconds),
+            Box::new(f.failover_drill.clone()),
         );
         reg(
             "events_lagged",
@@ -484,6 +542,55 @@ impl Telemetry {
         }
     }
 
+    /// Records a finished backup of `repository`: counted by result; a
+    /// success also sets the last-success time (`at`) and size (`bytes`
+    /// read from the source), from which dashboards and alerts compute the
+    /// recovery-point age.
+    pub fn backup_finished(&self, repository: &str, succeeded: bool, bytes: u64, at: SystemTime) {
+        let f = &self.inner.families;
+        let result = if succeeded { "success" } else { "failure" };
+        f.backups
+            .get_or_create(&BackupResultLabels {
+                repository: repository.to_string(),
+                result: result.into(),
+            })
+            .inc();
+        if succeeded {
+            let repo = RepositoryLabels {
+                repository: repository.to_string(),
+            };
+            f.backup_success.get_or_create(&repo).set(unix(at));
+            f.backup_size
+                .get_or_create(&repo)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        tracing::debug!(repository, succeeded, bytes, "backup recorded");
+    }
+
+    /// Records a successful test restore from `repository` at `at`.
+    pub fn restore_tested(&self, repository: &str, at: SystemTime) {
+        self.inner
+            .families
+            .restore_test
+            .get_or_create(&RepositoryLabels {
+                repository: repository.to_string(),
+            })
+            .set(unix(at));
+        tracing::debug!(repository, "restore test recorded");
+    }
+
+    /// Records a successful failover drill of `service` at `at`.
+    pub fn failover_drilled(&self, service: &str, at: SystemTime) {
+        self.inner
+            .families
+            .failover_drill
+            .get_or_create(&ServiceLabels {
+                service: service.to_string(),
+            })
+            .set(unix(at));
+        tracing::debug!(service, "failover drill recorded");
+    }
+
     fn finish(&self, rollout: &str) {
         lock(&self.inner.steps).remove(rollout);
     }
@@ -646,5 +753,31 @@ impl<P: HealthProbe> HealthProbe for InstrumentedProbe<P> {
         self.telemetry
             .record_probe(&self.name, &outcome, started.elapsed());
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backups_restores_and_drills_are_exposed() {
+        let t = Telemetry::new();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        t.backup_finished("offsite", true, 4096, at);
+        t.backup_finished("offsite", false, 0, at + Duration::from_secs(60));
+        t.restore_tested("offsite", at);
+        t.failover_drilled("checkout", at);
+        let text = t.encode();
+        for line in [
+            "atlas_backups_total{repository=\"offsite\",result=\"success\"} 1",
+            "atlas_backups_total{repository=\"offsite\",result=\"failure\"} 1",
+            "atlas_backup_last_success_timestamp_seconds{repository=\"offsite\"} 1800000000.0",
+            "atlas_backup_last_size_bytes{repository=\"offsite\"} 4096",
+            "atlas_backup_last_restore_test_timestamp_seconds{repository=\"offsite\"} 1800000000.0",
+            "atlas_failover_last_drill_timestamp_seconds{service=\"checkout\"} 1800000000.0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }
