@@ -17,7 +17,9 @@
 //!   [`EscalationPolicy`] that routes between them by severity and
 //!   priority, de-duplicates, rate-limits and escalates;
 //! - [`AlertmanagerReceiver`], Alertmanager's webhook receiver, which hands
-//!   each alert to a notifier such as the escalation policy.
+//!   each alert to a notifier such as the escalation policy;
+//! - JSON [logs](logging) for Loki, with stable field names (`service`,
+//!   `rollout`, `slot`, `step`, `event`).
 //!
 //! ## HTTP clients
 //!
@@ -60,6 +62,7 @@ mod delivery;
 pub mod endpoints;
 pub mod escalation;
 pub mod identity;
+pub mod logging;
 pub mod pagerduty;
 pub mod probe;
 pub mod prometheus;

@@ -482,3 +482,93 @@ async fn a_hanging_readiness_check_times_out_and_the_handler_mounts_anywhere() {
         200
     );
 }
+
+/// A writer into a shared buffer, for capturing log lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn json_logs_carry_the_stable_fields() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let out = Captured::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(atlas_metrics::logging::JsonLogLayer::new(out.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let outcome = canary(&Telemetry::new(), 0.5).await;
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    // An adapter's event inside the engine's spans: the stable fields come
+    // from the spans (the `rollout` span's `id` is the rollout).
+    let span = tracing::info_span!("rollout", service = "cart", id = "cart-0001");
+    span.in_scope(|| {
+        tracing::info_span!("step", step = "set weight 20").in_scope(|| {
+            tracing::info!(slot = "green", replicas = 2, "Replica started");
+        })
+    });
+    drop(_guard);
+
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() > 5, "{text}");
+    for l in &lines {
+        for key in ["ts", "level", "target", "event", "message"] {
+            assert!(l.get(key).is_some(), "{key} missing: {l}");
+        }
+    }
+    let find = |event: &str| {
+        lines
+            .iter()
+            .find(|l| l["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} in\n{text}"))
+    };
+    let started = find("rollout_started");
+    assert_eq!(started["service"], "checkout");
+    let rollout = started["rollout"].as_str().unwrap().to_string();
+    assert!(!rollout.is_empty());
+    assert_eq!(started["fields"]["to_version"], "v2");
+    let step = find("step_started");
+    assert_eq!(step["rollout"], rollout.as_str());
+    assert!(
+        step["step"].as_str().unwrap().starts_with("deploy"),
+        "{step}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "step_started" && l["step"].as_str().unwrap().contains("20")),
+        "a step_started names the 20 % step:\n{text}"
+    );
+    let rolled_back = find("rollout_rolled_back");
+    assert_eq!(rolled_back["level"], "WARN");
+    assert_eq!(rolled_back["service"], "checkout");
+    let adapter = find("replica_started");
+    assert_eq!(adapter["service"], "cart");
+    assert_eq!(adapter["rollout"], "cart-0001");
+    assert_eq!(adapter["step"], "set weight 20");
+    assert_eq!(adapter["slot"], "green");
+    assert_eq!(adapter["span"], "step");
+    assert_eq!(adapter["fields"]["replicas"], 2);
+    // Every line inside the engine's `rollout` span names the rollout,
+    // from the event itself or from the span's `id`.
+    let in_rollout: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("span").is_some() && l["service"] == "checkout")
+        .collect();
+    assert!(!in_rollout.is_empty(), "{text}");
+    for l in in_rollout {
+        assert_eq!(l["rollout"], rollout.as_str(), "{l}");
+    }
+}
