@@ -26,6 +26,8 @@
 //!   (they all take a [`RetryConfig`](atlas_core::retry::RetryConfig)). A
 //!   route that still fails is reported and not marked delivered, so the
 //!   sender's next re-send (Alertmanager re-sends on a 5xx) tries it again.
+//! - **Memory**: a firing alert not sent again for [`FORGET_AFTER`] (24
+//!   hours) is forgotten, as is a resolved one after the repeat interval.
 //! - **Escalation**: [`EscalationPolicy::escalate_overdue`] (also run on
 //!   every notification, and by [`EscalationPolicy::spawn_escalation`] on a
 //!   timer) sends each alert firing for longer than its priority's
@@ -46,6 +48,12 @@ use crate::identity::{Priority, dedup_key};
 /// The default interval before a still-firing alert is delivered again on a
 /// route: 1 hour.
 pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How long a firing alert that nobody sent again is remembered: 24
+/// hours. Alertmanager re-sends firing alerts every few hours, so one not
+/// seen for a day has gone without a resolution; forgetting it keeps the
+/// policy's memory bounded.
+pub const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// At most `burst` notifications per `per` on one route, refilled evenly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +169,7 @@ impl DispatchReport {
 struct Tracked {
     latest: Notification,
     since: SystemTime,
+    last_seen: SystemTime,
     /// Route name → when the firing alert was last delivered there.
     delivered: HashMap<String, SystemTime>,
     escalated: bool,
@@ -239,6 +248,16 @@ impl EscalationPolicy {
             .escalate_to(Route::new("pagerduty", pager))
     }
 
+    /// The number of alerts the policy remembers (firing, or resolved
+    /// within the repeat interval).
+    pub fn tracked(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .alerts
+            .len()
+    }
+
     /// The response target of `priority`.
     pub fn response_target(&self, priority: Priority) -> Duration {
         self.targets
@@ -296,9 +315,10 @@ impl EscalationPolicy {
         let plan: Vec<Route> = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let repeat = self.repeat_interval;
-            state
-                .alerts
-                .retain(|_, t| t.resolved_at.is_none_or(|r| since(now, r) < repeat));
+            state.alerts.retain(|_, t| match t.resolved_at {
+                Some(r) => since(now, r) < repeat,
+                None => since(now, t.last_seen) < FORGET_AFTER,
+            });
             if n.resolved {
                 match state.alerts.get_mut(&key) {
                     Some(t) if t.resolved_at.is_some() => {
@@ -352,11 +372,13 @@ impl EscalationPolicy {
                 let tracked = state.alerts.entry(key.clone()).or_insert_with(|| Tracked {
                     latest: n.clone(),
                     since: n.at.min(now),
+                    last_seen: now,
                     delivered: HashMap::new(),
                     escalated: false,
                     resolved_at: None,
                 });
                 tracked.latest = n.clone();
+                tracked.last_seen = now;
                 for r in &to {
                     tracked.delivered.insert(r.name.clone(), now);
                 }

@@ -459,6 +459,37 @@ async fn duplicates_are_suppressed_until_the_repeat_interval() {
 }
 
 #[tokio::test]
+async fn stale_and_resolved_alerts_are_forgotten() {
+    let (_pager, _chat, policy) = standard_policy();
+    let t0 = at(1_800_000_000);
+    let old = alert(Severity::Critical, "old");
+    policy.dispatch_at(&old, t0).await;
+    let mut gone = alert(Severity::Critical, "gone");
+    policy.dispatch_at(&gone, t0).await;
+    gone.resolved = true;
+    policy
+        .dispatch_at(&gone, t0 + Duration::from_secs(60))
+        .await;
+    assert_eq!(policy.tracked(), 2);
+    // An hour later the resolved one is gone; a day later the firing one
+    // nobody re-sent is too.
+    policy
+        .dispatch_at(
+            &alert(Severity::Critical, "new"),
+            t0 + Duration::from_secs(3700),
+        )
+        .await;
+    assert_eq!(policy.tracked(), 2, "old and new");
+    policy
+        .dispatch_at(
+            &alert(Severity::Critical, "newer"),
+            t0 + Duration::from_secs(86_401),
+        )
+        .await;
+    assert_eq!(policy.tracked(), 2, "new and newer");
+}
+
+#[tokio::test]
 async fn rate_limits_drop_firing_but_never_resolutions() {
     let chat = CollectingNotifier::new();
     let policy = EscalationPolicy::builder()
