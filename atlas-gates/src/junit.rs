@@ -8,7 +8,10 @@
 //! outcome). The counts come from the test cases themselves, not from the
 //! suites' `tests`/`failures` attributes, which tools fill inconsistently.
 //! nextest leaves ignored tests out of its report entirely; pytest and
-//! Surefire list them as skipped.
+//! Surefire list them as skipped. A `<failure>` or `<error>` directly
+//! inside a suite (a collection or set-up failure) counts as a failed
+//! test, and so do failures a `<testsuite>` declares in its
+//! `failures`/`errors` attributes beyond those its test cases show.
 
 use std::path::{Path, PathBuf};
 
@@ -57,12 +60,16 @@ impl TestReport {
     ///
     /// # Errors
     /// [`Error::Malformed`] when it is not well-formed XML, its root is not
-    /// `<testsuites>` or `<testsuite>`, or a `<testcase>` has no `name`.
+    /// `<testsuites>` or `<testsuite>`, a `<testcase>` has no `name`, or a
+    /// `<testsuite>`'s `failures`/`errors` is not a number.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
         let bad = |d: String| Error::malformed(FORMAT, origin, d);
         let mut report = TestReport::default();
         let mut root: Option<String> = None;
         let mut current: Option<TestCase> = None;
+        // Open suites: name, declared failures + errors, failed cases seen
+        // directly inside.
+        let mut suites: Vec<(String, u64, u64)> = Vec::new();
         walk(text, FORMAT, origin, |v| {
             match v {
                 Visit::Start(el) => {
@@ -76,6 +83,13 @@ impl TestReport {
                         root = Some(el.name.clone());
                     }
                     match el.name.as_str() {
+                        "testsuite" => {
+                            let declared = |k: &str| el.parsed::<u64>(k, bad);
+                            let n = declared("failures")?.unwrap_or(0)
+                                + declared("errors")?.unwrap_or(0);
+                            let name = el.attrs.get("name").cloned().unwrap_or_default();
+                            suites.push((name, n, 0));
+                        }
                         "testcase" => {
                             if current.is_some() {
                                 return Err(bad("a <testcase> inside a <testcase>".into()));
@@ -93,11 +107,21 @@ impl TestReport {
                                 outcome: TestOutcome::Passed,
                             });
                         }
-                        "failure" | "error" => {
-                            if let Some(c) = current.as_mut() {
-                                c.outcome = TestOutcome::Failed;
+                        "failure" | "error" => match current.as_mut() {
+                            Some(c) => c.outcome = TestOutcome::Failed,
+                            // A suite-level error (a collection or set-up
+                            // failure) fails like a test.
+                            None => {
+                                let suite = suites.last().map_or("", |s| s.0.as_str());
+                                report.cases.push(TestCase {
+                                    name: format!("suite {suite:?}: {}", el.name),
+                                    outcome: TestOutcome::Failed,
+                                });
+                                if let Some(s) = suites.last_mut() {
+                                    s.2 += 1;
+                                }
                             }
-                        }
+                        },
                         "skipped" => {
                             if let Some(c) = current.as_mut()
                                 && c.outcome != TestOutcome::Failed
@@ -112,7 +136,26 @@ impl TestReport {
                     if name == "testcase"
                         && let Some(c) = current.take()
                     {
+                        if c.outcome == TestOutcome::Failed
+                            && let Some(s) = suites.last_mut()
+                        {
+                            s.2 += 1;
+                        }
                         report.cases.push(c);
+                    } else if name == "testsuite"
+                        && let Some((suite, declared, seen)) = suites.pop()
+                    {
+                        // Failures a suite declares but does not list
+                        // still fail: a report never passes on silence.
+                        if declared > seen {
+                            report.cases.push(TestCase {
+                                name: format!(
+                                    "suite {suite:?}: {} failures or errors not listed as test cases",
+                                    declared - seen
+                                ),
+                                outcome: TestOutcome::Failed,
+                            });
+                        }
                     }
                 }
             }

@@ -101,6 +101,38 @@ fn passing_junit_passes_within_the_skip_allowance() {
 }
 
 #[test]
+fn failures_outside_test_cases_still_fail() {
+    // pytest's collection errors and Surefire's set-up failures.
+    let suite_error = r#"<testsuite name="pkg" tests="1" errors="1">
+        <testcase classname="pkg" name="ok"/>
+        <error message="ImportError while importing test module"/>
+    </testsuite>"#;
+    let r = TestReport::parse(suite_error, "inline").unwrap();
+    assert_eq!(r.count(TestOutcome::Failed), 1, "{r:?}");
+    assert!(!TestGate::junit("x").judge(&r).passed);
+    let silent = r#"<testsuites><testsuite name="pkg" tests="2" failures="2">
+        <testcase classname="pkg" name="a"><failure/></testcase>
+        <testcase classname="pkg" name="b"/>
+    </testsuite></testsuites>"#;
+    let r = TestReport::parse(silent, "inline").unwrap();
+    let failed: Vec<&str> = r
+        .cases
+        .iter()
+        .filter(|c| c.outcome == TestOutcome::Failed)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "pkg::a",
+            "suite \"pkg\": 1 failures or errors not listed as test cases"
+        ]
+    );
+    let e = TestReport::parse(r#"<testsuite failures="many"/>"#, "inline").unwrap_err();
+    assert!(e.to_string().contains("failures=\"many\""), "{e}");
+}
+
+#[test]
 fn malformed_junit_is_a_typed_error() {
     let cases = [
         ("", "no root element"),
