@@ -28,6 +28,7 @@
 
 pub mod alerts;
 pub mod analysis;
+pub mod autoscale;
 pub mod backup;
 pub mod domain;
 pub mod engine;
