@@ -910,3 +910,170 @@ async fn scaling_a_live_slot_up_and_down_fails_no_request() {
     proxy.shutdown().await;
     w.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_signals_measure_each_replica_for_the_autoscaler() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use atlas_core::autoscale::{HorizontalPolicy, MetricObservation, observe::observe_policy};
+    use atlas_core::{Measurement, MetricProvider, MetricQuery, TrafficRouter, TrafficSplit};
+    use atlas_local::proxy::ProxyRouter;
+    use atlas_local::signals::LocalSignals;
+
+    let logs = tempfile::tempdir().unwrap();
+    let w = Arc::new(workloads(logs.path()));
+    let svc = service("signals");
+    let proxy = Arc::new(
+        ProxyRouter::builder(svc.clone())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .build()
+            .await
+            .unwrap(),
+    );
+    w.deploy(&svc, Slot::Green, &slow_server("v1"), 2)
+        .await
+        .unwrap();
+    let ready = wait_for(&w, &svc, Slot::Green, "2 ready", |s| s.ready == 2).await;
+    proxy
+        .set_endpoints(&svc, Slot::Green, &ready.endpoints)
+        .await
+        .unwrap();
+    proxy
+        .set_split(&svc, &TrafficSplit::all_to(Slot::Green))
+        .await
+        .unwrap();
+    let signals = LocalSignals::new(svc.clone(), w.clone(), proxy.clone())
+        .unwrap()
+        .with_request("cpu", 0.5)
+        .unwrap();
+    assert!(LocalSignals::new(service("other"), w.clone(), proxy.clone()).is_err());
+    assert!(signals_with_bad_request(&svc, &w, &proxy));
+
+    let clients = Clients::start(proxy.local_addr(), 4);
+    sleep(Duration::from_millis(1500)).await;
+    let q = |text: String| MetricQuery {
+        metric: "m".into(),
+        query: text,
+        window: Duration::from_secs(1),
+        args: BTreeMap::new(),
+    };
+    let value = |m: Measurement| match m {
+        Measurement::Value(v) => v,
+        other => panic!("expected a value, got {other}"),
+    };
+    let mut total_rate = 0.0;
+    for e in &ready.endpoints {
+        let rate = value(
+            signals
+                .measure(&q(format!("requests_per_second:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!(rate > 1.0, "{} served {rate} requests/s", e.replica);
+        total_rate += rate;
+        let p95 = value(
+            signals
+                .measure(&q(format!("latency_p95:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!(
+            (0.04..2.0).contains(&p95),
+            "{} p95 {p95}s (the server takes 50 ms)",
+            e.replica
+        );
+        let open = value(
+            signals
+                .measure(&q(format!("open_connections:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!(
+            (0.0..=8.0).contains(&open),
+            "{} open connections {open}",
+            e.replica
+        );
+        let cpu = value(
+            signals
+                .measure(&q(format!("cpu:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!((0.0..4.0).contains(&cpu), "{} cpu {cpu} cores", e.replica);
+        let memory = value(
+            signals
+                .measure(&q(format!("memory:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!(memory > 1e6, "{} resident memory {memory} bytes", e.replica);
+    }
+    // Four clients, each waiting ~50 ms per request: tens per second.
+    assert!(
+        (10.0..400.0).contains(&total_rate),
+        "total {total_rate} requests/s"
+    );
+    assert_eq!(
+        signals
+            .measure(&q("cpu:signals-green-9".into()))
+            .await
+            .unwrap(),
+        Measurement::NoData,
+        "no such replica"
+    );
+    let err = signals
+        .measure(&q("load:signals-green-0".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown replica signal"), "{err}");
+    // The service-wide p95 comes from the proxy's own metrics.
+    assert!(
+        value(
+            signals
+                .measure(&q("latency_p95:stable".into()))
+                .await
+                .unwrap()
+        ) >= 0.04
+    );
+
+    // The web-service policy reads every metric through the signals.
+    let policy = LocalSignals::queries_for(HorizontalPolicy::web_service());
+    let pods = signals.pods(Slot::Green).await.unwrap();
+    assert_eq!(pods.len(), 2);
+    assert!(pods.iter().all(|p| p.ready && p.requests["cpu"] == 0.5));
+    let observed = observe_policy(
+        &signals,
+        &policy,
+        &pods,
+        Duration::from_secs(1),
+        &BTreeMap::new(),
+    )
+    .await;
+    assert_eq!(observed.len(), policy.metrics.len());
+    for (metric, o) in policy.metrics.iter().zip(&observed) {
+        match o {
+            MetricObservation::PerPod(values) => {
+                assert_eq!(values.len(), 2, "{}: {values:?}", metric.name)
+            }
+            MetricObservation::Value(v) => assert!(*v >= 0.0, "{}", metric.name),
+            other => panic!("{}: {other:?}", metric.name),
+        }
+    }
+    let (_, failed) = clients.stop().await;
+    assert!(failed.is_empty(), "{failed:?}");
+    proxy.shutdown().await;
+    w.shutdown().await;
+}
+
+fn signals_with_bad_request(
+    svc: &ServiceName,
+    w: &std::sync::Arc<ProcessWorkloads>,
+    proxy: &std::sync::Arc<atlas_local::proxy::ProxyRouter>,
+) -> bool {
+    let err = atlas_local::signals::LocalSignals::new(svc.clone(), w.clone(), proxy.clone())
+        .unwrap()
+        .with_request("memory", 0.0)
+        .unwrap_err();
+    err.to_string().contains("requests.memory")
+}
