@@ -44,6 +44,7 @@ pub use atlas_core::{
     Slot, SlotStatus, StateStore, Step, Strategy, TrafficRouter, TrafficSplit, Versioned, Weight,
     Workloads,
 };
+pub use atlas_core::{DesiredReplicas, ReplicaCount, Scaler};
 
 #[cfg(feature = "backup")]
 pub use atlas_backup as backup;

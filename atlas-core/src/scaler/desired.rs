@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::Instrument;
 
-use super::Scaler;
+use super::contract::Scaler;
 use super::share::{SlotReplicas, apportion};
 use crate::domain::{ServiceName, Slot, TrafficSplit};
 use crate::error::{Error, Result};
