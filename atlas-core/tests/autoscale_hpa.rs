@@ -719,3 +719,117 @@ async fn metrics_are_read_through_any_provider() {
         "{observed:?}"
     );
 }
+
+mod spec_files {
+    use atlas_core::autoscale::{HorizontalPolicy, RatePolicy, SelectPolicy};
+    use atlas_core::spec::RolloutSpec;
+    use atlas_core::{BlueGreen, Release, Rollout, ServiceName, Strategy};
+    use std::time::Duration;
+
+    const HEAD: &str = "service: web\nrelease: { version: v1, artifact: ./web }\nstrategy: { blue_green: { replicas: 3 } }\n";
+
+    fn load(autoscaling: &str) -> atlas_core::Result<Rollout> {
+        RolloutSpec::from_yaml(&format!("{HEAD}autoscaling:\n{autoscaling}"))?.into_rollout()
+    }
+
+    fn field_of(autoscaling: &str) -> String {
+        match load(autoscaling) {
+            Err(atlas_core::Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_policy_loads_from_yaml_with_kubernetes_defaults() {
+        let rollout = load(
+            "  min_replicas: 3\n  max_replicas: 100\n  metrics:\n    - { type: resource, name: cpu, utilization: 60 }\n    - { type: pods, name: rps, query: 'rate(x{pod=\"{{pod}}\"}[1m])', average_value: 500 }\n  behavior:\n    scale_down:\n      stabilization_window: 10m\n      select_policy: min\n      policies: [{ type: percent, value: 10, period: 1m }, { type: pods, value: 2, period: 30s }]\n",
+        )
+        .unwrap();
+        let p = rollout.autoscaling.expect("policy");
+        assert_eq!((p.min_replicas, p.max_replicas, p.tolerance), (3, 100, 0.1));
+        assert_eq!(p.metrics[1].query, "rate(x{pod=\"{{pod}}\"}[1m])");
+        assert_eq!(
+            p.behavior.scale_up,
+            atlas_core::autoscale::ScalingRules::default_scale_up()
+        );
+        assert_eq!(
+            p.behavior.scale_down.stabilization_window,
+            Duration::from_secs(600)
+        );
+        assert_eq!(p.behavior.scale_down.select, SelectPolicy::Min);
+        assert_eq!(
+            p.behavior.scale_down.policies,
+            vec![
+                RatePolicy::percent(10, Duration::from_secs(60)),
+                RatePolicy::pods(2, Duration::from_secs(30))
+            ]
+        );
+        // No section, no policy.
+        let plain = RolloutSpec::from_yaml(HEAD)
+            .unwrap()
+            .into_rollout()
+            .unwrap();
+        assert_eq!(plain.autoscaling, None);
+    }
+
+    #[test]
+    fn the_web_service_policy_round_trips_through_both_formats() {
+        let rollout = Rollout::new(
+            ServiceName::new("web").unwrap(),
+            Release::new("v1", "./web"),
+            Strategy::BlueGreen(BlueGreen::new(3)),
+        )
+        .with_autoscaling(HorizontalPolicy::web_service());
+        let spec = RolloutSpec::from(&rollout);
+        let yaml = spec.to_yaml().unwrap();
+        assert_eq!(
+            RolloutSpec::from_yaml(&yaml)
+                .unwrap()
+                .into_rollout()
+                .unwrap(),
+            rollout
+        );
+        let toml = spec.to_toml().unwrap();
+        assert_eq!(
+            RolloutSpec::from_toml(&toml)
+                .unwrap()
+                .into_rollout()
+                .unwrap(),
+            rollout
+        );
+    }
+
+    #[test]
+    fn bad_autoscaling_sections_name_their_field() {
+        let m = "  metrics: [{ type: pods, name: rps, average_value: 500 }]\n";
+        let cases = [
+            (format!("  min_replicas: 5\n  max_replicas: 4\n{m}"), "autoscaling.min_replicas"),
+            ("  max_replicas: 4\n  metrics: [{ type: pods, name: rps, average_value: 0 }]\n".to_string(), "autoscaling.metrics[0].average_value"),
+            ("  max_replicas: 4\n  metrics: [{ type: resource, name: cpu, utilization: -60 }]\n".to_string(), "autoscaling.metrics[0].utilization"),
+            ("  max_replicas: 4\n  metrics: [{ type: object, name: p95, value: -0.2 }]\n".to_string(), "autoscaling.metrics[0].value"),
+            ("  max_replicas: 4\n  metrics: [{ type: pods, name: rps, value: 5 }]\n".to_string(), "autoscaling.metrics[0].value"),
+            ("  max_replicas: 4\n  metrics: [{ type: pods, name: rps }]\n".to_string(), "autoscaling.metrics[0]"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_up: {{ policies: [{{ type: pods, value: 4, period: 0s }}] }} }}\n"), "autoscaling.behavior.scale_up.policies[0].period"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_down: {{ policies: [{{ type: percent, value: 10, period: 31m }}] }} }}\n"), "autoscaling.behavior.scale_down.policies[0].period"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_down: {{ stabilization_window: 61m }} }}\n"), "autoscaling.behavior.scale_down.stabilization_window"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_up: {{ policies: [{{ type: pods, value: 0, period: 15s }}] }} }}\n"), "autoscaling.behavior.scale_up.policies[0].value"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_up: {{ policies: [] }} }}\n"), "autoscaling.behavior.scale_up.policies"),
+            (format!("  max_replicas: 4\n{m}  tolerance: 1.5\n"), "autoscaling.tolerance"),
+            (format!("  max_replicas: 4\n{m}  stabilisation: 5m\n"), "autoscaling.stabilisation"),
+            ("  max_replicas: 4\n  metrics: [{ type: pods, name: rps, average_value: -5, period: 1 }]\n".to_string(), "autoscaling.metrics[0].period"),
+        ];
+        for (section, field) in &cases {
+            assert_eq!(&field_of(section), field, "for {section}");
+        }
+        // TOML spells the same fields.
+        let toml = "service = \"web\"\nrelease = { version = \"v1\", artifact = \"./web\" }\n[strategy.blue_green]\nreplicas = 3\n[autoscaling]\nmax_replicas = 4\nmetrics = [{ type = \"pods\", name = \"rps\", average_value = 5.0 }]\n[autoscaling.behavior.scale_down]\nstabilization_window = \"2h\"\n";
+        let err = RolloutSpec::from_toml(toml)
+            .unwrap()
+            .into_rollout()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid autoscaling.behavior.scale_down.stabilization_window: must be at most 3600s, got 7200s"
+        );
+    }
+}
