@@ -1,5 +1,6 @@
-//! The horizontal autoscaler against worked cases derived from the
-//! Kubernetes HPA's documented rules, and its properties under random load.
+//! The autoscalers against worked cases derived from the Kubernetes HPA's
+//! documented rules, their properties under random load, predictive scaling,
+//! and the autoscaling section of spec files.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -831,5 +832,222 @@ mod spec_files {
             err.to_string(),
             "invalid autoscaling.behavior.scale_down.stabilization_window: must be at most 3600s, got 7200s"
         );
+    }
+}
+
+mod predictive {
+    use super::*;
+    use atlas_core::autoscale::{
+        Forecaster, PredictiveAutoscaler, PredictivePolicy, SeasonalNaive,
+    };
+
+    /// A forecaster that always answers the same value, or fails.
+    struct Fixed(Option<f64>);
+
+    impl Forecaster for Fixed {
+        fn forecast(&self, _: &[f64], horizon: usize) -> atlas_core::Result<Vec<f64>> {
+            match self.0 {
+                Some(v) => Ok(vec![v; horizon]),
+                None => Err(atlas_core::Error::precondition("model did not converge")),
+            }
+        }
+    }
+
+    fn policy() -> PredictivePolicy {
+        PredictivePolicy {
+            step: S(60),
+            startup: S(120),
+            capacity_per_replica: 100.0,
+            headroom: 1.0,
+            min_history: 10,
+            max_history: 100,
+            refit_every: 1,
+        }
+    }
+
+    fn predictive<F: Forecaster>(f: F) -> PredictiveAutoscaler<F> {
+        PredictiveAutoscaler::new(hpa(rps_policy()), f, policy()).unwrap()
+    }
+
+    #[test]
+    fn the_forecast_reads_start_up_time_plus_one_step_ahead() {
+        assert_eq!(policy().lookahead(), 3);
+        let p = PredictivePolicy {
+            startup: S(61),
+            ..policy()
+        };
+        assert_eq!(p.lookahead(), 3);
+        let p = PredictivePolicy {
+            startup: Duration::ZERO,
+            ..policy()
+        };
+        assert_eq!(p.lookahead(), 1);
+    }
+
+    #[test]
+    fn it_scales_ahead_of_a_seasonal_peak() {
+        // A 10-sample season: quiet (200/s) except a peak of 1500/s at
+        // positions 7 and 8.
+        let season: Vec<f64> = (0..10)
+            .map(|i| if (7..9).contains(&i) { 1500.0 } else { 200.0 })
+            .collect();
+        let mut p = predictive(SeasonalNaive { period: 10 });
+        let t0 = Instant::now();
+        // No history yet: reactive only.
+        let d = p.recommend(t0, &asking(2, 2)).unwrap();
+        assert_eq!(
+            (d.predicted_replicas, d.decision.desired_replicas),
+            (None, 2)
+        );
+        p.record_history(season.iter().copied()).unwrap();
+        // Positions 0..=3 follow: the look-ahead (4, 5, 6) is quiet.
+        p.record_history(season[..4].iter().copied()).unwrap();
+        let d = p.recommend(t0 + S(60), &asking(2, 2)).unwrap();
+        assert_eq!(
+            (d.predicted_replicas, d.decision.desired_replicas),
+            (Some(2), 2)
+        );
+        // After position 4, the look-ahead (5, 6, 7) holds the peak: 15
+        // replicas asked while the live load still asks for 2; the rate
+        // policy lets 2 become max(2 + 4, 4) = 6 now.
+        p.record_load(season[4]).unwrap();
+        let d = p.recommend(t0 + S(120), &asking(2, 2)).unwrap();
+        assert_eq!(d.forecast_peak, Some(1500.0));
+        assert_eq!(d.predicted_replicas, Some(15));
+        assert_eq!(d.reactive_replicas, 2);
+        assert_eq!(d.decision.desired_replicas, 6);
+    }
+
+    #[test]
+    fn a_low_or_failing_forecast_never_goes_below_reactive() {
+        let t0 = Instant::now();
+        let mut low = predictive(Fixed(Some(0.0)));
+        low.record_history(std::iter::repeat_n(800.0, 10)).unwrap();
+        assert_eq!(low.predicted_replicas(), Some(0));
+        let d = low.recommend(t0, &asking(4, 8)).unwrap();
+        assert_eq!((d.reactive_replicas, d.decision.desired_replicas), (8, 8));
+
+        let mut failing = predictive(Fixed(None));
+        failing
+            .record_history(std::iter::repeat_n(800.0, 10))
+            .unwrap();
+        assert_eq!(failing.predicted_replicas(), None);
+        assert!(
+            failing
+                .last_forecast_error()
+                .unwrap()
+                .contains("did not converge")
+        );
+        let d = failing.recommend(t0, &asking(4, 8)).unwrap();
+        assert_eq!(d.decision.desired_replicas, 8);
+    }
+
+    #[test]
+    fn bad_loads_and_settings_are_refused_by_field() {
+        let mut p = predictive(Fixed(Some(1.0)));
+        for bad in [f64::NAN, -1.0, f64::INFINITY] {
+            match p.record_load(bad) {
+                Err(atlas_core::Error::InvalidInput { field, .. }) => assert_eq!(field, "load"),
+                other => panic!("expected a load error, got {other:?}"),
+            }
+        }
+        let cases = [
+            (
+                PredictivePolicy {
+                    step: Duration::ZERO,
+                    ..policy()
+                },
+                "step",
+            ),
+            (
+                PredictivePolicy {
+                    capacity_per_replica: 0.0,
+                    ..policy()
+                },
+                "capacity_per_replica",
+            ),
+            (
+                PredictivePolicy {
+                    capacity_per_replica: -5.0,
+                    ..policy()
+                },
+                "capacity_per_replica",
+            ),
+            (
+                PredictivePolicy {
+                    headroom: 0.5,
+                    ..policy()
+                },
+                "headroom",
+            ),
+            (
+                PredictivePolicy {
+                    min_history: 0,
+                    ..policy()
+                },
+                "min_history",
+            ),
+            (
+                PredictivePolicy {
+                    max_history: 5,
+                    ..policy()
+                },
+                "max_history",
+            ),
+            (
+                PredictivePolicy {
+                    refit_every: 0,
+                    ..policy()
+                },
+                "refit_every",
+            ),
+        ];
+        for (settings, field) in cases {
+            match PredictiveAutoscaler::new(hpa(rps_policy()), Fixed(None), settings) {
+                Err(atlas_core::Error::InvalidInput { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("expected an error naming {field}, got {:?}", other.err()),
+            }
+        }
+        assert!(SeasonalNaive { period: 0 }.forecast(&[1.0], 1).is_err());
+        assert!(SeasonalNaive { period: 5 }.forecast(&[1.0], 1).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn predictive_is_never_below_reactive_nor_outside_bounds(
+            loads in prop::collection::vec((0.0f64..5_000.0, 0.0f64..8_000.0), 1..60),
+        ) {
+            let web = HorizontalPolicy::web_service().with_metrics_named(&["requests_per_second"]);
+            let settings = PredictivePolicy { capacity_per_replica: 500.0, min_history: 1, ..policy() };
+            // The forecast is each step's second number: right or wrong.
+            let mut p = PredictiveAutoscaler::new(hpa(web), SeasonalNaive { period: 1 }, settings).unwrap();
+            let t0 = Instant::now();
+            let mut cur_p = 3u32;
+            for (i, (live, forecast)) in loads.iter().enumerate() {
+                let at = t0 + S(15 * i as u64);
+                p.record_load(*forecast).unwrap();
+                let input = load(cur_p, live / f64::from(cur_p));
+                // The reactive autoscaler alone, in the same state.
+                let alone = p.reactive().clone().recommend(at, &input).unwrap();
+                // The forecast as a proposal already keeps the floor: the
+                // decision is monotone in the proposals.
+                let with_forecast = p
+                    .reactive()
+                    .clone()
+                    .recommend_with_floor(at, &input, p.predicted_replicas())
+                    .unwrap();
+                prop_assert!(with_forecast.desired_replicas >= alone.desired_replicas);
+                let d = p.recommend(at, &input).unwrap();
+                prop_assert_eq!(d.reactive_replicas, alone.desired_replicas);
+                prop_assert!(d.decision.desired_replicas >= alone.desired_replicas);
+                prop_assert!((3..=100).contains(&d.decision.desired_replicas));
+                if d.decision.changes() {
+                    p.record_scale(at, cur_p, d.decision.desired_replicas);
+                }
+                cur_p = d.decision.desired_replicas;
+            }
+        }
     }
 }
