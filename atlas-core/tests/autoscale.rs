@@ -1051,3 +1051,47 @@ mod predictive {
         }
     }
 }
+
+mod predictive_timing {
+    use super::*;
+    use atlas_core::autoscale::{Forecaster, PredictiveAutoscaler, PredictivePolicy};
+
+    /// Forecasts 1000, 2000, 3000, … after any history.
+    struct Ramp;
+
+    impl Forecaster for Ramp {
+        fn forecast(&self, _: &[f64], horizon: usize) -> atlas_core::Result<Vec<f64>> {
+            Ok((1..=horizon).map(|k| 1000.0 * k as f64).collect())
+        }
+    }
+
+    #[test]
+    fn with_sample_times_the_forecast_is_read_over_the_start_up_time() {
+        let settings = PredictivePolicy {
+            step: S(600),
+            startup: S(120),
+            capacity_per_replica: 100.0,
+            headroom: 1.0,
+            min_history: 1,
+            max_history: 10,
+            refit_every: 1,
+        };
+        let mut p = PredictiveAutoscaler::new(hpa(rps_policy()), Ramp, settings).unwrap();
+        let t0 = Instant::now();
+        // Without a time: whole steps ahead (lookahead 2: 1000 and 2000).
+        p.record_load(0.0).unwrap();
+        assert_eq!(p.forecast_peak(), Some(2000.0));
+        // Sample 0 at t0: at t0 + 300 s the series is 500 (half way to
+        // 1000) and at + 420 s it is 700.
+        p.record_load_at(t0, 0.0).unwrap();
+        assert_eq!(p.forecast_peak_at(t0 + S(300)), Some(700.0));
+        assert_eq!(p.predicted_replicas_at(t0 + S(300)), Some(7));
+        // Across a sample: 540 s → 660 s spans the point 1000 at 600 s, and
+        // ends at 1100.
+        let peak = p.forecast_peak_at(t0 + S(540)).unwrap();
+        assert!((peak - 1100.0).abs() < 1e-9, "{peak}");
+        let d = p.recommend(t0 + S(300), &asking(4, 4)).unwrap();
+        assert_eq!(d.predicted_replicas, Some(7));
+        assert_eq!(d.decision.desired_replicas, 7);
+    }
+}

@@ -177,6 +177,8 @@ pub struct PredictiveAutoscaler<F> {
     history: VecDeque<f64>,
     /// The last forecast, and how many samples have arrived since it.
     forecast: Option<(Vec<f64>, usize)>,
+    /// When the last sample was taken, if the caller said.
+    last_sample_at: Option<Instant>,
     last_error: Option<String>,
 }
 
@@ -199,6 +201,7 @@ impl<F: Forecaster> PredictiveAutoscaler<F> {
             history: VecDeque::with_capacity(policy.max_history.min(1 << 16)),
             policy,
             forecast: None,
+            last_sample_at: None,
             last_error: None,
         })
     }
@@ -249,6 +252,20 @@ impl<F: Forecaster> PredictiveAutoscaler<F> {
         Ok(())
     }
 
+    /// As [`record_load`](Self::record_load), for a sample taken at `at`:
+    /// decisions then read the forecast between now and now + start-up
+    /// time exactly (the series taken as linear between samples), instead
+    /// of whole steps ahead.
+    ///
+    /// # Errors
+    ///
+    /// As [`record_load`](Self::record_load).
+    pub fn record_load_at(&mut self, at: Instant, load: f64) -> Result<()> {
+        self.record_load(load)?;
+        self.last_sample_at = Some(at);
+        Ok(())
+    }
+
     /// Adds many samples, oldest first: a history to start from.
     ///
     /// # Errors
@@ -293,15 +310,69 @@ impl<F: Forecaster> PredictiveAutoscaler<F> {
         ahead.iter().copied().reduce(f64::max)
     }
 
-    /// The replicas the forecast asks for.
+    /// The highest forecast load between `now` and `now` + start-up time,
+    /// the series taken as linear between samples: the last sample, then
+    /// the forecast one step apart. Needs samples recorded with
+    /// [`record_load_at`](Self::record_load_at); without a time it is
+    /// [`forecast_peak`](Self::forecast_peak). `None` past the forecast's
+    /// end.
+    pub fn forecast_peak_at(&self, now: Instant) -> Option<f64> {
+        let (Some(at), Some((points, since)), Some(last)) = (
+            self.last_sample_at,
+            self.forecast.as_ref(),
+            self.history.back(),
+        ) else {
+            return self.forecast_peak();
+        };
+        let step = self.policy.step.as_secs_f64();
+        let from = now.saturating_duration_since(at).as_secs_f64() / step;
+        let to = from + self.policy.startup.as_secs_f64() / step;
+        // Position k (in steps after the last sample) is `last` at 0 and
+        // the forecast's point `since + k - 1` after.
+        let value = |k: usize| -> Option<f64> {
+            if k == 0 {
+                Some(*last)
+            } else {
+                points.get(since + k - 1).copied()
+            }
+        };
+        let at_position = |x: f64| -> Option<f64> {
+            let k = x.floor() as usize;
+            let frac = x - x.floor();
+            let a = value(k)?;
+            if frac == 0.0 {
+                return Some(a);
+            }
+            Some(a + (value(k + 1)? - a) * frac)
+        };
+        let mut peak = at_position(from)?.max(at_position(to)?);
+        let mut k = from.floor() as usize + 1;
+        while (k as f64) < to {
+            peak = peak.max(value(k)?);
+            k += 1;
+        }
+        Some(peak)
+    }
+
+    /// The replicas the forecast asks for, whole steps ahead (see
+    /// [`forecast_peak`](Self::forecast_peak)).
     pub fn predicted_replicas(&self) -> Option<u32> {
-        let peak = self.forecast_peak()?.max(0.0) * self.policy.headroom;
-        let n = (peak / self.policy.capacity_per_replica).ceil();
-        Some(if n >= f64::from(u32::MAX) {
+        Some(self.replicas_for(self.forecast_peak()?))
+    }
+
+    /// The replicas the forecast asks for at `now` (see
+    /// [`forecast_peak_at`](Self::forecast_peak_at)).
+    pub fn predicted_replicas_at(&self, now: Instant) -> Option<u32> {
+        Some(self.replicas_for(self.forecast_peak_at(now)?))
+    }
+
+    fn replicas_for(&self, peak: f64) -> u32 {
+        let n = (peak.max(0.0) * self.policy.headroom / self.policy.capacity_per_replica).ceil();
+        if n >= f64::from(u32::MAX) {
             u32::MAX
         } else {
             n as u32
-        })
+        }
     }
 
     /// Decides the replica count at `now`: the reactive decision with the
@@ -317,7 +388,7 @@ impl<F: Forecaster> PredictiveAutoscaler<F> {
             .clone()
             .recommend(now, input)?
             .desired_replicas;
-        let predicted = self.predicted_replicas();
+        let predicted = self.predicted_replicas_at(now);
         let mut decision = self.reactive.recommend_with_floor(now, input, predicted)?;
         // Stabilization and rate limits are monotone in the proposal, so
         // this never binds; it states the guarantee where it is relied on.
@@ -332,7 +403,7 @@ impl<F: Forecaster> PredictiveAutoscaler<F> {
             decision,
             reactive_replicas: reactive,
             predicted_replicas: predicted,
-            forecast_peak: self.forecast_peak(),
+            forecast_peak: self.forecast_peak_at(now),
         })
     }
 
