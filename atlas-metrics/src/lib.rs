@@ -11,7 +11,9 @@
 //!   rollout events, and the `/metrics`, `/health`, `/ready`
 //!   [endpoints];
 //! - [`AlertmanagerNotifier`], which delivers notifications and the alerts
-//!   of [`atlas_core::alerts`] to Alertmanager.
+//!   of [`atlas_core::alerts`] to Alertmanager;
+//! - with feature `forecast`, `forecast::MstlForecaster`, the load
+//!   forecaster for [`atlas_core::autoscale::PredictiveAutoscaler`].
 //!
 //! ## HTTP clients
 //!
@@ -51,6 +53,8 @@
 pub mod alertmanager;
 mod client;
 pub mod endpoints;
+#[cfg(feature = "forecast")]
+pub mod forecast;
 pub mod probe;
 pub mod prometheus;
 pub mod telemetry;

@@ -7,10 +7,11 @@
 //!
 //! | feature | brings | as |
 //! |---|---|---|
-//! | (always) | rollout engine, strategies, analysis, judge, alerts, specs, the adapter traits and contracts | the root (`atlas::Engine`, …) and [`core`] |
+//! | (always) | rollout engine, strategies, analysis, judge, alerts, autoscaling, specs, the adapter traits and contracts | the root (`atlas::Engine`, …) and [`core`] |
 //! | `local` | `atlas-local`: process workloads, Atlas's HTTP proxy router, file state store | `atlas::local` |
 //! | `k8s` | `atlas-k8s`: Kubernetes adapters | `atlas::k8s` |
 //! | `metrics` | `atlas-metrics`: Prometheus provider, health probes, Atlas's metrics, Alertmanager | `atlas::metrics` |
+//! | `forecast` | `metrics` and its MSTL load forecaster for predictive autoscaling | `atlas::metrics::forecast` |
 //! | `backup` | `atlas-backup` (repository, retention, schedules) and `storage` | `atlas::backup` |
 //! | `migrate` | `atlas-migrate`: migration engine, zero-downtime lint, rollout hook | `atlas::migrate` |
 //! | `storage` | `atlas-storage` with the filesystem and memory targets | `atlas::storage` |
@@ -43,6 +44,10 @@ pub use atlas_core::{
     Result, Rollout, RolloutEvent, RolloutHandle, RolloutHook, RolloutState, ServiceName, Severity,
     Slot, SlotStatus, StateStore, Step, Strategy, TrafficRouter, TrafficSplit, Versioned, Weight,
     Workloads,
+};
+pub use atlas_core::autoscale::{
+    Forecaster, HorizontalAutoscaler, HorizontalPolicy, PredictiveAutoscaler, PredictivePolicy,
+    ScaleDecision, ScaleInput,
 };
 pub use atlas_core::{DesiredReplicas, ReplicaCount, Scaler};
 

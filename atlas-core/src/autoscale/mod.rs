@@ -9,6 +9,8 @@
 //!   [`ScaleInput`] (current replicas, pods with readiness and requests,
 //!   one [`MetricObservation`] per metric) and keeps the history the
 //!   stabilization windows and rate policies need.
+//! - [`PredictiveAutoscaler`] adds replicas ahead of a forecast load (any
+//!   [`Forecaster`]), with the reactive decision as its floor.
 //! - [`observe`] reads a policy's metrics through any
 //!   [`MetricProvider`](crate::MetricProvider).
 //!
@@ -18,6 +20,7 @@
 mod hpa;
 pub mod observe;
 mod policy;
+mod predictive;
 mod replicas;
 
 pub use hpa::{HorizontalAutoscaler, ScaleDecision, ScaleInput, ScaleReason};
@@ -25,5 +28,8 @@ pub use policy::{
     Behavior, DEFAULT_SCALE_DOWN_WINDOW, DEFAULT_TOLERANCE, HorizontalPolicy, MAX_POLICY_PERIOD,
     MAX_STABILIZATION_WINDOW, MetricSource, MetricSpec, MetricTarget, RatePolicy, RatePolicyKind,
     ScalingRules, SelectPolicy,
+};
+pub use predictive::{
+    Forecaster, PredictiveAutoscaler, PredictiveDecision, PredictivePolicy, SeasonalNaive,
 };
 pub use replicas::{MetricObservation, MetricOutcome, MetricProposal, PodState, metric_replicas};

@@ -1,5 +1,6 @@
-//! The horizontal autoscaler against worked cases derived from the
-//! Kubernetes HPA's documented rules, and its properties under random load.
+//! The autoscalers against worked cases derived from the Kubernetes HPA's
+//! documented rules, their properties under random load, predictive scaling,
+//! and the autoscaling section of spec files.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -718,4 +719,379 @@ async fn metrics_are_read_through_any_provider() {
         matches!(observed, MetricObservation::Unavailable(ref r) if r.contains("servce")),
         "{observed:?}"
     );
+}
+
+mod spec_files {
+    use atlas_core::autoscale::{HorizontalPolicy, RatePolicy, SelectPolicy};
+    use atlas_core::spec::RolloutSpec;
+    use atlas_core::{BlueGreen, Release, Rollout, ServiceName, Strategy};
+    use std::time::Duration;
+
+    const HEAD: &str = "service: web\nrelease: { version: v1, artifact: ./web }\nstrategy: { blue_green: { replicas: 3 } }\n";
+
+    fn load(autoscaling: &str) -> atlas_core::Result<Rollout> {
+        RolloutSpec::from_yaml(&format!("{HEAD}autoscaling:\n{autoscaling}"))?.into_rollout()
+    }
+
+    fn field_of(autoscaling: &str) -> String {
+        match load(autoscaling) {
+            Err(atlas_core::Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_policy_loads_from_yaml_with_kubernetes_defaults() {
+        let rollout = load(
+            "  min_replicas: 3\n  max_replicas: 100\n  metrics:\n    - { type: resource, name: cpu, utilization: 60 }\n    - { type: pods, name: rps, query: 'rate(x{pod=\"{{pod}}\"}[1m])', average_value: 500 }\n  behavior:\n    scale_down:\n      stabilization_window: 10m\n      select_policy: min\n      policies: [{ type: percent, value: 10, period: 1m }, { type: pods, value: 2, period: 30s }]\n",
+        )
+        .unwrap();
+        let p = rollout.autoscaling.expect("policy");
+        assert_eq!((p.min_replicas, p.max_replicas, p.tolerance), (3, 100, 0.1));
+        assert_eq!(p.metrics[1].query, "rate(x{pod=\"{{pod}}\"}[1m])");
+        assert_eq!(
+            p.behavior.scale_up,
+            atlas_core::autoscale::ScalingRules::default_scale_up()
+        );
+        assert_eq!(
+            p.behavior.scale_down.stabilization_window,
+            Duration::from_secs(600)
+        );
+        assert_eq!(p.behavior.scale_down.select, SelectPolicy::Min);
+        assert_eq!(
+            p.behavior.scale_down.policies,
+            vec![
+                RatePolicy::percent(10, Duration::from_secs(60)),
+                RatePolicy::pods(2, Duration::from_secs(30))
+            ]
+        );
+        // No section, no policy.
+        let plain = RolloutSpec::from_yaml(HEAD)
+            .unwrap()
+            .into_rollout()
+            .unwrap();
+        assert_eq!(plain.autoscaling, None);
+    }
+
+    #[test]
+    fn the_web_service_policy_round_trips_through_both_formats() {
+        let rollout = Rollout::new(
+            ServiceName::new("web").unwrap(),
+            Release::new("v1", "./web"),
+            Strategy::BlueGreen(BlueGreen::new(3)),
+        )
+        .with_autoscaling(HorizontalPolicy::web_service());
+        let spec = RolloutSpec::from(&rollout);
+        let yaml = spec.to_yaml().unwrap();
+        assert_eq!(
+            RolloutSpec::from_yaml(&yaml)
+                .unwrap()
+                .into_rollout()
+                .unwrap(),
+            rollout
+        );
+        let toml = spec.to_toml().unwrap();
+        assert_eq!(
+            RolloutSpec::from_toml(&toml)
+                .unwrap()
+                .into_rollout()
+                .unwrap(),
+            rollout
+        );
+    }
+
+    #[test]
+    fn bad_autoscaling_sections_name_their_field() {
+        let m = "  metrics: [{ type: pods, name: rps, average_value: 500 }]\n";
+        let cases = [
+            (format!("  min_replicas: 5\n  max_replicas: 4\n{m}"), "autoscaling.min_replicas"),
+            ("  max_replicas: 4\n  metrics: [{ type: pods, name: rps, average_value: 0 }]\n".to_string(), "autoscaling.metrics[0].average_value"),
+            ("  max_replicas: 4\n  metrics: [{ type: resource, name: cpu, utilization: -60 }]\n".to_string(), "autoscaling.metrics[0].utilization"),
+            ("  max_replicas: 4\n  metrics: [{ type: object, name: p95, value: -0.2 }]\n".to_string(), "autoscaling.metrics[0].value"),
+            ("  max_replicas: 4\n  metrics: [{ type: pods, name: rps, value: 5 }]\n".to_string(), "autoscaling.metrics[0].value"),
+            ("  max_replicas: 4\n  metrics: [{ type: pods, name: rps }]\n".to_string(), "autoscaling.metrics[0]"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_up: {{ policies: [{{ type: pods, value: 4, period: 0s }}] }} }}\n"), "autoscaling.behavior.scale_up.policies[0].period"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_down: {{ policies: [{{ type: percent, value: 10, period: 31m }}] }} }}\n"), "autoscaling.behavior.scale_down.policies[0].period"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_down: {{ stabilization_window: 61m }} }}\n"), "autoscaling.behavior.scale_down.stabilization_window"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_up: {{ policies: [{{ type: pods, value: 0, period: 15s }}] }} }}\n"), "autoscaling.behavior.scale_up.policies[0].value"),
+            (format!("  max_replicas: 4\n{m}  behavior: {{ scale_up: {{ policies: [] }} }}\n"), "autoscaling.behavior.scale_up.policies"),
+            (format!("  max_replicas: 4\n{m}  tolerance: 1.5\n"), "autoscaling.tolerance"),
+            (format!("  max_replicas: 4\n{m}  stabilisation: 5m\n"), "autoscaling.stabilisation"),
+            ("  max_replicas: 4\n  metrics: [{ type: pods, name: rps, average_value: -5, period: 1 }]\n".to_string(), "autoscaling.metrics[0].period"),
+        ];
+        for (section, field) in &cases {
+            assert_eq!(&field_of(section), field, "for {section}");
+        }
+        // TOML spells the same fields.
+        let toml = "service = \"web\"\nrelease = { version = \"v1\", artifact = \"./web\" }\n[strategy.blue_green]\nreplicas = 3\n[autoscaling]\nmax_replicas = 4\nmetrics = [{ type = \"pods\", name = \"rps\", average_value = 5.0 }]\n[autoscaling.behavior.scale_down]\nstabilization_window = \"2h\"\n";
+        let err = RolloutSpec::from_toml(toml)
+            .unwrap()
+            .into_rollout()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid autoscaling.behavior.scale_down.stabilization_window: must be at most 3600s, got 7200s"
+        );
+    }
+}
+
+mod predictive {
+    use super::*;
+    use atlas_core::autoscale::{
+        Forecaster, PredictiveAutoscaler, PredictivePolicy, SeasonalNaive,
+    };
+
+    /// A forecaster that always answers the same value, or fails.
+    struct Fixed(Option<f64>);
+
+    impl Forecaster for Fixed {
+        fn forecast(&self, _: &[f64], horizon: usize) -> atlas_core::Result<Vec<f64>> {
+            match self.0 {
+                Some(v) => Ok(vec![v; horizon]),
+                None => Err(atlas_core::Error::precondition("model did not converge")),
+            }
+        }
+    }
+
+    fn policy() -> PredictivePolicy {
+        PredictivePolicy {
+            step: S(60),
+            startup: S(120),
+            capacity_per_replica: 100.0,
+            headroom: 1.0,
+            min_history: 10,
+            max_history: 100,
+            refit_every: 1,
+        }
+    }
+
+    fn predictive<F: Forecaster>(f: F) -> PredictiveAutoscaler<F> {
+        PredictiveAutoscaler::new(hpa(rps_policy()), f, policy()).unwrap()
+    }
+
+    #[test]
+    fn the_forecast_reads_start_up_time_plus_one_step_ahead() {
+        assert_eq!(policy().lookahead(), 3);
+        let p = PredictivePolicy {
+            startup: S(61),
+            ..policy()
+        };
+        assert_eq!(p.lookahead(), 3);
+        let p = PredictivePolicy {
+            startup: Duration::ZERO,
+            ..policy()
+        };
+        assert_eq!(p.lookahead(), 1);
+    }
+
+    #[test]
+    fn it_scales_ahead_of_a_seasonal_peak() {
+        // A 10-sample season: quiet (200/s) except a peak of 1500/s at
+        // positions 7 and 8.
+        let season: Vec<f64> = (0..10)
+            .map(|i| if (7..9).contains(&i) { 1500.0 } else { 200.0 })
+            .collect();
+        let mut p = predictive(SeasonalNaive { period: 10 });
+        let t0 = Instant::now();
+        // No history yet: reactive only.
+        let d = p.recommend(t0, &asking(2, 2)).unwrap();
+        assert_eq!(
+            (d.predicted_replicas, d.decision.desired_replicas),
+            (None, 2)
+        );
+        p.record_history(season.iter().copied()).unwrap();
+        // Positions 0..=3 follow: the look-ahead (4, 5, 6) is quiet.
+        p.record_history(season[..4].iter().copied()).unwrap();
+        let d = p.recommend(t0 + S(60), &asking(2, 2)).unwrap();
+        assert_eq!(
+            (d.predicted_replicas, d.decision.desired_replicas),
+            (Some(2), 2)
+        );
+        // After position 4, the look-ahead (5, 6, 7) holds the peak: 15
+        // replicas asked while the live load still asks for 2; the rate
+        // policy lets 2 become max(2 + 4, 4) = 6 now.
+        p.record_load(season[4]).unwrap();
+        let d = p.recommend(t0 + S(120), &asking(2, 2)).unwrap();
+        assert_eq!(d.forecast_peak, Some(1500.0));
+        assert_eq!(d.predicted_replicas, Some(15));
+        assert_eq!(d.reactive_replicas, 2);
+        assert_eq!(d.decision.desired_replicas, 6);
+    }
+
+    #[test]
+    fn a_low_or_failing_forecast_never_goes_below_reactive() {
+        let t0 = Instant::now();
+        let mut low = predictive(Fixed(Some(0.0)));
+        low.record_history(std::iter::repeat_n(800.0, 10)).unwrap();
+        assert_eq!(low.predicted_replicas(), Some(0));
+        let d = low.recommend(t0, &asking(4, 8)).unwrap();
+        assert_eq!((d.reactive_replicas, d.decision.desired_replicas), (8, 8));
+
+        let mut failing = predictive(Fixed(None));
+        failing
+            .record_history(std::iter::repeat_n(800.0, 10))
+            .unwrap();
+        assert_eq!(failing.predicted_replicas(), None);
+        assert!(
+            failing
+                .last_forecast_error()
+                .unwrap()
+                .contains("did not converge")
+        );
+        let d = failing.recommend(t0, &asking(4, 8)).unwrap();
+        assert_eq!(d.decision.desired_replicas, 8);
+    }
+
+    #[test]
+    fn bad_loads_and_settings_are_refused_by_field() {
+        let mut p = predictive(Fixed(Some(1.0)));
+        for bad in [f64::NAN, -1.0, f64::INFINITY] {
+            match p.record_load(bad) {
+                Err(atlas_core::Error::InvalidInput { field, .. }) => assert_eq!(field, "load"),
+                other => panic!("expected a load error, got {other:?}"),
+            }
+        }
+        let cases = [
+            (
+                PredictivePolicy {
+                    step: Duration::ZERO,
+                    ..policy()
+                },
+                "step",
+            ),
+            (
+                PredictivePolicy {
+                    capacity_per_replica: 0.0,
+                    ..policy()
+                },
+                "capacity_per_replica",
+            ),
+            (
+                PredictivePolicy {
+                    capacity_per_replica: -5.0,
+                    ..policy()
+                },
+                "capacity_per_replica",
+            ),
+            (
+                PredictivePolicy {
+                    headroom: 0.5,
+                    ..policy()
+                },
+                "headroom",
+            ),
+            (
+                PredictivePolicy {
+                    min_history: 0,
+                    ..policy()
+                },
+                "min_history",
+            ),
+            (
+                PredictivePolicy {
+                    max_history: 5,
+                    ..policy()
+                },
+                "max_history",
+            ),
+            (
+                PredictivePolicy {
+                    refit_every: 0,
+                    ..policy()
+                },
+                "refit_every",
+            ),
+        ];
+        for (settings, field) in cases {
+            match PredictiveAutoscaler::new(hpa(rps_policy()), Fixed(None), settings) {
+                Err(atlas_core::Error::InvalidInput { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("expected an error naming {field}, got {:?}", other.err()),
+            }
+        }
+        assert!(SeasonalNaive { period: 0 }.forecast(&[1.0], 1).is_err());
+        assert!(SeasonalNaive { period: 5 }.forecast(&[1.0], 1).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn predictive_is_never_below_reactive_nor_outside_bounds(
+            loads in prop::collection::vec((0.0f64..5_000.0, 0.0f64..8_000.0), 1..60),
+        ) {
+            let web = HorizontalPolicy::web_service().with_metrics_named(&["requests_per_second"]);
+            let settings = PredictivePolicy { capacity_per_replica: 500.0, min_history: 1, ..policy() };
+            // The forecast is each step's second number: right or wrong.
+            let mut p = PredictiveAutoscaler::new(hpa(web), SeasonalNaive { period: 1 }, settings).unwrap();
+            let t0 = Instant::now();
+            let mut cur_p = 3u32;
+            for (i, (live, forecast)) in loads.iter().enumerate() {
+                let at = t0 + S(15 * i as u64);
+                p.record_load(*forecast).unwrap();
+                let input = load(cur_p, live / f64::from(cur_p));
+                // The reactive autoscaler alone, in the same state.
+                let alone = p.reactive().clone().recommend(at, &input).unwrap();
+                // The forecast as a proposal already keeps the floor: the
+                // decision is monotone in the proposals.
+                let with_forecast = p
+                    .reactive()
+                    .clone()
+                    .recommend_with_floor(at, &input, p.predicted_replicas())
+                    .unwrap();
+                prop_assert!(with_forecast.desired_replicas >= alone.desired_replicas);
+                let d = p.recommend(at, &input).unwrap();
+                prop_assert_eq!(d.reactive_replicas, alone.desired_replicas);
+                prop_assert!(d.decision.desired_replicas >= alone.desired_replicas);
+                prop_assert!((3..=100).contains(&d.decision.desired_replicas));
+                if d.decision.changes() {
+                    p.record_scale(at, cur_p, d.decision.desired_replicas);
+                }
+                cur_p = d.decision.desired_replicas;
+            }
+        }
+    }
+}
+
+mod predictive_timing {
+    use super::*;
+    use atlas_core::autoscale::{Forecaster, PredictiveAutoscaler, PredictivePolicy};
+
+    /// Forecasts 1000, 2000, 3000, … after any history.
+    struct Ramp;
+
+    impl Forecaster for Ramp {
+        fn forecast(&self, _: &[f64], horizon: usize) -> atlas_core::Result<Vec<f64>> {
+            Ok((1..=horizon).map(|k| 1000.0 * k as f64).collect())
+        }
+    }
+
+    #[test]
+    fn with_sample_times_the_forecast_is_read_over_the_start_up_time() {
+        let settings = PredictivePolicy {
+            step: S(600),
+            startup: S(120),
+            capacity_per_replica: 100.0,
+            headroom: 1.0,
+            min_history: 1,
+            max_history: 10,
+            refit_every: 1,
+        };
+        let mut p = PredictiveAutoscaler::new(hpa(rps_policy()), Ramp, settings).unwrap();
+        let t0 = Instant::now();
+        // Without a time: whole steps ahead (lookahead 2: 1000 and 2000).
+        p.record_load(0.0).unwrap();
+        assert_eq!(p.forecast_peak(), Some(2000.0));
+        // Sample 0 at t0: at t0 + 300 s the series is 500 (half way to
+        // 1000) and at + 420 s it is 700.
+        p.record_load_at(t0, 0.0).unwrap();
+        assert_eq!(p.forecast_peak_at(t0 + S(300)), Some(700.0));
+        assert_eq!(p.predicted_replicas_at(t0 + S(300)), Some(7));
+        // Across a sample: 540 s → 660 s spans the point 1000 at 600 s, and
+        // ends at 1100.
+        let peak = p.forecast_peak_at(t0 + S(540)).unwrap();
+        assert!((peak - 1100.0).abs() < 1e-9, "{peak}");
+        let d = p.recommend(t0 + S(300), &asking(4, 4)).unwrap();
+        assert_eq!(d.predicted_replicas, Some(7));
+        assert_eq!(d.decision.desired_replicas, 7);
+    }
 }
