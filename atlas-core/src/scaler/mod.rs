@@ -6,7 +6,7 @@
 //!   replicas get requests only once they are ready; replicas that go are
 //!   taken out of the router and finish their requests in flight before
 //!   they are stopped. [`scale_behind_router`] does this for any
-//!   [`Workloads`] whose replicas the router lists one by one (local
+//!   [`Workloads`](crate::Workloads) whose replicas the router lists one by one (local
 //!   processes); platforms whose router finds ready replicas itself
 //!   (a Kubernetes Service) scale their own way.
 //! - [`apportion`] splits a service-wide replica count between the two
