@@ -28,6 +28,7 @@
 
 pub mod alerts;
 pub mod analysis;
+pub mod autoscale;
 pub mod backup;
 pub mod domain;
 pub mod engine;
@@ -42,6 +43,7 @@ pub mod probe;
 pub mod retry;
 pub mod rollout;
 pub mod router;
+pub mod scaler;
 pub mod spec;
 pub mod state;
 pub mod strategy;
@@ -62,6 +64,7 @@ pub use notify::{Notification, Notifier, Severity};
 pub use probe::{HealthProbe, ProbeOutcome, ProbePolicy};
 pub use rollout::{InconclusivePolicy, Rollout};
 pub use router::TrafficRouter;
+pub use scaler::{DesiredReplicas, ReplicaCount, Scaler};
 pub use state::{Lease, Phase, PlanFingerprint, RolloutState, StateStore, Versioned};
 pub use strategy::{BlueGreen, Canary, CanaryScale, CanaryStep, Step, Strategy};
 pub use workloads::Workloads;

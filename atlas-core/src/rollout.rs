@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::AnalysisTemplate;
+use crate::autoscale::HorizontalPolicy;
 use crate::domain::{Release, ServiceName};
 use crate::error::{Error, Result};
 use crate::probe::ProbePolicy;
@@ -56,6 +57,9 @@ pub struct Rollout {
     pub on_inconclusive: InconclusivePolicy,
     /// Extra arguments for analysis queries.
     pub args: BTreeMap<String, String>,
+    /// How the service scales horizontally, if it does. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<HorizontalPolicy>,
 }
 
 impl Rollout {
@@ -70,7 +74,14 @@ impl Rollout {
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
             on_inconclusive: InconclusivePolicy::default(),
             args: BTreeMap::new(),
+            autoscaling: None,
         }
+    }
+
+    /// Sets the horizontal autoscaling policy.
+    pub fn with_autoscaling(mut self, policy: HorizontalPolicy) -> Self {
+        self.autoscaling = Some(policy);
+        self
     }
 
     /// Adds an analysis template, under its own name.
@@ -111,6 +122,15 @@ impl Rollout {
                 ));
             }
             t.validate(&at)?;
+        }
+        if let Some(policy) = &self.autoscaling {
+            policy.validate().map_err(|e| match e {
+                Error::InvalidInput { field, rule } => Error::InvalidInput {
+                    field: format!("autoscaling.{field}"),
+                    rule,
+                },
+                other => other,
+            })?;
         }
         for (field, template) in self.strategy.analysis_refs() {
             if !self.analysis.contains_key(template) {

@@ -1148,6 +1148,7 @@ fn rollout_strategy() -> impl Gen<Value = Rollout> {
                     InconclusivePolicy::Pause
                 },
                 args,
+                autoscaling: None,
             },
         )
 }

@@ -739,3 +739,62 @@ async fn a_failing_release_rolls_back_in_one_router_call() {
     assert_eq!(metrics.queries().len(), 1);
     assert_eq!(metrics.queries()[0].query.query, "rate(errors[1m])");
 }
+
+#[tokio::test(start_paused = true)]
+async fn mock_workloads_pass_the_scaler_suite() {
+    let slow = MockWorkloads::new().with_ready_delay(Duration::from_secs(2));
+    conformance::scaler::all(&slow, &slow, &fixture(), "mock-scaler").await;
+}
+
+/// A scaler that lists new replicas at once and stops old ones before the
+/// router lets go of them: what the suite exists to catch.
+struct HastyScaler(MockWorkloads);
+
+#[async_trait]
+impl atlas_core::Scaler for HastyScaler {
+    async fn scale_live(
+        &self,
+        service: &ServiceName,
+        slot: Slot,
+        replicas: u32,
+        router: &dyn TrafficRouter,
+    ) -> atlas_core::Result<()> {
+        self.0.scale(service, slot, replicas).await?;
+        let listed: Vec<_> = (0..replicas)
+            .map(|i| {
+                atlas_core::Endpoint::new(
+                    format!("{service}-{slot}-{i}"),
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 1 + i as u16)),
+                )
+            })
+            .collect();
+        router.set_endpoints(service, slot, &listed).await
+    }
+    async fn replica_count(
+        &self,
+        service: &ServiceName,
+        slot: Slot,
+    ) -> atlas_core::Result<atlas_core::ReplicaCount> {
+        atlas_core::Scaler::replica_count(&self.0, service, slot).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_scaler_suite_catches_replicas_listed_before_ready() {
+    let mock = MockWorkloads::new().with_ready_delay(Duration::from_secs(2));
+    let hasty = HastyScaler(mock.clone());
+    let run = tokio::spawn(async move {
+        conformance::scaler::scale_up_lists_only_ready_replicas(
+            &hasty,
+            &mock,
+            &fixture(),
+            &conformance::unique_service("hasty"),
+        )
+        .await;
+    });
+    let err = run.await.unwrap_err();
+    assert!(
+        err.is_panic(),
+        "a scaler listing unready replicas must fail"
+    );
+}

@@ -8,8 +8,12 @@
 //!   proxy, splitting traffic by weight between the two slots, with
 //!   per-slot metrics usable as a [`MetricProvider`](atlas_core::MetricProvider);
 //! - [`FileStateStore`](file_store::FileStateStore) persists rollout state
-//!   in files, with an OS file lock as the lease.
+//!   in files, with an OS file lock as the lease;
+//! - [`LocalSignals`](signals::LocalSignals) measures each replica's CPU,
+//!   memory, requests per second, p95 latency and open connections for an
+//!   autoscaler.
 
 pub mod file_store;
 pub mod process;
 pub mod proxy;
+pub mod signals;

@@ -147,7 +147,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passes_the_workloads_conformance_suite() {
+async fn passes_the_workloads_and_scaler_conformance_suites() {
     let logs = tempfile::tempdir().unwrap();
     let site = tempfile::tempdir().unwrap();
     let w = workloads(logs.path());
@@ -158,6 +158,7 @@ async fn passes_the_workloads_conformance_suite() {
     .with_ready_timeout(WAIT)
     .with_poll_interval(Duration::from_millis(20));
     conformance::workloads::all(&w, &fixture, "proc").await;
+    conformance::scaler::all(&w, &w, &fixture, "proc-scale").await;
     w.shutdown().await;
 }
 
@@ -573,7 +574,7 @@ async fn bad_releases_are_refused_and_keep_the_slot_as_it_was() {
     let site = tempfile::tempdir().unwrap();
     let w = workloads(logs.path());
     let svc = service("checkout");
-    w.deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 1)
+    w.deploy(&svc, Slot::Blue, &slow_server("v1"), 1)
         .await
         .unwrap();
     let before = wait_for(&w, &svc, Slot::Blue, "1 ready", |s| s.ready == 1).await;
@@ -742,4 +743,337 @@ async fn be_the_owner(dir: &Path) {
     std::fs::write(dir.join("pids.tmp"), pids.join(" ")).unwrap();
     std::fs::rename(dir.join("pids.tmp"), dir.join("pids")).unwrap();
     std::future::pending::<()>().await;
+}
+
+/// Clients sending `POST /` through the proxy back to back, each request
+/// on a new connection, counting answers that are not a 200. POST, because
+/// the proxy retries a failed idempotent request on another replica, which
+/// would hide a replica stopped with requests in flight.
+struct Clients {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Clients {
+    fn start(proxy: std::net::SocketAddr, n: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let (mut sent, mut failed) = (0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        sent += 1;
+                        let answer = tokio::time::timeout(WAIT, http_post(proxy)).await;
+                        match answer {
+                            Ok(a)
+                                if a.starts_with("HTTP/1.1 200")
+                                    || a.starts_with("HTTP/1.0 200") => {}
+                            Ok(a) => failed.push(a.lines().next().unwrap_or("").to_string()),
+                            Err(_) => failed.push("timed out".into()),
+                        }
+                    }
+                    (sent, failed)
+                })
+            })
+            .collect();
+        Clients { stop, tasks }
+    }
+
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = (0, Vec::new());
+        for t in self.tasks {
+            let (sent, failed) = t.await.unwrap();
+            total.0 += sent;
+            total.1.extend(failed);
+        }
+        total
+    }
+}
+
+async fn http_post(addr: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("POST / HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// An HTTP/1.1 keep-alive server that takes 50 ms per request and dies at
+/// once on SIGTERM: a replica stopped with requests in flight fails them.
+fn slow_server(version: &str) -> Release {
+    let program = r#"
+import http.server, os, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        time.sleep(0.05)
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+    Release::new(version, python())
+        .with_arg("-c")
+        .with_arg(program)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_a_live_slot_up_and_down_fails_no_request() {
+    use atlas_core::{Scaler, TrafficRouter, TrafficSplit};
+    use atlas_local::proxy::ProxyRouter;
+
+    let logs = tempfile::tempdir().unwrap();
+    // No grace: a replica stopped with requests in flight fails them at
+    // once, so only draining first keeps every request whole.
+    let w = ProcessWorkloads::builder()
+        .log_dir(logs.path())
+        .grace_period(Duration::ZERO)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let svc = service("live-scale");
+    let proxy = ProxyRouter::builder(svc.clone())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .grace_period(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    w.deploy(&svc, Slot::Blue, &slow_server("v1"), 1)
+        .await
+        .unwrap();
+    let ready = wait_for(&w, &svc, Slot::Blue, "1 ready", |s| s.ready == 1).await;
+    proxy
+        .set_endpoints(&svc, Slot::Blue, &ready.endpoints)
+        .await
+        .unwrap();
+    proxy
+        .set_split(&svc, &TrafficSplit::all_to(Slot::Blue))
+        .await
+        .unwrap();
+
+    let clients = Clients::start(proxy.local_addr(), 8);
+    sleep(Duration::from_millis(300)).await;
+    let mut stopped = Vec::new();
+    for target in [4u32, 1, 3, 2, 1] {
+        let before = w.pids(&svc, Slot::Blue).await;
+        w.scale_live(&svc, Slot::Blue, target, &proxy)
+            .await
+            .unwrap();
+        let listed = proxy.endpoints(Slot::Blue);
+        assert_eq!(
+            listed.len(),
+            target as usize,
+            "after scaling to {target} the proxy lists {listed:?}"
+        );
+        let count = w.replica_count(&svc, Slot::Blue).await.unwrap();
+        assert_eq!((count.desired, count.ready), (target, target));
+        let after = w.pids(&svc, Slot::Blue).await;
+        stopped.extend(
+            before
+                .into_iter()
+                .filter(|p| !after.contains(p))
+                .map(|(_, pid)| pid),
+        );
+        // Let every replica listed now take requests for a while.
+        sleep(Duration::from_millis(400)).await;
+    }
+    let (sent, failed) = clients.stop().await;
+    assert!(sent > 100, "the clients sent only {sent} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed while scaling: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    assert_eq!(stopped.len(), 5, "3 + 1 + 1 replicas were scaled away");
+    for pid in stopped {
+        wait_gone(pid, WAIT).await;
+    }
+    let served = proxy
+        .metrics()
+        .window_stats(Slot::Blue, Duration::from_secs(60));
+    assert_eq!(
+        served.proxy_errors, 0,
+        "the proxy answered no request itself"
+    );
+    proxy.shutdown().await;
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_signals_measure_each_replica_for_the_autoscaler() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use atlas_core::autoscale::{HorizontalPolicy, MetricObservation, observe::observe_policy};
+    use atlas_core::{Measurement, MetricProvider, MetricQuery, TrafficRouter, TrafficSplit};
+    use atlas_local::proxy::ProxyRouter;
+    use atlas_local::signals::LocalSignals;
+
+    let logs = tempfile::tempdir().unwrap();
+    let w = Arc::new(workloads(logs.path()));
+    let svc = service("signals");
+    let proxy = Arc::new(
+        ProxyRouter::builder(svc.clone())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .build()
+            .await
+            .unwrap(),
+    );
+    w.deploy(&svc, Slot::Green, &slow_server("v1"), 2)
+        .await
+        .unwrap();
+    let ready = wait_for(&w, &svc, Slot::Green, "2 ready", |s| s.ready == 2).await;
+    proxy
+        .set_endpoints(&svc, Slot::Green, &ready.endpoints)
+        .await
+        .unwrap();
+    proxy
+        .set_split(&svc, &TrafficSplit::all_to(Slot::Green))
+        .await
+        .unwrap();
+    let signals = LocalSignals::new(svc.clone(), w.clone(), proxy.clone())
+        .unwrap()
+        .with_request("cpu", 0.5)
+        .unwrap();
+    assert!(LocalSignals::new(service("other"), w.clone(), proxy.clone()).is_err());
+    assert!(signals_with_bad_request(&svc, &w, &proxy));
+
+    let clients = Clients::start(proxy.local_addr(), 4);
+    sleep(Duration::from_millis(1500)).await;
+    let q = |text: String| MetricQuery {
+        metric: "m".into(),
+        query: text,
+        window: Duration::from_secs(1),
+        args: BTreeMap::new(),
+    };
+    let value = |m: Measurement| match m {
+        Measurement::Value(v) => v,
+        other => panic!("expected a value, got {other}"),
+    };
+    let mut total_rate = 0.0;
+    for e in &ready.endpoints {
+        let rate = value(
+            signals
+                .measure(&q(format!("requests_per_second:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!(rate > 1.0, "{} served {rate} requests/s", e.replica);
+        total_rate += rate;
+        let p95 = value(
+            signals
+                .measure(&q(format!("latency_p95:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!(
+            (0.04..2.0).contains(&p95),
+            "{} p95 {p95}s (the server takes 50 ms)",
+            e.replica
+        );
+        let open = value(
+            signals
+                .measure(&q(format!("open_connections:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!(
+            (0.0..=8.0).contains(&open),
+            "{} open connections {open}",
+            e.replica
+        );
+        let cpu = value(
+            signals
+                .measure(&q(format!("cpu:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!((0.0..4.0).contains(&cpu), "{} cpu {cpu} cores", e.replica);
+        let memory = value(
+            signals
+                .measure(&q(format!("memory:{}", e.replica)))
+                .await
+                .unwrap(),
+        );
+        assert!(memory > 1e6, "{} resident memory {memory} bytes", e.replica);
+    }
+    // Four clients, each waiting ~50 ms per request: tens per second.
+    assert!(
+        (10.0..400.0).contains(&total_rate),
+        "total {total_rate} requests/s"
+    );
+    assert_eq!(
+        signals
+            .measure(&q("cpu:signals-green-9".into()))
+            .await
+            .unwrap(),
+        Measurement::NoData,
+        "no such replica"
+    );
+    let err = signals
+        .measure(&q("load:signals-green-0".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown replica signal"), "{err}");
+    // The service-wide p95 comes from the proxy's own metrics.
+    assert!(
+        value(
+            signals
+                .measure(&q("latency_p95:stable".into()))
+                .await
+                .unwrap()
+        ) >= 0.04
+    );
+
+    // The web-service policy reads every metric through the signals.
+    let policy = LocalSignals::queries_for(HorizontalPolicy::web_service());
+    let pods = signals.pods(Slot::Green).await.unwrap();
+    assert_eq!(pods.len(), 2);
+    assert!(pods.iter().all(|p| p.ready && p.requests["cpu"] == 0.5));
+    let observed = observe_policy(
+        &signals,
+        &policy,
+        &pods,
+        Duration::from_secs(1),
+        &BTreeMap::new(),
+    )
+    .await;
+    assert_eq!(observed.len(), policy.metrics.len());
+    for (metric, o) in policy.metrics.iter().zip(&observed) {
+        match o {
+            MetricObservation::PerPod(values) => {
+                assert_eq!(values.len(), 2, "{}: {values:?}", metric.name)
+            }
+            MetricObservation::Value(v) => assert!(*v >= 0.0, "{}", metric.name),
+            other => panic!("{}: {other:?}", metric.name),
+        }
+    }
+    let (_, failed) = clients.stop().await;
+    assert!(failed.is_empty(), "{failed:?}");
+    proxy.shutdown().await;
+    w.shutdown().await;
+}
+
+fn signals_with_bad_request(
+    svc: &ServiceName,
+    w: &std::sync::Arc<ProcessWorkloads>,
+    proxy: &std::sync::Arc<atlas_local::proxy::ProxyRouter>,
+) -> bool {
+    let err = atlas_local::signals::LocalSignals::new(svc.clone(), w.clone(), proxy.clone())
+        .unwrap()
+        .with_request("memory", 0.0)
+        .unwrap_err();
+    err.to_string().contains("requests.memory")
 }

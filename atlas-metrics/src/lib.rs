@@ -12,6 +12,7 @@
 //!   [endpoints];
 //! - [`AlertmanagerNotifier`], which delivers notifications and the alerts
 //!   of [`atlas_core::alerts`] to Alertmanager;
+<<<<<<< HEAD
 //! - more notifiers — [`SlackNotifier`] (Block Kit), [`PagerDutyNotifier`]
 //!   (Events API v2), [`SignedWebhookNotifier`] (HMAC-SHA256) — and the
 //!   [`EscalationPolicy`] that routes between them by severity and
@@ -20,6 +21,10 @@
 //!   each alert to a notifier such as the escalation policy;
 //! - JSON [logs](logging) for Loki, with stable field names (`service`,
 //!   `rollout`, `slot`, `step`, `event`).
+=======
+//! - with feature `forecast`, `forecast::MstlForecaster`, the load
+//!   forecaster for [`atlas_core::autoscale::PredictiveAutoscaler`].
+>>>>>>> wip/scaler
 //!
 //! ## HTTP clients
 //!
@@ -60,10 +65,15 @@ pub mod alertmanager;
 mod client;
 mod delivery;
 pub mod endpoints;
+<<<<<<< HEAD
 pub mod escalation;
 pub mod identity;
 pub mod logging;
 pub mod pagerduty;
+=======
+#[cfg(feature = "forecast")]
+pub mod forecast;
+>>>>>>> wip/scaler
 pub mod probe;
 pub mod prometheus;
 pub mod receiver;

@@ -7,11 +7,12 @@
 //!
 //! | feature | brings | as |
 //! |---|---|---|
-//! | (always) | rollout engine, strategies, analysis, judge, alerts, specs, the adapter traits and contracts | the root (`atlas::Engine`, …) and [`core`] |
+//! | (always) | rollout engine, strategies, analysis, judge, alerts, autoscaling, specs, the adapter traits and contracts | the root (`atlas::Engine`, …) and [`core`] |
 //! | `local` | `atlas-local`: process workloads, Atlas's HTTP proxy router, file state store | `atlas::local` |
 //! | `k8s` | `atlas-k8s`: Kubernetes adapters | `atlas::k8s` |
 //! | `metrics` | `atlas-metrics`: Prometheus provider, health probes, Atlas's metrics, Alertmanager | `atlas::metrics` |
 //! | `gates` | `atlas-gates`: quality gates before a rollout (tests, coverage, vulnerabilities, benchmarks, policies, staging) | `atlas::gates` |
+//! | `forecast` | `metrics` and its MSTL load forecaster for predictive autoscaling | `atlas::metrics::forecast` |
 //! | `backup` | `atlas-backup` (repository, retention, schedules) and `storage` | `atlas::backup` |
 //! | `migrate` | `atlas-migrate`: migration engine, zero-downtime lint, rollout hook | `atlas::migrate` |
 //! | `storage` | `atlas-storage` with the filesystem and memory targets | `atlas::storage` |
@@ -36,6 +37,10 @@
 //! ```
 
 pub use atlas_core as core;
+pub use atlas_core::autoscale::{
+    Forecaster, HorizontalAutoscaler, HorizontalPolicy, PredictiveAutoscaler, PredictivePolicy,
+    ScaleDecision, ScaleInput,
+};
 pub use atlas_core::{
     AnalysisMetric, AnalysisPhase, AnalysisTemplate, BlueGreen, Canary, CanaryScale, CanaryStep,
     Condition, Endpoint, Engine, EngineBuilder, Error, ErrorKind, EventKind, HealthProbe,
@@ -45,6 +50,7 @@ pub use atlas_core::{
     Slot, SlotStatus, StateStore, Step, Strategy, TrafficRouter, TrafficSplit, Versioned, Weight,
     Workloads,
 };
+pub use atlas_core::{DesiredReplicas, ReplicaCount, Scaler};
 
 #[cfg(feature = "backup")]
 pub use atlas_backup as backup;

@@ -2,7 +2,7 @@
 //! judging zero-downtime claims.
 //!
 //! Each worker sends `GET /` over its own keep-alive connection pool, at a
-//! fixed interval. A response counts as:
+//! fixed interval that [`Load::set_rate`] can change while it runs. A response counts as:
 //!
 //! - **served** when it is 2xx; the `x-app-version` header says which
 //!   release answered;
@@ -107,6 +107,10 @@ struct Shared {
     failures: Mutex<Vec<String>>,
     samples: Mutex<Vec<Sample>>,
     stop: AtomicBool,
+    /// Time between two requests of one worker, in nanoseconds; changed
+    /// by [`Load::set_rate`].
+    period_nanos: AtomicU64,
+    workers: usize,
 }
 
 /// A running load; [`Load::stop`] ends it and returns the totals.
@@ -125,9 +129,14 @@ impl Load {
             failures: Mutex::new(Vec::new()),
             samples: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            period_nanos: AtomicU64::new(0),
+            workers: config.workers.max(1),
         });
-        let workers = config.workers.max(1);
-        let per_worker = Duration::from_secs_f64(workers as f64 / f64::from(config.rate.max(1)));
+        let workers = shared.workers;
+        let per_worker = per_worker_period(workers, config.rate);
+        shared
+            .period_nanos
+            .store(per_worker.as_nanos() as u64, Ordering::Relaxed);
         let handles = (0..workers)
             .map(|i| {
                 let shared = shared.clone();
@@ -135,7 +144,7 @@ impl Load {
                 tokio::spawn(async move {
                     // Stagger the workers so the load is smooth.
                     tokio::time::sleep(per_worker.mul_f64(i as f64 / workers as f64)).await;
-                    worker(shared, config, per_worker).await
+                    worker(shared, config).await
                 })
             })
             .collect();
@@ -169,6 +178,16 @@ impl Load {
         }
     }
 
+    /// Changes the rate (requests per second in all) from the next request
+    /// of each worker on. A worker waits for each answer before it sends
+    /// again, so the rate reached is at most `workers / latency`.
+    pub fn set_rate(&self, rate: u32) {
+        let period = per_worker_period(self.shared.workers, rate);
+        self.shared
+            .period_nanos
+            .store(period.as_nanos() as u64, Ordering::Relaxed);
+    }
+
     /// Time since start.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
@@ -198,7 +217,11 @@ impl Load {
     }
 }
 
-async fn worker(shared: Arc<Shared>, config: LoadConfig, interval: Duration) {
+fn per_worker_period(workers: usize, rate: u32) -> Duration {
+    Duration::from_secs_f64(workers as f64 / f64::from(rate.max(1)))
+}
+
+async fn worker(shared: Arc<Shared>, config: LoadConfig) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
@@ -207,10 +230,13 @@ async fn worker(shared: Arc<Shared>, config: LoadConfig, interval: Duration) {
     let uri: hyper::Uri = format!("http://{}/", config.target)
         .parse()
         .expect("socket address forms a URI");
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first request goes at once, then one per period; a worker that
+    // fell behind goes on from now rather than sending a burst.
+    let mut next = tokio::time::Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
-        tick.tick().await;
+        tokio::time::sleep_until(next).await;
+        let period = Duration::from_nanos(shared.period_nanos.load(Ordering::Relaxed));
+        next = (next + period).max(tokio::time::Instant::now());
         let sent = SystemTime::now();
         shared.counters.sent.fetch_add(1, Ordering::Relaxed);
         let result = match tokio::time::timeout(config.timeout, send(&client, uri.clone())).await {

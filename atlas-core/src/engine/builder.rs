@@ -13,6 +13,7 @@ use crate::notify::Notifier;
 use crate::probe::HealthProbe;
 use crate::retry::{RetryConfig, Retrying};
 use crate::router::TrafficRouter;
+use crate::scaler::DesiredReplicas;
 use crate::state::StateStore;
 use crate::workloads::Workloads;
 
@@ -30,6 +31,7 @@ pub struct EngineBuilder {
     lease_ttl: Duration,
     poll_interval: Duration,
     retry: RetryConfig,
+    desired: Option<DesiredReplicas>,
 }
 
 impl Engine {
@@ -46,6 +48,7 @@ impl Engine {
             lease_ttl: Duration::from_secs(15),
             poll_interval: Duration::from_secs(1),
             retry: RetryConfig::control_plane(),
+            desired: None,
         }
     }
 }
@@ -121,6 +124,19 @@ impl EngineBuilder {
         self
     }
 
+    /// Shares replica counts with an autoscaler. The engine then sets the
+    /// canary's floor whenever its strategy deploys or scales the canary,
+    /// gives each slot with traffic its share of the autoscaler's desired
+    /// count whenever it moves traffic (growing slots before the split
+    /// changes, shrinking them after), holds the service's scaling gate
+    /// while it does so, so the autoscaler defers to it, and clears the
+    /// floors when the rollout ends. Without it the strategy's counts are
+    /// used as they are.
+    pub fn desired_replicas(mut self, desired: DesiredReplicas) -> Self {
+        self.desired = Some(desired);
+        self
+    }
+
     /// Checks the settings and builds the engine.
     ///
     /// # Errors
@@ -157,6 +173,7 @@ impl EngineBuilder {
             log: EventLog::new(self.notifiers),
             lease_ttl: self.lease_ttl,
             poll_interval: self.poll_interval,
+            desired: self.desired,
         }))
     }
 }

@@ -14,6 +14,7 @@ use crate::metrics::MetricProvider;
 use crate::probe::HealthProbe;
 use crate::rollout::Rollout;
 use crate::router::TrafficRouter;
+use crate::scaler::DesiredReplicas;
 use crate::state::StateStore;
 use crate::workloads::Workloads;
 
@@ -29,6 +30,8 @@ pub(super) struct Shared {
     pub(super) log: EventLog,
     pub(super) lease_ttl: Duration,
     pub(super) poll_interval: Duration,
+    /// Replica counts shared with an autoscaler, if one was given.
+    pub(super) desired: Option<DesiredReplicas>,
 }
 
 impl Shared {

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::hooks::{HookContext, HookPoint};
 use crate::rollout::{InconclusivePolicy, Rollout};
+use crate::scaler::{LiveScale, ScalingGuard, SlotReplicas, scale_behind_router};
 use crate::state::RolloutState;
 use crate::strategy::Step;
 
@@ -155,6 +156,8 @@ impl StepContext {
                 if !matches!(hooks.end, StepEnd::Done) {
                     return Ok(hooks);
                 }
+                let _gate = self.hold_gate().await;
+                self.set_floor(replicas);
                 let release = &self.rollout.release;
                 shared
                     .workloads
@@ -171,6 +174,14 @@ impl StepContext {
                 Ok(StepResult::done())
             }
             Step::ScaleCanary { replicas } => {
+                let _gate = self.hold_gate().await;
+                self.set_floor(replicas);
+                // The autoscaler's share of the current traffic may ask for
+                // more than the strategy: the larger wins.
+                let replicas = match self.router_split().await? {
+                    Some(split) => replicas.max(self.share(&split).map_or(0, |t| t.get(canary))),
+                    None => replicas,
+                };
                 let before = self.status(canary).await?;
                 let keep = replicas as usize;
                 if keep < before.endpoints.len() {
@@ -201,14 +212,18 @@ impl StepContext {
                 if let Some(m) = self.rollout.strategy.canary_match() {
                     split = split.with_canary_match(m.clone());
                 }
-                self.set_split(split).await?;
+                if let Some(failed) = self.shift_with_shares(split).await? {
+                    return Ok(StepResult::failed(failed));
+                }
                 Ok(StepResult {
                     end: StepEnd::Done,
                     weight: Some(w),
                 })
             }
             Step::Promote => {
-                self.set_split(TrafficSplit::all_to(canary)).await?;
+                if let Some(failed) = self.shift_with_shares(TrafficSplit::all_to(canary)).await? {
+                    return Ok(StepResult::failed(failed));
+                }
                 Ok(StepResult {
                     end: StepEnd::Done,
                     weight: Some(Weight::FULL),
@@ -350,8 +365,10 @@ impl StepContext {
     /// Drains `slot`'s endpoints and scales it to zero.
     async fn scale_down(&self, slot: Slot) -> Result<StepResult> {
         if slot == self.stable && self.initial {
+            self.clear_floors();
             return Ok(StepResult::done());
         }
+        let _gate = self.hold_gate().await;
         self.set_endpoints(slot, &[]).await?;
         self.shared
             .workloads
@@ -364,7 +381,106 @@ impl StepContext {
                     Err(e)
                 }
             })?;
+        // Scaling a slot down ends the rollout either way (the old slot
+        // after promotion, the canary on rollback): no floor is needed.
+        self.clear_floors();
         Ok(StepResult::done())
+    }
+
+    /// Waits for the service's scaling gate when an autoscaler shares the
+    /// replica counts, so the two never scale the same service at once.
+    async fn hold_gate(&self) -> Option<ScalingGuard> {
+        match &self.shared.desired {
+            Some(d) => Some(d.hold(self.service()).await),
+            None => None,
+        }
+    }
+
+    fn set_floor(&self, replicas: u32) {
+        if let Some(d) = &self.shared.desired {
+            d.set_floor(self.service(), self.canary(), replicas);
+        }
+    }
+
+    fn clear_floors(&self) {
+        if let Some(d) = &self.shared.desired {
+            d.clear_floors(self.service());
+        }
+    }
+
+    /// Each slot's share of the autoscaler's desired count under `split`,
+    /// if an autoscaler set one.
+    fn share(&self, split: &TrafficSplit) -> Option<SlotReplicas> {
+        self.shared.desired.as_ref()?.targets(self.service(), split)
+    }
+
+    async fn router_split(&self) -> Result<Option<TrafficSplit>> {
+        self.shared.router.split(self.service()).await
+    }
+
+    /// Sets `split`; with an autoscaler's desired count, the slots with
+    /// traffic under `split` that need more replicas grow first (ready and
+    /// listed before the traffic arrives) and those that need fewer shrink
+    /// after it left. A slot that loses all its traffic is left as it is:
+    /// the strategy scales it down after its delay. `Some(reason)` when a
+    /// slot could not be scaled.
+    async fn shift_with_shares(&self, split: TrafficSplit) -> Result<Option<String>> {
+        let _gate = self.hold_gate().await;
+        let Some(targets) = self.share(&split) else {
+            self.set_split(split).await?;
+            return Ok(None);
+        };
+        let mut grow = Vec::new();
+        let mut shrink = Vec::new();
+        for slot in [Slot::Blue, Slot::Green] {
+            if split.weight_of(slot) == Weight::ZERO {
+                continue;
+            }
+            let now = self.status(slot).await?.desired;
+            let want = targets.get(slot);
+            if want > now {
+                grow.push((slot, want));
+            } else if want < now {
+                shrink.push((slot, want));
+            }
+        }
+        for (slot, want) in grow {
+            if let Err(e) = self.scale_live(slot, want).await {
+                return Ok(Some(format!(
+                    "scaling {slot} to its share of {want} failed: {e}"
+                )));
+            }
+        }
+        self.set_split(split).await?;
+        for (slot, want) in shrink {
+            if let Err(e) = self.scale_live(slot, want).await {
+                return Ok(Some(format!(
+                    "scaling {slot} to its share of {want} failed: {e}"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn scale_live(&self, slot: Slot, replicas: u32) -> Result<()> {
+        let limits = LiveScale {
+            ready_timeout: self.rollout.progress_deadline,
+            poll_interval: self
+                .shared
+                .poll_interval
+                .min(self.rollout.progress_deadline),
+        };
+        scale_behind_router(
+            self.shared.workloads.as_ref(),
+            self.shared.router.as_ref(),
+            self.service(),
+            slot,
+            replicas,
+            limits,
+        )
+        .await?;
+        tracing::info!(service = %self.service(), %slot, replicas, "slot scaled to its share of the desired replicas");
+        Ok(())
     }
 
     /// All traffic to stable in one router call (unless `traffic_returned`

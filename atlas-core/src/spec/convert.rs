@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use super::durations::{duration, format_duration};
 use super::types::{
     AnalysisTemplateSpec, BlueGreenSpec, CanaryScaleSpec, CanarySpec, CanaryStepSpec,
     InconclusiveSpec, MetricSpec, NameValueSpec, PauseSpec, ProbeSpec, ReleaseSpec,
@@ -20,12 +21,6 @@ use crate::rollout::{DEFAULT_PROGRESS_DEADLINE, InconclusivePolicy, Rollout};
 use crate::strategy::{
     BlueGreen, Canary, CanaryScale, CanaryStep, MAX_REPLICAS, Strategy, canary_scale_rule,
 };
-
-/// The longest duration a spec may give anywhere: 365 days.
-///
-/// Longer values are refused because they are typos in practice (`30y` for
-/// `30s`), and because adding them to a clock reading can overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// Query arguments the engine sets itself for every analysis; `args` may
 /// not override them.
@@ -90,6 +85,11 @@ impl RolloutSpec {
             Some(InconclusiveSpec::Pause) => InconclusivePolicy::Pause,
             Some(InconclusiveSpec::Abort) => InconclusivePolicy::Abort,
         };
+        let autoscaling = self
+            .autoscaling
+            .as_ref()
+            .map(|a| a.to_policy("autoscaling"))
+            .transpose()?;
         let rollout = Rollout {
             service,
             release,
@@ -99,6 +99,7 @@ impl RolloutSpec {
             progress_deadline,
             on_inconclusive,
             args: self.args.clone(),
+            autoscaling,
         };
         rollout.validate()?;
         tracing::debug!(
@@ -618,22 +619,6 @@ fn weight(at: &str, percent: u32) -> Result<Weight> {
         .ok_or_else(|| Error::invalid(at, format!("must be between 0 and 100, got {percent}")))
 }
 
-fn duration(at: &str, text: &str) -> Result<Duration> {
-    let d = humantime::parse_duration(text.trim()).map_err(|e| {
-        Error::invalid(
-            at,
-            format!("{text:?} is not a duration ({e}); write it like 30s, 10m or 1h30m"),
-        )
-    })?;
-    if d > MAX_DURATION {
-        return Err(Error::invalid(
-            at,
-            format!("{text:?} is longer than the maximum of 365 days"),
-        ));
-    }
-    Ok(d)
-}
-
 fn positive_duration(at: &str, text: &str) -> Result<Duration> {
     let d = duration(at, text)?;
     if d.is_zero() {
@@ -677,10 +662,6 @@ fn template_ref_opt(
 // The way back: every field is written out, defaults included, so a spec
 // written from a rollout does not change meaning if a default ever does.
 
-fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
 impl From<&Rollout> for RolloutSpec {
     fn from(r: &Rollout) -> Self {
         RolloutSpec {
@@ -704,6 +685,7 @@ impl From<&Rollout> for RolloutSpec {
                 InconclusivePolicy::Abort => InconclusiveSpec::Abort,
             }),
             args: r.args.clone(),
+            autoscaling: r.autoscaling.as_ref().map(Into::into),
         }
     }
 }

@@ -94,7 +94,9 @@
 //! # Ok::<(), atlas_core::Error>(())
 //! ```
 
+mod autoscaling;
 mod convert;
+mod durations;
 mod types;
 
 use std::fmt;
@@ -102,7 +104,12 @@ use std::io::Read;
 use std::path::Path;
 
 pub use crate::strategy::MAX_REPLICAS;
-pub use convert::{ENGINE_ARGS, MAX_DURATION};
+pub use autoscaling::{
+    AutoscalingSpec, RatePolicySpec, ScalingBehaviorSpec, ScalingMetricKind, ScalingMetricSpec,
+    ScalingRulesSpec,
+};
+pub use convert::ENGINE_ARGS;
+pub use durations::MAX_DURATION;
 pub use types::{
     AnalysisStepSpec, AnalysisTemplateSpec, BlueGreenSpec, CanaryScaleSpec, CanarySpec,
     CanaryStepSpec, InconclusiveSpec, MetricSpec, NameValueSpec, PauseSpec, ProbeSpec, ReleaseSpec,

@@ -44,6 +44,9 @@ pub struct RolloutSpec {
     /// `canary_version`, `stable_version`, `window`) cannot be overridden.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub args: BTreeMap<String, String>,
+    /// A horizontal autoscaling policy for the service. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<super::autoscaling::AutoscalingSpec>,
 }
 
 /// The release to roll out (`release:`).

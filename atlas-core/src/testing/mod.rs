@@ -86,6 +86,7 @@ mod migration;
 mod notify;
 mod probe;
 mod router;
+mod scaler;
 mod state;
 mod workloads;
 

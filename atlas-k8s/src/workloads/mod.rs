@@ -51,8 +51,15 @@
 //! [`KubeWorkloads::wait_ready`] waits with a watch, and turns
 //! `ProgressDeadlineExceeded` into an [`Error::Deadline`] naming the
 //! Deployment.
+//!
+//! ## Autoscaling
+//!
+//! As a [`Scaler`](atlas_core::Scaler), KubeWorkloads scales a live slot
+//! through the Deployment's `scale` subresource, as the Kubernetes HPA
+//! does.
 
 mod manifest;
+mod scale;
 mod status;
 
 use std::time::Duration;

@@ -17,6 +17,7 @@ pub(super) struct Config {
     pub(super) readiness: Readiness,
     pub(super) poll_interval: Duration,
     pub(super) probe_timeout: Duration,
+    pub(super) scale_ready_timeout: Duration,
 }
 
 impl Config {

@@ -35,6 +35,10 @@
 //! - **Scale.** Starts missing replicas at the lowest free indices; scaling
 //!   down stops the highest indices first, which are the endpoints listed
 //!   last. Scale does not restart replicas that exited.
+//! - **Live scale.** As a [`Scaler`](atlas_core::Scaler), it scales a slot
+//!   that serves traffic without failing a request: new replicas are
+//!   listed with the router only once ready, and replicas that go are
+//!   drained from the router before they are stopped.
 //! - **Exit.** A replica that exits on its own is not restarted: it stays in
 //!   the slot, is not counted as updated or ready, and is reported in
 //!   [`SlotStatus::failures`] (`checkout-green-1 exited with status 3`)
@@ -85,6 +89,7 @@
 mod config;
 mod readiness;
 mod replica;
+mod scale;
 mod spawner;
 
 use std::collections::{BTreeMap, HashSet};
@@ -114,6 +119,10 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// `timeoutSeconds`.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Default longest wait, when scaling a live slot up, for the new replicas
+/// to become ready before the scale is undone.
+pub const DEFAULT_SCALE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The most replicas one slot may run: each holds a loopback port and a
 /// process on this one host.
 pub const MAX_REPLICAS: u32 = 1024;
@@ -140,6 +149,7 @@ pub struct ProcessWorkloadsBuilder {
     readiness: Readiness,
     poll_interval: Duration,
     probe_timeout: Duration,
+    scale_ready_timeout: Duration,
 }
 
 impl Default for ProcessWorkloadsBuilder {
@@ -150,6 +160,7 @@ impl Default for ProcessWorkloadsBuilder {
             readiness: Readiness::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            scale_ready_timeout: DEFAULT_SCALE_READY_TIMEOUT,
         }
     }
 }
@@ -191,6 +202,15 @@ impl ProcessWorkloadsBuilder {
         self
     }
 
+    /// Longest wait, when [`Scaler::scale_live`](atlas_core::Scaler::scale_live)
+    /// adds replicas, for them to become ready; past it they are stopped
+    /// and the slot keeps its previous count. Default 60 s; greater than
+    /// zero, at most one hour.
+    pub fn scale_ready_timeout(mut self, timeout: Duration) -> Self {
+        self.scale_ready_timeout = timeout;
+        self
+    }
+
     /// Checks the settings and creates the log directory.
     ///
     /// # Errors
@@ -210,6 +230,12 @@ impl ProcessWorkloadsBuilder {
         if self.probe_timeout.is_zero() || self.probe_timeout > MAX_DURATION {
             return Err(Error::invalid(
                 "probe_timeout",
+                "must be greater than 0 and at most 1h",
+            ));
+        }
+        if self.scale_ready_timeout.is_zero() || self.scale_ready_timeout > MAX_DURATION {
+            return Err(Error::invalid(
+                "scale_ready_timeout",
                 "must be greater than 0 and at most 1h",
             ));
         }
@@ -233,6 +259,7 @@ impl ProcessWorkloadsBuilder {
             readiness: self.readiness,
             poll_interval: self.poll_interval,
             probe_timeout: self.probe_timeout,
+            scale_ready_timeout: self.scale_ready_timeout,
         };
         let spawner = Spawner::start()?;
         tracing::debug!(?config, "process workloads ready");
@@ -718,6 +745,11 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("grace_period"), "{err}");
+        let err = ProcessWorkloads::builder()
+            .scale_ready_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("scale_ready_timeout"), "{err}");
         let err = ProcessWorkloads::builder()
             .readiness(Readiness::http_get("ready"))
             .build()

@@ -93,7 +93,8 @@
 //! ```
 
 // Imports run one way, so no module needs another that needs it back:
-// h1, metrics, server and upstream use no other proxy module; headers uses
+// h1, metrics, replica_stats and server use no other proxy module;
+// upstream uses replica_stats; headers uses
 // h1; balance uses h1 and upstream; admin uses metrics; shared uses balance,
 // metrics and upstream; relay uses those; and nothing uses this module,
 // which ties them together.
@@ -103,6 +104,7 @@ mod h1;
 mod headers;
 mod metrics;
 mod relay;
+mod replica_stats;
 mod server;
 mod shared;
 mod upstream;
@@ -125,6 +127,7 @@ use tracing::Instrument as _;
 
 pub use h1::SLOT_HEADER;
 pub use metrics::{ProxyMetrics, WindowStats};
+pub use replica_stats::ReplicaSnapshot;
 
 use balance::SplitState;
 use metrics::{MAX_WINDOW, MetricsCore};
@@ -584,6 +587,29 @@ impl ProxyRouter {
             .load()
             .iter()
             .map(|u| u.endpoint.clone())
+            .collect()
+    }
+
+    /// Per-replica counters of the endpoints `slot` lists now: requests,
+    /// failures and latency since each was listed, and the requests in
+    /// flight and connections open to it. Rates and percentiles over a
+    /// window are the difference of two snapshots
+    /// ([`ReplicaSnapshot::request_rate`],
+    /// [`ReplicaSnapshot::latency_quantile`]).
+    pub fn replica_snapshots(&self, slot: Slot) -> Vec<ReplicaSnapshot> {
+        self.shared
+            .slot(slot)
+            .endpoints
+            .load()
+            .iter()
+            .map(|u| {
+                let in_flight = u.in_flight();
+                u.stats.snapshot(
+                    &u.endpoint.replica,
+                    in_flight,
+                    in_flight + u.idle_connections(),
+                )
+            })
             .collect()
     }
 

@@ -709,6 +709,7 @@ impl Drop for Exchange {
         let Some(outcome) = self.outcome else { return };
         let latency = matches!(outcome, Outcome::Status(_)).then(|| self.start.elapsed());
         self.shared.metrics.record(self.slot, outcome, latency);
+        self.in_flight.upstream().stats.record(latency);
         tracing::trace!(
             slot = %self.slot,
             replica = %self.in_flight.upstream().endpoint.replica,

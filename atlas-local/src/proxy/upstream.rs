@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::replica_stats::ReplicaCounters;
+
 /// Connection pool settings shared by all endpoints of a router.
 #[derive(Debug, Clone)]
 pub(crate) struct PoolConfig {
@@ -51,6 +53,8 @@ pub(crate) struct Upstream {
     removed: AtomicBool,
     drained: Notify,
     idle: Mutex<Vec<IdleConn>>,
+    /// Per-replica counters, kept by the relay.
+    pub(crate) stats: ReplicaCounters,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -73,6 +77,7 @@ impl Upstream {
             removed: AtomicBool::new(false),
             drained: Notify::new(),
             idle: Mutex::new(Vec::new()),
+            stats: ReplicaCounters::new(),
         }
     }
 
@@ -200,7 +205,6 @@ impl Upstream {
     }
 
     /// Idle connections in the pool.
-    #[cfg(test)]
     pub(crate) fn idle_connections(&self) -> usize {
         self.lock_idle().len()
     }

@@ -29,6 +29,7 @@ pub mod backup_target;
 pub mod notifier;
 pub mod probe;
 pub mod router;
+pub mod scaler;
 pub mod state_store;
 pub mod workloads;
 
