@@ -29,6 +29,20 @@
 //!   of the whole request having been sent 504. Request and response bodies stream; nothing
 //!   is buffered. A pooled upstream connection found closed when a
 //!   bodiless idempotent request is sent on it is replaced by a new one.
+//! - **Early answers.** An upstream may answer a request before it has
+//!   read the request body (a 404 or 401 from a framework that never
+//!   looks at it). The client gets that answer; the proxy then reads and
+//!   discards the rest of the body (at most 1 MiB, each read bounded by
+//!   the client body timeout), so the connection goes on; with more to
+//!   come, or a chunked body not yet ended, the answer says
+//!   `Connection: close` and the proxy closes after a staged close
+//!   (shuts down writing, discards what the client still sends for up to
+//!   1 s, then closes), never with a reset that could destroy the answer.
+//!   A request is never sent upstream twice unless it is idempotent and
+//!   bodiless. An upstream connection that answered a request with a body
+//!   early, or with a status of 400 or more, is closed rather than pooled:
+//!   such an upstream may close it right after the answer without saying
+//!   so, and the next request on it could not be retried.
 //! - **Protocol.** HTTP/1.1 and 1.0 clients, keep-alive and pipelining;
 //!   upstreams are always spoken to in HTTP/1.1 over kept-alive
 //!   connections. Message framing follows RFC 9112 strictly, so the proxy
@@ -93,12 +107,13 @@
 //! ```
 
 // Imports run one way, so no module needs another that needs it back:
-// h1, metrics, server and upstream use no other proxy module; headers uses
-// h1; balance uses h1 and upstream; admin uses metrics; shared uses balance,
+// h1, metrics, server and upstream use no other proxy module; headers and
+// body use h1; balance uses h1 and upstream; admin uses metrics; shared uses balance,
 // metrics and upstream; relay uses those; and nothing uses this module,
 // which ties them together.
 mod admin;
 mod balance;
+mod body;
 mod h1;
 mod headers;
 mod metrics;

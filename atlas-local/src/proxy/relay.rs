@@ -19,6 +19,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use atlas_core::Slot;
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::balance::Route;
+use super::body::{BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, read_some};
 use super::h1::{
     ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, RequestLineCheck, SLOT_HEADER,
     head_may_be_complete, put_content_length, put_header, put_local_response, put_status_line,
@@ -40,10 +42,8 @@ use super::server::stopped;
 use super::shared::Shared;
 use super::upstream::{InFlight, UpstreamConn};
 
-/// Read buffers grow by this much when they run low.
-const READ_CHUNK: usize = 16 * 1024;
-/// Body bytes read together with a response head go out with the head in
-/// one write up to this size.
+/// Body bytes read together with a head go out with the head in one write
+/// up to this size.
 const COALESCE: usize = 16 * 1024;
 
 /// Serves one client connection until the client closes it, an exchange
@@ -75,8 +75,10 @@ pub(crate) async fn serve_client(
 /// data makes the kernel send a reset, which a client's TCP stack may
 /// take as leave to drop the last response before it was read.
 async fn linger(client: &mut TcpStream) {
-    const LINGER: Duration = Duration::from_millis(500);
-    const LINGER_BYTES: usize = 64 * 1024;
+    const LINGER: Duration = Duration::from_secs(1);
+    // Enough for the rest of a body the proxy would otherwise have
+    // discarded on a connection kept open.
+    const LINGER_BYTES: usize = DISCARD_LIMIT as usize + 64 * 1024;
     let mut sink = [0u8; 4096];
     let mut discarded = 0;
     let _ = tokio::time::timeout(LINGER, async {
@@ -388,13 +390,25 @@ impl ClientConn {
             .set_sticky
             .then(|| shared.sticky.as_ref().map(|s| s.header(plan.slot)))
             .flatten();
+        // The request body the client has yet to send, as the response
+        // head is written: the head announces a close when the proxy would
+        // not read and discard that much after an early answer.
+        let request_unread = AtomicU64::new(0);
         let response = ResponseCtx {
             slot: plan.slot,
             sticky: sticky.as_ref().map(|v| v.as_bytes()),
             head_request: plan.head_request,
             client_minor: plan.minor,
             client_keep_alive: plan.keep_alive,
+            request_unread: &request_unread,
         };
+        // A request body read with the head goes upstream in the same
+        // write, so that an upstream that answers without reading the body
+        // finds it already buffered and can keep the connection.
+        let mut body = BodyProgress::new(plan.body, &request_unread);
+        if !plan.expect_continue {
+            body.coalesce(&mut self.client_in, COALESCE, &mut self.out);
+        }
 
         // Connect (with one retry on another endpoint for idempotent
         // requests) and send the head. A pooled connection that turns out
@@ -403,7 +417,10 @@ impl ClientConn {
         let mut fresh_only = false;
         let conn = loop {
             let upstream = exchange.in_flight.upstream().clone();
-            let mut conn = match upstream.checkout(&shared.pool, !fresh_only).await {
+            let mut conn = match upstream
+                .checkout(&shared.pool, !fresh_only, !plan.may_retry)
+                .await
+            {
                 Ok(conn) => conn,
                 Err(error) => {
                     tracing::trace!(slot = %plan.slot, replica = %upstream.endpoint.replica, %error, "upstream connection failed");
@@ -493,25 +510,35 @@ impl ClientConn {
             return false;
         }
         self.upstream_in.clear();
-        let head_seen = std::sync::atomic::AtomicBool::new(false);
+        let head_seen = AtomicBool::new(false);
+        // Whether the whole body went upstream, and whether the response
+        // head came before that: an upstream that answers early may close
+        // its connection without saying so (hyper does when it did not read
+        // the body), so that connection is never pooled.
+        let sent = AtomicBool::new(false);
+        let answered_early = AtomicBool::new(false);
         let (end, uploaded) = {
             let (mut ur, mut uw) = stream.split();
             let (mut cr, mut cw) = self.client.split();
-            let upload = pin!(relay_request_body(
-                &mut cr,
-                &mut uw,
-                &mut self.client_in,
-                plan.body,
-                shared.client_body_timeout,
-            ));
+            let client_in = &mut self.client_in;
+            let body = &mut body;
+            let sent = &sent;
+            let idle = shared.client_body_timeout;
+            let upload = pin!(async move {
+                let uploaded = body.relay(&mut cr, Some(&mut uw), client_in, idle).await;
+                sent.store(uploaded.is_ok(), Ordering::Relaxed);
+                uploaded
+            });
             let out = &mut self.out;
             let upstream_in = &mut self.upstream_in;
             let response = &response;
             let head_seen = &head_seen;
+            let answered_early = &answered_early;
             let download = pin!(async move {
                 match read_response_head(&mut ur, upstream_in, out, response).await {
                     Ok(head) => {
-                        head_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                        answered_early.store(!sent.load(Ordering::Relaxed), Ordering::Relaxed);
+                        head_seen.store(true, Ordering::Relaxed);
                         relay_response_body(&mut cw, &mut ur, upstream_in, out, head).await
                     }
                     Err(error) => ResponseEnd::NoHead(error),
@@ -528,7 +555,7 @@ impl ClientConn {
                 drop(stream);
                 // A client whose chunked coding is broken gets 400, unless
                 // a response head already went its way.
-                if why == Upload::BadBody && !head_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                if why == Upload::BadBody && !head_seen.load(Ordering::Relaxed) {
                     self.out.clear();
                     put_local_response(&mut self.out, 400, "bad request\n", None, true);
                     let _ = self.client.write_all(&self.out).await;
@@ -543,12 +570,43 @@ impl ClientConn {
                 self.fail(exchange, ProxyFailure::UpstreamFailed, plan.body)
                     .await
             }
-            _ => self.finish(exchange, stream, end, uploaded == Some(Ok(()))),
+            _ => {
+                // An upstream that refuses a request with a body may not
+                // have read it, and close the connection after its answer
+                // without announcing it (hyper does): such a connection is
+                // not pooled, since the next request on it, if it cannot be
+                // retried, would fail.
+                let refused = matches!(end, ResponseEnd::Done { status, .. } if status >= 400);
+                let request_complete =
+                    uploaded == Some(Ok(())) && !answered_early.load(Ordering::Relaxed) && !refused;
+                let keep = self.finish(exchange, stream, end, request_complete);
+                if !keep || body.complete() {
+                    return keep;
+                }
+                // The upstream answered before the whole body arrived, and
+                // the client, told the connection goes on, is still sending
+                // it: read it to its end, so the next request is found
+                // where it starts. Never sent upstream again.
+                let discarded = body
+                    .discard(
+                        &mut self.client,
+                        &mut self.client_in,
+                        shared.client_body_timeout,
+                    )
+                    .await;
+                if let Err(why) = discarded {
+                    tracing::debug!(slot = %plan.slot, ?why, "request body after an early answer broke off");
+                }
+                discarded.is_ok()
+            }
         }
     }
 
     /// Ends an exchange whose response head was relayed: records it and
-    /// gives the upstream connection back when it can carry another one.
+    /// gives the upstream connection back when it can carry another one
+    /// (`request_complete`: the whole request reached it). Returns whether
+    /// the client connection may go on once the request body, if not read
+    /// to its end yet, has been.
     fn finish(
         &mut self,
         mut exchange: Exchange,
@@ -569,7 +627,7 @@ impl ClientConn {
                         .upstream()
                         .release(stream, &self.shared.pool);
                 }
-                client_keep && request_complete
+                client_keep
             }
             ResponseEnd::UpstreamBroke { status } => {
                 tracing::debug!(status, "upstream response body broke off");
@@ -636,7 +694,7 @@ async fn stopped_owned(mut stop: watch::Receiver<bool>) {
 async fn both(
     mut upload: Pin<&mut impl Future<Output = Result<(), Upload>>>,
     mut download: Pin<&mut impl Future<Output = ResponseEnd>>,
-    head_seen: &std::sync::atomic::AtomicBool,
+    head_seen: &AtomicBool,
     response_timeout: Option<Duration>,
 ) -> (ResponseEnd, Option<Result<(), Upload>>) {
     let mut uploaded = None;
@@ -657,9 +715,9 @@ async fn both(
                 }
                 uploaded = Some(up);
             }
-            () = head_deadline.as_mut(), if armed && !head_seen.load(std::sync::atomic::Ordering::Relaxed) => {
+            () = head_deadline.as_mut(), if armed && !head_seen.load(Ordering::Relaxed) => {
                 // The head may have come while this select was waiting.
-                if head_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                if head_seen.load(Ordering::Relaxed) {
                     armed = false;
                     continue;
                 }
@@ -726,6 +784,9 @@ struct ResponseCtx<'a> {
     head_request: bool,
     client_minor: u8,
     client_keep_alive: bool,
+    /// The request body bytes not yet read from the client
+    /// ([`BodyProgress::unread`]).
+    request_unread: &'a AtomicU64,
 }
 
 /// A response head relayed to `out` (not yet written to the client).
@@ -780,27 +841,6 @@ enum ResponseEnd {
     ClientGone { status: u16 },
     /// No valid response head.
     NoHead(HeadError),
-}
-
-/// How a request body upload failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Upload {
-    /// The client closed or broke the connection part-way.
-    ClientGone,
-    /// The client's chunked coding is invalid.
-    BadBody,
-    /// The client sent nothing for the client body timeout.
-    Stalled,
-    /// The upstream stopped taking the body.
-    Upstream,
-}
-
-/// Reads from `r` into the spare capacity of `buf`.
-async fn read_some<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
-    }
-    r.read_buf(buf).await
 }
 
 /// Reads the response head into `buf` (skipping interim 1xx responses)
@@ -891,7 +931,10 @@ fn write_response_head(
     let from = facts.response_framing(status, ctx.head_request);
     let upstream_persistent = facts.persistent(minor) && from != Framing::Close;
     let decode_chunks = from == Framing::Chunked && ctx.client_minor == 0;
-    let client_keep = ctx.client_keep_alive && from != Framing::Close && !decode_chunks;
+    let client_keep = ctx.client_keep_alive
+        && from != Framing::Close
+        && !decode_chunks
+        && ctx.request_unread.load(Ordering::Relaxed) <= DISCARD_LIMIT;
 
     out.clear();
     put_status_line(out, status, res.reason.unwrap_or(""));
@@ -1045,68 +1088,6 @@ where
                     Err(_) => return broke,
                     Ok(_) => {}
                 }
-            }
-        }
-    }
-}
-
-/// Relays the request body from the client to the upstream as it came
-/// (a length, or the chunked coding passed through). Bytes after the body
-/// (a pipelined request) stay in `buf`.
-async fn relay_request_body<R, W>(
-    r: &mut R,
-    w: &mut W,
-    buf: &mut BytesMut,
-    body: Framing,
-    idle: Option<Duration>,
-) -> Result<(), Upload>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut read_more = async |buf: &mut BytesMut| -> Result<(), Upload> {
-        let read = match idle {
-            Some(idle) => tokio::time::timeout(idle, read_some(r, buf))
-                .await
-                .map_err(|_| Upload::Stalled)?,
-            None => read_some(r, buf).await,
-        };
-        match read {
-            Ok(0) | Err(_) => Err(Upload::ClientGone),
-            Ok(_) => Ok(()),
-        }
-    };
-    match body {
-        Framing::Empty | Framing::Close => Ok(()),
-        Framing::Length(total) => {
-            let mut left = total;
-            loop {
-                if !buf.is_empty() {
-                    let take = left.min(buf.len() as u64) as usize;
-                    w.write_all(&buf[..take])
-                        .await
-                        .map_err(|_| Upload::Upstream)?;
-                    buf.advance(take);
-                    left -= take as u64;
-                }
-                if left == 0 {
-                    return Ok(());
-                }
-                read_more(buf).await?;
-            }
-        }
-        Framing::Chunked => {
-            let mut scanner = ChunkScanner::default();
-            loop {
-                if !buf.is_empty() {
-                    let n = scanner.scan(buf, |_| {}).map_err(|_| Upload::BadBody)?;
-                    w.write_all(&buf[..n]).await.map_err(|_| Upload::Upstream)?;
-                    buf.advance(n);
-                }
-                if scanner.done() {
-                    return Ok(());
-                }
-                read_more(buf).await?;
             }
         }
     }

@@ -119,6 +119,12 @@ impl Upstream {
 
     /// A pooled connection that is still open (when `reuse`), or a new one.
     ///
+    /// `verify` is for requests that cannot be retried once sent: it asks
+    /// the kernel whether a pooled connection is still open instead of
+    /// trusting the readiness the runtime last saw, which may not include
+    /// a close that just arrived. A system call is cheaper than a lost
+    /// request.
+    ///
     /// # Errors
     ///
     /// The connect error (refused, unreachable, timeout) when no pooled
@@ -127,8 +133,9 @@ impl Upstream {
         &self,
         pool: &PoolConfig,
         reuse: bool,
+        verify: bool,
     ) -> Result<UpstreamConn, BoxError> {
-        if reuse && let Some(stream) = self.idle_connection(pool) {
+        if reuse && let Some(stream) = self.idle_connection(pool, verify) {
             return Ok(UpstreamConn {
                 stream,
                 reused: true,
@@ -140,10 +147,13 @@ impl Upstream {
         })
     }
 
-    fn idle_connection(&self, pool: &PoolConfig) -> Option<TcpStream> {
+    fn idle_connection(&self, pool: &PoolConfig, verify: bool) -> Option<TcpStream> {
         loop {
-            let conn = self.lock_idle().pop()?;
-            if conn.since.elapsed() > pool.idle_timeout || !still_open(&conn.stream) {
+            let conn = { self.lock_idle().pop()? };
+            if conn.since.elapsed() > pool.idle_timeout
+                || !still_open(&conn.stream)
+                || (verify && !kernel_says_open(&conn.stream))
+            {
                 continue;
             }
             return Some(conn.stream);
@@ -220,6 +230,30 @@ fn still_open(stream: &TcpStream) -> bool {
             let mut probe = [0u8; 1];
             matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         }
+    }
+}
+
+/// Whether an idle connection is still open and has nothing to read, asked
+/// of the kernel with a non-blocking peek (Unix; elsewhere the runtime's
+/// readiness is all there is).
+fn kernel_says_open(stream: &TcpStream) -> bool {
+    #[cfg(unix)]
+    {
+        use nix::sys::socket::{MsgFlags, recv};
+        use std::os::fd::AsRawFd as _;
+        let mut probe = [0u8; 1];
+        matches!(
+            recv(
+                stream.as_raw_fd(),
+                &mut probe,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+            ),
+            Err(nix::errno::Errno::EAGAIN)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        still_open(stream)
     }
 }
 

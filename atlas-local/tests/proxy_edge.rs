@@ -1,0 +1,391 @@
+//! The proxy router at the edge, against a hyper upstream and raw clients
+//! on 127.0.0.1: early upstream answers to requests with bodies, and the
+//! other behaviour a client-facing proxy owes its clients. Every wait is
+//! bounded.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
+use atlas_local::proxy::{ProxyRouter, ProxyRouterBuilder};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Upper bound for any single wait in these tests.
+const BOUND: Duration = Duration::from_secs(20);
+
+async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {BOUND:?}"))
+}
+
+// ---------------------------------------------------------------------------
+// A hyper upstream: `/ignore` answers 404 without reading the request body
+// (as hyper applications do for auth and size errors), `/read` reads the
+// whole body and answers 200 with its length.
+
+/// Runs on a runtime of its own, as a separate server process would, so
+/// that it closes connections when it means to, not when the test's
+/// runtime gets to it.
+struct Upstream {
+    addr: SocketAddr,
+    /// Requests that reached the upstream, by path.
+    ignored: Arc<AtomicUsize>,
+    read: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|stop| stop.send(()));
+    }
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ignored = Arc::new(AtomicUsize::new(0));
+        let read = Arc::new(AtomicUsize::new(0));
+        let (i, r) = (ignored.clone(), read.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serve = async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (i, r) = (i.clone(), r.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (i, r) = (i.clone(), r.clone());
+                        async move {
+                            let response = if req.uri().path() == "/read" {
+                                let body = req.into_body().collect().await;
+                                r.fetch_add(1, Ordering::SeqCst);
+                                match body {
+                                    Ok(body) => Response::new(Full::new(Bytes::from(format!(
+                                        "read {}\n",
+                                        body.to_bytes().len()
+                                    )))),
+                                    Err(_) => {
+                                        let mut res = Response::new(Full::new(Bytes::new()));
+                                        *res.status_mut() = StatusCode::BAD_REQUEST;
+                                        res
+                                    }
+                                }
+                            } else {
+                                i.fetch_add(1, Ordering::SeqCst);
+                                let mut res =
+                                    Response::new(Full::new(Bytes::from_static(b"not here\n")));
+                                *res.status_mut() = StatusCode::NOT_FOUND;
+                                res
+                            };
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Upstream {
+            addr,
+            ignored,
+            read,
+            stop: Some(stop),
+        }
+    }
+}
+
+fn service() -> ServiceName {
+    ServiceName::new("edge").unwrap()
+}
+
+async fn router_with(
+    upstream: SocketAddr,
+    configure: impl FnOnce(ProxyRouterBuilder) -> ProxyRouterBuilder,
+) -> ProxyRouter {
+    let router = configure(ProxyRouter::builder(service()))
+        .initial_split(TrafficSplit::all_to(Slot::Blue))
+        .build()
+        .await
+        .unwrap();
+    router
+        .set_endpoints(&service(), Slot::Blue, &[Endpoint::new("blue-0", upstream)])
+        .await
+        .unwrap();
+    router
+}
+
+// ---------------------------------------------------------------------------
+// A raw keep-alive client that reads responses framed by Content-Length.
+
+/// A response as the client saw it.
+#[derive(Debug)]
+struct Seen {
+    status: u16,
+    close: bool,
+    body: Vec<u8>,
+}
+
+/// Appends what `stream` has to `buf`; an end of stream is an error saying
+/// `eof`.
+async fn read_more(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+    eof: &'static str,
+) -> std::io::Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    match stream.read(&mut chunk).await? {
+        0 => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, eof)),
+        n => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+    }
+}
+
+/// Reads one response from `stream`, `buf` holding bytes already read.
+async fn read_response(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Seen> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        read_more(stream, buf, "connection closed before a response head").await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status: u16 = head[9..12].parse().expect("status code");
+    let mut length = None;
+    let mut close = false;
+    for line in head.lines().skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            match name.trim() {
+                "content-length" => length = Some(value.trim().parse::<usize>().unwrap()),
+                "connection" => close |= value.contains("close"),
+                _ => {}
+            }
+        }
+    }
+    let length = length.unwrap_or_else(|| panic!("response without content-length: {head}"));
+    buf.drain(..head_end);
+    while buf.len() < length {
+        read_more(stream, buf, "connection closed inside a response body").await?;
+    }
+    let body = buf.drain(..length).collect();
+    Ok(Seen {
+        status,
+        close,
+        body,
+    })
+}
+
+fn post(path: &str, body_len: usize) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nhost: edge\r\ncontent-type: application/octet-stream\r\ncontent-length: {body_len}\r\n\r\n"
+    )
+    .into_bytes();
+    raw.extend(std::iter::repeat_n(b'x', body_len));
+    raw
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+struct Tally {
+    responses: usize,
+    /// Read or write errors and connections closed without an answer: what
+    /// a load generator reports as socket errors.
+    socket_errors: Vec<String>,
+    /// Responses with another status or body than expected.
+    wrong: Vec<String>,
+}
+
+/// `conns` connections, each sending `per_conn` POSTs of `body_len` bytes
+/// to `path` back to back on one keep-alive connection (a new one after a
+/// response that says `Connection: close`), writing each request while
+/// reading its response, as a load generator does.
+async fn post_load(
+    proxy: SocketAddr,
+    path: &str,
+    body_len: usize,
+    conns: usize,
+    per_conn: usize,
+    expect: (u16, &str),
+) -> Tally {
+    let request = Arc::new(post(path, body_len));
+    let expect = (expect.0, Arc::new(expect.1.to_owned()));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let request = request.clone();
+        let expect = expect.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut conn: Option<(TcpStream, Vec<u8>)> = None;
+            for _ in 0..per_conn {
+                let (stream, buf) = match conn.as_mut() {
+                    Some(c) => c,
+                    None => conn.insert((TcpStream::connect(proxy).await.unwrap(), Vec::new())),
+                };
+                let (mut r, mut w) = stream.split();
+                let (wrote, seen) = tokio::join!(w.write_all(&request), read_response(&mut r, buf));
+                match (wrote, seen) {
+                    (Ok(()), Ok(seen)) => {
+                        tally.responses += 1;
+                        if (seen.status, seen.body.as_slice()) != (expect.0, expect.1.as_bytes()) {
+                            tally.wrong.push(format!(
+                                "{} {}",
+                                seen.status,
+                                String::from_utf8_lossy(&seen.body)
+                            ));
+                        }
+                        if seen.close {
+                            conn = None;
+                        }
+                    }
+                    (w, s) => {
+                        tally
+                            .socket_errors
+                            .push(format!("write: {w:?}, read: {:?}", s.map(|s| s.status)));
+                        conn = None;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut all = Tally::default();
+    for task in tasks {
+        let t = bounded("a load connection", task).await.unwrap();
+        all.responses += t.responses;
+        all.socket_errors.extend(t.socket_errors);
+        all.wrong.extend(t.wrong);
+    }
+    all
+}
+
+async fn early_answers_reach_every_client(body_len: usize, conns: usize, per_conn: usize) {
+    let upstream = Upstream::start().await;
+    let router = router_with(upstream.addr, |b| b).await;
+    let proxy = router.local_addr();
+    let ignored = post_load(
+        proxy,
+        "/ignore",
+        body_len,
+        conns,
+        per_conn,
+        (404, "not here\n"),
+    )
+    .await;
+    assert!(
+        ignored.socket_errors.is_empty() && ignored.wrong.is_empty(),
+        "{} socket errors, {} wrong statuses of {} requests with {body_len}-byte bodies the upstream did not read: {:?} {:?}",
+        ignored.socket_errors.len(),
+        ignored.wrong.len(),
+        conns * per_conn,
+        ignored.socket_errors.iter().take(5).collect::<Vec<_>>(),
+        ignored.wrong.iter().take(5).collect::<Vec<_>>(),
+    );
+    assert_eq!(ignored.responses, conns * per_conn);
+    // A POST is never sent twice: the upstream saw each one once.
+    assert_eq!(upstream.ignored.load(Ordering::SeqCst), conns * per_conn);
+    let read_answer = format!("read {body_len}\n");
+    let read = post_load(
+        proxy,
+        "/read",
+        body_len,
+        conns,
+        per_conn,
+        (200, &read_answer),
+    )
+    .await;
+    assert!(
+        read.socket_errors.is_empty() && read.wrong.is_empty(),
+        "{:?} {:?}",
+        read.socket_errors.iter().take(5).collect::<Vec<_>>(),
+        read.wrong
+    );
+    assert_eq!(upstream.read.load(Ordering::SeqCst), conns * per_conn);
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answers_to_4k_posts_reach_every_client_on_a_shared_runtime() {
+    early_answers_reach_every_client(4096, 16, 150).await;
+}
+
+#[tokio::test]
+async fn early_answers_to_4k_posts_reach_every_client_on_one_thread() {
+    early_answers_reach_every_client(4096, 16, 150).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answers_to_1m_posts_reach_every_client_on_a_shared_runtime() {
+    early_answers_reach_every_client(1024 * 1024, 4, 10).await;
+}
+
+#[tokio::test]
+async fn early_answers_to_1m_posts_reach_every_client_on_one_thread() {
+    early_answers_reach_every_client(1024 * 1024, 4, 10).await;
+}
+
+#[tokio::test]
+async fn an_early_answer_before_a_body_too_large_to_discard_announces_the_close() {
+    let upstream = Upstream::start().await;
+    let router = router_with(upstream.addr, |b| b).await;
+    let mut stream = TcpStream::connect(router.local_addr()).await.unwrap();
+    let (mut r, mut w) = stream.split();
+    let request = post("/ignore", 8 * 1024 * 1024);
+    let mut buf = Vec::new();
+    // The client writes while it reads, as HTTP clients do; the proxy
+    // stops reading its body some time after the answer, so the write may
+    // be cut short.
+    let (_, seen) = bounded("the early answer", async {
+        tokio::join!(w.write_all(&request), read_response(&mut r, &mut buf))
+    })
+    .await;
+    let seen = seen.expect("the upstream's answer reaches the client");
+    assert_eq!(
+        (seen.status, seen.body.as_slice()),
+        (404, &b"not here\n"[..])
+    );
+    assert!(
+        seen.close,
+        "the answer announces that the connection closes"
+    );
+    // Then the proxy closes, after the staged close.
+    let mut rest = Vec::new();
+    let end = bounded("the close", r.read_to_end(&mut rest)).await;
+    assert!(
+        rest.is_empty(),
+        "nothing follows the answer: {end:?} {rest:?}"
+    );
+    assert_eq!(upstream.ignored.load(Ordering::SeqCst), 1);
+    router.shutdown().await;
+}
