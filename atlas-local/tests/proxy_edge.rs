@@ -150,6 +150,8 @@ async fn router_with(
 struct Seen {
     status: u16,
     close: bool,
+    /// The `x-atlas-slot` header.
+    slot: Option<String>,
     body: Vec<u8>,
 }
 
@@ -185,9 +187,11 @@ async fn read_response(
     let status: u16 = head[9..12].parse().expect("status code");
     let mut length = None;
     let mut close = false;
+    let mut slot = None;
     for line in head.lines().skip(1) {
         if let Some((name, value)) = line.split_once(':') {
             match name.trim() {
+                "x-atlas-slot" => slot = Some(value.trim().to_owned()),
                 "content-length" => length = Some(value.trim().parse::<usize>().unwrap()),
                 "connection" => close |= value.contains("close"),
                 _ => {}
@@ -203,6 +207,7 @@ async fn read_response(
     Ok(Seen {
         status,
         close,
+        slot,
         body,
     })
 }
@@ -290,9 +295,31 @@ async fn post_load(
     all
 }
 
-async fn early_answers_reach_every_client(body_len: usize, conns: usize, per_conn: usize) {
+/// The data path on the test's multi-threaded runtime, or on worker
+/// threads of its own.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    SharedRuntime,
+    Workers,
+}
+
+impl Mode {
+    fn apply(self, builder: ProxyRouterBuilder) -> ProxyRouterBuilder {
+        match self {
+            Mode::SharedRuntime => builder.worker_threads(0),
+            Mode::Workers => builder.worker_threads(2),
+        }
+    }
+}
+
+async fn early_answers_reach_every_client(
+    mode: Mode,
+    body_len: usize,
+    conns: usize,
+    per_conn: usize,
+) {
     let upstream = Upstream::start().await;
-    let router = router_with(upstream.addr, |b| b).await;
+    let router = router_with(upstream.addr, |b| mode.apply(b)).await;
     let proxy = router.local_addr();
     let ignored = post_load(
         proxy,
@@ -337,22 +364,74 @@ async fn early_answers_reach_every_client(body_len: usize, conns: usize, per_con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_answers_to_4k_posts_reach_every_client_on_a_shared_runtime() {
-    early_answers_reach_every_client(4096, 16, 150).await;
+    early_answers_reach_every_client(Mode::SharedRuntime, 4096, 16, 150).await;
 }
 
 #[tokio::test]
-async fn early_answers_to_4k_posts_reach_every_client_on_one_thread() {
-    early_answers_reach_every_client(4096, 16, 150).await;
+async fn early_answers_to_4k_posts_reach_every_client_on_worker_threads() {
+    early_answers_reach_every_client(Mode::Workers, 4096, 16, 150).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_answers_to_1m_posts_reach_every_client_on_a_shared_runtime() {
-    early_answers_reach_every_client(1024 * 1024, 4, 10).await;
+    early_answers_reach_every_client(Mode::SharedRuntime, 1024 * 1024, 4, 10).await;
 }
 
 #[tokio::test]
-async fn early_answers_to_1m_posts_reach_every_client_on_one_thread() {
-    early_answers_reach_every_client(1024 * 1024, 4, 10).await;
+async fn early_answers_to_1m_posts_reach_every_client_on_worker_threads() {
+    early_answers_reach_every_client(Mode::Workers, 1024 * 1024, 4, 10).await;
+}
+
+// ---------------------------------------------------------------------------
+// Worker threads.
+
+/// Sends a GET on `stream` and returns the slot that answered.
+async fn slot_of_next_get(stream: &mut TcpStream, buf: &mut Vec<u8>) -> String {
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nhost: edge\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut r, _) = stream.split();
+    let seen = bounded("a response", read_response(&mut r, buf))
+        .await
+        .unwrap();
+    assert_eq!(seen.status, 404);
+    seen.slot.expect("every response names its slot")
+}
+
+#[tokio::test]
+async fn a_split_applies_at_once_to_connections_on_every_worker() {
+    let blue = Upstream::start().await;
+    let green = Upstream::start().await;
+    let router = router_with(blue.addr, |b| b.worker_threads(2)).await;
+    router
+        .set_endpoints(
+            &service(),
+            Slot::Green,
+            &[Endpoint::new("green-0", green.addr)],
+        )
+        .await
+        .unwrap();
+    // Eight kept-alive connections, handed to the two workers in turn.
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(router.local_addr()).await.unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(slot_of_next_get(&mut stream, &mut buf).await, "blue");
+        conns.push((stream, buf));
+    }
+    router
+        .set_split(&service(), &TrafficSplit::all_to(Slot::Green))
+        .await
+        .unwrap();
+    // The next request on every connection, whichever worker serves it,
+    // follows the new split.
+    for (stream, buf) in &mut conns {
+        assert_eq!(slot_of_next_get(stream, buf).await, "green");
+    }
+    assert_eq!(green.ignored.load(Ordering::SeqCst), 8);
+    assert_eq!(blue.ignored.load(Ordering::SeqCst), 8);
+    router.shutdown().await;
 }
 
 #[tokio::test]

@@ -78,7 +78,11 @@
 //!   `/metrics` on the admin address ([`ProxyRouterBuilder::admin`]).
 //!
 //! Upstream connections are kept alive in a pool per endpoint (see
-//! [`ProxyRouterBuilder`] for limits and timeouts). The data path is
+//! [`ProxyRouterBuilder`] for limits and timeouts). The data path runs on
+//! worker threads of the router's own, one single-threaded runtime each
+//! ([`ProxyRouterBuilder::worker_threads`]): connections are handed to the
+//! workers in turn and never cross threads, while the split, the endpoints
+//! and the metrics are one state all workers read. The data path is
 //! Atlas's own: heads are parsed in place with `httparse` and each
 //! exchange is relayed inside its client connection's task, which costs
 //! less than half the CPU per request of a general-purpose HTTP stack
@@ -134,7 +138,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
@@ -167,6 +171,7 @@ const BACKEND: &str = "proxy-router";
 /// | [`sticky_cookie`](Self::sticky_cookie) | none (no sticky sessions) |
 /// | [`initial_split`](Self::initial_split) | none (503 until a split is set) |
 /// | [`reuse_port`](Self::reuse_port) | off |
+/// | [`worker_threads`](Self::worker_threads) | the number of cores |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is awaited"]
 pub struct ProxyRouterBuilder {
@@ -184,6 +189,7 @@ pub struct ProxyRouterBuilder {
     sticky_cookie: Option<String>,
     initial_split: Option<TrafficSplit>,
     reuse_port: bool,
+    worker_threads: usize,
 }
 
 impl ProxyRouterBuilder {
@@ -298,15 +304,35 @@ impl ProxyRouterBuilder {
         self
     }
 
-    /// Validates the options, binds the listeners and starts serving on
-    /// the current Tokio runtime.
+    /// How many threads relay the traffic, each running a single-threaded
+    /// Tokio runtime of its own, as nginx's worker processes do: one
+    /// thread accepts and hands the connections to the workers in turn,
+    /// and a client connection, with the upstream connections it uses,
+    /// stays on its worker, so a request never crosses threads. The split,
+    /// the endpoints and the metrics are one state shared by all workers,
+    /// so a [`set_split`](TrafficRouter::set_split) applies to all of them
+    /// at once; each worker keeps its own upstream connection pool.
+    ///
+    /// Zero runs the data path on the runtime that calls
+    /// [`build`](Self::build) instead (one multi-threaded runtime shared
+    /// with the rest of the program), which costs more CPU per request.
+    /// Default: the number of cores.
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = threads;
+        self
+    }
+
+    /// Validates the options, binds the listeners and starts serving: the
+    /// data path on its [worker threads](Self::worker_threads), the admin
+    /// endpoint and the pool reaper on the current Tokio runtime.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] naming the option for a zero connect, pool
     /// idle, response or header timeout, a metrics window outside 1 s–24 h,
     /// an invalid sticky cookie name or an invalid initial split match rule;
-    /// [`Error::Backend`] when an address cannot be bound.
+    /// [`Error::Backend`] when an address cannot be bound or a worker
+    /// thread cannot be started.
     pub async fn build(self) -> Result<ProxyRouter> {
         if self.connect_timeout.is_zero() {
             return Err(Error::invalid(
@@ -380,6 +406,7 @@ impl ProxyRouterBuilder {
             slots: [SlotState::new(), SlotState::new()],
             metrics: MetricsCore::new(self.metrics_window),
             pool: PoolConfig {
+                stacks: self.worker_threads.max(1),
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.pool_idle_timeout,
                 max_idle: self.pool_max_idle,
@@ -395,20 +422,43 @@ impl ProxyRouterBuilder {
         let span = tracing::info_span!("proxy_router", service = %shared.service);
         let mut tasks = Vec::with_capacity(3);
 
-        let for_requests = shared.clone();
-        tasks.push(tokio::spawn(
-            server::serve(
-                "proxy",
+        if self.worker_threads == 0 {
+            let for_requests = shared.clone();
+            tasks.push(tokio::spawn(
+                server::serve(
+                    "proxy",
+                    listener,
+                    stop_rx.clone(),
+                    self.grace_period,
+                    move |stream, peer, stop| {
+                        relay::serve_client(for_requests.clone(), stream, peer, stop)
+                            .instrument(tracing::trace_span!("client_connection", %peer))
+                    },
+                )
+                .instrument(span.clone()),
+            ));
+        } else {
+            let started = start_workers(
+                self.worker_threads,
                 listener,
-                stop_rx.clone(),
+                &shared,
+                &stop_rx,
                 self.grace_period,
-                move |stream, peer, stop| {
-                    relay::serve_client(for_requests.clone(), stream, peer, stop)
-                        .instrument(tracing::trace_span!("client_connection", %peer))
-                },
-            )
-            .instrument(span.clone()),
-        ));
+                &span,
+            );
+            match started {
+                Ok(done) => tasks.extend(done.into_iter().map(|done| {
+                    tokio::spawn(async move {
+                        let _ = done.await;
+                    })
+                })),
+                Err(e) => {
+                    // Workers already started stop again.
+                    stop.send_replace(true);
+                    return Err(e);
+                }
+            }
+        }
 
         if let Some(admin_listener) = admin_listener {
             let metrics = ProxyMetrics::new(shared.clone());
@@ -472,6 +522,69 @@ impl ProxyRouterBuilder {
             span,
         })
     }
+}
+
+/// Starts `count` data-path worker threads serving `listener`'s
+/// connections with `shared`; the first also runs the acceptor. Returns
+/// one receiver per thread, resolved when the thread has stopped.
+fn start_workers(
+    count: usize,
+    listener: TcpListener,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    grace: Duration,
+    span: &tracing::Span,
+) -> Result<Vec<oneshot::Receiver<()>>> {
+    let listener = listener
+        .into_std()
+        .map_err(|e| Error::backend_with(BACKEND, "cannot hand the listener to a worker", e))?;
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+    let mut acceptor = Some((listener, senders));
+    let mut done = Vec::with_capacity(count);
+    for (index, incoming) in receivers.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::backend_with(BACKEND, "cannot start a worker runtime", e))?;
+        let acceptor = acceptor.take();
+        let (shared, stop, span) = (shared.clone(), stop.clone(), span.clone());
+        let (finished, finished_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("atlas-proxy-{index}"))
+            .spawn(move || {
+                upstream::set_worker(index);
+                runtime.block_on(async move {
+                    if let Some((listener, workers)) = acceptor {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                tokio::spawn(
+                                    server::dispatch(listener, stop.clone(), workers)
+                                        .instrument(span.clone()),
+                                );
+                            }
+                            Err(e) => tracing::error!(
+                                parent: &span,
+                                error = %e,
+                                "the proxy listener cannot be registered; no connection is accepted"
+                            ),
+                        }
+                    }
+                    let worker_span = tracing::debug_span!(parent: &span, "worker", index);
+                    server::serve_handed(incoming, stop, grace, move |stream, peer, stop| {
+                        relay::serve_client(shared.clone(), stream, peer, stop)
+                            .instrument(tracing::trace_span!("client_connection", %peer))
+                    })
+                    .instrument(worker_span)
+                    .await;
+                });
+                drop(runtime);
+                let _ = finished.send(());
+            })
+            .map_err(|e| Error::backend_with(BACKEND, "cannot start a worker thread", e))?;
+        done.push(finished_rx);
+    }
+    Ok(done)
 }
 
 /// Binds `addr` with `SO_REUSEPORT` where the platform has it.
@@ -565,6 +678,7 @@ impl ProxyRouter {
             sticky_cookie: None,
             initial_split: None,
             reuse_port: false,
+            worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 

@@ -130,7 +130,7 @@ impl Shared {
                         .iter()
                         .find(|u| u.endpoint == *ep)
                         .cloned()
-                        .unwrap_or_else(|| Arc::new(Upstream::new(ep.clone())))
+                        .unwrap_or_else(|| Arc::new(Upstream::new(ep.clone(), &self.pool)))
                 })
                 .collect();
             let removed: Vec<Arc<Upstream>> = current

@@ -7,7 +7,14 @@
 //! left nothing unread; anything else closes it. A connection the upstream
 //! closed while idle is noticed without a system call from the readiness
 //! the runtime already tracks, and dropped.
+//!
+//! A router whose data path runs on several worker threads, each with a
+//! runtime of its own, keeps one stack per worker: a connection is driven
+//! by the runtime that opened it, so it is only ever reused on the thread
+//! that opened it. Each worker thread names itself with
+//! [`set_worker`].
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -19,9 +26,23 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+thread_local! {
+    /// The data-path worker this thread is; 0 on threads of a shared
+    /// runtime.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Names the calling thread as data-path worker `index`, whose upstream
+/// connections go to pool stack `index`.
+pub(crate) fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
 /// Connection pool settings shared by all endpoints of a router.
 #[derive(Debug, Clone)]
 pub(crate) struct PoolConfig {
+    /// Pool stacks per endpoint: one per data-path worker thread.
+    pub(crate) stacks: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_idle: usize,
@@ -50,7 +71,8 @@ pub(crate) struct Upstream {
     in_flight: AtomicUsize,
     removed: AtomicBool,
     drained: Notify,
-    idle: Mutex<Vec<IdleConn>>,
+    /// One stack per data-path worker.
+    idle: Box<[Mutex<Vec<IdleConn>>]>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -64,7 +86,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub(crate) fn new(endpoint: Endpoint) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, pool: &PoolConfig) -> Self {
         let host = endpoint.addr.to_string().into_bytes().into_boxed_slice();
         Upstream {
             endpoint,
@@ -72,7 +94,9 @@ impl Upstream {
             in_flight: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
             drained: Notify::new(),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..pool.stacks.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         }
     }
 
@@ -85,8 +109,10 @@ impl Upstream {
     /// [`InFlight::enter`]) and its idle connections are closed.
     pub(crate) fn mark_removed(&self) {
         self.removed.store(true, Ordering::SeqCst);
-        let idle = std::mem::take(&mut *self.lock_idle());
-        drop(idle);
+        for stack in &self.idle {
+            let idle = std::mem::take(&mut *lock(stack));
+            drop(idle);
+        }
     }
 
     /// Resolves once no request is in flight to this endpoint.
@@ -111,10 +137,10 @@ impl Upstream {
         }
     }
 
+    /// The calling worker's stack.
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
-        // The critical sections only push, pop or retain: a panic cannot
-        // leave the stack inconsistent, so a poisoned lock is still usable.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        let worker = WORKER.with(Cell::get).min(self.idle.len() - 1);
+        lock(&self.idle[worker])
     }
 
     /// A pooled connection that is still open (when `reuse`), or a new one.
@@ -198,22 +224,30 @@ impl Upstream {
     /// Closes idle connections that expired or that the upstream closed.
     pub(crate) fn reap(&self, pool: &PoolConfig) {
         let now = Instant::now();
-        let expired: Vec<IdleConn> = {
-            let mut idle = self.lock_idle();
-            let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|c| {
-                now.duration_since(c.since) <= pool.idle_timeout && still_open(&c.stream)
-            });
-            *idle = keep;
-            expired
-        };
-        drop(expired);
+        for stack in &self.idle {
+            let expired: Vec<IdleConn> = {
+                let mut idle = lock(stack);
+                let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|c| {
+                    now.duration_since(c.since) <= pool.idle_timeout && still_open(&c.stream)
+                });
+                *idle = keep;
+                expired
+            };
+            drop(expired);
+        }
     }
 
-    /// Idle connections in the pool.
+    /// Idle connections in the pool, all workers' stacks together.
     #[cfg(test)]
     pub(crate) fn idle_connections(&self) -> usize {
-        self.lock_idle().len()
+        self.idle.iter().map(|stack| lock(stack).len()).sum()
     }
+}
+
+fn lock(stack: &Mutex<Vec<IdleConn>>) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+    // The critical sections only push, pop or retain: a panic cannot leave
+    // the stack inconsistent, so a poisoned lock is still usable.
+    stack.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether an idle connection may carry another request: nothing to read
