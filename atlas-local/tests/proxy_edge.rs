@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
-use atlas_local::proxy::{ProxyRouter, ProxyRouterBuilder};
+use atlas_local::proxy::{AccessLog, ProxyRouter, ProxyRouterBuilder};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
@@ -30,9 +30,9 @@ async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
 }
 
 // ---------------------------------------------------------------------------
-// A hyper upstream: `/ignore` answers 404 without reading the request body
-// (as hyper applications do for auth and size errors), `/read` reads the
-// whole body and answers 200 with its length.
+// A hyper upstream: `/read` reads the whole body and answers 200 with its
+// length, `/slow` answers 200 after 2 s, anything else 404 without reading
+// the request body (as hyper applications do for auth and size errors).
 
 /// Runs on a runtime of its own, as a separate server process would, so
 /// that it closes connections when it means to, not when the test's
@@ -71,14 +71,19 @@ impl Upstream {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (i, r) = (i.clone(), r.clone());
                         async move {
-                            let response = if req.uri().path() == "/read" {
-                                let body = req.into_body().collect().await;
-                                r.fetch_add(1, Ordering::SeqCst);
-                                match body {
-                                    Ok(body) => Response::new(Full::new(Bytes::from(format!(
-                                        "read {}\n",
-                                        body.to_bytes().len()
-                                    )))),
+                            let response = if req.uri().path() == "/slow" {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                                Response::new(Full::new(Bytes::from_static(b"late\n")))
+                            } else if req.uri().path() == "/read" {
+                                // Only complete bodies count.
+                                match req.into_body().collect().await {
+                                    Ok(body) => {
+                                        r.fetch_add(1, Ordering::SeqCst);
+                                        Response::new(Full::new(Bytes::from(format!(
+                                            "read {}\n",
+                                            body.to_bytes().len()
+                                        ))))
+                                    }
                                     Err(_) => {
                                         let mut res = Response::new(Full::new(Bytes::new()));
                                         *res.status_mut() = StatusCode::BAD_REQUEST;
@@ -467,4 +472,143 @@ async fn an_early_answer_before_a_body_too_large_to_discard_announces_the_close(
     );
     assert_eq!(upstream.ignored.load(Ordering::SeqCst), 1);
     router.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Limits and the access log.
+
+/// Sends `raw` on a new connection and reads the one response.
+async fn one_exchange(proxy: SocketAddr, raw: &[u8]) -> Seen {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut r, mut w) = stream.split();
+    let mut buf = Vec::new();
+    let (_, seen) = bounded("one exchange", async {
+        tokio::join!(w.write_all(raw), read_response(&mut r, &mut buf))
+    })
+    .await;
+    seen.expect("a response")
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_and_never_reach_an_upstream_whole() {
+    let upstream = Upstream::start().await;
+    let router = router_with(upstream.addr, |b| b.max_request_body(1000)).await;
+    let proxy = router.local_addr();
+    // Within the limit: relayed.
+    let seen = one_exchange(proxy, &post("/read", 1000)).await;
+    assert_eq!(
+        (seen.status, seen.body.as_slice()),
+        (200, &b"read 1000\n"[..])
+    );
+    // A declared length over it: 413 before any upstream sees the request.
+    let seen = one_exchange(proxy, &post("/read", 1001)).await;
+    assert_eq!(seen.status, 413);
+    assert!(seen.close);
+    assert_eq!(upstream.read.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.ignored.load(Ordering::SeqCst), 0);
+    // A chunked body passing it: 413, and the upstream never gets it whole.
+    let mut chunked =
+        b"POST /read HTTP/1.1\r\nhost: edge\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(b"190\r\n");
+        chunked.extend(std::iter::repeat_n(b'y', 400));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let seen = one_exchange(proxy, &chunked).await;
+    assert_eq!(seen.status, 413);
+    assert_eq!(seen.slot.as_deref(), Some("blue"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(upstream.read.load(Ordering::SeqCst), 1);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_exchange_over_the_request_timeout_gets_504_and_counts_as_a_timeout() {
+    let upstream = Upstream::start().await;
+    let router = router_with(upstream.addr, |b| {
+        b.request_timeout(Duration::from_millis(300))
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let seen = one_exchange(
+        router.local_addr(),
+        b"GET /slow HTTP/1.1\r\nhost: edge\r\n\r\n",
+    )
+    .await;
+    assert_eq!((seen.status, seen.slot.as_deref()), (504, Some("blue")));
+    assert!(seen.close);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = router
+        .metrics()
+        .window_stats(Slot::Blue, Duration::from_secs(60));
+    assert_eq!((stats.requests, stats.proxy_errors), (1, 1));
+    // A quick exchange is not affected.
+    let seen = one_exchange(router.local_addr(), &post("/read", 10)).await;
+    assert_eq!(seen.status, 200);
+    let refused = ProxyRouter::builder(service())
+        .request_timeout(Duration::ZERO)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("request_timeout"), "{refused}");
+    router.shutdown().await;
+}
+
+/// A writer the test reads back.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_request() {
+    let upstream = Upstream::start().await;
+    let out = Captured::default();
+    let router = router_with(upstream.addr, |b| {
+        b.access_log(AccessLog::to_writer(out.clone()))
+    })
+    .await;
+    let proxy = router.local_addr();
+    assert_eq!(one_exchange(proxy, &post("/read", 300)).await.status, 200);
+    assert_eq!(
+        one_exchange(proxy, b"GET /nothing?q=1 HTTP/1.1\r\nhost: edge\r\n\r\n")
+            .await
+            .status,
+        404
+    );
+    router.shutdown().await;
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let upstream_addr = upstream.addr.to_string();
+    for (line, (method, path, status, bytes)) in lines
+        .iter()
+        .zip([("POST", "/read", 200, 9), ("GET", "/nothing?q=1", 404, 9)])
+    {
+        assert_eq!(line["service"], "edge");
+        assert_eq!(line["slot"], "blue");
+        assert_eq!(line["method"], method);
+        assert_eq!(line["path"], path);
+        assert_eq!(line["status"], status);
+        assert_eq!(line["bytes"], bytes);
+        assert_eq!(line["upstream"], upstream_addr.as_str());
+        assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
+        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    }
 }

@@ -51,6 +51,8 @@ pub(crate) enum Upload {
     /// The upstream stopped taking the body; the rest was read from the
     /// client and discarded.
     Upstream,
+    /// The body passed the router's maximum request body size.
+    TooLarge,
 }
 
 /// How far the client's request body has been read, by its framing.
@@ -62,14 +64,18 @@ pub(crate) struct BodyProgress<'a> {
     /// Body bytes at the front of the client buffer already counted, not
     /// yet consumed (being written upstream).
     counted: usize,
+    /// Body data bytes counted so far, and the most allowed.
+    total: u64,
+    limit: Option<u64>,
     /// What [`unread`](Self::unread) says, shared with the response head
     /// written while the upload runs.
     unread: &'a AtomicU64,
 }
 
 impl<'a> BodyProgress<'a> {
-    /// The progress through a body of `framing`, published to `unread`.
-    pub(crate) fn new(framing: Framing, unread: &'a AtomicU64) -> Self {
+    /// The progress through a body of `framing`, published to `unread`,
+    /// of at most `limit` data bytes.
+    pub(crate) fn new(framing: Framing, unread: &'a AtomicU64, limit: Option<u64>) -> Self {
         let progress = BodyProgress {
             framing,
             left: match framing {
@@ -78,6 +84,8 @@ impl<'a> BodyProgress<'a> {
             },
             scanner: ChunkScanner::default(),
             counted: 0,
+            total: 0,
+            limit,
             unread,
         };
         progress.publish();
@@ -115,19 +123,27 @@ impl<'a> BodyProgress<'a> {
         if self.counted > 0 || buf.is_empty() {
             return Ok(());
         }
+        let mut data = 0u64;
         self.counted = match self.framing {
             Framing::Length(_) => {
                 let n = self.left.min(buf.len() as u64);
                 self.left -= n;
+                data = n;
                 n as usize
             }
             Framing::Chunked if !self.scanner.done() => self
                 .scanner
-                .scan(buf, |_| {})
+                .scan(buf, |range| data += range.len() as u64)
                 .map_err(|_| Upload::BadBody)?,
             _ => 0,
         };
+        self.total += data;
         self.publish();
+        if self.limit.is_some_and(|limit| self.total > limit) {
+            // Nothing of these bytes goes upstream.
+            self.counted = 0;
+            return Err(Upload::TooLarge);
+        }
         Ok(())
     }
 
@@ -229,7 +245,7 @@ mod tests {
         let unread = AtomicU64::new(0);
         // 10 bytes of body, 7 of them read with the head; the upload had
         // counted them and was dropped while writing them upstream.
-        let mut body = BodyProgress::new(Framing::Length(10), &unread);
+        let mut body = BodyProgress::new(Framing::Length(10), &unread, None);
         assert_eq!(body.unread(), 10);
         let mut buf = BytesMut::from(&b"0123456"[..]);
         body.count(&buf).unwrap();
@@ -246,7 +262,7 @@ mod tests {
     #[tokio::test]
     async fn chunked_bodies_are_discarded_to_their_end_and_the_next_request_kept() {
         let unread = AtomicU64::new(0);
-        let mut body = BodyProgress::new(Framing::Chunked, &unread);
+        let mut body = BodyProgress::new(Framing::Chunked, &unread, None);
         assert_eq!(body.unread(), u64::MAX);
         let mut buf = BytesMut::from(&b"5\r\nhello\r\n0\r\n\r\nGET /next"[..]);
         let mut client: &[u8] = b"";
@@ -280,7 +296,7 @@ mod tests {
             }
         }
         let unread = AtomicU64::new(0);
-        let mut body = BodyProgress::new(Framing::Length(8), &unread);
+        let mut body = BodyProgress::new(Framing::Length(8), &unread, None);
         let mut buf = BytesMut::from(&b"abcd"[..]);
         let mut client: &[u8] = b"efghNEXT";
         let end = body
@@ -291,9 +307,24 @@ mod tests {
         // Only the body was taken from the client's bytes.
         assert_eq!(&buf[..], b"NEXT");
         // A broken chunked coding is the client's fault.
-        let mut body = BodyProgress::new(Framing::Chunked, &unread);
+        let mut body = BodyProgress::new(Framing::Chunked, &unread, None);
         let mut buf = BytesMut::from(&b"zz\r\n"[..]);
         let end = body.discard(&mut client, &mut buf, None).await;
         assert_eq!(end, Err(Upload::BadBody));
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_over_the_limit_stops_before_its_excess_goes_upstream() {
+        let unread = AtomicU64::new(0);
+        let mut body = BodyProgress::new(Framing::Chunked, &unread, Some(6));
+        let mut upstream = Vec::new();
+        let mut buf = BytesMut::from(&b"5\r\nhello\r\n"[..]);
+        let mut client: &[u8] = b"5\r\nworld\r\n0\r\n\r\n";
+        let end = body
+            .relay(&mut client, Some(&mut upstream), &mut buf, None)
+            .await;
+        assert_eq!(end, Err(Upload::TooLarge));
+        // Only the first chunk, within the limit, went upstream.
+        assert_eq!(upstream, b"5\r\nhello\r\n");
     }
 }

@@ -72,6 +72,13 @@
 //!   `Host` is kept. Every response carries [`SLOT_HEADER`]
 //!   (`x-atlas-slot: blue|green`) naming the slot that served it, the
 //!   proxy's own error responses included.
+//! - **Limits.** Optional: a maximum request body size (413, checked
+//!   against the declared length before any upstream is chosen) and a
+//!   request timeout bounding a whole exchange (504 if nothing of the
+//!   response went out yet); see [`ProxyRouterBuilder::max_request_body`]
+//!   and [`ProxyRouterBuilder::request_timeout`].
+//! - **Access log.** Optional JSON lines, one per relayed request
+//!   ([`AccessLog`]); off by default, at no cost on the request path.
 //! - **Metrics.** [`ProxyRouter::metrics`] gives a [`ProxyMetrics`], a
 //!   [`MetricProvider`](atlas_core::MetricProvider) over a sliding window
 //!   (default 60 s), also served in the Prometheus text format at
@@ -115,6 +122,7 @@
 // body use h1; balance uses h1 and upstream; admin uses metrics; shared uses balance,
 // metrics and upstream; relay uses those; and nothing uses this module,
 // which ties them together.
+mod access_log;
 mod admin;
 mod balance;
 mod body;
@@ -142,6 +150,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
+pub use access_log::AccessLog;
 pub use h1::SLOT_HEADER;
 pub use metrics::{ProxyMetrics, WindowStats};
 
@@ -172,6 +181,9 @@ const BACKEND: &str = "proxy-router";
 /// | [`initial_split`](Self::initial_split) | none (503 until a split is set) |
 /// | [`reuse_port`](Self::reuse_port) | off |
 /// | [`worker_threads`](Self::worker_threads) | the number of cores |
+/// | [`max_request_body`](Self::max_request_body) | none (no limit) |
+/// | [`request_timeout`](Self::request_timeout) | none (no limit) |
+/// | [`access_log`](Self::access_log) | none (off) |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is awaited"]
 pub struct ProxyRouterBuilder {
@@ -190,6 +202,9 @@ pub struct ProxyRouterBuilder {
     initial_split: Option<TrafficSplit>,
     reuse_port: bool,
     worker_threads: usize,
+    max_request_body: Option<u64>,
+    request_timeout: Option<Duration>,
+    access_log: Option<AccessLog>,
 }
 
 impl ProxyRouterBuilder {
@@ -322,6 +337,39 @@ impl ProxyRouterBuilder {
         self
     }
 
+    /// The largest request body the proxy relays, in bytes. A request
+    /// declaring a longer `Content-Length` is answered 413 before any
+    /// upstream is chosen; a chunked body is counted as it streams, and
+    /// the one that passes the limit is cut off before its excess goes
+    /// upstream: that upstream connection is closed, so no upstream ever
+    /// receives a complete body over the limit, and the client gets 413
+    /// unless a response had already started. Either way the client
+    /// connection closes. `None`: no limit (the default).
+    pub fn max_request_body(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.max_request_body = bytes.into();
+        self
+    }
+
+    /// How long one exchange may take, from its complete request head to
+    /// the end of the response body. One that takes longer is abandoned
+    /// and both its connections closed; the client gets 504 if nothing of
+    /// the response had reached it, and it counts as a timeout in the
+    /// metrics. Unlike [`response_timeout`](Self::response_timeout) it
+    /// also bounds slow uploads and long response bodies, so leave it off
+    /// for streaming responses. `None`: no limit (the default).
+    pub fn request_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.request_timeout = timeout.into();
+        self
+    }
+
+    /// Writes an access log: one JSON line per relayed request (see
+    /// [`AccessLog`] for the fields). Off by default, and then it costs
+    /// nothing on the request path.
+    pub fn access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = Some(log);
+        self
+    }
+
     /// Validates the options, binds the listeners and starts serving: the
     /// data path on its [worker threads](Self::worker_threads), the admin
     /// endpoint and the pool reaper on the current Tokio runtime.
@@ -329,7 +377,7 @@ impl ProxyRouterBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidInput`] naming the option for a zero connect, pool
-    /// idle, response or header timeout, a metrics window outside 1 s–24 h,
+    /// idle, response, request or header timeout, a metrics window outside 1 s–24 h,
     /// an invalid sticky cookie name or an invalid initial split match rule;
     /// [`Error::Backend`] when an address cannot be bound or a worker
     /// thread cannot be started.
@@ -355,6 +403,12 @@ impl ProxyRouterBuilder {
         if self.client_body_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid(
                 "client_body_timeout",
+                "must be greater than zero (use None for no limit)",
+            ));
+        }
+        if self.request_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid(
+                "request_timeout",
                 "must be greater than zero (use None for no limit)",
             ));
         }
@@ -416,6 +470,9 @@ impl ProxyRouterBuilder {
             client_header_timeout: self.client_header_timeout,
             client_body_timeout: self.client_body_timeout,
             sticky,
+            max_request_body: self.max_request_body,
+            request_timeout: self.request_timeout,
+            access_log: self.access_log,
         });
 
         let (stop, stop_rx) = watch::channel(false);
@@ -501,8 +558,11 @@ impl ProxyRouterBuilder {
         }
 
         tasks.push(tokio::spawn(
-            reap_idle(shared.clone(), stop_rx).instrument(span.clone()),
+            reap_idle(shared.clone(), stop_rx.clone()).instrument(span.clone()),
         ));
+        if let Some(log) = shared.access_log.clone() {
+            tasks.push(tokio::spawn(flush_access_log(log, stop_rx.clone())));
+        }
 
         span.in_scope(|| {
             tracing::info!(
@@ -609,6 +669,17 @@ fn bind_reuse_port(addr: SocketAddr) -> Result<TcpListener> {
     socket.listen(1024).map_err(failed)
 }
 
+/// Writes the access log's buffered lines once a second, so that a quiet
+/// router's last lines do not wait for the buffer to fill.
+async fn flush_access_log(log: AccessLog, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => log.flush(),
+        }
+    }
+}
+
 /// Closes expired idle upstream connections in the background, so an
 /// endpoint that stops getting traffic does not hold sockets forever.
 async fn reap_idle(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -679,6 +750,9 @@ impl ProxyRouter {
             initial_split: None,
             reuse_port: false,
             worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_request_body: None,
+            request_timeout: None,
+            access_log: None,
         }
     }
 
@@ -738,6 +812,10 @@ impl ProxyRouter {
         }
         for task in tasks {
             let _ = task.await;
+        }
+        // The last exchanges ended with the tasks above.
+        if let Some(log) = &self.shared.access_log {
+            log.flush();
         }
         self.span
             .in_scope(|| tracing::info!("proxy router stopped"));

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::access_log::Entry;
 use super::balance::Route;
 use super::body::{BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, read_some};
 use super::h1::{
@@ -63,6 +64,7 @@ pub(crate) async fn serve_client(
         upstream_in: BytesMut::new(),
         out: Vec::with_capacity(4096),
         timer: Deadline::new(),
+        response_started: Arc::new(AtomicBool::new(false)),
     };
     conn.run(stop).await;
     let _ = conn.client.shutdown().await;
@@ -104,6 +106,10 @@ struct ClientConn {
     /// The head (and small body) being written.
     out: Vec<u8>,
     timer: Deadline,
+    /// Set once a response head of the exchange in progress was relayed,
+    /// so that an exchange cut off by the request timeout gets a 504 only
+    /// when the client has had nothing yet.
+    response_started: Arc<AtomicBool>,
 }
 
 /// A request head parsed and turned into an upstream head in `out`.
@@ -122,6 +128,8 @@ struct Plan {
     /// request had none (it names the endpoint, so a retry rewrites it).
     host_mark: Option<usize>,
     start: Instant,
+    /// Method and target, copied only when the access log is on.
+    logged: Option<Box<(String, String)>>,
 }
 
 enum Parsed {
@@ -177,7 +185,10 @@ impl ClientConn {
                     put_local_response(&mut self.out, status, text, slot.map(Slot::as_str), close);
                     self.client.write_all(&self.out).await.is_ok() && !close
                 }
-                Parsed::Relay(plan) => self.relay(*plan).await,
+                Parsed::Relay(plan) => match self.shared.request_timeout {
+                    None => self.relay(*plan).await,
+                    Some(limit) => self.relay_within(*plan, limit).await,
+                },
             };
             if !keep || *stop.borrow_and_update() {
                 return;
@@ -297,6 +308,14 @@ impl ClientConn {
         if method == "CONNECT" {
             return Some(local(405, "CONNECT is not supported\n", None));
         }
+        // A declared length over the limit is refused before any upstream
+        // is chosen (a chunked body is counted as it streams).
+        if let (Some(max), Framing::Length(n)) = (self.shared.max_request_body, body)
+            && n > max
+        {
+            tracing::debug!(length = n, max, "request body over the limit");
+            return Some(local(413, "request body too large\n", None));
+        }
         // Absolute-form target: its authority replaces `Host` (RFC 9112 §3.2.2).
         let (path, authority) = match split_absolute(target) {
             Some((authority, path)) => (path, Some(authority)),
@@ -371,6 +390,10 @@ impl ClientConn {
             attempt,
             host_mark,
             start,
+            logged: shared
+                .access_log
+                .is_some()
+                .then(|| Box::new((method.to_owned(), target.to_owned()))),
         })))
     }
 
@@ -379,11 +402,17 @@ impl ClientConn {
     async fn relay(&mut self, plan: Plan) -> bool {
         self.client_in.advance(plan.head_len);
         let shared = self.shared.clone();
+        self.response_started.store(false, Ordering::Relaxed);
+        let started = self.response_started.clone();
         let mut exchange = Exchange {
             shared: shared.clone(),
             slot: plan.slot,
             start: plan.start,
-            outcome: None,
+            // Until the exchange ends one way or another: an exchange
+            // dropped unfinished was cut off by the request timeout.
+            outcome: Some(Outcome::Failed(ProxyFailure::Timeout)),
+            logged: plan.logged,
+            bytes: 0,
             in_flight: plan.attempt,
         };
         let sticky = plan
@@ -401,11 +430,12 @@ impl ClientConn {
             client_minor: plan.minor,
             client_keep_alive: plan.keep_alive,
             request_unread: &request_unread,
+            response_started: &started,
         };
         // A request body read with the head goes upstream in the same
         // write, so that an upstream that answers without reading the body
         // finds it already buffered and can keep the connection.
-        let mut body = BodyProgress::new(plan.body, &request_unread);
+        let mut body = BodyProgress::new(plan.body, &request_unread, shared.max_request_body);
         if !plan.expect_continue {
             body.coalesce(&mut self.client_in, COALESCE, &mut self.out);
         }
@@ -472,7 +502,7 @@ impl ClientConn {
                     let (mut ur, _) = stream.split();
                     let (_, mut cw) = self.client.split();
                     let end = relay_response_body(
-                        &mut cw,
+                        &mut Counting::new(&mut cw, &mut exchange.bytes, head.head_len),
                         &mut ur,
                         &mut self.upstream_in,
                         &mut self.out,
@@ -507,6 +537,7 @@ impl ClientConn {
                 .await
                 .is_err()
         {
+            exchange.outcome = None;
             return false;
         }
         self.upstream_in.clear();
@@ -534,11 +565,13 @@ impl ClientConn {
             let response = &response;
             let head_seen = &head_seen;
             let answered_early = &answered_early;
+            let bytes = &mut exchange.bytes;
             let download = pin!(async move {
                 match read_response_head(&mut ur, upstream_in, out, response).await {
                     Ok(head) => {
                         answered_early.store(!sent.load(Ordering::Relaxed), Ordering::Relaxed);
                         head_seen.store(true, Ordering::Relaxed);
+                        let mut cw = Counting::new(&mut cw, bytes, head.head_len);
                         relay_response_body(&mut cw, &mut ur, upstream_in, out, head).await
                     }
                     Err(error) => ResponseEnd::NoHead(error),
@@ -547,17 +580,33 @@ impl ClientConn {
             both(upload, download, head_seen, shared.pool.response_timeout).await
         };
         match (&end, uploaded) {
-            (_, Some(Err(why @ (Upload::ClientGone | Upload::BadBody | Upload::Stalled)))) => {
+            (
+                _,
+                Some(Err(
+                    why @ (Upload::ClientGone
+                    | Upload::BadBody
+                    | Upload::Stalled
+                    | Upload::TooLarge),
+                )),
+            ) => {
                 exchange.outcome = None;
                 tracing::debug!(slot = %plan.slot, ?why, "client request body broke off");
                 // The upstream holds part of a request: its connection is
                 // closed here, never pooled.
                 drop(stream);
-                // A client whose chunked coding is broken gets 400, unless
-                // a response head already went its way.
-                if why == Upload::BadBody && !head_seen.load(Ordering::Relaxed) {
+                // A client whose chunked coding is broken gets 400, and one
+                // whose chunked body passed the limit 413, unless a
+                // response head already went its way.
+                let answer = match why {
+                    Upload::BadBody => Some((400, "bad request\n")),
+                    Upload::TooLarge => Some((413, "request body too large\n")),
+                    _ => None,
+                };
+                if let Some((status, text)) = answer
+                    && !head_seen.load(Ordering::Relaxed)
+                {
                     self.out.clear();
-                    put_local_response(&mut self.out, 400, "bad request\n", None, true);
+                    put_local_response(&mut self.out, status, text, Some(plan.slot.as_str()), true);
                     let _ = self.client.write_all(&self.out).await;
                 }
                 false
@@ -598,6 +647,26 @@ impl ClientConn {
                     tracing::debug!(slot = %plan.slot, ?why, "request body after an early answer broke off");
                 }
                 discarded.is_ok()
+            }
+        }
+    }
+
+    /// Relays one exchange within the request timeout `limit`; one that
+    /// takes longer is abandoned, both connections closed, and the client
+    /// answered 504 when it has had nothing yet.
+    async fn relay_within(&mut self, plan: Plan, limit: Duration) -> bool {
+        let slot = plan.slot;
+        match tokio::time::timeout(limit, self.relay(plan)).await {
+            Ok(keep) => keep,
+            Err(_) => {
+                tracing::debug!(%slot, ?limit, "request timeout");
+                if !self.response_started.load(Ordering::Relaxed) {
+                    let (status, text) = failure_answer(ProxyFailure::Timeout);
+                    self.out.clear();
+                    put_local_response(&mut self.out, status, text, Some(slot.as_str()), true);
+                    let _ = self.client.write_all(&self.out).await;
+                }
+                false
             }
         }
     }
@@ -706,7 +775,7 @@ async fn both(
             biased;
             end = download.as_mut() => return (end, uploaded),
             up = upload.as_mut(), if uploaded.is_none() => {
-                if matches!(up, Err(Upload::ClientGone | Upload::BadBody | Upload::Stalled)) {
+                if matches!(up, Err(Upload::ClientGone | Upload::BadBody | Upload::Stalled | Upload::TooLarge)) {
                     return (ResponseEnd::ClientGone { status: 0 }, Some(up));
                 }
                 if up.is_ok() && let Some(limit) = response_timeout {
@@ -757,6 +826,10 @@ struct Exchange {
     slot: Slot,
     start: Instant,
     outcome: Option<Outcome>,
+    /// Method and target for the access log, when it is on.
+    logged: Option<Box<(String, String)>>,
+    /// Response body bytes relayed to the client.
+    bytes: u64,
     // Declared last: dropped after the metrics are recorded, so a drain
     // that ends sees this request counted.
     in_flight: InFlight,
@@ -774,6 +847,71 @@ impl Drop for Exchange {
             ?latency,
             "request finished"
         );
+        if let (Some(log), Some(logged)) = (&self.shared.access_log, &self.logged) {
+            let status = match outcome {
+                Outcome::Status(status) => status,
+                Outcome::Failed(failure) => failure_answer(failure).0,
+            };
+            log.record(&Entry {
+                service: self.shared.service.as_str(),
+                slot: self.slot,
+                method: &logged.0,
+                path: &logged.1,
+                status,
+                bytes: self.bytes,
+                duration: self.start.elapsed(),
+                upstream: Some(self.in_flight.upstream().endpoint.addr),
+            });
+        }
+    }
+}
+
+/// A writer that counts the body bytes written through it (all bytes
+/// after the first `skip`, the response head).
+struct Counting<'a, W> {
+    inner: &'a mut W,
+    written: &'a mut u64,
+    skip: u64,
+}
+
+impl<'a, W> Counting<'a, W> {
+    fn new(inner: &'a mut W, written: &'a mut u64, skip: usize) -> Self {
+        Counting {
+            inner,
+            written,
+            skip: skip as u64,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<'_, W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            let n = n as u64;
+            *this.written += n.saturating_sub(this.skip);
+            this.skip = this.skip.saturating_sub(n);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -787,12 +925,16 @@ struct ResponseCtx<'a> {
     /// The request body bytes not yet read from the client
     /// ([`BodyProgress::unread`]).
     request_unread: &'a AtomicU64,
+    /// Set when a final response head is written for the client.
+    response_started: &'a AtomicBool,
 }
 
 /// A response head relayed to `out` (not yet written to the client).
 #[derive(Debug)]
 struct ResponseHead {
     status: u16,
+    /// The length of the client's head at the start of `out`.
+    head_len: usize,
     /// How the upstream delimits the body.
     from: Framing,
     /// Whether the body goes to the client chunk-decoded (an HTTP/1.0
@@ -928,6 +1070,7 @@ fn write_response_head(
     let headers: &[Header<'_>] = res.headers;
     let facts =
         Facts::read(headers).map_err(|_| HeadError::Invalid("ambiguous response framing"))?;
+    ctx.response_started.store(true, Ordering::Relaxed);
     let from = facts.response_framing(status, ctx.head_request);
     let upstream_persistent = facts.persistent(minor) && from != Framing::Close;
     let decode_chunks = from == Framing::Chunked && ctx.client_minor == 0;
@@ -970,6 +1113,7 @@ fn write_response_head(
         len,
         Some(ResponseHead {
             status,
+            head_len: out.len(),
             from,
             decode_chunks,
             upstream_persistent,

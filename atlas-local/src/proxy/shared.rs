@@ -15,6 +15,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use atlas_core::{Endpoint, Error, Result, ServiceName, Slot, TrafficSplit};
 use http::HeaderValue;
 
+use super::access_log::AccessLog;
 use super::balance::{SplitState, is_cookie_name, least_outstanding};
 use super::metrics::{MetricsCore, RouterState};
 use super::upstream::{InFlight, PoolConfig, Upstream};
@@ -85,6 +86,9 @@ pub(crate) struct Shared {
     pub(crate) client_header_timeout: Option<Duration>,
     pub(crate) client_body_timeout: Option<Duration>,
     pub(crate) sticky: Option<StickyCookie>,
+    pub(crate) max_request_body: Option<u64>,
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 impl Shared {
