@@ -11,7 +11,8 @@
 # app answers `/` without reading the body (as frameworks do for auth and
 # size errors) and `/drain` after reading all of it.
 # ATLAS_PROXY_MODE=shared runs atlas_proxy with --shared-runtime (one
-# multi-threaded runtime) instead of its default.
+# multi-threaded runtime) instead of its default, the embedded router with
+# its data path on worker threads.
 # Exits with status 1 when the Atlas proxy had any socket error (connect,
 # read, write, timeout), which a client sees as a lost request.
 # Installs nginx and wrk (Debian) when missing. Needs root for apt only.
@@ -39,8 +40,14 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${need[@]}" >&2
 fi
 
-cargo build -q --release -p atlas-examples --example atlas_proxy --example demo_app >&2
-BIN=$CARGO_TARGET_DIR/release/examples
+# ATLAS_BENCH_BIN: a directory with release builds of atlas_proxy and
+# demo_app to use instead of building them here.
+if [ -n "${ATLAS_BENCH_BIN:-}" ]; then
+  BIN=$ATLAS_BENCH_BIN
+else
+  cargo build -q --release -p atlas-examples --example atlas_proxy --example demo_app >&2
+  BIN=$CARGO_TARGET_DIR/release/examples
+fi
 
 UP=127.0.0.1:18090; ATLAS=127.0.0.1:18091; NGINX=127.0.0.1:18092
 wait_port() { for _ in $(seq 100); do curl -sf -o /dev/null "http://$1/" && return 0; sleep 0.05; done; echo "nothing answers on $1" >&2; return 1; }

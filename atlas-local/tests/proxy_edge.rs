@@ -612,3 +612,215 @@ async fn the_access_log_has_one_json_line_per_request() {
         assert!(line["time"].as_str().unwrap().ends_with('Z'));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Protocol upgrades, interim responses and the response idle timeout,
+// against a raw upstream that plays a script on each connection.
+
+/// Reads from `stream` until a head ends; returns it, lowercased.
+async fn raw_head(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            assert_eq!(i + 4, buf.len(), "nothing follows the head yet");
+            return String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        }
+        let mut byte = [0u8; 1];
+        let n = bounded("a head", stream.read(&mut byte)).await.unwrap();
+        assert!(n == 1, "closed inside a head: {buf:?}");
+        buf.push(byte[0]);
+    }
+}
+
+/// A raw upstream on 127.0.0.1 running `script` for each connection.
+async fn raw_upstream<F, Fut>(script: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(script(stream));
+        }
+    });
+    (addr, task)
+}
+
+fn prometheus_value(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_is_relayed_both_ways_and_drained_after_a_cutover() {
+    let (addr, _task) = raw_upstream(|mut s| async move {
+        let head = raw_head(&mut s).await;
+        assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+        assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Echo until the proxy closes.
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await;
+    let router = router_with(addr, |b| b.upgrade_drain_time(Duration::from_millis(300))).await;
+    let mut client = TcpStream::connect(router.local_addr()).await.unwrap();
+    client
+        .write_all(b"GET /chat HTTP/1.1\r\nhost: edge\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: k\r\n\r\n")
+        .await
+        .unwrap();
+    let head = raw_head(&mut client).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(head.contains("\r\nsec-websocket-accept: x\r\n"), "{head}");
+    assert!(head.contains("\r\nx-atlas-slot: blue\r\n"), "{head}");
+    // Frames go both ways.
+    for message in [&b"hello"[..], &[0x81, 0x02, 0xff, 0x00][..]] {
+        client.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        bounded("the echo", client.read_exact(&mut back))
+            .await
+            .unwrap();
+        assert_eq!(back, message);
+    }
+    let metrics = router.metrics();
+    let text = metrics.render_prometheus();
+    let series = |name: &str| format!("{name}{{service=\"edge\",slot=\"blue\"}}");
+    assert_eq!(
+        prometheus_value(&text, &series("atlas_proxy_upgraded_connections_total")),
+        1
+    );
+    assert_eq!(
+        prometheus_value(&text, &series("atlas_proxy_upgraded_connections_open")),
+        1
+    );
+    // A cutover: the endpoint leaves the slot, and set_endpoints does not
+    // wait for the upgraded connection; it stays open for the drain time.
+    bounded(
+        "set_endpoints",
+        router.set_endpoints(&service(), Slot::Blue, &[]),
+    )
+    .await
+    .unwrap();
+    client.write_all(b"still").await.unwrap();
+    let mut back = [0u8; 5];
+    bounded("the echo after the cutover", client.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(&back, b"still");
+    // Then it is closed, and counted.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    bounded("the drain", client.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = metrics.render_prometheus();
+    assert_eq!(
+        prometheus_value(&text, &series("atlas_proxy_upgraded_connections_open")),
+        0
+    );
+    assert_eq!(
+        prometheus_value(
+            &text,
+            &series("atlas_proxy_upgraded_connections_drained_total")
+        ),
+        1
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn interim_responses_are_relayed_before_the_final_one() {
+    let (addr, _task) = raw_upstream(|mut s| async move {
+        raw_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    })
+    .await;
+    let router = router_with(addr, |b| b).await;
+    let mut client = TcpStream::connect(router.local_addr()).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: edge\r\n\r\n")
+        .await
+        .unwrap();
+    let hints = raw_head(&mut client).await;
+    assert!(hints.starts_with("http/1.1 103"), "{hints}");
+    assert!(
+        hints.contains("\r\nlink: </s.css>; rel=preload\r\n"),
+        "{hints}"
+    );
+    let mut buf = Vec::new();
+    let (mut r, _) = client.split();
+    let seen = bounded("the final response", read_response(&mut r, &mut buf))
+        .await
+        .unwrap();
+    assert_eq!((seen.status, seen.body.as_slice()), (200, &b"ok"[..]));
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_quiet_response_body_is_cut_off_only_with_an_idle_timeout() {
+    let (addr, _task) = raw_upstream(|mut s| async move {
+        raw_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    let get = b"GET / HTTP/1.1\r\nhost: edge\r\n\r\n";
+    // Default: a quiet body (server-sent events) is waited for. (A short
+    // grace period: shutdown then cuts the exchange off.)
+    let router = router_with(addr, |b| b.grace_period(Duration::from_millis(100))).await;
+    let mut client = TcpStream::connect(router.local_addr()).await.unwrap();
+    client.write_all(get).await.unwrap();
+    let mut got = vec![0u8; 256];
+    let mut seen = Vec::new();
+    let quiet = tokio::time::timeout(Duration::from_millis(700), async {
+        loop {
+            let n = client.read(&mut got).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&got[..n]);
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "the connection stayed open");
+    assert!(seen.ends_with(b"half"));
+    router.shutdown().await;
+    // With the timeout: cut off, the client connection closed.
+    let router = router_with(addr, |b| {
+        b.response_idle_timeout(Duration::from_millis(200))
+    })
+    .await;
+    let mut client = TcpStream::connect(router.local_addr()).await.unwrap();
+    client.write_all(get).await.unwrap();
+    let mut all = Vec::new();
+    let started = std::time::Instant::now();
+    bounded("the cut-off", client.read_to_end(&mut all))
+        .await
+        .unwrap();
+    assert!(all.ends_with(b"half"), "{all:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    router.shutdown().await;
+}

@@ -63,8 +63,19 @@
 //!   client body timeout has the exchange abandoned and both connections
 //!   closed.
 //!   `Expect: 100-continue` is answered by the proxy. Interim (1xx)
-//!   upstream responses are not relayed; a response the proxy cannot
-//!   frame unambiguously counts as an upstream failure (502).
+//!   upstream responses are relayed to HTTP/1.1 clients (except the
+//!   upstream's own `100 Continue`); a response the proxy cannot frame
+//!   unambiguously counts as an upstream failure (502). A response body
+//!   may stream for as long as it takes, unless
+//!   [`ProxyRouterBuilder::response_idle_timeout`] bounds the quiet time
+//!   between two reads.
+//! - **Upgrades.** A bodiless HTTP/1.1 request with `Connection: upgrade`
+//!   and an `Upgrade` header (WebSocket) is relayed with both; a `101`
+//!   answer turns the connection into a tunnel relaying bytes both ways
+//!   until either side closes. It stays on the endpoint that accepted it:
+//!   when that endpoint leaves its slot (a cutover), the tunnel is closed
+//!   after [`ProxyRouterBuilder::upgrade_drain_time`]. The metrics count
+//!   upgraded connections, open ones and those a cutover closed.
 //! - **Headers.** Hop-by-hop headers (`Connection` and what it names,
 //!   `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
 //!   `Proxy-*`) are stripped both ways; `X-Forwarded-For` is appended to and
@@ -93,8 +104,7 @@
 //! Atlas's own: heads are parsed in place with `httparse` and each
 //! exchange is relayed inside its client connection's task, which costs
 //! less than half the CPU per request of a general-purpose HTTP stack
-//! (see `BENCHMARKS.md`). CONNECT and protocol
-//! upgrades (WebSocket) are not relayed.
+//! (see `BENCHMARKS.md`). CONNECT is not relayed.
 //!
 //! ```no_run
 //! use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
@@ -184,6 +194,8 @@ const BACKEND: &str = "proxy-router";
 /// | [`max_request_body`](Self::max_request_body) | none (no limit) |
 /// | [`request_timeout`](Self::request_timeout) | none (no limit) |
 /// | [`access_log`](Self::access_log) | none (off) |
+/// | [`upgrade_drain_time`](Self::upgrade_drain_time) | 30 s |
+/// | [`response_idle_timeout`](Self::response_idle_timeout) | none (no limit) |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is awaited"]
 pub struct ProxyRouterBuilder {
@@ -205,6 +217,8 @@ pub struct ProxyRouterBuilder {
     max_request_body: Option<u64>,
     request_timeout: Option<Duration>,
     access_log: Option<AccessLog>,
+    upgrade_drain_time: Duration,
+    response_idle_timeout: Option<Duration>,
 }
 
 impl ProxyRouterBuilder {
@@ -370,6 +384,25 @@ impl ProxyRouterBuilder {
         self
     }
 
+    /// How long an upgraded (WebSocket) connection stays open after its
+    /// endpoint left the slot (a cutover): it stays on the endpoint that
+    /// accepted it until then, and is closed and counted as drained after.
+    /// Zero closes such connections at once. Default 30 s, the default
+    /// grace period.
+    pub fn upgrade_drain_time(mut self, drain: Duration) -> Self {
+        self.upgrade_drain_time = drain;
+        self
+    }
+
+    /// How long an upstream may send nothing while a response body is
+    /// being relayed (the time between two reads); the response is then
+    /// cut off and both connections closed. Off by default, since
+    /// streaming responses (server-sent events) may be quiet for long.
+    pub fn response_idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.response_idle_timeout = timeout.into();
+        self
+    }
+
     /// Validates the options, binds the listeners and starts serving: the
     /// data path on its [worker threads](Self::worker_threads), the admin
     /// endpoint and the pool reaper on the current Tokio runtime.
@@ -377,7 +410,7 @@ impl ProxyRouterBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidInput`] naming the option for a zero connect, pool
-    /// idle, response, request or header timeout, a metrics window outside 1 s–24 h,
+    /// idle, response, response idle, request or header timeout, a metrics window outside 1 s–24 h,
     /// an invalid sticky cookie name or an invalid initial split match rule;
     /// [`Error::Backend`] when an address cannot be bound or a worker
     /// thread cannot be started.
@@ -403,6 +436,12 @@ impl ProxyRouterBuilder {
         if self.client_body_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid(
                 "client_body_timeout",
+                "must be greater than zero (use None for no limit)",
+            ));
+        }
+        if self.response_idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid(
+                "response_idle_timeout",
                 "must be greater than zero (use None for no limit)",
             ));
         }
@@ -473,6 +512,8 @@ impl ProxyRouterBuilder {
             max_request_body: self.max_request_body,
             request_timeout: self.request_timeout,
             access_log: self.access_log,
+            upgrade_drain: self.upgrade_drain_time,
+            response_idle_timeout: self.response_idle_timeout,
         });
 
         let (stop, stop_rx) = watch::channel(false);
@@ -753,6 +794,8 @@ impl ProxyRouter {
             max_request_body: None,
             request_timeout: None,
             access_log: None,
+            upgrade_drain_time: Duration::from_secs(30),
+            response_idle_timeout: None,
         }
     }
 

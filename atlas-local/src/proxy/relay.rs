@@ -35,7 +35,8 @@ use super::balance::Route;
 use super::body::{BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, read_some};
 use super::h1::{
     ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, RequestLineCheck, SLOT_HEADER,
-    head_may_be_complete, put_content_length, put_header, put_local_response, put_status_line,
+    head_may_be_complete, is_hop_by_hop, put_content_length, put_header, put_local_response,
+    put_status_line,
 };
 use super::headers::{PeerInfo, put_forwarding, put_relayed};
 use super::metrics::{Outcome, ProxyFailure};
@@ -65,6 +66,7 @@ pub(crate) async fn serve_client(
         out: Vec::with_capacity(4096),
         timer: Deadline::new(),
         response_started: Arc::new(AtomicBool::new(false)),
+        switched: None,
     };
     conn.run(stop).await;
     let _ = conn.client.shutdown().await;
@@ -110,6 +112,9 @@ struct ClientConn {
     /// so that an exchange cut off by the request timeout gets a 504 only
     /// when the client has had nothing yet.
     response_started: Arc<AtomicBool>,
+    /// An exchange answered `101`, with its upstream connection, to be
+    /// turned into a tunnel.
+    switched: Option<Box<(Exchange, TcpStream)>>,
 }
 
 /// A request head parsed and turned into an upstream head in `out`.
@@ -130,6 +135,10 @@ struct Plan {
     start: Instant,
     /// Method and target, copied only when the access log is on.
     logged: Option<Box<(String, String)>>,
+    /// A bodiless HTTP/1.1 request asking to switch protocols
+    /// (`Connection: upgrade` with an `Upgrade` header): relayed with
+    /// them, and a `101` answer turns the connection into a tunnel.
+    upgrade: bool,
 }
 
 enum Parsed {
@@ -190,6 +199,11 @@ impl ClientConn {
                     Some(limit) => self.relay_within(*plan, limit).await,
                 },
             };
+            if let Some(switched) = self.switched.take() {
+                let (exchange, upstream) = *switched;
+                self.tunnel(exchange, upstream).await;
+                return;
+            }
             if !keep || *stop.borrow_and_update() {
                 return;
             }
@@ -298,6 +312,11 @@ impl ClientConn {
         }
         let keep_alive = facts.persistent(minor);
         let has_body = body != Framing::Empty;
+        let upgrade_to = headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .map(|h| h.value)
+            .filter(|_| minor >= 1 && !has_body && facts.names(b"upgrade"));
         let local = |status, text, slot| Parsed::Local {
             head_len,
             status,
@@ -360,6 +379,10 @@ impl ClientConn {
             put_header(out, b"host", authority.as_bytes());
         }
         put_forwarding(out, headers, &self.peer, host);
+        if let Some(protocol) = upgrade_to {
+            put_header(out, b"connection", b"upgrade");
+            put_header(out, b"upgrade", protocol);
+        }
         match body {
             Framing::Length(n) => put_content_length(out, n),
             Framing::Chunked => put_header(out, b"transfer-encoding", b"chunked"),
@@ -394,6 +417,7 @@ impl ClientConn {
                 .access_log
                 .is_some()
                 .then(|| Box::new((method.to_owned(), target.to_owned()))),
+            upgrade: upgrade_to.is_some(),
         })))
     }
 
@@ -431,6 +455,7 @@ impl ClientConn {
             client_keep_alive: plan.keep_alive,
             request_unread: &request_unread,
             response_started: &started,
+            upgrade: plan.upgrade,
         };
         // A request body read with the head goes upstream in the same
         // write, so that an upstream that answers without reading the body
@@ -493,10 +518,15 @@ impl ClientConn {
             self.upstream_in.clear();
             let head = tokio::select! {
                 biased;
-                head = read_response_head(&mut conn.stream, &mut self.upstream_in, &mut self.out, &response) => head,
+                head = read_response_head(&mut conn.stream, &mut self.client, &mut self.upstream_in, &mut self.out, &response) => head,
                 () = self.timer.expired() => Err(HeadError::Timeout),
             };
             match head {
+                Ok(head) if head.status == 101 => {
+                    // Run by `run`, outside the request timeout.
+                    self.switched = Some(Box::new((exchange, conn.stream)));
+                    return false;
+                }
                 Ok(head) => {
                     let UpstreamConn { mut stream, .. } = conn;
                     let (mut ur, _) = stream.split();
@@ -507,6 +537,7 @@ impl ClientConn {
                         &mut self.upstream_in,
                         &mut self.out,
                         head,
+                        shared.response_idle_timeout,
                     )
                     .await;
                     return self.finish(exchange, stream, end, true);
@@ -566,13 +597,15 @@ impl ClientConn {
             let head_seen = &head_seen;
             let answered_early = &answered_early;
             let bytes = &mut exchange.bytes;
+            let idle_read = shared.response_idle_timeout;
             let download = pin!(async move {
-                match read_response_head(&mut ur, upstream_in, out, response).await {
+                match read_response_head(&mut ur, &mut cw, upstream_in, out, response).await {
                     Ok(head) => {
                         answered_early.store(!sent.load(Ordering::Relaxed), Ordering::Relaxed);
                         head_seen.store(true, Ordering::Relaxed);
                         let mut cw = Counting::new(&mut cw, bytes, head.head_len);
-                        relay_response_body(&mut cw, &mut ur, upstream_in, out, head).await
+                        relay_response_body(&mut cw, &mut ur, upstream_in, out, head, idle_read)
+                            .await
                     }
                     Err(error) => ResponseEnd::NoHead(error),
                 }
@@ -647,6 +680,53 @@ impl ClientConn {
                     tracing::debug!(slot = %plan.slot, ?why, "request body after an early answer broke off");
                 }
                 discarded.is_ok()
+            }
+        }
+    }
+
+    /// Relays both ways between the client and the upstream after a `101`
+    /// (the head is in `out`) until either side closes, or until the
+    /// upgrade drain time after the endpoint left its slot (a cutover):
+    /// the connection stays on the slot that accepted it until then. The
+    /// exchange is recorded as a 101 at once and no longer counts as in
+    /// flight, so a cutover does not wait for it; the metrics count the
+    /// connection as upgraded while it lasts.
+    async fn tunnel(&mut self, mut exchange: Exchange, mut upstream: TcpStream) {
+        let shared = self.shared.clone();
+        let slot = exchange.slot;
+        let endpoint = exchange.in_flight.upstream().clone();
+        exchange.outcome = Some(Outcome::Status(101));
+        if self.client.write_all(&self.out).await.is_err() {
+            return;
+        }
+        drop(exchange);
+        let mut open = UpgradedGuard::new(&shared, slot);
+        let mut retired = endpoint.retired();
+        tracing::debug!(%slot, replica = %endpoint.endpoint.replica, "connection upgraded");
+        // Bytes that came with the heads belong to the new protocol.
+        if !self.upstream_in.is_empty() {
+            if self.client.write_all(&self.upstream_in).await.is_err() {
+                return;
+            }
+            self.upstream_in.clear();
+        }
+        if !self.client_in.is_empty() {
+            if upstream.write_all(&self.client_in).await.is_err() {
+                return;
+            }
+            self.client_in.clear();
+        }
+        let drain = shared.upgrade_drain;
+        tokio::select! {
+            relayed = tokio::io::copy_bidirectional(&mut self.client, &mut upstream) => {
+                tracing::debug!(%slot, ?relayed, "upgraded connection ended");
+            }
+            () = async {
+                let _ = retired.wait_for(|retired| *retired).await;
+                tokio::time::sleep(drain).await;
+            } => {
+                tracing::debug!(%slot, ?drain, "upgraded connection closed after the cutover drain time");
+                open.drained = true;
             }
         }
     }
@@ -866,6 +946,34 @@ impl Drop for Exchange {
     }
 }
 
+/// Counts an upgraded connection as open while it lives, and its end
+/// (drained by a cutover or not) when it goes, also when its task is
+/// aborted.
+struct UpgradedGuard {
+    shared: Arc<Shared>,
+    slot: Slot,
+    drained: bool,
+}
+
+impl UpgradedGuard {
+    fn new(shared: &Arc<Shared>, slot: Slot) -> Self {
+        shared.metrics.record_upgrade(slot);
+        UpgradedGuard {
+            shared: shared.clone(),
+            slot,
+            drained: false,
+        }
+    }
+}
+
+impl Drop for UpgradedGuard {
+    fn drop(&mut self) {
+        self.shared
+            .metrics
+            .record_upgrade_end(self.slot, self.drained);
+    }
+}
+
 /// A writer that counts the body bytes written through it (all bytes
 /// after the first `skip`, the response head).
 struct Counting<'a, W> {
@@ -927,6 +1035,8 @@ struct ResponseCtx<'a> {
     request_unread: &'a AtomicU64,
     /// Set when a final response head is written for the client.
     response_started: &'a AtomicBool,
+    /// The request asked to switch protocols.
+    upgrade: bool,
 }
 
 /// A response head relayed to `out` (not yet written to the client).
@@ -985,10 +1095,11 @@ enum ResponseEnd {
     NoHead(HeadError),
 }
 
-/// Reads the response head into `buf` (skipping interim 1xx responses)
-/// and writes the client's head to `out`.
-async fn read_response_head<R: AsyncRead + Unpin>(
+/// Reads the response head into `buf` and writes the client's head to
+/// `out`; interim 1xx responses before it go to `client` as they come.
+async fn read_response_head<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     r: &mut R,
+    client: &mut W,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     ctx: &ResponseCtx<'_>,
@@ -1008,7 +1119,13 @@ async fn read_response_head<R: AsyncRead + Unpin>(
                     match head {
                         Some(head) => return Ok(head),
                         None => {
-                            // An interim response, skipped.
+                            // An interim response, in `out` when it is
+                            // relayed. A client that is gone is noticed
+                            // when the final head is written.
+                            if !out.is_empty() {
+                                let _ = client.write_all(out).await;
+                                out.clear();
+                            }
                             scanned = 0;
                             continue;
                         }
@@ -1040,7 +1157,9 @@ async fn read_response_head<R: AsyncRead + Unpin>(
 
 /// Parses a response head in `buf` and writes the client's head to `out`.
 /// `Ok(None)`: incomplete; `Ok(Some((len, None)))`: an interim response
-/// of `len` bytes to skip.
+/// of `len` bytes, whose head for the client is in `out` when it is
+/// relayed (not `100 Continue`, which the proxy answers itself, and
+/// nothing to an HTTP/1.0 client).
 fn write_response_head(
     buf: &[u8],
     out: &mut Vec<u8>,
@@ -1059,15 +1178,26 @@ fn write_response_head(
     let (Some(status), Some(minor)) = (res.code, res.version) else {
         return Err(HeadError::Invalid("malformed response head"));
     };
+    let headers: &[Header<'_>] = res.headers;
     if status == 101 {
-        return Err(HeadError::Invalid(
-            "protocol switch without an upgrade request",
-        ));
+        if !ctx.upgrade {
+            return Err(HeadError::Invalid(
+                "protocol switch without an upgrade request",
+            ));
+        }
+        return Ok(Some((len, Some(switching_head(out, headers, ctx)))));
     }
     if status < 200 {
+        out.clear();
+        if status != 100 && ctx.client_minor >= 1 {
+            put_status_line(out, status, res.reason.unwrap_or(""));
+            for h in headers.iter().filter(|h| !is_hop_by_hop(h.name.as_bytes())) {
+                put_header(out, h.name.as_bytes(), h.value);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
         return Ok(Some((len, None)));
     }
-    let headers: &[Header<'_>] = res.headers;
     let facts =
         Facts::read(headers).map_err(|_| HeadError::Invalid("ambiguous response framing"))?;
     ctx.response_started.store(true, Ordering::Relaxed);
@@ -1122,6 +1252,56 @@ fn write_response_head(
     )))
 }
 
+/// Reads from the upstream as [`read_some`] does, failing with
+/// `TimedOut` when nothing came within `idle`.
+async fn read_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    idle: Option<Duration>,
+) -> io::Result<usize> {
+    match idle {
+        None => read_some(r, buf).await,
+        Some(idle) => tokio::time::timeout(idle, read_some(r, buf))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::debug!(?idle, "upstream sent nothing of the response body in time");
+                Err(io::ErrorKind::TimedOut.into())
+            }),
+    }
+}
+
+/// Writes the client's head for a `101 Switching Protocols` answer to an
+/// upgrade request to `out`: the upstream's end-to-end headers, the
+/// protocol it switched to, and the slot.
+fn switching_head(
+    out: &mut Vec<u8>,
+    headers: &[Header<'_>],
+    ctx: &ResponseCtx<'_>,
+) -> ResponseHead {
+    out.clear();
+    put_status_line(out, 101, "Switching Protocols");
+    for h in headers {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            put_header(out, b"upgrade", h.value);
+        } else if !is_hop_by_hop(name) && !name.eq_ignore_ascii_case(SLOT_HEADER.as_bytes()) {
+            put_header(out, name, h.value);
+        }
+    }
+    put_header(out, b"connection", b"upgrade");
+    put_header(out, SLOT_HEADER.as_bytes(), ctx.slot.as_str().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    ctx.response_started.store(true, Ordering::Relaxed);
+    ResponseHead {
+        status: 101,
+        head_len: out.len(),
+        from: Framing::Empty,
+        decode_chunks: false,
+        upstream_persistent: false,
+        client_keep: false,
+    }
+}
+
 /// Writes the head in `out` and relays the body to the client.
 async fn relay_response_body<W, R>(
     w: &mut W,
@@ -1129,6 +1309,7 @@ async fn relay_response_body<W, R>(
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     head: ResponseHead,
+    idle: Option<Duration>,
 ) -> ResponseEnd
 where
     W: AsyncWrite + Unpin,
@@ -1172,7 +1353,7 @@ where
                 if left == 0 {
                     return done(true);
                 }
-                match read_some(r, buf).await {
+                match read_within(r, buf, idle).await {
                     Ok(0) | Err(_) => return broke,
                     Ok(_) => {}
                 }
@@ -1210,7 +1391,7 @@ where
                 if scanner.done() {
                     return done(true);
                 }
-                match read_some(r, buf).await {
+                match read_within(r, buf, idle).await {
                     Ok(0) | Err(_) => return broke,
                     Ok(_) => {}
                 }
@@ -1227,7 +1408,7 @@ where
                     }
                     buf.clear();
                 }
-                match read_some(r, buf).await {
+                match read_within(r, buf, idle).await {
                     Ok(0) => return done(false),
                     Err(_) => return broke,
                     Ok(_) => {}

@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) max_request_body: Option<u64>,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) access_log: Option<AccessLog>,
+    pub(crate) upgrade_drain: Duration,
+    pub(crate) response_idle_timeout: Option<Duration>,
 }
 
 impl Shared {

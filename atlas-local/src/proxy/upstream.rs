@@ -73,6 +73,9 @@ pub(crate) struct Upstream {
     drained: Notify,
     /// One stack per data-path worker.
     idle: Box<[Mutex<Vec<IdleConn>>]>,
+    /// Turns true when the endpoint leaves its slot, for the upgraded
+    /// connections still open to it.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -97,7 +100,13 @@ impl Upstream {
             idle: (0..pool.stacks.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            retired: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Resolves (`true`) once the endpoint has left its slot.
+    pub(crate) fn retired(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.retired.subscribe()
     }
 
     /// Requests in flight to this endpoint.
@@ -109,6 +118,7 @@ impl Upstream {
     /// [`InFlight::enter`]) and its idle connections are closed.
     pub(crate) fn mark_removed(&self) {
         self.removed.store(true, Ordering::SeqCst);
+        self.retired.send_replace(true);
         for stack in &self.idle {
             let idle = std::mem::take(&mut *lock(stack));
             drop(idle);
