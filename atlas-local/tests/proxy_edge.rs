@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
-use atlas_local::proxy::{AccessLog, ProxyRouter, ProxyRouterBuilder};
+use atlas_local::proxy::{AccessLog, GzipPolicy, ProxyRouter, ProxyRouterBuilder};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
@@ -822,5 +822,133 @@ async fn a_quiet_response_body_is_cut_off_only_with_an_idle_timeout() {
         "{:?}",
         started.elapsed()
     );
+    router.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Gzip.
+
+/// Reads one response whose body may be chunked; returns the lowercased
+/// head and the body decoded from the chunked coding.
+async fn head_and_body(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let head = raw_head(stream).await;
+    let mut body = Vec::new();
+    if head.contains("\r\ntransfer-encoding: chunked\r\n") {
+        loop {
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") {
+                let mut b = [0u8; 1];
+                bounded("a chunk line", stream.read_exact(&mut b))
+                    .await
+                    .unwrap();
+                line.push(b[0]);
+            }
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&line[..line.len() - 2]).unwrap(), 16)
+                    .unwrap();
+            let mut chunk = vec![0u8; size + 2];
+            bounded("a chunk", stream.read_exact(&mut chunk))
+                .await
+                .unwrap();
+            if size == 0 {
+                return (head, body);
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    body.resize(length, 0);
+    bounded("a body", stream.read_exact(&mut body))
+        .await
+        .unwrap();
+    (head, body)
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("a valid gzip stream");
+    out
+}
+
+#[tokio::test]
+async fn text_responses_are_gzipped_for_clients_that_accept_it_and_only_then() {
+    let text: Vec<u8> = (0..6000).map(|i| b"abcdefgh "[i % 9]).collect();
+    let page = Arc::new(text.clone());
+    let (addr, _task) = raw_upstream(move |mut s| {
+        let page = page.clone();
+        async move {
+            loop {
+                let head = raw_head(&mut s).await;
+                let path = head.split(' ').nth(1).unwrap().to_owned();
+                let (ctype, extra, body): (&str, &str, &[u8]) = match path.as_str() {
+                    "/small" => ("text/plain", "", b"tiny"),
+                    "/png" => ("image/png", "", &page),
+                    "/encoded" => ("text/plain", "content-encoding: br\r\n", &page),
+                    _ => ("text/html; charset=utf-8", "etag: \"v1\"\r\n", &page),
+                };
+                let mut reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\n{extra}content-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                reply.extend_from_slice(body);
+                if s.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let router = router_with(addr, |b| b.gzip(GzipPolicy::default().with_min_size(100))).await;
+    let mut client = TcpStream::connect(router.local_addr()).await.unwrap();
+    let mut ask = async |path: &str, extra: &str| {
+        client
+            .write_all(format!("GET {path} HTTP/1.1\r\nhost: edge\r\n{extra}\r\n").as_bytes())
+            .await
+            .unwrap();
+        head_and_body(&mut client).await
+    };
+    // Accepted: compressed, chunked, Vary, a weak ETag; the same text.
+    let (head, body) = ask("/page", "accept-encoding: br, gzip\r\n").await;
+    assert!(head.contains("\r\ncontent-encoding: gzip\r\n"), "{head}");
+    assert!(head.contains("\r\nvary: accept-encoding\r\n"), "{head}");
+    assert!(head.contains("\r\netag: w/\"v1\"\r\n"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(body.len() < text.len() / 4, "{} bytes", body.len());
+    assert_eq!(gunzip(&body), text);
+    // The connection goes on; not accepted: identity, still with Vary.
+    let (head, body) = ask("/page", "accept-encoding: gzip;q=0\r\n").await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(head.contains("\r\nvary: accept-encoding\r\n"), "{head}");
+    assert!(head.contains("\r\netag: \"v1\"\r\n"), "{head}");
+    assert_eq!(body, text);
+    // A range request, a small body, a media type not listed, a body
+    // already encoded: untouched.
+    let (head, body) = ask("/page", "accept-encoding: gzip\r\nrange: bytes=0-\r\n").await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert_eq!(body, text);
+    let (head, body) = ask("/small", "accept-encoding: gzip\r\n").await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert_eq!(body, b"tiny");
+    let (head, _) = ask("/png", "accept-encoding: gzip\r\n").await;
+    assert!(
+        !head.contains("content-encoding") && !head.contains("vary"),
+        "{head}"
+    );
+    let (head, body) = ask("/encoded", "accept-encoding: gzip\r\n").await;
+    assert!(head.contains("\r\ncontent-encoding: br\r\n"), "{head}");
+    assert_eq!(body, text);
+    let refused = ProxyRouter::builder(service())
+        .gzip(GzipPolicy::default().with_level(12))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("gzip.level"), "{refused}");
     router.shutdown().await;
 }

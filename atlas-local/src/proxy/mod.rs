@@ -136,6 +136,7 @@ mod access_log;
 mod admin;
 mod balance;
 mod body;
+mod gzip;
 mod h1;
 mod headers;
 mod metrics;
@@ -161,6 +162,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 pub use access_log::AccessLog;
+pub use gzip::GzipPolicy;
 pub use h1::SLOT_HEADER;
 pub use metrics::{ProxyMetrics, WindowStats};
 
@@ -196,6 +198,7 @@ const BACKEND: &str = "proxy-router";
 /// | [`access_log`](Self::access_log) | none (off) |
 /// | [`upgrade_drain_time`](Self::upgrade_drain_time) | 30 s |
 /// | [`response_idle_timeout`](Self::response_idle_timeout) | none (no limit) |
+/// | [`gzip`](Self::gzip) | none (no compression) |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is awaited"]
 pub struct ProxyRouterBuilder {
@@ -219,6 +222,7 @@ pub struct ProxyRouterBuilder {
     access_log: Option<AccessLog>,
     upgrade_drain_time: Duration,
     response_idle_timeout: Option<Duration>,
+    gzip: Option<GzipPolicy>,
 }
 
 impl ProxyRouterBuilder {
@@ -403,6 +407,13 @@ impl ProxyRouterBuilder {
         self
     }
 
+    /// Compresses text responses with gzip for clients that accept it, as
+    /// `policy` says (see [`GzipPolicy`] for when). Off by default.
+    pub fn gzip(mut self, policy: GzipPolicy) -> Self {
+        self.gzip = Some(policy);
+        self
+    }
+
     /// Validates the options, binds the listeners and starts serving: the
     /// data path on its [worker threads](Self::worker_threads), the admin
     /// endpoint and the pool reaper on the current Tokio runtime.
@@ -411,7 +422,8 @@ impl ProxyRouterBuilder {
     ///
     /// [`Error::InvalidInput`] naming the option for a zero connect, pool
     /// idle, response, response idle, request or header timeout, a metrics window outside 1 s–24 h,
-    /// an invalid sticky cookie name or an invalid initial split match rule;
+    /// an invalid sticky cookie name, an invalid initial split match rule
+    /// or a gzip level outside 1–9;
     /// [`Error::Backend`] when an address cannot be bound or a worker
     /// thread cannot be started.
     pub async fn build(self) -> Result<ProxyRouter> {
@@ -437,6 +449,14 @@ impl ProxyRouterBuilder {
             return Err(Error::invalid(
                 "client_body_timeout",
                 "must be greater than zero (use None for no limit)",
+            ));
+        }
+        if let Some(policy) = &self.gzip
+            && !(1..=9).contains(&policy.level)
+        {
+            return Err(Error::invalid(
+                "gzip.level",
+                format!("must be 1 to 9, got {}", policy.level),
             ));
         }
         if self.response_idle_timeout.is_some_and(|t| t.is_zero()) {
@@ -513,6 +533,7 @@ impl ProxyRouterBuilder {
             request_timeout: self.request_timeout,
             access_log: self.access_log,
             upgrade_drain: self.upgrade_drain_time,
+            gzip: self.gzip,
             response_idle_timeout: self.response_idle_timeout,
         });
 
@@ -796,6 +817,7 @@ impl ProxyRouter {
             access_log: None,
             upgrade_drain_time: Duration::from_secs(30),
             response_idle_timeout: None,
+            gzip: None,
         }
     }
 

@@ -33,6 +33,7 @@ use tokio::time::{Instant, Sleep};
 use super::access_log::Entry;
 use super::balance::Route;
 use super::body::{BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, read_some};
+use super::gzip::{self, GzipPolicy};
 use super::h1::{
     ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, RequestLineCheck, SLOT_HEADER,
     head_may_be_complete, is_hop_by_hop, put_content_length, put_header, put_local_response,
@@ -139,6 +140,8 @@ struct Plan {
     /// (`Connection: upgrade` with an `Upgrade` header): relayed with
     /// them, and a `101` answer turns the connection into a tunnel.
     upgrade: bool,
+    /// The router compresses, and this request accepts gzip.
+    accepts_gzip: bool,
 }
 
 enum Parsed {
@@ -418,6 +421,9 @@ impl ClientConn {
                 .is_some()
                 .then(|| Box::new((method.to_owned(), target.to_owned()))),
             upgrade: upgrade_to.is_some(),
+            accepts_gzip: shared.gzip.is_some()
+                && method != "HEAD"
+                && gzip::request_accepts(headers),
         })))
     }
 
@@ -456,6 +462,8 @@ impl ClientConn {
             request_unread: &request_unread,
             response_started: &started,
             upgrade: plan.upgrade,
+            gzip: shared.gzip.as_ref(),
+            accepts_gzip: plan.accepts_gzip,
         };
         // A request body read with the head goes upstream in the same
         // write, so that an upstream that answers without reading the body
@@ -1037,12 +1045,17 @@ struct ResponseCtx<'a> {
     response_started: &'a AtomicBool,
     /// The request asked to switch protocols.
     upgrade: bool,
+    /// The router's gzip policy, and whether this request may get gzip.
+    gzip: Option<&'a GzipPolicy>,
+    accepts_gzip: bool,
 }
 
 /// A response head relayed to `out` (not yet written to the client).
 #[derive(Debug)]
 struct ResponseHead {
     status: u16,
+    /// Relayed gzip-compressed at this level.
+    gzip: Option<u32>,
     /// The length of the client's head at the start of `out`.
     head_len: usize,
     /// How the upstream delimits the body.
@@ -1214,6 +1227,26 @@ fn write_response_head(
     // On a bodiless response (HEAD, 304) `Content-Length` describes the
     // resource, and is relayed as it came.
     let keep_length = from == Framing::Empty && facts.has_content_length();
+    // Gzip: for a listed media type (then `Vary` either way) and a client
+    // that accepts it, a 200 not already encoded, of enough length.
+    let (vary, gzip) = match ctx.gzip {
+        Some(policy)
+            if policy.compressible(headers)
+                && gzip::header(headers, "content-encoding").is_none() =>
+        {
+            let gzip = ctx.accepts_gzip
+                && status == 200
+                && ctx.client_minor >= 1
+                && gzip::header(headers, "content-range").is_none()
+                && match from {
+                    Framing::Length(n) => n >= policy.min_size,
+                    Framing::Chunked => true,
+                    Framing::Empty | Framing::Close => false,
+                };
+            (true, gzip.then_some(policy.level))
+        }
+        _ => (false, None),
+    };
     for h in headers {
         let name = h.name.as_bytes();
         if facts.hop_by_hop(name)
@@ -1222,13 +1255,27 @@ fn write_response_head(
         {
             continue;
         }
+        if gzip.is_some() && name.eq_ignore_ascii_case(b"etag") && h.value.starts_with(b"\"") {
+            // The compressed bytes are not the ones the strong tag names.
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(h.value);
+            put_header(out, name, &weak);
+            continue;
+        }
         put_header(out, name, h.value);
+    }
+    if vary {
+        put_header(out, b"vary", b"accept-encoding");
     }
     put_header(out, SLOT_HEADER.as_bytes(), ctx.slot.as_str().as_bytes());
     if let Some(cookie) = ctx.sticky {
         put_header(out, b"set-cookie", cookie);
     }
     match from {
+        _ if gzip.is_some() => {
+            put_header(out, b"content-encoding", b"gzip");
+            put_header(out, b"transfer-encoding", b"chunked");
+        }
         Framing::Length(n) => put_content_length(out, n),
         Framing::Chunked if !decode_chunks => put_header(out, b"transfer-encoding", b"chunked"),
         _ => {}
@@ -1243,6 +1290,7 @@ fn write_response_head(
         len,
         Some(ResponseHead {
             status,
+            gzip,
             head_len: out.len(),
             from,
             decode_chunks,
@@ -1250,6 +1298,91 @@ fn write_response_head(
             client_keep,
         }),
     )))
+}
+
+/// Writes the head in `out`, then the upstream's body (a length or
+/// chunked) compressed with gzip at `level`, in the chunked coding.
+async fn relay_gzipped<W, R>(
+    w: &mut W,
+    r: &mut R,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    head: ResponseHead,
+    idle: Option<Duration>,
+    level: u32,
+) -> ResponseEnd
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    use std::io::Write as _;
+    let status = head.status;
+    let gone = ResponseEnd::ClientGone { status };
+    let broke = ResponseEnd::UpstreamBroke { status };
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(COALESCE),
+        flate2::Compression::new(level.clamp(1, 9)),
+    );
+    let mut left = match head.from {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut scanner = ChunkScanner::default();
+    loop {
+        if !buf.is_empty() {
+            // Writes to a Vec cannot fail.
+            if let Framing::Length(_) = head.from {
+                let take = left.min(buf.len() as u64) as usize;
+                let _ = encoder.write_all(&buf[..take]);
+                buf.advance(take);
+                left -= take as u64;
+            } else {
+                match scanner.scan(buf, |data| {
+                    let _ = encoder.write_all(&buf[data]);
+                }) {
+                    Ok(n) => buf.advance(n),
+                    Err(error) => {
+                        tracing::debug!(reason = error.0, "invalid chunked response body");
+                        return broke;
+                    }
+                }
+            }
+        }
+        let ended = match head.from {
+            Framing::Length(_) => left == 0,
+            _ => scanner.done(),
+        };
+        if ended {
+            let _ = encoder.try_finish();
+        }
+        let compressed = encoder.get_mut();
+        if !compressed.is_empty() {
+            out.extend_from_slice(format!("{:x}\r\n", compressed.len()).as_bytes());
+            out.extend_from_slice(compressed);
+            out.extend_from_slice(b"\r\n");
+            compressed.clear();
+        }
+        if ended {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !out.is_empty() {
+            if w.write_all(out).await.is_err() {
+                return gone;
+            }
+            out.clear();
+        }
+        if ended {
+            return ResponseEnd::Done {
+                status,
+                upstream_reusable: head.upstream_persistent,
+                client_keep: head.client_keep,
+            };
+        }
+        match read_within(r, buf, idle).await {
+            Ok(0) | Err(_) => return broke,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Reads from the upstream as [`read_some`] does, failing with
@@ -1294,6 +1427,7 @@ fn switching_head(
     ctx.response_started.store(true, Ordering::Relaxed);
     ResponseHead {
         status: 101,
+        gzip: None,
         head_len: out.len(),
         from: Framing::Empty,
         decode_chunks: false,
@@ -1315,6 +1449,9 @@ where
     W: AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
 {
+    if let Some(level) = head.gzip {
+        return relay_gzipped(w, r, buf, out, head, idle, level).await;
+    }
     let status = head.status;
     let gone = ResponseEnd::ClientGone { status };
     let broke = ResponseEnd::UpstreamBroke { status };

@@ -17,6 +17,7 @@ use http::HeaderValue;
 
 use super::access_log::AccessLog;
 use super::balance::{SplitState, is_cookie_name, least_outstanding};
+use super::gzip::GzipPolicy;
 use super::metrics::{MetricsCore, RouterState};
 use super::upstream::{InFlight, PoolConfig, Upstream};
 
@@ -90,6 +91,7 @@ pub(crate) struct Shared {
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) access_log: Option<AccessLog>,
     pub(crate) upgrade_drain: Duration,
+    pub(crate) gzip: Option<GzipPolicy>,
     pub(crate) response_idle_timeout: Option<Duration>,
 }
 
