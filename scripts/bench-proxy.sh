@@ -13,6 +13,9 @@
 # ATLAS_PROXY_MODE=shared runs atlas_proxy with --shared-runtime (one
 # multi-threaded runtime) instead of its default, the embedded router with
 # its data path on worker threads.
+# ATLAS_BENCH_GZIP=1 has both proxies gzip text responses (level 1, as
+# nginx's default gzip_comp_level) and wrk ask for gzip; use it with
+# PATH=/bytes/N (a text/plain answer).
 # Exits with status 1 when the Atlas proxy had any socket error (connect,
 # read, write, timeout), which a client sees as a lost request.
 # Installs nginx and wrk (Debian) when missing. Needs root for apt only.
@@ -54,8 +57,12 @@ wait_port() { for _ in $(seq 100); do curl -sf -o /dev/null "http://$1/" && retu
 
 "$BIN/demo_app" --port "${UP##*:}" --version bench >"$WORK/upstream.log" 2>&1 & PIDS+=($!)
 wait_port $UP
+GZIP=${ATLAS_BENCH_GZIP:-0}
 ATLAS_ARGS=()
 [ "$MODE" = shared ] && ATLAS_ARGS+=(--shared-runtime)
+[ "$GZIP" = 1 ] && ATLAS_ARGS+=(--gzip)
+NGINX_GZIP=""
+[ "$GZIP" = 1 ] && NGINX_GZIP="gzip on; gzip_comp_level 1; gzip_min_length 1024; gzip_proxied any; gzip_vary on; gzip_types text/plain;"
 "$BIN/atlas_proxy" --listen $ATLAS --blue $UP --threads 2 "${ATLAS_ARGS[@]}" >"$WORK/atlas.log" 2>&1 & PIDS+=($!); APID=$!
 wait_port $ATLAS
 
@@ -67,6 +74,7 @@ error_log $WORK/nginx/logs/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
+  $NGINX_GZIP
   upstream app { server $UP; keepalive 128; }
   server {
     listen $NGINX;
@@ -86,13 +94,14 @@ wait_port $NGINX
 
 # POST shapes: a wrk script that sends the body with every request.
 WRK_ARGS=()
+[ "$GZIP" = 1 ] && WRK_ARGS+=(-H "Accept-Encoding: gzip")
 if [ "$BODY" -gt 0 ]; then
   cat >"$WORK/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = string.rep("x", $BODY)
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
-  WRK_ARGS=(-s "$WORK/post.lua")
+  WRK_ARGS+=(-s "$WORK/post.lua")
 fi
 
 # wrk prints latency in us/ms/s; normalise to milliseconds.
@@ -113,7 +122,7 @@ measure() { # name addr [pid] -> "rps p50 p99 cpu_us_per_request" of one wrk pas
   out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "${WRK_ARGS[@]}" "http://$2$URLPATH")
   [ -n "${3:-}" ] && t1=$(ticks "$3")
   echo "$out" >> "$WORK/$1.wrk"
-  local rps p50 p99 errs sock
+  local rps p50 p99 errs sock non2xx
   rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
   p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
   p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
@@ -121,24 +130,26 @@ measure() { # name addr [pid] -> "rps p50 p99 cpu_us_per_request" of one wrk pas
   [ -n "$errs" ] && echo "$1: $errs" >&2
   # "Socket errors: connect 0, read 5, write 0, timeout 0" -> 5
   sock=$(echo "$out" | awk '/Socket errors/ { gsub(",", ""); print $4 + $6 + $8 + $10 }')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ { print $NF }')
   local n cpu
   n=$(echo "$out" | awk '/requests in/ { print $1 }')
   cpu=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
-  echo "$rps $p50 $p99 $cpu ${sock:-0}"
+  echo "$rps $p50 $p99 $cpu ${sock:-0} ${non2xx:-0}"
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 # One warm-up pass each, then ROUNDS rounds that alternate the targets, so a
 # slow spell of the machine hits all three alike; each column is the median.
-declare -A RPS P50 P99 CPU SOCK=([direct]=0 [atlas]=0 [nginx]=0)
+declare -A RPS P50 P99 CPU SOCK=([direct]=0 [atlas]=0 [nginx]=0) BAD=([direct]=0 [atlas]=0 [nginx]=0)
 declare -A PID=([direct]="" [atlas]=$APID [nginx]=$NPID)
 for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
   wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "${WRK_ARGS[@]}" "http://${t#*:}$URLPATH" >/dev/null 2>&1
 done
 for r in $(seq "$ROUNDS"); do
   for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
-    read -r rps p50 p99 cpu sock < <(measure "${t%%:*}" "${t#*:}" "${PID[${t%%:*}]}")
+    read -r rps p50 p99 cpu sock bad < <(measure "${t%%:*}" "${t#*:}" "${PID[${t%%:*}]}")
     RPS[${t%%:*}]+="$rps "; P50[${t%%:*}]+="$p50 "; P99[${t%%:*}]+="$p99 "; CPU[${t%%:*}]+="$cpu "
     SOCK[${t%%:*}]=$((SOCK[${t%%:*}] + sock))
+    BAD[${t%%:*}]=$((BAD[${t%%:*}] + bad))
     echo "round $r ${t%%:*}: $rps req/s, p50 $p50 ms, p99 $p99 ms, proxy CPU $cpu us/request, $sock socket errors" >&2
   done
 done
@@ -147,13 +158,14 @@ read -r d_rps d_p50 d_p99 <<<"$(med "${RPS[direct]}") $(med "${P50[direct]}") $(
 read -r a_rps a_p50 a_p99 a_cpu <<<"$(med "${RPS[atlas]}") $(med "${P50[atlas]}") $(med "${P99[atlas]}") $(med "${CPU[atlas]}")"
 read -r n_rps n_p50 n_p99 n_cpu <<<"$(med "${RPS[nginx]}") $(med "${P50[nginx]}") $(med "${P99[nginx]}") $(med "${CPU[nginx]}")"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
-echo "| target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | socket errors | throughput vs nginx | p99 vs nginx | CPU/request vs nginx |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-echo "| no proxy (upstream direct) | $d_rps | $d_p50 | $d_p99 | – | ${SOCK[direct]} | $(ratio "$d_rps" "$n_rps") | $(ratio "$d_p99" "$n_p99") | – |"
-echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 | $n_p99 | $n_cpu | ${SOCK[nginx]} | 1.00 | 1.00 | 1.00 |"
-echo "| Atlas ProxyRouter ($MODE) | $a_rps | $a_p50 | $a_p99 | $a_cpu | ${SOCK[atlas]} | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") | $(ratio "$a_cpu" "$n_cpu") |"
+echo "| target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | socket errors | non-2xx | throughput vs nginx | p99 vs nginx | CPU/request vs nginx |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| no proxy (upstream direct) | $d_rps | $d_p50 | $d_p99 | – | ${SOCK[direct]} | ${BAD[direct]} | $(ratio "$d_rps" "$n_rps") | $(ratio "$d_p99" "$n_p99") | – |"
+echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 | $n_p99 | $n_cpu | ${SOCK[nginx]} | ${BAD[nginx]} | 1.00 | 1.00 | 1.00 |"
+echo "| Atlas ProxyRouter ($MODE) | $a_rps | $a_p50 | $a_p99 | $a_cpu | ${SOCK[atlas]} | ${BAD[atlas]} | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") | $(ratio "$a_cpu" "$n_cpu") |"
 echo
 shape="GET $URLPATH"
+[ "$GZIP" = 1 ] && shape="GET $URLPATH gzip-compressed by the proxies"
 [ "$BODY" -gt 0 ] && shape="POST $URLPATH with $BODY-byte bodies"
 echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency, $shape; medians of $ROUNDS alternating rounds after a warm-up pass each; socket errors summed over the measured rounds; $(nproc) cores; upstream: demo_app (release)"
 if [ "${SOCK[atlas]}" -ne 0 ]; then

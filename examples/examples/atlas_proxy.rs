@@ -8,7 +8,7 @@
 //! Run:
 //! `cargo run --release --example atlas_proxy -- --listen 127.0.0.1:8080 \
 //!     --blue 127.0.0.1:9001,127.0.0.1:9002 [--green 127.0.0.1:9003 --canary-weight 10] \
-//!     [--admin 127.0.0.1:9100] [--threads 2] [--shared-runtime]`
+//!     [--admin 127.0.0.1:9100] [--threads 2] [--shared-runtime] [--gzip]`
 //! (`--help` lists the options and their defaults).
 //!
 //! It runs one `ProxyRouter` exactly as a program embedding it does: the
@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
-use atlas_local::proxy::ProxyRouter;
+use atlas_local::proxy::{GzipPolicy, ProxyRouter};
 use clap::Parser;
 
 /// Atlas's traffic router as a standalone HTTP/1.1 reverse proxy: one
@@ -70,6 +70,10 @@ struct Args {
     /// threads instead of on worker threads with a runtime each.
     #[arg(long)]
     shared_runtime: bool,
+    /// Compress text responses with gzip for clients that accept it (the
+    /// default policy: level 1, at least 1 KiB, the common text types).
+    #[arg(long)]
+    gzip: bool,
 }
 
 fn default_threads() -> usize {
@@ -139,6 +143,9 @@ async fn start(args: &Args) -> BoxResult<ProxyRouter> {
         .worker_threads(workers);
     if let Some(admin) = args.admin {
         builder = builder.admin(admin);
+    }
+    if args.gzip {
+        builder = builder.gzip(GzipPolicy::default());
     }
     let router = builder.build().await?;
     let endpoints = |slot: Slot, addrs: &[SocketAddr]| -> Vec<Endpoint> {

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `/health` | 200 `ok`, or 500 with `--fail-health` |
 //! | `/ready` | 200 `ready` once listening; 503 `draining` after SIGTERM |
-//! | `/bytes/N` | 200 with a body of N bytes (at most 16 MiB; 400 above or for a bad N), for benchmarks |
+//! | `/bytes/N` | 200 with a `text/plain` body of N bytes (at most 16 MiB; 400 above or for a bad N), for benchmarks |
 //! | `/drain` | reads the whole request body, then 200 `read N` (every other path answers without reading it) |
 //! | anything else | 200 `{version} {slot} {replica}`, or 500 for the `--error-rate` share |
 //!
@@ -452,9 +452,9 @@ async fn handle(
         };
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(VERSION_HEADER, app.version.clone());
+        let headers = response.headers_mut();
+        headers.insert(VERSION_HEADER, app.version.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return Ok(response);
     }
     let (status, body) = match req.uri().path() {
