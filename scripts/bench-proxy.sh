@@ -2,10 +2,22 @@
 # Atlas's proxy router against nginx as a reverse proxy, and against no proxy
 # at all, on the same upstream with the same load generator (wrk), the same
 # connections and duration, all on 127.0.0.1. Prints a Markdown table with
-# requests/s, p50 and p99 latency and the ratios against nginx.
+# requests/s, p50 and p99 latency, socket errors and the ratios against
+# nginx.
 #
-# usage: scripts/bench-proxy.sh [DURATION_S] [CONNECTIONS] [ROUNDS] [PATH]
-# PATH defaults to `/` (a 21-byte answer); `/bytes/N` answers N bytes.
+# usage: scripts/bench-proxy.sh [DURATION_S] [CONNECTIONS] [ROUNDS] [PATH] [BODY_BYTES]
+# PATH defaults to `/` (a 21-byte answer); `/bytes/N` answers N bytes. With
+# BODY_BYTES > 0 every request is a POST with a body of that size: the demo
+# app answers `/` without reading the body (as frameworks do for auth and
+# size errors) and `/drain` after reading all of it.
+# ATLAS_PROXY_MODE=shared runs atlas_proxy with --shared-runtime (one
+# multi-threaded runtime) instead of its default, the embedded router with
+# its data path on worker threads.
+# ATLAS_BENCH_GZIP=1 has both proxies gzip text responses (level 1, as
+# nginx's default gzip_comp_level) and wrk ask for gzip; use it with
+# PATH=/bytes/N (a text/plain answer).
+# Exits with status 1 when the Atlas proxy had any socket error (connect,
+# read, write, timeout), which a client sees as a lost request.
 # Installs nginx and wrk (Debian) when missing. Needs root for apt only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +25,8 @@ DUR=${1:-10}
 CONNS=${2:-64}
 ROUNDS=${3:-3}
 URLPATH=${4:-/}
+BODY=${5:-0}
+MODE=${ATLAS_PROXY_MODE:-default}
 THREADS=2
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/atlas-target}
 WORK=$(mktemp -d /tmp/atlas-bench-proxy.XXXXXX)
@@ -29,15 +43,27 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${need[@]}" >&2
 fi
 
-cargo build -q --release -p atlas-examples --example atlas_proxy --example demo_app >&2
-BIN=$CARGO_TARGET_DIR/release/examples
+# ATLAS_BENCH_BIN: a directory with release builds of atlas_proxy and
+# demo_app to use instead of building them here.
+if [ -n "${ATLAS_BENCH_BIN:-}" ]; then
+  BIN=$ATLAS_BENCH_BIN
+else
+  cargo build -q --release -p atlas-examples --example atlas_proxy --example demo_app >&2
+  BIN=$CARGO_TARGET_DIR/release/examples
+fi
 
 UP=127.0.0.1:18090; ATLAS=127.0.0.1:18091; NGINX=127.0.0.1:18092
 wait_port() { for _ in $(seq 100); do curl -sf -o /dev/null "http://$1/" && return 0; sleep 0.05; done; echo "nothing answers on $1" >&2; return 1; }
 
 "$BIN/demo_app" --port "${UP##*:}" --version bench >"$WORK/upstream.log" 2>&1 & PIDS+=($!)
 wait_port $UP
-"$BIN/atlas_proxy" --listen $ATLAS --blue $UP --threads 2 >"$WORK/atlas.log" 2>&1 & PIDS+=($!); APID=$!
+GZIP=${ATLAS_BENCH_GZIP:-0}
+ATLAS_ARGS=()
+[ "$MODE" = shared ] && ATLAS_ARGS+=(--shared-runtime)
+[ "$GZIP" = 1 ] && ATLAS_ARGS+=(--gzip)
+NGINX_GZIP=""
+[ "$GZIP" = 1 ] && NGINX_GZIP="gzip on; gzip_comp_level 1; gzip_min_length 1024; gzip_proxied any; gzip_vary on; gzip_types text/plain;"
+"$BIN/atlas_proxy" --listen $ATLAS --blue $UP --threads 2 "${ATLAS_ARGS[@]}" >"$WORK/atlas.log" 2>&1 & PIDS+=($!); APID=$!
 wait_port $ATLAS
 
 mkdir -p "$WORK/nginx/logs"
@@ -48,9 +74,11 @@ error_log $WORK/nginx/logs/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
+  $NGINX_GZIP
   upstream app { server $UP; keepalive 128; }
   server {
     listen $NGINX;
+    client_max_body_size 64m;
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -63,6 +91,18 @@ http {
 CONF
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' & PIDS+=($!); NPID=$!
 wait_port $NGINX
+
+# POST shapes: a wrk script that sends the body with every request.
+WRK_ARGS=()
+[ "$GZIP" = 1 ] && WRK_ARGS+=(-H "Accept-Encoding: gzip")
+if [ "$BODY" -gt 0 ]; then
+  cat >"$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = string.rep("x", $BODY)
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
+  WRK_ARGS+=(-s "$WORK/post.lua")
+fi
 
 # wrk prints latency in us/ms/s; normalise to milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
@@ -79,33 +119,38 @@ HZ=$(getconf CLK_TCK)
 measure() { # name addr [pid] -> "rps p50 p99 cpu_us_per_request" of one wrk pass
   local out t0=0 t1=0
   [ -n "${3:-}" ] && t0=$(ticks "$3")
-  out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "http://$2$URLPATH")
+  out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "${WRK_ARGS[@]}" "http://$2$URLPATH")
   [ -n "${3:-}" ] && t1=$(ticks "$3")
   echo "$out" >> "$WORK/$1.wrk"
-  local rps p50 p99 errs
+  local rps p50 p99 errs sock non2xx
   rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
   p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
   p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
   errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
   [ -n "$errs" ] && echo "$1: $errs" >&2
+  # "Socket errors: connect 0, read 5, write 0, timeout 0" -> 5
+  sock=$(echo "$out" | awk '/Socket errors/ { gsub(",", ""); print $4 + $6 + $8 + $10 }')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ { print $NF }')
   local n cpu
   n=$(echo "$out" | awk '/requests in/ { print $1 }')
   cpu=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
-  echo "$rps $p50 $p99 $cpu"
+  echo "$rps $p50 $p99 $cpu ${sock:-0} ${non2xx:-0}"
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 # One warm-up pass each, then ROUNDS rounds that alternate the targets, so a
 # slow spell of the machine hits all three alike; each column is the median.
-declare -A RPS P50 P99 CPU
+declare -A RPS P50 P99 CPU SOCK=([direct]=0 [atlas]=0 [nginx]=0) BAD=([direct]=0 [atlas]=0 [nginx]=0)
 declare -A PID=([direct]="" [atlas]=$APID [nginx]=$NPID)
 for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
-  wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "http://${t#*:}$URLPATH" >/dev/null 2>&1
+  wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "${WRK_ARGS[@]}" "http://${t#*:}$URLPATH" >/dev/null 2>&1
 done
 for r in $(seq "$ROUNDS"); do
   for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
-    read -r rps p50 p99 cpu < <(measure "${t%%:*}" "${t#*:}" "${PID[${t%%:*}]}")
+    read -r rps p50 p99 cpu sock bad < <(measure "${t%%:*}" "${t#*:}" "${PID[${t%%:*}]}")
     RPS[${t%%:*}]+="$rps "; P50[${t%%:*}]+="$p50 "; P99[${t%%:*}]+="$p99 "; CPU[${t%%:*}]+="$cpu "
-    echo "round $r ${t%%:*}: $rps req/s, p50 $p50 ms, p99 $p99 ms, proxy CPU $cpu us/request" >&2
+    SOCK[${t%%:*}]=$((SOCK[${t%%:*}] + sock))
+    BAD[${t%%:*}]=$((BAD[${t%%:*}] + bad))
+    echo "round $r ${t%%:*}: $rps req/s, p50 $p50 ms, p99 $p99 ms, proxy CPU $cpu us/request, $sock socket errors" >&2
   done
 done
 med() { echo "$1" | tr ' ' '\n' | grep -v '^$' | median; }
@@ -113,10 +158,17 @@ read -r d_rps d_p50 d_p99 <<<"$(med "${RPS[direct]}") $(med "${P50[direct]}") $(
 read -r a_rps a_p50 a_p99 a_cpu <<<"$(med "${RPS[atlas]}") $(med "${P50[atlas]}") $(med "${P99[atlas]}") $(med "${CPU[atlas]}")"
 read -r n_rps n_p50 n_p99 n_cpu <<<"$(med "${RPS[nginx]}") $(med "${P50[nginx]}") $(med "${P99[nginx]}") $(med "${CPU[nginx]}")"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
-echo "| target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | throughput vs nginx | p99 vs nginx | CPU/request vs nginx |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-echo "| no proxy (upstream direct) | $d_rps | $d_p50 | $d_p99 | – | $(ratio "$d_rps" "$n_rps") | $(ratio "$d_p99" "$n_p99") | – |"
-echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 | $n_p99 | $n_cpu | 1.00 | 1.00 | 1.00 |"
-echo "| Atlas ProxyRouter | $a_rps | $a_p50 | $a_p99 | $a_cpu | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") | $(ratio "$a_cpu" "$n_cpu") |"
+echo "| target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | socket errors | non-2xx | throughput vs nginx | p99 vs nginx | CPU/request vs nginx |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| no proxy (upstream direct) | $d_rps | $d_p50 | $d_p99 | – | ${SOCK[direct]} | ${BAD[direct]} | $(ratio "$d_rps" "$n_rps") | $(ratio "$d_p99" "$n_p99") | – |"
+echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 | $n_p99 | $n_cpu | ${SOCK[nginx]} | ${BAD[nginx]} | 1.00 | 1.00 | 1.00 |"
+echo "| Atlas ProxyRouter ($MODE) | $a_rps | $a_p50 | $a_p99 | $a_cpu | ${SOCK[atlas]} | ${BAD[atlas]} | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") | $(ratio "$a_cpu" "$n_cpu") |"
 echo
-echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency, GET $URLPATH; medians of $ROUNDS alternating rounds after a warm-up pass each; $(nproc) cores; upstream: demo_app (release)"
+shape="GET $URLPATH"
+[ "$GZIP" = 1 ] && shape="GET $URLPATH gzip-compressed by the proxies"
+[ "$BODY" -gt 0 ] && shape="POST $URLPATH with $BODY-byte bodies"
+echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency, $shape; medians of $ROUNDS alternating rounds after a warm-up pass each; socket errors summed over the measured rounds; $(nproc) cores; upstream: demo_app (release)"
+if [ "${SOCK[atlas]}" -ne 0 ]; then
+  echo "FAIL: the Atlas proxy had ${SOCK[atlas]} socket errors" >&2
+  exit 1
+fi

@@ -12,7 +12,6 @@
 //!   [endpoints];
 //! - [`AlertmanagerNotifier`], which delivers notifications and the alerts
 //!   of [`atlas_core::alerts`] to Alertmanager;
-<<<<<<< HEAD
 //! - more notifiers — [`SlackNotifier`] (Block Kit), [`PagerDutyNotifier`]
 //!   (Events API v2), [`SignedWebhookNotifier`] (HMAC-SHA256) — and the
 //!   [`EscalationPolicy`] that routes between them by severity and
@@ -21,10 +20,8 @@
 //!   each alert to a notifier such as the escalation policy;
 //! - JSON [logs](logging) for Loki, with stable field names (`service`,
 //!   `rollout`, `slot`, `step`, `event`).
-=======
 //! - with feature `forecast`, `forecast::MstlForecaster`, the load
 //!   forecaster for [`atlas_core::autoscale::PredictiveAutoscaler`].
->>>>>>> wip/scaler
 //!
 //! ## HTTP clients
 //!
@@ -65,15 +62,12 @@ pub mod alertmanager;
 mod client;
 mod delivery;
 pub mod endpoints;
-<<<<<<< HEAD
 pub mod escalation;
+#[cfg(feature = "forecast")]
+pub mod forecast;
 pub mod identity;
 pub mod logging;
 pub mod pagerduty;
-=======
-#[cfg(feature = "forecast")]
-pub mod forecast;
->>>>>>> wip/scaler
 pub mod probe;
 pub mod prometheus;
 pub mod receiver;

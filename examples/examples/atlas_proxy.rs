@@ -8,22 +8,21 @@
 //! Run:
 //! `cargo run --release --example atlas_proxy -- --listen 127.0.0.1:8080 \
 //!     --blue 127.0.0.1:9001,127.0.0.1:9002 [--green 127.0.0.1:9003 --canary-weight 10] \
-//!     [--admin 127.0.0.1:9100] [--threads 2] [--shared-runtime]`
+//!     [--admin 127.0.0.1:9100] [--threads 2] [--shared-runtime] [--gzip]`
 //! (`--help` lists the options and their defaults).
 //!
-//! By default each of the `--threads` threads runs its own single-threaded
-//! runtime and its own router (pools included), all listening on the same
-//! address with `SO_REUSEPORT`, as nginx's worker processes do: a request
-//! never crosses threads, which costs less CPU than one multi-threaded
-//! runtime. `--shared-runtime` runs one router on one multi-threaded
-//! runtime instead; so does `--admin`, so that `/metrics` counts every
-//! request.
+//! It runs one `ProxyRouter` exactly as a program embedding it does: the
+//! router's data path on `--threads` worker threads, each with a
+//! single-threaded runtime of its own, as nginx's worker processes do (a
+//! request never crosses threads), one split, one set of endpoints and one
+//! set of metrics for all of them. `--shared-runtime` runs the data path on
+//! one multi-threaded runtime instead, which costs more CPU per request.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
-use atlas_local::proxy::ProxyRouter;
+use atlas_local::proxy::{GzipPolicy, ProxyRouter};
 use clap::Parser;
 
 /// Atlas's traffic router as a standalone HTTP/1.1 reverse proxy: one
@@ -35,8 +34,7 @@ struct Args {
     /// The address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Serve the proxy's Prometheus metrics (GET /metrics) on this address
-    /// (implies --shared-runtime, so that /metrics counts every request).
+    /// Serve the proxy's Prometheus metrics (GET /metrics) on this address.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
     /// The stable (blue) upstreams, comma-separated.
@@ -64,13 +62,18 @@ struct Args {
         value_parser = clap::value_parser!(u8).range(0..=100)
     )]
     canary_weight: u8,
-    /// Worker threads; the default is this machine's number of cores.
+    /// Threads that relay the traffic; the default is this machine's number
+    /// of cores.
     #[arg(long, value_name = "N", default_value_t = default_threads())]
     threads: usize,
-    /// Run one router on one multi-threaded runtime instead of one router
-    /// per thread, each on its own runtime, sharing the port.
+    /// Run the data path on one multi-threaded runtime of --threads
+    /// threads instead of on worker threads with a runtime each.
     #[arg(long)]
     shared_runtime: bool,
+    /// Compress text responses with gzip for clients that accept it (the
+    /// default policy: level 1, at least 1 KiB, the common text types).
+    #[arg(long)]
+    gzip: bool,
 }
 
 fn default_threads() -> usize {
@@ -93,11 +96,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let result = if args.shared_runtime || args.admin.is_some() {
-        shared_runtime(&args)
-    } else {
-        workers(&args)
-    };
+    let result = serve(&args);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,14 +108,22 @@ fn main() -> ExitCode {
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// One router on one multi-threaded runtime.
-fn shared_runtime(args: &Args) -> BoxResult<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()?;
+/// Runs the router until Ctrl-C: its data path on worker threads of its
+/// own, the rest (admin endpoint, signal) on a small runtime here; or, with
+/// --shared-runtime, all of it on one multi-threaded runtime.
+fn serve(args: &Args) -> BoxResult<()> {
+    let rt = if args.shared_runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads.max(1))
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async {
-        let router = start(args, args.listen, false).await?;
+        let router = start(args).await?;
         println!("atlas_proxy listening on http://{}", router.local_addr());
         tokio::signal::ctrl_c().await?;
         router.shutdown().await;
@@ -124,50 +131,21 @@ fn shared_runtime(args: &Args) -> BoxResult<()> {
     })
 }
 
-/// One router per thread, each on its own single-threaded runtime, all on
-/// the same address.
-fn workers(args: &Args) -> BoxResult<()> {
-    let current = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut listen = args.listen;
-    let mut threads = Vec::new();
-    for i in 0..args.threads.max(1) {
-        let rt = current()?;
-        // The first worker resolves port 0; the others join its address.
-        let router = rt.block_on(start(args, listen, true))?;
-        listen = router.local_addr();
-        let mut stopped = stopped.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("atlas-proxy-{i}"))
-                .spawn(move || {
-                    rt.block_on(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                        router.shutdown().await;
-                    })
-                })?,
-        );
-    }
-    println!("atlas_proxy listening on http://{listen}");
-    current()?.block_on(tokio::signal::ctrl_c())?;
-    let _ = stop.send(true);
-    for thread in threads {
-        let _ = thread.join();
-    }
-    Ok(())
-}
-
-async fn start(args: &Args, listen: SocketAddr, reuse_port: bool) -> BoxResult<ProxyRouter> {
+async fn start(args: &Args) -> BoxResult<ProxyRouter> {
     let svc = ServiceName::new("proxy")?;
+    let workers = if args.shared_runtime {
+        0
+    } else {
+        args.threads.max(1)
+    };
     let mut builder = ProxyRouter::builder(svc.clone())
-        .listen(listen)
-        .reuse_port(reuse_port);
+        .listen(args.listen)
+        .worker_threads(workers);
     if let Some(admin) = args.admin {
         builder = builder.admin(admin);
+    }
+    if args.gzip {
+        builder = builder.gzip(GzipPolicy::default());
     }
     let router = builder.build().await?;
     let endpoints = |slot: Slot, addrs: &[SocketAddr]| -> Vec<Endpoint> {

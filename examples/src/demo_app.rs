@@ -7,7 +7,8 @@
 //! |---|---|
 //! | `/health` | 200 `ok`, or 500 with `--fail-health` |
 //! | `/ready` | 200 `ready` once listening; 503 `draining` after SIGTERM |
-//! | `/bytes/N` | 200 with a body of N bytes (at most 16 MiB; 400 above or for a bad N), for benchmarks |
+//! | `/bytes/N` | 200 with a `text/plain` body of N bytes (at most 16 MiB; 400 above or for a bad N), for benchmarks |
+//! | `/drain` | reads the whole request body, then 200 `read N` (every other path answers without reading it) |
 //! | anything else | 200 `{version} {slot} {replica}`, or 500 for the `--error-rate` share |
 //!
 //! Every answer carries the header `x-app-version: {version}`.
@@ -426,6 +427,21 @@ async fn handle(
     req: Request<Incoming>,
     app: Arc<App>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/drain" {
+        let mut body = req.into_body();
+        let mut read = 0usize;
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            match frame {
+                Ok(frame) => read += frame.data_ref().map_or(0, Bytes::len),
+                Err(_) => break,
+            }
+        }
+        let mut response = Response::new(Full::new(Bytes::from(format!("read {read}\n"))));
+        response
+            .headers_mut()
+            .insert(VERSION_HEADER, app.version.clone());
+        return Ok(response);
+    }
     if let Some(n) = req.uri().path().strip_prefix("/bytes/") {
         let (status, body) = match bytes_body(n) {
             Some(body) => (StatusCode::OK, body),
@@ -436,9 +452,9 @@ async fn handle(
         };
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(VERSION_HEADER, app.version.clone());
+        let headers = response.headers_mut();
+        headers.insert(VERSION_HEADER, app.version.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return Ok(response);
     }
     let (status, body) = match req.uri().path() {
@@ -638,6 +654,27 @@ mod tests {
                 "{path}"
             );
         }
+        app.shutdown();
+        assert_eq!(app.task.await.unwrap().unwrap(), Ended::Graceful);
+    }
+
+    #[tokio::test]
+    async fn drain_route_reads_the_whole_body() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut app = Running::start(config()).await;
+        assert_eq!(app.get("/drain").await.2, "read 0\n");
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let body = vec![b'x'; 300_000];
+        let head = format!(
+            "POST /drain HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\nread 300000\n"), "{reply}");
         app.shutdown();
         assert_eq!(app.task.await.unwrap().unwrap(), Ended::Graceful);
     }

@@ -177,6 +177,11 @@ impl<'a> Facts<'a> {
         minor_version >= 1 || self.keep_alive
     }
 
+    /// Whether the `Connection` header lists `token`.
+    pub(crate) fn names(&self, token: &[u8]) -> bool {
+        self.named.iter().any(|n| n.eq_ignore_ascii_case(token))
+    }
+
     /// Whether header `name` concerns this connection only and must not
     /// be relayed (RFC 9110 §7.6.1): `Connection` and what it names,
     /// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,

@@ -152,6 +152,11 @@ struct Totals {
     responses: [AtomicU64; 5],
     failures: [AtomicU64; 4],
     retries: AtomicU64,
+    /// Connections switched to another protocol: all, still open, and
+    /// closed by a cutover's drain time.
+    upgraded: AtomicU64,
+    upgraded_open: AtomicU64,
+    upgraded_drained: AtomicU64,
     latency_sum_micros: AtomicU64,
     /// Non-cumulative counts per `le` bucket, the last one being `+Inf`.
     latency_le: [AtomicU64; LE_MICROS.len() + 1],
@@ -163,6 +168,9 @@ impl Totals {
             responses: std::array::from_fn(|_| AtomicU64::new(0)),
             failures: std::array::from_fn(|_| AtomicU64::new(0)),
             retries: AtomicU64::new(0),
+            upgraded: AtomicU64::new(0),
+            upgraded_open: AtomicU64::new(0),
+            upgraded_drained: AtomicU64::new(0),
             latency_sum_micros: AtomicU64::new(0),
             latency_le: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -262,6 +270,23 @@ impl MetricsCore {
             .totals
             .retries
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection of `slot` switched to another protocol.
+    pub(crate) fn record_upgrade(&self, slot: Slot) {
+        let t = &self.slots[slot_index(slot)].totals;
+        t.upgraded.fetch_add(1, Ordering::Relaxed);
+        t.upgraded_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the end of an upgraded connection of `slot`, `drained` when
+    /// a cutover's drain time closed it.
+    pub(crate) fn record_upgrade_end(&self, slot: Slot, drained: bool) {
+        let t = &self.slots[slot_index(slot)].totals;
+        t.upgraded_open.fetch_sub(1, Ordering::Relaxed);
+        if drained {
+            t.upgraded_drained.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a request refused because no split was set.
@@ -525,6 +550,9 @@ impl ProxyMetrics {
     /// | `atlas_proxy_errors_total` | counter | `service`, `slot`, `reason` (`no_endpoint`, `upstream_unreachable`, `upstream_failed`, `upstream_timeout`) |
     /// | `atlas_proxy_upstream_retries_total` | counter | `service`, `slot` |
     /// | `atlas_proxy_unrouted_requests_total` | counter | `service` (503s before any split was set) |
+    /// | `atlas_proxy_upgraded_connections_total` | counter | `service`, `slot` (connections switched to another protocol, such as WebSocket) |
+    /// | `atlas_proxy_upgraded_connections_open` | gauge | `service`, `slot` |
+    /// | `atlas_proxy_upgraded_connections_drained_total` | counter | `service`, `slot` (closed by a cutover's drain time) |
     /// | `atlas_proxy_request_duration_seconds` | histogram | `service`, `slot` |
     /// | `atlas_proxy_request_duration_window_seconds` | summary | `service`, `slot`, `quantile` (0.5, 0.95, 0.99 over the sliding window, `NaN` without data; `_sum` and `_count` are lifetime totals, as in client_golang's summaries) |
     /// | `atlas_proxy_traffic_weight_ratio` | gauge | `service`, `slot` (absent before a split is set) |
@@ -605,6 +633,37 @@ impl ProxyMetrics {
                 "atlas_proxy_upstream_retries_total{{service=\"{service}\",slot=\"{slot}\"}} {}",
                 t.retries.load(Ordering::Relaxed)
             );
+        }
+
+        for (name, kind, help, value) in [
+            (
+                "atlas_proxy_upgraded_connections_total",
+                "counter",
+                "Connections switched to another protocol (WebSocket) after a 101.",
+                (|t: &Totals| &t.upgraded) as fn(&Totals) -> &AtomicU64,
+            ),
+            (
+                "atlas_proxy_upgraded_connections_open",
+                "gauge",
+                "Upgraded connections open now.",
+                |t: &Totals| &t.upgraded_open,
+            ),
+            (
+                "atlas_proxy_upgraded_connections_drained_total",
+                "counter",
+                "Upgraded connections closed by the drain time after their endpoint left the slot.",
+                |t: &Totals| &t.upgraded_drained,
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            for slot in slots {
+                let t = &core.slots[slot_index(slot)].totals;
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{service}\",slot=\"{slot}\"}} {}",
+                    value(t).load(Ordering::Relaxed)
+                );
+            }
         }
 
         header(

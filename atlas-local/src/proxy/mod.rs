@@ -29,6 +29,20 @@
 //!   of the whole request having been sent 504. Request and response bodies stream; nothing
 //!   is buffered. A pooled upstream connection found closed when a
 //!   bodiless idempotent request is sent on it is replaced by a new one.
+//! - **Early answers.** An upstream may answer a request before it has
+//!   read the request body (a 404 or 401 from a framework that never
+//!   looks at it). The client gets that answer; the proxy then reads and
+//!   discards the rest of the body (at most 1 MiB, each read bounded by
+//!   the client body timeout), so the connection goes on; with more to
+//!   come, or a chunked body not yet ended, the answer says
+//!   `Connection: close` and the proxy closes after a staged close
+//!   (shuts down writing, discards what the client still sends for up to
+//!   1 s, then closes), never with a reset that could destroy the answer.
+//!   A request is never sent upstream twice unless it is idempotent and
+//!   bodiless. An upstream connection that answered a request with a body
+//!   early, or with a status of 400 or more, is closed rather than pooled:
+//!   such an upstream may close it right after the answer without saying
+//!   so, and the next request on it could not be retried.
 //! - **Protocol.** HTTP/1.1 and 1.0 clients, keep-alive and pipelining;
 //!   upstreams are always spoken to in HTTP/1.1 over kept-alive
 //!   connections. Message framing follows RFC 9112 strictly, so the proxy
@@ -49,8 +63,19 @@
 //!   client body timeout has the exchange abandoned and both connections
 //!   closed.
 //!   `Expect: 100-continue` is answered by the proxy. Interim (1xx)
-//!   upstream responses are not relayed; a response the proxy cannot
-//!   frame unambiguously counts as an upstream failure (502).
+//!   upstream responses are relayed to HTTP/1.1 clients (except the
+//!   upstream's own `100 Continue`); a response the proxy cannot frame
+//!   unambiguously counts as an upstream failure (502). A response body
+//!   may stream for as long as it takes, unless
+//!   [`ProxyRouterBuilder::response_idle_timeout`] bounds the quiet time
+//!   between two reads.
+//! - **Upgrades.** A bodiless HTTP/1.1 request with `Connection: upgrade`
+//!   and an `Upgrade` header (WebSocket) is relayed with both; a `101`
+//!   answer turns the connection into a tunnel relaying bytes both ways
+//!   until either side closes. It stays on the endpoint that accepted it:
+//!   when that endpoint leaves its slot (a cutover), the tunnel is closed
+//!   after [`ProxyRouterBuilder::upgrade_drain_time`]. The metrics count
+//!   upgraded connections, open ones and those a cutover closed.
 //! - **Headers.** Hop-by-hop headers (`Connection` and what it names,
 //!   `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
 //!   `Proxy-*`) are stripped both ways; `X-Forwarded-For` is appended to and
@@ -58,18 +83,28 @@
 //!   `Host` is kept. Every response carries [`SLOT_HEADER`]
 //!   (`x-atlas-slot: blue|green`) naming the slot that served it, the
 //!   proxy's own error responses included.
+//! - **Limits.** Optional: a maximum request body size (413, checked
+//!   against the declared length before any upstream is chosen) and a
+//!   request timeout bounding a whole exchange (504 if nothing of the
+//!   response went out yet); see [`ProxyRouterBuilder::max_request_body`]
+//!   and [`ProxyRouterBuilder::request_timeout`].
+//! - **Access log.** Optional JSON lines, one per relayed request
+//!   ([`AccessLog`]); off by default, at no cost on the request path.
 //! - **Metrics.** [`ProxyRouter::metrics`] gives a [`ProxyMetrics`], a
 //!   [`MetricProvider`](atlas_core::MetricProvider) over a sliding window
 //!   (default 60 s), also served in the Prometheus text format at
 //!   `/metrics` on the admin address ([`ProxyRouterBuilder::admin`]).
 //!
 //! Upstream connections are kept alive in a pool per endpoint (see
-//! [`ProxyRouterBuilder`] for limits and timeouts). The data path is
+//! [`ProxyRouterBuilder`] for limits and timeouts). The data path runs on
+//! worker threads of the router's own, one single-threaded runtime each
+//! ([`ProxyRouterBuilder::worker_threads`]): connections are handed to the
+//! workers in turn and never cross threads, while the split, the endpoints
+//! and the metrics are one state all workers read. The data path is
 //! Atlas's own: heads are parsed in place with `httparse` and each
 //! exchange is relayed inside its client connection's task, which costs
 //! less than half the CPU per request of a general-purpose HTTP stack
-//! (see `BENCHMARKS.md`). CONNECT and protocol
-//! upgrades (WebSocket) are not relayed.
+//! (see `BENCHMARKS.md`). CONNECT is not relayed.
 //!
 //! ```no_run
 //! use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
@@ -94,12 +129,15 @@
 
 // Imports run one way, so no module needs another that needs it back:
 // h1, metrics, replica_stats and server use no other proxy module;
-// upstream uses replica_stats; headers uses
-// h1; balance uses h1 and upstream; admin uses metrics; shared uses balance,
+// upstream uses replica_stats; headers and body use h1;
+// balance uses h1 and upstream; admin uses metrics; shared uses balance,
 // metrics and upstream; relay uses those; and nothing uses this module,
 // which ties them together.
+mod access_log;
 mod admin;
 mod balance;
+mod body;
+mod gzip;
 mod h1;
 mod headers;
 mod metrics;
@@ -121,10 +159,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
+pub use access_log::AccessLog;
+pub use gzip::GzipPolicy;
 pub use h1::SLOT_HEADER;
 pub use metrics::{ProxyMetrics, WindowStats};
 pub use replica_stats::ReplicaSnapshot;
@@ -155,6 +195,13 @@ const BACKEND: &str = "proxy-router";
 /// | [`sticky_cookie`](Self::sticky_cookie) | none (no sticky sessions) |
 /// | [`initial_split`](Self::initial_split) | none (503 until a split is set) |
 /// | [`reuse_port`](Self::reuse_port) | off |
+/// | [`worker_threads`](Self::worker_threads) | the number of cores |
+/// | [`max_request_body`](Self::max_request_body) | none (no limit) |
+/// | [`request_timeout`](Self::request_timeout) | none (no limit) |
+/// | [`access_log`](Self::access_log) | none (off) |
+/// | [`upgrade_drain_time`](Self::upgrade_drain_time) | 30 s |
+/// | [`response_idle_timeout`](Self::response_idle_timeout) | none (no limit) |
+/// | [`gzip`](Self::gzip) | none (no compression) |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is awaited"]
 pub struct ProxyRouterBuilder {
@@ -172,6 +219,13 @@ pub struct ProxyRouterBuilder {
     sticky_cookie: Option<String>,
     initial_split: Option<TrafficSplit>,
     reuse_port: bool,
+    worker_threads: usize,
+    max_request_body: Option<u64>,
+    request_timeout: Option<Duration>,
+    access_log: Option<AccessLog>,
+    upgrade_drain_time: Duration,
+    response_idle_timeout: Option<Duration>,
+    gzip: Option<GzipPolicy>,
 }
 
 impl ProxyRouterBuilder {
@@ -286,15 +340,95 @@ impl ProxyRouterBuilder {
         self
     }
 
-    /// Validates the options, binds the listeners and starts serving on
-    /// the current Tokio runtime.
+    /// How many threads relay the traffic, each running a single-threaded
+    /// Tokio runtime of its own, as nginx's worker processes do: one
+    /// thread accepts and hands the connections to the workers in turn,
+    /// and a client connection, with the upstream connections it uses,
+    /// stays on its worker, so a request never crosses threads. The split,
+    /// the endpoints and the metrics are one state shared by all workers,
+    /// so a [`set_split`](TrafficRouter::set_split) applies to all of them
+    /// at once; each worker keeps its own upstream connection pool.
+    ///
+    /// Zero runs the data path on the runtime that calls
+    /// [`build`](Self::build) instead (one multi-threaded runtime shared
+    /// with the rest of the program), which costs more CPU per request.
+    /// Default: the number of cores.
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = threads;
+        self
+    }
+
+    /// The largest request body the proxy relays, in bytes. A request
+    /// declaring a longer `Content-Length` is answered 413 before any
+    /// upstream is chosen; a chunked body is counted as it streams, and
+    /// the one that passes the limit is cut off before its excess goes
+    /// upstream: that upstream connection is closed, so no upstream ever
+    /// receives a complete body over the limit, and the client gets 413
+    /// unless a response had already started. Either way the client
+    /// connection closes. `None`: no limit (the default).
+    pub fn max_request_body(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.max_request_body = bytes.into();
+        self
+    }
+
+    /// How long one exchange may take, from its complete request head to
+    /// the end of the response body. One that takes longer is abandoned
+    /// and both its connections closed; the client gets 504 if nothing of
+    /// the response had reached it, and it counts as a timeout in the
+    /// metrics. Unlike [`response_timeout`](Self::response_timeout) it
+    /// also bounds slow uploads and long response bodies, so leave it off
+    /// for streaming responses. `None`: no limit (the default).
+    pub fn request_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.request_timeout = timeout.into();
+        self
+    }
+
+    /// Writes an access log: one JSON line per relayed request (see
+    /// [`AccessLog`] for the fields). Off by default, and then it costs
+    /// nothing on the request path.
+    pub fn access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = Some(log);
+        self
+    }
+
+    /// How long an upgraded (WebSocket) connection stays open after its
+    /// endpoint left the slot (a cutover): it stays on the endpoint that
+    /// accepted it until then, and is closed and counted as drained after.
+    /// Zero closes such connections at once. Default 30 s, the default
+    /// grace period.
+    pub fn upgrade_drain_time(mut self, drain: Duration) -> Self {
+        self.upgrade_drain_time = drain;
+        self
+    }
+
+    /// How long an upstream may send nothing while a response body is
+    /// being relayed (the time between two reads); the response is then
+    /// cut off and both connections closed. Off by default, since
+    /// streaming responses (server-sent events) may be quiet for long.
+    pub fn response_idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.response_idle_timeout = timeout.into();
+        self
+    }
+
+    /// Compresses text responses with gzip for clients that accept it, as
+    /// `policy` says (see [`GzipPolicy`] for when). Off by default.
+    pub fn gzip(mut self, policy: GzipPolicy) -> Self {
+        self.gzip = Some(policy);
+        self
+    }
+
+    /// Validates the options, binds the listeners and starts serving: the
+    /// data path on its [worker threads](Self::worker_threads), the admin
+    /// endpoint and the pool reaper on the current Tokio runtime.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] naming the option for a zero connect, pool
-    /// idle, response or header timeout, a metrics window outside 1 s–24 h,
-    /// an invalid sticky cookie name or an invalid initial split match rule;
-    /// [`Error::Backend`] when an address cannot be bound.
+    /// idle, response, response idle, request or header timeout, a metrics window outside 1 s–24 h,
+    /// an invalid sticky cookie name, an invalid initial split match rule
+    /// or a gzip level outside 1–9;
+    /// [`Error::Backend`] when an address cannot be bound or a worker
+    /// thread cannot be started.
     pub async fn build(self) -> Result<ProxyRouter> {
         if self.connect_timeout.is_zero() {
             return Err(Error::invalid(
@@ -317,6 +451,26 @@ impl ProxyRouterBuilder {
         if self.client_body_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid(
                 "client_body_timeout",
+                "must be greater than zero (use None for no limit)",
+            ));
+        }
+        if let Some(policy) = &self.gzip
+            && !(1..=9).contains(&policy.level)
+        {
+            return Err(Error::invalid(
+                "gzip.level",
+                format!("must be 1 to 9, got {}", policy.level),
+            ));
+        }
+        if self.response_idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid(
+                "response_idle_timeout",
+                "must be greater than zero (use None for no limit)",
+            ));
+        }
+        if self.request_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid(
+                "request_timeout",
                 "must be greater than zero (use None for no limit)",
             ));
         }
@@ -368,6 +522,7 @@ impl ProxyRouterBuilder {
             slots: [SlotState::new(), SlotState::new()],
             metrics: MetricsCore::new(self.metrics_window),
             pool: PoolConfig {
+                stacks: self.worker_threads.max(1),
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.pool_idle_timeout,
                 max_idle: self.pool_max_idle,
@@ -377,26 +532,55 @@ impl ProxyRouterBuilder {
             client_header_timeout: self.client_header_timeout,
             client_body_timeout: self.client_body_timeout,
             sticky,
+            max_request_body: self.max_request_body,
+            request_timeout: self.request_timeout,
+            access_log: self.access_log,
+            upgrade_drain: self.upgrade_drain_time,
+            gzip: self.gzip,
+            response_idle_timeout: self.response_idle_timeout,
         });
 
         let (stop, stop_rx) = watch::channel(false);
         let span = tracing::info_span!("proxy_router", service = %shared.service);
         let mut tasks = Vec::with_capacity(3);
 
-        let for_requests = shared.clone();
-        tasks.push(tokio::spawn(
-            server::serve(
-                "proxy",
+        if self.worker_threads == 0 {
+            let for_requests = shared.clone();
+            tasks.push(tokio::spawn(
+                server::serve(
+                    "proxy",
+                    listener,
+                    stop_rx.clone(),
+                    self.grace_period,
+                    move |stream, peer, stop| {
+                        relay::serve_client(for_requests.clone(), stream, peer, stop)
+                            .instrument(tracing::trace_span!("client_connection", %peer))
+                    },
+                )
+                .instrument(span.clone()),
+            ));
+        } else {
+            let started = start_workers(
+                self.worker_threads,
                 listener,
-                stop_rx.clone(),
+                &shared,
+                &stop_rx,
                 self.grace_period,
-                move |stream, peer, stop| {
-                    relay::serve_client(for_requests.clone(), stream, peer, stop)
-                        .instrument(tracing::trace_span!("client_connection", %peer))
-                },
-            )
-            .instrument(span.clone()),
-        ));
+                &span,
+            );
+            match started {
+                Ok(done) => tasks.extend(done.into_iter().map(|done| {
+                    tokio::spawn(async move {
+                        let _ = done.await;
+                    })
+                })),
+                Err(e) => {
+                    // Workers already started stop again.
+                    stop.send_replace(true);
+                    return Err(e);
+                }
+            }
+        }
 
         if let Some(admin_listener) = admin_listener {
             let metrics = ProxyMetrics::new(shared.clone());
@@ -439,8 +623,11 @@ impl ProxyRouterBuilder {
         }
 
         tasks.push(tokio::spawn(
-            reap_idle(shared.clone(), stop_rx).instrument(span.clone()),
+            reap_idle(shared.clone(), stop_rx.clone()).instrument(span.clone()),
         ));
+        if let Some(log) = shared.access_log.clone() {
+            tasks.push(tokio::spawn(flush_access_log(log, stop_rx.clone())));
+        }
 
         span.in_scope(|| {
             tracing::info!(
@@ -460,6 +647,69 @@ impl ProxyRouterBuilder {
             span,
         })
     }
+}
+
+/// Starts `count` data-path worker threads serving `listener`'s
+/// connections with `shared`; the first also runs the acceptor. Returns
+/// one receiver per thread, resolved when the thread has stopped.
+fn start_workers(
+    count: usize,
+    listener: TcpListener,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    grace: Duration,
+    span: &tracing::Span,
+) -> Result<Vec<oneshot::Receiver<()>>> {
+    let listener = listener
+        .into_std()
+        .map_err(|e| Error::backend_with(BACKEND, "cannot hand the listener to a worker", e))?;
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+    let mut acceptor = Some((listener, senders));
+    let mut done = Vec::with_capacity(count);
+    for (index, incoming) in receivers.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::backend_with(BACKEND, "cannot start a worker runtime", e))?;
+        let acceptor = acceptor.take();
+        let (shared, stop, span) = (shared.clone(), stop.clone(), span.clone());
+        let (finished, finished_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("atlas-proxy-{index}"))
+            .spawn(move || {
+                upstream::set_worker(index);
+                runtime.block_on(async move {
+                    if let Some((listener, workers)) = acceptor {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                tokio::spawn(
+                                    server::dispatch(listener, stop.clone(), workers)
+                                        .instrument(span.clone()),
+                                );
+                            }
+                            Err(e) => tracing::error!(
+                                parent: &span,
+                                error = %e,
+                                "the proxy listener cannot be registered; no connection is accepted"
+                            ),
+                        }
+                    }
+                    let worker_span = tracing::debug_span!(parent: &span, "worker", index);
+                    server::serve_handed(incoming, stop, grace, move |stream, peer, stop| {
+                        relay::serve_client(shared.clone(), stream, peer, stop)
+                            .instrument(tracing::trace_span!("client_connection", %peer))
+                    })
+                    .instrument(worker_span)
+                    .await;
+                });
+                drop(runtime);
+                let _ = finished.send(());
+            })
+            .map_err(|e| Error::backend_with(BACKEND, "cannot start a worker thread", e))?;
+        done.push(finished_rx);
+    }
+    Ok(done)
 }
 
 /// Binds `addr` with `SO_REUSEPORT` where the platform has it.
@@ -482,6 +732,17 @@ fn bind_reuse_port(addr: SocketAddr) -> Result<TcpListener> {
     socket.set_reuseport(true).map_err(failed)?;
     socket.bind(addr).map_err(failed)?;
     socket.listen(1024).map_err(failed)
+}
+
+/// Writes the access log's buffered lines once a second, so that a quiet
+/// router's last lines do not wait for the buffer to fill.
+async fn flush_access_log(log: AccessLog, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => log.flush(),
+        }
+    }
 }
 
 /// Closes expired idle upstream connections in the background, so an
@@ -553,6 +814,13 @@ impl ProxyRouter {
             sticky_cookie: None,
             initial_split: None,
             reuse_port: false,
+            worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_request_body: None,
+            request_timeout: None,
+            access_log: None,
+            upgrade_drain_time: Duration::from_secs(30),
+            response_idle_timeout: None,
+            gzip: None,
         }
     }
 
@@ -635,6 +903,10 @@ impl ProxyRouter {
         }
         for task in tasks {
             let _ = task.await;
+        }
+        // The last exchanges ended with the tasks above.
+        if let Some(log) = &self.shared.access_log {
+            log.flush();
         }
         self.span
             .in_scope(|| tracing::info!("proxy router stopped"));

@@ -19,6 +19,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use atlas_core::Slot;
@@ -29,10 +30,14 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::access_log::Entry;
 use super::balance::Route;
+use super::body::{BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, read_some};
+use super::gzip::{self, GzipPolicy};
 use super::h1::{
     ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, RequestLineCheck, SLOT_HEADER,
-    head_may_be_complete, put_content_length, put_header, put_local_response, put_status_line,
+    head_may_be_complete, is_hop_by_hop, put_content_length, put_header, put_local_response,
+    put_status_line,
 };
 use super::headers::{PeerInfo, put_forwarding, put_relayed};
 use super::metrics::{Outcome, ProxyFailure};
@@ -40,10 +45,8 @@ use super::server::stopped;
 use super::shared::Shared;
 use super::upstream::{InFlight, UpstreamConn};
 
-/// Read buffers grow by this much when they run low.
-const READ_CHUNK: usize = 16 * 1024;
-/// Body bytes read together with a response head go out with the head in
-/// one write up to this size.
+/// Body bytes read together with a head go out with the head in one write
+/// up to this size.
 const COALESCE: usize = 16 * 1024;
 
 /// Serves one client connection until the client closes it, an exchange
@@ -63,6 +66,8 @@ pub(crate) async fn serve_client(
         upstream_in: BytesMut::new(),
         out: Vec::with_capacity(4096),
         timer: Deadline::new(),
+        response_started: Arc::new(AtomicBool::new(false)),
+        switched: None,
     };
     conn.run(stop).await;
     let _ = conn.client.shutdown().await;
@@ -75,8 +80,10 @@ pub(crate) async fn serve_client(
 /// data makes the kernel send a reset, which a client's TCP stack may
 /// take as leave to drop the last response before it was read.
 async fn linger(client: &mut TcpStream) {
-    const LINGER: Duration = Duration::from_millis(500);
-    const LINGER_BYTES: usize = 64 * 1024;
+    const LINGER: Duration = Duration::from_secs(1);
+    // Enough for the rest of a body the proxy would otherwise have
+    // discarded on a connection kept open.
+    const LINGER_BYTES: usize = DISCARD_LIMIT as usize + 64 * 1024;
     let mut sink = [0u8; 4096];
     let mut discarded = 0;
     let _ = tokio::time::timeout(LINGER, async {
@@ -102,6 +109,13 @@ struct ClientConn {
     /// The head (and small body) being written.
     out: Vec<u8>,
     timer: Deadline,
+    /// Set once a response head of the exchange in progress was relayed,
+    /// so that an exchange cut off by the request timeout gets a 504 only
+    /// when the client has had nothing yet.
+    response_started: Arc<AtomicBool>,
+    /// An exchange answered `101`, with its upstream connection, to be
+    /// turned into a tunnel.
+    switched: Option<Box<(Exchange, TcpStream)>>,
 }
 
 /// A request head parsed and turned into an upstream head in `out`.
@@ -120,6 +134,14 @@ struct Plan {
     /// request had none (it names the endpoint, so a retry rewrites it).
     host_mark: Option<usize>,
     start: Instant,
+    /// Method and target, copied only when the access log is on.
+    logged: Option<Box<(String, String)>>,
+    /// A bodiless HTTP/1.1 request asking to switch protocols
+    /// (`Connection: upgrade` with an `Upgrade` header): relayed with
+    /// them, and a `101` answer turns the connection into a tunnel.
+    upgrade: bool,
+    /// The router compresses, and this request accepts gzip.
+    accepts_gzip: bool,
 }
 
 enum Parsed {
@@ -175,8 +197,16 @@ impl ClientConn {
                     put_local_response(&mut self.out, status, text, slot.map(Slot::as_str), close);
                     self.client.write_all(&self.out).await.is_ok() && !close
                 }
-                Parsed::Relay(plan) => self.relay(*plan).await,
+                Parsed::Relay(plan) => match self.shared.request_timeout {
+                    None => self.relay(*plan).await,
+                    Some(limit) => self.relay_within(*plan, limit).await,
+                },
             };
+            if let Some(switched) = self.switched.take() {
+                let (exchange, upstream) = *switched;
+                self.tunnel(exchange, upstream).await;
+                return;
+            }
             if !keep || *stop.borrow_and_update() {
                 return;
             }
@@ -285,6 +315,11 @@ impl ClientConn {
         }
         let keep_alive = facts.persistent(minor);
         let has_body = body != Framing::Empty;
+        let upgrade_to = headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .map(|h| h.value)
+            .filter(|_| minor >= 1 && !has_body && facts.names(b"upgrade"));
         let local = |status, text, slot| Parsed::Local {
             head_len,
             status,
@@ -294,6 +329,14 @@ impl ClientConn {
         };
         if method == "CONNECT" {
             return Some(local(405, "CONNECT is not supported\n", None));
+        }
+        // A declared length over the limit is refused before any upstream
+        // is chosen (a chunked body is counted as it streams).
+        if let (Some(max), Framing::Length(n)) = (self.shared.max_request_body, body)
+            && n > max
+        {
+            tracing::debug!(length = n, max, "request body over the limit");
+            return Some(local(413, "request body too large\n", None));
         }
         // Absolute-form target: its authority replaces `Host` (RFC 9112 §3.2.2).
         let (path, authority) = match split_absolute(target) {
@@ -339,6 +382,10 @@ impl ClientConn {
             put_header(out, b"host", authority.as_bytes());
         }
         put_forwarding(out, headers, &self.peer, host);
+        if let Some(protocol) = upgrade_to {
+            put_header(out, b"connection", b"upgrade");
+            put_header(out, b"upgrade", protocol);
+        }
         match body {
             Framing::Length(n) => put_content_length(out, n),
             Framing::Chunked => put_header(out, b"transfer-encoding", b"chunked"),
@@ -369,6 +416,14 @@ impl ClientConn {
             attempt,
             host_mark,
             start,
+            logged: shared
+                .access_log
+                .is_some()
+                .then(|| Box::new((method.to_owned(), target.to_owned()))),
+            upgrade: upgrade_to.is_some(),
+            accepts_gzip: shared.gzip.is_some()
+                && method != "HEAD"
+                && gzip::request_accepts(headers),
         })))
     }
 
@@ -377,24 +432,46 @@ impl ClientConn {
     async fn relay(&mut self, plan: Plan) -> bool {
         self.client_in.advance(plan.head_len);
         let shared = self.shared.clone();
+        self.response_started.store(false, Ordering::Relaxed);
+        let started = self.response_started.clone();
         let mut exchange = Exchange {
             shared: shared.clone(),
             slot: plan.slot,
             start: plan.start,
-            outcome: None,
+            // Until the exchange ends one way or another: an exchange
+            // dropped unfinished was cut off by the request timeout.
+            outcome: Some(Outcome::Failed(ProxyFailure::Timeout)),
+            logged: plan.logged,
+            bytes: 0,
             in_flight: plan.attempt,
         };
         let sticky = plan
             .set_sticky
             .then(|| shared.sticky.as_ref().map(|s| s.header(plan.slot)))
             .flatten();
+        // The request body the client has yet to send, as the response
+        // head is written: the head announces a close when the proxy would
+        // not read and discard that much after an early answer.
+        let request_unread = AtomicU64::new(0);
         let response = ResponseCtx {
             slot: plan.slot,
             sticky: sticky.as_ref().map(|v| v.as_bytes()),
             head_request: plan.head_request,
             client_minor: plan.minor,
             client_keep_alive: plan.keep_alive,
+            request_unread: &request_unread,
+            response_started: &started,
+            upgrade: plan.upgrade,
+            gzip: shared.gzip.as_ref(),
+            accepts_gzip: plan.accepts_gzip,
         };
+        // A request body read with the head goes upstream in the same
+        // write, so that an upstream that answers without reading the body
+        // finds it already buffered and can keep the connection.
+        let mut body = BodyProgress::new(plan.body, &request_unread, shared.max_request_body);
+        if !plan.expect_continue {
+            body.coalesce(&mut self.client_in, COALESCE, &mut self.out);
+        }
 
         // Connect (with one retry on another endpoint for idempotent
         // requests) and send the head. A pooled connection that turns out
@@ -403,7 +480,10 @@ impl ClientConn {
         let mut fresh_only = false;
         let conn = loop {
             let upstream = exchange.in_flight.upstream().clone();
-            let mut conn = match upstream.checkout(&shared.pool, !fresh_only).await {
+            let mut conn = match upstream
+                .checkout(&shared.pool, !fresh_only, !plan.may_retry)
+                .await
+            {
                 Ok(conn) => conn,
                 Err(error) => {
                     tracing::trace!(slot = %plan.slot, replica = %upstream.endpoint.replica, %error, "upstream connection failed");
@@ -446,20 +526,26 @@ impl ClientConn {
             self.upstream_in.clear();
             let head = tokio::select! {
                 biased;
-                head = read_response_head(&mut conn.stream, &mut self.upstream_in, &mut self.out, &response) => head,
+                head = read_response_head(&mut conn.stream, &mut self.client, &mut self.upstream_in, &mut self.out, &response) => head,
                 () = self.timer.expired() => Err(HeadError::Timeout),
             };
             match head {
+                Ok(head) if head.status == 101 => {
+                    // Run by `run`, outside the request timeout.
+                    self.switched = Some(Box::new((exchange, conn.stream)));
+                    return false;
+                }
                 Ok(head) => {
                     let UpstreamConn { mut stream, .. } = conn;
                     let (mut ur, _) = stream.split();
                     let (_, mut cw) = self.client.split();
                     let end = relay_response_body(
-                        &mut cw,
+                        &mut Counting::new(&mut cw, &mut exchange.bytes, head.head_len),
                         &mut ur,
                         &mut self.upstream_in,
                         &mut self.out,
                         head,
+                        shared.response_idle_timeout,
                     )
                     .await;
                     return self.finish(exchange, stream, end, true);
@@ -490,29 +576,44 @@ impl ClientConn {
                 .await
                 .is_err()
         {
+            exchange.outcome = None;
             return false;
         }
         self.upstream_in.clear();
-        let head_seen = std::sync::atomic::AtomicBool::new(false);
+        let head_seen = AtomicBool::new(false);
+        // Whether the whole body went upstream, and whether the response
+        // head came before that: an upstream that answers early may close
+        // its connection without saying so (hyper does when it did not read
+        // the body), so that connection is never pooled.
+        let sent = AtomicBool::new(false);
+        let answered_early = AtomicBool::new(false);
         let (end, uploaded) = {
             let (mut ur, mut uw) = stream.split();
             let (mut cr, mut cw) = self.client.split();
-            let upload = pin!(relay_request_body(
-                &mut cr,
-                &mut uw,
-                &mut self.client_in,
-                plan.body,
-                shared.client_body_timeout,
-            ));
+            let client_in = &mut self.client_in;
+            let body = &mut body;
+            let sent = &sent;
+            let idle = shared.client_body_timeout;
+            let upload = pin!(async move {
+                let uploaded = body.relay(&mut cr, Some(&mut uw), client_in, idle).await;
+                sent.store(uploaded.is_ok(), Ordering::Relaxed);
+                uploaded
+            });
             let out = &mut self.out;
             let upstream_in = &mut self.upstream_in;
             let response = &response;
             let head_seen = &head_seen;
+            let answered_early = &answered_early;
+            let bytes = &mut exchange.bytes;
+            let idle_read = shared.response_idle_timeout;
             let download = pin!(async move {
-                match read_response_head(&mut ur, upstream_in, out, response).await {
+                match read_response_head(&mut ur, &mut cw, upstream_in, out, response).await {
                     Ok(head) => {
-                        head_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-                        relay_response_body(&mut cw, &mut ur, upstream_in, out, head).await
+                        answered_early.store(!sent.load(Ordering::Relaxed), Ordering::Relaxed);
+                        head_seen.store(true, Ordering::Relaxed);
+                        let mut cw = Counting::new(&mut cw, bytes, head.head_len);
+                        relay_response_body(&mut cw, &mut ur, upstream_in, out, head, idle_read)
+                            .await
                     }
                     Err(error) => ResponseEnd::NoHead(error),
                 }
@@ -520,17 +621,33 @@ impl ClientConn {
             both(upload, download, head_seen, shared.pool.response_timeout).await
         };
         match (&end, uploaded) {
-            (_, Some(Err(why @ (Upload::ClientGone | Upload::BadBody | Upload::Stalled)))) => {
+            (
+                _,
+                Some(Err(
+                    why @ (Upload::ClientGone
+                    | Upload::BadBody
+                    | Upload::Stalled
+                    | Upload::TooLarge),
+                )),
+            ) => {
                 exchange.outcome = None;
                 tracing::debug!(slot = %plan.slot, ?why, "client request body broke off");
                 // The upstream holds part of a request: its connection is
                 // closed here, never pooled.
                 drop(stream);
-                // A client whose chunked coding is broken gets 400, unless
-                // a response head already went its way.
-                if why == Upload::BadBody && !head_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                // A client whose chunked coding is broken gets 400, and one
+                // whose chunked body passed the limit 413, unless a
+                // response head already went its way.
+                let answer = match why {
+                    Upload::BadBody => Some((400, "bad request\n")),
+                    Upload::TooLarge => Some((413, "request body too large\n")),
+                    _ => None,
+                };
+                if let Some((status, text)) = answer
+                    && !head_seen.load(Ordering::Relaxed)
+                {
                     self.out.clear();
-                    put_local_response(&mut self.out, 400, "bad request\n", None, true);
+                    put_local_response(&mut self.out, status, text, Some(plan.slot.as_str()), true);
                     let _ = self.client.write_all(&self.out).await;
                 }
                 false
@@ -543,12 +660,110 @@ impl ClientConn {
                 self.fail(exchange, ProxyFailure::UpstreamFailed, plan.body)
                     .await
             }
-            _ => self.finish(exchange, stream, end, uploaded == Some(Ok(()))),
+            _ => {
+                // An upstream that refuses a request with a body may not
+                // have read it, and close the connection after its answer
+                // without announcing it (hyper does): such a connection is
+                // not pooled, since the next request on it, if it cannot be
+                // retried, would fail.
+                let refused = matches!(end, ResponseEnd::Done { status, .. } if status >= 400);
+                let request_complete =
+                    uploaded == Some(Ok(())) && !answered_early.load(Ordering::Relaxed) && !refused;
+                let keep = self.finish(exchange, stream, end, request_complete);
+                if !keep || body.complete() {
+                    return keep;
+                }
+                // The upstream answered before the whole body arrived, and
+                // the client, told the connection goes on, is still sending
+                // it: read it to its end, so the next request is found
+                // where it starts. Never sent upstream again.
+                let discarded = body
+                    .discard(
+                        &mut self.client,
+                        &mut self.client_in,
+                        shared.client_body_timeout,
+                    )
+                    .await;
+                if let Err(why) = discarded {
+                    tracing::debug!(slot = %plan.slot, ?why, "request body after an early answer broke off");
+                }
+                discarded.is_ok()
+            }
+        }
+    }
+
+    /// Relays both ways between the client and the upstream after a `101`
+    /// (the head is in `out`) until either side closes, or until the
+    /// upgrade drain time after the endpoint left its slot (a cutover):
+    /// the connection stays on the slot that accepted it until then. The
+    /// exchange is recorded as a 101 at once and no longer counts as in
+    /// flight, so a cutover does not wait for it; the metrics count the
+    /// connection as upgraded while it lasts.
+    async fn tunnel(&mut self, mut exchange: Exchange, mut upstream: TcpStream) {
+        let shared = self.shared.clone();
+        let slot = exchange.slot;
+        let endpoint = exchange.in_flight.upstream().clone();
+        exchange.outcome = Some(Outcome::Status(101));
+        if self.client.write_all(&self.out).await.is_err() {
+            return;
+        }
+        drop(exchange);
+        let mut open = UpgradedGuard::new(&shared, slot);
+        let mut retired = endpoint.retired();
+        tracing::debug!(%slot, replica = %endpoint.endpoint.replica, "connection upgraded");
+        // Bytes that came with the heads belong to the new protocol.
+        if !self.upstream_in.is_empty() {
+            if self.client.write_all(&self.upstream_in).await.is_err() {
+                return;
+            }
+            self.upstream_in.clear();
+        }
+        if !self.client_in.is_empty() {
+            if upstream.write_all(&self.client_in).await.is_err() {
+                return;
+            }
+            self.client_in.clear();
+        }
+        let drain = shared.upgrade_drain;
+        tokio::select! {
+            relayed = tokio::io::copy_bidirectional(&mut self.client, &mut upstream) => {
+                tracing::debug!(%slot, ?relayed, "upgraded connection ended");
+            }
+            () = async {
+                let _ = retired.wait_for(|retired| *retired).await;
+                tokio::time::sleep(drain).await;
+            } => {
+                tracing::debug!(%slot, ?drain, "upgraded connection closed after the cutover drain time");
+                open.drained = true;
+            }
+        }
+    }
+
+    /// Relays one exchange within the request timeout `limit`; one that
+    /// takes longer is abandoned, both connections closed, and the client
+    /// answered 504 when it has had nothing yet.
+    async fn relay_within(&mut self, plan: Plan, limit: Duration) -> bool {
+        let slot = plan.slot;
+        match tokio::time::timeout(limit, self.relay(plan)).await {
+            Ok(keep) => keep,
+            Err(_) => {
+                tracing::debug!(%slot, ?limit, "request timeout");
+                if !self.response_started.load(Ordering::Relaxed) {
+                    let (status, text) = failure_answer(ProxyFailure::Timeout);
+                    self.out.clear();
+                    put_local_response(&mut self.out, status, text, Some(slot.as_str()), true);
+                    let _ = self.client.write_all(&self.out).await;
+                }
+                false
+            }
         }
     }
 
     /// Ends an exchange whose response head was relayed: records it and
-    /// gives the upstream connection back when it can carry another one.
+    /// gives the upstream connection back when it can carry another one
+    /// (`request_complete`: the whole request reached it). Returns whether
+    /// the client connection may go on once the request body, if not read
+    /// to its end yet, has been.
     fn finish(
         &mut self,
         mut exchange: Exchange,
@@ -569,7 +784,7 @@ impl ClientConn {
                         .upstream()
                         .release(stream, &self.shared.pool);
                 }
-                client_keep && request_complete
+                client_keep
             }
             ResponseEnd::UpstreamBroke { status } => {
                 tracing::debug!(status, "upstream response body broke off");
@@ -636,7 +851,7 @@ async fn stopped_owned(mut stop: watch::Receiver<bool>) {
 async fn both(
     mut upload: Pin<&mut impl Future<Output = Result<(), Upload>>>,
     mut download: Pin<&mut impl Future<Output = ResponseEnd>>,
-    head_seen: &std::sync::atomic::AtomicBool,
+    head_seen: &AtomicBool,
     response_timeout: Option<Duration>,
 ) -> (ResponseEnd, Option<Result<(), Upload>>) {
     let mut uploaded = None;
@@ -648,7 +863,7 @@ async fn both(
             biased;
             end = download.as_mut() => return (end, uploaded),
             up = upload.as_mut(), if uploaded.is_none() => {
-                if matches!(up, Err(Upload::ClientGone | Upload::BadBody | Upload::Stalled)) {
+                if matches!(up, Err(Upload::ClientGone | Upload::BadBody | Upload::Stalled | Upload::TooLarge)) {
                     return (ResponseEnd::ClientGone { status: 0 }, Some(up));
                 }
                 if up.is_ok() && let Some(limit) = response_timeout {
@@ -657,9 +872,9 @@ async fn both(
                 }
                 uploaded = Some(up);
             }
-            () = head_deadline.as_mut(), if armed && !head_seen.load(std::sync::atomic::Ordering::Relaxed) => {
+            () = head_deadline.as_mut(), if armed && !head_seen.load(Ordering::Relaxed) => {
                 // The head may have come while this select was waiting.
-                if head_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                if head_seen.load(Ordering::Relaxed) {
                     armed = false;
                     continue;
                 }
@@ -699,6 +914,10 @@ struct Exchange {
     slot: Slot,
     start: Instant,
     outcome: Option<Outcome>,
+    /// Method and target for the access log, when it is on.
+    logged: Option<Box<(String, String)>>,
+    /// Response body bytes relayed to the client.
+    bytes: u64,
     // Declared last: dropped after the metrics are recorded, so a drain
     // that ends sees this request counted.
     in_flight: InFlight,
@@ -717,6 +936,99 @@ impl Drop for Exchange {
             ?latency,
             "request finished"
         );
+        if let (Some(log), Some(logged)) = (&self.shared.access_log, &self.logged) {
+            let status = match outcome {
+                Outcome::Status(status) => status,
+                Outcome::Failed(failure) => failure_answer(failure).0,
+            };
+            log.record(&Entry {
+                service: self.shared.service.as_str(),
+                slot: self.slot,
+                method: &logged.0,
+                path: &logged.1,
+                status,
+                bytes: self.bytes,
+                duration: self.start.elapsed(),
+                upstream: Some(self.in_flight.upstream().endpoint.addr),
+            });
+        }
+    }
+}
+
+/// Counts an upgraded connection as open while it lives, and its end
+/// (drained by a cutover or not) when it goes, also when its task is
+/// aborted.
+struct UpgradedGuard {
+    shared: Arc<Shared>,
+    slot: Slot,
+    drained: bool,
+}
+
+impl UpgradedGuard {
+    fn new(shared: &Arc<Shared>, slot: Slot) -> Self {
+        shared.metrics.record_upgrade(slot);
+        UpgradedGuard {
+            shared: shared.clone(),
+            slot,
+            drained: false,
+        }
+    }
+}
+
+impl Drop for UpgradedGuard {
+    fn drop(&mut self) {
+        self.shared
+            .metrics
+            .record_upgrade_end(self.slot, self.drained);
+    }
+}
+
+/// A writer that counts the body bytes written through it (all bytes
+/// after the first `skip`, the response head).
+struct Counting<'a, W> {
+    inner: &'a mut W,
+    written: &'a mut u64,
+    skip: u64,
+}
+
+impl<'a, W> Counting<'a, W> {
+    fn new(inner: &'a mut W, written: &'a mut u64, skip: usize) -> Self {
+        Counting {
+            inner,
+            written,
+            skip: skip as u64,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<'_, W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            let n = n as u64;
+            *this.written += n.saturating_sub(this.skip);
+            this.skip = this.skip.saturating_sub(n);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -727,12 +1039,26 @@ struct ResponseCtx<'a> {
     head_request: bool,
     client_minor: u8,
     client_keep_alive: bool,
+    /// The request body bytes not yet read from the client
+    /// ([`BodyProgress::unread`]).
+    request_unread: &'a AtomicU64,
+    /// Set when a final response head is written for the client.
+    response_started: &'a AtomicBool,
+    /// The request asked to switch protocols.
+    upgrade: bool,
+    /// The router's gzip policy, and whether this request may get gzip.
+    gzip: Option<&'a GzipPolicy>,
+    accepts_gzip: bool,
 }
 
 /// A response head relayed to `out` (not yet written to the client).
 #[derive(Debug)]
 struct ResponseHead {
     status: u16,
+    /// Relayed gzip-compressed at this level.
+    gzip: Option<u32>,
+    /// The length of the client's head at the start of `out`.
+    head_len: usize,
     /// How the upstream delimits the body.
     from: Framing,
     /// Whether the body goes to the client chunk-decoded (an HTTP/1.0
@@ -783,31 +1109,11 @@ enum ResponseEnd {
     NoHead(HeadError),
 }
 
-/// How a request body upload failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Upload {
-    /// The client closed or broke the connection part-way.
-    ClientGone,
-    /// The client's chunked coding is invalid.
-    BadBody,
-    /// The client sent nothing for the client body timeout.
-    Stalled,
-    /// The upstream stopped taking the body.
-    Upstream,
-}
-
-/// Reads from `r` into the spare capacity of `buf`.
-async fn read_some<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
-    }
-    r.read_buf(buf).await
-}
-
-/// Reads the response head into `buf` (skipping interim 1xx responses)
-/// and writes the client's head to `out`.
-async fn read_response_head<R: AsyncRead + Unpin>(
+/// Reads the response head into `buf` and writes the client's head to
+/// `out`; interim 1xx responses before it go to `client` as they come.
+async fn read_response_head<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     r: &mut R,
+    client: &mut W,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     ctx: &ResponseCtx<'_>,
@@ -827,7 +1133,13 @@ async fn read_response_head<R: AsyncRead + Unpin>(
                     match head {
                         Some(head) => return Ok(head),
                         None => {
-                            // An interim response, skipped.
+                            // An interim response, in `out` when it is
+                            // relayed. A client that is gone is noticed
+                            // when the final head is written.
+                            if !out.is_empty() {
+                                let _ = client.write_all(out).await;
+                                out.clear();
+                            }
                             scanned = 0;
                             continue;
                         }
@@ -859,7 +1171,9 @@ async fn read_response_head<R: AsyncRead + Unpin>(
 
 /// Parses a response head in `buf` and writes the client's head to `out`.
 /// `Ok(None)`: incomplete; `Ok(Some((len, None)))`: an interim response
-/// of `len` bytes to skip.
+/// of `len` bytes, whose head for the client is in `out` when it is
+/// relayed (not `100 Continue`, which the proxy answers itself, and
+/// nothing to an HTTP/1.0 client).
 fn write_response_head(
     buf: &[u8],
     out: &mut Vec<u8>,
@@ -878,27 +1192,62 @@ fn write_response_head(
     let (Some(status), Some(minor)) = (res.code, res.version) else {
         return Err(HeadError::Invalid("malformed response head"));
     };
+    let headers: &[Header<'_>] = res.headers;
     if status == 101 {
-        return Err(HeadError::Invalid(
-            "protocol switch without an upgrade request",
-        ));
+        if !ctx.upgrade {
+            return Err(HeadError::Invalid(
+                "protocol switch without an upgrade request",
+            ));
+        }
+        return Ok(Some((len, Some(switching_head(out, headers, ctx)))));
     }
     if status < 200 {
+        out.clear();
+        if status != 100 && ctx.client_minor >= 1 {
+            put_status_line(out, status, res.reason.unwrap_or(""));
+            for h in headers.iter().filter(|h| !is_hop_by_hop(h.name.as_bytes())) {
+                put_header(out, h.name.as_bytes(), h.value);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
         return Ok(Some((len, None)));
     }
-    let headers: &[Header<'_>] = res.headers;
     let facts =
         Facts::read(headers).map_err(|_| HeadError::Invalid("ambiguous response framing"))?;
+    ctx.response_started.store(true, Ordering::Relaxed);
     let from = facts.response_framing(status, ctx.head_request);
     let upstream_persistent = facts.persistent(minor) && from != Framing::Close;
     let decode_chunks = from == Framing::Chunked && ctx.client_minor == 0;
-    let client_keep = ctx.client_keep_alive && from != Framing::Close && !decode_chunks;
+    let client_keep = ctx.client_keep_alive
+        && from != Framing::Close
+        && !decode_chunks
+        && ctx.request_unread.load(Ordering::Relaxed) <= DISCARD_LIMIT;
 
     out.clear();
     put_status_line(out, status, res.reason.unwrap_or(""));
     // On a bodiless response (HEAD, 304) `Content-Length` describes the
     // resource, and is relayed as it came.
     let keep_length = from == Framing::Empty && facts.has_content_length();
+    // Gzip: for a listed media type (then `Vary` either way) and a client
+    // that accepts it, a 200 not already encoded, of enough length.
+    let (vary, gzip) = match ctx.gzip {
+        Some(policy)
+            if policy.compressible(headers)
+                && gzip::header(headers, "content-encoding").is_none() =>
+        {
+            let gzip = ctx.accepts_gzip
+                && status == 200
+                && ctx.client_minor >= 1
+                && gzip::header(headers, "content-range").is_none()
+                && match from {
+                    Framing::Length(n) => n >= policy.min_size,
+                    Framing::Chunked => true,
+                    Framing::Empty | Framing::Close => false,
+                };
+            (true, gzip.then_some(policy.level))
+        }
+        _ => (false, None),
+    };
     for h in headers {
         let name = h.name.as_bytes();
         if facts.hop_by_hop(name)
@@ -907,13 +1256,27 @@ fn write_response_head(
         {
             continue;
         }
+        if gzip.is_some() && name.eq_ignore_ascii_case(b"etag") && h.value.starts_with(b"\"") {
+            // The compressed bytes are not the ones the strong tag names.
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(h.value);
+            put_header(out, name, &weak);
+            continue;
+        }
         put_header(out, name, h.value);
+    }
+    if vary {
+        put_header(out, b"vary", b"accept-encoding");
     }
     put_header(out, SLOT_HEADER.as_bytes(), ctx.slot.as_str().as_bytes());
     if let Some(cookie) = ctx.sticky {
         put_header(out, b"set-cookie", cookie);
     }
     match from {
+        _ if gzip.is_some() => {
+            put_header(out, b"content-encoding", b"gzip");
+            put_header(out, b"transfer-encoding", b"chunked");
+        }
         Framing::Length(n) => put_content_length(out, n),
         Framing::Chunked if !decode_chunks => put_header(out, b"transfer-encoding", b"chunked"),
         _ => {}
@@ -928,12 +1291,150 @@ fn write_response_head(
         len,
         Some(ResponseHead {
             status,
+            gzip,
+            head_len: out.len(),
             from,
             decode_chunks,
             upstream_persistent,
             client_keep,
         }),
     )))
+}
+
+/// Writes the head in `out`, then the upstream's body (a length or
+/// chunked) compressed with gzip at `level`, in the chunked coding.
+async fn relay_gzipped<W, R>(
+    w: &mut W,
+    r: &mut R,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    head: ResponseHead,
+    idle: Option<Duration>,
+    level: u32,
+) -> ResponseEnd
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    use std::io::Write as _;
+    let status = head.status;
+    let gone = ResponseEnd::ClientGone { status };
+    let broke = ResponseEnd::UpstreamBroke { status };
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(COALESCE),
+        flate2::Compression::new(level.clamp(1, 9)),
+    );
+    let mut left = match head.from {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut scanner = ChunkScanner::default();
+    loop {
+        if !buf.is_empty() {
+            // Writes to a Vec cannot fail.
+            if let Framing::Length(_) = head.from {
+                let take = left.min(buf.len() as u64) as usize;
+                let _ = encoder.write_all(&buf[..take]);
+                buf.advance(take);
+                left -= take as u64;
+            } else {
+                match scanner.scan(buf, |data| {
+                    let _ = encoder.write_all(&buf[data]);
+                }) {
+                    Ok(n) => buf.advance(n),
+                    Err(error) => {
+                        tracing::debug!(reason = error.0, "invalid chunked response body");
+                        return broke;
+                    }
+                }
+            }
+        }
+        let ended = match head.from {
+            Framing::Length(_) => left == 0,
+            _ => scanner.done(),
+        };
+        if ended {
+            let _ = encoder.try_finish();
+        }
+        let compressed = encoder.get_mut();
+        if !compressed.is_empty() {
+            out.extend_from_slice(format!("{:x}\r\n", compressed.len()).as_bytes());
+            out.extend_from_slice(compressed);
+            out.extend_from_slice(b"\r\n");
+            compressed.clear();
+        }
+        if ended {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !out.is_empty() {
+            if w.write_all(out).await.is_err() {
+                return gone;
+            }
+            out.clear();
+        }
+        if ended {
+            return ResponseEnd::Done {
+                status,
+                upstream_reusable: head.upstream_persistent,
+                client_keep: head.client_keep,
+            };
+        }
+        match read_within(r, buf, idle).await {
+            Ok(0) | Err(_) => return broke,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Reads from the upstream as [`read_some`] does, failing with
+/// `TimedOut` when nothing came within `idle`.
+async fn read_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    idle: Option<Duration>,
+) -> io::Result<usize> {
+    match idle {
+        None => read_some(r, buf).await,
+        Some(idle) => tokio::time::timeout(idle, read_some(r, buf))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::debug!(?idle, "upstream sent nothing of the response body in time");
+                Err(io::ErrorKind::TimedOut.into())
+            }),
+    }
+}
+
+/// Writes the client's head for a `101 Switching Protocols` answer to an
+/// upgrade request to `out`: the upstream's end-to-end headers, the
+/// protocol it switched to, and the slot.
+fn switching_head(
+    out: &mut Vec<u8>,
+    headers: &[Header<'_>],
+    ctx: &ResponseCtx<'_>,
+) -> ResponseHead {
+    out.clear();
+    put_status_line(out, 101, "Switching Protocols");
+    for h in headers {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            put_header(out, b"upgrade", h.value);
+        } else if !is_hop_by_hop(name) && !name.eq_ignore_ascii_case(SLOT_HEADER.as_bytes()) {
+            put_header(out, name, h.value);
+        }
+    }
+    put_header(out, b"connection", b"upgrade");
+    put_header(out, SLOT_HEADER.as_bytes(), ctx.slot.as_str().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    ctx.response_started.store(true, Ordering::Relaxed);
+    ResponseHead {
+        status: 101,
+        gzip: None,
+        head_len: out.len(),
+        from: Framing::Empty,
+        decode_chunks: false,
+        upstream_persistent: false,
+        client_keep: false,
+    }
 }
 
 /// Writes the head in `out` and relays the body to the client.
@@ -943,11 +1444,15 @@ async fn relay_response_body<W, R>(
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     head: ResponseHead,
+    idle: Option<Duration>,
 ) -> ResponseEnd
 where
     W: AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
 {
+    if let Some(level) = head.gzip {
+        return relay_gzipped(w, r, buf, out, head, idle, level).await;
+    }
     let status = head.status;
     let gone = ResponseEnd::ClientGone { status };
     let broke = ResponseEnd::UpstreamBroke { status };
@@ -986,7 +1491,7 @@ where
                 if left == 0 {
                     return done(true);
                 }
-                match read_some(r, buf).await {
+                match read_within(r, buf, idle).await {
                     Ok(0) | Err(_) => return broke,
                     Ok(_) => {}
                 }
@@ -1024,7 +1529,7 @@ where
                 if scanner.done() {
                     return done(true);
                 }
-                match read_some(r, buf).await {
+                match read_within(r, buf, idle).await {
                     Ok(0) | Err(_) => return broke,
                     Ok(_) => {}
                 }
@@ -1041,73 +1546,11 @@ where
                     }
                     buf.clear();
                 }
-                match read_some(r, buf).await {
+                match read_within(r, buf, idle).await {
                     Ok(0) => return done(false),
                     Err(_) => return broke,
                     Ok(_) => {}
                 }
-            }
-        }
-    }
-}
-
-/// Relays the request body from the client to the upstream as it came
-/// (a length, or the chunked coding passed through). Bytes after the body
-/// (a pipelined request) stay in `buf`.
-async fn relay_request_body<R, W>(
-    r: &mut R,
-    w: &mut W,
-    buf: &mut BytesMut,
-    body: Framing,
-    idle: Option<Duration>,
-) -> Result<(), Upload>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut read_more = async |buf: &mut BytesMut| -> Result<(), Upload> {
-        let read = match idle {
-            Some(idle) => tokio::time::timeout(idle, read_some(r, buf))
-                .await
-                .map_err(|_| Upload::Stalled)?,
-            None => read_some(r, buf).await,
-        };
-        match read {
-            Ok(0) | Err(_) => Err(Upload::ClientGone),
-            Ok(_) => Ok(()),
-        }
-    };
-    match body {
-        Framing::Empty | Framing::Close => Ok(()),
-        Framing::Length(total) => {
-            let mut left = total;
-            loop {
-                if !buf.is_empty() {
-                    let take = left.min(buf.len() as u64) as usize;
-                    w.write_all(&buf[..take])
-                        .await
-                        .map_err(|_| Upload::Upstream)?;
-                    buf.advance(take);
-                    left -= take as u64;
-                }
-                if left == 0 {
-                    return Ok(());
-                }
-                read_more(buf).await?;
-            }
-        }
-        Framing::Chunked => {
-            let mut scanner = ChunkScanner::default();
-            loop {
-                if !buf.is_empty() {
-                    let n = scanner.scan(buf, |_| {}).map_err(|_| Upload::BadBody)?;
-                    w.write_all(&buf[..n]).await.map_err(|_| Upload::Upstream)?;
-                    buf.advance(n);
-                }
-                if scanner.done() {
-                    return Ok(());
-                }
-                read_more(buf).await?;
             }
         }
     }

@@ -15,7 +15,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use atlas_core::{Endpoint, Error, Result, ServiceName, Slot, TrafficSplit};
 use http::HeaderValue;
 
+use super::access_log::AccessLog;
 use super::balance::{SplitState, is_cookie_name, least_outstanding};
+use super::gzip::GzipPolicy;
 use super::metrics::{MetricsCore, RouterState};
 use super::upstream::{InFlight, PoolConfig, Upstream};
 
@@ -85,6 +87,12 @@ pub(crate) struct Shared {
     pub(crate) client_header_timeout: Option<Duration>,
     pub(crate) client_body_timeout: Option<Duration>,
     pub(crate) sticky: Option<StickyCookie>,
+    pub(crate) max_request_body: Option<u64>,
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) upgrade_drain: Duration,
+    pub(crate) gzip: Option<GzipPolicy>,
+    pub(crate) response_idle_timeout: Option<Duration>,
 }
 
 impl Shared {
@@ -130,7 +138,7 @@ impl Shared {
                         .iter()
                         .find(|u| u.endpoint == *ep)
                         .cloned()
-                        .unwrap_or_else(|| Arc::new(Upstream::new(ep.clone())))
+                        .unwrap_or_else(|| Arc::new(Upstream::new(ep.clone(), &self.pool)))
                 })
                 .collect();
             let removed: Vec<Arc<Upstream>> = current

@@ -7,7 +7,14 @@
 //! left nothing unread; anything else closes it. A connection the upstream
 //! closed while idle is noticed without a system call from the readiness
 //! the runtime already tracks, and dropped.
+//!
+//! A router whose data path runs on several worker threads, each with a
+//! runtime of its own, keeps one stack per worker: a connection is driven
+//! by the runtime that opened it, so it is only ever reused on the thread
+//! that opened it. Each worker thread names itself with
+//! [`set_worker`].
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -21,9 +28,23 @@ use tokio::time::Instant;
 
 use super::replica_stats::ReplicaCounters;
 
+thread_local! {
+    /// The data-path worker this thread is; 0 on threads of a shared
+    /// runtime.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Names the calling thread as data-path worker `index`, whose upstream
+/// connections go to pool stack `index`.
+pub(crate) fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
 /// Connection pool settings shared by all endpoints of a router.
 #[derive(Debug, Clone)]
 pub(crate) struct PoolConfig {
+    /// Pool stacks per endpoint: one per data-path worker thread.
+    pub(crate) stacks: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_idle: usize,
@@ -52,7 +73,11 @@ pub(crate) struct Upstream {
     in_flight: AtomicUsize,
     removed: AtomicBool,
     drained: Notify,
-    idle: Mutex<Vec<IdleConn>>,
+    /// One stack per data-path worker.
+    idle: Box<[Mutex<Vec<IdleConn>>]>,
+    /// Turns true when the endpoint leaves its slot, for the upgraded
+    /// connections still open to it.
+    retired: tokio::sync::watch::Sender<bool>,
     /// Per-replica counters, kept by the relay.
     pub(crate) stats: ReplicaCounters,
 }
@@ -68,7 +93,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub(crate) fn new(endpoint: Endpoint) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, pool: &PoolConfig) -> Self {
         let host = endpoint.addr.to_string().into_bytes().into_boxed_slice();
         Upstream {
             endpoint,
@@ -76,9 +101,17 @@ impl Upstream {
             in_flight: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
             drained: Notify::new(),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..pool.stacks.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            retired: tokio::sync::watch::Sender::new(false),
             stats: ReplicaCounters::new(),
         }
+    }
+
+    /// Resolves (`true`) once the endpoint has left its slot.
+    pub(crate) fn retired(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.retired.subscribe()
     }
 
     /// Requests in flight to this endpoint.
@@ -90,8 +123,11 @@ impl Upstream {
     /// [`InFlight::enter`]) and its idle connections are closed.
     pub(crate) fn mark_removed(&self) {
         self.removed.store(true, Ordering::SeqCst);
-        let idle = std::mem::take(&mut *self.lock_idle());
-        drop(idle);
+        self.retired.send_replace(true);
+        for stack in &self.idle {
+            let idle = std::mem::take(&mut *lock(stack));
+            drop(idle);
+        }
     }
 
     /// Resolves once no request is in flight to this endpoint.
@@ -116,13 +152,19 @@ impl Upstream {
         }
     }
 
+    /// The calling worker's stack.
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
-        // The critical sections only push, pop or retain: a panic cannot
-        // leave the stack inconsistent, so a poisoned lock is still usable.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        let worker = WORKER.with(Cell::get).min(self.idle.len() - 1);
+        lock(&self.idle[worker])
     }
 
     /// A pooled connection that is still open (when `reuse`), or a new one.
+    ///
+    /// `verify` is for requests that cannot be retried once sent: it asks
+    /// the kernel whether a pooled connection is still open instead of
+    /// trusting the readiness the runtime last saw, which may not include
+    /// a close that just arrived. A system call is cheaper than a lost
+    /// request.
     ///
     /// # Errors
     ///
@@ -132,8 +174,9 @@ impl Upstream {
         &self,
         pool: &PoolConfig,
         reuse: bool,
+        verify: bool,
     ) -> Result<UpstreamConn, BoxError> {
-        if reuse && let Some(stream) = self.idle_connection(pool) {
+        if reuse && let Some(stream) = self.idle_connection(pool, verify) {
             return Ok(UpstreamConn {
                 stream,
                 reused: true,
@@ -145,10 +188,13 @@ impl Upstream {
         })
     }
 
-    fn idle_connection(&self, pool: &PoolConfig) -> Option<TcpStream> {
+    fn idle_connection(&self, pool: &PoolConfig, verify: bool) -> Option<TcpStream> {
         loop {
-            let conn = self.lock_idle().pop()?;
-            if conn.since.elapsed() > pool.idle_timeout || !still_open(&conn.stream) {
+            let conn = { self.lock_idle().pop()? };
+            if conn.since.elapsed() > pool.idle_timeout
+                || !still_open(&conn.stream)
+                || (verify && !kernel_says_open(&conn.stream))
+            {
                 continue;
             }
             return Some(conn.stream);
@@ -193,21 +239,29 @@ impl Upstream {
     /// Closes idle connections that expired or that the upstream closed.
     pub(crate) fn reap(&self, pool: &PoolConfig) {
         let now = Instant::now();
-        let expired: Vec<IdleConn> = {
-            let mut idle = self.lock_idle();
-            let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|c| {
-                now.duration_since(c.since) <= pool.idle_timeout && still_open(&c.stream)
-            });
-            *idle = keep;
-            expired
-        };
-        drop(expired);
+        for stack in &self.idle {
+            let expired: Vec<IdleConn> = {
+                let mut idle = lock(stack);
+                let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(|c| {
+                    now.duration_since(c.since) <= pool.idle_timeout && still_open(&c.stream)
+                });
+                *idle = keep;
+                expired
+            };
+            drop(expired);
+        }
     }
 
-    /// Idle connections in the pool.
+    /// Idle connections in the pool, all workers' stacks together.
     pub(crate) fn idle_connections(&self) -> usize {
-        self.lock_idle().len()
+        self.idle.iter().map(|stack| lock(stack).len()).sum()
     }
+}
+
+fn lock(stack: &Mutex<Vec<IdleConn>>) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+    // The critical sections only push, pop or retain: a panic cannot leave
+    // the stack inconsistent, so a poisoned lock is still usable.
+    stack.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether an idle connection may carry another request: nothing to read
@@ -224,6 +278,30 @@ fn still_open(stream: &TcpStream) -> bool {
             let mut probe = [0u8; 1];
             matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         }
+    }
+}
+
+/// Whether an idle connection is still open and has nothing to read, asked
+/// of the kernel with a non-blocking peek (Unix; elsewhere the runtime's
+/// readiness is all there is).
+fn kernel_says_open(stream: &TcpStream) -> bool {
+    #[cfg(unix)]
+    {
+        use nix::sys::socket::{MsgFlags, recv};
+        use std::os::fd::AsRawFd as _;
+        let mut probe = [0u8; 1];
+        matches!(
+            recv(
+                stream.as_raw_fd(),
+                &mut probe,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+            ),
+            Err(nix::errno::Errno::EAGAIN)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        still_open(stream)
     }
 }
 

@@ -1,0 +1,187 @@
+//! Gzip compression of text responses for clients that accept it.
+
+use httparse::Header;
+
+/// When the proxy compresses responses with gzip; set with
+/// [`ProxyRouterBuilder::gzip`](super::ProxyRouterBuilder::gzip).
+///
+/// A response is compressed when all of these hold: the client's
+/// `Accept-Encoding` accepts `gzip` (a q-value above 0), the request is
+/// an HTTP/1.1 `GET`, `POST` or other non-`HEAD` request without `Range`,
+/// the response is a `200` without `Content-Encoding` or `Content-Range`,
+/// its media type is in [`content_types`](Self::content_types), and its
+/// declared length is at least [`min_size`](Self::min_size) (a chunked
+/// response, of unknown length, qualifies). It then goes out chunked with
+/// `Content-Encoding: gzip`, and a strong `ETag` becomes weak, since the
+/// bytes differ. Every response of a listed media type carries
+/// `Vary: Accept-Encoding`, compressed or not, so caches keep both forms
+/// apart.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GzipPolicy {
+    /// The smallest declared body compressed. Default 1024 bytes: below
+    /// that, the gzip header and trailer eat most of the gain.
+    pub min_size: u64,
+    /// Media types compressed, without parameters, lowercase. Default:
+    /// `text/html`, `text/plain`, `text/css`, `text/javascript`,
+    /// `text/xml`, `application/javascript`, `application/json`,
+    /// `application/xml`, `image/svg+xml`.
+    pub content_types: Vec<String>,
+    /// The compression level, 1 (fastest) to 9 (smallest). Default 1,
+    /// as nginx's `gzip_comp_level`.
+    pub level: u32,
+}
+
+impl Default for GzipPolicy {
+    fn default() -> Self {
+        GzipPolicy {
+            min_size: 1024,
+            content_types: [
+                "text/html",
+                "text/plain",
+                "text/css",
+                "text/javascript",
+                "text/xml",
+                "application/javascript",
+                "application/json",
+                "application/xml",
+                "image/svg+xml",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            level: 1,
+        }
+    }
+}
+
+impl GzipPolicy {
+    /// Sets [`min_size`](Self::min_size).
+    #[must_use]
+    pub fn with_min_size(mut self, bytes: u64) -> Self {
+        self.min_size = bytes;
+        self
+    }
+
+    /// Sets [`content_types`](Self::content_types).
+    #[must_use]
+    pub fn with_content_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.content_types = types
+            .into_iter()
+            .map(|t| t.into().trim().to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    /// Sets [`level`](Self::level).
+    #[must_use]
+    pub fn with_level(mut self, level: u32) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// Whether the response's media type is one compressed.
+    pub(crate) fn compressible(&self, headers: &[Header<'_>]) -> bool {
+        let Some(value) = header(headers, "content-type") else {
+            return false;
+        };
+        let media = value.split(|&b| b == b';').next().unwrap_or(b"");
+        let media = trim(media);
+        self.content_types
+            .iter()
+            .any(|t| t.as_bytes().eq_ignore_ascii_case(media))
+    }
+}
+
+/// Whether a request with `headers` may get a gzip response: its
+/// `Accept-Encoding` lists `gzip` or `*` with a q-value above 0, and it
+/// asks for no range.
+pub(crate) fn request_accepts(headers: &[Header<'_>]) -> bool {
+    if header(headers, "range").is_some() {
+        return false;
+    }
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("accept-encoding"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|item| {
+            let mut parts = item.split(|&b| b == b';');
+            let coding = trim(parts.next().unwrap_or(b""));
+            if !(coding.eq_ignore_ascii_case(b"gzip") || coding == b"*") {
+                return false;
+            }
+            // `q=0` (or 0.0, 0.00…) refuses it.
+            !parts.any(|p| {
+                let p = trim(p);
+                p.len() >= 2
+                    && p[..2].eq_ignore_ascii_case(b"q=")
+                    && p[2..].iter().all(|&b| b == b'0' || b == b'.')
+            })
+        })
+}
+
+/// The first value of header `name`.
+pub(crate) fn header<'a>(headers: &[Header<'a>], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    s.trim_ascii()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Header<'a>> {
+        pairs
+            .iter()
+            .map(|(n, v)| Header {
+                name: n,
+                value: v.as_bytes(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn accept_encoding_is_read_with_q_values() {
+        assert!(request_accepts(&h(&[(
+            "Accept-Encoding",
+            "gzip, deflate, br"
+        )])));
+        assert!(request_accepts(&h(&[(
+            "accept-encoding",
+            "br;q=1, GZIP;q=0.5"
+        )])));
+        assert!(request_accepts(&h(&[("accept-encoding", "*")])));
+        assert!(!request_accepts(&h(&[("accept-encoding", "gzip;q=0")])));
+        assert!(!request_accepts(&h(&[(
+            "accept-encoding",
+            "gzip; q=0.000"
+        )])));
+        assert!(!request_accepts(&h(&[("accept-encoding", "br, identity")])));
+        assert!(!request_accepts(&h(&[])));
+        assert!(!request_accepts(&h(&[
+            ("accept-encoding", "gzip"),
+            ("range", "bytes=0-10")
+        ])));
+    }
+
+    #[test]
+    fn media_types_are_matched_without_parameters() {
+        let p = GzipPolicy::default();
+        assert!(p.compressible(&h(&[("Content-Type", "text/html; charset=utf-8")])));
+        assert!(p.compressible(&h(&[("content-type", "Application/JSON")])));
+        assert!(!p.compressible(&h(&[("content-type", "image/png")])));
+        assert!(!p.compressible(&h(&[])));
+        let p = p.with_content_types(["Text/CSV "]);
+        assert!(p.compressible(&h(&[("content-type", "text/csv")])));
+        assert!(!p.compressible(&h(&[("content-type", "text/html")])));
+    }
+}
