@@ -18,41 +18,18 @@ use atlas_core::{
     StateStore, Strategy, TrafficRouter, TrafficSplit, Weight, Workloads,
 };
 use atlas_storage::postgres::PostgresStateStore;
-use tokio_postgres::{Client, NoTls};
+use atlas_tests::postgres::{ThrowawayDatabase, connect};
 
-fn admin_url() -> String {
-    std::env::var("ATLAS_TEST_POSTGRES_URL")
-        .expect("ATLAS_TEST_POSTGRES_URL must name a PostgreSQL server (cargo xtask test sets it)")
-}
-
-async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("connect to the test postgres");
-    tokio::spawn(conn);
-    client
-}
-
-/// A fresh database, dropped when the value is dropped (even on panic).
-struct Database {
-    name: String,
-}
+/// A throwaway database.
+struct Database(ThrowawayDatabase);
 
 impl Database {
     async fn create() -> Self {
-        let name = format!("atlas_state_{:016x}", rand::random::<u64>());
-        connect(&admin_url())
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        Database { name }
+        Database(ThrowawayDatabase::create("atlas_state").await)
     }
 
     fn url(&self) -> String {
-        let admin = admin_url();
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        format!("{base}/{}", self.name)
+        self.0.url()
     }
 
     /// A store on its own connection, as another host would have.
@@ -61,26 +38,6 @@ impl Database {
             .connect()
             .await
             .expect("connect the state store")
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let url = admin_url();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let _ = connect(&url)
-                    .await
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
     }
 }
 
