@@ -1,35 +1,5 @@
 //! [`PostgresStateStore`]: rollout state and the single-driver lease in
-//! PostgreSQL, so drivers on several hosts coordinate through a database
-//! they already run.
-//!
-//! Two tables, created on connect if missing (under an advisory lock, so
-//! stores connecting at once do not race on the catalog):
-//!
-//! | table | one row per service |
-//! |---|---|
-//! | `{table}` (default `atlas_state`) | `service` (key), `version` (bigint, +1 per write), `state` (the rollout state as `jsonb`), `updated_at` |
-//! | `{table}_lease` | `service` (key), `holder` (null once released), `token` (bigint), `expires_at` |
-//!
-//! - **Compare-and-swap**: every write is one statement that names the
-//!   expected version (`UPDATE … WHERE version = $expected`, or an
-//!   `INSERT … ON CONFLICT DO NOTHING` for the first write); no row changed
-//!   is a [`Conflict`](Error::Conflict).
-//! - **Lease**: granted by one `INSERT … ON CONFLICT DO UPDATE` that only
-//!   updates a row that is free, expired (by the database's clock, so hosts
-//!   need no synchronised clocks) or held by the same holder; two hosts
-//!   racing for it cannot both win.
-//! - **Fencing**: every grant increases the row's token (it never goes back,
-//!   since released rows are kept). Renew and release name the token, so a
-//!   holder whose lease was taken over gets a `Conflict`. While this store
-//!   instance holds a service's lease, its writes to that service's state
-//!   also check the token in the same statement (locking the lease row, so
-//!   a takeover waits for a write in flight and the write after it fails):
-//!   a holder that was taken over can never overwrite the new holder's
-//!   state. [`PostgresStateStore::compare_and_swap_fenced`] does the same
-//!   for a lease passed explicitly.
-//! - **Connection**: one connection, re-opened when the server closed it;
-//!   connection failures are [`Transient`](Error::Transient), SQL errors
-//!   [`Backend`](Error::Backend).
+//! PostgreSQL.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -219,8 +189,37 @@ struct Held {
     token: i64,
 }
 
-/// Rollout state and leases in PostgreSQL. See the
-/// [module documentation](self) for the tables and the guarantees.
+/// Rollout state and the single-driver lease in PostgreSQL, so drivers on
+/// several hosts coordinate through a database they already run.
+///
+/// Two tables, created on connect if missing (under an advisory lock, so
+/// stores connecting at once do not race on the catalog):
+///
+/// | table | one row per service |
+/// |---|---|
+/// | `{table}` (default `atlas_state`) | `service` (key), `version` (bigint, +1 per write), `state` (the rollout state as `jsonb`), `updated_at` |
+/// | `{table}_lease` | `service` (key), `holder` (null once released), `token` (bigint), `expires_at` |
+///
+/// - **Compare-and-swap**: every write is one statement that names the
+///   expected version (`UPDATE … WHERE version = $expected`, or an
+///   `INSERT … ON CONFLICT DO NOTHING` for the first write); no row changed
+///   is a [`Conflict`](Error::Conflict).
+/// - **Lease**: granted by one `INSERT … ON CONFLICT DO UPDATE` that only
+///   updates a row that is free, expired (by the database's clock, so hosts
+///   need no synchronised clocks) or held by the same holder; two hosts
+///   racing for it cannot both win.
+/// - **Fencing**: every grant increases the row's token (it never goes back,
+///   since released rows are kept). Renew and release name the token, so a
+///   holder whose lease was taken over gets a `Conflict`. While this store
+///   instance holds a service's lease, its writes to that service's state
+///   also check the token in the same statement (locking the lease row, so
+///   a takeover waits for a write in flight and the write after it fails):
+///   a holder that was taken over can never overwrite the new holder's
+///   state. [`PostgresStateStore::compare_and_swap_fenced`] does the same
+///   for a lease passed explicitly.
+/// - **Connection**: one connection, re-opened when the server closed it;
+///   connection failures are [`Transient`](Error::Transient), SQL errors
+///   [`Backend`](Error::Backend).
 ///
 /// ```no_run
 /// # async fn demo() -> atlas_core::Result<()> {
@@ -508,7 +507,7 @@ impl StateStore for PostgresStateStore {
 
     /// Writes `state` if the stored version is `expected`; while this
     /// instance holds the service's lease, only if that lease has not been
-    /// taken over (see the [module documentation](self)).
+    /// taken over (see [`PostgresStateStore`]).
     async fn compare_and_swap(
         &self,
         service: &ServiceName,
