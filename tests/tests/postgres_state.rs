@@ -18,7 +18,7 @@ use atlas_core::{
     StateStore, Strategy, TrafficRouter, TrafficSplit, Weight, Workloads,
 };
 use atlas_storage::postgres::PostgresStateStore;
-use atlas_tests::postgres::{ThrowawayDatabase, connect};
+use atlas_tests::postgres::{ThrowawayDatabase, admin_url, connect};
 
 /// A throwaway database.
 struct Database(ThrowawayDatabase);
@@ -340,4 +340,38 @@ fn a_second_engine_resumes_a_crashed_engines_rollout() {
             .unwrap();
     });
     drop(db);
+}
+
+/// A server that closes the store's connection (a restart, a failover, an
+/// idle timeout) costs at most one transient error: the store reconnects.
+#[tokio::test]
+#[ignore = "needs PostgreSQL; run: cargo xtask test"]
+async fn a_store_reconnects_after_the_server_closed_its_connection() {
+    let db = Database::create().await;
+    let store = db.store().await;
+    let svc = service("checkout");
+    let state = conformance::state_store::sample_state(&svc);
+    let v1 = store.compare_and_swap(&svc, None, &state).await.unwrap();
+    let killed = connect(&admin_url())
+        .await
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db.0.name()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 1, "the store has one connection");
+    let mut errors = Vec::new();
+    let loaded = loop {
+        match store.load(&svc).await {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(e.is_transient(), "a closed connection is transient: {e}");
+                errors.push(e.to_string());
+                assert!(errors.len() < 2, "the store did not reconnect: {errors:?}");
+            }
+        }
+    };
+    assert_eq!(loaded.map(|v| v.version), Some(v1));
 }
