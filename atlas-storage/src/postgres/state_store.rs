@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex as SyncMutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +13,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
-use super::{BACKEND, db_err, valid_table};
+use super::{BACKEND, valid_table};
 
 /// The default state table; the lease table is named after it.
 const DEFAULT_TABLE: &str = "atlas_state";
@@ -91,6 +92,7 @@ impl PostgresStateStoreBuilder {
                 table: self.table,
                 lease_table,
                 held: SyncMutex::new(HashMap::new()),
+                suspect: AtomicBool::new(false),
             })
         }
         .instrument(span)
@@ -105,10 +107,10 @@ async fn create_tables(client: &mut Client, table: &str, lease_table: &str) -> R
     let tx = client
         .transaction()
         .await
-        .map_err(|e| db_err("starting the table setup", e))?;
+        .map_err(|e| db_error("starting the table setup", e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(table)])
         .await
-        .map_err(|e| db_err("taking the table setup lock", e))?;
+        .map_err(|e| db_error("taking the table setup lock", e))?;
     tx.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {table} (
              service text PRIMARY KEY,
@@ -124,10 +126,32 @@ async fn create_tables(client: &mut Client, table: &str, lease_table: &str) -> R
          );"
     ))
     .await
-    .map_err(|e| db_err(&format!("creating tables {table} and {lease_table}"), e))?;
+    .map_err(|e| db_error(&format!("creating tables {table} and {lease_table}"), e))?;
     tx.commit()
         .await
-        .map_err(|e| db_err("committing the table setup", e))
+        .map_err(|e| db_error("committing the table setup", e))
+}
+
+/// A PostgreSQL error as an Atlas error. Transient when retrying may pass:
+/// the connection is gone, the server is shutting down or starting
+/// (`57P01`–`57P03`, class `08`), out of connections (`53300`), or the
+/// statement lost a serialisation race or a deadlock (`40001`, `40P01`).
+fn db_error(what: &str, e: tokio_postgres::Error) -> Error {
+    let Some(db) = e.as_db_error() else {
+        return super::db_err(what, e);
+    };
+    let code = db.code().code();
+    let transient = code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+        );
+    if transient {
+        let message = format!("{what}: {} ({code})", db.message());
+        Error::transient_with(BACKEND, message, e)
+    } else {
+        super::db_err(what, e)
+    }
 }
 
 /// A stable advisory lock key for the state table `table` (FNV-1a over a
@@ -217,9 +241,11 @@ struct Held {
 ///   a holder that was taken over can never overwrite the new holder's
 ///   state. [`PostgresStateStore::compare_and_swap_fenced`] does the same
 ///   for a lease passed explicitly.
-/// - **Connection**: one connection, re-opened when the server closed it;
-///   connection failures are [`Transient`](Error::Transient), SQL errors
-///   [`Backend`](Error::Backend).
+/// - **Connection**: one connection, replaced by a new one before the next
+///   statement once a statement failed transiently (the server closed it,
+///   is shutting down, or a serialisation race). Those failures are
+///   [`Transient`](Error::Transient), so a caller that retries (the engine
+///   does) sees at most one; other SQL errors are [`Backend`](Error::Backend).
 ///
 /// ```no_run
 /// # async fn demo() -> atlas_core::Result<()> {
@@ -245,6 +271,11 @@ pub struct PostgresStateStore {
     lease_table: String,
     /// Service → the lease this instance holds on it.
     held: SyncMutex<HashMap<ServiceName, Held>>,
+    /// A statement failed in a way that may have left the connection
+    /// unusable: open a new one before the next statement. The client only
+    /// reports itself closed once its connection task has ended, which may
+    /// be after the caller has seen the error.
+    suspect: AtomicBool,
 }
 
 impl fmt::Debug for PostgresStateStore {
@@ -297,11 +328,27 @@ impl PostgresStateStore {
     /// The connection, re-opened first if the server closed it.
     async fn client(&self) -> Result<MutexGuard<'_, Client>> {
         let mut client = self.client.lock().await;
-        if client.is_closed() {
-            tracing::warn!("postgres state connection was closed; reconnecting");
-            *client = self.connector.open().await?;
+        if self.suspect.swap(false, Ordering::SeqCst) || client.is_closed() {
+            tracing::warn!("postgres state connection failed; reconnecting");
+            match self.connector.open().await {
+                Ok(fresh) => *client = fresh,
+                Err(e) => {
+                    self.suspect.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
         }
         Ok(client)
+    }
+
+    /// `e` as an Atlas error; a transient one marks the connection for
+    /// replacement.
+    fn failed(&self, what: &str, e: tokio_postgres::Error) -> Error {
+        let err = db_error(what, e);
+        if err.is_transient() {
+            self.suspect.store(true, Ordering::SeqCst);
+        }
+        err
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceName, Held>> {
@@ -402,7 +449,7 @@ impl PostgresStateStore {
                         .await
                 }
             }
-            .map_err(|e| db_err(&format!("writing the state of {service}"), e))?;
+            .map_err(|e| self.failed(&format!("writing the state of {service}"), e))?;
             if let Some(row) = row {
                 let version: i64 = row.get(0);
                 tracing::debug!(version, "state written");
@@ -424,7 +471,7 @@ impl PostgresStateStore {
                             &[&service.as_str()],
                         )
                         .await
-                        .map_err(|e| db_err(&format!("reading the state of {service}"), e))?
+                        .map_err(|e| self.failed(&format!("reading the state of {service}"), e))?
                         .map(|r| r.get(0));
                     format!(
                         "state of {service} is at version {}, not at {}",
@@ -456,7 +503,7 @@ impl PostgresStateStore {
                 &[&service.as_str(), &fence.holder, &fence.token],
             )
             .await
-            .map_err(|e| db_err(&format!("reading the lease on {service}"), e))?;
+            .map_err(|e| self.failed(&format!("reading the lease on {service}"), e))?;
         Ok(row.is_some())
     }
 }
@@ -477,7 +524,7 @@ impl StateStore for PostgresStateStore {
                     &[&service.as_str()],
                 )
                 .await
-                .map_err(|e| db_err(&format!("reading the state of {service}"), e))?;
+                .map_err(|e| self.failed(&format!("reading the state of {service}"), e))?;
             let Some(row) = row else {
                 return Ok(None);
             };
@@ -550,7 +597,7 @@ impl StateStore for PostgresStateStore {
                     &[&service.as_str(), &holder, &secs],
                 )
                 .await
-                .map_err(|e| db_err(&format!("taking the lease on {service}"), e))?;
+                .map_err(|e| self.failed(&format!("taking the lease on {service}"), e))?;
             if let Some(row) = granted {
                 let token: i64 = row.get(0);
                 let token = u64::try_from(token).map_err(|_| {
@@ -580,7 +627,7 @@ impl StateStore for PostgresStateStore {
                     &[&service.as_str()],
                 )
                 .await
-                .map_err(|e| db_err(&format!("reading the lease on {service}"), e))?;
+                .map_err(|e| self.failed(&format!("reading the lease on {service}"), e))?;
             let why = match current {
                 Some(row) => {
                     let by: Option<String> = row.get(0);
@@ -624,7 +671,7 @@ impl StateStore for PostgresStateStore {
                     &[&lease.service.as_str(), &lease.holder, &token, &secs],
                 )
                 .await
-                .map_err(|e| db_err(&format!("renewing the lease on {}", lease.service), e))?;
+                .map_err(|e| self.failed(&format!("renewing the lease on {}", lease.service), e))?;
             if renewed == 1 {
                 tracing::trace!("lease renewed");
                 return Ok(());
@@ -674,7 +721,9 @@ impl StateStore for PostgresStateStore {
                     &[&lease.service.as_str(), &lease.holder, &token],
                 )
                 .await
-                .map_err(|e| db_err(&format!("releasing the lease on {}", lease.service), e))?;
+                .map_err(|e| {
+                    self.failed(&format!("releasing the lease on {}", lease.service), e)
+                })?;
             tracing::info!(released = released == 1, "lease released");
             Ok(())
         }
