@@ -209,6 +209,117 @@ async fn a_lease_taken_over_after_expiry_fences_the_old_holder() {
     assert!(later.token > new.token);
 }
 
+/// `host-a` takes the lease on `svc` with a ttl that has run out by the
+/// time this returns, and wrote the sample state under it: the state and
+/// its version.
+async fn written_under_an_expired_lease(
+    a: &PostgresStateStore,
+    svc: &ServiceName,
+) -> (atlas_core::RolloutState, u64) {
+    a.acquire_lease(svc, "host-a", Duration::from_millis(1))
+        .await
+        .unwrap();
+    let state = conformance::state_store::sample_state(svc);
+    let version = a.compare_and_swap(svc, None, &state).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    (state, version)
+}
+
+/// The old holder writing at the very moment another host takes over:
+/// its write either lands before the takeover (and the new holder loads
+/// it) or is refused, never after the new holder has read the state, so
+/// the new holder's write naming the version it loaded always succeeds.
+#[tokio::test]
+#[ignore = "needs PostgreSQL; run: cargo xtask test"]
+async fn a_write_racing_a_takeover_never_lands_behind_the_new_holder() {
+    let db = Database::create().await;
+    let (a, b) = (db.store().await, db.store().await);
+    let (mut landed, mut refused) = (0, 0);
+    for round in 0..30 {
+        let svc = service(&format!("takeover-{round}"));
+        let (state, v1) = written_under_an_expired_lease(&a, &svc).await;
+        let mut old = state.clone();
+        old.step = 1;
+        let mut new = state;
+        new.step = 2;
+        let (old_write, new_write) =
+            tokio::join!(a.compare_and_swap(&svc, Some(v1), &old), async {
+                b.acquire_lease(&svc, "host-b", Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                let loaded = b.load(&svc).await.unwrap().unwrap();
+                b.compare_and_swap(&svc, Some(loaded.version), &new).await
+            });
+        if let Err(e) = new_write {
+            panic!("round {round}: the new holder's write was refused: {e}");
+        }
+        match old_write {
+            Ok(_) => landed += 1,
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+                refused += 1;
+            }
+        }
+        assert_eq!(b.load(&svc).await.unwrap().unwrap().value.step, 2);
+    }
+    assert_eq!(landed + refused, 30);
+}
+
+/// A takeover waits for the old holder's write that is in flight (here
+/// held up by another session's lock on the state row), so the new holder
+/// loads what that write stored instead of being overtaken by it.
+#[tokio::test]
+#[ignore = "needs PostgreSQL; run: cargo xtask test"]
+async fn a_takeover_waits_for_the_old_holders_write_in_flight() {
+    let db = Database::create().await;
+    let a = Arc::new(db.store().await);
+    let b = Arc::new(db.store().await);
+    let svc = service("checkout");
+    let (state, v1) = written_under_an_expired_lease(&a, &svc).await;
+
+    let mut blocker = connect(&db.url()).await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM atlas_state WHERE service = $1 FOR UPDATE",
+        &[&svc.as_str()],
+    )
+    .await
+    .unwrap();
+    let old_write = tokio::spawn({
+        let (a, svc, mut old) = (a.clone(), svc.clone(), state.clone());
+        old.step = 1;
+        async move { a.compare_and_swap(&svc, Some(v1), &old).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let takeover = tokio::spawn({
+        let (b, svc, mut new) = (b.clone(), svc.clone(), state);
+        new.step = 2;
+        async move {
+            b.acquire_lease(&svc, "host-b", Duration::from_secs(30))
+                .await
+                .unwrap();
+            let loaded = b.load(&svc).await.unwrap().unwrap();
+            b.compare_and_swap(&svc, Some(loaded.version), &new).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !takeover.is_finished(),
+        "the takeover must wait for the write in flight"
+    );
+    tx.commit().await.unwrap();
+    let old_write = old_write.await.unwrap();
+    let new_write = takeover.await.unwrap();
+    assert!(
+        old_write.is_ok(),
+        "the write in flight lands: {old_write:?}"
+    );
+    if let Err(e) = new_write {
+        panic!("the new holder's write, naming the version it loaded, was refused: {e}");
+    }
+    assert_eq!(b.load(&svc).await.unwrap().unwrap().value.step, 2);
+}
+
 /// A canary that stops at an indefinite pause after its first traffic step.
 fn paused_canary(svc: &ServiceName) -> Rollout {
     let mut canary = Canary::new(
