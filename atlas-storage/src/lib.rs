@@ -14,6 +14,11 @@
 //! |---|---|---|
 //! | `postgres::PostgresDriver` | `postgres` | PostgreSQL (`tokio-postgres`, TLS with rustls): advisory lock, history table, per-migration timeouts, `pg_dump` backups |
 //!
+//! `postgres::PostgresStateStore` (feature `postgres`) implements
+//! [`atlas_core::StateStore`] in PostgreSQL: rollout state with
+//! compare-and-swap on a version, and the single-driver lease as a row
+//! with a fencing token, so engines on several hosts share one database.
+//!
 //! [`url::TargetUrl`] opens any of them from a URL (`file:///…`,
 //! `s3://bucket/prefix`, `gs://…`, `az://…`), as command-line tools take
 //! them, with settings from the process environment or from any

@@ -17,7 +17,7 @@
 //! | `migrate` | `atlas-migrate`: migration engine, zero-downtime lint, rollout hook | `atlas::migrate` |
 //! | `storage` | `atlas-storage` with the filesystem and memory targets | `atlas::storage` |
 //! | `s3`, `gcs`, `azure` | the cloud backup targets (slow to build) | `atlas::storage::{s3, gcs, azure}` |
-//! | `postgres` | the PostgreSQL migration driver | `atlas::storage::postgres` |
+//! | `postgres` | the PostgreSQL migration driver and state store | `atlas::storage::postgres` |
 //! | `testing` | mock adapters, fault wrappers, conformance suites | `atlas::core::testing` |
 //! | `full` | all of the above but `testing` | |
 //!

@@ -6,3 +6,6 @@
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;

@@ -49,6 +49,9 @@ use tracing::{debug, info, warn};
 
 const BACKEND: &str = "postgres";
 
+mod state_store;
+pub use state_store::{PostgresStateStore, PostgresStateStoreBuilder};
+
 /// How a runner behaves when another holds the migration lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockWait {
