@@ -36,6 +36,10 @@
 //! ```
 
 pub use atlas_core as core;
+pub use atlas_core::autoscale::{
+    Forecaster, HorizontalAutoscaler, HorizontalPolicy, PredictiveAutoscaler, PredictivePolicy,
+    ScaleDecision, ScaleInput, VerticalPolicy, VerticalRecommender,
+};
 pub use atlas_core::{
     AnalysisMetric, AnalysisPhase, AnalysisTemplate, BlueGreen, Canary, CanaryScale, CanaryStep,
     Condition, Endpoint, Engine, EngineBuilder, Error, ErrorKind, EventKind, HealthProbe,
@@ -44,10 +48,6 @@ pub use atlas_core::{
     Result, Rollout, RolloutEvent, RolloutHandle, RolloutHook, RolloutState, ServiceName, Severity,
     Slot, SlotStatus, StateStore, Step, Strategy, TrafficRouter, TrafficSplit, Versioned, Weight,
     Workloads,
-};
-pub use atlas_core::autoscale::{
-    Forecaster, HorizontalAutoscaler, HorizontalPolicy, PredictiveAutoscaler, PredictivePolicy,
-    ScaleDecision, ScaleInput,
 };
 
 #[cfg(feature = "backup")]
