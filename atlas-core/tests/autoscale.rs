@@ -1095,3 +1095,195 @@ mod predictive_timing {
         assert_eq!(d.decision.desired_replicas, 7);
     }
 }
+
+mod vertical {
+    use super::*;
+    use atlas_core::autoscale::{
+        DecayingHistogram, ResourceRequirements, VerticalPolicy, VerticalRecommender,
+    };
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    fn minutes(t0: Instant, n: u64) -> impl Iterator<Item = Instant> {
+        (0..n).map(move |m| t0 + S(60 * m))
+    }
+
+    #[test]
+    fn histogram_percentiles_are_within_one_bucket() {
+        let t0 = Instant::now();
+        let mut h = DecayingHistogram::new(0.01, 1.05, 1000.0, S(86_400)).unwrap();
+        assert_eq!(h.percentile(0.5), None);
+        for i in 1..=1000 {
+            h.add(f64::from(i) / 1000.0, 1.0, t0).unwrap();
+        }
+        for (p, want) in [(0.5, 0.5), (0.9, 0.9), (0.95, 0.95)] {
+            let got = h.percentile(p).unwrap();
+            assert!(got >= want && got <= want * 1.06, "p{p}: {got}");
+        }
+        assert!(h.add(-1.0, 1.0, t0).is_err());
+        assert!(h.add(1.0, f64::NAN, t0).is_err());
+        assert!(DecayingHistogram::new(0.01, 1.0, 10.0, S(1)).is_err());
+    }
+
+    #[test]
+    fn old_samples_lose_half_their_weight_per_half_life() {
+        let t0 = Instant::now();
+        let mut h = DecayingHistogram::new(0.01, 1.05, 1000.0, S(86_400)).unwrap();
+        // 1.0 core three days ago, weight 6; 0.1 core now, weight 1: the
+        // old weight is 6/8 < 1, so the median is the recent value.
+        h.add(1.0, 6.0, t0).unwrap();
+        h.add(0.1, 1.0, t0 + S(3 * 86_400)).unwrap();
+        assert!(h.percentile(0.5).unwrap() < 0.12);
+        // Two days ago (6/4 > 1) it would still be the old one.
+        let mut h = DecayingHistogram::new(0.01, 1.05, 1000.0, S(86_400)).unwrap();
+        h.add(1.0, 6.0, t0).unwrap();
+        h.add(0.1, 1.0, t0 + S(2 * 86_400)).unwrap();
+        assert!(h.percentile(0.5).unwrap() > 0.99);
+        // A year of hourly samples keeps finite weights.
+        let mut h = DecayingHistogram::new(0.01, 1.05, 1000.0, S(3600)).unwrap();
+        for hour in 0..(365 * 24) {
+            h.add(0.5, 1.0, t0 + S(3600 * hour)).unwrap();
+        }
+        assert!(h.percentile(0.9).unwrap() > 0.49);
+    }
+
+    #[test]
+    fn target_bounds_margin_and_confidence_follow_the_vpa_rules() {
+        let t0 = Instant::now();
+        let mut vpa = VerticalRecommender::new(VerticalPolicy::default()).unwrap();
+        assert!(vpa.recommend().is_none());
+        // Two days of one-minute samples, CPU constant at 0.5 cores.
+        for at in minutes(t0, 2 * 1440 + 1) {
+            vpa.add_cpu(at, 0.5).unwrap();
+            vpa.add_memory(at, 600.0 * MIB).unwrap();
+        }
+        let r = vpa.recommend().unwrap();
+        let c = r.confidence_days;
+        assert!((c - 2.0).abs() < 0.01, "{c}");
+        // Every percentile is the end of 0.5's bucket, b; target b × 1.15.
+        let b = r.cpu.target / 1.15;
+        assert!((0.5..0.5 * 1.06).contains(&b), "{b}");
+        assert!((r.cpu.upper_bound - b * 1.15 * (1.0 + 1.0 / c)).abs() < 1e-9);
+        assert!((r.cpu.lower_bound - b * 1.15 * (1.0 + 0.001 / c).powi(-2)).abs() < 1e-9);
+        // With an hour of history the upper bound is ~25× wider.
+        let mut young = VerticalRecommender::new(VerticalPolicy::default()).unwrap();
+        for at in minutes(t0, 61) {
+            young.add_cpu(at, 0.5).unwrap();
+            young.add_memory(at, 600.0 * MIB).unwrap();
+        }
+        let y = young.recommend().unwrap();
+        assert!(y.cpu.upper_bound > 20.0 * y.cpu.target, "{y:?}");
+        assert!((y.cpu.target - r.cpu.target).abs() < 1e-12);
+    }
+
+    #[test]
+    fn minimums_apply_and_an_oom_bumps_memory() {
+        let t0 = Instant::now();
+        let mut vpa = VerticalRecommender::new(VerticalPolicy::default()).unwrap();
+        for at in minutes(t0, 600) {
+            vpa.add_cpu(at, 0.001).unwrap();
+            vpa.add_memory(at, 20.0 * MIB).unwrap();
+        }
+        let r = vpa.recommend().unwrap();
+        assert_eq!(r.cpu.target, 0.025);
+        assert_eq!(r.memory.target, 250.0 * MIB);
+
+        let mut vpa = VerticalRecommender::new(VerticalPolicy::default()).unwrap();
+        for at in minutes(t0, 600) {
+            vpa.add_cpu(at, 0.2).unwrap();
+            vpa.add_memory(at, 400e6).unwrap();
+        }
+        let before = vpa.recommend().unwrap().memory.target;
+        // Killed at 400 MB: the day's peak becomes max(480, 500) MB.
+        vpa.record_oom(t0 + S(601 * 60), 400e6).unwrap();
+        let after = vpa.recommend().unwrap().memory.target;
+        assert!(before < 400e6 * 1.15 * 1.06, "{before}");
+        assert!(after >= 500e6 * 1.15, "{after}");
+        // Usage large enough that the ratio matters: max(1.2 × 2 GB, +100 MB).
+        vpa.record_oom(t0 + S(602 * 60), 2e9).unwrap();
+        assert!(vpa.recommend().unwrap().memory.target >= 2.4e9 * 1.15);
+    }
+
+    #[test]
+    fn requirements_keep_the_limit_to_request_ratio() {
+        let t0 = Instant::now();
+        let mut vpa = VerticalRecommender::new(VerticalPolicy::default()).unwrap();
+        for at in minutes(t0, 1440) {
+            vpa.add_cpu(at, 0.4).unwrap();
+            vpa.add_memory(at, 512.0 * MIB).unwrap();
+        }
+        let r = vpa.recommend().unwrap();
+        let current = ResourceRequirements {
+            requests: [("cpu".to_string(), 1.0), ("memory".to_string(), 1e9)].into(),
+            limits: [("cpu".to_string(), 2.0)].into(),
+        };
+        let out = r.requirements(&current);
+        assert_eq!(out.requests["cpu"], r.cpu.target);
+        assert_eq!(out.limits["cpu"], 2.0 * r.cpu.target);
+        assert!(!out.limits.contains_key("memory"));
+    }
+
+    #[test]
+    fn bad_samples_and_settings_name_their_field() {
+        let t0 = Instant::now();
+        let mut vpa = VerticalRecommender::new(VerticalPolicy::default()).unwrap();
+        let field = |r: atlas_core::Result<()>| match r {
+            Err(atlas_core::Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        };
+        assert_eq!(field(vpa.add_cpu(t0, -0.1)), "cpu");
+        assert_eq!(field(vpa.add_memory(t0, f64::NAN)), "memory");
+        assert_eq!(field(vpa.record_oom(t0, -1.0)), "memory");
+        let d = VerticalPolicy::default;
+        let cases = [
+            (
+                VerticalPolicy {
+                    half_life: Duration::ZERO,
+                    ..d()
+                },
+                "half_life",
+            ),
+            (
+                VerticalPolicy {
+                    target_percentile: 1.5,
+                    ..d()
+                },
+                "target_percentile",
+            ),
+            (
+                VerticalPolicy {
+                    lower_percentile: 0.95,
+                    ..d()
+                },
+                "target_percentile",
+            ),
+            (
+                VerticalPolicy {
+                    safety_margin: -0.1,
+                    ..d()
+                },
+                "safety_margin",
+            ),
+            (
+                VerticalPolicy {
+                    oom_bump_ratio: 0.9,
+                    ..d()
+                },
+                "oom_bump_ratio",
+            ),
+            (
+                VerticalPolicy {
+                    memory_peak_interval: Duration::ZERO,
+                    ..d()
+                },
+                "memory_peak_interval",
+            ),
+        ];
+        for (policy, want) in cases {
+            match VerticalRecommender::new(policy) {
+                Err(atlas_core::Error::InvalidInput { field, .. }) => assert_eq!(field, want),
+                other => panic!("expected {want}, got {:?}", other.err()),
+            }
+        }
+    }
+}

@@ -39,7 +39,7 @@
 pub use atlas_core as core;
 pub use atlas_core::autoscale::{
     Forecaster, HorizontalAutoscaler, HorizontalPolicy, PredictiveAutoscaler, PredictivePolicy,
-    ScaleDecision, ScaleInput,
+    ScaleDecision, ScaleInput, VerticalPolicy, VerticalRecommender,
 };
 pub use atlas_core::{
     AnalysisMetric, AnalysisPhase, AnalysisTemplate, BlueGreen, Canary, CanaryScale, CanaryStep,

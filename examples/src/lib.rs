@@ -1,6 +1,7 @@
 //! Runnable reference programs for Atlas live in `examples/examples/`, one
 //! file each; run one with `cargo run --example NAME`.
 
+pub mod autoscale_sim;
 pub mod cli;
 pub mod demo_app;
 pub mod interrupt;

@@ -11,6 +11,8 @@
 //!   stabilization windows and rate policies need.
 //! - [`PredictiveAutoscaler`] adds replicas ahead of a forecast load (any
 //!   [`Forecaster`]), with the reactive decision as its floor.
+//! - [`VerticalRecommender`] recommends CPU and memory requests from usage,
+//!   as the Kubernetes VPA's recommender does.
 //! - [`observe`] reads a policy's metrics through any
 //!   [`MetricProvider`](crate::MetricProvider).
 //!
@@ -22,6 +24,7 @@ pub mod observe;
 mod policy;
 mod predictive;
 mod replicas;
+mod vpa;
 
 pub use hpa::{HorizontalAutoscaler, ScaleDecision, ScaleInput, ScaleReason};
 pub use policy::{
@@ -33,3 +36,7 @@ pub use predictive::{
     Forecaster, PredictiveAutoscaler, PredictiveDecision, PredictivePolicy, SeasonalNaive,
 };
 pub use replicas::{MetricObservation, MetricOutcome, MetricProposal, PodState, metric_replicas};
+pub use vpa::{
+    DecayingHistogram, ResourceRecommendation, ResourceRequirements, VerticalPolicy,
+    VerticalRecommendation, VerticalRecommender,
+};
