@@ -59,7 +59,8 @@ mod restore;
 mod version;
 
 pub use backup::{
-    BackupOptions, BackupReport, BackupSource, DirectorySource, SourceInput, StreamSource,
+    BackupOptions, BackupReport, BackupSource, DirectorySource, SourceCompletion, SourceInput,
+    StreamSource,
 };
 pub use check::{CheckOptions, CheckProblem, CheckReport, ReadDataSubset};
 pub use crypto::{KdfParams, KeySource};

@@ -18,4 +18,4 @@ pub(super) mod tests;
 
 pub use run::{BackupOptions, BackupReport};
 pub(crate) use run::{BackupRun, run_backup};
-pub use source::{BackupSource, DirectorySource, SourceInput, StreamSource};
+pub use source::{BackupSource, DirectorySource, SourceCompletion, SourceInput, StreamSource};
