@@ -21,7 +21,21 @@
 //!   repair snapshots                  move damaged snapshot manifests aside (damaged/snapshots/)
 //!   repair index                      rebuild the index from the packs' headers
 //!   unlock [--remove-all]             remove stale locks (--remove-all: every lock)
+//!   wal-push PATH                     PostgreSQL archive_command: `wal-push %p`
+//!   wal-fetch NAME DEST               PostgreSQL restore_command: `wal-fetch %f %p`
+//!   pg-backup [--dsn DSN]             pg_basebackup streamed into a snapshot (feature postgres)
+//!   pg-restore --pgdata DIR [--target-time T | --target-lsn L | --target-name N | latest]
+//!              [--port P] [--keep-running] [--keep-archiving]   (feature postgres)
+//!   pg-verify [--sql QUERY]... [same targets]   trial restore on a spare port (feature postgres)
 //! ```
+//!
+//! `wal-fetch` exits 1 when the archive has no such file (the end of the
+//! archive for PostgreSQL) and 126 on any other failure, which makes
+//! PostgreSQL abort recovery instead of ending it early. `wal-push` of a
+//! file already archived with the same bytes succeeds; different bytes
+//! under an archived name fail. The server is reached through libpq's
+//! environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`)
+//! or `--dsn`.
 //!
 //! `--help` explains the program and every verb (`atlas_backup backup
 //! --help`); the global options may also follow the verb. Backup, restore,
@@ -62,6 +76,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
+use atlas_backup::pitr::{PushOutcome, WalArchive, WalFileName};
 use atlas_backup::repo::{
     BackupKind, BackupOptions, CheckOptions, CheckReport, DirectorySource, InitOptions, KdfParams,
     KeySource, MirrorPolicy, MirrorSet, Progress, PruneOptions, ReadDataSubset, Repository,
@@ -79,6 +94,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 type Failure = Box<dyn std::error::Error>;
+
+#[cfg(feature = "postgres")]
+#[path = "atlas_backup/pitr_cli.rs"]
+mod pitr_cli;
 
 /// Deduplicated, compressed, encrypted snapshots in one or several
 /// repositories (Atlas's backup engine, `atlas_backup::repo`).
@@ -183,6 +202,34 @@ enum Command {
         #[arg(long)]
         remove_all: bool,
     },
+    /// Archive one WAL file (PostgreSQL's archive_command: `wal-push %p`)
+    /// to every repository. A file already archived with the same bytes
+    /// succeeds; different bytes under its name fail.
+    WalPush {
+        /// The file (`%p`); its name is the archive name.
+        path: PathBuf,
+    },
+    /// Restore one archived WAL file (PostgreSQL's restore_command:
+    /// `wal-fetch %f %p`). Exit status 1: the archive has no such file;
+    /// 126: any other failure (recovery must stop).
+    WalFetch {
+        /// The file's name (`%f`).
+        name: String,
+        /// Where to write it (`%p`).
+        dest: PathBuf,
+    },
+    /// Take a base backup (pg_basebackup, tar with the WAL it needs and a
+    /// checksummed manifest) streamed into a snapshot of every repository.
+    #[cfg(feature = "postgres")]
+    PgBackup(pitr_cli::PgBackupArgs),
+    /// Restore a base backup into an empty data directory and recover to a
+    /// point with the archived WAL, then promote.
+    #[cfg(feature = "postgres")]
+    PgRestore(pitr_cli::PgRestoreArgs),
+    /// Restore into a throwaway data directory on a spare port, run SQL
+    /// checks, and remove it.
+    #[cfg(feature = "postgres")]
+    PgVerify(pitr_cli::PgVerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -471,12 +518,74 @@ async fn run(cli: Cli) -> StatusResult {
         Command::Key(command) => key(&cli, command).await,
         Command::Repair(command) => repair(&cli, command).await,
         Command::Unlock { remove_all } => unlock(&cli, *remove_all).await,
+        Command::WalPush { path } => wal_push(&cli, path).await,
+        Command::WalFetch { name, dest } => return Ok(wal_fetch(&cli, name, dest).await),
+        #[cfg(feature = "postgres")]
+        Command::PgBackup(args) => pitr_cli::pg_backup(&cli, args).await,
+        #[cfg(feature = "postgres")]
+        Command::PgRestore(args) => pitr_cli::pg_restore(&cli, args).await,
+        #[cfg(feature = "postgres")]
+        Command::PgVerify(args) => pitr_cli::pg_verify(&cli, args).await,
     }?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn wal_archive(cli: &Cli) -> Result<WalArchive, Failure> {
+    Ok(WalArchive::new(MirrorSet::new(
+        open_all(cli).await?,
+        mirror_policy(cli),
+    )?))
+}
+
+async fn wal_push(cli: &Cli, path: &std::path::Path) -> ProgramResult {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{} has no file name", path.display()))?;
+    let name = WalFileName::new(name)?;
+    match wal_archive(cli).await?.push(&name, path).await? {
+        PushOutcome::Stored(id) => println!("archived {name} as snapshot {}", id.short()),
+        PushOutcome::AlreadyArchived(id) => {
+            println!(
+                "{name} is already archived (snapshot {}), same content",
+                id.short()
+            )
+        }
+        _ => {}
+    }
+    Ok(true)
+}
+
+/// Exit status of `wal-fetch` on a failure other than "not archived":
+/// PostgreSQL treats a status above 125 as fatal and aborts recovery,
+/// while 1 means the end of the archive.
+const WAL_FETCH_FATAL: u8 = 126;
+
+async fn wal_fetch(cli: &Cli, name: &str, dest: &std::path::Path) -> ExitCode {
+    let result = async {
+        let name = WalFileName::new(name)?;
+        wal_archive(cli).await?.fetch(&name, dest).await?;
+        Ok::<_, Failure>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let not_found = e
+                .downcast_ref::<atlas_core::Error>()
+                .is_some_and(|e| e.kind() == atlas_core::ErrorKind::NotFound);
+            eprintln!("atlas_backup wal-fetch {name}: {e}");
+            if not_found {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::from(WAL_FETCH_FATAL)
+            }
+        }
+    }
 }
 
 async fn init(cli: &Cli) -> ProgramResult {
