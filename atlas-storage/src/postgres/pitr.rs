@@ -211,17 +211,17 @@ impl PgConnection {
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut config = tokio_postgres::Config::new();
-        config.host(&var("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_owned()));
+        config.host(var("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_owned()));
         config.port(var("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432));
         config.user(
-            &var("PGUSER")
+            var("PGUSER")
                 .or_else(|| var("USER"))
                 .unwrap_or_else(|| "postgres".to_owned()),
         );
         if let Some(p) = var("PGPASSWORD") {
             config.password(p);
         }
-        config.dbname(&var("PGDATABASE").unwrap_or_else(|| "postgres".to_owned()));
+        config.dbname(var("PGDATABASE").unwrap_or_else(|| "postgres".to_owned()));
         PgConnection { config }
     }
 
@@ -754,8 +754,7 @@ impl PgServer {
                     .unwrap_or_default();
                 let line = |needle: &str| {
                     log.lines()
-                        .filter(|l| l.contains(needle))
-                        .next_back()
+                        .rfind(|l| l.contains(needle))
                         .map(|l| l.split_once(needle).map_or(l, |(_, r)| r).trim().to_owned())
                 };
                 let report = RecoveryReport {
