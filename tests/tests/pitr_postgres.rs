@@ -17,6 +17,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use atlas_backup::pitr::PitrCatalog;
+use atlas_backup::repo::{KeySource, Repository};
 use atlas_storage::postgres::pitr::{self as pg, PgServer, PgTools};
 use tokio_postgres::Client;
 
@@ -284,6 +286,11 @@ async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
     let m2 = marker().await;
     insert(&client, 16..=20).await;
     let m3 = marker().await;
+    // Rows 21-25 go into a segment of their own, the archive's last.
+    let before_last = pg::switch_wal(&client, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .segment;
     insert(&client, 21..=25).await;
     let newest = pg::switch_wal(&client, Duration::from_secs(60))
         .await
@@ -364,6 +371,35 @@ async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
     drop(c);
     restored.stop().await.unwrap();
 
+    // A missing segment at the end: recovery ends at the last archived
+    // point (rows 1-20) and says so.
+    let url = atlas_storage::url::TargetUrl::parse(&work.repo_url()).unwrap();
+    let repo = Repository::open(
+        url.open(false).await.unwrap(),
+        url.prefix().clone(),
+        &KeySource::passphrase(PASSWORD),
+    )
+    .await
+    .unwrap();
+    let catalog = PitrCatalog::load(&repo).await.unwrap();
+    let last = catalog
+        .wal
+        .iter()
+        .find(|w| w.name.as_str() == newest)
+        .expect("the last segment is archived");
+    repo.forget(&[last.snapshot.to_hex()]).await.unwrap();
+    let out = work.cli_ok(
+        &verify_args(&["latest"], &all[..20])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        out.contains("recovery ended at the end of the archive")
+            && out.contains("test restore completed"),
+        "{out}"
+    );
+
     // wal-push: the same bytes again succeed, other bytes under the name fail.
     let seg = work.path("segment");
     let name = "000000010000000000000003";
@@ -400,7 +436,7 @@ async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
         b[mid] ^= 0xFF;
         std::fs::write(&pack, b).unwrap();
     }
-    let out = work.cli(&["wal-fetch", &newest, work.path("y").to_str().unwrap()]);
+    let out = work.cli(&["wal-fetch", &before_last, work.path("y").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(126));
     assert!(!work.path("y").exists());
     let out = work.cli(
