@@ -1607,6 +1607,74 @@ mod tests {
     }
 
     #[test]
+    fn the_wal_verbs_parse_as_postgres_calls_them() {
+        let with = |rest: &[&str]| parse(&[&["-r", "file:///r", "--quiet"][..], rest].concat());
+        let Command::WalPush { path } = with(&["wal-push", "pg_wal/000000010000000000000003"])
+            .unwrap()
+            .command
+        else {
+            panic!("not wal-push")
+        };
+        assert_eq!(path, PathBuf::from("pg_wal/000000010000000000000003"));
+        let Command::WalFetch { name, dest } =
+            with(&["wal-fetch", "00000002.history", "pg_wal/RECOVERYHISTORY"])
+                .unwrap()
+                .command
+        else {
+            panic!("not wal-fetch")
+        };
+        assert_eq!(name, "00000002.history");
+        assert_eq!(dest, PathBuf::from("pg_wal/RECOVERYHISTORY"));
+        assert!(with(&["wal-fetch", "only-one"]).is_err());
+        assert!(with(&["wal-push"]).is_err());
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn the_postgres_verbs_parse_and_take_one_target() {
+        let with = |rest: &[&str]| parse(&[&["-r", "file:///r"][..], rest].concat());
+        assert!(matches!(
+            with(&["pg-backup", "--dsn", "postgres://u@h/db"])
+                .unwrap()
+                .command,
+            Command::PgBackup(_)
+        ));
+        assert!(matches!(
+            with(&[
+                "pg-restore",
+                "--pgdata",
+                "/d",
+                "--target-time",
+                "2026-01-01T00:00:00Z"
+            ])
+            .unwrap()
+            .command,
+            Command::PgRestore(_)
+        ));
+        assert!(with(&["pg-restore", "--pgdata", "/d", "latest"]).is_ok());
+        assert!(
+            with(&["pg-restore", "--target-lsn", "0/1"]).is_err(),
+            "--pgdata is required"
+        );
+        let two = with(&[
+            "pg-restore",
+            "--pgdata",
+            "/d",
+            "--target-lsn",
+            "0/1",
+            "--target-name",
+            "n",
+        ]);
+        assert!(two.is_err(), "one target at most");
+        assert!(matches!(
+            with(&["pg-verify", "--sql", "SELECT true", "--sql", "SELECT 1 = 1"])
+                .unwrap()
+                .command,
+            Command::PgVerify(_)
+        ));
+    }
+
+    #[test]
     fn the_repair_and_unlock_verbs_parse_and_are_documented() {
         let with = |rest: &[&str]| parse(&[&["-r", "file:///r"][..], rest].concat());
         assert!(matches!(

@@ -44,18 +44,18 @@ fn atlas_backup() -> PathBuf {
                     cargo.env_remove(key);
                 }
             }
-            let status = cargo
-                .args([
-                    "build",
-                    "--example",
-                    "atlas_backup",
-                    "--features",
-                    "postgres",
-                    "--manifest-path",
-                ])
-                .arg(&manifest)
-                .status()
-                .expect("cannot run cargo");
+            cargo
+                .args(["build", "--example", "atlas_backup", "--manifest-path"])
+                .arg(&manifest);
+            // With the cloud targets this is most likely `cargo xtask test`
+            // (`--workspace --all-features`): build the same way, so that
+            // nothing is built twice.
+            if cfg!(feature = "cloud") {
+                cargo.args(["--workspace", "--all-features"]);
+            } else {
+                cargo.args(["--features", "postgres"]);
+            }
+            let status = cargo.status().expect("cannot run cargo");
             assert!(
                 status.success(),
                 "cargo build --example atlas_backup failed"
@@ -76,6 +76,10 @@ fn atlas_backup() -> PathBuf {
 struct Work {
     dir: tempfile::TempDir,
     tools: PgTools,
+    /// The repositories (the first one a directory of `dir`).
+    repos: Vec<String>,
+    /// Settings the cloud targets read, given to every `atlas_backup`.
+    env: Vec<(String, String)>,
 }
 
 impl Work {
@@ -86,7 +90,13 @@ impl Work {
             .prefix("atlas-pitr-")
             .tempdir()
             .unwrap();
-        let w = Work { dir, tools };
+        let repos = vec![format!("file://{}", dir.path().join("repo").display())];
+        let w = Work {
+            dir,
+            tools,
+            repos,
+            env: Vec::new(),
+        };
         w.give_to_owner(w.dir.path());
         std::fs::write(w.password_file(), PASSWORD).unwrap();
         w.give_to_owner(&w.password_file());
@@ -102,7 +112,15 @@ impl Work {
     }
 
     fn repo_url(&self) -> String {
-        format!("file://{}", self.path("repo").display())
+        self.repos[0].clone()
+    }
+
+    /// `--repo URL` for each of `repos`.
+    fn repo_args(repos: &[String]) -> Vec<String> {
+        repos
+            .iter()
+            .flat_map(|r| ["--repo".to_owned(), r.clone()])
+            .collect()
     }
 
     fn give_to_owner(&self, path: &Path) {
@@ -119,6 +137,11 @@ impl Work {
 
     /// `atlas_backup --repo … --password-file … ARGS`, as the server's user.
     fn cli(&self, args: &[&str]) -> Output {
+        self.cli_on(&self.repos, args)
+    }
+
+    /// As [`Work::cli`], with only `repos`.
+    fn cli_on(&self, repos: &[String], args: &[&str]) -> Output {
         let mut cmd = match self.tools.run_as() {
             Some(user) => {
                 let mut c = Command::new("runuser");
@@ -127,8 +150,10 @@ impl Work {
             }
             None => Command::new(atlas_backup()),
         };
-        cmd.args(["--repo", &self.repo_url(), "--password-file"])
+        cmd.args(Self::repo_args(repos))
+            .arg("--password-file")
             .arg(self.password_file())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--quiet")
             .args(args)
             .env_remove("ATLAS_PASSWORD")
@@ -153,10 +178,13 @@ impl Work {
     async fn source_cluster(&self) -> PgServer {
         let pgdata = self.path("source");
         pg::init_cluster(&self.tools, &pgdata).await.unwrap();
+        let settings: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}='{v}'")).collect();
+        let repos: Vec<String> = self.repos.iter().map(|r| format!("--repo '{r}'")).collect();
         let archive = format!(
-            "'{}' --repo '{}' --password-file '{}' --quiet wal-push %p",
+            "{} '{}' {} --password-file '{}' --quiet wal-push %p",
+            settings.join(" "),
             atlas_backup().display(),
-            self.repo_url(),
+            repos.join(" "),
             self.password_file().display()
         );
         let conf = format!(
@@ -171,6 +199,22 @@ impl Work {
         PgServer::start(&self.tools, &pgdata, pg::free_port().unwrap(), "")
             .await
             .unwrap()
+    }
+
+    /// Creates the repositories and a source cluster holding rows 1-5 in
+    /// table `t`.
+    async fn started_with_rows(&self) -> (PgServer, Client) {
+        self.cli_ok(&["init"]);
+        let server = self.source_cluster().await;
+        let client = server.connection().connect().await.unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+            )
+            .await
+            .unwrap();
+        insert(&client, 1..=5).await;
+        (server, client)
     }
 
     /// The pack files of the repository.
@@ -262,16 +306,7 @@ fn verify_args(target: &[&str], ids: &[i32]) -> Vec<String> {
 #[ignore = "needs the PostgreSQL server programs; run: cargo xtask test"]
 async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
     let work = Work::new();
-    work.cli_ok(&["init"]);
-    let server = work.source_cluster().await;
-    let client = server.connection().connect().await.unwrap();
-    client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
-        )
-        .await
-        .unwrap();
-    insert(&client, 1..=5).await;
+    let (server, client) = work.started_with_rows().await;
     let before_base = marker().await;
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port());
     let out = work.cli_ok(&["pg-backup", "--dsn", &url]);
@@ -447,6 +482,40 @@ async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
     );
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("test restore completed"));
+    drop(client);
+    server.stop().await.unwrap();
+}
+
+#[cfg(feature = "cloud")]
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the PostgreSQL server programs, s3s-fs, fake-gcs-server and Azurite; run: cargo xtask test"]
+async fn wal_archived_to_four_mirrors_restores_from_each() {
+    let mut work = Work::new();
+    let run = format!("pitr-{:016x}", rand::random::<u64>());
+    for scheme in ["s3", "gs", "az"] {
+        work.repos.push(format!("{scheme}://atlas-mirror/{run}"));
+    }
+    work.env = atlas_tests::cloud_test_env();
+    let (server, client) = work.started_with_rows().await;
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port());
+    work.cli_ok(&["pg-backup", "--dsn", &url]);
+    insert(&client, 6..=10).await;
+    pg::switch_wal(&client, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let all: Vec<i32> = (1..=10).collect();
+    for repo in work.repos.clone() {
+        let args = verify_args(&["latest"], &all);
+        let out = work.cli_on(
+            std::slice::from_ref(&repo),
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("test restore completed"),
+            "restore from {repo}: {stdout}"
+        );
+    }
     drop(client);
     server.stop().await.unwrap();
 }

@@ -257,3 +257,147 @@ async fn same_content(
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::pitr::{BaseBackupInfo, BaseBackupSource, Lsn, PitrCatalog};
+    use crate::repo::{InitOptions, KdfParams, KeySource, MirrorPolicy, Streaming};
+    use atlas_core::backup::ObjectPrefix;
+
+    const SEG: usize = 1 << 20;
+
+    /// A segment of a 1 MiB-segment cluster: a long page header naming
+    /// `segno` on timeline 1, then bytes that differ per segment.
+    fn segment(segno: u64) -> Vec<u8> {
+        let mut b: Vec<u8> = (0..SEG)
+            .map(|i| ((i as u64).wrapping_mul(2_654_435_761) >> 13) as u8 ^ segno as u8)
+            .collect();
+        b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        b[2..4].copy_from_slice(&2u16.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&(segno * SEG as u64).to_le_bytes());
+        b[24..32].copy_from_slice(&42u64.to_le_bytes());
+        b[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
+        b
+    }
+
+    async fn archive() -> (WalArchive, Repository) {
+        let repo = Repository::init(
+            Arc::new(Streaming::default()),
+            ObjectPrefix::new("pitr/").unwrap(),
+            &KeySource::passphrase("wal test"),
+            InitOptions::default().with_kdf(KdfParams::insecure_fast()),
+        )
+        .await
+        .unwrap();
+        let set = MirrorSet::new(vec![repo.clone()], MirrorPolicy::All).unwrap();
+        (WalArchive::new(set), repo)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_pushed_twice_is_stored_once_and_other_bytes_are_refused() {
+        let (archive, repo) = archive().await;
+        let dir = tempfile::tempdir().unwrap();
+        let name = WalFileName::new("000000010000000000000003").unwrap();
+        let path = dir.path().join(name.as_str());
+        std::fs::write(&path, segment(3)).unwrap();
+        let PushOutcome::Stored(first) = archive.push(&name, &path).await.unwrap() else {
+            panic!("the first push must store the segment")
+        };
+        assert_eq!(
+            archive.push(&name, &path).await.unwrap(),
+            PushOutcome::AlreadyArchived(first)
+        );
+        let mut other = segment(3);
+        other[SEG / 2] ^= 1;
+        std::fs::write(&path, &other).unwrap();
+        let e = archive.push(&name, &path).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert!(e.to_string().contains(name.as_str()), "{e}");
+        // A segment under another segment's name is refused before storing.
+        let wrong = WalFileName::new("000000010000000000000004").unwrap();
+        let e = archive.push(&wrong, &path).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert_eq!(
+            repo.snapshots().await.unwrap().len(),
+            1,
+            "nothing stored but the first push"
+        );
+
+        // Fetch: the archived bytes, through a temporary file; a name not
+        // archived is NotFound and creates nothing.
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert_eq!(archive.fetch(&name, &dest).await.unwrap(), SEG as u64);
+        assert_eq!(std::fs::read(&dest).unwrap(), segment(3));
+        let missing = WalFileName::new("000000010000000000000009").unwrap();
+        let gone = dir.path().join("gone");
+        let e = archive.fetch(&missing, &gone).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(!gone.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary file left"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_base_backup_is_labelled_when_its_producer_ends_and_absent_when_it_fails() {
+        let (archive, repo) = archive().await;
+        let set = MirrorSet::new(vec![repo.clone()], MirrorPolicy::All).unwrap();
+        let stop = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let body = || futures::stream::iter([Ok(bytes::Bytes::from(vec![7u8; 300_000]))]).boxed();
+        // The producer fails after its last byte: no snapshot.
+        let failing =
+            async { Err(atlas_core::Error::backend("pg_basebackup", "exited with 1")) }.boxed();
+        let e = set
+            .backup(
+                BaseBackupSource::new(body(), failing),
+                BackupOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("exited with 1"), "{e}");
+        assert!(repo.snapshots().await.unwrap().is_empty());
+        // It succeeds: the label is in the manifest.
+        let info = BaseBackupInfo::new(
+            42,
+            1,
+            Lsn(3 * SEG as u64 + 0x28),
+            Lsn(3 * SEG as u64 + 0x100),
+            stop,
+        )
+        .unwrap();
+        let report = set
+            .backup(
+                BaseBackupSource::new(body(), async move { Ok(info) }.boxed()),
+                BackupOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            BaseBackupInfo::from_snapshot(&report.snapshot).unwrap(),
+            info
+        );
+        for n in 3..=4 {
+            let name = WalFileName::new(format!("00000001000000000000000{n}")).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(name.as_str());
+            std::fs::write(&path, segment(n)).unwrap();
+            archive.push(&name, &path).await.unwrap();
+        }
+        let catalog = PitrCatalog::load(&repo).await.unwrap();
+        assert_eq!(catalog.base_backups.len(), 1);
+        assert_eq!(catalog.wal.len(), 2);
+        assert_eq!(catalog.segment_size(), SEG as u64);
+        assert_eq!(catalog.wal[0].system_identifier, Some(42));
+        // The backup is kept: its segments are needed.
+        assert!(catalog.wal_released_by(&[report.snapshot.id]).is_empty());
+    }
+}

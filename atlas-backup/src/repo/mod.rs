@@ -58,6 +58,9 @@ mod repository;
 mod restore;
 mod version;
 
+/// An in-memory target that streams puts, for the tests of other modules.
+#[cfg(test)]
+pub(crate) use backup::tests::Streaming;
 pub use backup::{
     BackupOptions, BackupReport, BackupSource, DirectorySource, SourceCompletion, SourceInput,
     StreamSource,

@@ -11,6 +11,19 @@
 //! user `postgres` through `runuser`, as `cargo xtask test` does. The
 //! connection password reaches `pg_basebackup` through `PGPASSWORD`,
 //! never its command line, and is never logged.
+//!
+//! **Recovery point objective.** WAL reaches the archive a segment at a
+//! time, so what is committed in the current segment is not recoverable
+//! until the segment is closed. [`switch_wal`] closes it on demand and waits
+//! for the archiver: run it from a schedule (every 15 minutes for a
+//! 15-minute RPO); the time it waited is the job's duration, and the
+//! newest recovery point is the moment it was called. The alternative is
+//! the server setting `archive_timeout`, which switches segments by itself
+//! after that many seconds of activity; its cost is that every switched
+//! segment is archived at its full size (16 MiB by default) however little
+//! it holds, so a low timeout on a quiet server fills the archive with
+//! mostly-empty segments (the repository's dedup stores their zero-filled
+//! tails once, but each is still a separate push).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

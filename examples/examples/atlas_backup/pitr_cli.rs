@@ -3,7 +3,7 @@
 //! `atlas_storage::postgres::pitr` (PostgreSQL side).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use atlas_backup::pitr::{
     BASE_FILE, BaseBackupInfo, BaseBackupSource, Lsn, PitrCatalog, RecoveryTarget, RestorePlan,
@@ -172,16 +172,26 @@ async fn restore_into(
     let plan = RestorePlan::new(&catalog, target)?;
     let settings = plan.recovery_settings(&restore_command(cli)?, keep_archiving)?;
     let tools = PgTools::discover()?;
+    let t0 = Instant::now();
     let (_, body) = repos[0]
         .restore_file_stream(&plan.base.snapshot.to_hex(), BASE_FILE)
         .await?;
-    pg::unpack_base_backup(&tools, body, pgdata).await?;
+    let bytes = pg::unpack_base_backup(&tools, body, pgdata).await?;
+    let unpacked = t0.elapsed();
     pg::verify_base_backup(&tools, pgdata).await?;
+    let verified = t0.elapsed() - unpacked;
     pg::prepare_recovery(pgdata, &settings).await?;
     let server = PgServer::start(&tools, pgdata, port, "").await?;
     let report = server
         .wait_recovery_end(Duration::from_secs(24 * 3600))
         .await?;
+    println!(
+        "phases: base backup read and unpacked {:.1} s ({:.0} MiB), pg_verifybackup {:.1} s, WAL replay to promotion {:.1} s",
+        unpacked.as_secs_f64(),
+        bytes as f64 / (1024.0 * 1024.0),
+        verified.as_secs_f64(),
+        (t0.elapsed() - unpacked - verified).as_secs_f64()
+    );
     Ok((server, plan, report))
 }
 

@@ -14,7 +14,7 @@ mod source;
 mod walk;
 
 #[cfg(test)]
-pub(super) mod tests;
+pub(crate) mod tests;
 
 pub use run::{BackupOptions, BackupReport};
 pub(crate) use run::{BackupRun, run_backup};
