@@ -24,6 +24,7 @@
 //!   wal-push PATH                     PostgreSQL archive_command: `wal-push %p`
 //!   wal-fetch NAME DEST               PostgreSQL restore_command: `wal-fetch %f %p`
 //!   pg-backup [--dsn DSN]             pg_basebackup streamed into a snapshot (feature postgres)
+//!   pg-switch-wal [--dsn DSN] [--timeout 60s]   the point-in-time job (feature postgres)
 //!   pg-restore --pgdata DIR [--target-time T | --target-lsn L | --target-name N | latest]
 //!              [--port P] [--keep-running] [--keep-archiving]   (feature postgres)
 //!   pg-verify [--sql QUERY]... [same targets]   trial restore on a spare port (feature postgres)
@@ -222,6 +223,12 @@ enum Command {
     /// checksummed manifest) streamed into a snapshot of every repository.
     #[cfg(feature = "postgres")]
     PgBackup(pitr_cli::PgBackupArgs),
+    /// The point-in-time job: close the current WAL segment
+    /// (pg_switch_wal) and wait until the archiver has stored it, so that
+    /// everything committed before is recoverable; prints how long that
+    /// took and the age of the newest archived WAL.
+    #[cfg(feature = "postgres")]
+    PgSwitchWal(pitr_cli::PgSwitchWalArgs),
     /// Restore a base backup into an empty data directory and recover to a
     /// point with the archived WAL, then promote.
     #[cfg(feature = "postgres")]
@@ -522,6 +529,8 @@ async fn run(cli: Cli) -> StatusResult {
         Command::WalFetch { name, dest } => return Ok(wal_fetch(&cli, name, dest).await),
         #[cfg(feature = "postgres")]
         Command::PgBackup(args) => pitr_cli::pg_backup(&cli, args).await,
+        #[cfg(feature = "postgres")]
+        Command::PgSwitchWal(args) => pitr_cli::pg_switch_wal(args).await,
         #[cfg(feature = "postgres")]
         Command::PgRestore(args) => pitr_cli::pg_restore(&cli, args).await,
         #[cfg(feature = "postgres")]

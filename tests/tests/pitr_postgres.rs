@@ -327,10 +327,17 @@ async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
         .unwrap()
         .segment;
     insert(&client, 21..=25).await;
-    let newest = pg::switch_wal(&client, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .segment;
+    // The point-in-time job, as a scheduler runs it.
+    let out = work.cli_ok(&["pg-switch-wal", "--dsn", &url]);
+    assert!(out.contains("archived after"), "{out}");
+    let status = pg::archiver_status(&client).await.unwrap();
+    let newest = status
+        .last_archived_wal
+        .clone()
+        .expect("a segment was archived");
+    assert!(out.contains(&format!("segment {newest} archived")), "{out}");
+    assert_eq!(status.failed_count, 0);
+    assert!(status.last_archived_age.unwrap() < Duration::from_secs(60));
 
     // Targets the archive cannot reach are refused before anything starts.
     let restored = work.path("never");

@@ -507,6 +507,47 @@ pub async fn switch_wal(client: &Client, timeout: Duration) -> Result<WalSwitch>
     }
 }
 
+/// What `pg_stat_archiver` says: the recovery point objective's inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ArchiverStatus {
+    /// WAL files archived since the statistics were reset.
+    pub archived_count: i64,
+    /// The newest archived WAL file.
+    pub last_archived_wal: Option<String>,
+    /// How long ago it was archived (the age of the newest recoverable
+    /// WAL, by the server's clock).
+    pub last_archived_age: Option<Duration>,
+    /// Failed attempts to archive.
+    pub failed_count: i64,
+    /// The file of the newest failed attempt.
+    pub last_failed_wal: Option<String>,
+}
+
+/// Reads `pg_stat_archiver`.
+///
+/// # Errors
+/// [`Error::Backend`] for a failed query.
+pub async fn archiver_status(client: &Client) -> Result<ArchiverStatus> {
+    let row = client
+        .query_one(
+            "SELECT archived_count, last_archived_wal, \
+             extract(epoch FROM now() - last_archived_time)::float8, failed_count, last_failed_wal \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await
+        .map_err(|e| db_err("reading pg_stat_archiver", e))?;
+    let age: Option<f64> = row.get(2);
+    Ok(ArchiverStatus {
+        archived_count: row.get(0),
+        last_archived_wal: row.get(1),
+        last_archived_age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        failed_count: row.get(3),
+        last_failed_wal: row.get(4),
+    })
+}
+
 /// Unpacks a base backup's tar stream into `pgdata` (created mode 0700;
 /// it must not exist or be empty), as the data-directory user. Returns the
 /// bytes unpacked.

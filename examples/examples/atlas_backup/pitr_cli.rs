@@ -25,6 +25,39 @@ pub(crate) struct PgBackupArgs {
     dsn: Option<String>,
 }
 
+/// `pg-switch-wal`.
+#[derive(Debug, Args)]
+pub(crate) struct PgSwitchWalArgs {
+    /// The server (URL or key=value string); default: libpq's environment.
+    #[arg(long, value_name = "DSN")]
+    dsn: Option<String>,
+    /// How long to wait for the archiver (e.g. 60s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+fn connection(dsn: Option<&str>) -> Result<PgConnection, Failure> {
+    Ok(match dsn {
+        Some(d) => PgConnection::from_dsn(d)?,
+        None => PgConnection::from_env(),
+    })
+}
+
+pub(crate) async fn pg_switch_wal(args: &PgSwitchWalArgs) -> ProgramResult {
+    let client = connection(args.dsn.as_deref())?.connect().await?;
+    let switch = pg::switch_wal(&client, args.timeout).await?;
+    let status = pg::archiver_status(&client).await?;
+    println!(
+        "segment {} archived after {:.3} s; newest archived WAL {} ({:.1} s old), {} archive failures",
+        switch.segment,
+        switch.waited.as_secs_f64(),
+        status.last_archived_wal.as_deref().unwrap_or("none"),
+        status.last_archived_age.unwrap_or_default().as_secs_f64(),
+        status.failed_count
+    );
+    Ok(true)
+}
+
 /// Where recovery stops (one of them; default the end of the archive).
 #[derive(Debug, Args)]
 pub(crate) struct TargetArgs {
@@ -96,10 +129,7 @@ impl TargetArgs {
 }
 
 pub(crate) async fn pg_backup(cli: &Cli, args: &PgBackupArgs) -> ProgramResult {
-    let conn = match &args.dsn {
-        Some(d) => PgConnection::from_dsn(d)?,
-        None => PgConnection::from_env(),
-    };
+    let conn = connection(args.dsn.as_deref())?;
     let tools = PgTools::discover()?;
     let set = MirrorSet::new(open_all(cli).await?, mirror_policy(cli))?;
     let run = pg::start_base_backup(&tools, &conn).await?;
