@@ -335,6 +335,12 @@ struct CheckArgs {
     /// runs read everything once) or P% (a random sample).
     #[arg(long, value_name = "N/M|P%", value_parser = parse_subset)]
     read_data_subset: Option<ReadDataSubset>,
+    /// Also unpack every PostgreSQL base backup of the first repository
+    /// into a temporary directory and check it against its own manifest
+    /// with pg_verifybackup (sizes, SHA-256 checksums, the WAL it needs).
+    #[cfg(feature = "postgres")]
+    #[arg(long)]
+    pg_verifybackup: bool,
     #[command(flatten)]
     output: Output,
 }
@@ -879,6 +885,10 @@ async fn check(cli: &Cli, args: &CheckArgs) -> ProgramResult {
     }
     if args.output.output == OutputFormat::Json {
         cli::print_json(&results)?;
+    }
+    #[cfg(feature = "postgres")]
+    if args.pg_verifybackup {
+        ok &= pitr_cli::verify_base_backups(&repos[0]).await?;
     }
     Ok(ok)
 }

@@ -315,6 +315,8 @@ async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
         "{out}"
     );
     let packs_after_base = work.packs();
+    let out = work.cli_ok(&["check", "--pg-verifybackup"]);
+    assert!(out.contains("pg_verifybackup found it intact"), "{out}");
     insert(&client, 6..=10).await;
     let m1 = marker().await;
     insert(&client, 11..=15).await;

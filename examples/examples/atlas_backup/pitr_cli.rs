@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use atlas_backup::pitr::{
     BASE_FILE, BaseBackupInfo, BaseBackupSource, Lsn, PitrCatalog, RecoveryTarget, RestorePlan,
 };
-use atlas_backup::repo::{BackupKind, BackupOptions, MirrorSet};
+use atlas_backup::repo::{BackupKind, BackupOptions, MirrorSet, Repository};
 use atlas_examples::main_support::ProgramResult;
 use atlas_storage::postgres::pitr::{self as pg, PgConnection, PgServer, PgTools, RecoveryReport};
 use clap::Args;
@@ -264,16 +264,49 @@ pub(crate) async fn pg_restore(cli: &Cli, args: &PgRestoreArgs) -> ProgramResult
     Ok(true)
 }
 
+/// A temporary directory the data-directory user can reach (mode 0711).
+fn reachable_tempdir(prefix: &str) -> Result<tempfile::TempDir, Failure> {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
+}
+
+/// `check --pg-verifybackup`: every base backup of `repo`, unpacked into a
+/// temporary directory, against its manifest. False when one fails.
+pub(crate) async fn verify_base_backups(repo: &Repository) -> Result<bool, Failure> {
+    let tools = PgTools::discover()?;
+    let catalog = PitrCatalog::load(repo).await?;
+    let mut ok = true;
+    for base in &catalog.base_backups {
+        let dir = reachable_tempdir("atlas-pg-check-")?;
+        let pgdata = dir.path().join("data");
+        let checked = async {
+            let (_, body) = repo
+                .restore_file_stream(&base.snapshot.to_hex(), BASE_FILE)
+                .await?;
+            pg::unpack_base_backup(&tools, body, &pgdata).await?;
+            pg::verify_base_backup(&tools, &pgdata).await
+        }
+        .await;
+        match checked {
+            Ok(()) => println!(
+                "base backup {}: pg_verifybackup found it intact",
+                base.snapshot.short()
+            ),
+            Err(e) => {
+                println!("  PROBLEM: base backup {}: {e}", base.snapshot.short());
+                ok = false;
+            }
+        }
+    }
+    Ok(ok)
+}
+
 pub(crate) async fn pg_verify(cli: &Cli, args: &PgVerifyArgs) -> ProgramResult {
     let target = args.target.target()?;
-    let dir = tempfile::Builder::new()
-        .prefix("atlas-pg-verify-")
-        .tempdir()?;
     // The server's user must reach the data directory inside.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
-    }
+    let dir = reachable_tempdir("atlas-pg-verify-")?;
     let pgdata = dir.path().join("data");
     let port = pg::free_port()?;
     let (server, plan, report) = restore_into(cli, target, &pgdata, port, false).await?;
