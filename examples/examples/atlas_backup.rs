@@ -23,6 +23,7 @@
 //!   unlock [--remove-all]             remove stale locks (--remove-all: every lock)
 //!   wal-push PATH                     PostgreSQL archive_command: `wal-push %p`
 //!   wal-fetch NAME DEST               PostgreSQL restore_command: `wal-fetch %f %p`
+//!   pg-forget-wal [--dry-run]        forget the WAL no remaining base backup needs
 //!   pg-backup [--dsn DSN]             pg_basebackup streamed into a snapshot (feature postgres)
 //!   pg-switch-wal [--dsn DSN] [--timeout 60s]   the point-in-time job (feature postgres)
 //!   pg-restore --pgdata DIR [--target-time T | --target-lsn L | --target-name N | latest]
@@ -77,7 +78,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use atlas_backup::pitr::{PushOutcome, WalArchive, WalFileName};
+use atlas_backup::pitr::{PitrCatalog, PushOutcome, WalArchive, WalFileName};
 use atlas_backup::repo::{
     BackupKind, BackupOptions, CheckOptions, CheckReport, DirectorySource, InitOptions, KdfParams,
     KeySource, MirrorPolicy, MirrorSet, Progress, PruneOptions, ReadDataSubset, Repository,
@@ -229,6 +230,14 @@ enum Command {
     /// took and the age of the newest archived WAL.
     #[cfg(feature = "postgres")]
     PgSwitchWal(pitr_cli::PgSwitchWalArgs),
+    /// Forget the archived WAL that no base backup still in the repository
+    /// needs (run it after `forget` removed base backups; `prune` then
+    /// frees the space). WAL a kept base backup needs is never forgotten.
+    PgForgetWal {
+        /// Only list what would be forgotten.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Restore a base backup into an empty data directory and recover to a
     /// point with the archived WAL, then promote.
     #[cfg(feature = "postgres")]
@@ -533,6 +542,7 @@ async fn run(cli: Cli) -> StatusResult {
         Command::Unlock { remove_all } => unlock(&cli, *remove_all).await,
         Command::WalPush { path } => wal_push(&cli, path).await,
         Command::WalFetch { name, dest } => return Ok(wal_fetch(&cli, name, dest).await),
+        Command::PgForgetWal { dry_run } => pg_forget_wal(&cli, *dry_run).await,
         #[cfg(feature = "postgres")]
         Command::PgBackup(args) => pitr_cli::pg_backup(&cli, args).await,
         #[cfg(feature = "postgres")]
@@ -601,6 +611,17 @@ async fn wal_fetch(cli: &Cli, name: &str, dest: &std::path::Path) -> ExitCode {
             }
         }
     }
+}
+
+async fn pg_forget_wal(cli: &Cli, dry_run: bool) -> ProgramResult {
+    let repos = open_all(cli).await?;
+    let names = PitrCatalog::forget_released_wal(&repos[0], dry_run).await?;
+    let verb = if dry_run { "would forget" } else { "forgot" };
+    for n in &names {
+        println!("{verb} {n}");
+    }
+    println!("{} WAL files no base backup needs", names.len());
+    Ok(true)
 }
 
 async fn init(cli: &Cli) -> ProgramResult {

@@ -444,6 +444,15 @@ async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
         "{out}"
     );
 
+    // Retention: only the WAL from before the base backup goes.
+    let out = work.cli_ok(&["pg-forget-wal"]);
+    assert!(
+        out.contains("forgot 000000010000000000000001\n1 WAL files"),
+        "{out}"
+    );
+    let out = work.cli_ok(&["pg-forget-wal", "--dry-run"]);
+    assert!(out.contains("0 WAL files"), "{out}");
+
     // wal-push: the same bytes again succeed, other bytes under the name fail.
     let seg = work.path("segment");
     let name = "000000010000000000000003";

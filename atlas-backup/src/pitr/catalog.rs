@@ -143,6 +143,26 @@ impl PitrCatalog {
             .collect()
     }
 
+    /// Forgets (removes the manifests of) the archived WAL that no base
+    /// backup still in `repo` needs, after retention has forgotten base
+    /// backups; `prune` then frees the space. Returns the files forgotten
+    /// (or, with `dry_run`, those that would be).
+    ///
+    /// # Errors
+    /// Listing and deletion errors of the repository.
+    pub async fn forget_released_wal(repo: &Repository, dry_run: bool) -> Result<Vec<WalFileName>> {
+        let catalog = Self::load(repo).await?;
+        let kept: Vec<SnapshotId> = catalog.base_backups.iter().map(|b| b.snapshot).collect();
+        let released = catalog.wal_released_by(&kept);
+        let names: Vec<WalFileName> = released.iter().map(|w| w.name.clone()).collect();
+        if !dry_run && !released.is_empty() {
+            let ids: Vec<String> = released.iter().map(|w| w.snapshot.to_hex()).collect();
+            repo.forget(&ids).await?;
+        }
+        info!(released = names.len(), dry_run, "WAL no base backup needs");
+        Ok(names)
+    }
+
     /// The archived segment numbers of timelines `timeline` and later.
     pub(super) fn segment_numbers_from(&self, timeline: u32) -> BTreeSet<u64> {
         let size = self.segment_size();
