@@ -19,6 +19,7 @@
 //! The contract's types are re-exported here, so one import line serves:
 //! `use atlas_backup::{BackupTarget, ObjectPrefix};`.
 
+pub mod pitr;
 pub mod repo;
 pub mod retention;
 pub mod schedule;

@@ -21,7 +21,23 @@
 //!   repair snapshots                  move damaged snapshot manifests aside (damaged/snapshots/)
 //!   repair index                      rebuild the index from the packs' headers
 //!   unlock [--remove-all]             remove stale locks (--remove-all: every lock)
+//!   wal-push PATH                     PostgreSQL archive_command: `wal-push %p`
+//!   wal-fetch NAME DEST               PostgreSQL restore_command: `wal-fetch %f %p`
+//!   pg-forget-wal [--dry-run]        forget the WAL no remaining base backup needs
+//!   pg-backup [--dsn DSN]             pg_basebackup streamed into a snapshot (feature postgres)
+//!   pg-switch-wal [--dsn DSN] [--timeout 60s]   the point-in-time job (feature postgres)
+//!   pg-restore --pgdata DIR [--target-time T | --target-lsn L | --target-name N | latest]
+//!              [--port P] [--keep-running] [--keep-archiving]   (feature postgres)
+//!   pg-verify [--sql QUERY]... [same targets]   trial restore on a spare port (feature postgres)
 //! ```
+//!
+//! `wal-fetch` exits 1 when the archive has no such file (the end of the
+//! archive for PostgreSQL) and 126 on any other failure, which makes
+//! PostgreSQL abort recovery instead of ending it early. `wal-push` of a
+//! file already archived with the same bytes succeeds; different bytes
+//! under an archived name fail. The server is reached through libpq's
+//! environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`)
+//! or `--dsn`.
 //!
 //! `--help` explains the program and every verb (`atlas_backup backup
 //! --help`); the global options may also follow the verb. Backup, restore,
@@ -62,6 +78,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
+use atlas_backup::pitr::{PitrCatalog, PushOutcome, WalArchive, WalFileName};
 use atlas_backup::repo::{
     BackupKind, BackupOptions, CheckOptions, CheckReport, DirectorySource, InitOptions, KdfParams,
     KeySource, MirrorPolicy, MirrorSet, Progress, PruneOptions, ReadDataSubset, Repository,
@@ -79,6 +96,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 type Failure = Box<dyn std::error::Error>;
+
+#[cfg(feature = "postgres")]
+#[path = "atlas_backup/pitr_cli.rs"]
+mod pitr_cli;
 
 /// Deduplicated, compressed, encrypted snapshots in one or several
 /// repositories (Atlas's backup engine, `atlas_backup::repo`).
@@ -183,6 +204,48 @@ enum Command {
         #[arg(long)]
         remove_all: bool,
     },
+    /// Archive one WAL file (PostgreSQL's archive_command: `wal-push %p`)
+    /// to every repository. A file already archived with the same bytes
+    /// succeeds; different bytes under its name fail.
+    WalPush {
+        /// The file (`%p`); its name is the archive name.
+        path: PathBuf,
+    },
+    /// Restore one archived WAL file (PostgreSQL's restore_command:
+    /// `wal-fetch %f %p`). Exit status 1: the archive has no such file;
+    /// 126: any other failure (recovery must stop).
+    WalFetch {
+        /// The file's name (`%f`).
+        name: String,
+        /// Where to write it (`%p`).
+        dest: PathBuf,
+    },
+    /// Take a base backup (pg_basebackup, tar with the WAL it needs and a
+    /// checksummed manifest) streamed into a snapshot of every repository.
+    #[cfg(feature = "postgres")]
+    PgBackup(pitr_cli::PgBackupArgs),
+    /// The point-in-time job: close the current WAL segment
+    /// (pg_switch_wal) and wait until the archiver has stored it, so that
+    /// everything committed before is recoverable; prints how long that
+    /// took and the age of the newest archived WAL.
+    #[cfg(feature = "postgres")]
+    PgSwitchWal(pitr_cli::PgSwitchWalArgs),
+    /// Forget the archived WAL that no base backup still in the repository
+    /// needs (run it after `forget` removed base backups; `prune` then
+    /// frees the space). WAL a kept base backup needs is never forgotten.
+    PgForgetWal {
+        /// Only list what would be forgotten.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restore a base backup into an empty data directory and recover to a
+    /// point with the archived WAL, then promote.
+    #[cfg(feature = "postgres")]
+    PgRestore(pitr_cli::PgRestoreArgs),
+    /// Restore into a throwaway data directory on a spare port, run SQL
+    /// checks, and remove it.
+    #[cfg(feature = "postgres")]
+    PgVerify(pitr_cli::PgVerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,6 +344,12 @@ struct CheckArgs {
     /// runs read everything once) or P% (a random sample).
     #[arg(long, value_name = "N/M|P%", value_parser = parse_subset)]
     read_data_subset: Option<ReadDataSubset>,
+    /// Also unpack every PostgreSQL base backup of the first repository
+    /// into a temporary directory and check it against its own manifest
+    /// with pg_verifybackup (sizes, SHA-256 checksums, the WAL it needs).
+    #[cfg(feature = "postgres")]
+    #[arg(long)]
+    pg_verifybackup: bool,
     #[command(flatten)]
     output: Output,
 }
@@ -471,12 +540,88 @@ async fn run(cli: Cli) -> StatusResult {
         Command::Key(command) => key(&cli, command).await,
         Command::Repair(command) => repair(&cli, command).await,
         Command::Unlock { remove_all } => unlock(&cli, *remove_all).await,
+        Command::WalPush { path } => wal_push(&cli, path).await,
+        Command::WalFetch { name, dest } => return Ok(wal_fetch(&cli, name, dest).await),
+        Command::PgForgetWal { dry_run } => pg_forget_wal(&cli, *dry_run).await,
+        #[cfg(feature = "postgres")]
+        Command::PgBackup(args) => pitr_cli::pg_backup(&cli, args).await,
+        #[cfg(feature = "postgres")]
+        Command::PgSwitchWal(args) => pitr_cli::pg_switch_wal(args).await,
+        #[cfg(feature = "postgres")]
+        Command::PgRestore(args) => pitr_cli::pg_restore(&cli, args).await,
+        #[cfg(feature = "postgres")]
+        Command::PgVerify(args) => pitr_cli::pg_verify(&cli, args).await,
     }?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn wal_archive(cli: &Cli) -> Result<WalArchive, Failure> {
+    Ok(WalArchive::new(MirrorSet::new(
+        open_all(cli).await?,
+        mirror_policy(cli),
+    )?))
+}
+
+async fn wal_push(cli: &Cli, path: &std::path::Path) -> ProgramResult {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{} has no file name", path.display()))?;
+    let name = WalFileName::new(name)?;
+    match wal_archive(cli).await?.push(&name, path).await? {
+        PushOutcome::Stored(id) => println!("archived {name} as snapshot {}", id.short()),
+        PushOutcome::AlreadyArchived(id) => {
+            println!(
+                "{name} is already archived (snapshot {}), same content",
+                id.short()
+            )
+        }
+        _ => {}
+    }
+    Ok(true)
+}
+
+/// Exit status of `wal-fetch` on a failure other than "not archived":
+/// PostgreSQL treats a status above 125 as fatal and aborts recovery,
+/// while 1 means the end of the archive.
+const WAL_FETCH_FATAL: u8 = 126;
+
+async fn wal_fetch(cli: &Cli, name: &str, dest: &std::path::Path) -> ExitCode {
+    let result = async {
+        let name = WalFileName::new(name)?;
+        wal_archive(cli).await?.fetch(&name, dest).await?;
+        Ok::<_, Failure>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let not_found = e
+                .downcast_ref::<atlas_core::Error>()
+                .is_some_and(|e| e.kind() == atlas_core::ErrorKind::NotFound);
+            eprintln!("atlas_backup wal-fetch {name}: {e}");
+            if not_found {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::from(WAL_FETCH_FATAL)
+            }
+        }
+    }
+}
+
+async fn pg_forget_wal(cli: &Cli, dry_run: bool) -> ProgramResult {
+    let repos = open_all(cli).await?;
+    let names = PitrCatalog::forget_released_wal(&repos[0], dry_run).await?;
+    let verb = if dry_run { "would forget" } else { "forgot" };
+    for n in &names {
+        println!("{verb} {n}");
+    }
+    println!("{} WAL files no base backup needs", names.len());
+    Ok(true)
 }
 
 async fn init(cli: &Cli) -> ProgramResult {
@@ -761,6 +906,10 @@ async fn check(cli: &Cli, args: &CheckArgs) -> ProgramResult {
     }
     if args.output.output == OutputFormat::Json {
         cli::print_json(&results)?;
+    }
+    #[cfg(feature = "postgres")]
+    if args.pg_verifybackup {
+        ok &= pitr_cli::verify_base_backups(&repos[0]).await?;
     }
     Ok(ok)
 }
@@ -1495,6 +1644,74 @@ mod tests {
         );
         assert!(bar.message().ends_with("/tail.txt"));
         assert_eq!(tail(p.current.as_deref().unwrap()).chars().count(), 40);
+    }
+
+    #[test]
+    fn the_wal_verbs_parse_as_postgres_calls_them() {
+        let with = |rest: &[&str]| parse(&[&["-r", "file:///r", "--quiet"][..], rest].concat());
+        let Command::WalPush { path } = with(&["wal-push", "pg_wal/000000010000000000000003"])
+            .unwrap()
+            .command
+        else {
+            panic!("not wal-push")
+        };
+        assert_eq!(path, PathBuf::from("pg_wal/000000010000000000000003"));
+        let Command::WalFetch { name, dest } =
+            with(&["wal-fetch", "00000002.history", "pg_wal/RECOVERYHISTORY"])
+                .unwrap()
+                .command
+        else {
+            panic!("not wal-fetch")
+        };
+        assert_eq!(name, "00000002.history");
+        assert_eq!(dest, PathBuf::from("pg_wal/RECOVERYHISTORY"));
+        assert!(with(&["wal-fetch", "only-one"]).is_err());
+        assert!(with(&["wal-push"]).is_err());
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn the_postgres_verbs_parse_and_take_one_target() {
+        let with = |rest: &[&str]| parse(&[&["-r", "file:///r"][..], rest].concat());
+        assert!(matches!(
+            with(&["pg-backup", "--dsn", "postgres://u@h/db"])
+                .unwrap()
+                .command,
+            Command::PgBackup(_)
+        ));
+        assert!(matches!(
+            with(&[
+                "pg-restore",
+                "--pgdata",
+                "/d",
+                "--target-time",
+                "2026-01-01T00:00:00Z"
+            ])
+            .unwrap()
+            .command,
+            Command::PgRestore(_)
+        ));
+        assert!(with(&["pg-restore", "--pgdata", "/d", "latest"]).is_ok());
+        assert!(
+            with(&["pg-restore", "--target-lsn", "0/1"]).is_err(),
+            "--pgdata is required"
+        );
+        let two = with(&[
+            "pg-restore",
+            "--pgdata",
+            "/d",
+            "--target-lsn",
+            "0/1",
+            "--target-name",
+            "n",
+        ]);
+        assert!(two.is_err(), "one target at most");
+        assert!(matches!(
+            with(&["pg-verify", "--sql", "SELECT true", "--sql", "SELECT 1 = 1"])
+                .unwrap()
+                .command,
+            Command::PgVerify(_)
+        ));
     }
 
     #[test]

@@ -19,38 +19,11 @@ use rand::{Rng, SeedableRng};
 
 const MIB: usize = 1024 * 1024;
 
-fn env_or(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
 /// Opens `url` as a command-line user would, with the settings a user would
 /// export pointing at the local servers `cargo xtask test` starts.
 async fn open(url: &str) -> Arc<dyn BackupTarget> {
-    let env: std::collections::BTreeMap<String, String> = [
-        (
-            "AWS_ENDPOINT_URL",
-            env_or("ATLAS_TEST_S3S_URL", "http://127.0.0.1:9001"),
-        ),
-        ("AWS_REGION", "us-east-1".to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-        ("ATLAS_S3_PATH_STYLE", "true".to_owned()),
-        (
-            "STORAGE_EMULATOR_HOST",
-            env_or("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443"),
-        ),
-        ("GOOGLE_CLOUD_PROJECT", "atlas-test".to_owned()),
-        (
-            "ATLAS_AZURE_EMULATOR",
-            env_or(
-                "ATLAS_TEST_AZURITE_URL",
-                "http://127.0.0.1:10000/devstoreaccount1",
-            ),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env: std::collections::BTreeMap<String, String> =
+        atlas_tests::cloud_test_env().into_iter().collect();
     TargetUrl::parse(url)
         .unwrap()
         .open_with_env(true, &env)

@@ -58,8 +58,12 @@ mod repository;
 mod restore;
 mod version;
 
+/// An in-memory target that streams puts, for the tests of other modules.
+#[cfg(test)]
+pub(crate) use backup::tests::Streaming;
 pub use backup::{
-    BackupOptions, BackupReport, BackupSource, DirectorySource, SourceInput, StreamSource,
+    BackupOptions, BackupReport, BackupSource, DirectorySource, SourceCompletion, SourceInput,
+    StreamSource,
 };
 pub use check::{CheckOptions, CheckProblem, CheckReport, ReadDataSubset};
 pub use crypto::{KdfParams, KeySource};

@@ -32,6 +32,8 @@
 //!   it the driver connects in plain text. A binary that ends up with two
 //!   rustls crypto providers must install one first (see the crate docs).
 
+pub mod pitr;
+
 use std::fmt;
 use std::time::{Duration, Instant};
 

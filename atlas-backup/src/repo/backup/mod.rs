@@ -14,8 +14,8 @@ mod source;
 mod walk;
 
 #[cfg(test)]
-pub(super) mod tests;
+pub(crate) mod tests;
 
 pub use run::{BackupOptions, BackupReport};
 pub(crate) use run::{BackupRun, run_backup};
-pub use source::{BackupSource, DirectorySource, SourceInput, StreamSource};
+pub use source::{BackupSource, DirectorySource, SourceCompletion, SourceInput, StreamSource};

@@ -160,8 +160,10 @@ pub(crate) async fn run_backup(
         .first()
         .ok_or_else(|| Error::invalid("targets", "at least one repository is needed"))?;
     let required = policy.required(repos.len())?;
+    let mut source = source;
     let source_name = source.source_name();
     let paths = source.paths();
+    let completion = source.completion();
     let host = options.host.clone().unwrap_or_else(default_host);
     let time = options.time.unwrap_or_else(SystemTime::now);
     let span =
@@ -299,6 +301,16 @@ pub(crate) async fn run_backup(
             stored.clone(),
             ctx.blobs.clone(),
         );
+        // The source's own verdict comes after its last byte, before
+        // anything is committed: a failed producer leaves no snapshot.
+        let walk = async move {
+            let out = walk.await?;
+            let tags = match completion {
+                Some(done) => done.await?,
+                None => Vec::new(),
+            };
+            Ok::<_, Error>((out, tags))
+        };
         let result = tokio::try_join!(walk, packing);
         stop_scan.store(true, Ordering::Relaxed);
         let (w, b) = (ctx.windows.stats(), ctx.blobs.stats());
@@ -312,7 +324,7 @@ pub(crate) async fn run_backup(
             blobs_idle_bytes = b.idle_bytes,
             "buffer pools"
         );
-        let ((tree, root), new_packs) = match result {
+        let (((tree, root), late_tags), new_packs) = match result {
             Ok(r) => r,
             Err(e) => {
                 for g in locks.into_iter().flatten() {
@@ -332,7 +344,7 @@ pub(crate) async fn run_backup(
             paths,
             kind: options.kind,
             host,
-            tags: options.tags.clone(),
+            tags: options.tags.iter().cloned().chain(late_tags).collect(),
             parent: parent.map(|p| p.id),
             tree,
             totals,

@@ -52,7 +52,21 @@ pub trait BackupSource: Send {
     fn paths(&self) -> Vec<String>;
     /// The input to read.
     fn into_input(self: Box<Self>) -> SourceInput;
+    /// What to await once the input has been read to its end and before
+    /// the manifest is written (called once, before
+    /// [`into_input`](BackupSource::into_input)). A source whose producer
+    /// can fail after its last byte (a program's exit status) or that
+    /// learns its labels only at the end (a database backup's stop
+    /// position) returns it here: an error fails the backup with nothing
+    /// visible, and the tags it yields are added to the manifest's.
+    fn completion(&mut self) -> Option<SourceCompletion> {
+        None
+    }
 }
+
+/// The future a [`BackupSource::completion`] returns: the tags to add to the
+/// manifest, or the error that fails the backup.
+pub type SourceCompletion = futures::future::BoxFuture<'static, atlas_core::Result<Vec<String>>>;
 
 /// A directory tree: regular files, directories and symlinks with their
 /// permission bits and modification times, and the root directory's own
