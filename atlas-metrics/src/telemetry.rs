@@ -22,6 +22,14 @@
 //! | `atlas_probe_results_total` | counter | service, result | endpoints that became `healthy` or failed (`unhealthy`) their probes during rollouts |
 //! | `atlas_probe_attempts_total` | counter | probe, result | single probe attempts ([`InstrumentedProbe`]) |
 //! | `atlas_probe_duration_seconds` | histogram | probe, result | time of single probe attempts |
+//! | `atlas_backups_total` | counter | repository, result | backups finished ([`Telemetry::backup_finished`]) |
+//! | `atlas_backup_last_success_timestamp_seconds` | gauge | repository | when the last successful backup finished |
+//! | `atlas_backup_last_size_bytes` | gauge | repository | bytes the last successful backup read |
+//! | `atlas_backup_last_restore_test_timestamp_seconds` | gauge | repository | when a test restore last succeeded |
+//! | `atlas_failover_last_drill_timestamp_seconds` | gauge | service | when the last failover drill succeeded |
+//! | `atlas_autoscale_replicas` | gauge | service, kind | the replica count before (`current`) and after (`desired`) the last autoscaling decision ([`Telemetry::autoscale_decided`]) |
+//! | `atlas_autoscale_scale_events_total` | counter | service, direction | decisions that changed the count (`up`, `down`) |
+//! | `atlas_autoscale_usage_ratio` | gauge | service, metric | each metric's usage over its target at the last decision (1 = on target) |
 //! | `atlas_events_lagged_total` | counter | — | events a slow collector missed |
 
 use std::collections::{BTreeSet, HashMap};
@@ -32,6 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use atlas_core::analysis::MeasurementPhase;
+use atlas_core::autoscale::{MetricOutcome, ScaleDecision};
 use atlas_core::{
     Endpoint, Error, EventKind, HealthProbe, ProbeOutcome, Result, RolloutEvent, Step,
 };
@@ -128,6 +137,24 @@ struct BackupResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    service: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    service: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScalingMetricLabels {
+    service: String,
+    metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabels {
     probe: String,
     result: String,
@@ -171,6 +198,9 @@ struct Families {
     backup_size: Family<RepositoryLabels, Gauge>,
     restore_test: Family<RepositoryLabels, FloatGauge>,
     failover_drill: Family<ServiceLabels, FloatGauge>,
+    autoscale_replicas: Family<ReplicaLabels, Gauge>,
+    autoscale_events: Family<DirectionLabels, Counter>,
+    autoscale_ratio: Family<ScalingMetricLabels, FloatGauge>,
     lagged: Counter,
 }
 
@@ -238,6 +268,9 @@ impl Telemetry {
             backup_size: Family::default(),
             restore_test: Family::default(),
             failover_drill: Family::default(),
+            autoscale_replicas: Family::default(),
+            autoscale_events: Family::default(),
+            autoscale_ratio: Family::default(),
             lagged: Counter::default(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
@@ -348,6 +381,24 @@ impl Telemetry {
             "When the service's last successful failover drill finished, Unix time",
             Some(Unit::Seconds),
             Box::new(f.failover_drill.clone()),
+        );
+        reg(
+            "autoscale_replicas",
+            "Replicas before (current) and after (desired) the last autoscaling decision",
+            None,
+            Box::new(f.autoscale_replicas.clone()),
+        );
+        reg(
+            "autoscale_scale_events",
+            "Autoscaling decisions that changed the replica count, by direction",
+            None,
+            Box::new(f.autoscale_events.clone()),
+        );
+        reg(
+            "autoscale_usage",
+            "Each scaling metric's usage over its target at the last decision",
+            Some(Unit::Other("ratio".into())),
+            Box::new(f.autoscale_ratio.clone()),
         );
         reg(
             "events_lagged",
@@ -591,6 +642,54 @@ impl Telemetry {
         tracing::debug!(service, "failover drill recorded");
     }
 
+    /// Records an autoscaling decision for `service`: the replica count
+    /// before and after, a scale event when it changes, and each metric's
+    /// usage ratio (metrics that gave no value keep their last ratio).
+    pub fn autoscale_decided(&self, service: &str, decision: &ScaleDecision) {
+        let f = &self.inner.families;
+        for (kind, n) in [
+            ("current", decision.current_replicas),
+            ("desired", decision.desired_replicas),
+        ] {
+            f.autoscale_replicas
+                .get_or_create(&ReplicaLabels {
+                    service: service.to_string(),
+                    kind: kind.into(),
+                })
+                .set(i64::from(n));
+        }
+        if decision.changes() {
+            let direction = if decision.desired_replicas > decision.current_replicas {
+                "up"
+            } else {
+                "down"
+            };
+            f.autoscale_events
+                .get_or_create(&DirectionLabels {
+                    service: service.to_string(),
+                    direction: direction.into(),
+                })
+                .inc();
+        }
+        for proposal in &decision.proposals {
+            if let MetricOutcome::Replicas { usage_ratio, .. } = proposal.outcome {
+                f.autoscale_ratio
+                    .get_or_create(&ScalingMetricLabels {
+                        service: service.to_string(),
+                        metric: proposal.metric.clone(),
+                    })
+                    .set(usage_ratio);
+            }
+        }
+        tracing::debug!(
+            service,
+            current = decision.current_replicas,
+            desired = decision.desired_replicas,
+            reason = ?decision.reason,
+            "autoscaling decision recorded"
+        );
+    }
+
     fn finish(&self, rollout: &str) {
         lock(&self.inner.steps).remove(rollout);
     }
@@ -779,5 +878,33 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn autoscaling_decisions_are_exposed() {
+        use atlas_core::autoscale::{
+            HorizontalAutoscaler, HorizontalPolicy, MetricObservation, MetricSpec, ScaleInput,
+        };
+        let policy =
+            HorizontalPolicy::new(1, 10, vec![MetricSpec::pods_average("requests", 500.0)]);
+        let mut hpa = HorizontalAutoscaler::new(policy).unwrap();
+        // Three pods at twice their target: the HPA asks for six.
+        let input = ScaleInput::with_ready_pods(3).observe(MetricObservation::per_pod(
+            (0..3).map(|i| (format!("pod-{i}"), 1000.0)),
+        ));
+        let decision = hpa.recommend(std::time::Instant::now(), &input).unwrap();
+        assert_eq!(decision.desired_replicas, 6);
+        let t = Telemetry::new();
+        t.autoscale_decided("checkout", &decision);
+        let text = t.encode();
+        for line in [
+            "atlas_autoscale_replicas{service=\"checkout\",kind=\"current\"} 3",
+            "atlas_autoscale_replicas{service=\"checkout\",kind=\"desired\"} 6",
+            "atlas_autoscale_scale_events_total{service=\"checkout\",direction=\"up\"} 1",
+            "atlas_autoscale_usage_ratio{service=\"checkout\",metric=\"requests\"} 2.0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("direction=\"down\""), "{text}");
     }
 }

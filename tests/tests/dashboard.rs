@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use atlas_core::analysis::{AnalysisMetric, AnalysisTemplate};
+use atlas_core::autoscale::{
+    HorizontalAutoscaler, HorizontalPolicy, MetricObservation, ScaleDecision, ScaleInput,
+};
 use atlas_core::testing::{
     MemoryStateStore, MockWorkloads, RecordingRouter, ScriptedMetrics, ScriptedProbe,
 };
@@ -126,6 +129,19 @@ async fn canary(telemetry: &Telemetry, service: &str, error_rate: f64) {
     let _ = tokio::time::timeout(Duration::from_secs(10), collector).await;
 }
 
+/// A real decision of the specification's horizontal policy: three
+/// replicas at twice their request-rate target.
+fn autoscale_decision() -> ScaleDecision {
+    let policy = HorizontalPolicy::web_service().with_metrics_named(&["requests_per_second"]);
+    let mut hpa = HorizontalAutoscaler::new(policy).unwrap();
+    let input = ScaleInput::with_ready_pods(3).observe(MetricObservation::per_pod(
+        (0..3).map(|i| (format!("pod-{i}"), 1000.0)),
+    ));
+    let decision = hpa.recommend(Instant::now(), &input).unwrap();
+    assert!(decision.changes(), "{decision:?}");
+    decision
+}
+
 /// An upstream answering 200, and 500 for every fifth request.
 async fn upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -173,6 +189,7 @@ async fn every_dashboard_query_parses_and_returns_series() {
     telemetry.backup_finished("offsite", true, 1 << 20, now);
     telemetry.restore_tested("offsite", now);
     telemetry.failover_drilled("dashboard", now);
+    telemetry.autoscale_decided("dashboard", &autoscale_decision());
     let endpoints = Endpoints::new(telemetry.clone())
         .serve(TELEMETRY_ADDR.parse().unwrap())
         .await
