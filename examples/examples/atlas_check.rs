@@ -9,7 +9,7 @@
 //! |---|---|
 //! | application health | `--health ADDR…` (`--health-path`, default `/health`) |
 //! | migrations applied | `--postgres-url URL --migrations DIR` (feature `postgres`) |
-//! | autoscaling configured | `--hpa FILE` (a HorizontalPodAutoscaler manifest) |
+//! | autoscaling configured | `--hpa FILE` (a HorizontalPodAutoscaler manifest) or `--spec FILE` (a rollout spec file with an `autoscaling` section) |
 //! | traffic distribution | `--state-dir DIR` (the service's file state store) and `--prometheus URL` |
 //! | tls certificates | `--tls ADDR…` (`--tls-server-name`, `--tls-min-days`, default 30) |
 //! | prometheus targets up | `--prometheus URL` (`--job REGEX`, default every job) |
@@ -86,6 +86,10 @@ struct Args {
     /// A HorizontalPodAutoscaler manifest (YAML or JSON).
     #[arg(long, value_name = "FILE")]
     hpa: Option<PathBuf>,
+    /// A rollout spec file (YAML or TOML) whose `autoscaling` section is
+    /// checked when `--hpa` is not given.
+    #[arg(long, value_name = "FILE")]
+    spec: Option<PathBuf>,
     /// The recovery-point objective: the oldest the last backup may be.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     backup_rpo: Option<Duration>,
@@ -160,6 +164,23 @@ fn check_hpa(path: &PathBuf) -> CheckOutcome {
         return CheckOutcome::fail("spec.metrics is empty: nothing to scale on");
     }
     CheckOutcome::pass(format!("{min}–{max} replicas on {metrics} metric(s)"))
+}
+
+/// The autoscaling item from a rollout spec file: it loads (every field
+/// checked) and has an `autoscaling` section.
+fn check_spec_autoscaling(path: &PathBuf) -> CheckOutcome {
+    match atlas_core::spec::load(path) {
+        Ok(rollout) => match rollout.autoscaling {
+            Some(policy) => CheckOutcome::pass(format!(
+                "{}–{} replicas on {} metric(s)",
+                policy.min_replicas,
+                policy.max_replicas,
+                policy.metrics.len()
+            )),
+            None => CheckOutcome::fail(format!("{} has no autoscaling section", path.display())),
+        },
+        Err(e) => CheckOutcome::fail(format!("{}: {e}", path.display())),
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -256,7 +277,16 @@ async fn checklist(args: &Args) -> Result<Checklist, String> {
                 async move { outcome }
             }))
         }
-        None => list.not_applicable("autoscaling configured", not_given("--hpa")),
+        None => match &args.spec {
+            Some(path) => {
+                let path = path.clone();
+                list.item(FnCheck::new("autoscaling configured", move || {
+                    let outcome = check_spec_autoscaling(&path);
+                    async move { outcome }
+                }))
+            }
+            None => list.not_applicable("autoscaling configured", not_given("--hpa or --spec")),
+        },
     };
 
     let prom: Option<Arc<dyn MetricProvider>> = match &args.prometheus {
@@ -458,5 +488,36 @@ mod tests {
         assert_eq!(check_hpa(&inverted).status, atlas_gates::CheckStatus::Fail);
         let other = write("deploy.yaml", "kind: Deployment\n");
         assert_eq!(check_hpa(&other).status, atlas_gates::CheckStatus::Fail);
+    }
+
+    #[test]
+    fn spec_file_autoscaling_sections_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = "service: web\nrelease: { version: v1, artifact: ./web }\nstrategy: { blue_green: { replicas: 3 } }\n";
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("{head}{text}")).unwrap();
+            p
+        };
+        let good = write(
+            "good.yaml",
+            "autoscaling:\n  min_replicas: 3\n  max_replicas: 100\n  metrics:\n    - { type: pods, name: requests_per_second, average_value: 500 }\n",
+        );
+        assert_eq!(
+            check_spec_autoscaling(&good),
+            CheckOutcome::pass("3–100 replicas on 1 metric(s)")
+        );
+        let none = write("none.yaml", "");
+        assert_eq!(
+            check_spec_autoscaling(&none).status,
+            atlas_gates::CheckStatus::Fail
+        );
+        let inverted = write(
+            "inverted.yaml",
+            "autoscaling:\n  min_replicas: 5\n  max_replicas: 2\n  metrics:\n    - { type: resource, name: cpu, utilization: 60 }\n",
+        );
+        let outcome = check_spec_autoscaling(&inverted);
+        assert_eq!(outcome.status, atlas_gates::CheckStatus::Fail);
+        assert!(outcome.detail.contains("min_replicas"), "{outcome:?}");
     }
 }
