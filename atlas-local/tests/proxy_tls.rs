@@ -126,8 +126,13 @@ async fn upstream() -> SocketAddr {
             tokio::spawn(async move {
                 let service = service_fn(|req: Request<Incoming>| async move {
                     let body = format!("upstream saw {}", req.uri().path());
+                    let forwarded = req.headers().get("forwarded").cloned();
                     Ok::<_, Infallible>(
                         Response::builder()
+                            .header(
+                                "x-seen-forwarded",
+                                forwarded.unwrap_or_else(|| "none".parse().unwrap()),
+                            )
                             // Replaced by the proxy's own policy.
                             .header("strict-transport-security", "max-age=1")
                             .body(Full::new(Bytes::from(body)))
@@ -249,6 +254,13 @@ async fn tls13_and_tls12_clients_are_relayed_to_a_plain_upstream_with_hsts() {
                 .map(str::trim)
                 .collect();
             assert_eq!(hsts, ["max-age=63072000; includesubdomains; preload"]);
+            // The upstream learns the client came over TLS.
+            assert!(
+                seen.head
+                    .contains("x-seen-forwarded: for=127.0.0.1;proto=https;host=a.test\r\n"),
+                "{}",
+                seen.head
+            );
         }
     }
     // The proxy's own answers carry it too: here a 501 for a transfer

@@ -88,6 +88,22 @@
 //!   request timeout bounding a whole exchange (504 if nothing of the
 //!   response went out yet); see [`ProxyRouterBuilder::max_request_body`]
 //!   and [`ProxyRouterBuilder::request_timeout`].
+//! - **TLS.** Optional ([`ProxyRouterBuilder::tls`], [`TlsConfig`]):
+//!   the listener terminates TLS 1.2 and 1.3 only, with ECDHE key exchange
+//!   and the AES-GCM and ChaCha20-Poly1305 suites only (rustls with the
+//!   aws-lc-rs provider, named explicitly, so no process-wide provider is
+//!   needed); upstreams are still spoken to in plain HTTP. Several
+//!   certificates are chosen by the client's SNI name from their subject
+//!   alternative names (wildcards included; the first one otherwise).
+//!   [`ProxyRouter::reload_tls`], or a poll of the files' modification
+//!   times ([`TlsConfig::watch_files`]), reads them again: new handshakes
+//!   get the new certificates, open connections keep going, and a bad file
+//!   keeps the certificates in force. Each certificate's `notAfter` is the
+//!   gauge `atlas_proxy_tls_certificate_expiry_timestamp_seconds`. An
+//!   optional [`Hsts`] header goes on every TLS response (the upstream's
+//!   own is replaced), and an optional plain-HTTP listener
+//!   ([`TlsConfig::redirect_http`]) answers everything with a `301` to
+//!   `https://` the same host and path. HTTP/2 is not offered.
 //! - **Access log.** Optional JSON lines, one per relayed request
 //!   ([`AccessLog`]); off by default, at no cost on the request path.
 //! - **Metrics.** [`ProxyRouter::metrics`] gives a [`ProxyMetrics`], a

@@ -76,23 +76,31 @@ pub(crate) async fn serve_connection(
         },
     };
     match accepted {
-        Ok(stream) => serve_client(shared, stream, peer, stop, tls.hsts.clone()).await,
+        Ok(stream) => {
+            serve_client(shared, stream, peer, stop, Some(tls.hsts.clone())).await;
+        }
         Err(error) => tracing::debug!(%error, "TLS handshake failed"),
     }
 }
 
 /// Serves one client connection until the client closes it, an exchange
 /// ends it, or the router stops (then after the exchange in progress).
+/// `tls` is `Some` on a TLS connection, with the HSTS value if any.
 pub(crate) async fn serve_client<C: ClientIo>(
     shared: Arc<Shared>,
     client: C,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
-    hsts: Option<Arc<[u8]>>,
+    tls: Option<Option<Arc<[u8]>>>,
 ) {
+    let peer = PeerInfo::new(peer.ip());
+    let (peer, hsts) = match tls {
+        Some(hsts) => (peer.over_tls(), hsts),
+        None => (peer, None),
+    };
     let mut conn = ClientConn {
         hsts,
-        peer: PeerInfo::new(peer.ip()),
+        peer,
         shared,
         client,
         client_in: BytesMut::with_capacity(READ_CHUNK / 4),
