@@ -144,10 +144,10 @@
 //! ```
 
 // Imports run one way, so no module needs another that needs it back:
-// h1, metrics, replica_stats and server use no other proxy module;
+// h1, metrics, replica_stats, server and tls use no other proxy module;
 // upstream uses replica_stats; headers and body use h1;
 // balance uses h1 and upstream; admin uses metrics; shared uses balance,
-// metrics and upstream; relay uses those; and nothing uses this module,
+// metrics, tls and upstream; relay uses those; and nothing uses this module,
 // which ties them together.
 mod access_log;
 mod admin;
