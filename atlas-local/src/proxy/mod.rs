@@ -94,7 +94,9 @@
 //!   aws-lc-rs provider, named explicitly, so no process-wide provider is
 //!   needed); upstreams are still spoken to in plain HTTP. Several
 //!   certificates are chosen by the client's SNI name from their subject
-//!   alternative names (wildcards included; the first one otherwise).
+//!   alternative names (wildcards included; the first one otherwise). A
+//!   handshake not finished within the client header timeout ends the
+//!   connection.
 //!   [`ProxyRouter::reload_tls`], or a poll of the files' modification
 //!   times ([`TlsConfig::watch_files`]), reads them again: new handshakes
 //!   get the new certificates, open connections keep going, and a bad file
