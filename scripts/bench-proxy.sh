@@ -16,6 +16,11 @@
 # ATLAS_BENCH_GZIP=1 has both proxies gzip text responses (level 1, as
 # nginx's default gzip_comp_level) and wrk ask for gzip; use it with
 # PATH=/bytes/N (a text/plain answer).
+# ATLAS_BENCH_TLS=1 has both proxies terminate TLS (the same P-256
+# certificate, made here; TLS 1.2 and 1.3, ECDHE with AES-GCM or
+# ChaCha20-Poly1305) with wrk connecting over https (the upstream stays
+# plain); ATLAS_BENCH_TLS=new also closes the connection after every request,
+# so each request is a new TLS handshake (new connections per second).
 # Exits with status 1 when the Atlas proxy had any socket error (connect,
 # read, write, timeout), which a client sees as a lost request.
 # Installs nginx and wrk (Debian) when missing. Needs root for apt only.
@@ -53,7 +58,10 @@ else
 fi
 
 UP=127.0.0.1:18090; ATLAS=127.0.0.1:18091; NGINX=127.0.0.1:18092
-wait_port() { for _ in $(seq 100); do curl -sf -o /dev/null "http://$1/" && return 0; sleep 0.05; done; echo "nothing answers on $1" >&2; return 1; }
+TLS=${ATLAS_BENCH_TLS:-0}
+PROXY_SCHEME=http
+[ "$TLS" != 0 ] && PROXY_SCHEME=https
+wait_port() { for _ in $(seq 100); do curl -skf -o /dev/null "${2:-http}://$1/" && return 0; sleep 0.05; done; echo "nothing answers on $1" >&2; return 1; }
 
 "$BIN/demo_app" --port "${UP##*:}" --version bench >"$WORK/upstream.log" 2>&1 & PIDS+=($!)
 wait_port $UP
@@ -62,9 +70,19 @@ ATLAS_ARGS=()
 [ "$MODE" = shared ] && ATLAS_ARGS+=(--shared-runtime)
 [ "$GZIP" = 1 ] && ATLAS_ARGS+=(--gzip)
 NGINX_GZIP=""
+NGINX_TLS=""
+NGINX_LISTEN=$NGINX
+if [ "$TLS" != 0 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
+  ATLAS_ARGS+=(--tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key")
+  NGINX_LISTEN="$NGINX ssl"
+  NGINX_TLS="ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20; ssl_prefer_server_ciphers on; ssl_session_cache off; ssl_session_tickets off;"
+fi
 [ "$GZIP" = 1 ] && NGINX_GZIP="gzip on; gzip_comp_level 1; gzip_min_length 1024; gzip_proxied any; gzip_vary on; gzip_types text/plain;"
 "$BIN/atlas_proxy" --listen $ATLAS --blue $UP --threads 2 "${ATLAS_ARGS[@]}" >"$WORK/atlas.log" 2>&1 & PIDS+=($!); APID=$!
-wait_port $ATLAS
+wait_port $ATLAS $PROXY_SCHEME
 
 mkdir -p "$WORK/nginx/logs"
 cat >"$WORK/nginx/nginx.conf" <<CONF
@@ -77,7 +95,8 @@ http {
   $NGINX_GZIP
   upstream app { server $UP; keepalive 128; }
   server {
-    listen $NGINX;
+    listen $NGINX_LISTEN;
+    $NGINX_TLS
     client_max_body_size 64m;
     location / {
       proxy_pass http://app;
@@ -90,11 +109,12 @@ http {
 }
 CONF
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' & PIDS+=($!); NPID=$!
-wait_port $NGINX
+wait_port $NGINX $PROXY_SCHEME
 
 # POST shapes: a wrk script that sends the body with every request.
 WRK_ARGS=()
 [ "$GZIP" = 1 ] && WRK_ARGS+=(-H "Accept-Encoding: gzip")
+[ "$TLS" = new ] && WRK_ARGS+=(-H "Connection: close")
 if [ "$BODY" -gt 0 ]; then
   cat >"$WORK/post.lua" <<LUA
 wrk.method = "POST"
@@ -119,7 +139,7 @@ HZ=$(getconf CLK_TCK)
 measure() { # name addr [pid] -> "rps p50 p99 cpu_us_per_request" of one wrk pass
   local out t0=0 t1=0
   [ -n "${3:-}" ] && t0=$(ticks "$3")
-  out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "${WRK_ARGS[@]}" "http://$2$URLPATH")
+  out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "${WRK_ARGS[@]}" "$(scheme "$1")://$2$URLPATH")
   [ -n "${3:-}" ] && t1=$(ticks "$3")
   echo "$out" >> "$WORK/$1.wrk"
   local rps p50 p99 errs sock non2xx
@@ -136,13 +156,15 @@ measure() { # name addr [pid] -> "rps p50 p99 cpu_us_per_request" of one wrk pas
   cpu=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
   echo "$rps $p50 $p99 $cpu ${sock:-0} ${non2xx:-0}"
 }
+# The upstream is always plain; the proxies speak TLS with ATLAS_BENCH_TLS.
+scheme() { if [ "$1" = direct ]; then echo http; else echo "$PROXY_SCHEME"; fi; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 # One warm-up pass each, then ROUNDS rounds that alternate the targets, so a
 # slow spell of the machine hits all three alike; each column is the median.
 declare -A RPS P50 P99 CPU SOCK=([direct]=0 [atlas]=0 [nginx]=0) BAD=([direct]=0 [atlas]=0 [nginx]=0)
 declare -A PID=([direct]="" [atlas]=$APID [nginx]=$NPID)
 for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
-  wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "${WRK_ARGS[@]}" "http://${t#*:}$URLPATH" >/dev/null 2>&1
+  wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "${WRK_ARGS[@]}" "$(scheme "${t%%:*}")://${t#*:}$URLPATH" >/dev/null 2>&1
 done
 for r in $(seq "$ROUNDS"); do
   for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
@@ -167,6 +189,8 @@ echo
 shape="GET $URLPATH"
 [ "$GZIP" = 1 ] && shape="GET $URLPATH gzip-compressed by the proxies"
 [ "$BODY" -gt 0 ] && shape="POST $URLPATH with $BODY-byte bodies"
+[ "$TLS" = 1 ] && shape="$shape over TLS to the proxies (keep-alive)"
+[ "$TLS" = new ] && shape="$shape over TLS to the proxies, a new connection and handshake per request"
 echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency, $shape; medians of $ROUNDS alternating rounds after a warm-up pass each; socket errors summed over the measured rounds; $(nproc) cores; upstream: demo_app (release)"
 if [ "${SOCK[atlas]}" -ne 0 ]; then
   echo "FAIL: the Atlas proxy had ${SOCK[atlas]} socket errors" >&2

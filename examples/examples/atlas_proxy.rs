@@ -8,7 +8,10 @@
 //! Run:
 //! `cargo run --release --example atlas_proxy -- --listen 127.0.0.1:8080 \
 //!     --blue 127.0.0.1:9001,127.0.0.1:9002 [--green 127.0.0.1:9003 --canary-weight 10] \
-//!     [--admin 127.0.0.1:9100] [--threads 2] [--shared-runtime] [--gzip]`
+//!     [--admin 127.0.0.1:9100] [--threads 2] [--shared-runtime] [--gzip] \
+//!     [--tls-cert a.crt --tls-key a.key [--tls-cert b.crt --tls-key b.key]…] \
+//!     [--hsts-max-age 63072000 --hsts-include-subdomains --hsts-preload] \
+//!     [--redirect-http 127.0.0.1:8081] [--tls-watch 10]`
 //! (`--help` lists the options and their defaults).
 //!
 //! It runs one `ProxyRouter` exactly as a program embedding it does: the
@@ -22,7 +25,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use atlas_core::{Endpoint, ServiceName, Slot, TrafficRouter, TrafficSplit};
-use atlas_local::proxy::{GzipPolicy, ProxyRouter};
+use atlas_local::proxy::{GzipPolicy, Hsts, ProxyRouter, TlsConfig};
 use clap::Parser;
 
 /// Atlas's traffic router as a standalone HTTP/1.1 reverse proxy: one
@@ -74,6 +77,69 @@ struct Args {
     /// default policy: level 1, at least 1 KiB, the common text types).
     #[arg(long)]
     gzip: bool,
+    /// Terminate TLS with this PEM certificate chain; repeat for several
+    /// certificates, chosen by SNI (the first one is the default). Each
+    /// needs its --tls-key, in the same order.
+    #[arg(long, value_name = "PATH")]
+    tls_cert: Vec<std::path::PathBuf>,
+    /// The PEM private key of the --tls-cert at the same position.
+    #[arg(long, value_name = "PATH")]
+    tls_key: Vec<std::path::PathBuf>,
+    /// Reload the certificates when their files change, checked every
+    /// this many seconds.
+    #[arg(long, value_name = "SECONDS", requires = "tls_cert")]
+    tls_watch: Option<u64>,
+    /// Send Strict-Transport-Security with this max-age on TLS responses.
+    #[arg(long, value_name = "SECONDS", requires = "tls_cert")]
+    hsts_max_age: Option<u64>,
+    /// Add includeSubDomains to the HSTS header.
+    #[arg(long, requires = "hsts_max_age")]
+    hsts_include_subdomains: bool,
+    /// Add preload to the HSTS header (needs includeSubDomains and a
+    /// max-age of a year or more).
+    #[arg(long, requires = "hsts_max_age")]
+    hsts_preload: bool,
+    /// Also listen for plain HTTP here and redirect every request to HTTPS.
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    redirect_http: Option<SocketAddr>,
+}
+
+impl Args {
+    /// The TLS configuration the options ask for, if any.
+    fn tls(&self) -> BoxResult<Option<TlsConfig>> {
+        if self.tls_cert.is_empty() && self.tls_key.is_empty() {
+            return Ok(None);
+        }
+        if self.tls_cert.len() != self.tls_key.len() {
+            return Err(format!(
+                "{} --tls-cert but {} --tls-key: give one key per certificate",
+                self.tls_cert.len(),
+                self.tls_key.len()
+            )
+            .into());
+        }
+        let mut tls = TlsConfig::new();
+        for (cert, key) in self.tls_cert.iter().zip(&self.tls_key) {
+            tls = tls.certificate(cert, key);
+        }
+        if let Some(max_age) = self.hsts_max_age {
+            let mut hsts = Hsts::new(std::time::Duration::from_secs(max_age));
+            if self.hsts_include_subdomains {
+                hsts = hsts.include_subdomains();
+            }
+            if self.hsts_preload {
+                hsts = hsts.preload();
+            }
+            tls = tls.hsts(hsts);
+        }
+        if let Some(addr) = self.redirect_http {
+            tls = tls.redirect_http(addr);
+        }
+        if let Some(every) = self.tls_watch {
+            tls = tls.watch_files(std::time::Duration::from_secs(every));
+        }
+        Ok(Some(tls))
+    }
 }
 
 fn default_threads() -> usize {
@@ -124,7 +190,15 @@ fn serve(args: &Args) -> BoxResult<()> {
     };
     rt.block_on(async {
         let router = start(args).await?;
-        println!("atlas_proxy listening on http://{}", router.local_addr());
+        let scheme = if args.tls_cert.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
+        println!(
+            "atlas_proxy listening on {scheme}://{}",
+            router.local_addr()
+        );
         tokio::signal::ctrl_c().await?;
         router.shutdown().await;
         Ok(())
@@ -146,6 +220,9 @@ async fn start(args: &Args) -> BoxResult<ProxyRouter> {
     }
     if args.gzip {
         builder = builder.gzip(GzipPolicy::default());
+    }
+    if let Some(tls) = args.tls()? {
+        builder = builder.tls(tls);
     }
     let router = builder.build().await?;
     let endpoints = |slot: Slot, addrs: &[SocketAddr]| -> Vec<Endpoint> {
@@ -197,6 +274,37 @@ mod tests {
         assert_eq!(a.blue, ["127.0.0.1:18090".parse().unwrap()]);
         assert_eq!((a.threads, a.canary_weight), (2, 0));
         assert!(a.green.is_empty() && a.admin.is_none() && !a.shared_runtime);
+        assert!(a.tls().unwrap().is_none());
+    }
+
+    #[test]
+    fn tls_options_pair_certificates_with_keys() {
+        let a = parse(&[
+            "--blue",
+            "127.0.0.1:1",
+            "--tls-cert",
+            "a.crt",
+            "--tls-key",
+            "a.key",
+            "--tls-cert",
+            "b.crt",
+        ])
+        .unwrap();
+        let error = a.tls().unwrap_err().to_string();
+        assert!(error.contains("2 --tls-cert but 1 --tls-key"), "{error}");
+        assert!(parse(&["--blue", "127.0.0.1:1", "--hsts-max-age", "60"]).is_err());
+        let a = parse(&[
+            "--blue",
+            "127.0.0.1:1",
+            "--tls-cert",
+            "a.crt",
+            "--tls-key",
+            "a.key",
+            "--hsts-max-age",
+            "60",
+        ])
+        .unwrap();
+        assert!(a.tls().unwrap().is_some());
     }
 
     #[test]

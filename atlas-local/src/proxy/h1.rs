@@ -379,15 +379,20 @@ pub(crate) fn put_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
 }
 
 /// A complete response of the proxy's own: `text/plain`, with a length,
-/// and `Connection: close` when the connection ends after it.
+/// `Strict-Transport-Security` when given (on TLS connections), and
+/// `Connection: close` when the connection ends after it.
 pub(crate) fn put_local_response(
     out: &mut Vec<u8>,
     status: u16,
     text: &str,
     slot: Option<&str>,
     close: bool,
+    hsts: Option<&[u8]>,
 ) {
     put_status_line(out, status, "");
+    if let Some(hsts) = hsts {
+        put_header(out, b"strict-transport-security", hsts);
+    }
     put_header(out, b"content-type", b"text/plain; charset=utf-8");
     put_content_length(out, text.len() as u64);
     if let Some(slot) = slot {
@@ -864,7 +869,7 @@ mod tests {
     #[test]
     fn local_responses_are_complete() {
         let mut out = Vec::new();
-        put_local_response(&mut out, 503, "none\n", Some("blue"), true);
+        put_local_response(&mut out, 503, "none\n", Some("blue"), true, None);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(text.contains("content-length: 5\r\n"));

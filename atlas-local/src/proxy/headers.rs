@@ -16,6 +16,8 @@ pub(crate) struct PeerInfo {
     /// The client address as a `Forwarded` `for=` value (IPv6 quoted and
     /// bracketed, as RFC 7239 requires).
     forwarded_for: Box<[u8]>,
+    /// The `Forwarded` `proto=` value: the scheme the client used.
+    proto: &'static [u8],
 }
 
 impl PeerInfo {
@@ -32,7 +34,14 @@ impl PeerInfo {
         PeerInfo {
             xff: text.into_bytes().into_boxed_slice(),
             forwarded_for: forwarded_for.into_bytes().into_boxed_slice(),
+            proto: b"http",
         }
+    }
+
+    /// The client came over TLS: `proto=https`.
+    pub(crate) fn over_tls(mut self) -> Self {
+        self.proto = b"https";
+        self
     }
 }
 
@@ -50,7 +59,7 @@ pub(crate) fn relayed_request_header(name: &str, facts: &Facts<'_>, host_replace
 }
 
 /// Writes `X-Forwarded-For` (earlier values, then the client) and
-/// `Forwarded` (earlier elements, then `for=…;proto=http;host=…`) as one
+/// `Forwarded` (earlier elements, then `for=…;proto=http|https;host=…`) as one
 /// line each. `host` is the request's host, if it named one.
 pub(crate) fn put_forwarding(
     out: &mut Vec<u8>,
@@ -67,7 +76,8 @@ pub(crate) fn put_forwarding(
     put_earlier(out, headers, "forwarded");
     out.extend_from_slice(b"for=");
     out.extend_from_slice(&peer.forwarded_for);
-    out.extend_from_slice(b";proto=http");
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(peer.proto);
     if let Some(host) = host {
         out.extend_from_slice(b";host=");
         put_token_or_quoted(out, host);

@@ -498,6 +498,9 @@ pub(crate) trait RouterState: Send + Sync + RefUnwindSafe {
     /// Calls `visit` with the replica name and the requests in flight of
     /// each endpoint of `slot` that receives new requests.
     fn visit_endpoints(&self, slot: Slot, visit: &mut dyn FnMut(&str, usize));
+    /// Calls `visit` with the file and the `notAfter` (seconds since the
+    /// Unix epoch) of each TLS certificate served.
+    fn visit_certificates(&self, visit: &mut dyn FnMut(&str, i64));
 }
 
 impl std::fmt::Debug for ProxyMetrics {
@@ -558,6 +561,7 @@ impl ProxyMetrics {
     /// | `atlas_proxy_traffic_weight_ratio` | gauge | `service`, `slot` (absent before a split is set) |
     /// | `atlas_proxy_endpoints` | gauge | `service`, `slot` |
     /// | `atlas_proxy_endpoint_requests_in_flight` | gauge | `service`, `slot`, `replica` |
+    /// | `atlas_proxy_tls_certificate_expiry_timestamp_seconds` | gauge | `service`, `certificate` (the certificate file; only with TLS) |
     pub fn render_prometheus(&self) -> String {
         let state = &*self.state;
         let core = state.counters();
@@ -788,6 +792,25 @@ impl ProxyMetrics {
                     escape_label(replica)
                 );
             });
+        }
+
+        let mut certificates = Vec::new();
+        state.visit_certificates(&mut |file, not_after| {
+            certificates.push((escape_label(file), not_after));
+        });
+        if !certificates.is_empty() {
+            header(
+                &mut out,
+                "atlas_proxy_tls_certificate_expiry_timestamp_seconds",
+                "gauge",
+                "When each served TLS certificate expires (notAfter), in seconds since the Unix epoch.",
+            );
+            for (file, not_after) in certificates {
+                let _ = writeln!(
+                    out,
+                    "atlas_proxy_tls_certificate_expiry_timestamp_seconds{{service=\"{service}\",certificate=\"{file}\"}} {not_after}"
+                );
+            }
         }
         out
     }

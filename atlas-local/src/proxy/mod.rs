@@ -88,6 +88,24 @@
 //!   request timeout bounding a whole exchange (504 if nothing of the
 //!   response went out yet); see [`ProxyRouterBuilder::max_request_body`]
 //!   and [`ProxyRouterBuilder::request_timeout`].
+//! - **TLS.** Optional ([`ProxyRouterBuilder::tls`], [`TlsConfig`]):
+//!   the listener terminates TLS 1.2 and 1.3 only, with ECDHE key exchange
+//!   and the AES-GCM and ChaCha20-Poly1305 suites only (rustls with the
+//!   aws-lc-rs provider, named explicitly, so no process-wide provider is
+//!   needed); upstreams are still spoken to in plain HTTP. Several
+//!   certificates are chosen by the client's SNI name from their subject
+//!   alternative names (wildcards included; the first one otherwise). A
+//!   handshake not finished within the client header timeout ends the
+//!   connection.
+//!   [`ProxyRouter::reload_tls`], or a poll of the files' modification
+//!   times ([`TlsConfig::watch_files`]), reads them again: new handshakes
+//!   get the new certificates, open connections keep going, and a bad file
+//!   keeps the certificates in force. Each certificate's `notAfter` is the
+//!   gauge `atlas_proxy_tls_certificate_expiry_timestamp_seconds`. An
+//!   optional [`Hsts`] header goes on every TLS response (the upstream's
+//!   own is replaced), and an optional plain-HTTP listener
+//!   ([`TlsConfig::redirect_http`]) answers everything with a `301` to
+//!   `https://` the same host and path. HTTP/2 is not offered.
 //! - **Access log.** Optional JSON lines, one per relayed request
 //!   ([`AccessLog`]); off by default, at no cost on the request path.
 //! - **Metrics.** [`ProxyRouter::metrics`] gives a [`ProxyMetrics`], a
@@ -128,10 +146,10 @@
 //! ```
 
 // Imports run one way, so no module needs another that needs it back:
-// h1, metrics, replica_stats and server use no other proxy module;
+// h1, metrics, replica_stats, server and tls use no other proxy module;
 // upstream uses replica_stats; headers and body use h1;
 // balance uses h1 and upstream; admin uses metrics; shared uses balance,
-// metrics and upstream; relay uses those; and nothing uses this module,
+// metrics, tls and upstream; relay uses those; and nothing uses this module,
 // which ties them together.
 mod access_log;
 mod admin;
@@ -145,6 +163,7 @@ mod relay;
 mod replica_stats;
 mod server;
 mod shared;
+mod tls;
 mod upstream;
 
 use std::convert::Infallible;
@@ -168,11 +187,13 @@ pub use gzip::GzipPolicy;
 pub use h1::SLOT_HEADER;
 pub use metrics::{ProxyMetrics, WindowStats};
 pub use replica_stats::ReplicaSnapshot;
+pub use tls::{Hsts, TlsConfig};
 
 use balance::SplitState;
 use metrics::{MAX_WINDOW, MetricsCore};
 use server::stopped;
 use shared::{Shared, SlotState, StickyCookie};
+use tls::Terminator;
 use upstream::PoolConfig;
 
 /// The backend name in errors from this module.
@@ -202,6 +223,7 @@ const BACKEND: &str = "proxy-router";
 /// | [`upgrade_drain_time`](Self::upgrade_drain_time) | 30 s |
 /// | [`response_idle_timeout`](Self::response_idle_timeout) | none (no limit) |
 /// | [`gzip`](Self::gzip) | none (no compression) |
+/// | [`tls`](Self::tls) | none (plain HTTP) |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is awaited"]
 pub struct ProxyRouterBuilder {
@@ -226,6 +248,7 @@ pub struct ProxyRouterBuilder {
     upgrade_drain_time: Duration,
     response_idle_timeout: Option<Duration>,
     gzip: Option<GzipPolicy>,
+    tls: Option<TlsConfig>,
 }
 
 impl ProxyRouterBuilder {
@@ -417,6 +440,14 @@ impl ProxyRouterBuilder {
         self
     }
 
+    /// Terminates TLS on the proxy's listener with `config` (certificates
+    /// chosen by SNI, HSTS, an optional plain-HTTP redirect listener);
+    /// the upstreams are still reached over plain HTTP. Off by default.
+    pub fn tls(mut self, config: TlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Validates the options, binds the listeners and starts serving: the
     /// data path on its [worker threads](Self::worker_threads), the admin
     /// endpoint and the pool reaper on the current Tokio runtime.
@@ -486,6 +517,12 @@ impl ProxyRouterBuilder {
                 format!("must be between 1s and 24h, got {:?}", self.metrics_window),
             ));
         }
+        let tls = self
+            .tls
+            .as_ref()
+            .map(Terminator::new)
+            .transpose()?
+            .map(Arc::new);
         let sticky = self.sticky_cookie.map(StickyCookie::new).transpose()?;
         let initial = self
             .initial_split
@@ -510,6 +547,17 @@ impl ProxyRouterBuilder {
             Some(addr) => Some(bind(addr, "admin").await?),
             None => None,
         };
+        let redirect_listener = match self.tls.as_ref().and_then(|t| t.redirect_http) {
+            Some(addr) => Some(bind(addr, "HTTP to HTTPS redirect").await?),
+            None => None,
+        };
+        let redirect_addr = redirect_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(|e| {
+                Error::backend_with(BACKEND, "cannot read the bound redirect address", e)
+            })?;
         let admin_addr = admin_listener
             .as_ref()
             .map(|l| l.local_addr())
@@ -538,6 +586,7 @@ impl ProxyRouterBuilder {
             upgrade_drain: self.upgrade_drain_time,
             gzip: self.gzip,
             response_idle_timeout: self.response_idle_timeout,
+            tls_expiries: tls.as_ref().map(|t| t.expiries.clone()),
         });
 
         let (stop, stop_rx) = watch::channel(false);
@@ -546,6 +595,7 @@ impl ProxyRouterBuilder {
 
         if self.worker_threads == 0 {
             let for_requests = shared.clone();
+            let tls = tls.clone();
             tasks.push(tokio::spawn(
                 server::serve(
                     "proxy",
@@ -553,8 +603,14 @@ impl ProxyRouterBuilder {
                     stop_rx.clone(),
                     self.grace_period,
                     move |stream, peer, stop| {
-                        relay::serve_client(for_requests.clone(), stream, peer, stop)
-                            .instrument(tracing::trace_span!("client_connection", %peer))
+                        relay::serve_connection(
+                            for_requests.clone(),
+                            tls.clone(),
+                            stream,
+                            peer,
+                            stop,
+                        )
+                        .instrument(tracing::trace_span!("client_connection", %peer))
                     },
                 )
                 .instrument(span.clone()),
@@ -564,6 +620,7 @@ impl ProxyRouterBuilder {
                 self.worker_threads,
                 listener,
                 &shared,
+                tls.as_ref(),
                 &stop_rx,
                 self.grace_period,
                 &span,
@@ -591,37 +648,39 @@ impl ProxyRouterBuilder {
                     admin_listener,
                     stop_rx.clone(),
                     self.grace_period,
-                    move |stream, _peer, mut stop| {
+                    move |stream, _peer, stop| {
                         let metrics = metrics.clone();
-                        async move {
-                            let mut http = http1::Builder::new();
-                            http.timer(TokioTimer::new())
-                                .keep_alive(true)
-                                .header_read_timeout(header_timeout);
-                            let service = service_fn(move |request| {
-                                let response = admin::respond(&metrics, &request);
-                                async move { Ok::<_, Infallible>(response) }
-                            });
-                            let conn = http.serve_connection(TokioIo::new(stream), service);
-                            tokio::pin!(conn);
-                            tokio::select! {
-                                result = conn.as_mut() => {
-                                    if let Err(e) = result {
-                                        tracing::trace!(error = %e, "admin connection ended with an error");
-                                    }
-                                }
-                                () = stopped(&mut stop) => {
-                                    conn.as_mut().graceful_shutdown();
-                                    let _ = conn.as_mut().await;
-                                }
-                            }
-                        }
+                        let service = service_fn(move |request| {
+                            let response = admin::respond(&metrics, &request);
+                            async move { Ok::<_, Infallible>(response) }
+                        });
+                        serve_http1("admin", stream, service, header_timeout, stop)
                     },
                 )
                 .instrument(span.clone()),
             ));
         }
 
+        if let Some(redirect_listener) = redirect_listener {
+            let tls_port = local_addr.port();
+            tasks.push(tokio::spawn(
+                server::serve(
+                    "redirect",
+                    redirect_listener,
+                    stop_rx.clone(),
+                    self.grace_period,
+                    move |stream, _peer, stop| {
+                        serve_redirect(stream, tls_port, self.client_header_timeout, stop)
+                    },
+                )
+                .instrument(span.clone()),
+            ));
+        }
+        if let (Some(tls), Some(every)) = (&tls, self.tls.as_ref().and_then(|t| t.watch_interval)) {
+            tasks.push(tokio::spawn(
+                watch_certificates(tls.clone(), every, stop_rx.clone()).instrument(span.clone()),
+            ));
+        }
         tasks.push(tokio::spawn(
             reap_idle(shared.clone(), stop_rx.clone()).instrument(span.clone()),
         ));
@@ -633,6 +692,8 @@ impl ProxyRouterBuilder {
             tracing::info!(
                 %local_addr,
                 admin_addr = ?admin_addr,
+                tls = tls.is_some(),
+                redirect_addr = ?redirect_addr,
                 reuse_port = self.reuse_port,
                 split = ?shared.current_split().map(|s| s.to_string()),
                 "proxy router listening"
@@ -642,6 +703,8 @@ impl ProxyRouterBuilder {
             shared,
             local_addr,
             admin_addr,
+            redirect_addr,
+            tls,
             stop,
             tasks: Mutex::new(tasks),
             span,
@@ -656,6 +719,7 @@ fn start_workers(
     count: usize,
     listener: TcpListener,
     shared: &Arc<Shared>,
+    tls: Option<&Arc<Terminator>>,
     stop: &watch::Receiver<bool>,
     grace: Duration,
     span: &tracing::Span,
@@ -674,6 +738,7 @@ fn start_workers(
             .map_err(|e| Error::backend_with(BACKEND, "cannot start a worker runtime", e))?;
         let acceptor = acceptor.take();
         let (shared, stop, span) = (shared.clone(), stop.clone(), span.clone());
+        let tls = tls.cloned();
         let (finished, finished_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("atlas-proxy-{index}"))
@@ -697,7 +762,7 @@ fn start_workers(
                     }
                     let worker_span = tracing::debug_span!(parent: &span, "worker", index);
                     server::serve_handed(incoming, stop, grace, move |stream, peer, stop| {
-                        relay::serve_client(shared.clone(), stream, peer, stop)
+                        relay::serve_connection(shared.clone(), tls.clone(), stream, peer, stop)
                             .instrument(tracing::trace_span!("client_connection", %peer))
                     })
                     .instrument(worker_span)
@@ -732,6 +797,100 @@ fn bind_reuse_port(addr: SocketAddr) -> Result<TcpListener> {
     socket.set_reuseport(true).map_err(failed)?;
     socket.bind(addr).map_err(failed)?;
     socket.listen(1024).map_err(failed)
+}
+
+/// Reloads the TLS certificates whenever one of their files' modification
+/// times changes, checked every `every`; a failed reload keeps the
+/// certificates in force and is retried at the next change.
+async fn watch_certificates(
+    tls: Arc<Terminator>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen = tls.modified();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(every) => {
+                let now = tls.modified();
+                if now != seen {
+                    seen = now;
+                    if let Err(error) = tls.reload() {
+                        tracing::warn!(%error, "TLS certificate files changed but cannot be loaded; keeping the certificates in force");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Answers every request on a plain-HTTP connection with a `301` to the
+/// same host and path over HTTPS on `tls_port` (`400` without a usable
+/// `Host`).
+async fn serve_redirect(
+    stream: tokio::net::TcpStream,
+    tls_port: u16,
+    header_timeout: Option<Duration>,
+    stop: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host())
+            .unwrap_or("");
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = tls::https_location(host, path, tls_port);
+        tracing::trace!(?location, "redirecting to HTTPS");
+        let response = match location {
+            Some(location) => hyper::Response::builder()
+                .status(http::StatusCode::MOVED_PERMANENTLY)
+                .header(http::header::LOCATION, location)
+                .header(http::header::CONTENT_LENGTH, "0")
+                .body(http_body_util::Empty::<bytes::Bytes>::new()),
+            None => hyper::Response::builder()
+                .status(http::StatusCode::BAD_REQUEST)
+                .header(http::header::CONTENT_LENGTH, "0")
+                .body(http_body_util::Empty::<bytes::Bytes>::new()),
+        };
+        async move { response }
+    });
+    serve_http1("redirect", stream, service, header_timeout, stop).await;
+}
+
+/// Serves one HTTP/1.1 connection of the admin or redirect listener with
+/// `service` until it ends, or, once `stop` turns true, until the
+/// exchange in progress is answered.
+async fn serve_http1<S>(
+    what: &'static str,
+    stream: tokio::net::TcpStream,
+    service: S,
+    header_timeout: Option<Duration>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(header_timeout);
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::trace!(server = what, error = %e, "connection ended with an error");
+            }
+        }
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }
 }
 
 /// Writes the access log's buffered lines once a second, so that a quiet
@@ -779,6 +938,8 @@ pub struct ProxyRouter {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    redirect_addr: Option<SocketAddr>,
+    tls: Option<Arc<Terminator>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     span: tracing::Span,
@@ -821,12 +982,37 @@ impl ProxyRouter {
             upgrade_drain_time: Duration::from_secs(30),
             response_idle_timeout: None,
             gzip: None,
+            tls: None,
         }
     }
 
     /// The service this router serves.
     pub fn service(&self) -> &ServiceName {
         &self.shared.service
+    }
+
+    /// The address of the plain-HTTP listener that redirects to HTTPS,
+    /// when [`TlsConfig::redirect_http`] was set.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect_addr
+    }
+
+    /// Reads the TLS certificate and key files again and serves them to
+    /// new connections; open connections keep going with the certificate
+    /// they started with.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the file when one cannot be read,
+    /// holds no certificate or key, or the key does not match its
+    /// certificate (the certificates in force stay), or on `tls` when the
+    /// router does not terminate TLS.
+    pub fn reload_tls(&self) -> Result<()> {
+        let _span = self.span.enter();
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Err(Error::invalid("tls", "the router does not terminate TLS")),
+        }
     }
 
     /// The address the proxy listens on (the actual port when built with

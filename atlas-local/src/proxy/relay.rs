@@ -43,23 +43,64 @@ use super::headers::{PeerInfo, put_forwarding, put_relayed};
 use super::metrics::{Outcome, ProxyFailure};
 use super::server::stopped;
 use super::shared::Shared;
+use super::tls::Terminator;
 use super::upstream::{InFlight, UpstreamConn};
 
 /// Body bytes read together with a head go out with the head in one write
 /// up to this size.
 const COALESCE: usize = 16 * 1024;
 
-/// Serves one client connection until the client closes it, an exchange
-/// ends it, or the router stops (then after the exchange in progress).
-pub(crate) async fn serve_client(
+/// Serves one accepted connection: over TLS after the handshake when the
+/// router terminates TLS (a handshake that does not finish within the
+/// header timeout ends the connection), as plain HTTP otherwise.
+pub(crate) async fn serve_connection(
     shared: Arc<Shared>,
-    client: TcpStream,
+    tls: Option<Arc<Terminator>>,
+    stream: TcpStream,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
 ) {
-    let _ = client.set_nodelay(true);
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return serve_client(shared, stream, peer, stop, None).await;
+    };
+    let handshake = tls.acceptor.accept(stream);
+    let accepted = match shared.client_header_timeout {
+        None => handshake.await,
+        Some(limit) => match tokio::time::timeout(limit, handshake).await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                tracing::debug!(?limit, "TLS handshake not finished in time");
+                return;
+            }
+        },
+    };
+    match accepted {
+        Ok(stream) => {
+            serve_client(shared, stream, peer, stop, Some(tls.hsts.clone())).await;
+        }
+        Err(error) => tracing::debug!(%error, "TLS handshake failed"),
+    }
+}
+
+/// Serves one client connection until the client closes it, an exchange
+/// ends it, or the router stops (then after the exchange in progress).
+/// `tls` is `Some` on a TLS connection, with the HSTS value if any.
+pub(crate) async fn serve_client<C: ClientIo>(
+    shared: Arc<Shared>,
+    client: C,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    tls: Option<Option<Arc<[u8]>>>,
+) {
+    let peer = PeerInfo::new(peer.ip());
+    let (peer, hsts) = match tls {
+        Some(hsts) => (peer.over_tls(), hsts),
+        None => (peer, None),
+    };
     let mut conn = ClientConn {
-        peer: PeerInfo::new(peer.ip()),
+        hsts,
+        peer,
         shared,
         client,
         client_in: BytesMut::with_capacity(READ_CHUNK / 4),
@@ -79,7 +120,7 @@ pub(crate) async fn serve_client(
 /// before closing, the staged close of RFC 9112 §9.6: closing with unread
 /// data makes the kernel send a reset, which a client's TCP stack may
 /// take as leave to drop the last response before it was read.
-async fn linger(client: &mut TcpStream) {
+async fn linger<C: AsyncRead + Unpin>(client: &mut C) {
     const LINGER: Duration = Duration::from_secs(1);
     // Enough for the rest of a body the proxy would otherwise have
     // discarded on a connection kept open.
@@ -97,10 +138,47 @@ async fn linger(client: &mut TcpStream) {
     .await;
 }
 
-struct ClientConn {
+/// A client connection's stream, plain TCP or TLS; generic so that the
+/// plain path is compiled for [`TcpStream`] itself.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The reading half of [`halves`](Self::halves).
+    type Read<'a>: AsyncRead + Unpin + Send + 'a
+    where
+        Self: 'a;
+    /// The writing half of [`halves`](Self::halves).
+    type Write<'a>: AsyncWrite + Unpin + Send + 'a
+    where
+        Self: 'a;
+    /// Borrows the stream as a reader and a writer used together in one
+    /// task.
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+}
+
+impl ClientIo for TcpStream {
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    // One TLS session carries both directions, so the halves share it
+    // through tokio's split (a lock each takes only while it polls).
+    type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
+}
+
+struct ClientConn<C> {
     shared: Arc<Shared>,
     peer: PeerInfo,
-    client: TcpStream,
+    client: C,
+    /// The `Strict-Transport-Security` value added to relayed responses
+    /// (TLS connections only).
+    hsts: Option<Arc<[u8]>>,
     /// Bytes read from the client not yet relayed (a head being read, body
     /// bytes, pipelined requests).
     client_in: BytesMut,
@@ -159,7 +237,7 @@ enum Parsed {
     Relay(Box<Plan>),
 }
 
-impl ClientConn {
+impl<C: ClientIo> ClientConn<C> {
     async fn run(&mut self, mut stop: watch::Receiver<bool>) {
         let mut stop_signal = pin!(stopped_owned(stop.clone()));
         loop {
@@ -181,6 +259,7 @@ impl ClientConn {
                         refusal.reason_text(),
                         None,
                         true,
+                        self.hsts.as_deref(),
                     );
                     let _ = self.client.write_all(&self.out).await;
                     false
@@ -194,7 +273,14 @@ impl ClientConn {
                 } => {
                     self.client_in.advance(head_len);
                     self.out.clear();
-                    put_local_response(&mut self.out, status, text, slot.map(Slot::as_str), close);
+                    put_local_response(
+                        &mut self.out,
+                        status,
+                        text,
+                        slot.map(Slot::as_str),
+                        close,
+                        self.hsts.as_deref(),
+                    );
                     self.client.write_all(&self.out).await.is_ok() && !close
                 }
                 Parsed::Relay(plan) => match self.shared.request_timeout {
@@ -464,6 +550,7 @@ impl ClientConn {
             upgrade: plan.upgrade,
             gzip: shared.gzip.as_ref(),
             accepts_gzip: plan.accepts_gzip,
+            hsts: self.hsts.as_deref(),
         };
         // A request body read with the head goes upstream in the same
         // write, so that an upstream that answers without reading the body
@@ -538,9 +625,8 @@ impl ClientConn {
                 Ok(head) => {
                     let UpstreamConn { mut stream, .. } = conn;
                     let (mut ur, _) = stream.split();
-                    let (_, mut cw) = self.client.split();
                     let end = relay_response_body(
-                        &mut Counting::new(&mut cw, &mut exchange.bytes, head.head_len),
+                        &mut Counting::new(&mut self.client, &mut exchange.bytes, head.head_len),
                         &mut ur,
                         &mut self.upstream_in,
                         &mut self.out,
@@ -589,7 +675,7 @@ impl ClientConn {
         let answered_early = AtomicBool::new(false);
         let (end, uploaded) = {
             let (mut ur, mut uw) = stream.split();
-            let (mut cr, mut cw) = self.client.split();
+            let (mut cr, mut cw) = self.client.halves();
             let client_in = &mut self.client_in;
             let body = &mut body;
             let sent = &sent;
@@ -647,7 +733,14 @@ impl ClientConn {
                     && !head_seen.load(Ordering::Relaxed)
                 {
                     self.out.clear();
-                    put_local_response(&mut self.out, status, text, Some(plan.slot.as_str()), true);
+                    put_local_response(
+                        &mut self.out,
+                        status,
+                        text,
+                        Some(plan.slot.as_str()),
+                        true,
+                        self.hsts.as_deref(),
+                    );
                     let _ = self.client.write_all(&self.out).await;
                 }
                 false
@@ -751,7 +844,14 @@ impl ClientConn {
                 if !self.response_started.load(Ordering::Relaxed) {
                     let (status, text) = failure_answer(ProxyFailure::Timeout);
                     self.out.clear();
-                    put_local_response(&mut self.out, status, text, Some(slot.as_str()), true);
+                    put_local_response(
+                        &mut self.out,
+                        status,
+                        text,
+                        Some(slot.as_str()),
+                        true,
+                        self.hsts.as_deref(),
+                    );
                     let _ = self.client.write_all(&self.out).await;
                 }
                 false
@@ -813,7 +913,14 @@ impl ClientConn {
         // A body the proxy did not read leaves the connection unusable.
         let close = body != Framing::Empty;
         self.out.clear();
-        put_local_response(&mut self.out, status, text, Some(slot.as_str()), close);
+        put_local_response(
+            &mut self.out,
+            status,
+            text,
+            Some(slot.as_str()),
+            close,
+            self.hsts.as_deref(),
+        );
         self.client.write_all(&self.out).await.is_ok() && !close
     }
 }
@@ -1049,6 +1156,8 @@ struct ResponseCtx<'a> {
     /// The router's gzip policy, and whether this request may get gzip.
     gzip: Option<&'a GzipPolicy>,
     accepts_gzip: bool,
+    /// The `Strict-Transport-Security` value, on TLS connections.
+    hsts: Option<&'a [u8]>,
 }
 
 /// A response head relayed to `out` (not yet written to the client).
@@ -1253,6 +1362,7 @@ fn write_response_head(
         if facts.hop_by_hop(name)
             || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
             || name.eq_ignore_ascii_case(SLOT_HEADER.as_bytes())
+            || (ctx.hsts.is_some() && name.eq_ignore_ascii_case(b"strict-transport-security"))
         {
             continue;
         }
@@ -1269,6 +1379,9 @@ fn write_response_head(
         put_header(out, b"vary", b"accept-encoding");
     }
     put_header(out, SLOT_HEADER.as_bytes(), ctx.slot.as_str().as_bytes());
+    if let Some(hsts) = ctx.hsts {
+        put_header(out, b"strict-transport-security", hsts);
+    }
     if let Some(cookie) = ctx.sticky {
         put_header(out, b"set-cookie", cookie);
     }

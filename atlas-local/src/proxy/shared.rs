@@ -19,6 +19,7 @@ use super::access_log::AccessLog;
 use super::balance::{SplitState, is_cookie_name, least_outstanding};
 use super::gzip::GzipPolicy;
 use super::metrics::{MetricsCore, RouterState};
+use super::tls::Expiry;
 use super::upstream::{InFlight, PoolConfig, Upstream};
 
 /// The sticky-session cookie, with its two `Set-Cookie` values prepared.
@@ -93,6 +94,9 @@ pub(crate) struct Shared {
     pub(crate) upgrade_drain: Duration,
     pub(crate) gzip: Option<GzipPolicy>,
     pub(crate) response_idle_timeout: Option<Duration>,
+    /// The expiries of the TLS certificates served, when the router
+    /// terminates TLS.
+    pub(crate) tls_expiries: Option<Arc<ArcSwap<Vec<Expiry>>>>,
 }
 
 impl Shared {
@@ -240,6 +244,14 @@ impl RouterState for Shared {
     fn visit_endpoints(&self, slot: Slot, visit: &mut dyn FnMut(&str, usize)) {
         for upstream in self.slot(slot).endpoints.load().iter() {
             visit(&upstream.endpoint.replica, upstream.in_flight());
+        }
+    }
+
+    fn visit_certificates(&self, visit: &mut dyn FnMut(&str, i64)) {
+        if let Some(expiries) = &self.tls_expiries {
+            for expiry in expiries.load().iter() {
+                visit(&expiry.file, expiry.not_after);
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::sys::{cargo, find_in_path, is_executable, is_root, run_logged, say, s
 pub(crate) type InstallReport = Vec<(Service, Option<Duration>)>;
 
 /// Programs (and their Debian packages) that tests run directly.
-const TOOLS: &[(&str, &str)] = &[("restic", "restic")];
+const TOOLS: &[(&str, &str)] = &[("restic", "restic"), ("openssl", "openssl")];
 
 /// Installs every service in `services` whose program is missing. apt, npm,
 /// pip and `cargo install` run in parallel threads, each logging to
@@ -36,7 +36,8 @@ pub(crate) fn install(layout: &Layout, services: &[Service]) -> Result<InstallRe
         .filter(|s| layout.locate(*s).is_none())
         .collect();
     // Programs tests run but that are no service: restic, the baseline the
-    // backup retention test compares against (Debian package).
+    // backup retention test compares against, and openssl, whose s_client
+    // the proxy's TLS test runs (Debian packages).
     let tools: Vec<&str> = TOOLS
         .iter()
         .filter(|(program, _)| find_in_path(program).is_none())
