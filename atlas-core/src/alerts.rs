@@ -337,6 +337,11 @@ pub fn prometheus_duration(d: Duration) -> String {
     out
 }
 
+/// The metric in which Atlas's proxy exports, per certificate it serves,
+/// when that certificate expires (Unix time), like blackbox_exporter's
+/// `probe_ssl_earliest_cert_expiry`.
+pub const PROXY_CERT_EXPIRY: &str = "atlas_proxy_tls_certificate_expiry_timestamp_seconds";
+
 /// Which scrape jobs the [`seed_rules`] select.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeedJobs {
@@ -347,7 +352,10 @@ pub struct SeedJobs {
     pub node: String,
     /// postgres_exporter's job (`pg_up`). Default `postgres`.
     pub database: String,
-    /// blackbox_exporter's job (`probe_ssl_earliest_cert_expiry`). Default `blackbox`.
+    /// blackbox_exporter's job (`probe_ssl_earliest_cert_expiry`). Default
+    /// `blackbox`. The certificate rule also reads the expiry of the
+    /// certificates Atlas's own proxy serves ([`PROXY_CERT_EXPIRY`]),
+    /// whatever job scrapes it.
     pub blackbox: String,
 }
 
@@ -446,7 +454,10 @@ pub fn seed_rules(jobs: &SeedJobs) -> RuleSet {
         .annotation("summary", "less than 20% disk space free"),
         AlertRule::new(
             "CertificateExpiringSoon",
-            format!("min(probe_ssl_earliest_cert_expiry{{job=\"{}\"}} - time()) / 86400", jobs.blackbox),
+            format!(
+                "min((probe_ssl_earliest_cert_expiry{{job=\"{}\"}} or {PROXY_CERT_EXPIRY}) - time()) / 86400",
+                jobs.blackbox
+            ),
             c(Comparison::Lt, 30.0),
             Severity::Warning,
         )

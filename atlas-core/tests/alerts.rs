@@ -245,6 +245,17 @@ fn seed_rules_follow_the_alert_table() {
     assert!(meets("HighMemoryUsage", 0.81));
     assert!(meets("LowDiskSpace", 0.19) && !meets("LowDiskSpace", 0.2));
     assert!(meets("CertificateExpiringSoon", 29.9) && !meets("CertificateExpiringSoon", 30.0));
+    let cert = set
+        .rules
+        .iter()
+        .find(|r| r.name == "CertificateExpiringSoon")
+        .unwrap();
+    assert!(
+        cert.expr.contains("probe_ssl_earliest_cert_expiry")
+            && cert.expr.contains(atlas_core::alerts::PROXY_CERT_EXPIRY),
+        "{}",
+        cert.expr
+    );
     let jobs = SeedJobs {
         app: "checkout".into(),
         ..SeedJobs::default()
