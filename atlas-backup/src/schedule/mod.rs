@@ -34,7 +34,9 @@ pub use plan::{
     BackupSchedule, DEFAULT_FULL, DEFAULT_INCREMENTAL, DEFAULT_POINT_IN_TIME, ScheduleKind,
     ScheduledRun,
 };
-pub use point_in_time::{PointInTimeJob, PointInTimeReport, WalSwitched, WalSwitcher};
+pub use point_in_time::{
+    PointInTimeJob, PointInTimeReport, SwitcherFn, WalSwitched, WalSwitcher, switcher_fn,
+};
 pub use scheduler::{
     BackupJob, JobFn, KindStatus, MissedRunPolicy, RpoStatus, Scheduler, SchedulerHandle,
     SchedulerStatus, SystemClock, TokioClock, WallClock, job_fn,

@@ -2,6 +2,7 @@
 //! wait until the archive holds it, so everything committed before the
 //! job started is recoverable.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,36 @@ pub trait WalSwitcher: Send + Sync {
     /// Any failure of the database or of the archiver, including not
     /// reaching the archive within the switcher's own time limit.
     async fn switch_and_wait(&self) -> Result<WalSwitched>;
+}
+
+/// A [`WalSwitcher`] made from a closure; see [`switcher_fn`].
+#[derive(Clone)]
+pub struct SwitcherFn<F>(F);
+
+impl<F> std::fmt::Debug for SwitcherFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwitcherFn")
+    }
+}
+
+/// A [`WalSwitcher`] from `f() -> impl Future<Output = Result<WalSwitched>>`.
+pub fn switcher_fn<F, Fut>(f: F) -> SwitcherFn<F>
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<WalSwitched>> + Send,
+{
+    SwitcherFn(f)
+}
+
+#[async_trait]
+impl<F, Fut> WalSwitcher for SwitcherFn<F>
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<WalSwitched>> + Send,
+{
+    async fn switch_and_wait(&self) -> Result<WalSwitched> {
+        (self.0)().await
+    }
 }
 
 /// What a [`WalSwitcher`] achieved.
@@ -123,12 +154,21 @@ impl<J: BackupJob> PointInTimeJob<J> {
         self
     }
 
-    /// Runs one point-in-time job now, outside any schedule (the slot is
-    /// `run`), and returns its report.
+    /// Runs one point-in-time job now, outside any schedule (its slot is
+    /// the current system time), and returns its report.
     ///
     /// # Errors
     /// The switcher's error.
-    pub async fn switch_now(&self, run: &ScheduledRun) -> Result<PointInTimeReport> {
+    pub async fn switch_now(&self) -> Result<PointInTimeReport> {
+        let run = ScheduledRun {
+            at: jiff::Timestamp::now(),
+            kind: ScheduleKind::PointInTime,
+            superseded: Vec::new(),
+        };
+        self.switch(&run).await
+    }
+
+    async fn switch(&self, run: &ScheduledRun) -> Result<PointInTimeReport> {
         let span = tracing::info_span!("backup.point_in_time", scheduled_at = %run.at);
         async {
             let started = tokio::time::Instant::now();
@@ -158,7 +198,7 @@ impl<J: BackupJob> PointInTimeJob<J> {
 impl<J: BackupJob> BackupJob for PointInTimeJob<J> {
     async fn run(&self, run: &ScheduledRun) -> Result<()> {
         match run.kind {
-            ScheduleKind::PointInTime => self.switch_now(run).await.map(drop),
+            ScheduleKind::PointInTime => self.switch(run).await.map(drop),
             ScheduleKind::Incremental | ScheduleKind::Full => self.other.run(run).await,
         }
     }
