@@ -179,6 +179,11 @@ fn probe_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+fn wal_switch_histogram() -> Histogram {
+    // 10 ms .. ~5.5 min: an archive_command upload of one 16 MB segment.
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
 #[derive(Debug)]
 struct Families {
     phase: Family<PhaseLabels, Gauge>,
@@ -197,6 +202,8 @@ struct Families {
     backup_success: Family<RepositoryLabels, FloatGauge>,
     backup_size: Family<RepositoryLabels, Gauge>,
     restore_test: Family<RepositoryLabels, FloatGauge>,
+    point_in_time_duration: Family<RepositoryLabels, Histogram, fn() -> Histogram>,
+    newest_wal_age: Family<RepositoryLabels, FloatGauge>,
     failover_drill: Family<ServiceLabels, FloatGauge>,
     autoscale_replicas: Family<ReplicaLabels, Gauge>,
     autoscale_events: Family<DirectionLabels, Counter>,
@@ -267,6 +274,10 @@ impl Telemetry {
             backup_success: Family::default(),
             backup_size: Family::default(),
             restore_test: Family::default(),
+            point_in_time_duration: Family::new_with_constructor(
+                wal_switch_histogram as fn() -> Histogram,
+            ),
+            newest_wal_age: Family::default(),
             failover_drill: Family::default(),
             autoscale_replicas: Family::default(),
             autoscale_events: Family::default(),
@@ -375,6 +386,18 @@ impl Telemetry {
             "When a restore from the repository was last tested successfully, Unix time",
             Some(Unit::Seconds),
             Box::new(f.restore_test.clone()),
+        );
+        reg(
+            "backup_point_in_time_duration",
+            "Time of point-in-time jobs: closing the current WAL segment until it is archived",
+            Some(Unit::Seconds),
+            Box::new(f.point_in_time_duration.clone()),
+        );
+        reg(
+            "backup_newest_wal_age",
+            "Age of the newest archived WAL file when last measured: the data a restore would lose",
+            Some(Unit::Seconds),
+            Box::new(f.newest_wal_age.clone()),
         );
         reg(
             "failover_last_drill_timestamp",
@@ -630,6 +653,34 @@ impl Telemetry {
         tracing::debug!(repository, "restore test recorded");
     }
 
+    /// Records a finished point-in-time job of `repository`: how long
+    /// closing the current WAL segment until it was archived took, and the
+    /// age of the newest archived WAL file measured afterwards (`None`
+    /// when nothing was ever archived, which leaves the gauge as it was).
+    pub fn point_in_time_job(
+        &self,
+        repository: &str,
+        duration: Duration,
+        newest_wal_age: Option<Duration>,
+    ) {
+        let f = &self.inner.families;
+        let repo = RepositoryLabels {
+            repository: repository.to_string(),
+        };
+        f.point_in_time_duration
+            .get_or_create(&repo)
+            .observe(duration.as_secs_f64());
+        if let Some(age) = newest_wal_age {
+            f.newest_wal_age.get_or_create(&repo).set(age.as_secs_f64());
+        }
+        tracing::debug!(
+            repository,
+            duration_ms = duration.as_millis() as u64,
+            newest_wal_age_ms = newest_wal_age.map(|a| a.as_millis() as u64),
+            "point-in-time job recorded"
+        );
+    }
+
     /// Records a successful failover drill of `service` at `at`.
     pub fn failover_drilled(&self, service: &str, at: SystemTime) {
         self.inner
@@ -866,6 +917,11 @@ mod tests {
         t.backup_finished("offsite", true, 4096, at);
         t.backup_finished("offsite", false, 0, at + Duration::from_secs(60));
         t.restore_tested("offsite", at);
+        t.point_in_time_job(
+            "offsite",
+            Duration::from_millis(1500),
+            Some(Duration::from_secs(4)),
+        );
         t.failover_drilled("checkout", at);
         let text = t.encode();
         for line in [
@@ -874,6 +930,9 @@ mod tests {
             "atlas_backup_last_success_timestamp_seconds{repository=\"offsite\"} 1800000000.0",
             "atlas_backup_last_size_bytes{repository=\"offsite\"} 4096",
             "atlas_backup_last_restore_test_timestamp_seconds{repository=\"offsite\"} 1800000000.0",
+            "atlas_backup_point_in_time_duration_seconds_count{repository=\"offsite\"} 1",
+            "atlas_backup_point_in_time_duration_seconds_sum{repository=\"offsite\"} 1.5",
+            "atlas_backup_newest_wal_age_seconds{repository=\"offsite\"} 4.0",
             "atlas_failover_last_drill_timestamp_seconds{service=\"checkout\"} 1800000000.0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use atlas_backup::pitr::PitrCatalog;
 use atlas_backup::repo::{KeySource, Repository};
+use atlas_backup::schedule::{PointInTimeJob, WalSwitched, job_fn, switcher_fn};
+use atlas_metrics::Telemetry;
 use atlas_storage::postgres::pitr::{self as pg, PgServer, PgTools};
 use tokio_postgres::Client;
 
@@ -113,6 +115,18 @@ impl Work {
 
     fn repo_url(&self) -> String {
         self.repos[0].clone()
+    }
+
+    /// The first repository, opened.
+    async fn repository(&self) -> Repository {
+        let url = atlas_storage::url::TargetUrl::parse(&self.repo_url()).unwrap();
+        Repository::open(
+            url.open(false).await.unwrap(),
+            url.prefix().clone(),
+            &KeySource::passphrase(PASSWORD),
+        )
+        .await
+        .unwrap()
     }
 
     /// `--repo URL` for each of `repos`.
@@ -417,14 +431,7 @@ async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
 
     // A missing segment at the end: recovery ends at the last archived
     // point (rows 1-20) and says so.
-    let url = atlas_storage::url::TargetUrl::parse(&work.repo_url()).unwrap();
-    let repo = Repository::open(
-        url.open(false).await.unwrap(),
-        url.prefix().clone(),
-        &KeySource::passphrase(PASSWORD),
-    )
-    .await
-    .unwrap();
+    let repo = work.repository().await;
     let catalog = PitrCatalog::load(&repo).await.unwrap();
     let last = catalog
         .wal
@@ -534,6 +541,85 @@ async fn wal_archived_to_four_mirrors_restores_from_each() {
             "restore from {repo}: {stdout}"
         );
     }
+    drop(client);
+    server.stop().await.unwrap();
+}
+
+/// The scheduler's point-in-time job over a real cluster: it closes the
+/// current segment, returns once `pg_stat_archiver` shows it archived (so
+/// it is in the repository), and the newest archived WAL is younger after
+/// it than before; the wiring exports both numbers as metrics.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the PostgreSQL server programs; run: cargo xtask test"]
+async fn the_point_in_time_job_archives_the_current_segment() {
+    let work = Work::new();
+    let (server, client) = work.started_with_rows().await;
+    let client = std::sync::Arc::new(client);
+    // Something archived, then left to age while new rows are written.
+    pg::switch_wal(&client, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    insert(&client, 6..=10).await;
+    let before = pg::archiver_status(&client)
+        .await
+        .unwrap()
+        .last_archived_age
+        .expect("a segment was archived");
+    assert!(before >= Duration::from_secs(3), "{before:?}");
+
+    let telemetry = Telemetry::new();
+    let recorder = telemetry.clone();
+    let shared = std::sync::Arc::clone(&client);
+    let job = PointInTimeJob::new(
+        switcher_fn(move || {
+            let client = std::sync::Arc::clone(&shared);
+            async move {
+                let switch = pg::switch_wal(&client, Duration::from_secs(60)).await?;
+                let status = pg::archiver_status(&client).await?;
+                Ok(WalSwitched::new(switch.segment, status.last_archived_age))
+            }
+        }),
+        job_fn(|run| async move { panic!("only point-in-time runs here, not {}", run.kind) }),
+    )
+    .on_report(move |r| {
+        recorder.point_in_time_job("pitr", r.duration, r.switched.newest_archived_age);
+    });
+    let report = job.switch_now().await.unwrap();
+    let after = report
+        .switched
+        .newest_archived_age
+        .expect("the switched segment was archived");
+    assert!(
+        after < before,
+        "newest WAL age {after:?}, before {before:?}"
+    );
+
+    // The closed segment, holding rows 6-10, is in the repository.
+    let repo = work.repository().await;
+    let catalog = PitrCatalog::load(&repo).await.unwrap();
+    assert!(
+        catalog
+            .wal
+            .iter()
+            .any(|w| w.name.as_str() == report.switched.segment),
+        "{} not in the repository",
+        report.switched.segment
+    );
+    let metrics = telemetry.encode();
+    assert!(
+        metrics
+            .contains("atlas_backup_point_in_time_duration_seconds_count{repository=\"pitr\"} 1"),
+        "{metrics}"
+    );
+    let exported: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("atlas_backup_newest_wal_age_seconds{repository=\"pitr\"} "))
+        .expect("the newest WAL age is exported")
+        .parse()
+        .unwrap();
+    assert!((exported - after.as_secs_f64()).abs() < 1e-6, "{metrics}");
+    drop(job);
     drop(client);
     server.stop().await.unwrap();
 }

@@ -1,7 +1,10 @@
 //! The WAL archive: `archive_command` and `restore_command` over the
 //! repository. Each archived file is a snapshot of its own (source
 //! [`WAL_SOURCE`], one file named as PostgreSQL named it), so WAL gets the
-//! repository's dedup, encryption, mirroring, retention and `check`.
+//! repository's dedup, encryption, mirroring, retention and `check`. An
+//! empty pointer object per file (`pitr-wal/<name>/<snapshot id>`),
+//! written once the snapshot is committed, finds it without reading every
+//! manifest.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +16,7 @@ use super::wal::{SegmentHeader, WalFileKind, WalFileName};
 use crate::repo::{
     BackupKind, BackupOptions, MirrorSet, Repository, Snapshot, SnapshotId, StreamSource,
 };
+use atlas_core::backup::{BackupTargetExt, ObjectPrefix};
 use atlas_core::{Error, ErrorKind, Result};
 
 /// The source name of every archived WAL file's snapshot.
@@ -45,13 +49,55 @@ pub struct WalArchive {
     set: MirrorSet,
 }
 
-/// The newest snapshot of `repo` holding the archived file `name`.
-fn find_in<'a>(snapshots: &'a [Snapshot], name: &WalFileName) -> Option<&'a Snapshot> {
+/// The folder, inside a repository's prefix, of the pointers to the
+/// snapshots holding the archived file `name`: one empty object per
+/// snapshot, named by its id (`pitr-wal/<name>/<snapshot id>`). A pointer
+/// is written only after its snapshot is committed, so an interrupted push
+/// leaves no pointer claiming the file is archived; finding a file reads
+/// one listing of this folder and one manifest, however large the archive.
+const POINTER_FOLDER: &str = "pitr-wal/";
+
+fn pointer_folder(repo: &Repository, name: &WalFileName) -> Result<ObjectPrefix> {
+    ObjectPrefix::new(format!("{}{POINTER_FOLDER}{name}/", repo.prefix().as_str()))
+}
+
+/// The newest snapshot of `repo` holding the archived file `name`, through
+/// its pointers. A pointer whose snapshot is gone (forgotten) or does not
+/// hold `name` is ignored.
+async fn find_in(repo: &Repository, name: &WalFileName) -> Result<Option<Snapshot>> {
+    let folder = pointer_folder(repo, name)?;
     let tag = format!("{TAG_WAL_FILE}{name}");
-    snapshots
-        .iter()
-        .filter(|s| s.source == WAL_SOURCE && s.tags.contains(&tag))
-        .max_by_key(|s| s.time)
+    let mut newest: Option<Snapshot> = None;
+    for meta in repo.target().list_all(&folder).await? {
+        let Some(id) = meta
+            .key
+            .as_str()
+            .rsplit('/')
+            .next()
+            .and_then(|h| h.parse::<SnapshotId>().ok())
+        else {
+            continue;
+        };
+        let snapshot = match repo.snapshot(&id.to_hex()).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if snapshot.source == WAL_SOURCE
+            && snapshot.tags.contains(&tag)
+            && newest.as_ref().is_none_or(|n| snapshot.time > n.time)
+        {
+            newest = Some(snapshot);
+        }
+    }
+    Ok(newest)
+}
+
+/// Records that snapshot `id` of `repo` holds the archived file `name`.
+async fn point_to(repo: &Repository, name: &WalFileName, id: &SnapshotId) -> Result<()> {
+    let key = pointer_folder(repo, name)?.key(&id.to_hex())?;
+    repo.target().put_bytes(&key, bytes::Bytes::new()).await?;
+    Ok(())
 }
 
 impl WalArchive {
@@ -104,9 +150,8 @@ impl WalArchive {
             let mut holders = 0;
             let mut existing = None;
             for repo in self.set.repositories() {
-                let snapshots = repo.snapshots().await?;
-                if let Some(s) = find_in(&snapshots, name) {
-                    if !same_content(repo, s, name, path).await? {
+                if let Some(s) = find_in(repo, name).await? {
+                    if !same_content(repo, &s, name, path).await? {
                         warn!(file = %name, snapshot = %s.id.short(), "a different file of this name is already archived");
                         return Err(Error::conflict(format!(
                             "wal file {name}: the archive already holds different content under this name (snapshot {}); refusing to overwrite it",
@@ -133,6 +178,12 @@ impl WalArchive {
                     "wal",
                     format!("{} changed while it was archived ({size} bytes before, {} read)", path.display(), report.snapshot.totals.bytes),
                 ));
+            }
+            // Only now, with the snapshot committed, may the file be found.
+            for (repo, outcome) in self.set.repositories().iter().zip(&report.targets) {
+                if outcome.error.is_none() {
+                    point_to(repo, name, &report.snapshot.id).await?;
+                }
             }
             info!(snapshot = %report.snapshot.id.short(), bytes = size, "archived");
             Ok(PushOutcome::Stored(report.snapshot.id))
@@ -176,8 +227,8 @@ impl WalArchive {
 }
 
 async fn fetch_from(repo: &Repository, name: &WalFileName, dest: &Path) -> Result<u64> {
-    let snapshots = repo.snapshots().await?;
-    let snapshot = find_in(&snapshots, name)
+    let snapshot = find_in(repo, name)
+        .await?
         .ok_or_else(|| Error::not_found(format!("wal file {name} in the archive")))?;
     let (_, mut body) = repo
         .restore_file_stream(&snapshot.id.to_hex(), name.as_str())
@@ -268,7 +319,6 @@ mod tests {
     use super::*;
     use crate::pitr::{BaseBackupInfo, BaseBackupSource, Lsn, PitrCatalog};
     use crate::repo::{InitOptions, KdfParams, KeySource, MirrorPolicy, Streaming};
-    use atlas_core::backup::ObjectPrefix;
 
     const SEG: usize = 1 << 20;
 
@@ -345,6 +395,44 @@ mod tests {
             2,
             "no temporary file left"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_pointer_written_after_the_snapshot_makes_a_file_found() {
+        let (archive, repo) = archive().await;
+        let dir = tempfile::tempdir().unwrap();
+        let name = WalFileName::new("000000010000000000000005").unwrap();
+        let path = dir.path().join(name.as_str());
+        std::fs::write(&path, segment(5)).unwrap();
+        // A push interrupted after its snapshot was committed, before the
+        // pointer: the file is not archived as far as a fetch knows.
+        let set = MirrorSet::new(vec![repo.clone()], MirrorPolicy::All).unwrap();
+        let mut options = BackupOptions::default().with_kind(BackupKind::PointInTime);
+        options.tags = vec![format!("{TAG_WAL_FILE}{name}")];
+        let source = StreamSource::from_async_read(
+            name.as_str(),
+            tokio::fs::File::open(&path).await.unwrap(),
+        )
+        .with_name(WAL_SOURCE);
+        let orphan = set.backup(source, options).await.unwrap().snapshot.id;
+        let dest = dir.path().join("RECOVERYXLOG");
+        let e = archive.fetch(&name, &dest).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        // The retried push stores it again and points to the new snapshot.
+        let PushOutcome::Stored(stored) = archive.push(&name, &path).await.unwrap() else {
+            panic!("a file without a pointer must be stored")
+        };
+        assert_ne!(stored, orphan);
+        assert_eq!(archive.fetch(&name, &dest).await.unwrap(), SEG as u64);
+        let folder = pointer_folder(&repo, &name).unwrap();
+        let pointers = repo.target().list_all(&folder).await.unwrap();
+        assert_eq!(pointers.len(), 1);
+        assert!(pointers[0].key.as_str().ends_with(&stored.to_hex()));
+        // A pointer naming a snapshot that does not hold the file is ignored.
+        let other = WalFileName::new("000000010000000000000006").unwrap();
+        point_to(&repo, &other, &orphan).await.unwrap();
+        let e = archive.fetch(&other, &dest).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

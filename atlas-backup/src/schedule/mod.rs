@@ -26,6 +26,7 @@
 
 mod cron;
 mod plan;
+mod point_in_time;
 mod scheduler;
 
 pub use cron::CronExpr;
@@ -33,7 +34,10 @@ pub use plan::{
     BackupSchedule, DEFAULT_FULL, DEFAULT_INCREMENTAL, DEFAULT_POINT_IN_TIME, ScheduleKind,
     ScheduledRun,
 };
+pub use point_in_time::{
+    PointInTimeJob, PointInTimeReport, SwitcherFn, WalSwitched, WalSwitcher, switcher_fn,
+};
 pub use scheduler::{
-    BackupJob, JobFn, KindStatus, MissedRunPolicy, Scheduler, SchedulerHandle, SchedulerStatus,
-    SystemClock, TokioClock, WallClock, job_fn,
+    BackupJob, JobFn, KindStatus, MissedRunPolicy, RpoStatus, Scheduler, SchedulerHandle,
+    SchedulerStatus, SystemClock, TokioClock, WallClock, job_fn,
 };

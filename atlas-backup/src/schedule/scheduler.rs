@@ -154,6 +154,9 @@ pub struct KindStatus {
     pub last_failure: Option<Timestamp>,
     /// The last failure's error message.
     pub last_error: Option<String>,
+    /// How long the last run of this kind took (wall clock), whether it
+    /// succeeded or not.
+    pub last_duration: Option<Duration>,
     /// Runs started.
     pub runs: u64,
     /// Runs that returned `Ok`.
@@ -205,6 +208,44 @@ impl SchedulerStatus {
             .filter_map(|k| self.since_last_success(k, now))
             .min()
     }
+
+    /// The newest recovery point of any kind (for the RPO) against
+    /// `objective` at `now`.
+    pub fn rpo(&self, now: Timestamp, objective: Duration) -> RpoStatus {
+        let newest = ScheduleKind::ALL
+            .into_iter()
+            .filter_map(|k| self.kind(k).last_success.map(|t| (t, k)))
+            .max();
+        let age = newest.map(|(t, _)| now.duration_since(t).try_into().unwrap_or(Duration::ZERO));
+        RpoStatus {
+            objective,
+            newest_recovery_point: newest.map(|(t, _)| t),
+            newest_kind: newest.map(|(_, k)| k),
+            age,
+            met: age.is_some_and(|a| a <= objective),
+        }
+    }
+}
+
+/// The recovery point objective against what the scheduler achieved, from
+/// [`SchedulerStatus::rpo`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RpoStatus {
+    /// The objective: the most data (in time) a restore may lose.
+    pub objective: Duration,
+    /// The newest moment a restore can reach: the start of the newest
+    /// successful run of any kind (a point-in-time run that succeeded has
+    /// archived everything committed before it started).
+    pub newest_recovery_point: Option<Timestamp>,
+    /// The kind of run that made it.
+    pub newest_kind: Option<ScheduleKind>,
+    /// From the newest recovery point to now: the data a restore would
+    /// lose if the source failed now.
+    pub age: Option<Duration>,
+    /// Whether `age` is within `objective` (false when nothing succeeded
+    /// yet).
+    pub met: bool,
 }
 
 fn kind_index(kind: ScheduleKind) -> usize {
@@ -511,6 +552,13 @@ impl Scheduler {
         let mut status = self.shared.status();
         status.running = None;
         let kind = status.kind_mut(run.kind);
+        kind.last_duration = Some(
+            self.clock
+                .now()
+                .duration_since(started)
+                .try_into()
+                .unwrap_or(Duration::ZERO),
+        );
         match outcome {
             Ok(()) => {
                 kind.successes += 1;

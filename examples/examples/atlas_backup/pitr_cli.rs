@@ -9,6 +9,7 @@ use atlas_backup::pitr::{
     BASE_FILE, BaseBackupInfo, BaseBackupSource, Lsn, PitrCatalog, RecoveryTarget, RestorePlan,
 };
 use atlas_backup::repo::{BackupKind, BackupOptions, MirrorSet, Repository};
+use atlas_backup::schedule::{PointInTimeJob, WalSwitched, job_fn, switcher_fn};
 use atlas_examples::main_support::ProgramResult;
 use atlas_storage::postgres::pitr::{self as pg, PgConnection, PgServer, PgTools, RecoveryReport};
 use clap::Args;
@@ -45,14 +46,33 @@ fn connection(dsn: Option<&str>) -> Result<PgConnection, Failure> {
 
 pub(crate) async fn pg_switch_wal(args: &PgSwitchWalArgs) -> ProgramResult {
     let client = connection(args.dsn.as_deref())?.connect().await?;
-    let switch = pg::switch_wal(&client, args.timeout).await?;
+    let client = std::sync::Arc::new(client);
+    let timeout = args.timeout;
+    // The same job the backup scheduler runs every 15 minutes, run once.
+    let shared = std::sync::Arc::clone(&client);
+    let job = PointInTimeJob::new(
+        switcher_fn(move || {
+            let client = std::sync::Arc::clone(&shared);
+            async move {
+                let switch = pg::switch_wal(&client, timeout).await?;
+                let status = pg::archiver_status(&client).await?;
+                Ok(WalSwitched::new(switch.segment, status.last_archived_age))
+            }
+        }),
+        job_fn(|_run| async { Ok(()) }),
+    );
+    let report = job.switch_now().await?;
     let status = pg::archiver_status(&client).await?;
     println!(
         "segment {} archived after {:.3} s; newest archived WAL {} ({:.1} s old), {} archive failures",
-        switch.segment,
-        switch.waited.as_secs_f64(),
+        report.switched.segment,
+        report.duration.as_secs_f64(),
         status.last_archived_wal.as_deref().unwrap_or("none"),
-        status.last_archived_age.unwrap_or_default().as_secs_f64(),
+        report
+            .switched
+            .newest_archived_age
+            .unwrap_or_default()
+            .as_secs_f64(),
         status.failed_count
     );
     Ok(true)
