@@ -100,6 +100,14 @@ async fn point_to(repo: &Repository, name: &WalFileName, id: &SnapshotId) -> Res
     Ok(())
 }
 
+/// Removes the pointer from the archived file `name` to snapshot `id` of
+/// `repo`, once that snapshot is forgotten; a pointer already gone is fine.
+pub(super) async fn unpoint(repo: &Repository, name: &WalFileName, id: &SnapshotId) -> Result<()> {
+    let key = pointer_folder(repo, name)?.key(&id.to_hex())?;
+    repo.target().delete_if_exists(&key).await?;
+    Ok(())
+}
+
 impl WalArchive {
     /// The archive in `set`.
     pub fn new(set: MirrorSet) -> Self {
@@ -487,5 +495,49 @@ mod tests {
         assert_eq!(catalog.wal[0].system_identifier, Some(42));
         // The backup is kept: its segments are needed.
         assert!(catalog.wal_released_by(&[report.snapshot.id]).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forgetting_released_wal_removes_its_pointers() {
+        let (archive, repo) = archive().await;
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<WalFileName> = (3..=5)
+            .map(|n| WalFileName::new(format!("00000001000000000000000{n}")).unwrap())
+            .collect();
+        for (n, name) in (3..=5).zip(&names) {
+            let path = dir.path().join(name.as_str());
+            std::fs::write(&path, segment(n)).unwrap();
+            archive.push(name, &path).await.unwrap();
+        }
+        // A base backup starting in segment 5: segments 3 and 4 are released.
+        let set = MirrorSet::new(vec![repo.clone()], MirrorPolicy::All).unwrap();
+        let info = BaseBackupInfo::new(
+            42,
+            1,
+            Lsn(5 * SEG as u64 + 0x28),
+            Lsn(5 * SEG as u64 + 0x100),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        )
+        .unwrap();
+        let body = futures::stream::iter([Ok(bytes::Bytes::from(vec![7u8; 1000]))]).boxed();
+        set.backup(
+            BaseBackupSource::new(body, async move { Ok(info) }.boxed()),
+            BackupOptions::default(),
+        )
+        .await
+        .unwrap();
+        let forgotten = PitrCatalog::forget_released_wal(&repo, false)
+            .await
+            .unwrap();
+        assert_eq!(forgotten, names[..2].to_vec());
+        for (i, name) in names.iter().enumerate() {
+            let folder = pointer_folder(&repo, name).unwrap();
+            let left = repo.target().list_all(&folder).await.unwrap().len();
+            assert_eq!(left, usize::from(i == 2), "pointers left for {name}");
+        }
+        let dest = dir.path().join("RECOVERYXLOG");
+        let e = archive.fetch(&names[0], &dest).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert_eq!(archive.fetch(&names[2], &dest).await.unwrap(), SEG as u64);
     }
 }

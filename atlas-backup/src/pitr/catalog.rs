@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tracing::{info, warn};
 
-use super::archive::{TAG_SYSTEM, TAG_WAL_FILE, TAG_WAL_SEGSIZE, WAL_SOURCE};
+use super::archive::{TAG_SYSTEM, TAG_WAL_FILE, TAG_WAL_SEGSIZE, WAL_SOURCE, unpoint};
 use super::base::{BASE_SOURCE, BaseBackupInfo};
 use super::wal::{DEFAULT_SEGMENT_SIZE, WalFileKind, WalFileName};
 use crate::repo::{Repository, Snapshot, SnapshotId};
@@ -158,6 +158,11 @@ impl PitrCatalog {
         if !dry_run && !released.is_empty() {
             let ids: Vec<String> = released.iter().map(|w| w.snapshot.to_hex()).collect();
             repo.forget(&ids).await?;
+            // Lookups ignore pointers to forgotten snapshots; removing them
+            // keeps the pointer folders from growing with every segment.
+            for w in &released {
+                unpoint(repo, &w.name, &w.snapshot).await?;
+            }
         }
         info!(released = names.len(), dry_run, "WAL no base backup needs");
         Ok(names)
