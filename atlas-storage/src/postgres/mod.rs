@@ -49,9 +49,9 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, info, warn};
 
-const BACKEND: &str = "postgres";
-
+mod shared;
 mod state_store;
+use shared::{BACKEND, db_err, lock_key, valid_table};
 pub use state_store::{PostgresStateStore, PostgresStateStoreBuilder};
 
 /// How a runner behaves when another holds the migration lock.
@@ -180,23 +180,6 @@ impl PostgresDriverBuilder {
     }
 }
 
-/// A lowercase identifier, optionally schema-qualified: safe to splice
-/// into SQL unquoted.
-fn valid_table(table: &str) -> bool {
-    let valid = |part: &str| {
-        !part.is_empty()
-            && part.len() <= 63
-            && part
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
-    table.split('.').count() <= 2 && table.split('.').all(valid)
-}
-
 /// Row count and content hash of one invariant table, over the columns it
 /// had before the migration (so adding a column does not count as a data
 /// change, and dropping one fails the check).
@@ -287,17 +270,6 @@ async fn check_invariants(
     Ok(())
 }
 
-/// A stable 64-bit advisory lock key for `table` (FNV-1a over a fixed
-/// namespace), so runners of one history table share one lock.
-fn lock_key(table: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in "atlas-migrate:".bytes().chain(table.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    i64::from_ne_bytes(hash.to_ne_bytes())
-}
-
 /// Migrates one PostgreSQL database over one connection.
 pub struct PostgresDriver {
     client: Mutex<Client>,
@@ -314,19 +286,6 @@ impl fmt::Debug for PostgresDriver {
             .field("table", &self.table)
             .field("lock_wait", &self.lock_wait)
             .finish_non_exhaustive()
-    }
-}
-
-fn db_err(what: &str, e: tokio_postgres::Error) -> Error {
-    // Connection-level failures may pass on retry; SQL errors will not.
-    let message = match e.as_db_error() {
-        Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
-        None => format!("{what}: {e}"),
-    };
-    if e.is_closed() {
-        Error::transient_with(BACKEND, message, e)
-    } else {
-        Error::backend_with(BACKEND, message, e)
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
-use super::{BACKEND, valid_table};
+use super::shared::{BACKEND, db_err, valid_table};
 
 /// The default state table; the lease table is named after it.
 const DEFAULT_TABLE: &str = "atlas_state";
@@ -138,7 +138,7 @@ async fn create_tables(client: &mut Client, table: &str, lease_table: &str) -> R
 /// statement lost a serialisation race or a deadlock (`40001`, `40P01`).
 fn db_error(what: &str, e: tokio_postgres::Error) -> Error {
     let Some(db) = e.as_db_error() else {
-        return super::db_err(what, e);
+        return db_err(what, e);
     };
     let code = db.code().code();
     let transient = code.starts_with("08")
@@ -150,7 +150,7 @@ fn db_error(what: &str, e: tokio_postgres::Error) -> Error {
         let message = format!("{what}: {} ({code})", db.message());
         Error::transient_with(BACKEND, message, e)
     } else {
-        super::db_err(what, e)
+        db_err(what, e)
     }
 }
 
@@ -782,7 +782,7 @@ mod tests {
         assert_ne!(lock_key("atlas_state"), lock_key("ops.atlas_state"));
         assert_ne!(
             lock_key("atlas_state"),
-            super::super::lock_key("atlas_state")
+            super::super::shared::lock_key("atlas_state")
         );
     }
 }
