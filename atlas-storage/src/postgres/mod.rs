@@ -51,7 +51,7 @@ use tracing::{debug, info, warn};
 
 mod shared;
 mod state_store;
-use shared::{BACKEND, db_err, lock_key, valid_table};
+use shared::{BACKEND, db_err, first_host, libpq_env, lock_key, valid_table};
 pub use state_store::{PostgresStateStore, PostgresStateStoreBuilder};
 
 /// How a runner behaves when another holds the migration lock.
@@ -375,7 +375,7 @@ impl PostgresDriver {
     /// `.pgpass` file).
     pub fn restore_command(&self, file: &str) -> String {
         let mut conn = Vec::new();
-        if let Some(host) = self.host() {
+        if let Some(host) = first_host(&self.config) {
             conn.push(format!("host={host}"));
         }
         if let Some(port) = self.config.get_ports().first() {
@@ -391,14 +391,6 @@ impl PostgresDriver {
             "pg_restore --clean --if-exists --no-owner --single-transaction --dbname '{}' {file}",
             conn.join(" ")
         )
-    }
-
-    fn host(&self) -> Option<String> {
-        match self.config.get_hosts().first()? {
-            tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(p) => Some(p.display().to_string()),
-        }
     }
 
     async fn try_lock(&self, client: &Client) -> Result<bool> {
@@ -874,21 +866,7 @@ impl MigrationDriver for PostgresDriver {
         use tokio::io::AsyncReadExt;
         let mut cmd = tokio::process::Command::new("pg_dump");
         cmd.arg("--format=custom").arg("--no-password");
-        if let Some(host) = self.host() {
-            cmd.env("PGHOST", host);
-        }
-        if let Some(port) = self.config.get_ports().first() {
-            cmd.env("PGPORT", port.to_string());
-        }
-        if let Some(user) = self.config.get_user() {
-            cmd.env("PGUSER", user);
-        }
-        if let Some(db) = self.config.get_dbname() {
-            cmd.env("PGDATABASE", db);
-        }
-        if let Some(password) = self.config.get_password() {
-            cmd.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
-        }
+        libpq_env(&self.config, &mut cmd);
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);

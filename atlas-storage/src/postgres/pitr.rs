@@ -39,6 +39,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, info, warn};
 
+use super::shared::{first_host, libpq_env};
+
 const BACKEND: &str = "postgres";
 
 /// Where the PostgreSQL programs are, and which user runs the ones that
@@ -239,30 +241,12 @@ impl PgConnection {
     }
 
     fn host(&self) -> Option<String> {
-        use tokio_postgres::config::Host;
-        self.config.get_hosts().first().map(|h| match h {
-            Host::Tcp(s) => s.clone(),
-            Host::Unix(p) => p.display().to_string(),
-        })
+        first_host(&self.config)
     }
 
     /// Gives `cmd` this connection through libpq's environment.
     fn apply(&self, cmd: &mut tokio::process::Command) {
-        if let Some(host) = self.host() {
-            cmd.env("PGHOST", host);
-        }
-        if let Some(port) = self.config.get_ports().first() {
-            cmd.env("PGPORT", port.to_string());
-        }
-        if let Some(user) = self.config.get_user() {
-            cmd.env("PGUSER", user);
-        }
-        if let Some(db) = self.config.get_dbname() {
-            cmd.env("PGDATABASE", db);
-        }
-        if let Some(pw) = self.config.get_password() {
-            cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
-        }
+        libpq_env(&self.config, cmd);
     }
 
     /// Opens a session (plain text; the connection task runs on the

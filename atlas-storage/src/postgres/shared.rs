@@ -48,3 +48,34 @@ pub(super) fn db_err(what: &str, e: tokio_postgres::Error) -> Error {
         Error::backend_with(BACKEND, message, e)
     }
 }
+
+/// The first host of `config` as libpq spells it: a name or address, or a
+/// socket directory.
+pub(super) fn first_host(config: &tokio_postgres::Config) -> Option<String> {
+    match config.get_hosts().first()? {
+        tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(p) => Some(p.display().to_string()),
+    }
+}
+
+/// Gives `cmd` the connection settings of `config` through libpq's
+/// environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`),
+/// so no password ever appears on a command line.
+pub(super) fn libpq_env(config: &tokio_postgres::Config, cmd: &mut tokio::process::Command) {
+    if let Some(host) = first_host(config) {
+        cmd.env("PGHOST", host);
+    }
+    if let Some(port) = config.get_ports().first() {
+        cmd.env("PGPORT", port.to_string());
+    }
+    if let Some(user) = config.get_user() {
+        cmd.env("PGUSER", user);
+    }
+    if let Some(db) = config.get_dbname() {
+        cmd.env("PGDATABASE", db);
+    }
+    if let Some(password) = config.get_password() {
+        cmd.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
+    }
+}
