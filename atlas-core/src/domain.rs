@@ -26,20 +26,7 @@ impl ServiceName {
     /// ```
     pub fn new(name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        let rule = if name.is_empty() || name.len() > 63 {
-            Some("must be 1 to 63 characters")
-        } else if !name.as_bytes()[0].is_ascii_lowercase() {
-            Some("must start with a lowercase letter")
-        } else if name.ends_with('-') {
-            Some("must not end with '-'")
-        } else if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            Some("may hold only lowercase letters, digits and '-'")
-        } else {
-            None
-        };
+        let rule = dns_label_rule(&name);
         match rule {
             Some(rule) => Err(Error::invalid(format!("service name {name:?}"), rule)),
             None => Ok(ServiceName(name)),
@@ -49,6 +36,26 @@ impl ServiceName {
     /// The name as a string.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The rule a DNS-1123 label `name` breaks, or `None` when it is one:
+/// 1–63 characters of lowercase ASCII letters, digits and `-`, starting
+/// with a letter and not ending with `-`.
+pub(crate) fn dns_label_rule(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 63 {
+        Some("must be 1 to 63 characters")
+    } else if !name.as_bytes()[0].is_ascii_lowercase() {
+        Some("must start with a lowercase letter")
+    } else if name.ends_with('-') {
+        Some("must not end with '-'")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Some("may hold only lowercase letters, digits and '-'")
+    } else {
+        None
     }
 }
 

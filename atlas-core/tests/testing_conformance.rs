@@ -100,6 +100,13 @@ async fn memory_store_passes_the_state_store_suite() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn memory_store_passes_the_failover_store_suite() {
+    let store = MemoryStateStore::new();
+    conformance::failover_store::all(&store, "mock-failover").await;
+    assert_eq!(store.writes(), 5, "the suite wrote exactly its five successful writes");
+}
+
+#[tokio::test(start_paused = true)]
 async fn scripted_probe_passes_the_probe_suite() {
     let (probe, endpoints) = probe_endpoints();
     conformance::probe::all(&probe, &endpoints).await;

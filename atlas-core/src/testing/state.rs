@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::guard::lock;
 use crate::domain::ServiceName;
 use crate::error::{Error, Result};
+use crate::failover::{FailoverState, FailoverStore};
 use crate::state::{Lease, RolloutState, StateStore, Versioned};
 
 #[derive(Debug, Clone)]
@@ -24,6 +25,7 @@ struct State {
     states: BTreeMap<ServiceName, Versioned<RolloutState>>,
     history: BTreeMap<ServiceName, Vec<RolloutState>>,
     leases: BTreeMap<ServiceName, LeaseRecord>,
+    failovers: BTreeMap<ServiceName, Versioned<FailoverState>>,
     writes: u64,
     next_token: u64,
 }
@@ -89,6 +91,45 @@ impl MemoryStateStore {
             .get(service)
             .filter(|l| l.expires > now)
             .map(|l| l.holder.clone())
+    }
+}
+
+#[async_trait]
+impl FailoverStore for MemoryStateStore {
+    async fn load_failover(
+        &self,
+        service: &ServiceName,
+    ) -> Result<Option<Versioned<FailoverState>>> {
+        Ok(lock(&self.state).failovers.get(service).cloned())
+    }
+
+    async fn compare_and_swap_failover(
+        &self,
+        service: &ServiceName,
+        expected: Option<u64>,
+        state: &FailoverState,
+    ) -> Result<u64> {
+        let mut s = lock(&self.state);
+        let stored = s.failovers.get(service).map(|v| v.version);
+        if stored != expected {
+            let show = |v: Option<u64>| v.map_or("nothing".to_string(), |v| format!("version {v}"));
+            return Err(Error::conflict(format!(
+                "failover state of {service}: expected {}, found {}",
+                show(expected),
+                show(stored)
+            )));
+        }
+        let version = stored.unwrap_or(0) + 1;
+        s.failovers.insert(
+            service.clone(),
+            Versioned {
+                version,
+                value: state.clone(),
+            },
+        );
+        s.writes += 1;
+        tracing::debug!(%service, version, "memory store: failover state written");
+        Ok(version)
     }
 }
 
