@@ -93,9 +93,9 @@ pub trait DatabaseFailover: Send + Sync {
     /// succeeds and says how.
     async fn fence_primary(&self, reason: &str) -> Result<Fence>;
 
-    /// Promotes the standby and verifies it takes writes. Refused (an
-    /// [`Invalid`](crate::Error::Invalid) error) unless the old primary was
-    /// fenced first.
+    /// Promotes the standby and verifies it takes writes. Refused (a
+    /// [`Precondition`](crate::Error::Precondition) error) unless the old
+    /// primary was fenced first.
     async fn promote_standby(&self) -> Result<Promotion>;
 }
 

@@ -330,7 +330,7 @@ impl fmt::Display for RegionWeights {
 pub trait RegionRouter: Send + Sync {
     /// Applies `weights` to `service`. Returns once new requests follow
     /// them. A region the router does not know is an
-    /// [`Invalid`](crate::Error::Invalid) error naming it, and nothing
+    /// [`InvalidInput`](crate::Error::InvalidInput) error naming it, and nothing
     /// changes.
     async fn set_region_weights(
         &self,

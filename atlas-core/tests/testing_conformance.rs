@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use atlas_core::region::RegionName;
 use atlas_core::testing::conformance::{self, probe::ProbeEndpoints, workloads::WorkloadsFixture};
 use atlas_core::testing::{
     CollectingNotifier, Fault, FaultError, FaultPlan, Faulty, MemoryStateStore, Method,
-    MockWorkloads, ProbeScript, RecordingRouter, ScriptedMetrics, ScriptedProbe,
+    MockWorkloads, ProbeScript, RecordingRegionRouter, RecordingRouter, ScriptedMetrics,
+    ScriptedProbe,
 };
 use atlas_core::{
     BlueGreen, Endpoint, Engine, Error, ErrorKind, HealthProbe, Lease, MetricProvider, MetricQuery,
@@ -103,7 +105,31 @@ async fn memory_store_passes_the_state_store_suite() {
 async fn memory_store_passes_the_failover_store_suite() {
     let store = MemoryStateStore::new();
     conformance::failover_store::all(&store, "mock-failover").await;
-    assert_eq!(store.writes(), 5, "the suite wrote exactly its five successful writes");
+    assert_eq!(
+        store.writes(),
+        5,
+        "the suite wrote exactly its five successful writes"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn recording_region_router_passes_the_region_router_suite() {
+    let regions = ["us-east", "eu-west", "ap-south"].map(|r| RegionName::new(r).unwrap());
+    let router = RecordingRegionRouter::with_regions(regions.clone());
+    conformance::region_router::all(&router, "mock-regions", &regions).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_router_that_accepts_unknown_regions_fails_the_suite() {
+    let regions = ["us-east", "eu-west"].map(|r| RegionName::new(r).unwrap());
+    let lax = RecordingRegionRouter::new();
+    let run = tokio::spawn(async move {
+        conformance::region_router::all(&lax, "lax-regions", &regions).await;
+    });
+    let err = run
+        .await
+        .expect_err("the suite must catch a router that accepts any region");
+    assert!(err.is_panic());
 }
 
 #[tokio::test(start_paused = true)]

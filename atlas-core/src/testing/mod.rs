@@ -85,6 +85,7 @@ mod metrics;
 mod migration;
 mod notify;
 mod probe;
+mod region;
 mod router;
 mod scaler;
 mod state;
@@ -97,6 +98,10 @@ pub use metrics::{MetricAnswer, RecordedQuery, ScriptedMetrics};
 pub use migration::{MemoryDriver, RecordedRun};
 pub use notify::CollectingNotifier;
 pub use probe::{ProbeKey, ProbeScript, ScriptedProbe};
+pub use region::{
+    CHECK_PRIMARY, COMPARE_AND_SWAP_FAILOVER, FENCE_PRIMARY, LOAD_FAILOVER, PROMOTE_STANDBY,
+    REGION_WEIGHTS, REPLICATION, RecordingRegionRouter, SET_REGION_WEIGHTS,
+};
 pub use router::{RecordingRouter, RouterCall};
 pub use state::MemoryStateStore;
 pub use workloads::{FIRST_MOCK_PORT, MockWorkloads, WorkloadsCall};

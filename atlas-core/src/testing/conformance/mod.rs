@@ -29,6 +29,7 @@ pub mod backup_target;
 pub mod failover_store;
 pub mod notifier;
 pub mod probe;
+pub mod region_router;
 pub mod router;
 pub mod scaler;
 pub mod state_store;
