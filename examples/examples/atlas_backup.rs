@@ -26,6 +26,7 @@
 //!   pg-forget-wal [--dry-run]        forget the WAL no remaining base backup needs
 //!   pg-backup [--dsn DSN]             pg_basebackup streamed into a snapshot (feature postgres)
 //!   pg-switch-wal [--dsn DSN] [--timeout 60s]   the point-in-time job (feature postgres)
+//!   pg-restore-point NAME [--dsn DSN] [--no-switch-wal]   a named point to restore to (feature postgres)
 //!   pg-restore --pgdata DIR [--target-time T | --target-lsn L | --target-name N | latest]
 //!              [--port P] [--keep-running] [--keep-archiving]   (feature postgres)
 //!   pg-verify [--sql QUERY]... [same targets]   trial restore on a spare port (feature postgres)
@@ -230,6 +231,11 @@ enum Command {
     /// took and the age of the newest archived WAL.
     #[cfg(feature = "postgres")]
     PgSwitchWal(pitr_cli::PgSwitchWalArgs),
+    /// Create a named restore point (pg_create_restore_point), record its
+    /// WAL position in every repository and switch the WAL segment, so
+    /// `pg-restore --target-name NAME` restores the base backup before it.
+    #[cfg(feature = "postgres")]
+    PgRestorePoint(pitr_cli::PgRestorePointArgs),
     /// Forget the archived WAL that no base backup still in the repository
     /// needs (run it after `forget` removed base backups; `prune` then
     /// frees the space). WAL a kept base backup needs is never forgotten.
@@ -547,6 +553,8 @@ async fn run(cli: Cli) -> StatusResult {
         Command::PgBackup(args) => pitr_cli::pg_backup(&cli, args).await,
         #[cfg(feature = "postgres")]
         Command::PgSwitchWal(args) => pitr_cli::pg_switch_wal(args).await,
+        #[cfg(feature = "postgres")]
+        Command::PgRestorePoint(args) => pitr_cli::pg_restore_point(&cli, args).await,
         #[cfg(feature = "postgres")]
         Command::PgRestore(args) => pitr_cli::pg_restore(&cli, args).await,
         #[cfg(feature = "postgres")]

@@ -511,6 +511,58 @@ async fn restores_reach_each_marker_exactly_and_bad_archives_stop_recovery() {
     server.stop().await.unwrap();
 }
 
+/// A named restore point between two base backups: the restore starts
+/// from the first backup (the second lies after the point and would never
+/// meet it) and holds exactly the rows committed before the point; a name
+/// created twice with no base backup between is refused, and a name never
+/// recorded falls back to the newest base backup, which PostgreSQL refuses
+/// to recover past without meeting the name.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the PostgreSQL server programs; run: cargo xtask test"]
+async fn restore_points_restore_the_base_backup_before_them() {
+    let work = Work::new();
+    let (server, client) = work.started_with_rows().await;
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port());
+    work.cli_ok(&["pg-backup", "--dsn", &url]);
+    insert(&client, 6..=10).await;
+    let out = work.cli_ok(&["pg-restore-point", "before-cleanup", "--dsn", &url]);
+    assert!(
+        out.contains("restore point \"before-cleanup\"") && out.contains("archived after"),
+        "{out}"
+    );
+    insert(&client, 11..=15).await;
+    client
+        .batch_execute("DELETE FROM t WHERE id <= 5")
+        .await
+        .unwrap();
+    // A second base backup after the point: the newest, yet the wrong one.
+    work.cli_ok(&["pg-backup", "--dsn", &url]);
+    insert(&client, 16..=20).await;
+    let out = work.cli_ok(&["pg-restore-point", "twice", "--dsn", &url]);
+    assert!(out.contains("twice"), "{out}");
+    insert(&client, 21..=22).await;
+    work.cli_ok(&["pg-restore-point", "twice", "--dsn", &url]);
+
+    let expected: Vec<i32> = (1..=10).collect();
+    let args = verify_args(&["--target-name", "before-cleanup"], &expected);
+    let out = work.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.contains("recovery reached the target") && out.contains("test restore completed"),
+        "{out}"
+    );
+
+    let out = work.cli(&["pg-verify", "--target-name", "twice"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("created twice"), "{err}");
+
+    let out = work.cli(&["pg-restore-point", &"x".repeat(64), "--dsn", &url]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 63"));
+    drop(client);
+    server.stop().await.unwrap();
+}
+
 #[cfg(feature = "cloud")]
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the PostgreSQL server programs, s3s-fs, fake-gcs-server and Azurite; run: cargo xtask test"]

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use super::archive::{TAG_SYSTEM, TAG_WAL_FILE, TAG_WAL_SEGSIZE, WAL_SOURCE, unpoint};
 use super::base::{BASE_SOURCE, BaseBackupInfo};
+use super::restore_point::{RESTORE_POINT_SOURCE, RestorePoint, RestorePointInfo};
 use super::wal::{DEFAULT_SEGMENT_SIZE, WalFileKind, WalFileName};
 use crate::repo::{Repository, Snapshot, SnapshotId};
 use atlas_core::Result;
@@ -51,6 +52,8 @@ pub struct PitrCatalog {
     /// Archived WAL files sorted by name, one per name (the newest
     /// snapshot when a file was archived twice).
     pub wal: Vec<ArchivedWal>,
+    /// Recorded restore points, by LSN.
+    pub restore_points: Vec<RestorePoint>,
 }
 
 impl PitrCatalog {
@@ -73,6 +76,7 @@ impl PitrCatalog {
     pub fn from_snapshots(snapshots: &[Snapshot]) -> Self {
         let mut base_backups = Vec::new();
         let mut wal: Vec<ArchivedWal> = Vec::new();
+        let mut restore_points = Vec::new();
         for s in snapshots {
             if s.source == BASE_SOURCE {
                 match BaseBackupInfo::from_snapshot(s) {
@@ -83,6 +87,16 @@ impl PitrCatalog {
                     }),
                     Err(e) => {
                         warn!(snapshot = %s.id.short(), error = %e, "not a usable base backup")
+                    }
+                }
+            } else if s.source == RESTORE_POINT_SOURCE {
+                match RestorePointInfo::from_snapshot(s) {
+                    Ok(info) => restore_points.push(RestorePoint {
+                        snapshot: s.id,
+                        info,
+                    }),
+                    Err(e) => {
+                        warn!(snapshot = %s.id.short(), error = %e, "not a usable restore point")
                     }
                 }
             } else if s.source == WAL_SOURCE {
@@ -103,7 +117,12 @@ impl PitrCatalog {
         base_backups.sort_by_key(|b| (b.info.stop_lsn, b.time));
         wal.sort_by(|a, b| a.name.cmp(&b.name).then(b.archived_at.cmp(&a.archived_at)));
         wal.dedup_by(|later, first| later.name == first.name);
-        PitrCatalog { base_backups, wal }
+        restore_points.sort_by_key(|p: &RestorePoint| (p.info.lsn, p.info.time));
+        PitrCatalog {
+            base_backups,
+            wal,
+            restore_points,
+        }
     }
 
     /// The segment size of the archive (that of its segments; the default
@@ -143,8 +162,28 @@ impl PitrCatalog {
             .collect()
     }
 
+    /// The restore points no base backup of `kept` can reach: those before
+    /// the oldest kept backup's consistent point. With no kept base backup
+    /// nothing is released.
+    pub fn restore_points_released_by(&self, kept: &[SnapshotId]) -> Vec<&RestorePoint> {
+        let oldest = self
+            .base_backups
+            .iter()
+            .filter(|b| kept.contains(&b.snapshot))
+            .map(|b| b.info.stop_lsn)
+            .min();
+        let Some(oldest) = oldest else {
+            return Vec::new();
+        };
+        self.restore_points
+            .iter()
+            .filter(|p| p.info.lsn < oldest)
+            .collect()
+    }
+
     /// Forgets (removes the manifests of) the archived WAL that no base
-    /// backup still in `repo` needs, after retention has forgotten base
+    /// backup still in `repo` needs, and the restore points no base backup
+    /// can reach any more, after retention has forgotten base
     /// backups; `prune` then frees the space. Returns the files forgotten
     /// (or, with `dry_run`, those that would be).
     ///
@@ -155,6 +194,15 @@ impl PitrCatalog {
         let kept: Vec<SnapshotId> = catalog.base_backups.iter().map(|b| b.snapshot).collect();
         let released = catalog.wal_released_by(&kept);
         let names: Vec<WalFileName> = released.iter().map(|w| w.name.clone()).collect();
+        let points = catalog.restore_points_released_by(&kept);
+        if !dry_run && !points.is_empty() {
+            let ids: Vec<String> = points.iter().map(|p| p.snapshot.to_hex()).collect();
+            repo.forget(&ids).await?;
+            info!(
+                restore_points = points.len(),
+                "forgot restore points before the oldest base backup"
+            );
+        }
         if !dry_run && !released.is_empty() {
             let ids: Vec<String> = released.iter().map(|w| w.snapshot.to_hex()).collect();
             repo.forget(&ids).await?;
@@ -265,6 +313,39 @@ pub(super) mod tests {
         );
         // Nothing kept: nothing released.
         assert!(names(&[]).is_empty());
+    }
+
+    #[test]
+    fn restore_points_before_the_oldest_kept_backup_are_released() {
+        let point = |name: &str, lsn: u64, secs: u64| {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let p = RestorePointInfo::new(name, Lsn(lsn), 1, 42, at).unwrap();
+            snapshot(RESTORE_POINT_SOURCE, secs, p.tags_for_test())
+        };
+        let c = PitrCatalog::from_snapshots(&[
+            base(100, 2 * SEG + 0x28, 2 * SEG + 0x100, 110),
+            point("b", 3 * SEG, 250),
+            point("a", 2 * SEG + 0x50, 105),
+            base(300, 4 * SEG + 0x28, 4 * SEG + 0x100, 310),
+            point("c", 4 * SEG + 0x200, 330),
+        ]);
+        let names: Vec<&str> = c
+            .restore_points
+            .iter()
+            .map(|p| p.info.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"], "sorted by LSN");
+        let (old, new) = (c.base_backups[0].snapshot, c.base_backups[1].snapshot);
+        let released = |kept: &[SnapshotId]| -> Vec<String> {
+            c.restore_points_released_by(kept)
+                .iter()
+                .map(|p| p.info.name.clone())
+                .collect()
+        };
+        // "a" precedes even the oldest backup's consistent point.
+        assert_eq!(released(&[old, new]), ["a"]);
+        assert_eq!(released(&[new]), ["a", "b"]);
+        assert!(released(&[]).is_empty());
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //!   ends before the [`RecoveryTarget`] and refuses a target the archive
 //!   cannot reach before anything is started;
 //!   [`RestorePlan::recovery_settings`] writes what PostgreSQL reads.
+//! - **Restore points**: [`record_restore_point`] stores the LSN
+//!   `pg_create_restore_point` returned, so a restore to the name starts
+//!   from the base backup before it and is checked against the archive.
 //! - **Retention**: [`PitrCatalog::wal_released_by`] names the WAL no kept
 //!   base backup needs.
 //!
@@ -30,6 +33,7 @@ mod archive;
 mod base;
 mod catalog;
 mod plan;
+mod restore_point;
 mod wal;
 
 pub use archive::{
@@ -41,4 +45,9 @@ pub use base::{
 };
 pub use catalog::{ArchivedWal, BaseBackup, PitrCatalog};
 pub use plan::{RecoveryTarget, RestorePlan};
+pub use restore_point::{
+    MAX_RESTORE_POINT_NAME, RESTORE_POINT_SOURCE, RestorePoint, RestorePointInfo,
+    TAG_RESTORE_POINT, TAG_RESTORE_POINT_LSN, check_name as check_restore_point_name,
+    record_restore_point,
+};
 pub use wal::{DEFAULT_SEGMENT_SIZE, Lsn, SegmentHeader, WalFileKind, WalFileName, segment_name};

@@ -5,9 +5,10 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::catalog::{ArchivedWal, BaseBackup, PitrCatalog};
+use super::restore_point::RestorePoint;
 use super::wal::{Lsn, WalFileKind, segment_name};
 use atlas_core::{Error, Result};
 
@@ -21,8 +22,15 @@ pub enum RecoveryTarget {
     Time(SystemTime),
     /// Just after the WAL record at this LSN.
     Lsn(Lsn),
-    /// A restore point made with `pg_create_restore_point(name)`; it must
-    /// lie after the newest base backup, which is the one restored.
+    /// A restore point made with `pg_create_restore_point(name)`. When the
+    /// point was recorded in the repository ([`record_restore_point`]:
+    /// `atlas_backup pg-restore-point`), the newest base backup before it
+    /// is restored and the archive is checked to reach it; a point made
+    /// by other means must lie after the newest base backup, which is then
+    /// the one restored (PostgreSQL refuses to start when it never meets
+    /// the name).
+    ///
+    /// [`record_restore_point`]: super::record_restore_point
     Name(String),
 }
 
@@ -66,6 +74,52 @@ pub struct RestorePlan {
     pub archive_end: Lsn,
 }
 
+/// The base backup to restore for the restore point `name`, and the
+/// recorded point itself (the newest recorded under that name).
+/// PostgreSQL stops at the first record of that name it replays, so the
+/// base backup must start after any earlier point of the same name.
+fn base_for_name<'a>(
+    catalog: &'a PitrCatalog,
+    name: &str,
+    newest: &'a BaseBackup,
+) -> Result<(Option<&'a RestorePoint>, &'a BaseBackup)> {
+    let mut same: Vec<&RestorePoint> = catalog
+        .restore_points
+        .iter()
+        .filter(|p| p.info.name == name)
+        .collect();
+    let Some(point) = same.pop() else {
+        warn!(
+            name,
+            "restore point not recorded in the repository; restoring the newest base backup, which must lie before it"
+        );
+        return Ok((None, newest));
+    };
+    let earlier = same.last().map(|p| p.info.lsn);
+    let base = catalog.base_backups.iter().rev().find(|b| {
+        b.info.stop_lsn <= point.info.lsn && earlier.is_none_or(|e| b.info.start_lsn > e)
+    });
+    match base {
+        Some(b) => Ok((Some(point), b)),
+        None => {
+            let why = match earlier {
+                Some(e) => format!(
+                    "was created twice ({e} and {}); no base backup lies between them, and recovery stops at the first",
+                    point.info.lsn
+                ),
+                None => format!(
+                    "({}) is before the oldest base backup's consistent point ({})",
+                    point.info.lsn, catalog.base_backups[0].info.stop_lsn
+                ),
+            };
+            Err(Error::invalid(
+                "target-name",
+                format!("restore point {name:?} {why}"),
+            ))
+        }
+    }
+}
+
 /// Single-quoted for postgresql.conf (quotes doubled).
 fn conf_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -85,8 +139,14 @@ impl RestorePlan {
             .base_backups
             .last()
             .ok_or_else(|| Error::not_found("base backup in the repository"))?;
+        let mut point = None;
         let base = match &target {
-            RecoveryTarget::Latest | RecoveryTarget::Name(_) => newest,
+            RecoveryTarget::Latest => newest,
+            RecoveryTarget::Name(n) => {
+                let (p, b) = base_for_name(catalog, n, newest)?;
+                point = p;
+                b
+            }
             RecoveryTarget::Time(t) => catalog.base_backups.iter().rev().find(|b| b.info.stop_time <= *t).ok_or_else(|| {
                 let oldest = &catalog.base_backups[0];
                 Error::invalid(
@@ -145,6 +205,15 @@ impl RestorePlan {
                             |w| w.name.to_string()
                         ),
                         rfc3339(newest_time)
+                    ),
+                ));
+            }
+            RecoveryTarget::Name(n) if point.is_some_and(|p| p.info.lsn > archive_end) => {
+                let lsn = point.map(|p| p.info.lsn).unwrap_or_default();
+                return Err(Error::invalid(
+                    "target-name",
+                    format!(
+                        "restore point {n:?} ({lsn}) is after the newest archived WAL, which ends at {archive_end}; switch the WAL segment (pg-switch-wal) and let it be archived"
                     ),
                 ));
             }
@@ -214,7 +283,9 @@ impl RestorePlan {
 mod tests {
     use super::*;
     use crate::pitr::catalog::tests::{base, wal};
+    use crate::pitr::restore_point::{RESTORE_POINT_SOURCE, RestorePointInfo};
     use crate::pitr::wal::DEFAULT_SEGMENT_SIZE as SEG;
+    use crate::repo::Snapshot;
     use std::time::Duration;
 
     fn at(secs: u64) -> SystemTime {
@@ -222,7 +293,11 @@ mod tests {
     }
 
     fn catalog() -> PitrCatalog {
-        PitrCatalog::from_snapshots(&[
+        PitrCatalog::from_snapshots(&catalog_snapshots())
+    }
+
+    fn catalog_snapshots() -> Vec<Snapshot> {
+        vec![
             base(100, 2 * SEG + 0x28, 2 * SEG + 0x100, 110),
             wal("000000010000000000000002", 120),
             wal("000000010000000000000003", 200),
@@ -231,7 +306,7 @@ mod tests {
             wal("000000010000000000000005", 400),
             // A gap: segment 6 is missing, so 7 is unreachable.
             wal("000000010000000000000007", 500),
-        ])
+        ]
     }
 
     #[test]
@@ -277,6 +352,53 @@ mod tests {
         );
         let e = RestorePlan::new(&PitrCatalog::default(), RecoveryTarget::Latest).unwrap_err();
         assert_eq!(e.kind(), atlas_core::ErrorKind::NotFound);
+    }
+
+    fn point(name: &str, lsn: u64, secs: u64) -> Snapshot {
+        let p = RestorePointInfo::new(name, Lsn(lsn), 1, 42, at(secs)).unwrap();
+        crate::pitr::catalog::tests::snapshot(RESTORE_POINT_SOURCE, secs, p.tags_for_test())
+    }
+
+    #[test]
+    fn a_recorded_restore_point_restores_the_base_backup_before_it() {
+        let mut snaps = catalog_snapshots();
+        // Between the two base backups: the newest backup would never meet it.
+        snaps.push(point("before-upgrade", 3 * SEG + 0x500, 250));
+        snaps.push(point("late", 5 * SEG + 0x10, 390));
+        let c = PitrCatalog::from_snapshots(&snaps);
+        let p = RestorePlan::new(&c, RecoveryTarget::Name("before-upgrade".into())).unwrap();
+        assert_eq!(p.base.snapshot, c.base_backups[0].snapshot);
+        let p = RestorePlan::new(&c, RecoveryTarget::Name("late".into())).unwrap();
+        assert_eq!(p.base.snapshot, c.base_backups[1].snapshot);
+        // Not recorded: the newest base backup, as before.
+        let p = RestorePlan::new(&c, RecoveryTarget::Name("made-by-hand".into())).unwrap();
+        assert_eq!(p.base.snapshot, c.base_backups[1].snapshot);
+    }
+
+    #[test]
+    fn unreachable_or_ambiguous_restore_points_are_refused() {
+        let mut snaps = catalog_snapshots();
+        // Past the gap after segment 5.
+        snaps.push(point("too-late", 7 * SEG + 0x10, 510));
+        // Before the oldest base backup's consistent point.
+        snaps.push(point("too-early", 2 * SEG + 0x50, 105));
+        // Twice, with no base backup starting between the two.
+        snaps.push(point("twice", 4 * SEG + 0x200, 330));
+        snaps.push(point("twice", 5 * SEG + 0x200, 380));
+        let c = PitrCatalog::from_snapshots(&snaps);
+        let e = RestorePlan::new(&c, RecoveryTarget::Name("too-late".into())).unwrap_err();
+        assert!(
+            e.to_string().contains("after the newest archived WAL"),
+            "{e}"
+        );
+        let e = RestorePlan::new(&c, RecoveryTarget::Name("too-early".into())).unwrap_err();
+        assert!(
+            e.to_string().contains("before the oldest base backup"),
+            "{e}"
+        );
+        let e = RestorePlan::new(&c, RecoveryTarget::Name("twice".into())).unwrap_err();
+        assert!(e.to_string().contains("created twice"), "{e}");
+        assert_eq!(e.kind(), atlas_core::ErrorKind::InvalidInput);
     }
 
     #[test]

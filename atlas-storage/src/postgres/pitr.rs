@@ -439,6 +439,61 @@ pub async fn start_base_backup(tools: &PgTools, conn: &PgConnection) -> Result<B
     Ok(BaseBackupRun { body, finished })
 }
 
+/// A restore point the server created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestorePointCreated {
+    /// The name given.
+    pub name: String,
+    /// The WAL position `pg_create_restore_point` returned.
+    pub lsn: u64,
+    /// The timeline it was written on.
+    pub timeline: u32,
+    /// The database system identifier.
+    pub system_identifier: u64,
+    /// When it was created (the client's clock).
+    pub time: SystemTime,
+}
+
+/// Creates the restore point `name` (`pg_create_restore_point`, which needs
+/// superuser or an explicit grant) and reports where it lies, for the
+/// repository to record.
+///
+/// # Errors
+/// [`Error::Backend`] for a failed query (a standby, missing privilege,
+/// `wal_level = minimal`) or an answer that does not parse.
+pub async fn create_restore_point(client: &Client, name: &str) -> Result<RestorePointCreated> {
+    let row = client
+        .query_one(
+            "SELECT pg_create_restore_point($1)::text, \
+                    (SELECT timeline_id FROM pg_control_checkpoint())::int4, \
+                    (SELECT system_identifier::text FROM pg_control_system())",
+            &[&name],
+        )
+        .await
+        .map_err(|e| db_err("pg_create_restore_point", e))?;
+    let lsn_text: String = row.get(0);
+    let timeline: i32 = row.get(1);
+    let sys: String = row.get(2);
+    let bad = |what: &str, v: &str| {
+        Error::backend(
+            BACKEND,
+            format!("pg_create_restore_point: {what} {v:?} does not parse"),
+        )
+    };
+    let lsn = parse_lsn(&lsn_text).ok_or_else(|| bad("LSN", &lsn_text))?;
+    let system_identifier = sys.parse().map_err(|_| bad("system identifier", &sys))?;
+    let timeline = u32::try_from(timeline).map_err(|_| bad("timeline", &timeline.to_string()))?;
+    info!(name, lsn = %lsn_text, timeline, "restore point created");
+    Ok(RestorePointCreated {
+        name: name.to_owned(),
+        lsn,
+        timeline,
+        system_identifier,
+        time: SystemTime::now(),
+    })
+}
+
 /// What [`switch_wal`] saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use atlas_backup::pitr::{
     BASE_FILE, BaseBackupInfo, BaseBackupSource, Lsn, PitrCatalog, RecoveryTarget, RestorePlan,
+    RestorePointInfo, record_restore_point,
 };
 use atlas_backup::repo::{BackupKind, BackupOptions, MirrorSet, Repository};
 use atlas_backup::schedule::{PointInTimeJob, WalSwitched, job_fn, switcher_fn};
@@ -75,6 +76,57 @@ pub(crate) async fn pg_switch_wal(args: &PgSwitchWalArgs) -> ProgramResult {
             .as_secs_f64(),
         status.failed_count
     );
+    Ok(true)
+}
+
+/// `pg-restore-point`.
+#[derive(Debug, Args)]
+pub(crate) struct PgRestorePointArgs {
+    /// The name (at most 63 bytes); restore to it with
+    /// `pg-restore --target-name NAME`.
+    name: String,
+    /// The server (URL or key=value string); default: libpq's environment.
+    #[arg(long, value_name = "DSN")]
+    dsn: Option<String>,
+    /// Do not switch the WAL segment afterwards (the point is then
+    /// restorable only once the segment holding it has been archived).
+    #[arg(long)]
+    no_switch_wal: bool,
+    /// How long to wait for the archiver after the switch.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+pub(crate) async fn pg_restore_point(cli: &Cli, args: &PgRestorePointArgs) -> ProgramResult {
+    atlas_backup::pitr::check_restore_point_name(&args.name)?;
+    let set = MirrorSet::new(open_all(cli).await?, mirror_policy(cli))?;
+    let client = connection(args.dsn.as_deref())?.connect().await?;
+    let made = pg::create_restore_point(&client, &args.name).await?;
+    let info = RestorePointInfo::new(
+        made.name,
+        Lsn(made.lsn),
+        made.timeline,
+        made.system_identifier,
+        made.time,
+    )?;
+    let id = record_restore_point(&set, &info).await?;
+    print!(
+        "restore point {:?} at {} (timeline {}) recorded as {}",
+        info.name,
+        info.lsn,
+        info.timeline,
+        id.short()
+    );
+    if args.no_switch_wal {
+        println!("; restorable once its WAL segment is archived");
+    } else {
+        let switch = pg::switch_wal(&client, args.timeout).await?;
+        println!(
+            "; segment {} archived after {:.3} s",
+            switch.segment,
+            switch.waited.as_secs_f64()
+        );
+    }
     Ok(true)
 }
 
