@@ -9,6 +9,7 @@
 //! | `/ready` | 200 `ready` once listening; 503 `draining` after SIGTERM |
 //! | `/bytes/N` | 200 with a `text/plain` body of N bytes (at most 16 MiB; 400 above or for a bad N), for benchmarks |
 //! | `/drain` | reads the whole request body, then 200 `read N` (every other path answers without reading it) |
+//! | `/ledger/N` | with `--ledger-target` (feature `postgres`): commits row N to PostgreSQL, then 200 `committed N`; 503 when the write failed (see [`crate::ledger`]) |
 //! | anything else | 200 `{version} {slot} {replica}`, or 500 for the `--error-rate` share |
 //!
 //! Every answer carries the header `x-app-version: {version}`.
@@ -66,6 +67,8 @@ usage: demo-app [OPTIONS]
   --fail-health        answer /health with 500
   --exit-after SECS    crash (exit status 3) after SECS seconds
   --drain-delay-ms N   after SIGTERM, keep accepting for N ms while /ready says 503 (default 0)
+  --ledger-target FILE /ledger/N commits row N to the PostgreSQL database FILE names
+                       (a connection string; password from PGPASSWORD; feature postgres)
   -h, --help           print this help";
 
 /// How the demo app runs; see [`USAGE`] for the flags that set each field.
@@ -90,6 +93,8 @@ pub struct DemoConfig {
     pub exit_after: Option<Duration>,
     /// After a shutdown signal, keep accepting (with `/ready` at 503) this long.
     pub drain_delay: Duration,
+    /// The file naming the ledger's database (`/ledger/N`), if any.
+    pub ledger_target: Option<std::path::PathBuf>,
 }
 
 impl DemoConfig {
@@ -105,6 +110,7 @@ impl DemoConfig {
             fail_health: false,
             exit_after: None,
             drain_delay: Duration::ZERO,
+            ledger_target: None,
         }
     }
 }
@@ -218,6 +224,16 @@ where
                 })?;
                 config.exit_after = Some(after);
             }
+            "--ledger-target" => {
+                let v = non_empty("--ledger-target", value("--ledger-target")?)?;
+                if !cfg!(feature = "postgres") {
+                    return Err(args_error(
+                        "--ledger-target",
+                        "this build has no PostgreSQL client (build with --features postgres)",
+                    ));
+                }
+                config.ledger_target = Some(v.into());
+            }
             "--fail-health" => {
                 if inline.is_some() {
                     return Err(args_error("--fail-health", "takes no value"));
@@ -278,6 +294,8 @@ struct App {
     version: HeaderValue,
     draining: AtomicBool,
     requests: AtomicU64,
+    #[cfg(feature = "postgres")]
+    ledger: Option<crate::ledger::Ledger>,
 }
 
 impl App {
@@ -310,6 +328,11 @@ pub async fn serve(
     let exit_after = config.exit_after;
     let drain_delay = config.drain_delay;
     let app = Arc::new(App {
+        #[cfg(feature = "postgres")]
+        ledger: config
+            .ledger_target
+            .as_ref()
+            .map(crate::ledger::Ledger::new),
         config,
         version,
         draining: AtomicBool::new(false),
@@ -455,6 +478,35 @@ async fn handle(
         let headers = response.headers_mut();
         headers.insert(VERSION_HEADER, app.version.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return Ok(response);
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(id) = req.uri().path().strip_prefix("/ledger/") {
+        let (status, body) = match (&app.ledger, id.parse::<i64>()) {
+            (None, _) => (
+                StatusCode::NOT_FOUND,
+                "no ledger (--ledger-target)\n".to_string(),
+            ),
+            (Some(_), Err(_)) => (
+                StatusCode::BAD_REQUEST,
+                "N must be a 64-bit integer\n".to_string(),
+            ),
+            (Some(ledger), Ok(id)) => match ledger.write(id).await {
+                Ok(()) => (StatusCode::OK, format!("committed {id}\n")),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "ledger write failed");
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not committed: {e}\n"),
+                    )
+                }
+            },
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(VERSION_HEADER, app.version.clone());
         return Ok(response);
     }
     let (status, body) = match req.uri().path() {
@@ -898,5 +950,66 @@ mod tests {
         );
         let err = parse_args(Vec::<String>::new(), env(&[("PORT", "x")])).unwrap_err();
         assert_eq!(err.flag, "PORT");
+    }
+
+    /// The ledger against real PostgreSQL: writes are acknowledged only
+    /// once committed, a target that cannot be reached answers 503 (not
+    /// acknowledged) without taking the app down, and rewriting the target
+    /// file moves the next write to the database it names.
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL; run: cargo xtask test"]
+    async fn ledger_writes_follow_the_target_file() {
+        let url = std::env::var("ATLAS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".into());
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("db-target");
+        std::fs::write(&target, &url).unwrap();
+        let mut c = config();
+        c.ledger_target = Some(target.clone());
+        let mut app = Running::start(c).await;
+        // Ids no earlier run used: the clock in microseconds, times 8.
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        let base = i64::try_from(micros).unwrap() * 8;
+        for id in base..base + 3 {
+            let (status, _, body) = app.get(&format!("/ledger/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body, format!("committed {id}\n"));
+        }
+        // A target nobody listens on: not acknowledged.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        std::fs::write(
+            &target,
+            format!("host=127.0.0.1 port={} dbname=postgres", closed.port()),
+        )
+        .unwrap();
+        let (status, _, body) = app.get(&format!("/ledger/{}", base + 3)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("not committed"), "{body}");
+        assert_eq!(
+            app.get("/health").await.0,
+            StatusCode::OK,
+            "the app stays up"
+        );
+        // Back to the real database.
+        std::fs::write(&target, &url).unwrap();
+        let (status, _, _) = app.get(&format!("/ledger/{}", base + 4)).await;
+        assert_eq!(status, StatusCode::OK);
+        let client = crate::ledger::connect(&url).await.unwrap();
+        let ids = crate::ledger::ledger_ids(&client).await.unwrap();
+        let mine: Vec<i64> = ids.range(base..base + 5).copied().collect();
+        assert_eq!(
+            mine,
+            [base, base + 1, base + 2, base + 4],
+            "exactly the acknowledged writes"
+        );
+        assert_eq!(app.get("/ledger/x").await.0, StatusCode::BAD_REQUEST);
+        app.shutdown();
     }
 }

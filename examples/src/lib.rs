@@ -5,5 +5,7 @@ pub mod autoscale_sim;
 pub mod cli;
 pub mod demo_app;
 pub mod interrupt;
+#[cfg(feature = "postgres")]
+pub mod ledger;
 pub mod load;
 pub mod main_support;
