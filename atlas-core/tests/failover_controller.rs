@@ -266,8 +266,15 @@ async fn a_lost_primary_region_moves_traffic_activates_the_standby_then_fences_a
     let mut rx = c.subscribe();
     let h = c.start().await.unwrap();
     tokio::time::sleep(Duration::from_secs(15)).await;
+    rig.db.set_lag(Some(Duration::from_secs(3)), Some(4096));
     rig.fail("us-east");
     let events = collect_until(&mut rx, "failover done", is_done).await;
+    // The recovery point: the standby's lag when the primary was fenced.
+    assert!(events.iter().any(|k| matches!(
+        k,
+        FailoverEventKind::DatabaseFenced { replication_lag: Some(lag), synchronous: false, .. }
+            if *lag == Duration::from_secs(3)
+    )));
     // us-east's 40 % cannot go to eu-west and ap-south alone (they take at
     // most 52.5 + 37.5 %): the standby takes its sized share.
     assert_eq!(
@@ -302,7 +309,7 @@ async fn a_lost_primary_region_moves_traffic_activates_the_standby_then_fences_a
         rig.db
             .calls()
             .into_iter()
-            .filter(|c| *c != DatabaseCall::CheckPrimary)
+            .filter(|c| matches!(c, DatabaseCall::FencePrimary | DatabaseCall::PromoteStandby))
             .collect::<Vec<_>>(),
         [DatabaseCall::FencePrimary, DatabaseCall::PromoteStandby],
         "fence strictly before promote, once each"
@@ -624,7 +631,7 @@ async fn crash_at_write(writes: u64) {
         .db
         .calls()
         .into_iter()
-        .filter(|c| *c != DatabaseCall::CheckPrimary)
+        .filter(|c| matches!(c, DatabaseCall::FencePrimary | DatabaseCall::PromoteStandby))
         .collect();
     let first_promote = calls
         .iter()
@@ -704,7 +711,7 @@ async fn a_failing_router_or_fence_is_retried_at_the_next_check() {
         rig.db
             .calls()
             .into_iter()
-            .filter(|c| *c != DatabaseCall::CheckPrimary)
+            .filter(|c| matches!(c, DatabaseCall::FencePrimary | DatabaseCall::PromoteStandby))
             .collect::<Vec<_>>(),
         [DatabaseCall::FencePrimary, DatabaseCall::PromoteStandby],
         "no promotion was tried before the fence succeeded (the failed fence never reached the mock)"

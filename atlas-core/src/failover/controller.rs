@@ -872,6 +872,15 @@ impl Runner {
             // Fence before promote, always: a promotion is only tried once a
             // fence is recorded.
             if self.state.fence.is_none() {
+                // The recovery point, measured while the standby still
+                // reports it: the writes the promotion may lose.
+                let replication = match db.replication().await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the replication lag");
+                        None
+                    }
+                };
                 match db.fence_primary(&t.reason).await {
                     Ok(fence) => {
                         self.state.fence = Some(fence.clone());
@@ -879,6 +888,8 @@ impl Runner {
                         self.inner.emit(FailoverEventKind::DatabaseFenced {
                             fence,
                             after: decided.elapsed(),
+                            replication_lag: replication.as_ref().and_then(|r| r.lag),
+                            synchronous: replication.is_some_and(|r| r.synchronous),
                         });
                     }
                     Err(e) => {

@@ -76,6 +76,13 @@ pub enum FailoverEventKind {
         fence: Fence,
         /// Since the change was decided.
         after: Duration,
+        /// How far the standby trailed just before the fence, as
+        /// [`DatabaseFailover::replication`](crate::database::DatabaseFailover::replication)
+        /// estimated it: the recovery point (the writes a promotion may
+        /// lose). `None` when unknown.
+        replication_lag: Option<Duration>,
+        /// Replication was synchronous: no acknowledged write is lost.
+        synchronous: bool,
     },
     /// The standby database was promoted and takes writes.
     DatabasePromoted {
@@ -156,8 +163,13 @@ pub(super) fn trace(service: &ServiceName, kind: &FailoverEventKind) {
         K::TrafficMoved { weights, after } => {
             tracing::warn!(%service, %weights, after = ?after, "region traffic moved")
         }
-        K::DatabaseFenced { fence, after } => {
-            tracing::warn!(%service, node = %fence.node, method = %fence.method, after = ?after, "old primary fenced")
+        K::DatabaseFenced {
+            fence,
+            after,
+            replication_lag,
+            synchronous,
+        } => {
+            tracing::warn!(%service, node = %fence.node, method = %fence.method, after = ?after, replication_lag = ?replication_lag, synchronous, "old primary fenced")
         }
         K::DatabasePromoted { promotion, after } => {
             tracing::warn!(%service, node = %promotion.node, timeline = promotion.timeline, writable = promotion.writable, after = ?after, "standby promoted")
