@@ -677,7 +677,8 @@ async fn a_failing_router_or_fence_is_retried_at_the_next_check() {
     let plan = FaultPlan::new();
     // Call 1 applies the normal weights at start; call 2 is the failover.
     plan.add(
-        Fault::fail(FaultError::transient("dns api 503"))
+        // Not transient: not retried on the spot, so the next check does.
+        Fault::fail(FaultError::backend("dns api refused the change"))
             .on(SET_REGION_WEIGHTS)
             .nth_call(2),
     )
@@ -716,6 +717,51 @@ async fn a_failing_router_or_fence_is_retried_at_the_next_check() {
         [DatabaseCall::FencePrimary, DatabaseCall::PromoteStandby],
         "no promotion was tried before the fence succeeded (the failed fence never reached the mock)"
     );
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_router_and_store_failures_are_retried_on_the_spot() {
+    let rig = Rig::new();
+    let plan = FaultPlan::new();
+    plan.add(
+        Fault::fail(FaultError::transient("dns api 503"))
+            .on(SET_REGION_WEIGHTS)
+            .nth_call(2),
+    )
+    .unwrap();
+    // The decision's write is lost on the way back: it landed, the
+    // controller is told it failed, and reads it back instead of failing
+    // on its own write.
+    plan.add(
+        Fault::lose_response(FaultError::transient("connection reset"))
+            .on(COMPARE_AND_SWAP_FAILOVER)
+            .nth_call(2),
+    )
+    .unwrap();
+    let faulty = Arc::new(plan.wrap(rig.store.clone()));
+    let c = rig
+        .builder(policy())
+        .router(Arc::new(plan.wrap(rig.router.clone())))
+        .failover_store(faulty.clone())
+        .lease_store(faulty)
+        .build()
+        .unwrap();
+    let mut rx = c.subscribe();
+    let h = c.start().await.unwrap();
+    rig.fail("us-east");
+    let events = collect_until(&mut rx, "failover done", is_done).await;
+    assert!(
+        !events
+            .iter()
+            .any(|k| matches!(k, FailoverEventKind::ActionFailed { .. })),
+        "{events:?}"
+    );
+    assert_eq!(plan.counts(SET_REGION_WEIGHTS).injected, 1);
+    assert_eq!(plan.counts(COMPARE_AND_SWAP_FAILOVER).injected, 1);
+    assert_eq!(rig.weights().get(&n("us-east")), 0);
+    assert_eq!(rig.stored().in_progress, None);
+    assert!(!h.is_finished());
     h.stop().await.unwrap();
 }
 

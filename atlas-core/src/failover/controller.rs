@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::metrics::MetricProvider;
 use crate::probe::HealthProbe;
 use crate::region::{RegionName, RegionRouter, RegionSet};
+use crate::retry::{RetryConfig, Retrying};
 use crate::state::{Lease, StateStore};
 
 /// How many events a subscriber may fall behind before it loses the oldest.
@@ -49,6 +50,7 @@ pub struct FailoverControllerBuilder {
     database: Option<Arc<dyn DatabaseFailover>>,
     database_region: Option<RegionName>,
     lease_ttl: Duration,
+    retry: RetryConfig,
 }
 
 impl FailoverControllerBuilder {
@@ -124,6 +126,18 @@ impl FailoverControllerBuilder {
         self.lease_ttl = ttl;
         self
     }
+    /// How calls to the region router and the two stores that fail with a
+    /// transient error are retried ([`build`](Self::build) wraps each in a
+    /// [`Retrying`]); default [`RetryConfig::control_plane`], as for the
+    /// rollout engine. A router call still failing after its retries is
+    /// tried again at the next check; a store call still failing stops the
+    /// controller. The database is not wrapped: a promotion whose outcome
+    /// is unknown is not safe to repeat at once, so failed database actions
+    /// wait for the next check.
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = retry;
+        self
+    }
 
     /// Checks the settings and builds the controller.
     ///
@@ -137,7 +151,7 @@ impl FailoverControllerBuilder {
     /// `failover.endpoints.<region>`, `failover.metrics_provider`,
     /// `failover.database` when a trigger needs what is not given; an
     /// endpoint, database region or capacity naming a region not in the
-    /// set; `failover.lease_ttl` under 30 ms.
+    /// set; `failover.lease_ttl` under 30 ms; `failover.retry.*`.
     pub fn build(self) -> Result<FailoverController> {
         let missing = |what: &str| Error::invalid(format!("failover.{what}"), "is required");
         let service = self.service.ok_or_else(|| missing("service"))?;
@@ -156,6 +170,7 @@ impl FailoverControllerBuilder {
         })?;
         let policy = self.policy;
         policy.validate()?;
+        self.retry.validate("failover.retry")?;
         if self.lease_ttl < Duration::from_millis(30) {
             return Err(Error::invalid(
                 "failover.lease_ttl",
@@ -232,9 +247,9 @@ impl FailoverControllerBuilder {
                     metrics: self.metrics,
                     database: self.database.clone(),
                 },
-                router,
-                store,
-                leases,
+                router: Arc::new(Retrying::new(router, self.retry.clone())?),
+                store: Arc::new(Retrying::new(store, self.retry.clone())?),
+                leases: Arc::new(Retrying::new(leases, self.retry)?),
                 database: self.database,
                 database_region: self.database_region,
                 lease_ttl: self.lease_ttl,
@@ -369,6 +384,7 @@ impl FailoverController {
             database: None,
             database_region: None,
             lease_ttl: Duration::from_secs(15),
+            retry: RetryConfig::control_plane(),
         }
     }
 
