@@ -14,9 +14,9 @@ use atlas_core::failover::{
 };
 use atlas_core::region::{Region, RegionName, RegionRouter, RegionSet, RegionWeights};
 use atlas_core::testing::{
-    COMPARE_AND_SWAP_FAILOVER, DatabaseCall, FENCE_PRIMARY, Fault, FaultError, FaultPlan,
-    MemoryStateStore, MockDatabase, ProbeScript, RecordingRegionRouter, SET_REGION_WEIGHTS,
-    ScriptedMetrics, ScriptedProbe,
+    COMPARE_AND_SWAP_FAILOVER, CollectingNotifier, DatabaseCall, FENCE_PRIMARY, Fault, FaultError,
+    FaultPlan, MemoryStateStore, MockDatabase, ProbeScript, RecordingRegionRouter,
+    SET_REGION_WEIGHTS, ScriptedMetrics, ScriptedProbe,
 };
 use atlas_core::{Endpoint, ErrorKind, ProbeOutcome, ServiceName};
 use tokio::sync::broadcast;
@@ -262,7 +262,12 @@ async fn three_failed_health_checks_fail_a_region_over_and_two_do_not() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_primary_region_moves_traffic_activates_the_standby_then_fences_and_promotes() {
     let rig = Rig::new();
-    let c = rig.controller(policy());
+    let notifier = CollectingNotifier::new();
+    let c = rig
+        .builder(policy())
+        .notifier(Arc::new(notifier.clone()))
+        .build()
+        .unwrap();
     let mut rx = c.subscribe();
     let h = c.start().await.unwrap();
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -319,6 +324,9 @@ async fn a_lost_primary_region_moves_traffic_activates_the_standby_then_fences_a
     assert_eq!(state.promotion.as_ref().unwrap().node, "db-standby");
     assert_eq!(state.fence.as_ref().unwrap().node, "db-primary");
     assert_eq!(rig.db.primary(), "db-standby");
+    let sent = notifier.wait_for(1).await;
+    assert_eq!(sent[0].summary, "checkout: failed over in 2s");
+    assert_eq!(sent[0].severity, atlas_core::Severity::Critical);
     h.stop().await.unwrap();
 }
 

@@ -21,6 +21,7 @@ use crate::database::DatabaseFailover;
 use crate::domain::{Endpoint, ServiceName};
 use crate::error::{Error, Result};
 use crate::metrics::MetricProvider;
+use crate::notify::{Notification, Notifier, Severity};
 use crate::probe::HealthProbe;
 use crate::region::{RegionName, RegionRouter, RegionSet};
 use crate::retry::{RetryConfig, Retrying};
@@ -51,6 +52,7 @@ pub struct FailoverControllerBuilder {
     database_region: Option<RegionName>,
     lease_ttl: Duration,
     retry: RetryConfig,
+    notifiers: Vec<Arc<dyn Notifier>>,
 }
 
 impl FailoverControllerBuilder {
@@ -124,6 +126,14 @@ impl FailoverControllerBuilder {
     /// Lease duration; renewed every third of it. Default 15 s.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
+        self
+    }
+    /// Adds a notifier: it hears of every finished failover and failback,
+    /// of healthy regions short of capacity, and of a failover that is
+    /// impossible. Notifiers never hold the controller up; their failures
+    /// are logged.
+    pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifiers.push(notifier);
         self
     }
     /// How calls to the region router and the two stores that fail with a
@@ -254,6 +264,7 @@ impl FailoverControllerBuilder {
                 database_region: self.database_region,
                 lease_ttl: self.lease_ttl,
                 events,
+                notifiers: self.notifiers,
             }),
         })
     }
@@ -272,6 +283,7 @@ struct Inner {
     database_region: Option<RegionName>,
     lease_ttl: Duration,
     events: broadcast::Sender<FailoverEvent>,
+    notifiers: Vec<Arc<dyn Notifier>>,
 }
 
 impl Inner {
@@ -281,12 +293,54 @@ impl Inner {
 
     fn emit(&self, kind: FailoverEventKind) {
         trace(&self.service, &kind);
+        self.notify(&kind);
         // No subscribers is fine: events are also logged.
         let _ = self.events.send(FailoverEvent {
             service: self.service.clone(),
             at: SystemTime::now(),
             kind,
         });
+    }
+}
+
+impl Inner {
+    /// The notification of `kind`, if it is one people hear of.
+    fn notify(&self, kind: &FailoverEventKind) {
+        let svc = &self.service;
+        let (severity, summary) = match kind {
+            FailoverEventKind::FailoverDone { after } => (
+                Severity::Critical,
+                format!(
+                    "{svc}: failed over in {}",
+                    humantime::format_duration(*after)
+                ),
+            ),
+            FailoverEventKind::FailbackDone { weights, .. } => (
+                Severity::Info,
+                format!("{svc}: failed back, traffic {weights}"),
+            ),
+            FailoverEventKind::CapacityShort { short_by } => (
+                Severity::Critical,
+                format!("{svc}: healthy regions are {short_by} % of traffic short of capacity"),
+            ),
+            FailoverEventKind::FailoverBlocked { reason } => (
+                Severity::Critical,
+                format!("{svc}: cannot fail over: {reason}"),
+            ),
+            _ => return,
+        };
+        let notification = Notification::new(severity, summary)
+            .with_label("service", svc.as_str())
+            .with_label("controller", &self.id);
+        for n in &self.notifiers {
+            let n = n.clone();
+            let notification = notification.clone();
+            tokio::spawn(async move {
+                if let Err(e) = n.notify(&notification).await {
+                    tracing::warn!(error = %e, "notifier failed");
+                }
+            });
+        }
     }
 }
 
@@ -385,6 +439,7 @@ impl FailoverController {
             database_region: None,
             lease_ttl: Duration::from_secs(15),
             retry: RetryConfig::control_plane(),
+            notifiers: Vec::new(),
         }
     }
 
