@@ -13,8 +13,8 @@ use atlas_core::failover::{
 };
 use atlas_core::region::{Region, RegionName, RegionSet};
 use atlas_core::testing::{
-    MemoryStateStore, MockWorkloads, ProbeScript, RecordingRegionRouter, RecordingRouter,
-    ScriptedProbe,
+    COMPARE_AND_SWAP_FAILOVER, Fault, FaultError, FaultPlan, MemoryStateStore, MockWorkloads,
+    ProbeScript, RecordingRegionRouter, RecordingRouter, ScriptedProbe,
 };
 use atlas_core::{
     BlueGreen, Canary, CanaryStep, Endpoint, Engine, ErrorKind, Outcome, Release, Rollout,
@@ -85,6 +85,13 @@ impl World {
 
     /// A controller that moves traffic only (no metrics, no database).
     fn controller(&self) -> FailoverController {
+        self.controller_on(Arc::new(self.store.clone()))
+    }
+
+    fn controller_on<S>(&self, store: Arc<S>) -> FailoverController
+    where
+        S: FailoverStore + atlas_core::StateStore + 'static,
+    {
         let mut policy = FailoverPolicy::specification();
         policy.metrics.clear();
         policy.database = None;
@@ -93,7 +100,7 @@ impl World {
             .regions(regions())
             .policy(policy)
             .router(Arc::new(self.region_router.clone()))
-            .store(Arc::new(self.store.clone()))
+            .store(store)
             .probe(Arc::new(self.region_probe.clone()));
         for (i, r) in regions().regions().iter().enumerate() {
             let addr = format!("127.0.0.1:{}", 9200 + i).parse().unwrap();
@@ -344,4 +351,56 @@ async fn an_engine_without_the_failover_store_does_not_look() {
             .contains("failback of checkout is in progress"),
         "{e}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_controller_crashing_before_it_names_the_rollout_leaves_it_to_the_next() {
+    let w = World::new().await;
+    let handle = w.engine().start(w.canary(None)).await.unwrap();
+    handle
+        .watch()
+        .wait_for(|s| s.paused)
+        .await
+        .expect("the rollout runs");
+    // Writes: the first state, the decision; the third (naming the
+    // rollout) fails and stops the controller.
+    let plan = FaultPlan::new();
+    plan.add(
+        Fault::fail(FaultError::backend("store crashed"))
+            .on(COMPARE_AND_SWAP_FAILOVER)
+            .after_successes(2),
+    )
+    .unwrap();
+    let first = w.controller_on(Arc::new(plan.wrap(w.store.clone())));
+    let h = first.start().await.unwrap();
+    w.region_probe
+        .script("us-east", ProbeScript::Failing("connection refused".into()));
+    assert!(h.wait().await.is_err());
+    let stored = w.store.load_failover(&w.svc).await.unwrap().unwrap().value;
+    assert!(stored.in_progress.is_some());
+    assert_eq!(stored.abort_rollout, None);
+
+    // The mark alone stops the rollout; the next controller finishes the
+    // failover.
+    let second = w.controller();
+    let mut rx = second.subscribe();
+    let h = second.start().await.unwrap();
+    wait_for(&mut rx, |k| {
+        matches!(k, FailoverEventKind::FailoverDone { .. })
+    })
+    .await;
+    let outcome = handle.wait().await.unwrap();
+    assert!(
+        matches!(&outcome, Outcome::RolledBack { reason } if reason.contains("failover")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        w.router.current(&w.svc),
+        Some(TrafficSplit::all_to(Slot::Blue))
+    );
+    assert_eq!(
+        w.region_router.current(&w.svc).unwrap().get(&n("us-east")),
+        0
+    );
+    h.stop().await.unwrap();
 }

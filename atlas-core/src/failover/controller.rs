@@ -538,6 +538,7 @@ impl FailoverController {
             traffic_applied: false,
             recovered: BTreeSet::new(),
             blocked: None,
+            rollout_checked: false,
         };
         let join = tokio::spawn(runner.run(resumed).instrument(span));
         FailoverHandle {
@@ -658,6 +659,8 @@ struct Runner {
     recovered: BTreeSet<RegionName>,
     /// The last reason a failover was impossible, so it is reported once.
     blocked: Option<String>,
+    /// The rollout state was read for the change in progress.
+    rollout_checked: bool,
 }
 
 impl Runner {
@@ -863,15 +866,21 @@ impl Runner {
         .await
     }
 
-    /// Writes the decided `next` state (the change marked in progress),
-    /// then names a running rollout for its engine to abort.
+    /// Writes the decided `next` state, the change marked in progress; the
+    /// rest is [`finish`](Self::finish)'s.
     async fn begin(&mut self, next: FailoverState, decided: Instant) -> Result<()> {
         self.state = next;
         self.persist().await?;
         self.decided = Some(decided);
         self.traffic_applied = false;
-        // Read after the in-progress mark is stored: a rollout that starts
-        // from here on sees the mark; one that started before is seen here.
+        self.rollout_checked = false;
+        Ok(())
+    }
+
+    /// Names an unfinished rollout of the service for its engine to abort.
+    /// Read after the in-progress mark is stored: a rollout that starts from
+    /// then on sees the mark; one that started before is seen here.
+    async fn interrupt_rollout(&mut self) -> Result<()> {
         match self.inner.leases.load(&self.inner.service).await {
             Ok(Some(v))
                 if !v.value.phase.is_terminal()
@@ -891,6 +900,7 @@ impl Runner {
                 tracing::warn!(error = %e, "could not read the rollout state");
             }
         }
+        self.rollout_checked = true;
         Ok(())
     }
 
@@ -931,6 +941,10 @@ impl Runner {
         let decided = *self.decided.get_or_insert_with(Instant::now);
         if !self.traffic_applied && !self.apply_weights().await {
             return Ok(());
+        }
+        // Traffic first (the recovery time), then the rollout.
+        if !self.rollout_checked {
+            self.interrupt_rollout().await?;
         }
         if t.database {
             let Some(db) = self.inner.database.clone() else {

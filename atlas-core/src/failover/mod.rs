@@ -19,11 +19,11 @@
 //!    change marked [in progress](FailoverState::in_progress), to the store
 //!    — the write comes first, so a controller that crashes after it is
 //!    resumed by the next one, which applies the same weights again;
-//! 2. names an unfinished rollout of the service, if there is one, for its
-//!    engine to abort (see below);
-//! 3. **moves traffic** in one
+//! 2. **moves traffic** in one
 //!    [`set_region_weights`](crate::region::RegionRouter::set_region_weights)
 //!    call;
+//! 3. names an unfinished rollout of the service, if there is one, for its
+//!    engine to abort (see below);
 //! 4. when the failed region holds the primary database (or the database
 //!    trigger fired): **fences** the old primary, records the fence,
 //!    **promotes** the standby, records the promotion — a resumed
