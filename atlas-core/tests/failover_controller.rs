@@ -867,6 +867,57 @@ async fn a_resumed_change_skips_the_recorded_fence() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_database_that_forgot_the_recorded_fence_is_fenced_again_before_promotion() {
+    let rig = Rig::new();
+    // The fence is recorded in the state, but the database adapter was
+    // restarted and keeps its fence in memory: it refuses to promote.
+    let mut state = FailoverState::new(
+        RegionWeights::new([
+            (n("us-east"), 0),
+            (n("eu-west"), 35),
+            (n("ap-south"), 25),
+            (n("us-west"), 40),
+        ])
+        .unwrap(),
+    );
+    state.fence = Some(MockDatabase::new().fence_primary("earlier").await.unwrap());
+    state.in_progress = Some(Transition {
+        kind: TransitionKind::Failover,
+        reason: "us-east: 3 consecutive failed health checks".into(),
+        started: std::time::SystemTime::now(),
+        database: true,
+    });
+    rig.store
+        .compare_and_swap_failover(&rig.svc, None, &state)
+        .await
+        .unwrap();
+    let c = rig.controller(policy());
+    let mut rx = c.subscribe();
+    let h = c.start().await.unwrap();
+    wait_for(&mut rx, "failover done", is_done).await;
+    assert_eq!(
+        rig.db
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, DatabaseCall::FencePrimary | DatabaseCall::PromoteStandby))
+            .collect::<Vec<_>>(),
+        [
+            DatabaseCall::PromoteStandby,
+            DatabaseCall::FencePrimary,
+            DatabaseCall::PromoteStandby
+        ],
+        "refused, fenced again, promoted"
+    );
+    assert!(rig.db.promotion().is_some());
+    assert_eq!(
+        rig.stored().fence,
+        state.fence,
+        "the recorded fence is kept"
+    );
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn two_controllers_racing_for_one_service_one_wins() {
     let rig = Rig::new();
     let a = rig.controller(policy());

@@ -19,7 +19,7 @@ use super::store::{FailedRegion, FailoverState, FailoverStore, Transition, Trans
 use super::weights::redistribute;
 use crate::database::DatabaseFailover;
 use crate::domain::{Endpoint, ServiceName};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::MetricProvider;
 use crate::notify::{Notification, Notifier, Severity};
 use crate::probe::HealthProbe;
@@ -984,7 +984,21 @@ impl Runner {
                 }
             }
             if self.state.promotion.is_none() {
-                match db.promote_standby().await {
+                let mut promoted = db.promote_standby().await;
+                if let Err(e) = &promoted
+                    && e.kind() == ErrorKind::Precondition
+                {
+                    // The fence is recorded here but the adapter does not
+                    // know it (it was restarted with the controller and
+                    // keeps its fence in memory): fence again, which the
+                    // contract makes idempotent, then promote.
+                    tracing::warn!(error = %e, "promotion refused for want of a fence; fencing again");
+                    promoted = match db.fence_primary(&t.reason).await {
+                        Ok(_) => db.promote_standby().await,
+                        Err(e) => Err(e),
+                    };
+                }
+                match promoted {
                     Ok(promotion) => {
                         self.state.promotion = Some(promotion.clone());
                         self.persist().await?;

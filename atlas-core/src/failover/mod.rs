@@ -27,7 +27,10 @@
 //! 4. when the failed region holds the primary database (or the database
 //!    trigger fired): **fences** the old primary, records the fence,
 //!    **promotes** the standby, records the promotion — a resumed
-//!    controller skips what is recorded, and never promotes before a fence;
+//!    controller skips what is recorded, and never promotes before a fence
+//!    (if the database refuses the promotion for want of a fence because
+//!    the adapter, restarted too, has forgotten the recorded one, it fences
+//!    again, which the contract makes idempotent, and promotes);
 //! 5. clears the in-progress mark.
 //!
 //! A failed action of the router or the database is reported
