@@ -192,7 +192,7 @@ impl Monitor {
             let mut healthy = true;
             match &check.probe {
                 Some(Verdict::Fail(reason)) => {
-                    t.probe_failures += 1;
+                    t.probe_failures = t.probe_failures.saturating_add(1);
                     healthy = false;
                     if let Some(h) = &policy.health
                         && t.probe_failures >= h.consecutive_failures
@@ -210,7 +210,7 @@ impl Monitor {
             for (i, (verdict, trigger)) in check.metrics.iter().zip(&policy.metrics).enumerate() {
                 match verdict {
                     Verdict::Fail(reason) => {
-                        t.metric_breaches[i] += 1;
+                        t.metric_breaches[i] = t.metric_breaches[i].saturating_add(1);
                         healthy = false;
                         if t.metric_breaches[i] >= trigger.consecutive {
                             failing.push(if trigger.consecutive > 1 {
@@ -230,7 +230,7 @@ impl Monitor {
                 if t.healthy_checks == 0 {
                     t.healthy_since = Some(now);
                 }
-                t.healthy_checks += 1;
+                t.healthy_checks = t.healthy_checks.saturating_add(1);
             } else {
                 t.failing_since.get_or_insert(now);
                 t.healthy_checks = 0;
