@@ -9,7 +9,10 @@
 //!
 //! It also holds the contracts the other engines and adapters meet: the
 //! backup-target object contract ([`backup`]) and the migration-driver
-//! contract ([`migration`]). The engines built on them live in their own
+//! contract ([`migration`]); and multi-region [`failover`]: the
+//! [`region`] router and [`database`] contracts and a controller that
+//! moves traffic between regions and promotes the standby database by a
+//! policy, interlocked with the rollout engine. The engines built on them live in their own
 //! crates, `atlas-backup` and `atlas-migrate`, so a tool that only rolls
 //! out compiles no compression, cryptography or SQL parser.
 //!

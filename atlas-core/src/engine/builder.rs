@@ -7,6 +7,7 @@ use super::log::EventLog;
 use super::shared::{Shared, random_id};
 use super::start::Engine;
 use crate::error::{Error, Result};
+use crate::failover::FailoverStore;
 use crate::hooks::RolloutHook;
 use crate::metrics::MetricProvider;
 use crate::notify::Notifier;
@@ -32,6 +33,7 @@ pub struct EngineBuilder {
     poll_interval: Duration,
     retry: RetryConfig,
     desired: Option<DesiredReplicas>,
+    failover: Option<Arc<dyn FailoverStore>>,
 }
 
 impl Engine {
@@ -49,6 +51,7 @@ impl Engine {
             poll_interval: Duration::from_secs(1),
             retry: RetryConfig::control_plane(),
             desired: None,
+            failover: None,
         }
     }
 }
@@ -137,6 +140,21 @@ impl EngineBuilder {
         self
     }
 
+    /// Interlocks rollouts with a multi-region
+    /// [`FailoverController`](crate::failover::FailoverController) that
+    /// persists in `store`: a rollout does not start while a failover of
+    /// its service is in progress (a
+    /// [`Precondition`](Error::Precondition) error naming it), and a
+    /// running rollout is aborted (all traffic back to its stable slot)
+    /// when a failover begins — checked before every step and every third
+    /// of the lease time-to-live during a step or pause. See
+    /// [the interlock](crate::failover#the-rollout-interlock). Without it
+    /// the engine does not look at failovers.
+    pub fn failover_store(mut self, store: Arc<dyn FailoverStore>) -> Self {
+        self.failover = Some(store);
+        self
+    }
+
     /// Checks the settings and builds the engine.
     ///
     /// # Errors
@@ -174,6 +192,7 @@ impl EngineBuilder {
             lease_ttl: self.lease_ttl,
             poll_interval: self.poll_interval,
             desired: self.desired,
+            failover: self.failover,
         }))
     }
 }

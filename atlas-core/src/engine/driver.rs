@@ -35,6 +35,8 @@ enum Interrupt {
     Pause,
     Abort,
     Skip,
+    /// A failover of the service began: abort for this reason.
+    Failover(String),
 }
 
 impl Driver {
@@ -80,6 +82,26 @@ impl Driver {
         self.version = v;
         self.state_tx.send_replace(self.state.clone());
         Ok(())
+    }
+
+    /// Why a failover stops this rollout, or `None`. A rollout past its
+    /// point of no return finishes; an unreadable failover store is logged
+    /// and does not stop the rollout.
+    async fn failover_block(&self) -> Option<String> {
+        if self.state.promoted {
+            return None;
+        }
+        match self
+            .shared
+            .failover_block(&self.state.rollout.service, Some(&self.state.id))
+            .await
+        {
+            Ok(reason) => reason,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the failover state; going on");
+                None
+            }
+        }
     }
 
     async fn renew(&self) -> Result<()> {
@@ -185,6 +207,9 @@ impl Driver {
             );
             return Ok(());
         };
+        if let Some(reason) = self.failover_block().await {
+            return self.fail(reason).await;
+        }
         let index = self.state.step;
         if self.skippable(&step) {
             if step.is_pause() {
@@ -213,7 +238,12 @@ impl Driver {
                         break Err(i);
                     }
                 }
-                _ = renew.tick() => self.renew().await?,
+                _ = renew.tick() => {
+                    self.renew().await?;
+                    if let Some(reason) = self.failover_block().await {
+                        break Err(Interrupt::Failover(reason));
+                    }
+                }
             }
         };
         match interrupted {
@@ -246,6 +276,7 @@ impl Driver {
                 }
             }
             Err(Interrupt::Abort) => self.fail("aborted by user".into()).await?,
+            Err(Interrupt::Failover(reason)) => self.fail(reason).await?,
             Err(Interrupt::Pause) => {
                 self.state.paused = true;
                 self.persist().await?;
@@ -404,7 +435,12 @@ impl Driver {
                         }
                     }
                 }
-                _ = renew.tick() => self.renew().await?,
+                _ = renew.tick() => {
+                    self.renew().await?;
+                    if let Some(reason) = self.failover_block().await {
+                        return self.fail(reason).await;
+                    }
+                }
             }
         }
     }

@@ -22,7 +22,11 @@
 //!   wrapping them in [`Retrying`](crate::retry::Retrying) (see
 //!   [`EngineBuilder::retry`]);
 //! - emits a [`RolloutEvent`](crate::RolloutEvent) for everything it does,
-//!   to subscribers and as `tracing` events inside a `rollout` span.
+//!   to subscribers and as `tracing` events inside a `rollout` span;
+//! - with [`EngineBuilder::failover_store`], gives way to a multi-region
+//!   failover of the service: it starts no rollout while one is in
+//!   progress and aborts a running one when one begins (see
+//!   [the interlock](crate::failover#the-rollout-interlock)).
 //!
 //! The progress deadline bounds every step that waits on the platform
 //! (deploy, probe, scale, router calls). Pauses and analyses are bounded by

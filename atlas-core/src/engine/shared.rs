@@ -8,7 +8,10 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::log::EventLog;
+use crate::domain::ServiceName;
 use crate::error::{Error, Result};
+use crate::failover::FailoverStore;
+use crate::failover::interlock::rollout_blocked;
 use crate::hooks::RolloutHook;
 use crate::metrics::MetricProvider;
 use crate::probe::HealthProbe;
@@ -32,6 +35,9 @@ pub(super) struct Shared {
     pub(super) poll_interval: Duration,
     /// Replica counts shared with an autoscaler, if one was given.
     pub(super) desired: Option<DesiredReplicas>,
+    /// Where a failover controller of the service records its changes, if
+    /// rollouts are interlocked with one.
+    pub(super) failover: Option<Arc<dyn FailoverStore>>,
 }
 
 impl Shared {
@@ -56,6 +62,21 @@ impl Shared {
             self.analysis_provider()?;
         }
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Why a rollout of `service` (`rollout`: the running one's id) must
+    /// not start or go on because of a failover, or `None`.
+    pub(super) async fn failover_block(
+        &self,
+        service: &ServiceName,
+        rollout: Option<&str>,
+    ) -> Result<Option<String>> {
+        match &self.failover {
+            Some(store) => rollout_blocked(store.as_ref(), service, rollout).await,
+            None => Ok(None),
+        }
     }
 }
 

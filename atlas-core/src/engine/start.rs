@@ -122,7 +122,11 @@ impl Engine {
     /// another engine holds the service's lease or an unfinished rollout of
     /// the service is in the store (use [`Engine::resume`] for that), and
     /// with [`InvalidInput`](Error::InvalidInput) when the rollout is
-    /// invalid or uses analysis and the engine has no metric provider.
+    /// invalid or uses analysis and the engine has no metric provider, and
+    /// with [`Precondition`](Error::Precondition) naming the failover when
+    /// the engine is interlocked with a failover controller
+    /// ([`EngineBuilder::failover_store`](crate::EngineBuilder::failover_store))
+    /// whose failover of the service is in progress.
     pub async fn start(&self, rollout: Rollout) -> Result<RolloutHandle> {
         rollout.validate()?;
         self.shared.check_rollout(&rollout)?;
@@ -157,6 +161,11 @@ impl Engine {
             return Err(Error::conflict(format!(
                 "rollout {} of {service} is unfinished; resume it instead of starting another",
                 v.value.id
+            )));
+        }
+        if let Some(reason) = shared.failover_block(service, None).await? {
+            return Err(Error::precondition(format!(
+                "cannot start a rollout of {service}: {reason}"
             )));
         }
         let split = shared.router.split(service).await?;

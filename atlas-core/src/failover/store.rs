@@ -42,6 +42,44 @@ pub struct FailoverState {
     /// The standby database was promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<Promotion>,
+    /// The change the controller decided and has not finished: the
+    /// weights above are applied again and the database steps not yet
+    /// recorded are done by whichever controller finds it. While it is set,
+    /// rollouts of the service may not start (see the
+    /// [interlock](crate::failover#the-rollout-interlock)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<Transition>,
+    /// The id of a rollout that was unfinished when a change began: its
+    /// engine aborts it at its next check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_rollout: Option<String>,
+}
+
+/// What a [`Transition`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionKind {
+    /// Moves traffic away from failed regions and/or switches the database.
+    Failover,
+    /// Gives recovered regions their traffic back.
+    Failback,
+}
+
+/// A change of region weights (and maybe of the primary database) that a
+/// controller decided and has not yet finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Failover or failback.
+    pub kind: TransitionKind,
+    /// Why, in words: the triggers that fired or the regions that
+    /// recovered.
+    pub reason: String,
+    /// When it was decided.
+    pub started: SystemTime,
+    /// The database is switched too: fence the old primary, then promote
+    /// the standby (each skipped when already recorded in the state).
+    #[serde(default)]
+    pub database: bool,
 }
 
 impl FailoverState {
@@ -53,6 +91,8 @@ impl FailoverState {
             activated: Vec::new(),
             fence: None,
             promotion: None,
+            in_progress: None,
+            abort_rollout: None,
         }
     }
 }

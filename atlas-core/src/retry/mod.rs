@@ -5,10 +5,14 @@
 //! [`RetryConfig`] is the policy. It is applied two ways:
 //!
 //! - [`Retrying<T>`] wraps an adapter — [`Workloads`](crate::Workloads),
-//!   [`TrafficRouter`](crate::TrafficRouter) or
-//!   [`StateStore`](crate::StateStore) — and retries each of its calls. The
-//!   [`Engine`](crate::Engine) wraps the adapters it is given this way
-//!   (see [`EngineBuilder::retry`](crate::EngineBuilder::retry)).
+//!   [`TrafficRouter`](crate::TrafficRouter),
+//!   [`StateStore`](crate::StateStore),
+//!   [`RegionRouter`](crate::region::RegionRouter) or
+//!   [`FailoverStore`](crate::failover::FailoverStore) — and retries each
+//!   of its calls. The [`Engine`](crate::Engine) and the
+//!   [`FailoverController`](crate::failover::FailoverController) wrap the
+//!   adapters they are given this way (see
+//!   [`EngineBuilder::retry`](crate::EngineBuilder::retry)).
 //! - [`RetryConfig::run`] retries one replayable request; backup targets run
 //!   each request (one part of an upload, a head, a page of a listing, the
 //!   start of a download) through it, and HTTP clients their calls. A put's

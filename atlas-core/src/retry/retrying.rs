@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use super::config::RetryConfig;
 use crate::domain::{Endpoint, Release, ServiceName, Slot, SlotStatus, TrafficSplit};
 use crate::error::{Error, Result};
+use crate::failover::{FailoverState, FailoverStore};
+use crate::region::{RegionRouter, RegionWeights};
 use crate::router::TrafficRouter;
 use crate::state::{Lease, RolloutState, StateStore, Versioned};
 use crate::workloads::Workloads;
@@ -16,6 +18,8 @@ use crate::workloads::Workloads;
 const WORKLOADS: &str = "workloads";
 const ROUTER: &str = "router";
 const STATE_STORE: &str = "state-store";
+const REGION_ROUTER: &str = "region-router";
+const FAILOVER_STORE: &str = "failover-store";
 
 /// An adapter `T` whose calls are retried under a [`RetryConfig`]: a call
 /// that fails with a [transient](Error::is_transient) error (or whose
@@ -25,8 +29,8 @@ const STATE_STORE: &str = "state-store";
 /// [`retry_timeout`](RetryConfig::retry_timeout); any other error is
 /// returned at once. Each retry is a `tracing` warn event.
 ///
-/// Implements [`Workloads`], [`TrafficRouter`] and [`StateStore`] for a `T`
-/// that does. Their contracts make most calls safe to repeat: workload and
+/// Implements [`Workloads`], [`TrafficRouter`], [`StateStore`],
+/// [`RegionRouter`] and [`FailoverStore`] for a `T` that does. Their contracts make most calls safe to repeat: workload and
 /// router calls set a desired state (idempotent), `load` reads, a holder may
 /// acquire its own live lease again, renewing is idempotent, and releasing
 /// a lease no longer held is not an error. Two calls need more:
@@ -40,6 +44,8 @@ const STATE_STORE: &str = "state-store";
 ///   version is still the expected one, the write did not land and is tried
 ///   again; anything else means another writer got in between, a
 ///   `Conflict`. A `Conflict` from the store itself is never retried.
+///   [`compare_and_swap_failover`](FailoverStore::compare_and_swap_failover)
+///   is handled the same way.
 /// - [`renew_lease`](StateStore::renew_lease): retries stop once the
 ///   lease's ttl has passed since the first attempt, since a renewal after
 ///   that is moot (the holder must assume the lease lost).
@@ -230,6 +236,88 @@ impl<T: StateStore> StateStore for Retrying<T> {
             .run(STATE_STORE, "state_store.release_lease", || {
                 self.inner.release_lease(lease)
             })
+            .await
+    }
+}
+
+#[async_trait]
+impl<T: RegionRouter> RegionRouter for Retrying<T> {
+    async fn set_region_weights(
+        &self,
+        service: &ServiceName,
+        weights: &RegionWeights,
+    ) -> Result<()> {
+        self.config
+            .run(REGION_ROUTER, "region_router.set_region_weights", || {
+                self.inner.set_region_weights(service, weights)
+            })
+            .await
+    }
+
+    async fn region_weights(&self, service: &ServiceName) -> Result<Option<RegionWeights>> {
+        self.config
+            .run(REGION_ROUTER, "region_router.region_weights", || {
+                self.inner.region_weights(service)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl<T: FailoverStore> FailoverStore for Retrying<T> {
+    async fn load_failover(
+        &self,
+        service: &ServiceName,
+    ) -> Result<Option<Versioned<FailoverState>>> {
+        self.config
+            .run(FAILOVER_STORE, "failover_store.load_failover", || {
+                self.inner.load_failover(service)
+            })
+            .await
+    }
+
+    async fn compare_and_swap_failover(
+        &self,
+        service: &ServiceName,
+        expected: Option<u64>,
+        state: &FailoverState,
+    ) -> Result<u64> {
+        // As for `compare_and_swap`: once a write was sent, its outcome is
+        // unknown until an attempt returns, so the next attempt reads back.
+        let in_doubt = &AtomicBool::new(false);
+        self.config
+            .run(
+                FAILOVER_STORE,
+                "failover_store.compare_and_swap_failover",
+                || async move {
+                    if in_doubt.load(Ordering::SeqCst) {
+                        match self.inner.load_failover(service).await? {
+                            Some(v) if Some(v.version) != expected && v.value == *state => {
+                                tracing::info!(
+                                    %service,
+                                    version = v.version,
+                                    "the failover state write whose outcome was unknown had landed"
+                                );
+                                return Ok(v.version);
+                            }
+                            Some(v) if Some(v.version) == expected => {}
+                            None if expected.is_none() => {}
+                            other => {
+                                return Err(Error::conflict(format!(
+                                    "failover state of {service} changed from version {} to {} by \
+                                     another writer while the outcome of a write was unknown",
+                                    version_name(expected),
+                                    version_name(other.map(|v| v.version)),
+                                )));
+                            }
+                        }
+                    }
+                    in_doubt.store(true, Ordering::SeqCst);
+                    self.inner
+                        .compare_and_swap_failover(service, expected, state)
+                        .await
+                },
+            )
             .await
     }
 }

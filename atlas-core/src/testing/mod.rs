@@ -5,7 +5,8 @@
 //!
 //! - **Mocks**, one per adapter trait, faithful to the trait contracts and
 //!   inspectable: [`MockWorkloads`], [`RecordingRouter`], [`ScriptedProbe`],
-//!   [`ScriptedMetrics`], [`MemoryStateStore`], [`CollectingNotifier`].
+//!   [`ScriptedMetrics`], [`MemoryStateStore`], [`CollectingNotifier`],
+//!   [`RecordingRegionRouter`], [`MockDatabase`].
 //!   Each is cheap to clone, clones sharing state, so a test keeps a clone
 //!   for assertions after handing one to the engine. All of them wait on
 //!   tokio's clock, so tests run under a paused clock
@@ -79,6 +80,7 @@
 
 pub mod backup_faults;
 pub mod conformance;
+mod database;
 mod fault;
 mod guard;
 mod metrics;
@@ -91,6 +93,7 @@ mod scaler;
 mod state;
 mod workloads;
 
+pub use database::{DatabaseCall, MockDatabase};
 pub use fault::{
     CallCounts, DEFAULT_SEED, FAULT_BACKEND, Fault, FaultError, FaultPlan, Faulty, Method,
 };

@@ -13,7 +13,7 @@ use super::unique_service;
 use crate::database::{Fence, Promotion};
 use crate::domain::ServiceName;
 use crate::error::ErrorKind;
-use crate::failover::{FailedRegion, FailoverState, FailoverStore};
+use crate::failover::{FailedRegion, FailoverState, FailoverStore, Transition, TransitionKind};
 use crate::region::{RegionName, RegionWeights};
 
 /// Runs every failover store check, each on a fresh service named from
@@ -43,7 +43,8 @@ fn normal() -> FailoverState {
 }
 
 /// A failover state with every field set: a failed region, an activated
-/// standby, a fence and a promotion. Stores must round-trip it.
+/// standby, a fence, a promotion, an unfinished transition and a rollout to
+/// abort. Stores must round-trip it.
 pub fn sample_state() -> FailoverState {
     // Whole seconds: some stores keep timestamps to the microsecond.
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
@@ -76,6 +77,13 @@ pub fn sample_state() -> FailoverState {
         writable: true,
         took: Duration::from_millis(1_250),
     });
+    s.in_progress = Some(Transition {
+        kind: TransitionKind::Failover,
+        reason: "us-east: 3 consecutive failed health checks".into(),
+        started: at,
+        database: true,
+    });
+    s.abort_rollout = Some("checkout-00000000000000aa".into());
     s
 }
 

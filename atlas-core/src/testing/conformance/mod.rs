@@ -26,6 +26,7 @@ use rand::Rng;
 use crate::domain::ServiceName;
 
 pub mod backup_target;
+pub mod database_failover;
 pub mod failover_store;
 pub mod notifier;
 pub mod probe;
