@@ -4,9 +4,11 @@
 //! promised to keep. A drill compares that list with what a promoted
 //! standby holds to count the transactions a failover lost (its RPO).
 //!
-//! The database is named by a *target file* holding a connection string
-//! (libpq `key=value` or a `postgres://` URL, without a password: that
-//! comes from `PGPASSWORD`). The file is read on every write, so when a
+//! The database is named by a *target file*: the JSON connection target a
+//! PostgreSQL failover writes (`{"host": …, "port": …, "dbname": …,
+//! "user": …}`, see `atlas_storage::postgres::failover`), or a connection
+//! string (libpq `key=value` or a `postgres://` URL). Neither holds a
+//! password: that comes from `PGPASSWORD`. The file is read on every write, so when a
 //! failover rewrites it (atomically, by rename) the next write goes to the
 //! new primary; a write that fails drops the connection, and the next one
 //! connects again.
@@ -120,6 +122,40 @@ pub async fn connect(target: &str) -> Result<Client, String> {
     Ok(client)
 }
 
+/// A target file's text as connection settings: a JSON connection target
+/// (`host`, `port`, `dbname`, optional `user`) or a connection string.
+///
+/// # Errors
+/// A message naming what does not parse.
+pub fn parse_target(target: &str) -> Result<tokio_postgres::Config, String> {
+    if !target.trim_start().starts_with('{') {
+        return target.parse().map_err(|e| {
+            format!(
+                "target {:?} is not a connection string: {e}",
+                redact(target)
+            )
+        });
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(target).map_err(|e| format!("target file is not JSON: {e}"))?;
+    let text = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+    let host = text("host").ok_or("target file has no \"host\"")?;
+    let port = v
+        .get("port")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or("target file has no valid \"port\"")?;
+    let mut config = tokio_postgres::Config::new();
+    config.host(host).port(port);
+    if let Some(db) = text("dbname") {
+        config.dbname(db);
+    }
+    if let Some(user) = text("user") {
+        config.user(user);
+    }
+    Ok(config)
+}
+
 /// Every id the ledger table of `client`'s database holds.
 ///
 /// # Errors
@@ -165,6 +201,22 @@ mod tests {
             "postgres://app:***@db:5432/app"
         );
         assert_eq!(redact("host=db port=5432"), "host=db port=5432");
+    }
+
+    #[test]
+    fn targets_parse_as_json_or_connection_strings() {
+        let c = parse_target(r#"{"format":1,"node":"db-b","host":"127.0.0.1","port":5434,"dbname":"app","user":"app","timeline":2}"#).unwrap();
+        assert_eq!(c.get_ports(), [5434]);
+        assert_eq!(c.get_dbname(), Some("app"));
+        assert_eq!(c.get_user(), Some("app"));
+        let c = parse_target("host=127.0.0.1 port=5433 dbname=postgres").unwrap();
+        assert_eq!(c.get_ports(), [5433]);
+        assert!(
+            parse_target(r#"{"host":"h"}"#)
+                .unwrap_err()
+                .contains("port")
+        );
+        assert!(parse_target("{not json").unwrap_err().contains("not JSON"));
     }
 
     #[tokio::test]
