@@ -17,11 +17,13 @@
 //!   timeout)`, then checks that the server left recovery, that a write to
 //!   a probe table (`atlas_failover_probe` by default) reads back, and
 //!   that its timeline went up.
-//! - **Pointing the application at it**: after a promotion the new
-//!   primary's [`ConnectionTarget`] (host, port, database, user; never a
-//!   password) is written atomically to the target file when one is set;
-//!   the application reads it with [`ConnectionTarget::read_from`] and
-//!   reconnects when it changes.
+//! - **Pointing the application at it**: through a file, not the proxy
+//!   (Atlas's proxy carries HTTP, not the database protocol). After a
+//!   promotion the new primary's [`ConnectionTarget`] (host, port,
+//!   database, user; never a password) is written atomically to the target
+//!   file when one is set; the application (the failover example's app
+//!   among them) reads it with [`ConnectionTarget::read_from`] and
+//!   reconnects when it changes. A fenced server is never written there.
 //! - **Replication lag**: [`replication`](DatabaseFailover::replication)
 //!   reads the primary's `pg_stat_replication` and the standby's replay
 //!   position; each reading is kept ([`PostgresFailover::last_replication`]),
@@ -962,8 +964,18 @@ impl DatabaseFailover for PostgresFailover {
             roles.primary = standby;
             roles.standby = None;
             roles.fence = None;
-            if self.target_file.is_some() {
-                self.write_target_locked(&roles, Some(timeline)).await?;
+            if self.target_file.is_some()
+                && let Err(e) = self.write_target_locked(&roles, Some(timeline)).await
+            {
+                // Promoted all the same: the caller retries the file alone.
+                tracing::error!(error = %e, "promoted, but the target file was not written");
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
+                        "{} was promoted (timeline {timeline}), but the application's target                          file was not written; retry with write_target(): {e}",
+                        node.name()
+                    ),
+                ));
             }
             tracing::warn!(
                 new_primary = node.name(),
