@@ -28,6 +28,12 @@ pub enum FenceMethod {
     /// the fence is recorded as `unreachable`, and it is made read-only as
     /// soon as a later check finds it back (see
     /// [`PostgresFailover::enforce_fences`](super::PostgresFailover::enforce_fences)).
+    /// Until that check, a server restarted as it was takes writes from
+    /// clients that connect to it directly (never through the target file,
+    /// which never names a fenced server); prefer `Stop` when Atlas can
+    /// reach the data directory. A client may also `SET
+    /// default_transaction_read_only = off` itself: this fence stops
+    /// applications, not an operator.
     ReadOnly,
 }
 
