@@ -1,7 +1,7 @@
-//! The PostgreSQL state store against a real server: the state-store
-//! conformance suite, two hosts racing for the lease, fencing of a holder
-//! whose lease was taken over, and the rollout engine resuming a crashed
-//! engine's rollout through the database.
+//! The PostgreSQL state store against a real server: the state-store and
+//! failover-store conformance suites, two hosts racing for the lease,
+//! fencing of a holder whose lease was taken over, and the rollout engine
+//! resuming a crashed engine's rollout through the database.
 //!
 //! Each test creates a database with a random name and drops it after.
 //! Run: `cargo xtask test`, or with a server of your own:
@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use atlas_core::failover::FailoverStore;
 use atlas_core::testing::{MockWorkloads, RecordingRouter, ScriptedProbe, conformance};
 use atlas_core::{
     Canary, CanaryStep, Engine, ErrorKind, Outcome, Release, Rollout, ServiceName, Slot,
@@ -68,6 +69,62 @@ async fn passes_the_state_store_conformance_suite() {
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL; run: cargo xtask test"]
+async fn passes_the_failover_store_conformance_suite() {
+    let db = Database::create().await;
+    let store = db.store().await;
+    conformance::failover_store::all(&store, "pgfailover").await;
+    // Failover state and rollout state of one service are separate rows.
+    let svc = service("pgfailover-both");
+    store
+        .compare_and_swap_failover(&svc, None, &conformance::failover_store::sample_state())
+        .await
+        .unwrap();
+    assert!(store.load(&svc).await.unwrap().is_none());
+    store
+        .compare_and_swap(&svc, None, &conformance::state_store::sample_state(&svc))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_failover(&svc).await.unwrap().unwrap().value,
+        conformance::failover_store::sample_state()
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL; run: cargo xtask test"]
+async fn a_lease_taken_over_fences_the_old_holders_failover_writes() {
+    let db = Database::create().await;
+    let (a, b) = (db.store().await, db.store().await);
+    let svc = service("failover-fenced");
+    let ttl = Duration::from_millis(500);
+    a.acquire_lease(&svc, "host-a", ttl).await.unwrap();
+    let state = conformance::failover_store::sample_state();
+    let v1 = a
+        .compare_and_swap_failover(&svc, None, &state)
+        .await
+        .unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    b.acquire_lease(&svc, "host-b", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut stale = state.clone();
+    stale.activated.clear();
+    let write = a
+        .compare_and_swap_failover(&svc, Some(v1), &stale)
+        .await
+        .unwrap_err();
+    assert_eq!(write.kind(), ErrorKind::Conflict, "{write}");
+    assert!(write.to_string().contains("taken over"), "{write}");
+    assert_eq!(b.load_failover(&svc).await.unwrap().unwrap().value, state);
+    let v2 = b
+        .compare_and_swap_failover(&svc, Some(v1), &stale)
+        .await
+        .unwrap();
+    assert_eq!(v2, v1 + 1);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL; run: cargo xtask test"]
 async fn stores_connecting_at_once_create_the_tables_once() {
     let db = Database::create().await;
     let mut connecting = tokio::task::JoinSet::new();
@@ -96,7 +153,7 @@ async fn stores_connecting_at_once_create_the_tables_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(tables, ["rollouts", "rollouts_lease"]);
+    assert_eq!(tables, ["rollouts", "rollouts_failover", "rollouts_lease"]);
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@
 //!   it the driver connects in plain text. A binary that ends up with two
 //!   rustls crypto providers must install one first (see the crate docs).
 
+pub mod failover;
 pub mod pitr;
 
 use std::fmt;

@@ -120,7 +120,7 @@ impl PgTools {
     }
 
     /// A command for `program` (a path) run as the data-directory user.
-    fn as_owner(&self, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    pub(super) fn as_owner(&self, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
         match &self.run_as {
             Some(user) => {
                 let mut c = tokio::process::Command::new("runuser");
@@ -133,7 +133,7 @@ impl PgTools {
 
     /// Creates `dir` (mode 0700, owned by the data-directory user), which
     /// must not exist or be empty.
-    async fn make_data_dir(&self, dir: &Path) -> Result<()> {
+    pub(super) async fn make_data_dir(&self, dir: &Path) -> Result<()> {
         let io = |what: &str, e: std::io::Error| {
             Error::backend_with(BACKEND, format!("{what} {}", dir.display()), e)
         };
@@ -171,7 +171,7 @@ impl PgTools {
 }
 
 /// Runs `cmd` to its end; its stderr goes into the error on failure.
-async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<String> {
+pub(super) async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -274,7 +274,7 @@ fn db_err(what: &str, e: tokio_postgres::Error) -> Error {
 }
 
 /// Parses `X/Y` (PostgreSQL's LSN notation) into a byte position.
-fn parse_lsn(s: &str) -> Option<u64> {
+pub(super) fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;
     Some(u64::from_str_radix(hi, 16).ok()? << 32 | u64::from_str_radix(lo, 16).ok()?)
 }
@@ -679,6 +679,30 @@ pub async fn init_cluster(tools: &PgTools, pgdata: &Path) -> Result<()> {
     ]);
     run(&mut cmd, "initdb").await?;
     info!(pgdata = %pgdata.display(), "cluster created");
+    Ok(())
+}
+
+/// Creates a streaming standby of `primary` in `pgdata` (`pg_basebackup
+/// -R -X stream`: a copy of the primary with `standby.signal` and
+/// `primary_conninfo` written, so it follows the primary once started), as
+/// the data-directory user. The primary must allow replication connections
+/// (`wal_level = replica`, `max_wal_senders`, a `replication` line in
+/// `pg_hba.conf`). The password goes to `pg_basebackup` through
+/// `PGPASSWORD`, never its command line; `-R` writes it into the standby's
+/// `postgresql.auto.conf`, as libpq's `primary_conninfo` needs it.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a non-empty `pgdata`; `pg_basebackup`'s
+/// stderr when it fails.
+pub async fn create_standby(tools: &PgTools, primary: &PgConnection, pgdata: &Path) -> Result<()> {
+    tools.make_data_dir(pgdata).await?;
+    let mut cmd = tools.as_owner(tools.program("pg_basebackup"));
+    cmd.arg("-D")
+        .arg(pgdata)
+        .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-password"]);
+    primary.apply(&mut cmd);
+    run(&mut cmd, "pg_basebackup -R").await?;
+    info!(pgdata = %pgdata.display(), "standby created");
     Ok(())
 }
 

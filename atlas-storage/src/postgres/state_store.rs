@@ -1,5 +1,5 @@
-//! [`PostgresStateStore`]: rollout state and the single-driver lease in
-//! PostgreSQL.
+//! [`PostgresStateStore`]: rollout state, failover state and the
+//! single-driver lease in PostgreSQL.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use atlas_core::failover::{FailoverState, FailoverStore};
 use atlas_core::{Error, Lease, Result, RolloutState, ServiceName, StateStore, Versioned};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, NoTls};
@@ -20,6 +21,9 @@ const DEFAULT_TABLE: &str = "atlas_state";
 
 /// Appended to the state table's name to name the lease table.
 const LEASE_SUFFIX: &str = "_lease";
+
+/// Appended to the state table's name to name the failover state table.
+const FAILOVER_SUFFIX: &str = "_failover";
 
 /// Builds a [`PostgresStateStore`].
 #[derive(Clone)]
@@ -41,7 +45,8 @@ impl fmt::Debug for PostgresStateStoreBuilder {
 
 impl PostgresStateStoreBuilder {
     /// Sets the state table (default `atlas_state`): a lowercase
-    /// identifier of at most 57 characters (the lease table adds `_lease`),
+    /// identifier of at most 54 characters (the lease and failover tables
+    /// add `_lease` and `_failover`),
     /// optionally schema-qualified (`ops.rollouts`; the schema must exist).
     pub fn with_table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
@@ -69,10 +74,10 @@ impl PostgresStateStoreBuilder {
             )
         })?;
         let name = self.table.rsplit('.').next().unwrap_or_default();
-        if !valid_table(&self.table) || name.len() + LEASE_SUFFIX.len() > 63 {
+        if !valid_table(&self.table) || name.len() + FAILOVER_SUFFIX.len() > 63 {
             return Err(Error::invalid(
                 "table",
-                "must be a lowercase identifier [a-z_][a-z0-9_]* of at most 57 characters, \
+                "must be a lowercase identifier [a-z_][a-z0-9_]* of at most 54 characters, \
                  optionally schema.table",
             ));
         }
@@ -84,13 +89,15 @@ impl PostgresStateStoreBuilder {
             };
             let mut client = connector.open().await?;
             let lease_table = format!("{}{LEASE_SUFFIX}", self.table);
-            create_tables(&mut client, &self.table, &lease_table).await?;
+            let failover_table = format!("{}{FAILOVER_SUFFIX}", self.table);
+            create_tables(&mut client, &self.table, &lease_table, &failover_table).await?;
             tracing::info!("connected to postgres for rollout state");
             Ok(PostgresStateStore {
                 client: Mutex::new(client),
                 connector,
                 table: self.table,
                 lease_table,
+                failover_table,
                 held: SyncMutex::new(HashMap::new()),
                 suspect: AtomicBool::new(false),
             })
@@ -100,10 +107,15 @@ impl PostgresStateStoreBuilder {
     }
 }
 
-/// Creates both tables if missing, in one transaction under an advisory
+/// Creates the tables if missing, in one transaction under an advisory
 /// lock keyed on the state table's name: `CREATE TABLE IF NOT EXISTS` run
 /// by two sessions at once can fail on the catalog's unique index.
-async fn create_tables(client: &mut Client, table: &str, lease_table: &str) -> Result<()> {
+async fn create_tables(
+    client: &mut Client,
+    table: &str,
+    lease_table: &str,
+    failover_table: &str,
+) -> Result<()> {
     let tx = client
         .transaction()
         .await
@@ -123,10 +135,21 @@ async fn create_tables(client: &mut Client, table: &str, lease_table: &str) -> R
              holder text,
              token bigint NOT NULL,
              expires_at timestamptz
+         );
+         CREATE TABLE IF NOT EXISTS {failover_table} (
+             service text PRIMARY KEY,
+             version bigint NOT NULL CHECK (version > 0),
+             state jsonb NOT NULL,
+             updated_at timestamptz NOT NULL DEFAULT now()
          );"
     ))
     .await
-    .map_err(|e| db_error(&format!("creating tables {table} and {lease_table}"), e))?;
+    .map_err(|e| {
+        db_error(
+            &format!("creating tables {table}, {lease_table} and {failover_table}"),
+            e,
+        )
+    })?;
     tx.commit()
         .await
         .map_err(|e| db_error("committing the table setup", e))
@@ -216,13 +239,14 @@ struct Held {
 /// Rollout state and the single-driver lease in PostgreSQL, so drivers on
 /// several hosts coordinate through a database they already run.
 ///
-/// Two tables, created on connect if missing (under an advisory lock, so
+/// Three tables, created on connect if missing (under an advisory lock, so
 /// stores connecting at once do not race on the catalog):
 ///
 /// | table | one row per service |
 /// |---|---|
 /// | `{table}` (default `atlas_state`) | `service` (key), `version` (bigint, +1 per write), `state` (the rollout state as `jsonb`), `updated_at` |
 /// | `{table}_lease` | `service` (key), `holder` (null once released), `token` (bigint), `expires_at` |
+/// | `{table}_failover` | `service` (key), `version`, `state` (the [`FailoverState`] as `jsonb`), `updated_at` |
 ///
 /// - **Compare-and-swap**: every write is one statement that names the
 ///   expected version (`UPDATE … WHERE version = $expected`, or an
@@ -269,6 +293,7 @@ pub struct PostgresStateStore {
     connector: Connector,
     table: String,
     lease_table: String,
+    failover_table: String,
     /// Service → the lease this instance holds on it.
     held: SyncMutex<HashMap<ServiceName, Held>>,
     /// A statement failed in a way that may have left the connection
@@ -284,8 +309,35 @@ impl fmt::Debug for PostgresStateStore {
             .field("dbname", &self.connector.config.get_dbname())
             .field("table", &self.table)
             .field("lease_table", &self.lease_table)
+            .field("failover_table", &self.failover_table)
             .finish_non_exhaustive()
     }
+}
+
+/// Which state a row holds: each kind has its own table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// [`RolloutState`], in `{table}`.
+    Rollout,
+    /// [`FailoverState`], in `{table}_failover`.
+    Failover,
+}
+
+impl Stored {
+    /// How messages name it.
+    fn what(self) -> &'static str {
+        match self {
+            Stored::Rollout => "state",
+            Stored::Failover => "failover state",
+        }
+    }
+}
+
+/// `state` as the JSON stored in a `jsonb` column: through serde, so
+/// fields added to the state types are stored without a schema change.
+fn to_json(service: &ServiceName, state: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(state)
+        .map_err(|e| Error::backend_with(BACKEND, format!("serialising the state of {service}"), e))
 }
 
 /// A lease token as stored (bigint).
@@ -381,30 +433,88 @@ impl PostgresStateStore {
             holder: lease.holder.clone(),
             token: db_token(lease)?,
         };
-        self.write(service, expected, state, Some(&fence)).await
+        self.write(
+            Stored::Rollout,
+            service,
+            expected,
+            &to_json(service, state)?,
+            Some(&fence),
+        )
+        .await
     }
 
+    /// The `kind` state of `service` and its version, if stored.
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Stored,
+        service: &ServiceName,
+    ) -> Result<Option<Versioned<T>>> {
+        let table = self.table_of(kind);
+        let what = kind.what();
+        let span = tracing::debug_span!("postgres_state.load", %service, table);
+        async {
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    &format!("SELECT version, state::text FROM {table} WHERE service = $1"),
+                    &[&service.as_str()],
+                )
+                .await
+                .map_err(|e| self.failed(&format!("reading the {what} of {service}"), e))?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let version: i64 = row.get(0);
+            let json: String = row.get(1);
+            let value = serde_json::from_str(&json).map_err(|e| {
+                Error::backend_with(
+                    BACKEND,
+                    format!("{table}: the {what} of {service} does not read as one"),
+                    e,
+                )
+            })?;
+            let version = u64::try_from(version).map_err(|_| {
+                Error::backend(BACKEND, format!("{table}: negative version {version}"))
+            })?;
+            Ok(Some(Versioned { version, value }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The table `kind` of state is kept in.
+    fn table_of(&self, kind: Stored) -> &str {
+        match kind {
+            Stored::Rollout => &self.table,
+            Stored::Failover => &self.failover_table,
+        }
+    }
+
+    /// Writes `json` as the `kind` state of `service` if the stored
+    /// version is `expected`, and, with a `fence`, only while it holds.
     async fn write(
         &self,
+        kind: Stored,
         service: &ServiceName,
         expected: Option<u64>,
-        state: &RolloutState,
+        json: &str,
         fence: Option<&Held>,
     ) -> Result<u64> {
+        let table = self.table_of(kind);
+        let what = kind.what();
         let span = tracing::debug_span!(
             "postgres_state.compare_and_swap",
             %service,
+            table,
             ?expected,
             fenced_token = fence.map(|f| f.token)
         );
         async {
-            let json = serde_json::to_string(state).map_err(|e| {
-                Error::backend_with(BACKEND, format!("serialising the state of {service}"), e)
-            })?;
             let expected_db = match expected {
                 Some(v) => Some(i64::try_from(v).map_err(|_| {
                     Error::conflict(format!(
-                        "state of {service}: expected version {v} was never stored"
+                        "{what} of {service}: expected version {v} was never stored"
                     ))
                 })?),
                 None => None,
@@ -413,7 +523,7 @@ impl PostgresStateStore {
                 Some(f) => (Some(f.holder.as_str()), Some(f.token)),
                 None => (None, None),
             };
-            let (table, leases) = (&self.table, &self.lease_table);
+            let leases = &self.lease_table;
             // The fence locks the lease row FOR SHARE, so a takeover
             // (an UPDATE of that row) waits for this write, and a write
             // after a takeover sees the new token and changes nothing.
@@ -449,10 +559,10 @@ impl PostgresStateStore {
                         .await
                 }
             }
-            .map_err(|e| self.failed(&format!("writing the state of {service}"), e))?;
+            .map_err(|e| self.failed(&format!("writing the {what} of {service}"), e))?;
             if let Some(row) = row {
                 let version: i64 = row.get(0);
-                tracing::debug!(version, "state written");
+                tracing::debug!(version, "{what} written");
                 return u64::try_from(version).map_err(|_| {
                     Error::backend(BACKEND, format!("{table}: negative version {version}"))
                 });
@@ -471,10 +581,10 @@ impl PostgresStateStore {
                             &[&service.as_str()],
                         )
                         .await
-                        .map_err(|e| self.failed(&format!("reading the state of {service}"), e))?
+                        .map_err(|e| self.failed(&format!("reading the {what} of {service}"), e))?
                         .map(|r| r.get(0));
                     format!(
-                        "state of {service} is at version {}, not at {}",
+                        "{what} of {service} is at version {}, not at {}",
                         stored.map_or_else(|| "none".to_owned(), |v| v.to_string()),
                         expected.map_or_else(|| "none".to_owned(), |v| v.to_string()),
                     )
@@ -511,45 +621,7 @@ impl PostgresStateStore {
 #[async_trait]
 impl StateStore for PostgresStateStore {
     async fn load(&self, service: &ServiceName) -> Result<Option<Versioned<RolloutState>>> {
-        let span = tracing::debug_span!("postgres_state.load", %service);
-        async {
-            let row = self
-                .client()
-                .await?
-                .query_opt(
-                    &format!(
-                        "SELECT version, state::text FROM {} WHERE service = $1",
-                        self.table
-                    ),
-                    &[&service.as_str()],
-                )
-                .await
-                .map_err(|e| self.failed(&format!("reading the state of {service}"), e))?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let version: i64 = row.get(0);
-            let json: String = row.get(1);
-            let value = serde_json::from_str(&json).map_err(|e| {
-                Error::backend_with(
-                    BACKEND,
-                    format!(
-                        "{}: the state of {service} is not a rollout state",
-                        self.table
-                    ),
-                    e,
-                )
-            })?;
-            let version = u64::try_from(version).map_err(|_| {
-                Error::backend(
-                    BACKEND,
-                    format!("{}: negative version {version}", self.table),
-                )
-            })?;
-            Ok(Some(Versioned { version, value }))
-        }
-        .instrument(span)
-        .await
+        self.read(Stored::Rollout, service).await
     }
 
     /// Writes `state` if the stored version is `expected`; while this
@@ -562,7 +634,14 @@ impl StateStore for PostgresStateStore {
         state: &RolloutState,
     ) -> Result<u64> {
         let fence = self.held().get(service).cloned();
-        self.write(service, expected, state, fence.as_ref()).await
+        self.write(
+            Stored::Rollout,
+            service,
+            expected,
+            &to_json(service, state)?,
+            fence.as_ref(),
+        )
+        .await
     }
 
     /// Grants the lease with a token larger than every earlier grant on the
@@ -732,6 +811,37 @@ impl StateStore for PostgresStateStore {
     }
 }
 
+/// Failover state in `{table}_failover`, with the same compare-and-swap
+/// and, while this instance holds the service's lease, the same fencing as
+/// rollout state. The state is stored as its serde JSON in a `jsonb`
+/// column, so fields added to [`FailoverState`] need no schema change.
+#[async_trait]
+impl FailoverStore for PostgresStateStore {
+    async fn load_failover(
+        &self,
+        service: &ServiceName,
+    ) -> Result<Option<Versioned<FailoverState>>> {
+        self.read(Stored::Failover, service).await
+    }
+
+    async fn compare_and_swap_failover(
+        &self,
+        service: &ServiceName,
+        expected: Option<u64>,
+        state: &FailoverState,
+    ) -> Result<u64> {
+        let fence = self.held().get(service).cloned();
+        self.write(
+            Stored::Failover,
+            service,
+            expected,
+            &to_json(service, state)?,
+            fence.as_ref(),
+        )
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -744,7 +854,7 @@ mod tests {
             "a;drop table x",
             "a.b.c",
             "1abc",
-            &"x".repeat(58),
+            &"x".repeat(55),
         ] {
             let err = PostgresStateStore::builder("postgres://nobody@127.0.0.1:1/none")
                 .with_table(table)
