@@ -30,6 +30,12 @@
 //! | `atlas_autoscale_replicas` | gauge | service, kind | the replica count before (`current`) and after (`desired`) the last autoscaling decision ([`Telemetry::autoscale_decided`]) |
 //! | `atlas_autoscale_scale_events_total` | counter | service, direction | decisions that changed the count (`up`, `down`) |
 //! | `atlas_autoscale_usage_ratio` | gauge | service, metric | each metric's usage over its target at the last decision (1 = on target) |
+//! | `atlas_database_replication_lag_bytes` | gauge | standby | WAL the standby has not replayed ([`Telemetry::replication_observed`]) |
+//! | `atlas_database_replication_lag_seconds` | gauge | standby | the age of the standby's last replayed transaction behind the primary |
+//! | `atlas_database_replication_streaming` | gauge | standby | 1 while the standby streams, 0 otherwise |
+//! | `atlas_failover_events_total` | counter | service, kind | failover controller events by kind ([`Telemetry::failover_event`]) |
+//! | `atlas_region_weight_percent` | gauge | service, region | each region's share of traffic after the last change |
+//! | `atlas_failover_recovery_seconds` | histogram | service, phase | from a failover's decision to `traffic` moved, `database` writable and `done` |
 //! | `atlas_events_lagged_total` | counter | — | events a slow collector missed |
 
 use std::collections::{BTreeSet, HashMap};
@@ -41,6 +47,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use atlas_core::analysis::MeasurementPhase;
 use atlas_core::autoscale::{MetricOutcome, ScaleDecision};
+use atlas_core::database::ReplicationStatus;
+use atlas_core::failover::{FailoverEvent, FailoverEventKind};
 use atlas_core::{
     Endpoint, Error, EventKind, HealthProbe, ProbeOutcome, Result, RolloutEvent, Step,
 };
@@ -155,6 +163,29 @@ struct ScalingMetricLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StandbyLabels {
+    standby: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverKindLabels {
+    service: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    service: String,
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RecoveryLabels {
+    service: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabels {
     probe: String,
     result: String,
@@ -208,6 +239,12 @@ struct Families {
     autoscale_replicas: Family<ReplicaLabels, Gauge>,
     autoscale_events: Family<DirectionLabels, Counter>,
     autoscale_ratio: Family<ScalingMetricLabels, FloatGauge>,
+    replication_lag_bytes: Family<StandbyLabels, Gauge>,
+    replication_lag_seconds: Family<StandbyLabels, FloatGauge>,
+    replication_streaming: Family<StandbyLabels, Gauge>,
+    failover_events: Family<FailoverKindLabels, Counter>,
+    region_weight: Family<RegionLabels, Gauge>,
+    failover_recovery: Family<RecoveryLabels, Histogram, fn() -> Histogram>,
     lagged: Counter,
 }
 
@@ -282,6 +319,12 @@ impl Telemetry {
             autoscale_replicas: Family::default(),
             autoscale_events: Family::default(),
             autoscale_ratio: Family::default(),
+            replication_lag_bytes: Family::default(),
+            replication_lag_seconds: Family::default(),
+            replication_streaming: Family::default(),
+            failover_events: Family::default(),
+            region_weight: Family::default(),
+            failover_recovery: Family::new_with_constructor(step_histogram as fn() -> Histogram),
             lagged: Counter::default(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
@@ -422,6 +465,42 @@ impl Telemetry {
             "Each scaling metric's usage over its target at the last decision",
             Some(Unit::Other("ratio".into())),
             Box::new(f.autoscale_ratio.clone()),
+        );
+        reg(
+            "database_replication_lag",
+            "WAL the standby has not replayed",
+            Some(Unit::Bytes),
+            Box::new(f.replication_lag_bytes.clone()),
+        );
+        reg(
+            "database_replication_lag",
+            "Age of the standby's last replayed transaction behind the primary",
+            Some(Unit::Seconds),
+            Box::new(f.replication_lag_seconds.clone()),
+        );
+        reg(
+            "database_replication_streaming",
+            "1 while the standby streams from the primary, 0 otherwise",
+            None,
+            Box::new(f.replication_streaming.clone()),
+        );
+        reg(
+            "failover_events",
+            "Failover controller events, by kind",
+            None,
+            Box::new(f.failover_events.clone()),
+        );
+        reg(
+            "region_weight_percent",
+            "Each region's share of the service's traffic after the last change",
+            None,
+            Box::new(f.region_weight.clone()),
+        );
+        reg(
+            "failover_recovery",
+            "From a failover's decision to traffic moved, database writable and done",
+            Some(Unit::Seconds),
+            Box::new(f.failover_recovery.clone()),
         );
         reg(
             "events_lagged",
@@ -691,6 +770,91 @@ impl Telemetry {
             })
             .set(unix(at));
         tracing::debug!(service, "failover drill recorded");
+    }
+
+    /// Records what a database failover adapter reported about `standby`'s
+    /// replication: lag in bytes and seconds (unknown values keep the last
+    /// one) and whether it streams.
+    pub fn replication_observed(&self, standby: &str, status: &ReplicationStatus) {
+        let f = &self.inner.families;
+        let labels = StandbyLabels {
+            standby: standby.to_string(),
+        };
+        if let Some(bytes) = status.lag_bytes {
+            f.replication_lag_bytes
+                .get_or_create(&labels)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        if let Some(lag) = status.lag {
+            f.replication_lag_seconds
+                .get_or_create(&labels)
+                .set(lag.as_secs_f64());
+        }
+        f.replication_streaming
+            .get_or_create(&labels)
+            .set(i64::from(status.streaming));
+    }
+
+    /// Records a failover controller event: a count by kind, the region
+    /// weights whenever they change, and the recovery timings (decision to
+    /// traffic moved, to database writable, to done).
+    pub fn failover_event(&self, event: &FailoverEvent) {
+        use FailoverEventKind as K;
+        let f = &self.inner.families;
+        let service = event.service.as_str();
+        let kind = match &event.kind {
+            K::Started { .. } => "started",
+            K::TriggerFired { .. } => "trigger_fired",
+            K::RolloutInterrupted { .. } => "rollout_interrupted",
+            K::StandbyActivated { .. } => "standby_activated",
+            K::CapacityShort { .. } => "capacity_short",
+            K::TrafficMoved { .. } => "traffic_moved",
+            K::DatabaseFenced { .. } => "database_fenced",
+            K::DatabasePromoted { .. } => "database_promoted",
+            K::FailoverDone { .. } => "failover_done",
+            K::FailoverBlocked { .. } => "failover_blocked",
+            K::RegionRecovered { .. } => "region_recovered",
+            K::FailbackStarted { .. } => "failback_started",
+            K::FailbackDone { .. } => "failback_done",
+            K::ActionFailed { .. } => "action_failed",
+            _ => "other",
+        };
+        f.failover_events
+            .get_or_create(&FailoverKindLabels {
+                service: service.to_string(),
+                kind: kind.into(),
+            })
+            .inc();
+        let weights = match &event.kind {
+            K::Started { weights, .. }
+            | K::TrafficMoved { weights, .. }
+            | K::FailbackDone { weights, .. } => Some(weights),
+            _ => None,
+        };
+        if let Some(weights) = weights {
+            for (region, w) in weights.iter() {
+                f.region_weight
+                    .get_or_create(&RegionLabels {
+                        service: service.to_string(),
+                        region: region.to_string(),
+                    })
+                    .set(i64::from(w));
+            }
+        }
+        let phase = match &event.kind {
+            K::TrafficMoved { after, .. } => Some(("traffic", after)),
+            K::DatabasePromoted { after, .. } => Some(("database", after)),
+            K::FailoverDone { after } => Some(("done", after)),
+            _ => None,
+        };
+        if let Some((phase, after)) = phase {
+            f.failover_recovery
+                .get_or_create(&RecoveryLabels {
+                    service: service.to_string(),
+                    phase: phase.into(),
+                })
+                .observe(after.as_secs_f64());
+        }
     }
 
     /// Records an autoscaling decision for `service`: the replica count
@@ -965,5 +1129,53 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert!(!text.contains("direction=\"down\""), "{text}");
+    }
+
+    #[test]
+    fn replication_and_failover_events_are_exposed() {
+        use atlas_core::ServiceName;
+        use atlas_core::region::{RegionName, RegionWeights};
+        let t = Telemetry::new();
+        t.replication_observed(
+            "db-b",
+            &ReplicationStatus {
+                streaming: true,
+                synchronous: false,
+                lag_bytes: Some(1_131_048),
+                lag: Some(Duration::from_millis(360)),
+            },
+        );
+        let svc = ServiceName::new("checkout").unwrap();
+        let r = |n: &str| RegionName::new(n).unwrap();
+        let moved = RegionWeights::new([(r("us"), 0), (r("eu"), 60), (r("ap"), 40)]).unwrap();
+        let at = SystemTime::UNIX_EPOCH;
+        for kind in [
+            FailoverEventKind::TrafficMoved {
+                weights: moved,
+                after: Duration::from_millis(250),
+            },
+            FailoverEventKind::FailoverDone {
+                after: Duration::from_secs(2),
+            },
+        ] {
+            t.failover_event(&FailoverEvent {
+                service: svc.clone(),
+                at,
+                kind,
+            });
+        }
+        let text = t.encode();
+        for line in [
+            "atlas_database_replication_lag_bytes{standby=\"db-b\"} 1131048",
+            "atlas_database_replication_lag_seconds{standby=\"db-b\"} 0.36",
+            "atlas_database_replication_streaming{standby=\"db-b\"} 1",
+            "atlas_failover_events_total{service=\"checkout\",kind=\"traffic_moved\"} 1",
+            "atlas_region_weight_percent{service=\"checkout\",region=\"us\"} 0",
+            "atlas_region_weight_percent{service=\"checkout\",region=\"eu\"} 60",
+            "atlas_failover_recovery_seconds_sum{service=\"checkout\",phase=\"traffic\"} 0.25",
+            "atlas_failover_recovery_seconds_count{service=\"checkout\",phase=\"done\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -688,6 +688,27 @@ async fn connect_fails(port: u16) -> bool {
         .is_err()
 }
 
+/// The core contract's own checks, each on a fresh primary/standby pair
+/// (fence and promote change a pair for good). The pairs live until the
+/// suite ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL; run: cargo xtask test"]
+async fn postgres_failover_passes_the_database_failover_suite() {
+    let pairs: Arc<Mutex<Vec<Pair>>> = Arc::default();
+    let keep = Arc::clone(&pairs);
+    conformance::database_failover::all(move || {
+        let keep = Arc::clone(&keep);
+        async move {
+            let pair = Pair::start(false).await;
+            let db = pair.failover(true);
+            keep.lock().unwrap().push(pair);
+            db
+        }
+    })
+    .await;
+    assert_eq!(pairs.lock().unwrap().len(), 3, "one pair per check");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL; run: cargo xtask test"]
 async fn promotion_without_a_fence_is_refused() {
@@ -695,7 +716,7 @@ async fn promotion_without_a_fence_is_refused() {
     for managed in [true, false] {
         let db = pair.failover(managed);
         let err = db.promote_standby().await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert_eq!(err.kind(), ErrorKind::Precondition, "{err}");
         assert!(err.to_string().contains("db-a must be fenced"), "{err}");
     }
     // Nothing changed: the standby is still in recovery, the primary

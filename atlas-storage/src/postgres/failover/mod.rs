@@ -784,13 +784,10 @@ impl DatabaseFailover for PostgresFailover {
             };
             let node = &self.nodes[standby];
             if roles.fence.as_ref().is_none_or(|f| f.node != old) {
-                return Err(Error::invalid(
-                    "fence",
-                    format!(
-                        "the old primary {old} must be fenced before {} is promoted; no fence is recorded",
-                        node.name()
-                    ),
-                ));
+                return Err(Error::precondition(format!(
+                    "the old primary {old} must be fenced before {} is promoted; no fence is recorded",
+                    node.name()
+                )));
             }
             let requested = Instant::now();
             let client = node.connect(self.check_timeout).await?;
