@@ -5,6 +5,7 @@
 //! | file | holds |
 //! |---|---|
 //! | `{service}.json` | the state and its version: `{"format":1,"service":…,"version":N,"state":{…}}` |
+//! | `{service}.failover.json` | the failover controller's state ([`FailoverStore`]), in the same envelope |
 //! | `{service}.lock` | the lease: an OS advisory lock held by the lease holder; its content names the holder, its pid and the last lease token |
 //! | `{service}.state.lock` | locked for the few microseconds of one compare-and-swap, so two processes never interleave a read-compare-write |
 //! | `.{service}.json.tmp` | the next state while it is written |
@@ -56,7 +57,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use atlas_core::failover::{FailoverState, FailoverStore};
 use atlas_core::{Error, Lease, Result, RolloutState, ServiceName, StateStore, Versioned};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The backend name in errors.
@@ -190,7 +193,10 @@ fn io_error(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> Error {
 }
 
 /// Reads and checks the state file; `None` if there is none.
-fn read_state(path: &Path, service: &ServiceName) -> Result<Option<Versioned<RolloutState>>> {
+fn read_state<S: DeserializeOwned>(
+    path: &Path,
+    service: &ServiceName,
+) -> Result<Option<Versioned<S>>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -223,7 +229,7 @@ fn read_state(path: &Path, service: &ServiceName) -> Result<Option<Versioned<Rol
             ),
         ));
     }
-    let file: StateFile<RolloutState> = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    let file: StateFile<S> = serde_json::from_slice(&bytes).map_err(corrupt)?;
     if &file.service != service {
         return Err(Error::backend(
             BACKEND,
@@ -305,6 +311,101 @@ fn validate_holder(holder: &str) -> Result<()> {
     Ok(())
 }
 
+impl FileStateStore {
+    /// The failover state file of `service`.
+    pub fn failover_path(&self, service: &ServiceName) -> PathBuf {
+        self.inner.dir.join(format!("{service}.failover.json"))
+    }
+
+    /// Compare-and-swap of `{service}.{ext}`: under this instance's mutex
+    /// and the OS lock on `{service}.state.lock`, reads the version, refuses
+    /// a stale `expected` with a conflict, writes the next version
+    /// atomically.
+    async fn swap_file<S: Serialize + DeserializeOwned + Send + 'static>(
+        &self,
+        service: &ServiceName,
+        ext: &'static str,
+        expected: Option<u64>,
+        state: S,
+        what: &'static str,
+    ) -> Result<u64> {
+        let _one_at_a_time = self.inner.cas.lock().await;
+        let dir = self.inner.dir.clone();
+        let path = dir.join(format!("{service}.{ext}"));
+        let tmp = dir.join(format!(".{service}.{ext}.tmp"));
+        let guard_path = dir.join(format!("{service}.state.lock"));
+        let svc = service.clone();
+        let result = blocking("compare-and-swap", move || {
+            let guard = open_lock_file(&guard_path)?;
+            guard
+                .lock()
+                .map_err(io_error(|| format!("cannot lock {}", guard_path.display())))?;
+            let current = read_state::<S>(&path, &svc)?.map(|v| v.version);
+            if current != expected {
+                return Err(Error::conflict(format!(
+                    "{what} of {svc} is at version {}, not the expected {}",
+                    current.map_or("none".to_string(), |v| v.to_string()),
+                    expected.map_or("none".to_string(), |v| v.to_string()),
+                )));
+            }
+            let next = match current {
+                None => 1,
+                Some(v) => v.checked_add(1).ok_or_else(|| {
+                    Error::backend(BACKEND, format!("{what} version of {svc} overflowed"))
+                })?,
+            };
+            let bytes = serde_json::to_vec_pretty(&StateFile {
+                format: FORMAT,
+                service: svc.clone(),
+                version: next,
+                state: &state,
+            })
+            .map_err(|e| Error::backend_with(BACKEND, format!("cannot serialize {what}"), e))?;
+            write_atomic(&dir, &path, &tmp, &bytes)?;
+            // Dropping `guard` unlocks it.
+            Ok(next)
+        })
+        .await;
+        match &result {
+            Ok(version) => {
+                tracing::debug!(service = %service, ?expected, version, what, "state written")
+            }
+            Err(e) => {
+                tracing::warn!(service = %service, ?expected, error = %e, what, "state not written")
+            }
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl FailoverStore for FileStateStore {
+    async fn load_failover(
+        &self,
+        service: &ServiceName,
+    ) -> Result<Option<Versioned<FailoverState>>> {
+        let path = self.failover_path(service);
+        let svc = service.clone();
+        blocking("loading failover state", move || read_state(&path, &svc)).await
+    }
+
+    async fn compare_and_swap_failover(
+        &self,
+        service: &ServiceName,
+        expected: Option<u64>,
+        state: &FailoverState,
+    ) -> Result<u64> {
+        self.swap_file(
+            service,
+            "failover.json",
+            expected,
+            state.clone(),
+            "failover state",
+        )
+        .await
+    }
+}
+
 #[async_trait]
 impl StateStore for FileStateStore {
     async fn load(&self, service: &ServiceName) -> Result<Option<Versioned<RolloutState>>> {
@@ -326,51 +427,8 @@ impl StateStore for FileStateStore {
         expected: Option<u64>,
         state: &RolloutState,
     ) -> Result<u64> {
-        let state = state.clone();
-        let _one_at_a_time = self.inner.cas.lock().await;
-        let dir = self.inner.dir.clone();
-        let path = self.state_path(service);
-        let tmp = dir.join(format!(".{service}.json.tmp"));
-        let guard_path = dir.join(format!("{service}.state.lock"));
-        let svc = service.clone();
-        let result = blocking("compare-and-swap", move || {
-            let guard = open_lock_file(&guard_path)?;
-            guard
-                .lock()
-                .map_err(io_error(|| format!("cannot lock {}", guard_path.display())))?;
-            let current = read_state(&path, &svc)?.map(|v| v.version);
-            if current != expected {
-                return Err(Error::conflict(format!(
-                    "state of {svc} is at version {}, not the expected {}",
-                    current.map_or("none".to_string(), |v| v.to_string()),
-                    expected.map_or("none".to_string(), |v| v.to_string()),
-                )));
-            }
-            let next = match current {
-                None => 1,
-                Some(v) => v.checked_add(1).ok_or_else(|| {
-                    Error::backend(BACKEND, format!("state version of {svc} overflowed"))
-                })?,
-            };
-            let bytes = serde_json::to_vec_pretty(&StateFile {
-                format: FORMAT,
-                service: svc.clone(),
-                version: next,
-                state: &state,
-            })
-            .map_err(|e| Error::backend_with(BACKEND, "cannot serialize rollout state", e))?;
-            write_atomic(&dir, &path, &tmp, &bytes)?;
-            // Dropping `guard` unlocks it.
-            Ok(next)
-        })
-        .await;
-        match &result {
-            Ok(version) => tracing::debug!(service = %service, ?expected, version, "state written"),
-            Err(e) => {
-                tracing::warn!(service = %service, ?expected, error = %e, "state not written")
-            }
-        }
-        result
+        self.swap_file(service, "json", expected, state.clone(), "rollout state")
+            .await
     }
 
     /// Takes the OS lock on `{service}.lock`. The `ttl` is ignored: the lock

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atlas_core::failover::FailoverStore;
 use atlas_core::testing::conformance::{self, state_store::sample_state};
 use atlas_core::{ErrorKind, Phase, ServiceName, StateStore};
 use atlas_local::file_store::FileStateStore;
@@ -23,6 +24,35 @@ async fn passes_the_state_store_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStateStore::new(dir.path()).unwrap();
     conformance::state_store::all(&store, "file").await;
+}
+
+#[tokio::test]
+async fn passes_the_failover_store_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStateStore::new(dir.path()).unwrap();
+    conformance::failover_store::all(&store, "file-failover").await;
+    // Failover state lives beside rollout state, in files of its own.
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(files >= 3, "the suite wrote failover files");
+    let again = FileStateStore::new(dir.path()).unwrap();
+    let svc = service("after-restart");
+    let s = conformance::failover_store::sample_state();
+    let v = again
+        .compare_and_swap_failover(&svc, None, &s)
+        .await
+        .unwrap();
+    let third = FileStateStore::new(dir.path()).unwrap();
+    let got = third.load_failover(&svc).await.unwrap().unwrap();
+    assert_eq!(
+        (got.version, got.value),
+        (v, s),
+        "a new instance reads it back"
+    );
+    assert!(third.failover_path(&svc).exists());
+    assert!(
+        third.load(&svc).await.unwrap().is_none(),
+        "no rollout state was written"
+    );
 }
 
 #[tokio::test]
