@@ -449,6 +449,21 @@ async fn three_regions_take_their_shares_then_all_to_one_and_back() {
         1.0
     );
 
+    assert_eq!(
+        sample(
+            &metrics,
+            "atlas_proxy_endpoint_requests_in_flight{service=\"shop\",slot=\"blue\",region=\"ap\",replica=\"ap-blue\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "atlas_proxy_endpoints{service=\"shop\",slot=\"blue\"}"
+        ),
+        3.0
+    );
+
     let one = weights(&[("us", 0), ("eu", 0), ("ap", 100)]);
     drill.router.set_region_weights(&svc, &one).await.unwrap();
     assert_eq!(drill.router.region_weights(&svc).await.unwrap(), Some(one));

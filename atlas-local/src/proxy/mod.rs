@@ -1156,7 +1156,8 @@ impl ProxyRouter {
             .collect()
     }
 
-    /// Per-replica counters of the endpoints `slot` lists now: requests,
+    /// Per-replica counters of the endpoints `slot` lists now (in a router
+    /// with regions, in its first region): requests,
     /// failures and latency since each was listed, and the requests in
     /// flight and connections open to it. Rates and percentiles over a
     /// window are the difference of two snapshots
@@ -1179,7 +1180,8 @@ impl ProxyRouter {
             .collect()
     }
 
-    /// Requests in flight to the listed endpoints of `slot`.
+    /// Requests in flight to the listed endpoints of `slot` (in a router
+    /// with regions, in its first region; see [`ProxyRegion::in_flight`]).
     pub fn in_flight(&self, slot: Slot) -> usize {
         self.shared
             .slot(slot)
