@@ -1,9 +1,11 @@
-//! Choosing a slot for a request (split, match rule, sticky cookie) and an
-//! endpoint within the slot (least outstanding requests).
+//! Choosing a region for a request (region weights), a slot within it
+//! (split, match rule, sticky cookie) and an endpoint within the slot
+//! (least outstanding requests).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use atlas_core::region::{RegionName, RegionWeights};
 use atlas_core::{Error, RequestMatch, Result, Slot, TrafficSplit};
 use http::header::{HeaderName, HeaderValue};
 use httparse::Header;
@@ -183,6 +185,100 @@ impl SplitState {
     }
 }
 
+/// The region weights in force, compiled for the request path: a table
+/// of 100 region indexes in which each region appears as often as its
+/// percentage, spread evenly, walked by a shared counter. Replaced whole
+/// (through an `ArcSwap`) on every change, so one request sees one set of
+/// weights.
+#[derive(Debug)]
+pub(crate) struct RegionPlan {
+    /// The weights as last set through the region router; `None` while
+    /// the builder's initial weights are in force.
+    pub(crate) set: Option<RegionWeights>,
+    /// The share of each declared region, by index.
+    pub(crate) percents: Box<[u8]>,
+    /// The one region serving, when only one does (no counter to touch).
+    only: Option<u8>,
+    table: [u8; 100],
+    /// Choices made under these weights.
+    sequence: AtomicU64,
+}
+
+impl RegionPlan {
+    /// Compiles `weights` over the declared `regions` (a region not listed
+    /// gets 0). `set`: whether these weights were set through the region
+    /// router rather than taken from the builder.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming a listed region that is not declared.
+    pub(crate) fn new(regions: &[RegionName], weights: &RegionWeights, set: bool) -> Result<Self> {
+        for (name, _) in weights.iter() {
+            if !regions.contains(name) {
+                let known: Vec<&str> = regions.iter().map(RegionName::as_str).collect();
+                return Err(Error::invalid(
+                    format!("region weights: {name}"),
+                    format!(
+                        "is not a region of this proxy (it has: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        let percents: Box<[u8]> = regions.iter().map(|r| weights.get(r)).collect();
+        // Smooth weighted round-robin (nginx's), run once over 100 choices:
+        // each region comes up exactly `percent` times, evenly spread.
+        let mut current: Vec<i32> = vec![0; percents.len()];
+        let mut table = [0u8; 100];
+        for entry in &mut table {
+            let mut best = 0;
+            for (i, p) in percents.iter().enumerate() {
+                current[i] += i32::from(*p);
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= 100;
+            *entry = u8::try_from(best).unwrap_or(u8::MAX);
+        }
+        let serving: Vec<usize> = (0..percents.len()).filter(|&i| percents[i] > 0).collect();
+        let only = match serving.as_slice() {
+            [one] => u8::try_from(*one).ok(),
+            _ => None,
+        };
+        Ok(RegionPlan {
+            set: set.then(|| weights.clone()),
+            percents,
+            only,
+            table,
+            sequence: AtomicU64::new(0),
+        })
+    }
+
+    /// The region index for the next request: of every 100 consecutive
+    /// choices, exactly each region's percentage, evenly spread.
+    pub(crate) fn choose(&self) -> usize {
+        if let Some(only) = self.only {
+            return usize::from(only);
+        }
+        let k = self.sequence.fetch_add(1, Ordering::Relaxed) % 100;
+        usize::from(self.table[k as usize])
+    }
+
+    /// The other serving regions, in declaration order after `failed`
+    /// (wrapping round): where a request goes when `failed` cannot serve it.
+    pub(crate) fn fallbacks(&self, failed: usize) -> impl Iterator<Item = usize> + '_ {
+        let n = self.percents.len();
+        (1..n)
+            .map(move |k| (failed + k) % n)
+            .filter(|&i| self.percents[i] > 0)
+    }
+}
+
 fn parse_slot(s: &str) -> Option<Slot> {
     match s {
         "blue" => Some(Slot::Blue),
@@ -334,6 +430,56 @@ mod tests {
                 set_sticky: true
             }
         );
+    }
+
+    fn regions(names: &[&str]) -> Vec<RegionName> {
+        names.iter().map(|n| RegionName::new(*n).unwrap()).collect()
+    }
+
+    #[test]
+    fn region_choice_is_exact_and_spread_over_every_100() {
+        let names = regions(&["a", "b", "c"]);
+        let w = RegionWeights::new([
+            (names[0].clone(), 40),
+            (names[1].clone(), 35),
+            (names[2].clone(), 25),
+        ])
+        .unwrap();
+        let plan = RegionPlan::new(&names, &w, true).unwrap();
+        let mut counts = [0usize; 3];
+        let picks: Vec<usize> = (0..10_000).map(|_| plan.choose()).collect();
+        for &p in &picks {
+            counts[p] += 1;
+        }
+        assert_eq!(counts, [4000, 3500, 2500]);
+        // Evenly spread: no region waits more than a few choices for its turn.
+        for window in picks.windows(5) {
+            assert!(window.contains(&0), "{window:?}");
+        }
+        assert_eq!(plan.fallbacks(0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(plan.fallbacks(2).collect::<Vec<_>>(), [0, 1]);
+    }
+
+    #[test]
+    fn regions_at_zero_are_never_chosen_nor_fallen_back_to() {
+        let names = regions(&["a", "b", "c"]);
+        let w = RegionWeights::new([(names[0].clone(), 0), (names[2].clone(), 100)]).unwrap();
+        let plan = RegionPlan::new(&names, &w, true).unwrap();
+        assert!((0..500).all(|_| plan.choose() == 2));
+        assert_eq!(plan.fallbacks(2).count(), 0);
+        assert_eq!(plan.set, Some(w));
+    }
+
+    #[test]
+    fn unknown_regions_are_refused_by_name() {
+        let names = regions(&["a", "b"]);
+        let w = RegionWeights::all_to(RegionName::new("zz").unwrap());
+        let err = RegionPlan::new(&names, &w, true).unwrap_err();
+        assert_eq!(err.kind(), atlas_core::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("zz"), "{err}");
+        assert!(err.to_string().contains("a, b"), "{err}");
+        let err = RegionPlan::new(&[], &w, true).unwrap_err();
+        assert!(err.to_string().contains("none"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Per-slot proxy metrics: lifetime counters for Prometheus and a sliding
-//! window of time-bucketed latency histograms for analysis.
+//! window of time-bucketed latency histograms for analysis; per-region
+//! lifetime counters when the router has regions.
 //!
 //! The hot path is a handful of relaxed atomic increments per request: no
 //! lock, no allocation. The window is a ring of buckets, each covering a
@@ -175,6 +176,58 @@ impl Totals {
             latency_le: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
+}
+
+/// Lifetime counters of one region of a router with regions: requests it
+/// served by outcome, and requests it could not serve that another region
+/// took (fallbacks). The same relaxed increments as the slot counters.
+pub(crate) struct RegionCounters {
+    responses: [AtomicU64; 5],
+    failures: [AtomicU64; 4],
+    fallbacks: AtomicU64,
+}
+
+impl RegionCounters {
+    pub(crate) fn new() -> Self {
+        RegionCounters {
+            responses: std::array::from_fn(|_| AtomicU64::new(0)),
+            failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            fallbacks: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one finished request the region served (or failed).
+    pub(crate) fn record(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Status(code) => &self.responses[class_index(code)],
+            Outcome::Failed(failure) => &self.failures[failure.index()],
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request the region was chosen for but could not serve,
+    /// sent to another region.
+    pub(crate) fn record_fallback(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn requests(&self) -> u64 {
+        self.responses
+            .iter()
+            .chain(&self.failures)
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// What the exposition shows of one region.
+pub(crate) struct RegionLine<'a> {
+    pub(crate) name: &'a str,
+    /// Its share in force, in percent.
+    pub(crate) weight: u8,
+    pub(crate) counters: &'a RegionCounters,
+    /// Endpoints listed in blue and green.
+    pub(crate) endpoints: [usize; 2],
 }
 
 struct SlotMetrics {
@@ -495,9 +548,13 @@ pub(crate) trait RouterState: Send + Sync + RefUnwindSafe {
     fn counters(&self) -> &MetricsCore;
     /// The split in force, if one was set.
     fn split_in_force(&self) -> Option<TrafficSplit>;
-    /// Calls `visit` with the replica name and the requests in flight of
-    /// each endpoint of `slot` that receives new requests.
-    fn visit_endpoints(&self, slot: Slot, visit: &mut dyn FnMut(&str, usize));
+    /// Calls `visit` with the region (in a router with regions), the
+    /// replica name and the requests in flight of each endpoint of `slot`
+    /// that receives new requests.
+    fn visit_endpoints(&self, slot: Slot, visit: &mut dyn FnMut(Option<&str>, &str, usize));
+    /// Calls `visit` for each declared region, in declaration order (not
+    /// at all in a router without regions).
+    fn visit_regions(&self, visit: &mut dyn FnMut(RegionLine<'_>));
     /// Calls `visit` with the file and the `notAfter` (seconds since the
     /// Unix epoch) of each TLS certificate served.
     fn visit_certificates(&self, visit: &mut dyn FnMut(&str, i64));
@@ -559,8 +616,17 @@ impl ProxyMetrics {
     /// | `atlas_proxy_request_duration_seconds` | histogram | `service`, `slot` |
     /// | `atlas_proxy_request_duration_window_seconds` | summary | `service`, `slot`, `quantile` (0.5, 0.95, 0.99 over the sliding window, `NaN` without data; `_sum` and `_count` are lifetime totals, as in client_golang's summaries) |
     /// | `atlas_proxy_traffic_weight_ratio` | gauge | `service`, `slot` (absent before a split is set) |
-    /// | `atlas_proxy_endpoints` | gauge | `service`, `slot` |
-    /// | `atlas_proxy_endpoint_requests_in_flight` | gauge | `service`, `slot`, `replica` |
+    /// | `atlas_proxy_endpoints` | gauge | `service`, `slot` (all regions together) |
+    /// | `atlas_proxy_endpoint_requests_in_flight` | gauge | `service`, `slot`, `replica`; also `region` in a router with regions |
+    /// | `atlas_proxy_region_requests_total` | counter | `service`, `region` (only with regions; the region that served, its slots together) |
+    /// | `atlas_proxy_region_responses_total` | counter | `service`, `region`, `class` |
+    /// | `atlas_proxy_region_errors_total` | counter | `service`, `region`, `reason` (as `atlas_proxy_errors_total`) |
+    /// | `atlas_proxy_region_fallbacks_total` | counter | `service`, `region` (requests the region was chosen for but had no endpoint or split for, served by another region) |
+    /// | `atlas_proxy_region_weight_ratio` | gauge | `service`, `region` (the region weights in force) |
+    /// | `atlas_proxy_region_endpoints` | gauge | `service`, `region`, `slot` |
+    ///
+    /// The `region` label takes only the regions declared on the builder
+    /// (at most 32), so its values stay few.
     /// | `atlas_proxy_tls_certificate_expiry_timestamp_seconds` | gauge | `service`, `certificate` (the certificate file; only with TLS) |
     pub fn render_prometheus(&self) -> String {
         let state = &*self.state;
@@ -771,7 +837,7 @@ impl ProxyMetrics {
         );
         for slot in slots {
             let mut listed = 0usize;
-            state.visit_endpoints(slot, &mut |_, _| listed += 1);
+            state.visit_endpoints(slot, &mut |_, _, _| listed += 1);
             let _ = writeln!(
                 out,
                 "atlas_proxy_endpoints{{service=\"{service}\",slot=\"{slot}\"}} {listed}"
@@ -785,14 +851,17 @@ impl ProxyMetrics {
             "Requests in flight per listed endpoint.",
         );
         for slot in slots {
-            state.visit_endpoints(slot, &mut |replica, in_flight| {
+            state.visit_endpoints(slot, &mut |region, replica, in_flight| {
+                let region = region.map_or_else(String::new, |r| format!(",region=\"{r}\""));
                 let _ = writeln!(
                     out,
-                    "atlas_proxy_endpoint_requests_in_flight{{service=\"{service}\",slot=\"{slot}\",replica=\"{}\"}} {in_flight}",
+                    "atlas_proxy_endpoint_requests_in_flight{{service=\"{service}\",slot=\"{slot}\"{region},replica=\"{}\"}} {in_flight}",
                     escape_label(replica)
                 );
             });
         }
+
+        render_regions(&mut out, state, service);
 
         let mut certificates = Vec::new();
         state.visit_certificates(&mut |file, not_after| {
@@ -915,6 +984,88 @@ impl MetricProvider for ProxyMetrics {
             "proxy metric measured"
         );
         Ok(measurement)
+    }
+}
+
+/// The per-region families, in a router with regions. Region names are
+/// DNS labels: nothing to escape.
+fn render_regions(out: &mut String, state: &dyn RouterState, service: &str) {
+    let mut families: [Vec<String>; 6] = Default::default();
+    state.visit_regions(&mut |line| {
+        let region = line.name;
+        let c = line.counters;
+        families[0].push(format!(
+            "atlas_proxy_region_requests_total{{service=\"{service}\",region=\"{region}\"}} {}",
+            c.requests()
+        ));
+        for (class, n) in CLASS_LABELS.iter().zip(&c.responses) {
+            families[1].push(format!(
+                "atlas_proxy_region_responses_total{{service=\"{service}\",region=\"{region}\",class=\"{class}\"}} {}",
+                n.load(Ordering::Relaxed)
+            ));
+        }
+        for failure in ProxyFailure::ALL {
+            families[2].push(format!(
+                "atlas_proxy_region_errors_total{{service=\"{service}\",region=\"{region}\",reason=\"{}\"}} {}",
+                failure.label(),
+                c.failures[failure.index()].load(Ordering::Relaxed)
+            ));
+        }
+        families[3].push(format!(
+            "atlas_proxy_region_fallbacks_total{{service=\"{service}\",region=\"{region}\"}} {}",
+            c.fallbacks.load(Ordering::Relaxed)
+        ));
+        families[4].push(format!(
+            "atlas_proxy_region_weight_ratio{{service=\"{service}\",region=\"{region}\"}} {}",
+            f64::from(line.weight) / 100.0
+        ));
+        for (slot, listed) in [Slot::Blue, Slot::Green].iter().zip(line.endpoints) {
+            families[5].push(format!(
+                "atlas_proxy_region_endpoints{{service=\"{service}\",region=\"{region}\",slot=\"{slot}\"}} {listed}"
+            ));
+        }
+    });
+    if families[0].is_empty() {
+        return;
+    }
+    let heads = [
+        (
+            "atlas_proxy_region_requests_total",
+            "counter",
+            "Requests that finished, by the region that served them.",
+        ),
+        (
+            "atlas_proxy_region_responses_total",
+            "counter",
+            "Responses relayed from upstreams, by region and status class.",
+        ),
+        (
+            "atlas_proxy_region_errors_total",
+            "counter",
+            "Error responses generated by the proxy itself, by region and reason.",
+        ),
+        (
+            "atlas_proxy_region_fallbacks_total",
+            "counter",
+            "Requests a region was chosen for but could not serve (no endpoint or split), served by another region.",
+        ),
+        (
+            "atlas_proxy_region_weight_ratio",
+            "gauge",
+            "Share of new requests each region gets under the region weights in force.",
+        ),
+        (
+            "atlas_proxy_region_endpoints",
+            "gauge",
+            "Endpoints receiving new requests, by region and slot.",
+        ),
+    ];
+    for ((name, kind, help), family) in heads.into_iter().zip(families) {
+        header(out, name, kind, help);
+        for line in family {
+            out.push_str(&line);
+            out.push('\n');
+        }
     }
 }
 

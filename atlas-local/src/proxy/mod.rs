@@ -14,6 +14,30 @@
 //! - **Sticky sessions** (option [`ProxyRouterBuilder::sticky_cookie`]): a
 //!   weighted choice sets a cookie naming the slot chosen; a request
 //!   carrying it returns to that slot while the slot has weight > 0.
+//! - **Regions** (option [`ProxyRouterBuilder::regions`]): one host can
+//!   stand in for several regions in a failover drill. Each declared
+//!   region has an upstream group of its own (blue and green endpoints:
+//!   [`ProxyRouter::set_region_endpoints`], or the region's
+//!   [`ProxyRegion`] view, a [`TrafficRouter`] of its own). A request
+//!   first gets a region by the region weights, exact over time as the
+//!   split is (of every 100 consecutive choices, exactly each region's
+//!   percentage, evenly interleaved), then a slot by that region's split
+//!   (its own, set through its view, or else the router's), then an
+//!   endpoint. [`ProxyRouter`] implements
+//!   [`RegionRouter`]: the weights swap atomically like the split, a
+//!   region at 0 % gets no new request while its requests in flight
+//!   finish, and the builder's region set gives the weights in force
+//!   until the first change (standby regions at 0). A region chosen for a
+//!   request that has no endpoint in the slot its split chose (or no split
+//!   at all) passes it to the next serving region in declaration order,
+//!   as DNS failover answers with the next healthy record: counted as
+//!   that region's fallback, never a 503 while another region with a
+//!   share can serve; regions at 0 % are never fallbacks. A failed
+//!   connection is retried within the region serving. The router's own
+//!   [`set_endpoints`](TrafficRouter::set_endpoints) fills the first
+//!   region's group, and the metrics add per-region counters with a
+//!   `region` label. A router without regions does no region work per
+//!   request.
 //! - **Balancing.** Within a slot, the endpoint with the fewest requests in
 //!   flight wins; ties go round-robin.
 //! - **Draining.** [`set_endpoints`](TrafficRouter::set_endpoints) takes
@@ -149,8 +173,8 @@
 // h1, metrics, replica_stats, server and tls use no other proxy module;
 // upstream uses replica_stats; headers and body use h1;
 // balance uses h1 and upstream; admin uses metrics; shared uses balance,
-// metrics, tls and upstream; relay uses those; and nothing uses this module,
-// which ties them together.
+// metrics, tls and upstream; relay and region use those; and nothing uses
+// this module, which ties them together.
 mod access_log;
 mod admin;
 mod balance;
@@ -159,6 +183,7 @@ mod gzip;
 mod h1;
 mod headers;
 mod metrics;
+mod region;
 mod relay;
 mod replica_stats;
 mod server;
@@ -173,6 +198,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
+use atlas_core::region::{RegionName, RegionRouter, RegionSet, RegionWeights};
 use atlas_core::{Endpoint, Error, Result, ServiceName, Slot, TrafficRouter, TrafficSplit};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -186,13 +212,14 @@ pub use access_log::AccessLog;
 pub use gzip::GzipPolicy;
 pub use h1::SLOT_HEADER;
 pub use metrics::{ProxyMetrics, WindowStats};
+pub use region::ProxyRegion;
 pub use replica_stats::ReplicaSnapshot;
 pub use tls::{Hsts, TlsConfig};
 
-use balance::SplitState;
+use balance::{RegionPlan, SplitState};
 use metrics::{MAX_WINDOW, MetricsCore};
 use server::stopped;
-use shared::{Shared, SlotState, StickyCookie};
+use shared::{Regions, Shared, SlotState, StickyCookie};
 use tls::Terminator;
 use upstream::PoolConfig;
 
@@ -224,6 +251,7 @@ const BACKEND: &str = "proxy-router";
 /// | [`response_idle_timeout`](Self::response_idle_timeout) | none (no limit) |
 /// | [`gzip`](Self::gzip) | none (no compression) |
 /// | [`tls`](Self::tls) | none (plain HTTP) |
+/// | [`regions`](Self::regions) | none (one upstream group) |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is awaited"]
 pub struct ProxyRouterBuilder {
@@ -249,6 +277,7 @@ pub struct ProxyRouterBuilder {
     response_idle_timeout: Option<Duration>,
     gzip: Option<GzipPolicy>,
     tls: Option<TlsConfig>,
+    regions: Option<RegionSet>,
 }
 
 impl ProxyRouterBuilder {
@@ -448,6 +477,22 @@ impl ProxyRouterBuilder {
         self
     }
 
+    /// Declares the service's regions: each gets an upstream group of its
+    /// own (blue and green endpoints, set through
+    /// [`ProxyRouter::set_region_endpoints`] or [`ProxyRouter::region`]),
+    /// and requests are spread over them by the region weights, starting
+    /// with the set's normal weights (active regions their share, standby
+    /// regions none) until
+    /// [`set_region_weights`](RegionRouter::set_region_weights) changes
+    /// them. The first region listed is the one the router's own
+    /// [`set_endpoints`](TrafficRouter::set_endpoints) fills. At most 32
+    /// regions. None by default: one upstream group, and no region work on
+    /// the request path.
+    pub fn regions(mut self, regions: RegionSet) -> Self {
+        self.regions = Some(regions);
+        self
+    }
+
     /// Validates the options, binds the listeners and starts serving: the
     /// data path on its [worker threads](Self::worker_threads), the admin
     /// endpoint and the pool reaper on the current Tokio runtime.
@@ -456,8 +501,8 @@ impl ProxyRouterBuilder {
     ///
     /// [`Error::InvalidInput`] naming the option for a zero connect, pool
     /// idle, response, response idle, request or header timeout, a metrics window outside 1 s–24 h,
-    /// an invalid sticky cookie name, an invalid initial split match rule
-    /// or a gzip level outside 1–9;
+    /// an invalid sticky cookie name, an invalid initial split match rule,
+    /// a gzip level outside 1–9 or more than 32 regions;
     /// [`Error::Backend`] when an address cannot be bound or a worker
     /// thread cannot be started.
     pub async fn build(self) -> Result<ProxyRouter> {
@@ -529,6 +574,7 @@ impl ProxyRouterBuilder {
             .as_ref()
             .map(SplitState::new)
             .transpose()?;
+        let regions = self.regions.as_ref().map(Regions::new).transpose()?;
 
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr).await.map_err(|e| {
@@ -568,6 +614,7 @@ impl ProxyRouterBuilder {
             service: self.service,
             split: ArcSwapOption::new(initial.map(Arc::new)),
             slots: [SlotState::new(), SlotState::new()],
+            regions,
             metrics: MetricsCore::new(self.metrics_window),
             pool: PoolConfig {
                 stacks: self.worker_threads.max(1),
@@ -696,6 +743,7 @@ impl ProxyRouterBuilder {
                 redirect_addr = ?redirect_addr,
                 reuse_port = self.reuse_port,
                 split = ?shared.current_split().map(|s| s.to_string()),
+                regions = ?self.regions.as_ref().map(|set| set.normal_weights().to_string()),
                 "proxy router listening"
             );
         });
@@ -912,28 +960,51 @@ async fn reap_idle(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => return,
-            _ = tokio::time::sleep(every) => {
-                for slot in [Slot::Blue, Slot::Green] {
-                    for upstream in shared.slot(slot).endpoints.load().iter() {
-                        upstream.reap(&shared.pool);
-                    }
-                }
-            }
+            _ = tokio::time::sleep(every) => shared.reap(),
         }
     }
 }
 
 /// Atlas's HTTP/1.1 reverse proxy for one service, splitting its traffic
-/// between the blue and green slots. See the [module docs](self) for
-/// routing, balancing, draining, retries and headers.
+/// between the blue and green slots, and between regions when it declares
+/// them. See the [module docs](self) for routing, regions, balancing,
+/// draining, retries and headers.
 ///
 /// Built with [`ProxyRouter::builder`]; serves until
 /// [`shutdown`](Self::shutdown) or until dropped (dropping stops accepting
 /// at once and lets open exchanges finish within the grace period in the
 /// background). Share it with an engine as `Arc<ProxyRouter>`.
 ///
-/// [`TrafficRouter`] calls naming another service than the router's fail
-/// with [`Error::NotFound`].
+/// [`TrafficRouter`] and [`RegionRouter`] calls naming another service
+/// than the router's fail with [`Error::NotFound`].
+///
+/// ```no_run
+/// use atlas_core::region::{Region, RegionName, RegionRouter, RegionSet, RegionWeights};
+/// use atlas_core::{Endpoint, ServiceName, Slot, TrafficSplit};
+/// use atlas_local::proxy::ProxyRouter;
+///
+/// # async fn demo() -> atlas_core::Result<()> {
+/// let service = ServiceName::new("checkout")?;
+/// let (us, eu) = (RegionName::new("us-east")?, RegionName::new("eu-west")?);
+/// let router = ProxyRouter::builder(service.clone())
+///     .regions(RegionSet::new(vec![
+///         Region::active(us.clone(), 60),
+///         Region::active(eu.clone(), 40),
+///     ])?)
+///     .initial_split(TrafficSplit::all_to(Slot::Blue))
+///     .build()
+///     .await?;
+/// let us_blue = [Endpoint::new("us-blue-0", "127.0.0.1:7001".parse().unwrap())];
+/// let eu_blue = [Endpoint::new("eu-blue-0", "127.0.0.1:7101".parse().unwrap())];
+/// router.set_region_endpoints(&us, Slot::Blue, &us_blue).await?;
+/// router.set_region_endpoints(&eu, Slot::Blue, &eu_blue).await?;
+/// // us-east fails: all traffic to eu-west in one atomic change.
+/// router
+///     .set_region_weights(&service, &RegionWeights::new([(us, 0), (eu, 100)])?)
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct ProxyRouter {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
@@ -983,6 +1054,7 @@ impl ProxyRouter {
             response_idle_timeout: None,
             gzip: None,
             tls: None,
+            regions: None,
         }
     }
 
@@ -1032,8 +1104,48 @@ impl ProxyRouter {
         ProxyMetrics::new(self.shared.clone())
     }
 
+    /// The regions declared on the builder, in order (empty for a router
+    /// without regions).
+    pub fn regions(&self) -> Vec<RegionName> {
+        self.shared
+            .regions
+            .as_ref()
+            .map(|r| r.names.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Region `region` as a [`TrafficRouter`] of its own: its endpoints,
+    /// and a split that applies in that region only (see [`ProxyRegion`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the region when the router does not
+    /// declare it.
+    pub fn region(&self, region: &RegionName) -> Result<ProxyRegion> {
+        ProxyRegion::new(&self.shared, region, &self.span)
+    }
+
+    /// Replaces the endpoints of `slot` in region `region`: as
+    /// [`set_endpoints`](TrafficRouter::set_endpoints), for that region's
+    /// upstream group.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the region when the router does not
+    /// declare it, or naming the entry as `set_endpoints` does.
+    pub async fn set_region_endpoints(
+        &self,
+        region: &RegionName,
+        slot: Slot,
+        endpoints: &[Endpoint],
+    ) -> Result<()> {
+        let view = self.region(region)?;
+        view.set_endpoints(&self.shared.service, slot, endpoints)
+            .await
+    }
+
     /// The endpoints of `slot` that receive new requests (draining ones
-    /// excluded).
+    /// excluded); in a router with regions, those of its first region.
     pub fn endpoints(&self, slot: Slot) -> Vec<Endpoint> {
         self.shared
             .slot(slot)
@@ -1044,7 +1156,8 @@ impl ProxyRouter {
             .collect()
     }
 
-    /// Per-replica counters of the endpoints `slot` lists now: requests,
+    /// Per-replica counters of the endpoints `slot` lists now (in a router
+    /// with regions, in its first region): requests,
     /// failures and latency since each was listed, and the requests in
     /// flight and connections open to it. Rates and percentiles over a
     /// window are the difference of two snapshots
@@ -1067,7 +1180,8 @@ impl ProxyRouter {
             .collect()
     }
 
-    /// Requests in flight to the listed endpoints of `slot`.
+    /// Requests in flight to the listed endpoints of `slot` (in a router
+    /// with regions, in its first region; see [`ProxyRegion::in_flight`]).
     pub fn in_flight(&self, slot: Slot) -> usize {
         self.shared
             .slot(slot)
@@ -1169,6 +1283,62 @@ impl TrafficRouter for ProxyRouter {
             .set_endpoints(slot, endpoints)
             .instrument(span)
             .await
+    }
+}
+
+#[async_trait]
+impl RegionRouter for ProxyRouter {
+    /// Applies `weights` in one atomic swap: each new request reads the
+    /// weights once, so it follows the old ones or the new ones, never a
+    /// mix; requests in flight finish in the region they started in. A
+    /// declared region not listed gets 0.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for another service; [`Error::InvalidInput`]
+    /// naming the first listed region the router does not declare (every
+    /// region, for a router without regions), and nothing changes.
+    async fn set_region_weights(
+        &self,
+        service: &ServiceName,
+        weights: &RegionWeights,
+    ) -> Result<()> {
+        self.check_service(service)?;
+        let names = self
+            .shared
+            .regions
+            .as_ref()
+            .map_or(&[][..], |r| &r.names[..]);
+        let plan = RegionPlan::new(names, weights, true).inspect_err(|e| {
+            self.span
+                .in_scope(|| tracing::warn!(error = %e, "region weights refused"))
+        })?;
+        let Some(regions) = &self.shared.regions else {
+            return Err(Error::invalid(
+                "region weights",
+                "the proxy router declares no regions",
+            ));
+        };
+        let previous = regions.plan.swap(Arc::new(plan));
+        self.span.in_scope(|| {
+            tracing::info!(
+                weights = %weights,
+                previous = ?previous.set.as_ref().map(ToString::to_string),
+                "region weights applied"
+            );
+        });
+        Ok(())
+    }
+
+    /// The weights last set, or `None` while the builder's initial
+    /// weights are in force (or the router has no regions).
+    async fn region_weights(&self, service: &ServiceName) -> Result<Option<RegionWeights>> {
+        self.check_service(service)?;
+        Ok(self
+            .shared
+            .regions
+            .as_ref()
+            .and_then(|r| r.plan.load().set.clone()))
     }
 }
 

@@ -42,7 +42,7 @@ use super::h1::{
 use super::headers::{PeerInfo, put_forwarding, put_relayed};
 use super::metrics::{Outcome, ProxyFailure};
 use super::server::stopped;
-use super::shared::Shared;
+use super::shared::{RegionChoice, Shared};
 use super::tls::Terminator;
 use super::upstream::{InFlight, UpstreamConn};
 
@@ -205,6 +205,8 @@ struct Plan {
     head_request: bool,
     may_retry: bool,
     expect_continue: bool,
+    /// The region serving (0 in a router without regions).
+    region: usize,
     slot: Slot,
     set_sticky: bool,
     attempt: InFlight,
@@ -430,22 +432,42 @@ impl<C: ClientIo> ClientConn<C> {
             None => (target, None),
         };
         let shared = &*self.shared;
-        let Route { slot, set_sticky } = {
-            let split = shared.split.load();
-            match split.as_ref() {
-                Some(state) => state.route(headers, shared.sticky_name()),
-                None => {
+        let (region, Route { slot, set_sticky }, attempt) = match &shared.regions {
+            // A router without regions: the split, then the slot's endpoints.
+            None => {
+                let route = {
+                    let split = shared.split.load();
+                    match split.as_ref() {
+                        Some(state) => state.route(headers, shared.sticky_name()),
+                        None => {
+                            shared.metrics.record_unrouted();
+                            return Some(local(503, "no traffic split is set\n", None));
+                        }
+                    }
+                };
+                let Some(attempt) = shared.pick(route.slot, None) else {
+                    shared.record_no_endpoint(0, route.slot);
+                    let (status, text) = failure_answer(ProxyFailure::NoEndpoint);
+                    return Some(local(status, text, Some(route.slot)));
+                };
+                (0, route, attempt)
+            }
+            Some(regions) => match shared.route_regions(regions, headers, shared.sticky_name()) {
+                RegionChoice::Routed {
+                    region,
+                    route,
+                    attempt,
+                } => (region, route, attempt),
+                RegionChoice::Unrouted => {
                     shared.metrics.record_unrouted();
                     return Some(local(503, "no traffic split is set\n", None));
                 }
-            }
-        };
-        let Some(attempt) = shared.pick(slot, None) else {
-            shared
-                .metrics
-                .record(slot, Outcome::Failed(ProxyFailure::NoEndpoint), None);
-            let (status, text) = failure_answer(ProxyFailure::NoEndpoint);
-            return Some(local(status, text, Some(slot)));
+                RegionChoice::NoEndpoint { region, slot } => {
+                    shared.record_no_endpoint(region, slot);
+                    let (status, text) = failure_answer(ProxyFailure::NoEndpoint);
+                    return Some(local(status, text, Some(slot)));
+                }
+            },
         };
 
         let out = &mut self.out;
@@ -497,6 +519,7 @@ impl<C: ClientIo> ClientConn<C> {
             head_request: method == "HEAD",
             may_retry: !has_body && is_idempotent(method),
             expect_continue: facts.expect_continue && has_body,
+            region,
             slot,
             set_sticky,
             attempt,
@@ -522,6 +545,7 @@ impl<C: ClientIo> ClientConn<C> {
         let started = self.response_started.clone();
         let mut exchange = Exchange {
             shared: shared.clone(),
+            region: plan.region,
             slot: plan.slot,
             start: plan.start,
             // Until the exchange ends one way or another: an exchange
@@ -576,7 +600,7 @@ impl<C: ClientIo> ClientConn<C> {
                     tracing::trace!(slot = %plan.slot, replica = %upstream.endpoint.replica, %error, "upstream connection failed");
                     if plan.may_retry
                         && !retried
-                        && let Some(next) = shared.pick(plan.slot, Some(&upstream))
+                        && let Some(next) = shared.pick_in(plan.region, plan.slot, Some(&upstream))
                     {
                         shared.metrics.record_retry(plan.slot);
                         retried = true;
@@ -1018,6 +1042,8 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
 /// endpoint's in-flight count, also when the task is cancelled.
 struct Exchange {
     shared: Arc<Shared>,
+    /// The region serving (0 in a router without regions).
+    region: usize,
     slot: Slot,
     start: Instant,
     outcome: Option<Outcome>,
@@ -1035,6 +1061,7 @@ impl Drop for Exchange {
         let Some(outcome) = self.outcome else { return };
         let latency = matches!(outcome, Outcome::Status(_)).then(|| self.start.elapsed());
         self.shared.metrics.record(self.slot, outcome, latency);
+        self.shared.record_region(self.region, outcome);
         self.in_flight.upstream().stats.record(latency);
         tracing::trace!(
             slot = %self.slot,

@@ -1,6 +1,7 @@
 //! The state one router shares between its handle, the request path, the
 //! admin endpoint and its metrics: the split in force, the endpoints of
-//! each slot, the counters, and the settings the request path reads.
+//! each slot (of each region, when the router has regions), the region
+//! weights, the counters, and the settings the request path reads.
 //!
 //! It lives apart from the router's public surface so that the relay can
 //! use it without importing the module that starts the relay.
@@ -12,13 +13,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use atlas_core::region::{RegionName, RegionSet};
 use atlas_core::{Endpoint, Error, Result, ServiceName, Slot, TrafficSplit};
 use http::HeaderValue;
+use httparse::Header;
 
 use super::access_log::AccessLog;
-use super::balance::{SplitState, is_cookie_name, least_outstanding};
+use super::balance::{RegionPlan, Route, SplitState, is_cookie_name, least_outstanding};
 use super::gzip::GzipPolicy;
-use super::metrics::{MetricsCore, RouterState};
+use super::metrics::{MetricsCore, Outcome, ProxyFailure, RegionCounters, RegionLine, RouterState};
 use super::tls::Expiry;
 use super::upstream::{InFlight, PoolConfig, Upstream};
 
@@ -76,12 +79,85 @@ impl SlotState {
     }
 }
 
+/// The most regions a router declares: the region label's values stay
+/// few, and a region index fits the compiled weight table.
+pub(crate) const MAX_REGIONS: usize = 32;
+
+/// A router's regions: an upstream group (blue and green endpoints) per
+/// region, an optional split of each region's own, the weights between
+/// them, and per-region counters. Region 0's group is the router's
+/// [`Shared::slots`], so a router without regions is region 0 alone.
+pub(crate) struct Regions {
+    /// The declared regions, by index.
+    pub(crate) names: Box<[RegionName]>,
+    /// The groups of regions 1 and up.
+    others: Box<[[SlotState; 2]]>,
+    /// A split of the region's own, overriding the router's.
+    pub(crate) splits: Box<[ArcSwapOption<SplitState>]>,
+    pub(crate) plan: ArcSwap<RegionPlan>,
+    pub(crate) counters: Box<[RegionCounters]>,
+}
+
+impl Regions {
+    /// The regions of `set`, its normal weights (actives their share,
+    /// standbys 0) in force.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] on `regions` for more than [`MAX_REGIONS`].
+    pub(crate) fn new(set: &RegionSet) -> Result<Self> {
+        let names: Box<[RegionName]> = set.regions().iter().map(|r| r.name.clone()).collect();
+        if names.len() > MAX_REGIONS {
+            return Err(Error::invalid(
+                "regions",
+                format!(
+                    "declares {} regions; a proxy router takes at most {MAX_REGIONS}",
+                    names.len()
+                ),
+            ));
+        }
+        let plan = RegionPlan::new(&names, &set.normal_weights(), false)?;
+        Ok(Regions {
+            others: (1..names.len())
+                .map(|_| [SlotState::new(), SlotState::new()])
+                .collect(),
+            splits: names.iter().map(|_| ArcSwapOption::empty()).collect(),
+            counters: names.iter().map(|_| RegionCounters::new()).collect(),
+            plan: ArcSwap::from_pointee(plan),
+            names,
+        })
+    }
+
+    /// The index of region `name`.
+    pub(crate) fn index(&self, name: &RegionName) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+}
+
+/// Where the request path sends a request, in a router with regions.
+pub(crate) enum RegionChoice {
+    /// To `region`, slot `route.slot`, endpoint `attempt`.
+    Routed {
+        region: usize,
+        route: Route,
+        attempt: InFlight,
+    },
+    /// No region serving has a split (503, unrouted).
+    Unrouted,
+    /// No region serving has an endpoint in the slot its split chose: 503,
+    /// counted against the region chosen first.
+    NoEndpoint { region: usize, slot: Slot },
+}
+
 /// State shared by the router handle, the request path, the admin
 /// endpoint and [`ProxyMetrics`](super::ProxyMetrics).
 pub(crate) struct Shared {
     pub(crate) service: ServiceName,
     pub(crate) split: ArcSwapOption<SplitState>,
+    /// The endpoints of each slot: the router's, or its first region's.
     pub(crate) slots: [SlotState; 2],
+    /// The router's regions, if it declared any.
+    pub(crate) regions: Option<Regions>,
     pub(crate) metrics: MetricsCore,
     pub(crate) pool: PoolConfig,
     pub(crate) grace_period: Duration,
@@ -107,6 +183,31 @@ impl Shared {
         }
     }
 
+    /// The slots of region `region` (0 in a router without regions).
+    pub(crate) fn group(&self, region: usize) -> &[SlotState; 2] {
+        match (region, &self.regions) {
+            (0, _) | (_, None) => &self.slots,
+            (i, Some(regions)) => regions.others.get(i - 1).unwrap_or(&self.slots),
+        }
+    }
+
+    /// Every region's slots, region 0's first.
+    fn groups(&self) -> impl Iterator<Item = (usize, &[SlotState; 2])> {
+        let others = self.regions.as_ref().map_or(&[][..], |r| &r.others[..]);
+        std::iter::once(&self.slots).chain(others).enumerate()
+    }
+
+    /// Idle connections of every endpoint are closed when expired.
+    pub(crate) fn reap(&self) {
+        for (_, group) in self.groups() {
+            for state in group {
+                for upstream in state.endpoints.load().iter() {
+                    upstream.reap(&self.pool);
+                }
+            }
+        }
+    }
+
     pub(crate) fn current_split(&self) -> Option<TrafficSplit> {
         self.split.load().as_ref().map(|s| s.split.clone())
     }
@@ -119,7 +220,20 @@ impl Shared {
     /// against it. Loops only when the chosen endpoint was removed between
     /// the list load and the count, which a fresh load resolves.
     pub(crate) fn pick(&self, slot: Slot, exclude: Option<&Arc<Upstream>>) -> Option<InFlight> {
-        let state = self.slot(slot);
+        self.pick_from(self.slot(slot), exclude)
+    }
+
+    /// [`pick`](Self::pick) in region `region`'s slot.
+    pub(crate) fn pick_in(
+        &self,
+        region: usize,
+        slot: Slot,
+        exclude: Option<&Arc<Upstream>>,
+    ) -> Option<InFlight> {
+        self.pick_from(slot_of(self.group(region), slot), exclude)
+    }
+
+    fn pick_from(&self, state: &SlotState, exclude: Option<&Arc<Upstream>>) -> Option<InFlight> {
         for _ in 0..4 {
             let chosen = least_outstanding(&state.endpoints.load(), &state.rr, exclude)?;
             if let Some(in_flight) = InFlight::enter(chosen) {
@@ -129,9 +243,93 @@ impl Shared {
         None
     }
 
+    /// Routes a request in a router with regions: a region by the weights
+    /// in force, then a slot by that region's split (its own, or the
+    /// router's), then an endpoint. A region that cannot serve (no split,
+    /// or no endpoint in the slot chosen) passes the request to the next
+    /// serving region, as a DNS failover routes around an unhealthy
+    /// record; that counts as a fallback of the region chosen first.
+    pub(crate) fn route_regions(
+        &self,
+        regions: &Regions,
+        headers: &[Header<'_>],
+        sticky_cookie: Option<&str>,
+    ) -> RegionChoice {
+        let plan = regions.plan.load();
+        let first = plan.choose();
+        let mut no_endpoint = None;
+        for region in std::iter::once(first).chain(plan.fallbacks(first)) {
+            let own = regions.splits[region].load();
+            let service;
+            let split = match own.as_ref() {
+                Some(split) => split,
+                None => {
+                    service = self.split.load();
+                    match service.as_ref() {
+                        Some(split) => split,
+                        None => continue,
+                    }
+                }
+            };
+            let route = split.route(headers, sticky_cookie);
+            match self.pick_in(region, route.slot, None) {
+                Some(attempt) => {
+                    if region != first {
+                        regions.counters[first].record_fallback();
+                        tracing::trace!(
+                            from = %regions.names[first],
+                            to = %regions.names[region],
+                            slot = %route.slot,
+                            "region cannot serve; falling back"
+                        );
+                    }
+                    return RegionChoice::Routed {
+                        region,
+                        route,
+                        attempt,
+                    };
+                }
+                None => {
+                    if no_endpoint.is_none() {
+                        no_endpoint = Some(RegionChoice::NoEndpoint {
+                            region,
+                            slot: route.slot,
+                        });
+                    }
+                }
+            }
+        }
+        no_endpoint.unwrap_or(RegionChoice::Unrouted)
+    }
+
+    /// Counts a finished request against `region`, in a router with regions.
+    pub(crate) fn record_region(&self, region: usize, outcome: Outcome) {
+        if let Some(counters) = self.regions.as_ref().and_then(|r| r.counters.get(region)) {
+            counters.record(outcome);
+        }
+    }
+
+    /// Counts a 503 for want of an endpoint against `region` and `slot`.
+    pub(crate) fn record_no_endpoint(&self, region: usize, slot: Slot) {
+        let outcome = Outcome::Failed(ProxyFailure::NoEndpoint);
+        self.metrics.record(slot, outcome, None);
+        self.record_region(region, outcome);
+    }
+
     pub(crate) async fn set_endpoints(&self, slot: Slot, endpoints: &[Endpoint]) -> Result<()> {
+        self.set_region_endpoints(0, slot, endpoints).await
+    }
+
+    /// Replaces the endpoints of `slot` in region `region` (0 in a router
+    /// without regions), draining removed ones.
+    pub(crate) async fn set_region_endpoints(
+        &self,
+        region: usize,
+        slot: Slot,
+        endpoints: &[Endpoint],
+    ) -> Result<()> {
         validate_endpoints(endpoints)?;
-        let state = self.slot(slot);
+        let state = slot_of(self.group(region), slot);
         let removed = {
             let _writer = state.writer.lock().unwrap_or_else(PoisonError::into_inner);
             let current = state.endpoints.load_full();
@@ -190,6 +388,13 @@ impl Shared {
     }
 }
 
+fn slot_of(group: &[SlotState; 2], slot: Slot) -> &SlotState {
+    match slot {
+        Slot::Blue => &group[0],
+        Slot::Green => &group[1],
+    }
+}
+
 fn validate_endpoints(endpoints: &[Endpoint]) -> Result<()> {
     let mut names: HashMap<&str, usize> = HashMap::with_capacity(endpoints.len());
     let mut addrs: HashMap<SocketAddr, usize> = HashMap::with_capacity(endpoints.len());
@@ -241,9 +446,33 @@ impl RouterState for Shared {
         self.current_split()
     }
 
-    fn visit_endpoints(&self, slot: Slot, visit: &mut dyn FnMut(&str, usize)) {
-        for upstream in self.slot(slot).endpoints.load().iter() {
-            visit(&upstream.endpoint.replica, upstream.in_flight());
+    fn visit_endpoints(&self, slot: Slot, visit: &mut dyn FnMut(Option<&str>, &str, usize)) {
+        for (index, group) in self.groups() {
+            let region = self
+                .regions
+                .as_ref()
+                .and_then(|r| r.names.get(index))
+                .map(RegionName::as_str);
+            for upstream in slot_of(group, slot).endpoints.load().iter() {
+                visit(region, &upstream.endpoint.replica, upstream.in_flight());
+            }
+        }
+    }
+
+    fn visit_regions(&self, visit: &mut dyn FnMut(RegionLine<'_>)) {
+        let Some(regions) = &self.regions else { return };
+        let plan = regions.plan.load();
+        for (index, name) in regions.names.iter().enumerate() {
+            let group = self.group(index);
+            visit(RegionLine {
+                name: name.as_str(),
+                weight: plan.percents.get(index).copied().unwrap_or(0),
+                counters: &regions.counters[index],
+                endpoints: [
+                    group[0].endpoints.load().len(),
+                    group[1].endpoints.load().len(),
+                ],
+            });
         }
     }
 
