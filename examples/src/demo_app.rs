@@ -997,8 +997,18 @@ mod tests {
             StatusCode::OK,
             "the app stays up"
         );
-        // Back to the real database.
-        std::fs::write(&target, &url).unwrap();
+        // Back to the real database, named the way a failover writes it.
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        let host = match &cfg.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            other => panic!("ATLAS_TEST_POSTGRES_URL names a socket: {other:?}"),
+        };
+        let json = serde_json::json!({
+            "format": 1, "node": "db-a", "host": host, "port": cfg.get_ports()[0],
+            "dbname": cfg.get_dbname().unwrap_or("postgres"),
+            "user": cfg.get_user().unwrap_or("postgres"),
+        });
+        std::fs::write(&target, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
         let (status, _, _) = app.get(&format!("/ledger/{}", base + 4)).await;
         assert_eq!(status, StatusCode::OK);
         let client = crate::ledger::connect(&url).await.unwrap();

@@ -82,19 +82,14 @@ impl Ledger {
     }
 }
 
-/// Connects to `target` (a connection string without a password; the
+/// Connects to `target` (a target file's text, see [`parse_target`]; the
 /// password comes from `PGPASSWORD`) and makes sure the ledger table
 /// exists.
 ///
 /// # Errors
 /// A message naming what failed (never the password).
 pub async fn connect(target: &str) -> Result<Client, String> {
-    let mut config: tokio_postgres::Config = target.parse().map_err(|e| {
-        format!(
-            "target {:?} is not a connection string: {e}",
-            redact(target)
-        )
-    })?;
+    let mut config = parse_target(target)?;
     if config.get_password().is_none()
         && let Ok(pw) = std::env::var("PGPASSWORD")
     {
@@ -113,12 +108,16 @@ pub async fn connect(target: &str) -> Result<Client, String> {
             tracing::debug!(error = %e, "ledger connection ended");
         }
     });
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS atlas_ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())",
-        )
-        .await
-        .map_err(|e| format!("cannot create the ledger table: {e}"))?;
+    // Replicas starting together race on IF NOT EXISTS (a unique
+    // violation in the catalog); the loser finds the table on its retry.
+    let create = "CREATE TABLE IF NOT EXISTS atlas_ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())";
+    if let Err(first) = client.batch_execute(create).await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client
+            .batch_execute(create)
+            .await
+            .map_err(|e| format!("cannot create the ledger table: {e} (first try: {first})"))?;
+    }
     Ok(client)
 }
 
