@@ -623,6 +623,59 @@ async fn a_region_without_endpoints_falls_back_to_another() {
     drill.router.shutdown().await;
 }
 
+/// A region whose endpoints are listed but refuse connections (its
+/// replicas died before any health check noticed): bodiless idempotent
+/// requests go to another region instead of failing, counted as
+/// fallbacks; a request with a body is not resent and fails.
+#[tokio::test]
+async fn a_region_whose_endpoints_refuse_connections_falls_back_for_idempotent_requests() {
+    let drill = Drill::start(active(&[("us", 50), ("eu", 50)]), &[]).await;
+    // Two ports nobody listens on.
+    let dead: Vec<Endpoint> = (0..2)
+        .map(|i| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            Endpoint::new(format!("us-dead-{i}"), l.local_addr().unwrap())
+        })
+        .collect();
+    drill
+        .router
+        .set_region_endpoints(&region("us"), Slot::Blue, &dead)
+        .await
+        .unwrap();
+    let counts = drill.spread(200, 2).await;
+    assert_eq!(counts.get("eu-blue"), Some(&200), "{counts:?}");
+    drill
+        .await_sample(
+            "atlas_proxy_region_requests_total{service=\"shop\",region=\"eu\"}",
+            200.0,
+        )
+        .await;
+    let metrics = drill.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "atlas_proxy_region_fallbacks_total{service=\"shop\",region=\"us\"}"
+        ),
+        100.0,
+        "every request chosen for us fell back"
+    );
+    // A POST with a body is never sent twice: of two, the one chosen for
+    // us fails with 502.
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let req = Request::post(format!("http://{}/", drill.router.local_addr()))
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let response = bounded("post", client.request(req)).await.unwrap();
+        statuses.push(response.status());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::BAD_GATEWAY]);
+    drill.router.shutdown().await;
+}
+
 /// Eight clients send requests without pause while the weights flip 20
 /// times (all to one region, to zero, back): not one request fails.
 #[tokio::test]

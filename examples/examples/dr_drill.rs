@@ -32,6 +32,11 @@
 //!    RPO, by the app's own ledger), restarts `us-east`'s replicas, and
 //!    waits for the automatic failback to the normal weights.
 //!
+//! Until the controller moves traffic, the proxy itself sends what the
+//! dead region refuses (a refused connection sent nothing) to the next
+//! serving region, so reads do not fail while the triggers count; ledger
+//! writes fail until the standby is promoted.
+//!
 //! It prints the recovery time in three parts, each from the kill: trigger
 //! detected, traffic moved, database writable; and the requests that
 //! failed before the kill, between the kill and the traffic move, and after

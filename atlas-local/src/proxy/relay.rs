@@ -585,9 +585,13 @@ impl<C: ClientIo> ClientConn<C> {
         }
 
         // Connect (with one retry on another endpoint for idempotent
-        // requests) and send the head. A pooled connection that turns out
-        // closed is replaced by a new one to the same endpoint.
+        // requests, then, in a router with regions, one on another serving
+        // region: a refused connection sent nothing, and a region whose
+        // endpoints all refuse is down before its health checks say so)
+        // and send the head. A pooled connection that turns out closed is
+        // replaced by a new one to the same endpoint.
         let mut retried = false;
+        let mut crossed = false;
         let mut fresh_only = false;
         let conn = loop {
             let upstream = exchange.in_flight.upstream().clone();
@@ -610,6 +614,24 @@ impl<C: ClientIo> ClientConn<C> {
                             put_header(&mut self.out, b"host", &next.upstream().host);
                             self.out.extend_from_slice(b"\r\n");
                         }
+                        exchange.in_flight = next;
+                        continue;
+                    }
+                    if plan.may_retry
+                        && !crossed
+                        && let Some((region, next)) =
+                            shared.fallback_region(exchange.region, plan.slot)
+                    {
+                        shared.metrics.record_retry(plan.slot);
+                        crossed = true;
+                        retried = true;
+                        fresh_only = false;
+                        if let Some(mark) = plan.host_mark {
+                            self.out.truncate(mark);
+                            put_header(&mut self.out, b"host", &next.upstream().host);
+                            self.out.extend_from_slice(b"\r\n");
+                        }
+                        exchange.region = region;
                         exchange.in_flight = next;
                         continue;
                     }

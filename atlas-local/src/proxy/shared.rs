@@ -302,6 +302,31 @@ impl Shared {
         no_endpoint.unwrap_or(RegionChoice::Unrouted)
     }
 
+    /// An endpoint of `slot` in the next serving region after `failed` that
+    /// has one (declaration order, wrapping round), for a request whose
+    /// connections in `failed` were all refused; counted as a fallback of
+    /// `failed`. `None` in a router without regions or when no other
+    /// region can take it.
+    pub(crate) fn fallback_region(&self, failed: usize, slot: Slot) -> Option<(usize, InFlight)> {
+        let regions = self.regions.as_ref()?;
+        let plan = regions.plan.load();
+        for region in plan.fallbacks(failed) {
+            if let Some(attempt) = self.pick_in(region, slot, None) {
+                if let Some(counters) = regions.counters.get(failed) {
+                    counters.record_fallback();
+                }
+                tracing::debug!(
+                    from = %regions.names[failed],
+                    to = %regions.names[region],
+                    %slot,
+                    "region unreachable; falling back"
+                );
+                return Some((region, attempt));
+            }
+        }
+        None
+    }
+
     /// Counts a finished request against `region`, in a router with regions.
     pub(crate) fn record_region(&self, region: usize, outcome: Outcome) {
         if let Some(counters) = self.regions.as_ref().and_then(|r| r.counters.get(region)) {
