@@ -120,6 +120,20 @@ async fn recording_region_router_passes_the_region_router_suite() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_single_service_suite_catches_a_router_that_serves_any_service() {
+    let regions = ["us-east", "eu-west"].map(|r| RegionName::new(r).unwrap());
+    let router = RecordingRegionRouter::with_regions(regions.clone());
+    let svc = conformance::unique_service("single");
+    let run = tokio::spawn(async move {
+        conformance::region_router::all_single_service(&router, &svc, &regions).await;
+    });
+    let err = run
+        .await
+        .expect_err("a router answering for every service is no single-service router");
+    assert!(err.is_panic());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_router_that_accepts_unknown_regions_fails_the_suite() {
     let regions = ["us-east", "eu-west"].map(|r| RegionName::new(r).unwrap());
     let lax = RecordingRegionRouter::new();

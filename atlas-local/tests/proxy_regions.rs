@@ -5,17 +5,16 @@
 //! endpoints, per-region metrics, and weight changes under load. Every
 //! wait is bounded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use atlas_core::region::{Region, RegionName, RegionRouter, RegionSet, RegionWeights};
 use atlas_core::testing::conformance;
-use atlas_core::{Endpoint, ErrorKind, Result, ServiceName, Slot, TrafficRouter, TrafficSplit};
+use atlas_core::{Endpoint, ErrorKind, ServiceName, Slot, TrafficRouter, TrafficSplit};
 use atlas_local::proxy::{ProxyRouter, SLOT_HEADER};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -268,68 +267,25 @@ fn sample(metrics: &str, prefix: &str) -> f64 {
 // ---------------------------------------------------------------------------
 // Conformance.
 
-/// A proxy router serves one service, and the region router suite runs
-/// each check on fresh services: as the traffic-router suite does with
-/// `all_single_service`, every service gets a router of its own, here
-/// built on first use. Every call reaches that service's `ProxyRouter`.
-struct RouterPerService {
-    set: RegionSet,
-    routers: tokio::sync::Mutex<HashMap<ServiceName, Arc<ProxyRouter>>>,
-}
-
-impl RouterPerService {
-    async fn router(&self, service: &ServiceName) -> Arc<ProxyRouter> {
-        let mut routers = self.routers.lock().await;
-        if let Some(r) = routers.get(service) {
-            return r.clone();
-        }
-        let r = Arc::new(
-            ProxyRouter::builder(service.clone())
-                .regions(self.set.clone())
-                .worker_threads(1)
-                .build()
-                .await
-                .unwrap(),
-        );
-        routers.insert(service.clone(), r.clone());
-        r
-    }
-}
-
-#[async_trait]
-impl RegionRouter for RouterPerService {
-    async fn set_region_weights(
-        &self,
-        service: &ServiceName,
-        weights: &RegionWeights,
-    ) -> Result<()> {
-        self.router(service)
-            .await
-            .set_region_weights(service, weights)
-            .await
-    }
-
-    async fn region_weights(&self, service: &ServiceName) -> Result<Option<RegionWeights>> {
-        self.router(service).await.region_weights(service).await
-    }
-}
-
+/// A proxy router serves one service: the single-service form of the
+/// region router suite, on a real router (another service is refused).
 #[tokio::test]
 async fn passes_the_region_router_conformance_suite() {
     let set = active(&[("us-east", 40), ("eu-west", 35), ("ap-south", 25)]);
     let regions: Vec<RegionName> = set.regions().iter().map(|r| r.name.clone()).collect();
-    let routers = RouterPerService {
-        set,
-        routers: tokio::sync::Mutex::new(HashMap::new()),
-    };
+    let svc = conformance::unique_service("proxy-regions");
+    let router = ProxyRouter::builder(svc.clone())
+        .regions(set)
+        .worker_threads(1)
+        .build()
+        .await
+        .unwrap();
     bounded(
         "region router conformance",
-        conformance::region_router::all(&routers, "proxy-regions", &regions),
+        conformance::region_router::all_single_service(&router, &svc, &regions),
     )
     .await;
-    for router in routers.routers.lock().await.values() {
-        router.shutdown().await;
-    }
+    router.shutdown().await;
 }
 
 /// Each region's view passes the traffic-router suite.

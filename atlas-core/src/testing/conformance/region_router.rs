@@ -43,6 +43,52 @@ pub async fn all(router: &dyn RegionRouter, prefix: &str, regions: &[RegionName]
     setting_the_same_weights_twice_is_idempotent(router, &unique_service(prefix), regions).await;
 }
 
+/// Runs the checks on one service, for a router that serves exactly one
+/// (Atlas's proxy): `service` must have had no weights set. Instead of
+/// the independence of two services, another service must be refused with
+/// a not-found error.
+///
+/// # Panics
+///
+/// When the router breaks the contract, or fewer than two regions are given.
+pub async fn all_single_service(
+    router: &dyn RegionRouter,
+    service: &ServiceName,
+    regions: &[RegionName],
+) {
+    assert!(
+        regions.len() >= 2,
+        "region router suite: give at least two regions"
+    );
+    nothing_set_is_none(router, service).await;
+    weights_read_back(router, service, regions).await;
+    all_to_one_then_back(router, service, regions).await;
+    unknown_region_is_refused_and_changes_nothing(router, service, regions).await;
+    setting_the_same_weights_twice_is_idempotent(router, service, regions).await;
+    another_service_is_not_found(router, &unique_service(service.as_str()), regions).await;
+}
+
+/// A router of one service refuses `other` with a not-found error, both
+/// to set and to read.
+pub async fn another_service_is_not_found(
+    router: &dyn RegionRouter,
+    other: &ServiceName,
+    regions: &[RegionName],
+) {
+    let set = router.set_region_weights(other, &spread(regions)).await;
+    assert_eq!(
+        set.map_err(|e| e.kind()),
+        Err(ErrorKind::NotFound),
+        "region router: setting weights of a service it does not serve must be not-found"
+    );
+    let read = router.region_weights(other).await;
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(ErrorKind::NotFound),
+        "region router: reading weights of a service it does not serve must be not-found"
+    );
+}
+
 /// Spreads 100 % over `regions`: the first takes the rest after an even share.
 pub fn spread(regions: &[RegionName]) -> RegionWeights {
     let n = regions.len() as u32;
