@@ -131,6 +131,41 @@ async fn canary(telemetry: &Telemetry, service: &str, error_rate: f64) {
 
 /// A real decision of the specification's horizontal policy: three
 /// replicas at twice their request-rate target.
+/// A failover as a controller reports it, and the standby's lag as a
+/// database adapter reports it.
+fn record_failover(telemetry: &Telemetry) {
+    use atlas_core::database::ReplicationStatus;
+    use atlas_core::failover::{FailoverEvent, FailoverEventKind};
+    use atlas_core::region::{RegionName, RegionWeights};
+    telemetry.replication_observed(
+        "db-b",
+        &ReplicationStatus {
+            streaming: true,
+            synchronous: false,
+            lag_bytes: Some(4096),
+            lag: Some(Duration::from_millis(120)),
+        },
+    );
+    let r = |n: &str| RegionName::new(n).unwrap();
+    let service = ServiceName::new("dashboard").unwrap();
+    let moved = RegionWeights::new([(r("us"), 0), (r("eu"), 60), (r("ap"), 40)]).unwrap();
+    for kind in [
+        FailoverEventKind::TrafficMoved {
+            weights: moved,
+            after: Duration::from_millis(300),
+        },
+        FailoverEventKind::FailoverDone {
+            after: Duration::from_secs(2),
+        },
+    ] {
+        telemetry.failover_event(&FailoverEvent {
+            service: service.clone(),
+            at: SystemTime::now(),
+            kind,
+        });
+    }
+}
+
 fn autoscale_decision() -> ScaleDecision {
     let policy = HorizontalPolicy::web_service().with_metrics_named(&["requests_per_second"]);
     let mut hpa = HorizontalAutoscaler::new(policy).unwrap();
@@ -190,6 +225,7 @@ async fn every_dashboard_query_parses_and_returns_series() {
     telemetry.restore_tested("offsite", now);
     telemetry.failover_drilled("dashboard", now);
     telemetry.autoscale_decided("dashboard", &autoscale_decision());
+    record_failover(&telemetry);
     let endpoints = Endpoints::new(telemetry.clone())
         .serve(TELEMETRY_ADDR.parse().unwrap())
         .await
