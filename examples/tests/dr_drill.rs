@@ -27,7 +27,7 @@ fn seconds(output: &str, label: &str) -> f64 {
 #[ignore = "needs the PostgreSQL server programs; run: cargo xtask test"]
 fn the_primary_region_fails_over_and_back_without_losing_an_acknowledged_write() {
     let output = Command::new(example("dr_drill"))
-        .args(["--synchronous", "--interval", "1s", "--warmup", "4s"])
+        .args(["--synchronous", "--interval", "2s", "--warmup", "4s"])
         .args([
             "--failback-after",
             "5s",
@@ -45,7 +45,7 @@ fn the_primary_region_fails_over_and_back_without_losing_an_acknowledged_write()
         "dr_drill failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
-    // Three failed checks a second apart: detected within a few seconds,
+    // Three failed checks two seconds apart: detected within seconds,
     // and the database right behind the traffic.
     let detected = seconds(&stdout, "trigger detected");
     let moved = seconds(&stdout, "traffic moved");
