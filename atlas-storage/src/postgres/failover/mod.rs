@@ -932,7 +932,7 @@ mod tests {
     async fn promotion_without_a_fence_is_refused_before_any_connection() {
         let db = pair().build().unwrap();
         let err = db.promote_standby().await.unwrap_err();
-        assert_eq!(err.kind(), atlas_core::ErrorKind::InvalidInput, "{err}");
+        assert_eq!(err.kind(), atlas_core::ErrorKind::Precondition, "{err}");
         assert!(err.to_string().contains("must be fenced"), "{err}");
         assert_eq!(db.primary().await, "db-a");
     }
