@@ -96,11 +96,11 @@
 
 mod autoscaling;
 mod convert;
+mod document;
 mod durations;
+mod failover;
 mod types;
 
-use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 pub use crate::strategy::MAX_REPLICAS;
@@ -109,7 +109,13 @@ pub use autoscaling::{
     ScalingRulesSpec,
 };
 pub use convert::ENGINE_ARGS;
+use document::{DOCUMENT, in_file, parse_as, parse_toml, parse_yaml, read_as};
+pub use document::{MAX_SPEC_FILE_BYTES, SpecFormat};
 pub use durations::MAX_DURATION;
+pub use failover::{
+    CapacitySpec, DatabaseSpec, FailbackSpec, FailoverConfig, FailoverSpec, HealthSpec, Manual,
+    MetricTriggerSpec, Off, RegionSpec, Toggle,
+};
 pub use types::{
     AnalysisStepSpec, AnalysisTemplateSpec, BlueGreenSpec, CanaryScaleSpec, CanarySpec,
     CanaryStepSpec, InconclusiveSpec, MetricSpec, NameValueSpec, PauseSpec, ProbeSpec, ReleaseSpec,
@@ -118,63 +124,6 @@ pub use types::{
 
 use crate::error::{Error, Result};
 use crate::rollout::Rollout;
-
-/// The largest spec file [`RolloutSpec::from_path`] reads: 1 MiB. Real specs
-/// are a few kilobytes; the cap keeps a wrong path (a log, a device) from
-/// being read into memory.
-pub const MAX_SPEC_FILE_BYTES: u64 = 1024 * 1024;
-
-/// The field named by errors about the document as a whole (a syntax error,
-/// a missing top-level field).
-const DOCUMENT: &str = "document";
-
-/// The deepest nesting of YAML flow collections (`[`, `{`) accepted.
-///
-/// libyaml's time grows with the square of that depth (100 000 nested `[`
-/// take most of a minute), and serde_yaml_ng refuses anything nested deeper
-/// than 128 once parsed anyway, so deeper input is refused before parsing.
-const MAX_YAML_FLOW_DEPTH: usize = 256;
-
-/// The two file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SpecFormat {
-    /// YAML (`.yaml`, `.yml`).
-    Yaml,
-    /// TOML (`.toml`).
-    Toml,
-}
-
-impl SpecFormat {
-    /// The format a file's extension names: `.yaml`/`.yml` or `.toml`, in
-    /// any case.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`] naming the path for any other extension.
-    pub fn of_path(path: &Path) -> Result<Self> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        match ext.as_deref() {
-            Some("yaml" | "yml") => Ok(SpecFormat::Yaml),
-            Some("toml") => Ok(SpecFormat::Toml),
-            _ => Err(Error::invalid(
-                path.display().to_string(),
-                "spec files must end in .yaml, .yml or .toml",
-            )),
-        }
-    }
-}
-
-impl fmt::Display for SpecFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SpecFormat::Yaml => "yaml",
-            SpecFormat::Toml => "toml",
-        })
-    }
-}
 
 impl RolloutSpec {
     /// Parses a YAML spec. Only parses: call
@@ -186,19 +135,7 @@ impl RolloutSpec {
     /// unknown field; `field` is the dotted path (`document` for the top
     /// level), `rule` the parser's message with line and column.
     pub fn from_yaml(text: &str) -> Result<Self> {
-        if flow_depth_exceeds(text, MAX_YAML_FLOW_DEPTH) {
-            return Err(parse_failed(
-                SpecFormat::Yaml,
-                DOCUMENT.to_string(),
-                format!("must not nest '[' or '{{' more than {MAX_YAML_FLOW_DEPTH} deep"),
-            ));
-        }
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = field_of(e.path());
-            let rule = without_path_prefix(&field, &e.inner().to_string()).to_string();
-            parse_failed(SpecFormat::Yaml, field, rule)
-        })
+        parse_yaml(text)
     }
 
     /// Parses a TOML spec. Only parses: call
@@ -208,17 +145,7 @@ impl RolloutSpec {
     ///
     /// As [`from_yaml`](Self::from_yaml).
     pub fn from_toml(text: &str) -> Result<Self> {
-        let located = |e: &toml::de::Error| match e.span() {
-            Some(span) => {
-                let (line, column) = line_column(text, span.start);
-                format!("{} at line {line} column {column}", e.message().trim_end())
-            }
-            None => e.message().trim_end().to_string(),
-        };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| parse_failed(SpecFormat::Toml, DOCUMENT.to_string(), located(&e)))?;
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| parse_failed(SpecFormat::Toml, field_of(e.path()), located(e.inner())))
+        parse_toml(text)
     }
 
     /// Parses `text` in `format`.
@@ -227,10 +154,7 @@ impl RolloutSpec {
     ///
     /// As [`from_yaml`](Self::from_yaml).
     pub fn parse(text: &str, format: SpecFormat) -> Result<Self> {
-        match format {
-            SpecFormat::Yaml => Self::from_yaml(text),
-            SpecFormat::Toml => Self::from_toml(text),
-        }
+        parse_as(text, format)
     }
 
     /// Reads and parses a spec file, in the format its extension names
@@ -247,10 +171,8 @@ impl RolloutSpec {
     pub fn from_path(path: &Path) -> Result<Self> {
         let span = tracing::info_span!("atlas.spec.read", path = %path.display());
         let _entered = span.enter();
-        let format = SpecFormat::of_path(path)?;
-        let text = read_bounded(path)?;
-        let spec = Self::parse(&text, format).map_err(|e| in_file(path, e))?;
-        tracing::debug!(service = %spec.service, %format, "spec file parsed");
+        let spec: Self = read_as(path)?;
+        tracing::debug!(service = %spec.service, "spec file parsed");
         Ok(spec)
     }
 
@@ -305,152 +227,4 @@ pub fn load(path: impl AsRef<Path>) -> Result<Rollout> {
         "rollout spec loaded"
     );
     Ok(rollout)
-}
-
-fn field_of(path: &serde_path_to_error::Path) -> String {
-    let field = path.to_string();
-    if field.chars().all(|c| c == '.' || c == '?') {
-        DOCUMENT.to_string()
-    } else {
-        field
-    }
-}
-
-/// Whether `[`/`{` nest deeper than `limit`. Quotes are ignored, so brackets
-/// inside strings count too: an over-estimate, and real specs stay far below
-/// the limit (queries hold balanced brackets).
-fn flow_depth_exceeds(text: &str, limit: usize) -> bool {
-    let mut depth = 0usize;
-    for b in text.bytes() {
-        match b {
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
-}
-
-/// serde_yaml_ng starts its messages with its own copy of the path: `field`
-/// itself, or for an unknown key the map holding it (`release` for
-/// `release.bogus`). The path is already in `field`, so drop it here.
-fn without_path_prefix<'m>(field: &str, message: &'m str) -> &'m str {
-    let mut path = field;
-    loop {
-        if let Some(rest) = message
-            .strip_prefix(path)
-            .and_then(|m| m.strip_prefix(": "))
-        {
-            return rest;
-        }
-        match path.rfind(['.', '[']) {
-            Some(cut) if cut > 0 => path = &path[..cut],
-            _ => return message,
-        }
-    }
-}
-
-fn parse_failed(format: SpecFormat, field: String, rule: String) -> Error {
-    tracing::debug!(%format, %field, "spec does not parse");
-    Error::InvalidInput { field, rule }
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
-fn in_file(path: &Path, e: Error) -> Error {
-    match e {
-        Error::InvalidInput { field, rule } => Error::InvalidInput {
-            field: if field == DOCUMENT {
-                path.display().to_string()
-            } else {
-                format!("{}: {field}", path.display())
-            },
-            rule,
-        },
-        other => other,
-    }
-}
-
-fn read_bounded(path: &Path) -> Result<String> {
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::not_found(format!("spec file {shown}")),
-        _ => Error::backend_with("filesystem", format!("cannot open {shown}"), e),
-    })?;
-    let mut bytes = Vec::new();
-    // Read one byte past the cap to tell "exactly at the cap" from "over it"
-    // without trusting the metadata, which is 0 for pipes and devices.
-    file.take(MAX_SPEC_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::backend_with("filesystem", format!("cannot read {shown}"), e))?;
-    if bytes.len() as u64 > MAX_SPEC_FILE_BYTES {
-        return Err(Error::invalid(
-            shown.to_string(),
-            format!("spec files must be at most {MAX_SPEC_FILE_BYTES} bytes"),
-        ));
-    }
-    String::from_utf8(bytes)
-        .map_err(|e| Error::invalid(shown.to_string(), format!("is not UTF-8 text: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn line_and_column_count_characters_from_one() {
-        let text = "a = 1\nbé = [\n";
-        assert_eq!(line_column(text, 0), (1, 1));
-        assert_eq!(line_column(text, 6), (2, 1));
-        // 'é' is two bytes but one column; offsets inside it round down.
-        assert_eq!(line_column(text, 9), (2, 3));
-        assert_eq!(line_column(text, 8), (2, 2));
-        assert_eq!(line_column(text, 1000), (3, 1));
-    }
-
-    #[test]
-    fn the_path_yaml_repeats_is_dropped_once() {
-        assert_eq!(
-            without_path_prefix("release.bogus", "release: unknown field"),
-            "unknown field"
-        );
-        assert_eq!(
-            without_path_prefix(
-                "strategy.canary.steps[1].x",
-                "strategy.canary.steps[1]: unknown"
-            ),
-            "unknown"
-        );
-        assert_eq!(
-            without_path_prefix("service", "service: bad at line 1"),
-            "bad at line 1"
-        );
-        assert_eq!(
-            without_path_prefix("document", "invalid type: sequence"),
-            "invalid type: sequence"
-        );
-    }
-
-    #[test]
-    fn flow_depth_counts_unclosed_brackets_only() {
-        assert!(!flow_depth_exceeds(&"[]".repeat(10_000), 2));
-        assert!(!flow_depth_exceeds("[[{}]]", 3));
-        assert!(flow_depth_exceeds("[[{", 2));
-        assert!(!flow_depth_exceeds("]]]]][[", 2));
-    }
 }
