@@ -1,6 +1,8 @@
 //! `atlas check`: the deployment validation checklist from the command
 //! line — a table for people, `--output json` for scripts, and exit status
-//! 0 when nothing failed, 1 when an item failed (2 for a bad command line).
+//! 0 when nothing failed, 1 when an item failed, 2 for a bad command line
+//! or one that gave no item its inputs (every item not applicable: nothing
+//! was checked, which must not read as a pass).
 //!
 //! Every item needs its inputs; an item whose inputs are not given says
 //! "not applicable" and why, instead of passing:
@@ -429,12 +431,50 @@ fn main() -> ExitCode {
     };
     // A closed pipe (`| head`) is the reader's choice, not an error.
     let _ = std::io::stdout().write_all(text.as_bytes());
-    ExitCode::from(report.exit_code())
+    let status = exit_status(&report);
+    if status == 2 {
+        eprintln!(
+            "atlas_check: nothing was checked: give at least one item its inputs (see --help)"
+        );
+    }
+    ExitCode::from(status)
+}
+
+/// 0 when nothing failed and something was checked, 1 when an item
+/// failed, 2 when every item was not applicable.
+fn exit_status(report: &atlas_gates::ChecklistReport) -> u8 {
+    let checked = report
+        .items
+        .iter()
+        .any(|i| i.status != atlas_gates::CheckStatus::NotApplicable);
+    if checked { report.exit_code() } else { 2 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn nothing_checked_is_not_a_pass() {
+        use atlas_gates::{CheckOutcome, Checklist, FnCheck};
+        let none = Checklist::new()
+            .not_applicable("a", "no input")
+            .not_applicable("b", "no input")
+            .run()
+            .await;
+        assert_eq!(exit_status(&none), 2);
+        let one = Checklist::new()
+            .not_applicable("a", "no input")
+            .item(FnCheck::new("b", || async { CheckOutcome::pass("ok") }))
+            .run()
+            .await;
+        assert_eq!(exit_status(&one), 0);
+        let failed = Checklist::new()
+            .item(FnCheck::new("c", || async { CheckOutcome::fail("down") }))
+            .run()
+            .await;
+        assert_eq!(exit_status(&failed), 1);
+    }
 
     #[test]
     fn the_command_line_parses() {
