@@ -8,6 +8,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::archive::TAG_SYSTEM;
+use super::labels::{malformed, parsed_tag, tag};
 use super::wal::Lsn;
 use crate::repo::{BackupSource, Snapshot, SourceCompletion, SourceInput};
 use atlas_core::backup::ByteStream;
@@ -90,34 +91,16 @@ impl BaseBackupInfo {
     /// [`Error::InvalidInput`] naming the snapshot and the tag that is
     /// missing or malformed.
     pub fn from_snapshot(snapshot: &Snapshot) -> Result<Self> {
-        let field = |prefix: &str| -> Result<&str> {
-            snapshot
-                .tags
-                .iter()
-                .find_map(|t| t.strip_prefix(prefix))
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!("snapshot {}.tags", snapshot.id.short()),
-                        format!("has no {prefix} tag"),
-                    )
-                })
-        };
-        let bad = |prefix: &str, v: &str| {
-            Error::invalid(
-                format!("snapshot {}.tags", snapshot.id.short()),
-                format!("{prefix}{v} is malformed"),
-            )
-        };
-        let sys = field(TAG_SYSTEM)?;
-        let tli = field(TAG_TIMELINE)?;
-        let stop_time = field(TAG_STOP_TIME)?;
-        let stop_time =
-            humantime::parse_rfc3339(stop_time).map_err(|_| bad(TAG_STOP_TIME, stop_time))?;
+        let system_identifier = parsed_tag(snapshot, TAG_SYSTEM)?;
+        let timeline = parsed_tag(snapshot, TAG_TIMELINE)?;
+        let stop_time = tag(snapshot, TAG_STOP_TIME)?;
+        let stop_time = humantime::parse_rfc3339(stop_time)
+            .map_err(|_| malformed(snapshot, TAG_STOP_TIME, stop_time))?;
         BaseBackupInfo::new(
-            sys.parse().map_err(|_| bad(TAG_SYSTEM, sys))?,
-            tli.parse().map_err(|_| bad(TAG_TIMELINE, tli))?,
-            field(TAG_START_LSN)?.parse()?,
-            field(TAG_STOP_LSN)?.parse()?,
+            system_identifier,
+            timeline,
+            tag(snapshot, TAG_START_LSN)?.parse()?,
+            tag(snapshot, TAG_STOP_LSN)?.parse()?,
             stop_time,
         )
     }

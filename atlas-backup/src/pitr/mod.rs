@@ -32,6 +32,7 @@
 mod archive;
 mod base;
 mod catalog;
+mod labels;
 mod plan;
 mod restore_point;
 mod wal;

@@ -12,6 +12,7 @@ use tracing::{Instrument, info, info_span};
 
 use super::archive::TAG_SYSTEM;
 use super::base::TAG_TIMELINE;
+use super::labels::{parsed_tag, tag};
 use super::wal::Lsn;
 use crate::repo::{BackupKind, BackupOptions, MirrorSet, Snapshot, SnapshotId, StreamSource};
 use atlas_core::{Error, Result};
@@ -71,31 +72,13 @@ impl RestorePointInfo {
     /// [`Error::InvalidInput`] naming the snapshot and the tag that is
     /// missing or malformed.
     pub fn from_snapshot(snapshot: &Snapshot) -> Result<Self> {
-        let field = |prefix: &str| -> Result<&str> {
-            snapshot
-                .tags
-                .iter()
-                .find_map(|t| t.strip_prefix(prefix))
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!("snapshot {}.tags", snapshot.id.short()),
-                        format!("has no {prefix} tag"),
-                    )
-                })
-        };
-        let bad = |prefix: &str, v: &str| {
-            Error::invalid(
-                format!("snapshot {}.tags", snapshot.id.short()),
-                format!("{prefix}{v} is malformed"),
-            )
-        };
-        let tli = field(TAG_TIMELINE)?;
-        let sys = field(TAG_SYSTEM)?;
+        let timeline = parsed_tag(snapshot, TAG_TIMELINE)?;
+        let system_identifier = parsed_tag(snapshot, TAG_SYSTEM)?;
         RestorePointInfo::new(
-            field(TAG_RESTORE_POINT)?,
-            field(TAG_RESTORE_POINT_LSN)?.parse()?,
-            tli.parse().map_err(|_| bad(TAG_TIMELINE, tli))?,
-            sys.parse().map_err(|_| bad(TAG_SYSTEM, sys))?,
+            tag(snapshot, TAG_RESTORE_POINT)?,
+            tag(snapshot, TAG_RESTORE_POINT_LSN)?.parse()?,
+            timeline,
+            system_identifier,
             snapshot.time,
         )
     }
