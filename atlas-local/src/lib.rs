@@ -13,6 +13,7 @@
 //!   memory, requests per second, p95 latency and open connections for an
 //!   autoscaler.
 
+pub mod daemon;
 pub mod file_store;
 pub mod process;
 pub mod proxy;
