@@ -235,7 +235,6 @@ impl Core {
                 release,
                 replicas,
             } => {
-                self.view(&service)?;
                 self.workloads.deploy(&service, slot, &release, replicas).await?;
                 self.persist().await?;
                 Ok(ApiResponse::Done)
@@ -245,7 +244,6 @@ impl Core {
                 slot,
                 replicas,
             } => {
-                self.view(&service)?;
                 self.workloads.scale(&service, slot, replicas).await?;
                 self.persist().await?;
                 Ok(ApiResponse::Done)

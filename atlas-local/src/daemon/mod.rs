@@ -75,6 +75,8 @@ pub struct DaemonConfig {
     pub restart: RestartPolicy,
     /// The proxy's data-path threads (0: the caller's runtime).
     pub worker_threads: usize,
+    /// How often replicas are probed for readiness and checked for exits.
+    pub poll_interval: Duration,
     /// Take the listening socket and the replicas over from the daemon
     /// running on the same state directory, which then drains and exits.
     pub takeover: bool,
@@ -83,7 +85,7 @@ pub struct DaemonConfig {
 impl DaemonConfig {
     /// Defaults: proxy on 127.0.0.1:8080, admin socket
     /// `{state_dir}/atlasd.sock` (0600), 30 s grace period, restarts with
-    /// backoff, two data-path threads.
+    /// backoff, two data-path threads, replicas polled every 200 ms.
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         let state_dir = state_dir.into();
         DaemonConfig {
@@ -94,6 +96,7 @@ impl DaemonConfig {
             grace_period: Duration::from_secs(30),
             restart: RestartPolicy::on_failure(),
             worker_threads: 2,
+            poll_interval: Duration::from_millis(200),
             takeover: false,
         }
     }
@@ -150,6 +153,14 @@ impl Daemon {
             .create(&config.state_dir)
             .map_err(|e| io_err(format!("cannot create {}", config.state_dir.display()), e))?;
         let handover_path = config.state_dir.join("handover.sock");
+        if !config.takeover && tokio::net::UnixStream::connect(&config.admin.socket).await.is_ok() {
+            return Err(Error::Conflict {
+                what: format!(
+                    "another atlasd answers on {}; stop it, or start this one with --takeover",
+                    config.admin.socket.display()
+                ),
+            });
+        }
         let mut predecessor = None;
         let listener = if config.takeover {
             let (stream, listener) = take_over(&handover_path).await?;
@@ -164,6 +175,7 @@ impl Daemon {
         let workloads = ProcessWorkloads::builder()
             .log_dir(config.state_dir.join("logs"))
             .grace_period(config.grace_period)
+            .poll_interval(config.poll_interval)
             .detached(true)
             .restart(config.restart.clone())
             .build()?;
