@@ -61,6 +61,12 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Keep every [`Sample`], for per-phase assertions.
     pub record: bool,
+    /// The `Host` header to send (default: the target address), for a
+    /// proxy that routes services by host name.
+    pub host: Option<String>,
+    /// Open a new connection for every request instead of keeping
+    /// connections alive, to exercise the proxy's accepting.
+    pub fresh_connections: bool,
 }
 
 impl LoadConfig {
@@ -72,6 +78,8 @@ impl LoadConfig {
             rate,
             timeout: Duration::from_secs(5),
             record: false,
+            host: None,
+            fresh_connections: false,
         }
     }
 }
@@ -224,9 +232,12 @@ fn per_worker_period(workers: usize, rate: u32) -> Duration {
 async fn worker(shared: Arc<Shared>, config: LoadConfig) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(30));
+    if config.fresh_connections {
+        builder.pool_max_idle_per_host(0);
+    }
+    let client: Client<HttpConnector, Empty<Bytes>> = builder.build(connector);
     let uri: hyper::Uri = format!("http://{}/", config.target)
         .parse()
         .expect("socket address forms a URI");
@@ -239,7 +250,12 @@ async fn worker(shared: Arc<Shared>, config: LoadConfig) {
         next = (next + period).max(tokio::time::Instant::now());
         let sent = SystemTime::now();
         shared.counters.sent.fetch_add(1, Ordering::Relaxed);
-        let result = match tokio::time::timeout(config.timeout, send(&client, uri.clone())).await {
+        let result = match tokio::time::timeout(
+            config.timeout,
+            send(&client, uri.clone(), config.host.as_deref()),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Classified::Failed(format!("timed out after {:?}", config.timeout)),
         };
@@ -254,8 +270,22 @@ async fn worker(shared: Arc<Shared>, config: LoadConfig) {
     }
 }
 
-async fn send(client: &Client<HttpConnector, Empty<Bytes>>, uri: hyper::Uri) -> Classified {
-    let response = match client.get(uri).await {
+async fn send(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    uri: hyper::Uri,
+    host: Option<&str>,
+) -> Classified {
+    let mut request = hyper::Request::new(Empty::new());
+    *request.uri_mut() = uri;
+    if let Some(host) = host {
+        match hyper::header::HeaderValue::from_str(host) {
+            Ok(value) => {
+                request.headers_mut().insert(hyper::header::HOST, value);
+            }
+            Err(_) => return Classified::Failed(format!("bad host {host:?}")),
+        }
+    }
+    let response = match client.request(request).await {
         Ok(r) => r,
         Err(e) => return Classified::Failed(format!("request error: {e}")),
     };
