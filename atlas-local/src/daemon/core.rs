@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as SyncMutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use atlas_core::{
     Endpoint, Error, Phase, Result, RolloutState, ServiceName, Slot, StateStore, TrafficRouter,
@@ -20,7 +21,7 @@ use super::api::{
 use super::persist::{Persisted, PersistedService, StateFile, now_ms};
 use super::server::{Caller, Handler};
 use crate::file_store::FileStateStore;
-use crate::process::{ProcessWorkloads, ReplicaEventKind};
+use crate::process::{ProcessWorkloads, ReplicaEventKind, ReplicaRecord};
 use crate::proxy::{ProxyRouter, ProxyService};
 
 /// The window `atlas status` reports request rate, p95 and errors over.
@@ -32,7 +33,9 @@ const MAX_COMMAND_WAIT: Duration = Duration::from_secs(30);
 /// The daemon's state shared by the admin handler and its background tasks.
 pub(crate) struct Core {
     pub(crate) router: ProxyRouter,
-    pub(crate) workloads: Arc<ProcessWorkloads>,
+    /// The supervisor; replaced by a fresh one that adopts the replicas
+    /// again when a hand-over fails after this one released them.
+    workloads: ArcSwap<ProcessWorkloads>,
     rollouts: FileStateStore,
     file: StateFile,
     state: Mutex<Persisted>,
@@ -40,25 +43,40 @@ pub(crate) struct Core {
     commands: watch::Sender<u64>,
     /// Who is changing which service right now.
     busy: SyncMutex<HashMap<ServiceName, (Arc<Mutex<()>>, String)>>,
+    /// The records of replicas the supervisor released (hand-over,
+    /// shutdown): from then on they are what the state file names, since
+    /// the released supervisor knows none.
+    released: SyncMutex<Option<Vec<ReplicaRecord>>>,
 }
 
 impl Core {
     pub(crate) fn new(
         router: ProxyRouter,
-        workloads: Arc<ProcessWorkloads>,
+        workloads: ProcessWorkloads,
         state_dir: &Path,
         state: Persisted,
     ) -> Result<Core> {
         let rollouts = FileStateStore::new(state_dir.join("rollouts"))?;
         Ok(Core {
             router,
-            workloads,
+            workloads: ArcSwap::from_pointee(workloads),
             rollouts,
             file: StateFile::new(state_dir),
             state: Mutex::new(state),
             commands: watch::channel(0).0,
             busy: SyncMutex::new(HashMap::new()),
+            released: SyncMutex::new(None),
         })
+    }
+
+    /// The supervisor in charge now.
+    pub(crate) fn workloads(&self) -> Arc<ProcessWorkloads> {
+        self.workloads().load_full()
+    }
+
+    /// Puts a new supervisor in charge (after a failed hand-over).
+    pub(crate) fn replace_workloads(&self, workloads: ProcessWorkloads) {
+        self.workloads().store(Arc::new(workloads));
     }
 
     /// The state file's path.
@@ -69,15 +87,28 @@ impl Core {
     /// Writes the state with the supervisor's current replica records.
     pub(crate) async fn persist(&self) -> Result<()> {
         let mut state = self.state.lock().await;
-        state.replicas = self.workloads.records().await;
-        self.file.save(&state)
+        self.save(&mut state).await
+    }
+
+    /// Writes the state naming `records`, the replicas the supervisor just
+    /// released, and keeps naming them in later writes.
+    pub(crate) async fn persist_released(&self, records: Vec<ReplicaRecord>) -> Result<()> {
+        *self.released.lock().unwrap_or_else(PoisonError::into_inner) = Some(records);
+        self.persist().await
+    }
+
+    /// Supervises again (a hand-over failed): records come from the
+    /// supervisor once more.
+    pub(crate) fn resume_supervising(&self, workloads: ProcessWorkloads) {
+        self.workloads.store(Arc::new(workloads));
+        *self.released.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Persists whenever a replica starts, exits, is restarted or adopted,
     /// so the records name the live pids.
     pub(crate) fn watch_replicas(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let core = Arc::downgrade(self);
-        let mut events = self.workloads.events();
+        let mut events = self.workloads().events();
         tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
@@ -182,7 +213,7 @@ impl Core {
                 }
                 self.router.remove_service(&service).await?;
                 for slot in [Slot::Blue, Slot::Green] {
-                    self.workloads.scale(&service, slot, 0).await?;
+                    self.workloads().scale(&service, slot, 0).await?;
                 }
                 let mut state = self.state.lock().await;
                 state.services.remove(&service);
@@ -235,7 +266,7 @@ impl Core {
                 release,
                 replicas,
             } => {
-                self.workloads.deploy(&service, slot, &release, replicas).await?;
+                self.workloads().deploy(&service, slot, &release, replicas).await?;
                 self.persist().await?;
                 Ok(ApiResponse::Done)
             }
@@ -244,12 +275,12 @@ impl Core {
                 slot,
                 replicas,
             } => {
-                self.workloads.scale(&service, slot, replicas).await?;
+                self.workloads().scale(&service, slot, replicas).await?;
                 self.persist().await?;
                 Ok(ApiResponse::Done)
             }
             ApiRequest::SlotStatus { service, slot } => Ok(ApiResponse::SlotStatus {
-                status: self.workloads.status(&service, slot).await?,
+                status: self.workloads().status(&service, slot).await?,
             }),
             ApiRequest::Drain { service, slot } => {
                 let view = self.view(&service)?;
@@ -283,7 +314,7 @@ impl Core {
                 index,
                 lines,
             } => {
-                let path = self.workloads.log_path(&service, slot, index);
+                let path = self.workloads().log_path(&service, slot, index);
                 let tail = tail_lines(&path, lines.min(10_000) as usize).await?;
                 Ok(ApiResponse::Logs {
                     path: path.display().to_string(),
@@ -378,7 +409,11 @@ impl Core {
     }
 
     async fn save(&self, state: &mut Persisted) -> Result<()> {
-        state.replicas = self.workloads.records().await;
+        let released = self.released.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        state.replicas = match released {
+            Some(records) => records,
+            None => self.workloads().records().await,
+        };
         self.file.save(state)
     }
 
@@ -411,9 +446,9 @@ impl Core {
         let metrics = view.metrics();
         let mut slots = Vec::with_capacity(2);
         let (mut requests, mut errors, mut covered, mut p95) = (0u64, 0u64, Duration::ZERO, None::<Duration>);
-        let restarts = self.workloads.restarts(service).await;
+        let replicas = self.workloads().replicas().await;
         for slot in [Slot::Blue, Slot::Green] {
-            let status = self.workloads.status(service, slot).await?;
+            let status = self.workloads().status(service, slot).await?;
             let stats = metrics.window_stats(slot, STATUS_WINDOW);
             requests += stats.requests;
             errors += stats.server_errors + stats.proxy_errors;
@@ -427,7 +462,11 @@ impl Core {
                 weight: split.as_ref().map_or(0, |s| s.weight_of(slot).percent()),
                 routed: view.endpoints(slot),
                 in_flight: view.in_flight(slot),
-                restarts: restarts.get(&slot).copied().unwrap_or(0),
+                restarts: replicas
+                    .iter()
+                    .filter(|r| &r.service == service && r.slot == slot)
+                    .map(|r| r.restarts)
+                    .sum(),
                 status,
             });
         }
@@ -463,7 +502,7 @@ impl Core {
                 view.set_split(&service, split).await?;
             }
             for (slot, endpoints) in &persisted.endpoints {
-                let live = self.workloads.status(&service, *slot).await?.endpoints;
+                let live = self.workloads().status(&service, *slot).await?.endpoints;
                 let endpoints: Vec<Endpoint> = endpoints
                     .iter()
                     .map(|e| {

@@ -121,6 +121,28 @@ pub struct Daemon {
     handovers: mpsc::Receiver<StdUnixStream>,
     handover_task: tokio::task::JoinHandle<()>,
     watcher: tokio::task::JoinHandle<()>,
+    supervisor: Supervisor,
+}
+
+/// How the daemon's supervisor is built (again, after a failed hand-over).
+#[derive(Debug, Clone)]
+struct Supervisor {
+    log_dir: PathBuf,
+    grace_period: Duration,
+    poll_interval: Duration,
+    restart: RestartPolicy,
+}
+
+impl Supervisor {
+    fn build(&self) -> Result<ProcessWorkloads> {
+        ProcessWorkloads::builder()
+            .log_dir(&self.log_dir)
+            .grace_period(self.grace_period)
+            .poll_interval(self.poll_interval)
+            .detached(true)
+            .restart(self.restart.clone())
+            .build()
+    }
 }
 
 impl std::fmt::Debug for Daemon {
@@ -172,17 +194,18 @@ impl Daemon {
             bind_proxy(config.listen)?
         };
         let state = StateFile::new(&config.state_dir).load()?;
-        let workloads = ProcessWorkloads::builder()
-            .log_dir(config.state_dir.join("logs"))
-            .grace_period(config.grace_period)
-            .poll_interval(config.poll_interval)
-            .detached(true)
-            .restart(config.restart.clone())
-            .build()?;
+        let supervisor = Supervisor {
+            log_dir: config.state_dir.join("logs"),
+            grace_period: config.grace_period,
+            poll_interval: config.poll_interval,
+            restart: config.restart.clone(),
+        };
+        let workloads = supervisor.build()?;
         let report = workloads.adopt(state.replicas.clone()).await?;
         tracing::info!(
-            adopted = report.adopted,
-            restarted = report.restarted,
+            adopted = report.adopted.len(),
+            restarted = report.restarted.len(),
+            moved = report.moved.len(),
             failed = report.failed.len(),
             "replicas taken over"
         );
@@ -198,7 +221,7 @@ impl Daemon {
             .worker_threads(config.worker_threads)
             .build()
             .await?;
-        let core = Arc::new(Core::new(router, Arc::new(workloads), &config.state_dir, state)?);
+        let core = Arc::new(Core::new(router, workloads, &config.state_dir, state)?);
         core.restore_routes().await?;
         core.persist().await?;
         let watcher = core.watch_replicas();
@@ -225,6 +248,7 @@ impl Daemon {
             handovers,
             handover_task,
             watcher,
+            supervisor,
         })
     }
 
@@ -279,18 +303,24 @@ impl Daemon {
             admin.shutdown(false).await;
         }
         self.core.router.shutdown().await;
-        if let Err(e) = self.core.persist().await {
+        self.watcher.abort();
+        let records = match self.core.workloads().release_all().await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot release the replicas");
+                self.core.workloads().records().await
+            }
+        };
+        tracing::info!(replicas = records.len(), "replicas left running");
+        if let Err(e) = self.core.persist_released(records).await {
             tracing::error!(error = %e, "cannot persist the daemon state at shutdown");
         }
-        self.watcher.abort();
-        self.core.workloads.detach_all().await;
     }
 
     /// Stops everything, replicas included (for tests and `atlasd
     /// --stop-replicas`).
     pub async fn shutdown_all(self) {
-        let workloads = self.core.workloads.clone();
-        let stopped = workloads.shutdown().await;
+        let stopped = self.core.workloads().shutdown().await;
         tracing::info!(stopped, "replicas stopped");
         self.shutdown().await;
     }
@@ -305,9 +335,10 @@ impl Daemon {
             admin.shutdown(true).await;
         }
         self.watcher.abort();
-        self.core.persist().await?;
-        let records = self.core.workloads.records().await;
-        self.core.workloads.detach_all().await;
+        // Released first, so no restart slips in after the records are
+        // written; the successor reads them.
+        let records = self.core.workloads().release_all().await?;
+        self.core.persist_released(records.clone()).await?;
         let listener = self
             .listener
             .try_clone()
@@ -332,7 +363,10 @@ impl Daemon {
             return Ok(());
         }
         tracing::error!("successor failed before serving; taking the replicas back");
-        self.core.workloads.adopt(records).await?;
+        let workloads = self.supervisor.build()?;
+        let report = workloads.adopt(records).await?;
+        tracing::info!(adopted = report.adopted.len(), restarted = report.restarted.len(), "replicas taken back");
+        self.core.resume_supervising(workloads);
         self.watcher = self.core.watch_replicas();
         self.admin = Some(AdminServer::start(self.admin_config.clone(), self.core.clone()).await?);
         Err(Error::Backend {
