@@ -330,14 +330,103 @@ async fn dropping_detached_workloads_leaves_replicas_running_and_release_hands_t
     let err = attached.release_all().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Precondition);
 
-    // A third owner adopts and stops both.
-    let w = detached(logs.path());
+    // A third owner adopts both; its restart policy covers them too: one
+    // killed from outside (its exit status unknown, as it is not our
+    // child) comes back on its port.
+    let w = builder(logs.path())
+        .detached(true)
+        .restart(fast_restarts(Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    let mut events = w.events();
     let report = w.adopt(released.clone()).await.unwrap();
     assert_eq!(report.adopted.len(), 2, "{report:?}");
+    let victim = &released[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (exited, _) = next_event(&mut events, "Exited", |e| {
+        matches!(e.kind, ReplicaEventKind::Exited { .. })
+    })
+    .await;
+    assert_eq!(exited.pid, victim.pid);
+    assert_eq!(
+        exited.kind,
+        ReplicaEventKind::Exited {
+            status: "is gone, exit status unknown (adopted, so not our child)".into()
+        }
+    );
+    let (started, _) = next_event(&mut events, "Started", |e| {
+        e.kind == ReplicaEventKind::Started
+    })
+    .await;
+    let now = w
+        .replicas()
+        .await
+        .into_iter()
+        .find(|r| r.name == victim.name())
+        .unwrap();
+    assert_eq!((now.pid, now.addr.port()), (started.pid, victim.port));
+    assert_eq!(now.restarts, victim.restarts + 1);
+    assert!(!now.adopted && now.running);
     w.shutdown().await;
-    for r in &released {
-        wait_gone(r.pid, Duration::from_secs(5)).await;
+    for pid in [released[1].pid, started.pid] {
+        wait_gone(pid, Duration::from_secs(5)).await;
     }
+}
+
+/// An owner that goes while a replica is being stopped (here: one that
+/// ignores SIGTERM, with a long grace period) records it as stopping; the
+/// next owner finishes the job instead of adopting it into its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_left_half_stopped_is_stopped_by_the_next_owner() {
+    let logs = tempfile::tempdir().unwrap();
+    let svc = service("checkout");
+    let w = builder(logs.path())
+        .detached(true)
+        .grace_period(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let stubborn = script("v1", "trap '' TERM; echo armed; exec sleep 1000");
+    w.deploy(&svc, Slot::Blue, &stubborn, 1).await.unwrap();
+    let pid = w.pids(&svc, Slot::Blue).await[0].1;
+    // SIGTERM only once the trap is set.
+    let log = w.log_path(&svc, Slot::Blue, 0);
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&log).unwrap().contains("\narmed") {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never armed its trap"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    w.scale(&svc, Slot::Blue, 0).await.unwrap();
+    let records = w.records().await;
+    assert_eq!(records.len(), 1);
+    assert!(records[0].stopping && records[0].pid == pid, "{records:?}");
+    drop(w);
+    sleep(Duration::from_millis(200)).await;
+    assert!(alive(pid), "SIGTERM is ignored and the owner is gone");
+
+    let w = builder(logs.path())
+        .detached(true)
+        .grace_period(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let report = w.adopt(records).await.unwrap();
+    assert_eq!(report.stopping, ["checkout-blue-0"]);
+    assert!(
+        report.adopted.is_empty() && report.restarted.is_empty(),
+        "{report:?}"
+    );
+    wait_gone(pid, Duration::from_secs(5)).await;
+    assert_eq!(
+        w.status(&svc, Slot::Blue).await.unwrap(),
+        SlotStatus::empty(Slot::Blue)
+    );
+    assert!(w.replicas().await.is_empty());
 }
 
 /// A replica that crashes is restarted on its port after 50, 100, 200 and

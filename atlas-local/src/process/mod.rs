@@ -418,23 +418,27 @@ impl ProcessWorkloads {
     }
 
     /// What a later owner needs to [`adopt`](Self::adopt) the replicas:
-    /// one record per replica of every slot (ones being stopped are left
-    /// out). Records hold the releases' environment, which may hold
-    /// secrets: keep them where only the owner can read them.
+    /// one record per replica of every slot, and one per replica still
+    /// being stopped (marked [`stopping`](ReplicaRecord::stopping), so that
+    /// a later owner finishes stopping it if this one could not). Records
+    /// hold the releases' environment, which may hold secrets: keep them
+    /// where only the owner can read them.
     pub async fn records(&self) -> Vec<ReplicaRecord> {
         let state = self.state.lock().await;
         self.records_of(&state)
     }
 
     fn records_of(&self, state: &State) -> Vec<ReplicaRecord> {
+        let log_path = |r: &Replica| self.ctx.config.log_path(r.name());
         state
             .slots
             .values()
             .flat_map(|s| {
                 s.replicas
                     .values()
-                    .map(|r| r.record(s.desired, self.ctx.config.log_path(r.name())))
+                    .map(|r| r.record(s.desired, log_path(r)))
             })
+            .chain(state.draining.iter().map(|r| r.record(0, log_path(r))))
             .collect()
     }
 
@@ -632,6 +636,26 @@ impl ProcessWorkloads {
             let mut report = AdoptReport::default();
             for rec in records {
                 let name = rec.name();
+                if rec.stopping {
+                    if let Some(start_time) = rec
+                        .start_time
+                        .filter(|t| process_start_time(rec.pid) == Some(*t))
+                    {
+                        ports.insert(rec.port);
+                        let r = Replica::adopt(
+                            launch_of(&rec),
+                            rec.pid,
+                            start_time,
+                            rec.restarts,
+                            &self.ctx,
+                        );
+                        tracing::info!(replica = %name, pid = rec.pid, "stopping an adopted replica an earlier owner was stopping");
+                        r.request_stop();
+                        guard.draining.push(r);
+                        report.stopping.push(name);
+                    }
+                    continue;
+                }
                 let key = (rec.service.clone(), rec.slot);
                 let record = guard.slots.entry(key).or_default();
                 match self.adopt_one(record, rec, &mut ports) {
@@ -652,6 +676,7 @@ impl ProcessWorkloads {
                 adopted = report.adopted.len(),
                 restarted = report.restarted.len(),
                 moved = report.moved.len(),
+                stopping = report.stopping.len(),
                 failed = report.failed.len(),
                 "replicas adopted"
             );
@@ -686,13 +711,7 @@ impl ProcessWorkloads {
         let running = rec
             .start_time
             .filter(|t| process_start_time(rec.pid) == Some(*t));
-        let mut launch = Launch {
-            service: rec.service.clone(),
-            slot: rec.slot,
-            index: rec.index,
-            release: rec.release.clone(),
-            port: rec.port,
-        };
+        let mut launch = launch_of(&rec);
         let (replica, adoption) = if let Some(start_time) = running {
             ports.insert(rec.port);
             let r = Replica::adopt(launch, rec.pid, start_time, rec.restarts, &self.ctx);
@@ -721,6 +740,16 @@ impl ProcessWorkloads {
         record.desired = record.desired.max(rec.replicas);
         record.release.get_or_insert(rec.release);
         Ok(adoption)
+    }
+}
+
+fn launch_of(rec: &ReplicaRecord) -> Launch {
+    Launch {
+        service: rec.service.clone(),
+        slot: rec.slot,
+        index: rec.index,
+        release: rec.release.clone(),
+        port: rec.port,
     }
 }
 

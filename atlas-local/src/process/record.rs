@@ -27,7 +27,7 @@ pub struct ReplicaRecord {
     pub index: u32,
     /// The release the slot runs.
     pub release: Release,
-    /// How many replicas the slot should run.
+    /// How many replicas the slot should run (ignored when `stopping`).
     pub replicas: u32,
     /// The replica's (last) process id.
     pub pid: u32,
@@ -42,6 +42,11 @@ pub struct ReplicaRecord {
     /// How often it was restarted after exiting on its own.
     #[serde(default)]
     pub restarts: u32,
+    /// Atlas was stopping it (scale down, deploy) when the record was
+    /// taken: a later owner that finds it still running stops it again
+    /// rather than adopting it into its slot.
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 impl ReplicaRecord {
@@ -64,6 +69,7 @@ impl fmt::Debug for ReplicaRecord {
             .field("port", &self.port)
             .field("log_path", &self.log_path)
             .field("restarts", &self.restarts)
+            .field("stopping", &self.stopping)
             .finish()
     }
 }
@@ -81,6 +87,9 @@ pub struct AdoptReport {
     /// Replicas started afresh on a new port, because another program held
     /// theirs: `(name, old port, new port)`. Each is also in `restarted`.
     pub moved: Vec<(String, u16, u16)>,
+    /// Replicas an earlier owner was stopping and that still ran: they are
+    /// being stopped again (SIGTERM, SIGKILL after the grace period).
+    pub stopping: Vec<String>,
     /// Records that could not be adopted nor started, with the reason.
     pub failed: Vec<(String, String)>,
 }

@@ -150,6 +150,7 @@ impl Shared {
             port: launch.port,
             log_path,
             restarts: life.restarts,
+            stopping: life.stopping,
         }
     }
 
