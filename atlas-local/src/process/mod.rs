@@ -39,19 +39,38 @@
 //!   that serves traffic without failing a request: new replicas are
 //!   listed with the router only once ready, and replicas that go are
 //!   drained from the router before they are stopped.
-//! - **Exit.** A replica that exits on its own is not restarted: it stays in
-//!   the slot, is not counted as updated or ready, and is reported in
+//! - **Exit.** A replica that exits on its own stays in the slot, is not
+//!   counted as updated or ready, and is reported in
 //!   [`SlotStatus::failures`] (`checkout-green-1 exited with status 3`)
-//!   until the next deploy. There is no restart policy; deploying the same
-//!   release again is the restart.
+//!   until the next deploy, or until it is restarted (see *Restart*). By
+//!   default it is not restarted; deploying the same release again
+//!   replaces it.
+//! - **Restart.** With [`RestartPolicy::OnFailure`]
+//!   ([`ProcessWorkloadsBuilder::restart`]) a replica that exits on its own
+//!   (any status, or a signal Atlas did not send) is started again, with
+//!   the same name, index and port (so the endpoints a router holds stay
+//!   valid), after a backoff that doubles with each exit in a row up to a
+//!   cap and starts over once a run lasted `reset_after`.
+//!   [`RestartPolicy::on_failure`] waits 1 s doubling to 60 s, reset after
+//!   10 min of running; Kubernetes' CrashLoopBackOff waits 10 s doubling to
+//!   5 min (same reset): a local process starts in milliseconds and its
+//!   port stays listed, so Atlas retries sooner and caps lower. While it
+//!   waits, the replica is reported in `failures`. Restarts are counted per
+//!   replica ([`ProcessWorkloads::replicas`]). Replicas Atlas stops (scale
+//!   down, deploy, shutdown) are never restarted.
+//! - **Events.** [`ProcessWorkloads::events`] reports each start, readiness,
+//!   exit, scheduled restart, adoption, stop and release as a
+//!   [`ReplicaEvent`]; each is also a tracing event.
 //! - **Stop.** Signals go to the replica's process group (each replica runs
 //!   in a group of its own, so a Ctrl-C in the terminal reaches Atlas, not
 //!   the replicas): SIGTERM, then SIGKILL once the grace period (default
 //!   30 s, as Kubernetes' `terminationGracePeriodSeconds`) has passed.
 //!   [`ProcessWorkloads::shutdown`] stops every replica that way and waits;
-//!   dropping the [`ProcessWorkloads`] SIGKILLs whatever still runs.
-//! - **Owner death.** On Linux a replica never outlives the program that
-//!   owns it, however that program ends (SIGKILL and crashes included):
+//!   dropping the [`ProcessWorkloads`] SIGKILLs whatever still runs (unless
+//!   detached).
+//! - **Owner death.** By default (embedded mode), on Linux a replica never
+//!   outlives the program that owns it, however that program ends
+//!   (SIGKILL and crashes included):
 //!   each replica asks the kernel for SIGKILL when its parent goes
 //!   (`PR_SET_PDEATHSIG`), and refuses to start if its owner died while it
 //!   was being forked. The kernel ties this to the *thread* that forked the
@@ -64,6 +83,38 @@
 //!   ([`shutdown`](ProcessWorkloads::shutdown), `Drop`, or a signal handler
 //!   that leads to either), so a program embedding this should handle
 //!   SIGINT and SIGTERM.
+//! - **Detached mode.** For a supervisor that is itself restarted or
+//!   upgraded ([`ProcessWorkloadsBuilder::detached`]): each replica starts
+//!   a session of its own (`setsid`: a process group of its own, no
+//!   controlling terminal, so no SIGHUP or Ctrl-C from one), nothing asks
+//!   the kernel to kill it with its owner, and it has no pipe to the owner
+//!   (stdin is `/dev/null`; stdout and stderr are the child's own
+//!   descriptors of its log file, opened for appending), so it runs on
+//!   however the owner ends, SIGKILL included. Dropping the
+//!   [`ProcessWorkloads`] leaves replicas running;
+//!   [`shutdown`](ProcessWorkloads::shutdown) still stops them all, and
+//!   [`release_all`](ProcessWorkloads::release_all) lets go of them for a
+//!   planned exit, returning their records.
+//! - **Adoption.** [`ProcessWorkloads::records`] describes every replica
+//!   ([`ReplicaRecord`]: slot, index, release, pid, the process's start
+//!   time from `/proc/<pid>/stat`, port, log file, restarts); the owner
+//!   keeps them (in a file only it can read: the release's environment may
+//!   hold secrets). A new owner passes them to
+//!   [`ProcessWorkloads::adopt`]: a process that still runs with the
+//!   recorded start time is taken over (a pid the kernel has since given
+//!   to another process has another start time); otherwise a fresh
+//!   replica starts on the recorded port, or a new one if that is taken
+//!   ([`AdoptReport`]). An adopted process is not our child: its exit is
+//!   noticed by reading its start time in `/proc` at every poll interval
+//!   (rather than a pidfd, which would need `unsafe` here and cannot give
+//!   a non-child's exit status either), so its exit status is unknown;
+//!   the start time is checked again right before each stop signal (a
+//!   pidfd would also close the short window between that check and the
+//!   signal).
+//!   Adopted replicas are probed, stopped, scaled and restarted like any
+//!   other. Replicas that were being stopped are recorded as such, and a
+//!   new owner stops those it finds running. Adoption needs `/proc`
+//!   (Linux); elsewhere every record gets a fresh replica.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -626,6 +677,38 @@ impl ProcessWorkloads {
     ///
     /// [`Error::Precondition`] after [`shutdown`](Self::shutdown) or
     /// [`release_all`](Self::release_all).
+    ///
+    /// # Example
+    ///
+    /// A supervisor that keeps its replicas across its own restarts:
+    ///
+    /// ```no_run
+    /// use atlas_local::process::{ProcessWorkloads, ReplicaRecord, RestartPolicy};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let workloads = ProcessWorkloads::builder()
+    ///     .detached(true)
+    ///     .restart(RestartPolicy::on_failure())
+    ///     .build()?;
+    /// // Records the previous run kept (a 0600 file: they hold the env).
+    /// let records: Vec<ReplicaRecord> =
+    ///     serde_json::from_slice(&std::fs::read("/var/lib/atlas/replicas.json")?)?;
+    /// let report = workloads.adopt(records).await?;
+    /// println!("adopted {:?}, started afresh {:?}", report.adopted, report.restarted);
+    /// // ... deploy, scale, write workloads.records() after each change ...
+    /// // On a planned exit, leave the replicas running for the next run:
+    /// let records = workloads.release_all().await?;
+    /// use std::os::unix::fs::OpenOptionsExt;
+    /// let file = std::fs::OpenOptions::new()
+    ///     .write(true)
+    ///     .create(true)
+    ///     .truncate(true)
+    ///     .mode(0o600)
+    ///     .open("/var/lib/atlas/replicas.json")?;
+    /// serde_json::to_writer(file, &records)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn adopt(&self, records: Vec<ReplicaRecord>) -> Result<AdoptReport> {
         let span = tracing::info_span!("process.adopt", records = records.len());
         async {
