@@ -20,7 +20,9 @@ pub struct ReplicaEvent {
     /// [`RestartScheduled`](ReplicaEventKind::RestartScheduled), the one
     /// that exited).
     pub pid: u32,
-    /// What happened.
+    /// What happened; in JSON, its `kind` tag and fields sit beside the
+    /// others (`{"service": …, "kind": "exited", "status": …}`).
+    #[serde(flatten)]
     pub kind: ReplicaEventKind,
 }
 
@@ -53,7 +55,9 @@ pub enum ReplicaEventKind {
     RestartScheduled {
         /// Exits in a row, from 1.
         attempt: u32,
-        /// The backoff before the restart.
+        /// The backoff before the restart (`after_ms`, whole
+        /// milliseconds, in JSON).
+        #[serde(rename = "after_ms", with = "millis")]
         after: Duration,
     },
     /// A running process from an earlier owner was taken over.
@@ -63,4 +67,48 @@ pub enum ReplicaEventKind {
     /// Its owner let go of it, leaving it running
     /// ([`release_all`](super::ProcessWorkloads::release_all)).
     Released,
+}
+
+/// A [`Duration`] as whole milliseconds, for JSON readers.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_flat_in_json() {
+        let event = ReplicaEvent {
+            service: ServiceName::new("checkout").unwrap(),
+            slot: Slot::Green,
+            index: 1,
+            pid: 42,
+            kind: ReplicaEventKind::RestartScheduled {
+                attempt: 3,
+                after: Duration::from_millis(4000),
+            },
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "service": "checkout", "slot": "green", "index": 1, "pid": 42,
+                "kind": "restart_scheduled", "attempt": 3, "after_ms": 4000
+            })
+        );
+        assert_eq!(serde_json::from_value::<ReplicaEvent>(json).unwrap(), event);
+        assert_eq!(event.replica(), "checkout-green-1");
+    }
 }

@@ -75,7 +75,7 @@
 //!   (`PR_SET_PDEATHSIG`), and refuses to start if its owner died while it
 //!   was being forked. The kernel ties this to the *thread* that forked the
 //!   replica, so every replica is forked by one thread that the
-//!   [`ProcessWorkloads`] owns and that ends only when it is dropped:
+//!   [`ProcessWorkloads`] owns and that ends only once it is dropped:
 //!   deploying from a short-lived thread or from tokio's blocking pool is
 //!   safe. Processes a replica starts itself are not covered (the kernel
 //!   does not pass the setting on). Other Unix systems have no such
@@ -777,6 +777,12 @@ impl ProcessWorkloads {
     ) -> Result<Adoption> {
         validate_release(&rec.release)?;
         validate_replicas(rec.replicas)?;
+        if rec.index >= MAX_REPLICAS {
+            return Err(Error::invalid(
+                "record.index",
+                format!("must be below {MAX_REPLICAS}, got {}", rec.index),
+            ));
+        }
         if let Some(release) = &record.release
             && *release != rec.release
         {
@@ -1158,6 +1164,15 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("scale_ready_timeout"), "{err}");
+        let err = ProcessWorkloads::builder()
+            .restart(RestartPolicy::OnFailure {
+                initial_backoff: Duration::ZERO,
+                max_backoff: Duration::from_secs(1),
+                reset_after: Duration::from_secs(1),
+            })
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("restart.initial_backoff"), "{err}");
         let err = ProcessWorkloads::builder()
             .readiness(Readiness::http_get("ready"))
             .build()

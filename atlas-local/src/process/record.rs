@@ -155,4 +155,29 @@ mod tests {
         }
         assert_eq!(process_start_time(u32::MAX), None);
     }
+
+    #[test]
+    fn records_round_trip_hide_secrets_and_accept_newer_fields() {
+        let record = ReplicaRecord {
+            service: ServiceName::new("checkout").unwrap(),
+            slot: Slot::Blue,
+            index: 2,
+            release: Release::new("v1", "/bin/app").with_env("API_TOKEN", "s3cret"),
+            replicas: 3,
+            pid: 4242,
+            start_time: Some(123_456),
+            port: 21000,
+            log_path: "/tmp/checkout-blue-2.log".into(),
+            restarts: 1,
+            stopping: false,
+        };
+        assert_eq!(record.name(), "checkout-blue-2");
+        assert!(!format!("{record:?}").contains("s3cret"));
+        let mut json = serde_json::to_value(&record).unwrap();
+        json["written_by_a_newer_atlas"] = serde_json::json!(true);
+        assert_eq!(
+            serde_json::from_value::<ReplicaRecord>(json).unwrap(),
+            record
+        );
+    }
 }

@@ -10,10 +10,11 @@
 //! worker that ran `block_in_place` may end too, and a caller may deploy
 //! from a short-lived thread of its own; a replica forked there would be
 //! killed the moment that thread ends. So every replica is forked by one
-//! dedicated thread that lives exactly as long as the
-//! [`ProcessWorkloads`](super::ProcessWorkloads) that owns it: when the
-//! owner is dropped the thread ends, and the kernel kills whatever it had
-//! started (which `Drop` has already killed anyway).
+//! dedicated thread that lives as long as the
+//! [`ProcessWorkloads`](super::ProcessWorkloads) that owns it and its
+//! replica watchers (which restart replicas): when the owner is dropped it
+//! stops its watchers, the thread ends, and the kernel kills whatever it
+//! had started (which `Drop` has already killed anyway).
 //!
 //! The setting does not reach processes a replica starts itself (the
 //! kernel clears it in a forked child): those are in the replica's process
