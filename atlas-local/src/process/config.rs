@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::readiness::Readiness;
+use super::restart::RestartPolicy;
 
 /// The backend name in errors.
 pub(super) const BACKEND: &str = "process-workloads";
@@ -18,6 +19,9 @@ pub(super) struct Config {
     pub(super) poll_interval: Duration,
     pub(super) probe_timeout: Duration,
     pub(super) scale_ready_timeout: Duration,
+    /// Replicas in sessions of their own, left running when the owner goes.
+    pub(super) detached: bool,
+    pub(super) restart: RestartPolicy,
 }
 
 impl Config {

@@ -39,24 +39,43 @@
 //!   that serves traffic without failing a request: new replicas are
 //!   listed with the router only once ready, and replicas that go are
 //!   drained from the router before they are stopped.
-//! - **Exit.** A replica that exits on its own is not restarted: it stays in
-//!   the slot, is not counted as updated or ready, and is reported in
+//! - **Exit.** A replica that exits on its own stays in the slot, is not
+//!   counted as updated or ready, and is reported in
 //!   [`SlotStatus::failures`] (`checkout-green-1 exited with status 3`)
-//!   until the next deploy. There is no restart policy; deploying the same
-//!   release again is the restart.
+//!   until the next deploy, or until it is restarted (see *Restart*). By
+//!   default it is not restarted; deploying the same release again
+//!   replaces it.
+//! - **Restart.** With [`RestartPolicy::OnFailure`]
+//!   ([`ProcessWorkloadsBuilder::restart`]) a replica that exits on its own
+//!   (any status, or a signal Atlas did not send) is started again, with
+//!   the same name, index and port (so the endpoints a router holds stay
+//!   valid), after a backoff that doubles with each exit in a row up to a
+//!   cap and starts over once a run lasted `reset_after`.
+//!   [`RestartPolicy::on_failure`] waits 1 s doubling to 60 s, reset after
+//!   10 min of running; Kubernetes' CrashLoopBackOff waits 10 s doubling to
+//!   5 min (same reset): a local process starts in milliseconds and its
+//!   port stays listed, so Atlas retries sooner and caps lower. While it
+//!   waits, the replica is reported in `failures`. Restarts are counted per
+//!   replica ([`ProcessWorkloads::replicas`]). Replicas Atlas stops (scale
+//!   down, deploy, shutdown) are never restarted.
+//! - **Events.** [`ProcessWorkloads::events`] reports each start, readiness,
+//!   exit, scheduled restart, adoption, stop and release as a
+//!   [`ReplicaEvent`]; each is also a tracing event.
 //! - **Stop.** Signals go to the replica's process group (each replica runs
 //!   in a group of its own, so a Ctrl-C in the terminal reaches Atlas, not
 //!   the replicas): SIGTERM, then SIGKILL once the grace period (default
 //!   30 s, as Kubernetes' `terminationGracePeriodSeconds`) has passed.
 //!   [`ProcessWorkloads::shutdown`] stops every replica that way and waits;
-//!   dropping the [`ProcessWorkloads`] SIGKILLs whatever still runs.
-//! - **Owner death.** On Linux a replica never outlives the program that
-//!   owns it, however that program ends (SIGKILL and crashes included):
+//!   dropping the [`ProcessWorkloads`] SIGKILLs whatever still runs (unless
+//!   detached).
+//! - **Owner death.** By default (embedded mode), on Linux a replica never
+//!   outlives the program that owns it, however that program ends
+//!   (SIGKILL and crashes included):
 //!   each replica asks the kernel for SIGKILL when its parent goes
 //!   (`PR_SET_PDEATHSIG`), and refuses to start if its owner died while it
 //!   was being forked. The kernel ties this to the *thread* that forked the
 //!   replica, so every replica is forked by one thread that the
-//!   [`ProcessWorkloads`] owns and that ends only when it is dropped:
+//!   [`ProcessWorkloads`] owns and that ends only once it is dropped:
 //!   deploying from a short-lived thread or from tokio's blocking pool is
 //!   safe. Processes a replica starts itself are not covered (the kernel
 //!   does not pass the setting on). Other Unix systems have no such
@@ -64,6 +83,38 @@
 //!   ([`shutdown`](ProcessWorkloads::shutdown), `Drop`, or a signal handler
 //!   that leads to either), so a program embedding this should handle
 //!   SIGINT and SIGTERM.
+//! - **Detached mode.** For a supervisor that is itself restarted or
+//!   upgraded ([`ProcessWorkloadsBuilder::detached`]): each replica starts
+//!   a session of its own (`setsid`: a process group of its own, no
+//!   controlling terminal, so no SIGHUP or Ctrl-C from one), nothing asks
+//!   the kernel to kill it with its owner, and it has no pipe to the owner
+//!   (stdin is `/dev/null`; stdout and stderr are the child's own
+//!   descriptors of its log file, opened for appending), so it runs on
+//!   however the owner ends, SIGKILL included. Dropping the
+//!   [`ProcessWorkloads`] leaves replicas running;
+//!   [`shutdown`](ProcessWorkloads::shutdown) still stops them all, and
+//!   [`release_all`](ProcessWorkloads::release_all) lets go of them for a
+//!   planned exit, returning their records.
+//! - **Adoption.** [`ProcessWorkloads::records`] describes every replica
+//!   ([`ReplicaRecord`]: slot, index, release, pid, the process's start
+//!   time from `/proc/<pid>/stat`, port, log file, restarts); the owner
+//!   keeps them (in a file only it can read: the release's environment may
+//!   hold secrets). A new owner passes them to
+//!   [`ProcessWorkloads::adopt`]: a process that still runs with the
+//!   recorded start time is taken over (a pid the kernel has since given
+//!   to another process has another start time); otherwise a fresh
+//!   replica starts on the recorded port, or a new one if that is taken
+//!   ([`AdoptReport`]). An adopted process is not our child: its exit is
+//!   noticed by reading its start time in `/proc` at every poll interval
+//!   (rather than a pidfd, which would need `unsafe` here and cannot give
+//!   a non-child's exit status either), so its exit status is unknown;
+//!   the start time is checked again right before each stop signal (a
+//!   pidfd would also close the short window between that check and the
+//!   signal).
+//!   Adopted replicas are probed, stopped, scaled and restarted like any
+//!   other. Replicas that were being stopped are recorded as such, and a
+//!   new owner stops those it finds running. Adoption needs `/proc`
+//!   (Linux); elsewhere every record gets a fresh replica.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -87,8 +138,12 @@
 //! ```
 
 mod config;
+mod context;
+mod events;
 mod readiness;
+mod record;
 mod replica;
+mod restart;
 mod scale;
 mod spawner;
 
@@ -104,9 +159,17 @@ use atlas_core::{Endpoint, Error, Release, Result, ServiceName, Slot, SlotStatus
 use tracing::Instrument;
 
 use config::{BACKEND, Config};
+use context::{Context, EVENT_CAPACITY};
+pub use events::{ReplicaEvent, ReplicaEventKind};
 pub use readiness::Readiness;
-use replica::{Observed, Replica, Spec};
+use record::process_start_time;
+pub use record::{AdoptReport, ReplicaRecord, ReplicaStatus};
+use replica::{Launch, Observed, Replica};
+pub use restart::{
+    DEFAULT_BACKOFF_RESET, DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, RestartPolicy,
+};
 use spawner::Spawner;
+use tokio::sync::broadcast;
 
 /// Default time between SIGTERM and SIGKILL: Kubernetes' default
 /// `terminationGracePeriodSeconds`.
@@ -150,6 +213,8 @@ pub struct ProcessWorkloadsBuilder {
     poll_interval: Duration,
     probe_timeout: Duration,
     scale_ready_timeout: Duration,
+    detached: bool,
+    restart: RestartPolicy,
 }
 
 impl Default for ProcessWorkloadsBuilder {
@@ -161,6 +226,8 @@ impl Default for ProcessWorkloadsBuilder {
             poll_interval: DEFAULT_POLL_INTERVAL,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
             scale_ready_timeout: DEFAULT_SCALE_READY_TIMEOUT,
+            detached: false,
+            restart: RestartPolicy::Never,
         }
     }
 }
@@ -211,6 +278,26 @@ impl ProcessWorkloadsBuilder {
         self
     }
 
+    /// Whether replicas outlive their owner. Default `false`: they die
+    /// with it (see *Owner death* in the [module documentation](self)).
+    /// Detached, each replica runs in a session of its own, no kernel
+    /// request ties it to its owner, and dropping the [`ProcessWorkloads`]
+    /// leaves it running; [`shutdown`](ProcessWorkloads::shutdown) still
+    /// stops every replica, and [`release_all`](ProcessWorkloads::release_all)
+    /// hands them on. For a supervisor that adopts them when it starts
+    /// again ([`adopt`](ProcessWorkloads::adopt)).
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+
+    /// What happens to a replica that exits on its own. Default
+    /// [`RestartPolicy::Never`].
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
     /// Checks the settings and creates the log directory.
     ///
     /// # Errors
@@ -240,6 +327,7 @@ impl ProcessWorkloadsBuilder {
             ));
         }
         self.readiness.validate()?;
+        self.restart.validate(MAX_DURATION)?;
         let log_dir = self
             .log_dir
             .unwrap_or_else(|| std::env::temp_dir().join("atlas-logs"));
@@ -260,13 +348,19 @@ impl ProcessWorkloadsBuilder {
             poll_interval: self.poll_interval,
             probe_timeout: self.probe_timeout,
             scale_ready_timeout: self.scale_ready_timeout,
+            detached: self.detached,
+            restart: self.restart,
         };
-        let spawner = Spawner::start()?;
+        let spawner = Spawner::start(self.detached)?;
         tracing::debug!(?config, "process workloads ready");
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Ok(ProcessWorkloads {
-            config: Arc::new(config),
+            ctx: Arc::new(Context {
+                config,
+                spawner,
+                events,
+            }),
             state: tokio::sync::Mutex::new(State::default()),
-            spawner,
         })
     }
 }
@@ -275,18 +369,18 @@ impl ProcessWorkloadsBuilder {
 /// See the [module documentation](self) for the environment, logs and
 /// lifecycle.
 ///
-/// Needs a tokio runtime with I/O and time enabled. Nothing outlives it:
-/// [`shutdown`](Self::shutdown) stops every replica gracefully, `Drop`
-/// SIGKILLs whatever still runs, and on Linux the kernel kills the
-/// replicas if the program dies without either (see *Owner death* in the
-/// [module documentation](self)). It owns one thread, which forks every
-/// replica and ends when it is dropped.
+/// Needs a tokio runtime with I/O and time enabled. By default nothing
+/// outlives it: [`shutdown`](Self::shutdown) stops every replica
+/// gracefully, `Drop` SIGKILLs whatever still runs, and on Linux the kernel
+/// kills the replicas if the program dies without either (see *Owner
+/// death* in the [module documentation](self)). Built
+/// [`detached`](ProcessWorkloadsBuilder::detached), replicas outlive it
+/// instead, and a new owner [`adopt`](Self::adopt)s them. It owns one
+/// thread, which forks every replica and ends once it and its replica
+/// watchers are dropped.
 pub struct ProcessWorkloads {
-    config: Arc<Config>,
+    ctx: Arc<Context>,
     state: tokio::sync::Mutex<State>,
-    /// Forks every replica; declared after `state` so that it is dropped
-    /// after `Drop` has killed the replicas.
-    spawner: Spawner,
 }
 
 #[derive(Default)]
@@ -338,13 +432,65 @@ impl ProcessWorkloads {
 
     /// The directory replica logs go to.
     pub fn log_dir(&self) -> &Path {
-        &self.config.log_dir
+        &self.ctx.config.log_dir
     }
 
     /// The log file of replica `index` of `slot` of `service`.
     pub fn log_path(&self, service: &ServiceName, slot: Slot, index: u32) -> PathBuf {
-        self.config
+        self.ctx
+            .config
             .log_path(&replica::replica_name(service, slot, index))
+    }
+
+    /// Whether replicas outlive this owner
+    /// ([`detached`](ProcessWorkloadsBuilder::detached)).
+    pub fn is_detached(&self) -> bool {
+        self.ctx.config.detached
+    }
+
+    /// A receiver of every [`ReplicaEvent`] from now on. A receiver that
+    /// falls more than 1024 events behind misses the oldest
+    /// ([`broadcast::error::RecvError::Lagged`]).
+    pub fn events(&self) -> broadcast::Receiver<ReplicaEvent> {
+        self.ctx.events.subscribe()
+    }
+
+    /// Every replica of every slot now, by service, slot and index,
+    /// including ones that exited (and may be waiting to restart) but not
+    /// ones being stopped.
+    pub async fn replicas(&self) -> Vec<ReplicaStatus> {
+        let state = self.state.lock().await;
+        state
+            .slots
+            .values()
+            .flat_map(|s| s.replicas.values())
+            .map(Replica::status)
+            .collect()
+    }
+
+    /// What a later owner needs to [`adopt`](Self::adopt) the replicas:
+    /// one record per replica of every slot, and one per replica still
+    /// being stopped (marked [`stopping`](ReplicaRecord::stopping), so that
+    /// a later owner finishes stopping it if this one could not). Records
+    /// hold the releases' environment, which may hold secrets: keep them
+    /// where only the owner can read them.
+    pub async fn records(&self) -> Vec<ReplicaRecord> {
+        let state = self.state.lock().await;
+        self.records_of(&state)
+    }
+
+    fn records_of(&self, state: &State) -> Vec<ReplicaRecord> {
+        let log_path = |r: &Replica| self.ctx.config.log_path(r.name());
+        state
+            .slots
+            .values()
+            .flat_map(|s| {
+                s.replicas
+                    .values()
+                    .map(|r| r.record(s.desired, log_path(r)))
+            })
+            .chain(state.draining.iter().map(|r| r.record(0, log_path(r))))
+            .collect()
     }
 
     /// Process ids of the replicas `slot` runs now, by index, including ones
@@ -391,6 +537,49 @@ impl ProcessWorkloads {
         futures::future::join_all(replicas.into_iter().map(Replica::join)).await;
         tracing::info!(stopped = running, "process workloads shut down");
         running
+    }
+
+    /// Lets go of every replica, leaving it running, so that the owner can
+    /// exit (to be restarted or upgraded) and a new owner
+    /// [`adopt`](Self::adopt) them. Returns their records, as
+    /// [`records`](Self::records) would, taken after each watcher has
+    /// stopped, so no restart can slip in after. Replicas already being
+    /// stopped are waited for (up to their grace period): Atlas meant them
+    /// gone. Afterwards deploys and scales are refused, as after
+    /// [`shutdown`](Self::shutdown).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Precondition`] unless the workloads are
+    /// [`detached`](ProcessWorkloadsBuilder::detached) (attached replicas
+    /// die with their owner whatever it does).
+    pub async fn release_all(&self) -> Result<Vec<ReplicaRecord>> {
+        if !self.ctx.config.detached {
+            return Err(Error::precondition(
+                "only detached process workloads can release their replicas",
+            ));
+        }
+        let (replicas, draining) = {
+            let mut state = self.state.lock().await;
+            state.closed = true;
+            let replicas: Vec<(u32, Replica)> = std::mem::take(&mut state.slots)
+                .into_values()
+                .flat_map(|s| s.replicas.into_values().map(move |r| (s.desired, r)))
+                .collect();
+            (replicas, std::mem::take(&mut state.draining))
+        };
+        tracing::info!(
+            replicas = replicas.len(),
+            draining = draining.len(),
+            "releasing replicas; they keep running"
+        );
+        let mut records = Vec::with_capacity(replicas.len());
+        for (desired, r) in replicas {
+            let log_path = self.ctx.config.log_path(r.name());
+            records.push(r.release(&self.ctx, desired, log_path).await);
+        }
+        futures::future::join_all(draining.into_iter().map(Replica::join)).await;
+        Ok(records)
     }
 
     /// Starts or stops replicas so that `record` runs indices `0..replicas`
@@ -449,17 +638,215 @@ impl ProcessWorkloads {
         let port = free_port(ports)?;
         ports.insert(port);
         Replica::spawn(
-            Spec {
-                service,
+            Launch {
+                service: service.clone(),
                 slot,
                 index,
-                release,
+                release: release.clone(),
                 port,
             },
-            &self.config,
-            &self.spawner,
+            &self.ctx,
+            0,
         )
     }
+
+    /// Takes over the replicas an earlier owner left running (a
+    /// [`detached`](ProcessWorkloadsBuilder::detached) one that was
+    /// restarted, upgraded, or killed), from the records it kept
+    /// ([`records`](Self::records), [`release_all`](Self::release_all)).
+    ///
+    /// For each record: if its pid runs and has the recorded start time,
+    /// the process is adopted — watched for its exit (by its start time in
+    /// `/proc` at every poll interval: it is not our child, so it cannot be
+    /// waited for and its exit status stays unknown), probed for
+    /// readiness, and stopped through its process group like any other.
+    /// Otherwise (gone, or its pid now belongs to another process) a fresh
+    /// replica of the release starts on the recorded port, or on a new one
+    /// if another program holds it (`moved` in the report). The slot takes
+    /// the records' release and replica count; afterwards status, scale,
+    /// deploy, stop and the restart policy treat adopted replicas as any
+    /// other. Indices missing from the records are not started: deploying
+    /// the same release again fills them in.
+    ///
+    /// A record is refused (listed in `failed`) when its release is
+    /// invalid, when its slot already runs another release here or another
+    /// record of the same slot names another release, or when its index is
+    /// already running.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Precondition`] after [`shutdown`](Self::shutdown) or
+    /// [`release_all`](Self::release_all).
+    ///
+    /// # Example
+    ///
+    /// A supervisor that keeps its replicas across its own restarts:
+    ///
+    /// ```no_run
+    /// use atlas_local::process::{ProcessWorkloads, ReplicaRecord, RestartPolicy};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let workloads = ProcessWorkloads::builder()
+    ///     .detached(true)
+    ///     .restart(RestartPolicy::on_failure())
+    ///     .build()?;
+    /// // Records the previous run kept (a 0600 file: they hold the env).
+    /// let records: Vec<ReplicaRecord> =
+    ///     serde_json::from_slice(&std::fs::read("/var/lib/atlas/replicas.json")?)?;
+    /// let report = workloads.adopt(records).await?;
+    /// println!("adopted {:?}, started afresh {:?}", report.adopted, report.restarted);
+    /// // ... deploy, scale, write workloads.records() after each change ...
+    /// // On a planned exit, leave the replicas running for the next run:
+    /// let records = workloads.release_all().await?;
+    /// use std::os::unix::fs::OpenOptionsExt;
+    /// let file = std::fs::OpenOptions::new()
+    ///     .write(true)
+    ///     .create(true)
+    ///     .truncate(true)
+    ///     .mode(0o600)
+    ///     .open("/var/lib/atlas/replicas.json")?;
+    /// serde_json::to_writer(file, &records)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn adopt(&self, records: Vec<ReplicaRecord>) -> Result<AdoptReport> {
+        let span = tracing::info_span!("process.adopt", records = records.len());
+        async {
+            let mut guard = self.state.lock().await;
+            guard.check_open()?;
+            guard.prune_draining();
+            let mut ports = guard.ports_in_use();
+            let mut report = AdoptReport::default();
+            for rec in records {
+                let name = rec.name();
+                if rec.stopping {
+                    if let Some(start_time) = rec
+                        .start_time
+                        .filter(|t| process_start_time(rec.pid) == Some(*t))
+                    {
+                        ports.insert(rec.port);
+                        let r = Replica::adopt(
+                            launch_of(&rec),
+                            rec.pid,
+                            start_time,
+                            rec.restarts,
+                            &self.ctx,
+                        );
+                        tracing::info!(replica = %name, pid = rec.pid, "stopping an adopted replica an earlier owner was stopping");
+                        r.request_stop();
+                        guard.draining.push(r);
+                        report.stopping.push(name);
+                    }
+                    continue;
+                }
+                let key = (rec.service.clone(), rec.slot);
+                let record = guard.slots.entry(key).or_default();
+                match self.adopt_one(record, rec, &mut ports) {
+                    Ok(Adoption::Adopted) => report.adopted.push(name),
+                    Ok(Adoption::Started) => report.restarted.push(name),
+                    Ok(Adoption::Moved { from, to }) => {
+                        report.restarted.push(name.clone());
+                        report.moved.push((name, from, to));
+                    }
+                    Err(e) => {
+                        tracing::warn!(replica = %name, error = %e, "replica record refused");
+                        report.failed.push((name, e.to_string()));
+                    }
+                }
+            }
+            guard.slots.retain(|_, s| s.release.is_some());
+            tracing::info!(
+                adopted = report.adopted.len(),
+                restarted = report.restarted.len(),
+                moved = report.moved.len(),
+                stopping = report.stopping.len(),
+                failed = report.failed.len(),
+                "replicas adopted"
+            );
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn adopt_one(
+        &self,
+        record: &mut SlotRecord,
+        rec: ReplicaRecord,
+        ports: &mut HashSet<u16>,
+    ) -> Result<Adoption> {
+        validate_release(&rec.release)?;
+        validate_replicas(rec.replicas)?;
+        if rec.index >= MAX_REPLICAS {
+            return Err(Error::invalid(
+                "record.index",
+                format!("must be below {MAX_REPLICAS}, got {}", rec.index),
+            ));
+        }
+        if let Some(release) = &record.release
+            && *release != rec.release
+        {
+            return Err(Error::conflict(format!(
+                "slot {} of {} already runs version {}, not {}",
+                rec.slot, rec.service, release.version, rec.release.version
+            )));
+        }
+        if record.replicas.contains_key(&rec.index) {
+            return Err(Error::conflict(format!(
+                "replica {} already runs here",
+                rec.name()
+            )));
+        }
+        let running = rec
+            .start_time
+            .filter(|t| process_start_time(rec.pid) == Some(*t));
+        let mut launch = launch_of(&rec);
+        let (replica, adoption) = if let Some(start_time) = running {
+            ports.insert(rec.port);
+            let r = Replica::adopt(launch, rec.pid, start_time, rec.restarts, &self.ctx);
+            (r, Adoption::Adopted)
+        } else {
+            let free = !ports.contains(&rec.port)
+                && TcpListener::bind((Ipv4Addr::LOCALHOST, rec.port)).is_ok();
+            let adoption = if free {
+                Adoption::Started
+            } else {
+                let to = free_port(ports)?;
+                launch.port = to;
+                Adoption::Moved { from: rec.port, to }
+            };
+            tracing::info!(
+                replica = %rec.name(),
+                pid = rec.pid,
+                port = launch.port,
+                "recorded process is gone; starting a fresh replica"
+            );
+            ports.insert(launch.port);
+            let r = Replica::spawn(launch, &self.ctx, rec.restarts.saturating_add(1))?;
+            (r, adoption)
+        };
+        record.replicas.insert(rec.index, replica);
+        record.desired = record.desired.max(rec.replicas);
+        record.release.get_or_insert(rec.release);
+        Ok(adoption)
+    }
+}
+
+fn launch_of(rec: &ReplicaRecord) -> Launch {
+    Launch {
+        service: rec.service.clone(),
+        slot: rec.slot,
+        index: rec.index,
+        release: rec.release.clone(),
+        port: rec.port,
+    }
+}
+
+/// What [`ProcessWorkloads::adopt_one`] did.
+enum Adoption {
+    Adopted,
+    Started,
+    Moved { from: u16, to: u16 },
 }
 
 fn stop_all(replicas: Vec<Replica>, draining: &mut Vec<Replica>) {
@@ -590,9 +977,13 @@ impl Workloads for ProcessWorkloads {
                         _ => None,
                     })
                     .collect();
-                for (index, _) in &exited {
-                    record.replicas.remove(index);
-                }
+                // Their watchers may be waiting to restart them: stop
+                // those, so only the replacements run.
+                let replaced: Vec<Replica> = exited
+                    .iter()
+                    .filter_map(|(index, _)| record.replicas.remove(index))
+                    .collect();
+                stop_all(replaced, draining);
                 if let Err(e) = self.scale_record(service, slot, record, draining, ports, replicas)
                 {
                     // Keep the failures visible: nothing replaced them.
@@ -693,11 +1084,13 @@ impl Workloads for ProcessWorkloads {
 impl fmt::Debug for ProcessWorkloads {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessWorkloads")
-            .field("log_dir", &self.config.log_dir)
-            .field("grace_period", &self.config.grace_period)
-            .field("readiness", &self.config.readiness)
-            .field("poll_interval", &self.config.poll_interval)
-            .field("probe_timeout", &self.config.probe_timeout)
+            .field("log_dir", &self.ctx.config.log_dir)
+            .field("grace_period", &self.ctx.config.grace_period)
+            .field("readiness", &self.ctx.config.readiness)
+            .field("poll_interval", &self.ctx.config.poll_interval)
+            .field("probe_timeout", &self.ctx.config.probe_timeout)
+            .field("detached", &self.ctx.config.detached)
+            .field("restart", &self.ctx.config.restart)
             .finish_non_exhaustive()
     }
 }
@@ -705,6 +1098,27 @@ impl fmt::Debug for ProcessWorkloads {
 impl Drop for ProcessWorkloads {
     fn drop(&mut self) {
         let state = self.state.get_mut();
+        if self.ctx.config.detached {
+            // Detached replicas outlive their owner: stop watching, leave
+            // them running (a new owner adopts them by their records).
+            let mut left = 0usize;
+            for r in state
+                .slots
+                .values()
+                .flat_map(|s| s.replicas.values())
+                .chain(&state.draining)
+            {
+                r.abandon();
+                left += 1;
+            }
+            if left > 0 {
+                tracing::info!(
+                    replicas = left,
+                    "process workloads dropped; detached replicas left running"
+                );
+            }
+            return;
+        }
         let mut killed = 0usize;
         for r in state
             .slots
@@ -750,6 +1164,15 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("scale_ready_timeout"), "{err}");
+        let err = ProcessWorkloads::builder()
+            .restart(RestartPolicy::OnFailure {
+                initial_backoff: Duration::ZERO,
+                max_backoff: Duration::from_secs(1),
+                reset_after: Duration::from_secs(1),
+            })
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("restart.initial_backoff"), "{err}");
         let err = ProcessWorkloads::builder()
             .readiness(Readiness::http_get("ready"))
             .build()

@@ -20,19 +20,23 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::config::{BACKEND, Config};
+use super::context::Context;
+use super::events::{ReplicaEvent, ReplicaEventKind};
 use super::readiness;
-use super::spawner::Spawner;
+use super::record::{ReplicaRecord, ReplicaStatus, process_start_time};
+use super::restart::RestartPolicy;
 
 /// After SIGKILL a process can still take a moment to go (it may sit in an
 /// uninterruptible wait); past this, the watcher gives up and says so.
 const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What to start.
-pub(super) struct Spec<'a> {
-    pub(super) service: &'a ServiceName,
+/// What a replica runs, kept to restart it on the same port and to
+/// describe it in records.
+pub(super) struct Launch {
+    pub(super) service: ServiceName,
     pub(super) slot: Slot,
     pub(super) index: u32,
-    pub(super) release: &'a Release,
+    pub(super) release: Release,
     pub(super) port: u16,
 }
 
@@ -40,8 +44,9 @@ pub(super) struct Spec<'a> {
 #[derive(Debug, Clone)]
 enum Exit {
     Status(ExitStatus),
-    /// The exit status could not be collected (e.g. the host program reaps
-    /// children itself).
+    /// The exit status could not be collected (an adopted replica is not
+    /// our child; or the host program reaps children itself; or a restart
+    /// failed).
     Unknown(String),
 }
 
@@ -78,23 +83,41 @@ pub(super) enum Observed {
     Starting,
     /// Running and ready for traffic.
     Ready,
-    /// Exited on its own; the reason, with the replica's name.
+    /// Exited on its own (and maybe waiting to be restarted); the reason,
+    /// with the replica's name.
     Failed(String),
 }
 
-/// The process and what is known about it. The child is reaped only while
+/// The replica's current process.
+enum Process {
+    /// Our child, reaped through tokio.
+    Child(Child),
+    /// Taken over from an earlier owner: not our child, so it cannot be
+    /// waited for; it runs as long as its pid has the recorded start time.
+    Adopted,
+    /// None: it was killed on drop, or a restart failed (`exit` says so).
+    Gone,
+}
+
+/// The process and what is known about it. A child is reaped only while
 /// this is locked, so while `exit` is `None` under the lock the pid still
-/// belongs to our child (alive or a zombie) and signalling it is safe.
+/// belongs to our child (alive or a zombie) and signalling it is safe. For
+/// an adopted process the start time is checked under the lock right
+/// before each signal (a pid reused in between is the one window left).
 struct Life {
-    child: Option<Child>,
+    process: Process,
+    pid: u32,
+    start_time: Option<u64>,
+    started: Instant,
     exit: Option<Exit>,
     ready: bool,
     stopping: bool,
+    restarts: u32,
 }
 
 struct Shared {
     name: String,
-    pid: u32,
+    launch: Launch,
     addr: SocketAddr,
     life: Mutex<Life>,
     stop: Notify,
@@ -112,20 +135,56 @@ impl Shared {
         let mut life = self.life();
         poll_exit_locked(&mut life, &self.name)
     }
+
+    fn record(&self, index: u32, replicas: u32, log_path: PathBuf) -> ReplicaRecord {
+        let life = self.life();
+        let launch = &self.launch;
+        ReplicaRecord {
+            service: launch.service.clone(),
+            slot: launch.slot,
+            index,
+            release: launch.release.clone(),
+            replicas,
+            pid: life.pid,
+            start_time: life.start_time,
+            port: launch.port,
+            log_path,
+            restarts: life.restarts,
+            stopping: life.stopping,
+        }
+    }
+
+    fn event(&self, pid: u32, kind: ReplicaEventKind) -> ReplicaEvent {
+        ReplicaEvent {
+            service: self.launch.service.clone(),
+            slot: self.launch.slot,
+            index: self.launch.index,
+            pid,
+            kind,
+        }
+    }
 }
 
 fn poll_exit_locked(life: &mut Life, name: &str) -> Option<Exit> {
     if let Some(exit) = &life.exit {
         return Some(exit.clone());
     }
-    let child = life.child.as_mut()?;
-    let exit = match child.try_wait() {
-        Ok(None) => return None,
-        Ok(Some(status)) => Exit::Status(status),
-        Err(e) => {
-            tracing::error!(replica = %name, error = %e, "cannot collect the replica's exit status");
-            Exit::Unknown(e.to_string())
+    let exit = match &mut life.process {
+        Process::Child(child) => match child.try_wait() {
+            Ok(None) => return None,
+            Ok(Some(status)) => Exit::Status(status),
+            Err(e) => {
+                tracing::error!(replica = %name, error = %e, "cannot collect the replica's exit status");
+                Exit::Unknown(e.to_string())
+            }
+        },
+        Process::Adopted => {
+            if life.start_time.is_some() && process_start_time(life.pid) == life.start_time {
+                return None;
+            }
+            Exit::Unknown("adopted, so not our child".into())
         }
+        Process::Gone => Exit::Unknown("no process".into()),
     };
     life.exit = Some(exit.clone());
     life.ready = false;
@@ -150,100 +209,83 @@ pub(super) struct Replica {
 }
 
 impl Replica {
-    /// Opens the log file, starts the process (on `spawner`'s thread) and
-    /// its watcher.
-    pub(super) fn spawn(
-        spec: Spec<'_>,
-        config: &Arc<Config>,
-        spawner: &Spawner,
-    ) -> Result<Replica> {
-        let Spec {
-            service,
-            slot,
-            index,
-            release,
-            port,
-        } = spec;
-        let name = replica_name(service, slot, index);
-        let log_path = config.log_path(&name);
-        let mut log = open_log(&log_path)?;
-        let header = format!(
-            "==== {} atlas: starting {name} (service {service}, slot {slot}, version {}) on 127.0.0.1:{port}: {:?} {:?}\n",
-            humantime::format_rfc3339_millis(SystemTime::now()),
-            release.version,
-            release.artifact,
-            release.args,
-        );
-        let log_err = |e: io::Error| {
-            Error::backend_with(
-                BACKEND,
-                format!("cannot write log file {}", log_path.display()),
-                e,
-            )
-        };
-        log.write_all(header.as_bytes()).map_err(log_err)?;
-        let stderr = log.try_clone().map_err(log_err)?;
-
-        let mut command = Command::new(&release.artifact);
-        command
-            .args(&release.args)
-            .envs(&release.env)
-            .env("PORT", port.to_string())
-            .env("ATLAS_SLOT", slot.as_str())
-            .env("ATLAS_REPLICA", index.to_string())
-            .env("ATLAS_SERVICE", service.as_str())
-            .env("ATLAS_VERSION", &release.version)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().map_err(log_err)?))
-            .stderr(Stdio::from(stderr))
-            // Own process group: a Ctrl-C in the terminal hits Atlas only,
-            // which then stops the replicas gracefully (a group-wide signal
-            // would also reach replicas mid-rollout, before Atlas has moved
-            // traffic off them).
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = match spawner.spawn(command) {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = writeln!(log, "==== atlas: could not start {name}: {e}");
-                return Err(spawn_error(&release.artifact, &name, e));
-            }
-        };
-        let Some(pid) = child.id() else {
-            return Err(Error::backend(
-                BACKEND,
-                format!("{name} exited before its pid could be read"),
-            ));
-        };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        tracing::info!(
-            replica = %name,
-            pid,
-            %addr,
-            version = %release.version,
-            program = %release.artifact,
-            log = %log_path.display(),
-            "replica started"
-        );
-        let shared = Arc::new(Shared {
-            name: name.clone(),
-            pid,
-            addr,
-            life: Mutex::new(Life {
-                child: Some(child),
+    /// Opens the log file, starts the process (on the spawning thread) and
+    /// its watcher. `restarts` carries the count over from an earlier
+    /// owner.
+    pub(super) fn spawn(launch: Launch, ctx: &Arc<Context>, restarts: u32) -> Result<Replica> {
+        let name = replica_name(&launch.service, launch.slot, launch.index);
+        let (child, pid, start_time) = start_process(&launch, &name, ctx)?;
+        let replica = Replica::watch(
+            name,
+            launch,
+            ctx,
+            Life {
+                process: Process::Child(child),
+                pid,
+                start_time,
+                started: Instant::now(),
                 exit: None,
                 ready: false,
                 stopping: false,
-            }),
+                restarts,
+            },
+        );
+        ctx.emit(replica.shared.event(pid, ReplicaEventKind::Started));
+        Ok(replica)
+    }
+
+    /// Takes over `pid`, a replica an earlier owner started, which the
+    /// caller found running with `start_time`.
+    pub(super) fn adopt(
+        launch: Launch,
+        pid: u32,
+        start_time: u64,
+        restarts: u32,
+        ctx: &Arc<Context>,
+    ) -> Replica {
+        let name = replica_name(&launch.service, launch.slot, launch.index);
+        tracing::info!(
+            replica = %name,
+            pid,
+            port = launch.port,
+            version = %launch.release.version,
+            "replica adopted"
+        );
+        let replica = Replica::watch(
+            name,
+            launch,
+            ctx,
+            Life {
+                process: Process::Adopted,
+                pid,
+                start_time: Some(start_time),
+                started: Instant::now(),
+                exit: None,
+                ready: false,
+                stopping: false,
+                restarts,
+            },
+        );
+        ctx.emit(replica.shared.event(pid, ReplicaEventKind::Adopted));
+        replica
+    }
+
+    fn watch(name: String, launch: Launch, ctx: &Arc<Context>, life: Life) -> Replica {
+        let index = launch.index;
+        let span = tracing::info_span!("replica", replica = %name);
+        let shared = Arc::new(Shared {
+            name,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, launch.port)),
+            launch,
+            life: Mutex::new(life),
             stop: Notify::new(),
         });
-        let span = tracing::info_span!("replica", replica = %name, pid);
-        let task = tokio::spawn(supervise(shared.clone(), config.clone()).instrument(span));
-        Ok(Replica {
+        let task = tokio::spawn(supervise(shared.clone(), ctx.clone()).instrument(span));
+        Replica {
             index,
             shared,
             task,
-        })
+        }
     }
 
     /// Its index in the slot.
@@ -261,9 +303,9 @@ impl Replica {
         self.shared.addr
     }
 
-    /// The process id.
+    /// The (last) process id.
     pub(super) fn pid(&self) -> u32 {
-        self.shared.pid
+        self.shared.life().pid
     }
 
     /// Running, ready, or exited on its own.
@@ -273,6 +315,33 @@ impl Replica {
             Some(exit) => Observed::Failed(format!("{} {}", self.shared.name, exit.describe())),
             None if life.ready => Observed::Ready,
             None => Observed::Starting,
+        }
+    }
+
+    /// What a later owner needs to adopt it; `replicas` is its slot's
+    /// count.
+    pub(super) fn record(&self, replicas: u32, log_path: PathBuf) -> ReplicaRecord {
+        self.shared.record(self.index, replicas, log_path)
+    }
+
+    /// What it is doing now.
+    pub(super) fn status(&self) -> ReplicaStatus {
+        let observed = self.observe();
+        let life = self.shared.life();
+        let launch = &self.shared.launch;
+        ReplicaStatus {
+            service: launch.service.clone(),
+            slot: launch.slot,
+            index: launch.index,
+            name: self.shared.name.clone(),
+            version: launch.release.version.clone(),
+            pid: life.pid,
+            addr: self.shared.addr,
+            running: life.exit.is_none(),
+            ready: observed == Observed::Ready,
+            restarts: life.restarts,
+            exit: life.exit.as_ref().map(Exit::describe),
+            adopted: matches!(life.process, Process::Adopted),
         }
     }
 
@@ -297,24 +366,52 @@ impl Replica {
         }
     }
 
+    /// Stops watching and leaves the process running (detached mode only:
+    /// an attached child is killed when its handle goes). Returns its
+    /// record once the watcher is gone, so no restart slips in after it.
+    pub(super) async fn release(
+        self,
+        ctx: &Context,
+        replicas: u32,
+        log_path: PathBuf,
+    ) -> ReplicaRecord {
+        self.task.abort();
+        let shared = self.shared.clone();
+        let index = self.index;
+        self.join().await;
+        let record = shared.record(index, replicas, log_path);
+        tracing::info!(replica = %shared.name, pid = record.pid, "replica released, left running");
+        ctx.emit(shared.event(record.pid, ReplicaEventKind::Released));
+        record
+    }
+
+    /// Stops watching, without signalling the process. For `Drop` in
+    /// detached mode.
+    pub(super) fn abandon(&self) {
+        self.task.abort();
+    }
+
     /// Kills the process group now, without grace, and stops watching. For
     /// `Drop`, where nothing can be awaited.
     pub(super) fn kill_now(&self) {
         self.task.abort();
         let mut life = self.shared.life();
+        let pid = life.pid;
         if poll_exit_locked(&mut life, &self.shared.name).is_none() {
-            match signal_group(self.shared.pid, Signal::SIGKILL) {
+            match signal_group(pid, Signal::SIGKILL) {
                 Ok(()) => {
-                    tracing::info!(replica = %self.shared.name, pid = self.shared.pid, "replica killed (SIGKILL) on drop")
+                    tracing::info!(replica = %self.shared.name, pid, "replica killed (SIGKILL) on drop")
                 }
                 Err(e) => {
-                    tracing::warn!(replica = %self.shared.name, pid = self.shared.pid, error = %e, "could not kill replica on drop")
+                    tracing::warn!(replica = %self.shared.name, pid, error = %e, "could not kill replica on drop")
                 }
             }
         }
         // Dropping the child hands a killed, unreaped process to tokio's
         // orphan reaper, so no zombie stays behind.
-        life.child = None;
+        life.process = Process::Gone;
+        life.exit
+            .get_or_insert_with(|| Exit::Unknown("killed on drop".into()));
     }
 }
 
@@ -355,27 +452,189 @@ fn spawn_error(program: &str, replica: &str, e: io::Error) -> Error {
     }
 }
 
-/// Watches one replica: probes readiness until ready, notices an exit, and
-/// stops the process gracefully when asked.
-async fn supervise(shared: Arc<Shared>, config: Arc<Config>) {
-    let mut tick = tokio::time::interval(config.poll_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+/// Opens the log (appending, with a header line) and starts the process
+/// of `launch`; returns it with its pid and start time.
+fn start_process(launch: &Launch, name: &str, ctx: &Context) -> Result<(Child, u32, Option<u64>)> {
+    let Launch {
+        service,
+        slot,
+        index,
+        release,
+        port,
+    } = launch;
+    let log_path = ctx.config.log_path(name);
+    let mut log = open_log(&log_path)?;
+    let header = format!(
+        "==== {} atlas: starting {name} (service {service}, slot {slot}, version {}) on 127.0.0.1:{port}: {:?} {:?}\n",
+        humantime::format_rfc3339_millis(SystemTime::now()),
+        release.version,
+        release.artifact,
+        release.args,
+    );
+    let log_err = |e: io::Error| {
+        Error::backend_with(
+            BACKEND,
+            format!("cannot write log file {}", log_path.display()),
+            e,
+        )
+    };
+    log.write_all(header.as_bytes()).map_err(log_err)?;
+    let stderr = log.try_clone().map_err(log_err)?;
+
+    let detached = ctx.config.detached;
+    let mut command = Command::new(&release.artifact);
+    command
+        .args(&release.args)
+        .envs(&release.env)
+        .env("PORT", port.to_string())
+        .env("ATLAS_SLOT", slot.as_str())
+        .env("ATLAS_REPLICA", index.to_string())
+        .env("ATLAS_SERVICE", service.as_str())
+        .env("ATLAS_VERSION", &release.version)
+        // No pipe to the owner anywhere: a replica writing to a pipe whose
+        // reader (a dead owner) is gone would get SIGPIPE. The log file
+        // descriptors are the child's own, opened for appending, and keep
+        // working after the owner is gone.
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().map_err(log_err)?))
+        .stderr(Stdio::from(stderr))
+        // Detached replicas outlive their handle; attached ones never do.
+        .kill_on_drop(!detached);
+    if !detached {
+        // Own process group: a Ctrl-C in the terminal hits Atlas only,
+        // which then stops the replicas gracefully (a group-wide signal
+        // would also reach replicas mid-rollout, before Atlas has moved
+        // traffic off them). A detached replica's session gives it a group
+        // of its own (and a group leader could not start a session).
+        command.process_group(0);
+    }
+    let child = match ctx.spawner.spawn(command) {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = writeln!(log, "==== atlas: could not start {name}: {e}");
+            return Err(spawn_error(&release.artifact, name, e));
+        }
+    };
+    let Some(pid) = child.id() else {
+        return Err(Error::backend(
+            BACKEND,
+            format!("{name} exited before its pid could be read"),
+        ));
+    };
+    let start_time = process_start_time(pid);
+    tracing::info!(
+        replica = %name,
+        pid,
+        port,
+        detached,
+        version = %release.version,
+        program = %release.artifact,
+        log = %log_path.display(),
+        "replica started"
+    );
+    Ok((child, pid, start_time))
+}
+
+/// Watches one replica: probes readiness until ready, notices an exit,
+/// restarts it as the restart policy says, and stops the process
+/// gracefully when asked.
+async fn supervise(shared: Arc<Shared>, ctx: Arc<Context>) {
+    let config = &ctx.config;
+    // Exits in a row, for the backoff.
+    let mut crash_loop = 0u32;
     loop {
-        tokio::select! {
-            biased;
-            () = shared.stop.notified() => {
-                stop_gracefully(&shared, &config).await;
-                return;
+        let mut tick = tokio::time::interval(config.poll_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shared.stop.notified() => {
+                    let pid = stop_gracefully(&shared, config).await;
+                    ctx.emit(shared.event(pid, ReplicaEventKind::Stopped));
+                    return;
+                }
+                done = watch_once(&shared, &ctx, &mut tick) => if done {
+                    break;
+                }
             }
-            done = watch_once(&shared, &config, &mut tick) => if done {
+        }
+        let (status, pid, ran_for) = {
+            let life = shared.life();
+            let status = life.exit.as_ref().map(Exit::describe).unwrap_or_default();
+            (status, life.pid, life.started.elapsed())
+        };
+        ctx.emit(shared.event(pid, ReplicaEventKind::Exited { status }));
+        let RestartPolicy::OnFailure { reset_after, .. } = config.restart else {
+            return;
+        };
+        if ran_for >= reset_after {
+            crash_loop = 0;
+        }
+        loop {
+            crash_loop = crash_loop.saturating_add(1);
+            let Some(after) = config.restart.backoff(crash_loop) else {
                 return;
+            };
+            tracing::warn!(
+                attempt = crash_loop,
+                after = %humantime::format_duration(after),
+                "replica will be restarted"
+            );
+            ctx.emit(shared.event(
+                pid,
+                ReplicaEventKind::RestartScheduled {
+                    attempt: crash_loop,
+                    after,
+                },
+            ));
+            tokio::select! {
+                biased;
+                () = shared.stop.notified() => {
+                    // Down already: nothing to signal.
+                    stop_gracefully(&shared, config).await;
+                    ctx.emit(shared.event(pid, ReplicaEventKind::Stopped));
+                    return;
+                }
+                () = tokio::time::sleep(after) => {}
+            }
+            if shared.life().stopping {
+                // Asked to stop while the backoff ended: the stop
+                // notification is pending, and the watch loop takes it.
+                break;
+            }
+            match start_process(&shared.launch, &shared.name, &ctx) {
+                Ok((child, new_pid, start_time)) => {
+                    {
+                        let mut life = shared.life();
+                        life.process = Process::Child(child);
+                        life.pid = new_pid;
+                        life.start_time = start_time;
+                        life.started = Instant::now();
+                        life.exit = None;
+                        life.ready = false;
+                        life.restarts = life.restarts.saturating_add(1);
+                        tracing::info!(
+                            pid = new_pid,
+                            restarts = life.restarts,
+                            "replica restarted"
+                        );
+                    }
+                    ctx.emit(shared.event(new_pid, ReplicaEventKind::Started));
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "replica could not be restarted");
+                    let mut life = shared.life();
+                    life.process = Process::Gone;
+                    life.exit = Some(Exit::Unknown(format!("could not be restarted: {e}")));
+                }
             }
         }
     }
 }
 
 /// One round of watching; `true` once the process has exited.
-async fn watch_once(shared: &Shared, config: &Config, tick: &mut tokio::time::Interval) -> bool {
+async fn watch_once(shared: &Shared, ctx: &Context, tick: &mut tokio::time::Interval) -> bool {
     tick.tick().await;
     if let Some(exit) = shared.poll_exit() {
         if exit.is_success() {
@@ -388,31 +647,42 @@ async fn watch_once(shared: &Shared, config: &Config, tick: &mut tokio::time::In
     if shared.life().ready {
         return false;
     }
+    let config = &ctx.config;
     if readiness::probe(&config.readiness, shared.addr, config.probe_timeout).await {
-        let mut life = shared.life();
-        if life.exit.is_none() && !life.stopping {
+        let pid = {
+            let mut life = shared.life();
+            if life.exit.is_some() || life.stopping {
+                return false;
+            }
             life.ready = true;
-            tracing::info!(addr = %shared.addr, "replica is ready");
-        }
+            tracing::info!(addr = %shared.addr, pid = life.pid, "replica is ready");
+            life.pid
+        };
+        ctx.emit(shared.event(pid, ReplicaEventKind::Ready));
     }
     false
 }
 
-async fn stop_gracefully(shared: &Shared, config: &Config) {
+/// Stops the process: SIGTERM, SIGKILL after the grace period. Returns its
+/// pid.
+async fn stop_gracefully(shared: &Shared, config: &Config) -> u32 {
     let started = Instant::now();
-    {
+    let pid = {
         let mut life = shared.life();
         life.stopping = true;
         life.ready = false;
+        let pid = life.pid;
         if let Some(exit) = poll_exit_locked(&mut life, &shared.name) {
             tracing::info!(exit = %exit.describe(), "replica had already exited");
-            return;
+            return pid;
         }
-        if let Err(e) = signal_group(shared.pid, Signal::SIGTERM) {
+        if let Err(e) = signal_group(pid, Signal::SIGTERM) {
             tracing::warn!(error = %e, "could not send SIGTERM");
         }
-    }
+        pid
+    };
     tracing::info!(
+        pid,
         grace_period = %humantime::format_duration(config.grace_period),
         "sent SIGTERM to replica"
     );
@@ -424,7 +694,7 @@ async fn stop_gracefully(shared: &Shared, config: &Config) {
                 after = ?started.elapsed(),
                 "replica stopped after SIGTERM"
             );
-            return;
+            return pid;
         }
         let now = Instant::now();
         if now >= deadline {
@@ -435,7 +705,7 @@ async fn stop_gracefully(shared: &Shared, config: &Config) {
     {
         let mut life = shared.life();
         if poll_exit_locked(&mut life, &shared.name).is_none()
-            && let Err(e) = signal_group(shared.pid, Signal::SIGKILL)
+            && let Err(e) = signal_group(pid, Signal::SIGKILL)
         {
             tracing::warn!(error = %e, "could not send SIGKILL");
         }
@@ -448,14 +718,14 @@ async fn stop_gracefully(shared: &Shared, config: &Config) {
     loop {
         if let Some(exit) = shared.poll_exit() {
             tracing::info!(exit = %exit.describe(), "replica stopped after SIGKILL");
-            return;
+            return pid;
         }
         if killed.elapsed() >= KILL_WAIT {
             tracing::error!(
                 "replica still not gone {} after SIGKILL; it stays owned by Atlas and is killed again on drop",
                 humantime::format_duration(KILL_WAIT)
             );
-            return;
+            return pid;
         }
         tokio::time::sleep(config.poll_interval).await;
     }

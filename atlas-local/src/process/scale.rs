@@ -27,8 +27,8 @@ impl Scaler for ProcessWorkloads {
     ) -> Result<()> {
         validate_replicas(replicas)?;
         let limits = LiveScale {
-            ready_timeout: self.config.scale_ready_timeout,
-            poll_interval: self.config.poll_interval,
+            ready_timeout: self.ctx.config.scale_ready_timeout,
+            poll_interval: self.ctx.config.poll_interval,
         };
         scale_behind_router(self, router, service, slot, replicas, limits).await
     }

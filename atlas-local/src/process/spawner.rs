@@ -10,10 +10,11 @@
 //! worker that ran `block_in_place` may end too, and a caller may deploy
 //! from a short-lived thread of its own; a replica forked there would be
 //! killed the moment that thread ends. So every replica is forked by one
-//! dedicated thread that lives exactly as long as the
-//! [`ProcessWorkloads`](super::ProcessWorkloads) that owns it: when the
-//! owner is dropped the thread ends, and the kernel kills whatever it had
-//! started (which `Drop` has already killed anyway).
+//! dedicated thread that lives as long as the
+//! [`ProcessWorkloads`](super::ProcessWorkloads) that owns it and its
+//! replica watchers (which restart replicas): when the owner is dropped it
+//! stops its watchers, the thread ends, and the kernel kills whatever it
+//! had started (which `Drop` has already killed anyway).
 //!
 //! The setting does not reach processes a replica starts itself (the
 //! kernel clears it in a forked child): those are in the replica's process
@@ -23,6 +24,13 @@
 //! Other Unix systems have no such kernel setting: there replicas end with
 //! the owner only when it exits in an orderly way (`shutdown`, `Drop`, or a
 //! signal handler that runs them).
+//!
+//! In detached mode it is the other way round: each replica starts a
+//! session of its own (`setsid`), so it has no controlling terminal (no
+//! SIGHUP when the terminal goes, no Ctrl-C), is the leader of its own
+//! process group (which stop signals), and nothing asks the kernel to kill
+//! it: it outlives its owner however the owner ends. Forking on the one
+//! thread costs nothing there and keeps one path.
 
 use std::io;
 use std::sync::mpsc;
@@ -45,13 +53,15 @@ struct Job {
 
 /// The thread that forks every replica; see the module documentation.
 pub(super) struct Spawner {
+    detached: bool,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Spawner {
-    /// Starts the spawning thread.
-    pub(super) fn start() -> Result<Spawner> {
+    /// Starts the spawning thread. `detached` replicas get a session of
+    /// their own instead of dying with their owner.
+    pub(super) fn start(detached: bool) -> Result<Spawner> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("atlas-replica-spawner".into())
@@ -70,19 +80,22 @@ impl Spawner {
                 Error::backend_with(BACKEND, "cannot start the replica spawner thread", e)
             })?;
         Ok(Spawner {
+            detached,
             jobs: Mutex::new(Some(jobs)),
             thread: Some(thread),
         })
     }
 
     /// Starts `command` on the spawning thread, tied to this process's life
-    /// on Linux, and returns the child. Blocks for as long as a fork and
-    /// exec take.
+    /// on Linux (or, detached, in a session of its own), and returns the
+    /// child. Blocks for as long as a fork and exec take. A detached
+    /// command must not ask for a process group of its own: a group leader
+    /// cannot start a session, and the session gives it one anyway.
     ///
     /// Must be called inside a tokio runtime (the caller's `deploy` or
     /// `scale` is).
     pub(super) fn spawn(&self, mut command: Command) -> io::Result<Child> {
-        die_with_owner(&mut command, std::process::id());
+        prepare_child(&mut command, std::process::id(), self.detached);
         let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         let (reply, result) = mpsc::sync_channel(1);
         let job = Job {
@@ -120,34 +133,49 @@ impl Drop for Spawner {
     }
 }
 
-/// Makes the child ask for SIGKILL when the thread that forks it ends, and
-/// refuse to run if `owner` (this process's id, read before the fork) is
-/// already gone: an owner that died between `fork` and the request would
-/// otherwise leave the child running for good, reparented.
-#[cfg(target_os = "linux")]
+/// Attached (`detached` false): makes the child ask for SIGKILL when the
+/// thread that forks it ends, and refuse to run if `owner` (this process's
+/// id, read before the fork) is already gone: an owner that died between
+/// `fork` and the request would otherwise leave the child running for
+/// good, reparented.
+///
+/// Detached: makes the child start a session of its own (see the module
+/// documentation).
 #[allow(unsafe_code)]
-fn die_with_owner(command: &mut Command, owner: u32) {
+fn prepare_child(command: &mut Command, owner: u32, detached: bool) {
     // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed. It makes two system calls
-    // (prctl, getppid) through nix's thin wrappers, and builds its errors
-    // with `io::Error::from_raw_os_error`: no allocation, no lock, no
-    // shared state.
+    // only async-signal-safe calls are allowed. It makes at most two system
+    // calls (setsid; or prctl and getppid) through nix's thin wrappers, and
+    // builds its errors with `io::Error::from_raw_os_error`: no
+    // allocation, no lock, no shared state.
     unsafe {
         command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            if u32::try_from(nix::unistd::getppid().as_raw()) != Ok(owner) {
-                // The owner died before the request was in place: the
-                // spawn fails here and the child exits without running.
-                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+            if detached {
+                nix::unistd::setsid()?;
+                return Ok(());
             }
-            Ok(())
+            die_with_owner_in_child(owner)
         });
     }
 }
 
+/// The attached half of [`prepare_child`], in the forked child.
+#[cfg(target_os = "linux")]
+fn die_with_owner_in_child(owner: u32) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if u32::try_from(nix::unistd::getppid().as_raw()) != Ok(owner) {
+        // The owner died before the request was in place: the spawn fails
+        // here and the child exits without running.
+        return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+    }
+    Ok(())
+}
+
 /// No kernel setting outside Linux: see the module documentation.
 #[cfg(not(target_os = "linux"))]
-fn die_with_owner(_command: &mut Command, _owner: u32) {}
+fn die_with_owner_in_child(_owner: u32) -> io::Result<()> {
+    Ok(())
+}
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
@@ -171,14 +199,14 @@ mod tests {
         // As if the owner had died between fork and prctl: the child sees a
         // parent that is not the owner it was told about.
         let mut command = sleeper();
-        die_with_owner(&mut command, std::process::id().wrapping_add(1));
+        prepare_child(&mut command, std::process::id().wrapping_add(1), false);
         let err = command.spawn().expect_err("the child must refuse to run");
         assert_eq!(err.raw_os_error(), Some(nix::libc::ESRCH), "{err}");
     }
 
     #[tokio::test]
     async fn a_child_started_by_the_spawner_asks_for_sigkill_when_it_ends() {
-        let spawner = Spawner::start().unwrap();
+        let spawner = Spawner::start(false).unwrap();
         let mut child = spawner.spawn(sleeper()).unwrap();
         assert!(child.try_wait().unwrap().is_none(), "the child must run");
         // Ending the spawner thread is what the kernel watches.
@@ -195,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn spawning_after_the_thread_ended_is_an_error() {
-        let mut spawner = Spawner::start().unwrap();
+        let mut spawner = Spawner::start(false).unwrap();
         spawner
             .jobs
             .get_mut()
