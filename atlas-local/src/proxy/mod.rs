@@ -170,11 +170,11 @@
 //! ```
 
 // Imports run one way, so no module needs another that needs it back:
-// h1, metrics, replica_stats, server and tls use no other proxy module;
-// upstream uses replica_stats; headers and body use h1;
+// h1, metrics, replica_stats, route, server and tls use no other proxy
+// module; upstream uses replica_stats; headers and body use h1;
 // balance uses h1 and upstream; admin uses metrics; shared uses balance,
-// metrics, tls and upstream; relay and region use those; and nothing uses
-// this module, which ties them together.
+// metrics, route, tls and upstream; relay, region and service use those;
+// and nothing uses this module, which ties them together.
 mod access_log;
 mod admin;
 mod balance;
@@ -186,7 +186,9 @@ mod metrics;
 mod region;
 mod relay;
 mod replica_stats;
+mod route;
 mod server;
+mod service;
 mod shared;
 mod tls;
 mod upstream;
@@ -196,7 +198,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use atlas_core::region::{RegionName, RegionRouter, RegionSet, RegionWeights};
 use atlas_core::{Endpoint, Error, Result, ServiceName, Slot, TrafficRouter, TrafficSplit};
@@ -214,12 +215,14 @@ pub use h1::SLOT_HEADER;
 pub use metrics::{ProxyMetrics, WindowStats};
 pub use region::ProxyRegion;
 pub use replica_stats::ReplicaSnapshot;
+pub use route::ServiceRoute;
+pub use service::ProxyService;
 pub use tls::{Hsts, TlsConfig};
 
 use balance::{RegionPlan, SplitState};
-use metrics::{MAX_WINDOW, MetricsCore};
+use metrics::MAX_WINDOW;
 use server::stopped;
-use shared::{Regions, Shared, SlotState, StickyCookie};
+use shared::{Regions, Settings, Shared, StickyCookie};
 use tls::Terminator;
 use upstream::PoolConfig;
 
@@ -242,6 +245,7 @@ const BACKEND: &str = "proxy-router";
 /// | [`metrics_window`](Self::metrics_window) | 60 s |
 /// | [`sticky_cookie`](Self::sticky_cookie) | none (no sticky sessions) |
 /// | [`initial_split`](Self::initial_split) | none (503 until a split is set) |
+/// | [`listener`](Self::listener) | none (bind `listen`) |
 /// | [`reuse_port`](Self::reuse_port) | off |
 /// | [`worker_threads`](Self::worker_threads) | the number of cores |
 /// | [`max_request_body`](Self::max_request_body) | none (no limit) |
@@ -256,6 +260,11 @@ const BACKEND: &str = "proxy-router";
 #[must_use = "a builder does nothing until build() is awaited"]
 pub struct ProxyRouterBuilder {
     service: ServiceName,
+    /// Whether the router serves `service` for requests no added route
+    /// matches (false from [`ProxyRouter::shared_builder`]).
+    own: bool,
+    /// An already bound listener, served instead of binding `listen`.
+    listener: Option<Arc<std::net::TcpListener>>,
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     grace_period: Duration,
@@ -284,6 +293,21 @@ impl ProxyRouterBuilder {
     /// Where the proxy listens. Port 0 picks a free port.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
+        self
+    }
+
+    /// Serves on `listener`, a socket already bound and listening, instead
+    /// of binding [`listen`](Self::listen) (which, with
+    /// [`reuse_port`](Self::reuse_port), is then ignored): a socket passed
+    /// by systemd's socket activation, or handed over by the process that
+    /// served before (over `SCM_RIGHTS`, or to a router in the same
+    /// process; see [`ProxyRouter::try_clone_listener`]). The router
+    /// serves a duplicate of its descriptor, so the socket stays open as
+    /// long as either is; [`ProxyRouter::shutdown`] closes the router's own
+    /// descriptors only and never shuts the socket down, so another holder
+    /// keeps accepting on it without refusing a connection.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(Arc::new(listener));
         self
     }
 
@@ -562,6 +586,20 @@ impl ProxyRouterBuilder {
                 format!("must be between 1s and 24h, got {:?}", self.metrics_window),
             ));
         }
+        if !self.own {
+            if self.initial_split.is_some() {
+                return Err(Error::invalid(
+                    "initial_split",
+                    "a router without a service of its own has no split (set one per added service)",
+                ));
+            }
+            if self.regions.is_some() {
+                return Err(Error::invalid(
+                    "regions",
+                    "a router without a service of its own has no regions",
+                ));
+            }
+        }
         let tls = self
             .tls
             .as_ref()
@@ -581,14 +619,17 @@ impl ProxyRouterBuilder {
                 Error::backend_with(BACKEND, format!("cannot listen on {addr} ({what})"), e)
             })
         };
-        let listener = if self.reuse_port {
-            bind_reuse_port(self.listen)?
-        } else {
-            bind(self.listen, "proxy").await?
+        let listener = match &self.listener {
+            Some(given) => adopt_listener(given)?,
+            None if self.reuse_port => bind_reuse_port(self.listen)?,
+            None => bind(self.listen, "proxy").await?,
         };
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::backend_with(BACKEND, "cannot read the bound address", e))?;
+        // A descriptor of the router's own for try_clone_listener, closed
+        // at shutdown with the others.
+        let (listener, listen_socket) = with_duplicate(listener)?;
         let admin_listener = match self.admin {
             Some(addr) => Some(bind(addr, "admin").await?),
             None => None,
@@ -610,31 +651,33 @@ impl ProxyRouterBuilder {
             .transpose()
             .map_err(|e| Error::backend_with(BACKEND, "cannot read the bound admin address", e))?;
 
-        let shared = Arc::new(Shared {
-            service: self.service,
-            split: ArcSwapOption::new(initial.map(Arc::new)),
-            slots: [SlotState::new(), SlotState::new()],
+        let shared = Arc::new(Shared::new(
+            self.service,
+            self.own,
+            initial,
             regions,
-            metrics: MetricsCore::new(self.metrics_window),
-            pool: PoolConfig {
+            self.metrics_window,
+            PoolConfig {
                 stacks: self.worker_threads.max(1),
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.pool_idle_timeout,
                 max_idle: self.pool_max_idle,
                 response_timeout: self.response_timeout,
             },
-            grace_period: self.grace_period,
-            client_header_timeout: self.client_header_timeout,
-            client_body_timeout: self.client_body_timeout,
-            sticky,
-            max_request_body: self.max_request_body,
-            request_timeout: self.request_timeout,
-            access_log: self.access_log,
-            upgrade_drain: self.upgrade_drain_time,
-            gzip: self.gzip,
-            response_idle_timeout: self.response_idle_timeout,
-            tls_expiries: tls.as_ref().map(|t| t.expiries.clone()),
-        });
+            Settings {
+                grace_period: self.grace_period,
+                client_header_timeout: self.client_header_timeout,
+                client_body_timeout: self.client_body_timeout,
+                sticky,
+                max_request_body: self.max_request_body,
+                request_timeout: self.request_timeout,
+                access_log: self.access_log,
+                upgrade_drain: self.upgrade_drain_time,
+                gzip: self.gzip,
+                response_idle_timeout: self.response_idle_timeout,
+            },
+            tls.as_ref().map(|t| t.expiries.clone()),
+        ));
 
         let (stop, stop_rx) = watch::channel(false);
         let span = tracing::info_span!("proxy_router", service = %shared.service);
@@ -753,6 +796,7 @@ impl ProxyRouterBuilder {
             admin_addr,
             redirect_addr,
             tls,
+            listen_socket: Mutex::new(Some(listen_socket)),
             stop,
             tasks: Mutex::new(tasks),
             span,
@@ -823,6 +867,23 @@ fn start_workers(
         done.push(finished_rx);
     }
     Ok(done)
+}
+
+/// A listener of this router's own on the socket `given` is bound to (a
+/// duplicate of its descriptor), non-blocking for Tokio.
+fn adopt_listener(given: &std::net::TcpListener) -> Result<TcpListener> {
+    let failed = |e| Error::backend_with(BACKEND, "cannot take over the given listener", e);
+    let listener = given.try_clone().map_err(failed)?;
+    listener.set_nonblocking(true).map_err(failed)?;
+    TcpListener::from_std(listener).map_err(failed)
+}
+
+/// `listener` with a duplicate of its descriptor, as a standard listener.
+fn with_duplicate(listener: TcpListener) -> Result<(TcpListener, std::net::TcpListener)> {
+    let failed = |e| Error::backend_with(BACKEND, "cannot duplicate the listener", e);
+    let listener = listener.into_std().map_err(failed)?;
+    let duplicate = listener.try_clone().map_err(failed)?;
+    Ok((TcpListener::from_std(listener).map_err(failed)?, duplicate))
 }
 
 /// Binds `addr` with `SO_REUSEPORT` where the platform has it.
@@ -1011,6 +1072,9 @@ pub struct ProxyRouter {
     admin_addr: Option<SocketAddr>,
     redirect_addr: Option<SocketAddr>,
     tls: Option<Arc<Terminator>>,
+    /// A descriptor of the listening socket, for
+    /// [`try_clone_listener`](Self::try_clone_listener); closed at shutdown.
+    listen_socket: Mutex<Option<std::net::TcpListener>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     span: tracing::Span,
@@ -1033,6 +1097,8 @@ impl ProxyRouter {
     pub fn builder(service: ServiceName) -> ProxyRouterBuilder {
         ProxyRouterBuilder {
             service,
+            own: true,
+            listener: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: None,
             grace_period: Duration::from_secs(30),
@@ -1058,7 +1124,29 @@ impl ProxyRouter {
         }
     }
 
-    /// The service this router serves.
+    /// A builder for a router without a service of its own, such as a
+    /// daemon serving several services on one listener: it serves only
+    /// the services added with [`add_service`](Self::add_service), routed
+    /// by host and path, and answers requests no route matches with `404`
+    /// and a short body naming the host (counted as
+    /// `atlas_proxy_unmatched_requests_total`). Its
+    /// [`TrafficRouter`] calls act on the services added; its
+    /// [`service`](Self::service) is the placeholder `proxy`, which names
+    /// nothing served. The builder's defaults are those of
+    /// [`builder`](Self::builder); [`initial_split`](ProxyRouterBuilder::initial_split)
+    /// and [`regions`](ProxyRouterBuilder::regions) have nothing to apply
+    /// to and are refused.
+    pub fn shared_builder() -> ProxyRouterBuilder {
+        let placeholder = ServiceName::new("proxy").expect("a valid service name");
+        ProxyRouterBuilder {
+            own: false,
+            ..Self::builder(placeholder)
+        }
+    }
+
+    /// The service this router serves for requests no added route
+    /// matches: its own service (see [`shared_builder`](Self::shared_builder)
+    /// for a router without one).
     pub fn service(&self) -> &ServiceName {
         &self.shared.service
     }
@@ -1085,6 +1173,31 @@ impl ProxyRouter {
             Some(tls) => tls.reload(),
             None => Err(Error::invalid("tls", "the router does not terminate TLS")),
         }
+    }
+
+    /// A duplicate of the listening socket's descriptor, to hand to the
+    /// router that takes over: [`ProxyRouterBuilder::listener`] in this
+    /// process, or another process over `SCM_RIGHTS` (its raw descriptor
+    /// through `AsRawFd`). Both then accept on the one socket; once this
+    /// router [shuts down](Self::shutdown), the other alone does, and no
+    /// connection is refused in between.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] after [`shutdown`](Self::shutdown);
+    /// [`Error::Backend`] when the descriptor cannot be duplicated (out of
+    /// descriptors).
+    pub fn try_clone_listener(&self) -> Result<std::net::TcpListener> {
+        let socket = self
+            .listen_socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let socket = socket.as_ref().ok_or_else(|| {
+            Error::conflict("the proxy router was shut down; its listener is closed")
+        })?;
+        socket
+            .try_clone()
+            .map_err(|e| Error::backend_with(BACKEND, "cannot duplicate the listener", e))
     }
 
     /// The address the proxy listens on (the actual port when built with
@@ -1147,13 +1260,7 @@ impl ProxyRouter {
     /// The endpoints of `slot` that receive new requests (draining ones
     /// excluded); in a router with regions, those of its first region.
     pub fn endpoints(&self, slot: Slot) -> Vec<Endpoint> {
-        self.shared
-            .slot(slot)
-            .endpoints
-            .load()
-            .iter()
-            .map(|u| u.endpoint.clone())
-            .collect()
+        self.shared.endpoints(slot)
     }
 
     /// Per-replica counters of the endpoints `slot` lists now (in a router
@@ -1164,32 +1271,67 @@ impl ProxyRouter {
     /// ([`ReplicaSnapshot::request_rate`],
     /// [`ReplicaSnapshot::latency_quantile`]).
     pub fn replica_snapshots(&self, slot: Slot) -> Vec<ReplicaSnapshot> {
-        self.shared
-            .slot(slot)
-            .endpoints
-            .load()
-            .iter()
-            .map(|u| {
-                let in_flight = u.in_flight();
-                u.stats.snapshot(
-                    &u.endpoint.replica,
-                    in_flight,
-                    in_flight + u.idle_connections(),
-                )
-            })
-            .collect()
+        self.shared.replica_snapshots(slot)
     }
 
     /// Requests in flight to the listed endpoints of `slot` (in a router
     /// with regions, in its first region; see [`ProxyRegion::in_flight`]).
     pub fn in_flight(&self, slot: Slot) -> usize {
+        self.shared.in_flight(slot)
+    }
+
+    /// Adds `service`, routed by `route` (host names, optional path
+    /// prefix; see [`ServiceRoute`]), in one atomic swap of the route
+    /// table: each request reads the table once, so requests in flight
+    /// finish where they started. The service starts with no split and no
+    /// endpoints (503 until both are set through the view returned, or
+    /// through this router's [`TrafficRouter`] calls naming it) and the
+    /// router's settings (timeouts, pools, sticky cookie, limits, access
+    /// log, gzip).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the field (`route.hosts[i]`,
+    /// `route.path_prefix`) of an invalid route; [`Error::Conflict`] when
+    /// `service` is the router's own or was added already, or when another
+    /// service claims one of the hosts with the same path prefix (the
+    /// message names the host and that service). Nothing changes then.
+    pub fn add_service(&self, service: ServiceName, route: ServiceRoute) -> Result<ProxyService> {
+        service::add(&self.shared, service, route, &self.span)
+    }
+
+    /// Removes a service added with [`add_service`](Self::add_service):
+    /// no new request goes to it once this is called, and it returns when
+    /// its requests in flight finished, or when the grace period ran out
+    /// (then `Ok`, logging a warning), as endpoints removed by
+    /// [`set_endpoints`](TrafficRouter::set_endpoints) drain. Its views
+    /// then refuse calls with [`Error::NotFound`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when no such service was added.
+    pub async fn remove_service(&self, service: &ServiceName) -> Result<()> {
+        service::remove(&self.shared, service, &self.span).await
+    }
+
+    /// The view of `service`, added with [`add_service`](Self::add_service);
+    /// `None` when no such service was added.
+    pub fn service_view(&self, service: &ServiceName) -> Option<ProxyService> {
+        let table = self.shared.services.table.load();
+        let state = table.get(service)?.clone();
+        let route = table.services().find(|(s, _, _)| *s == service)?.1.clone();
+        Some(ProxyService::view(state, route, &self.span))
+    }
+
+    /// The services added, with their routes, in the order added.
+    pub fn routes(&self) -> Vec<(ServiceName, ServiceRoute)> {
         self.shared
-            .slot(slot)
-            .endpoints
+            .services
+            .table
             .load()
-            .iter()
-            .map(|u| u.in_flight())
-            .sum()
+            .services()
+            .map(|(s, r, _)| (s.clone(), r.clone()))
+            .collect()
     }
 
     /// Stops accepting connections, closes idle ones, lets exchanges in
@@ -1197,6 +1339,14 @@ impl ProxyRouter {
     /// returns when everything stopped. Calling it again returns at once.
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
+        // Only this router's descriptor: the socket itself stays open
+        // while another holder (a router given a duplicate) has one.
+        drop(
+            self.listen_socket
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
         if tasks.is_empty() {
             return;
@@ -1213,13 +1363,32 @@ impl ProxyRouter {
     }
 
     fn check_service(&self, service: &ServiceName) -> Result<()> {
-        if *service == self.shared.service {
+        if self.shared.own && *service == self.shared.service {
             Ok(())
         } else {
-            Err(Error::not_found(format!(
+            Err(self.not_served(service))
+        }
+    }
+
+    /// `None` for the router's own service, the view of an added one, or
+    /// [`Error::NotFound`].
+    fn added(&self, service: &ServiceName) -> Result<Option<ProxyService>> {
+        if self.shared.own && *service == self.shared.service {
+            return Ok(None);
+        }
+        self.service_view(service)
+            .map(Some)
+            .ok_or_else(|| self.not_served(service))
+    }
+
+    fn not_served(&self, service: &ServiceName) -> Error {
+        if self.shared.own {
+            Error::not_found(format!(
                 "service {service} on the proxy router of service {}",
                 self.shared.service
-            )))
+            ))
+        } else {
+            Error::not_found(format!("service {service} on this proxy router"))
         }
     }
 }
@@ -1240,7 +1409,9 @@ impl TrafficRouter for ProxyRouter {
     /// [`Error::NotFound`] for another service; [`Error::InvalidInput`]
     /// for a match rule with an invalid header or cookie name or value.
     async fn set_split(&self, service: &ServiceName, split: &TrafficSplit) -> Result<()> {
-        self.check_service(service)?;
+        if let Some(view) = self.added(service)? {
+            return view.set_split(service, split).await;
+        }
         let state = SplitState::new(split)?;
         let previous = self.shared.split.swap(Some(Arc::new(state)));
         self.span.in_scope(|| {
@@ -1255,7 +1426,9 @@ impl TrafficRouter for ProxyRouter {
     }
 
     async fn split(&self, service: &ServiceName) -> Result<Option<TrafficSplit>> {
-        self.check_service(service)?;
+        if let Some(view) = self.added(service)? {
+            return view.split(service).await;
+        }
         Ok(self.shared.current_split())
     }
 
@@ -1277,7 +1450,9 @@ impl TrafficRouter for ProxyRouter {
         slot: Slot,
         endpoints: &[Endpoint],
     ) -> Result<()> {
-        self.check_service(service)?;
+        if let Some(view) = self.added(service)? {
+            return view.set_endpoints(service, slot, endpoints).await;
+        }
         let span = tracing::info_span!(parent: &self.span, "set_endpoints", %slot);
         self.shared
             .set_endpoints(slot, endpoints)

@@ -13,6 +13,7 @@
 //! upstream that answers before it has read the whole body (or streams
 //! while it reads) is relayed without deadlock.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -45,6 +46,32 @@ use super::server::stopped;
 use super::shared::{RegionChoice, Shared};
 use super::tls::Terminator;
 use super::upstream::{InFlight, UpstreamConn};
+
+/// The body of the 404 for a request no service's route matches, naming
+/// its host (visible ASCII only, at most 253 bytes).
+fn no_service_text(host: Option<&[u8]>) -> String {
+    let host: String = host
+        .unwrap_or_default()
+        .iter()
+        .take(253)
+        .map(|&b| {
+            if b.is_ascii_graphic() {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if host.is_empty() {
+        "no service for this request (it names no host)\n".to_owned()
+    } else {
+        format!("no service for host {host}\n")
+    }
+}
+
+/// How long a connection that has sent no request yet when the router
+/// stops may take to send its first.
+const FIRST_REQUEST_ON_STOP: Duration = Duration::from_secs(1);
 
 /// Body bytes read together with a head go out with the head in one write
 /// up to this size.
@@ -198,6 +225,9 @@ struct ClientConn<C> {
 
 /// A request head parsed and turned into an upstream head in `out`.
 struct Plan {
+    /// The service added to the router that the request goes to; `None`
+    /// for the router's own.
+    service: Option<Arc<Shared>>,
     head_len: usize,
     minor: u8,
     keep_alive: bool,
@@ -232,7 +262,7 @@ enum Parsed {
     Local {
         head_len: usize,
         status: u16,
-        text: &'static str,
+        text: Cow<'static, str>,
         slot: Option<Slot>,
         close: bool,
     },
@@ -242,8 +272,9 @@ enum Parsed {
 impl<C: ClientIo> ClientConn<C> {
     async fn run(&mut self, mut stop: watch::Receiver<bool>) {
         let mut stop_signal = pin!(stopped_owned(stop.clone()));
+        let mut first = true;
         loop {
-            let plan = match self.read_request(stop_signal.as_mut()).await {
+            let plan = match self.read_request(stop_signal.as_mut(), first).await {
                 Some(plan) => plan,
                 None => return,
             };
@@ -278,7 +309,7 @@ impl<C: ClientIo> ClientConn<C> {
                     put_local_response(
                         &mut self.out,
                         status,
-                        text,
+                        &text,
                         slot.map(Slot::as_str),
                         close,
                         self.hsts.as_deref(),
@@ -295,6 +326,7 @@ impl<C: ClientIo> ClientConn<C> {
                 self.tunnel(exchange, upstream).await;
                 return;
             }
+            first = false;
             if !keep || *stop.borrow_and_update() {
                 return;
             }
@@ -303,11 +335,17 @@ impl<C: ClientIo> ClientConn<C> {
 
     /// Reads until a request head is complete and plans it; `None` when
     /// the connection ends first (closed, idle too long, router stopping).
+    /// When the router stops, an idle connection closes at once, except
+    /// before its `first` request: a connection accepted just before the
+    /// stop (as a listener is handed to another router) gets
+    /// [`FIRST_REQUEST_ON_STOP`] to send it, so none is closed unanswered.
     async fn read_request(
         &mut self,
         mut stop_signal: Pin<&mut impl Future<Output = ()>>,
+        first: bool,
     ) -> Option<Parsed> {
         self.timer.arm(self.shared.client_header_timeout);
+        let mut stop_seen = false;
         let mut scanned = 0;
         let mut line = RequestLineCheck::default();
         loop {
@@ -344,7 +382,13 @@ impl<C: ClientIo> ClientConn<C> {
                     }
                     return None;
                 }
-                () = stop_signal.as_mut(), if idle => return None,
+                () = stop_signal.as_mut(), if idle && !stop_seen => {
+                    if !first {
+                        return None;
+                    }
+                    stop_seen = true;
+                    self.timer.shorten(FIRST_REQUEST_ON_STOP);
+                }
             }
         }
     }
@@ -408,10 +452,10 @@ impl<C: ClientIo> ClientConn<C> {
             .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
             .map(|h| h.value)
             .filter(|_| minor >= 1 && !has_body && facts.names(b"upgrade"));
-        let local = |status, text, slot| Parsed::Local {
+        let local = |status, text: &'static str, slot| Parsed::Local {
             head_len,
             status,
-            text,
+            text: Cow::Borrowed(text),
             slot,
             close: has_body || !keep_alive,
         };
@@ -431,7 +475,46 @@ impl<C: ClientIo> ClientConn<C> {
             Some((authority, path)) => (path, Some(authority)),
             None => (target, None),
         };
-        let shared = &*self.shared;
+        // A router with services added routes by host and path first; one
+        // without reads a single flag here.
+        let service = if self.shared.routes_services() {
+            let host = authority.map(str::as_bytes).or_else(|| {
+                headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("host"))
+                    .map(|h| h.value)
+            });
+            let routed = self.shared.route_service(host, path.as_bytes());
+            if routed.is_none() && !self.shared.own {
+                self.shared.record_unmatched();
+                tracing::debug!(host = ?host.map(String::from_utf8_lossy), "no service routes this host");
+                return Some(Parsed::Local {
+                    head_len,
+                    status: 404,
+                    text: Cow::Owned(no_service_text(host)),
+                    slot: None,
+                    close: has_body || !keep_alive,
+                });
+            }
+            routed
+        } else if !self.shared.own {
+            self.shared.record_unmatched();
+            return Some(Parsed::Local {
+                head_len,
+                status: 404,
+                text: Cow::Owned(no_service_text(
+                    headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("host"))
+                        .map(|h| h.value),
+                )),
+                slot: None,
+                close: has_body || !keep_alive,
+            });
+        } else {
+            None
+        };
+        let shared = service.as_deref().unwrap_or(&*self.shared);
         let (region, Route { slot, set_sticky }, attempt) = match &shared.regions {
             // A router without regions: the split, then the slot's endpoints.
             None => {
@@ -511,7 +594,14 @@ impl<C: ClientIo> ClientConn<C> {
             None
         };
         out.extend_from_slice(b"\r\n");
+        let logged = shared
+            .access_log
+            .is_some()
+            .then(|| Box::new((method.to_owned(), target.to_owned())));
+        let accepts_gzip =
+            shared.gzip.is_some() && method != "HEAD" && gzip::request_accepts(headers);
         Some(Parsed::Relay(Box::new(Plan {
+            service,
             head_len,
             minor,
             keep_alive,
@@ -525,22 +615,17 @@ impl<C: ClientIo> ClientConn<C> {
             attempt,
             host_mark,
             start,
-            logged: shared
-                .access_log
-                .is_some()
-                .then(|| Box::new((method.to_owned(), target.to_owned()))),
+            logged,
             upgrade: upgrade_to.is_some(),
-            accepts_gzip: shared.gzip.is_some()
-                && method != "HEAD"
-                && gzip::request_accepts(headers),
+            accepts_gzip,
         })))
     }
 
     /// Relays one planned exchange; returns whether the client connection
     /// goes on.
-    async fn relay(&mut self, plan: Plan) -> bool {
+    async fn relay(&mut self, mut plan: Plan) -> bool {
         self.client_in.advance(plan.head_len);
-        let shared = self.shared.clone();
+        let shared = plan.service.take().unwrap_or_else(|| self.shared.clone());
         self.response_started.store(false, Ordering::Relaxed);
         let started = self.response_started.clone();
         let mut exchange = Exchange {
@@ -839,7 +924,7 @@ impl<C: ClientIo> ClientConn<C> {
     /// flight, so a cutover does not wait for it; the metrics count the
     /// connection as upgraded while it lasts.
     async fn tunnel(&mut self, mut exchange: Exchange, mut upstream: TcpStream) {
-        let shared = self.shared.clone();
+        let shared = exchange.shared.clone();
         let slot = exchange.slot;
         let endpoint = exchange.in_flight.upstream().clone();
         exchange.outcome = Some(Outcome::Status(101));
@@ -1742,6 +1827,17 @@ impl Deadline {
             && at < self.sleep.deadline()
         {
             self.sleep.as_mut().reset(at);
+        }
+    }
+
+    /// Ends the phase within `limit` at the latest.
+    fn shorten(&mut self, limit: Duration) {
+        let at = Instant::now() + limit;
+        if self.at.is_none_or(|current| at < current) {
+            self.at = Some(at);
+            if at < self.sleep.deadline() {
+                self.sleep.as_mut().reset(at);
+            }
         }
     }
 

@@ -23,7 +23,7 @@ pub(crate) async fn serve<H, F>(
     H: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let conns = run(Source::Listener(what, &listener), stop, handle).await;
+    let conns = run(Source::Listener(what, &listener), stop, &handle).await;
     drop(listener);
     finish(what, conns, grace).await;
 }
@@ -61,7 +61,7 @@ impl Source<'_> {
 async fn run<H, F>(
     mut source: Source<'_>,
     mut stop: watch::Receiver<bool>,
-    handle: H,
+    handle: &H,
 ) -> JoinSet<()>
 where
     H: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
@@ -128,7 +128,23 @@ pub(crate) async fn serve_handed<H, F>(
     H: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let conns = run(Source::Handed(&mut incoming), stop, handle).await;
+    let mut conns = run(Source::Handed(&mut incoming), stop.clone(), &handle).await;
+    // Connections the acceptor handed over before it stopped are served
+    // too: on a listener handed to another router, dropping them would
+    // lose connections the kernel had already completed.
+    // The acceptor stops on the same signal and then drops its senders,
+    // which ends this.
+    let _ = tokio::time::timeout(grace, async {
+        while let Some((stream, peer)) = incoming.recv().await {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    conns.spawn(handle(stream, peer, stop.clone()));
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot take over a connection"),
+            }
+        }
+    })
+    .await;
     finish("proxy", conns, grace).await;
 }
 

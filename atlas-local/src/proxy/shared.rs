@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,11 +22,13 @@ use super::access_log::AccessLog;
 use super::balance::{RegionPlan, Route, SplitState, is_cookie_name, least_outstanding};
 use super::gzip::GzipPolicy;
 use super::metrics::{MetricsCore, Outcome, ProxyFailure, RegionCounters, RegionLine, RouterState};
+use super::replica_stats::ReplicaSnapshot;
+use super::route::RouteTable;
 use super::tls::Expiry;
 use super::upstream::{InFlight, PoolConfig, Upstream};
 
 /// The sticky-session cookie, with its two `Set-Cookie` values prepared.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct StickyCookie {
     name: String,
     blue: HeaderValue,
@@ -149,10 +151,42 @@ pub(crate) enum RegionChoice {
     NoEndpoint { region: usize, slot: Slot },
 }
 
+/// The services added to a router, routed by host and path.
+pub(crate) struct Services {
+    /// The routes in force; each request reads them once.
+    pub(crate) table: ArcSwap<RouteTable<Arc<Shared>>>,
+    /// Whether `table` routes anything, so that a router without added
+    /// services reads one flag per request and nothing more.
+    pub(crate) active: AtomicBool,
+    /// Serialises changes of `table` (never the request path).
+    pub(crate) writer: Mutex<()>,
+    /// Requests no route matched, on a router without a service of its own.
+    pub(crate) unmatched: AtomicU64,
+}
+
+impl Services {
+    fn new() -> Self {
+        Services {
+            table: ArcSwap::from_pointee(RouteTable::default()),
+            active: AtomicBool::new(false),
+            writer: Mutex::new(()),
+            unmatched: AtomicU64::new(0),
+        }
+    }
+}
+
 /// State shared by the router handle, the request path, the admin
-/// endpoint and [`ProxyMetrics`](super::ProxyMetrics).
+/// endpoint and [`ProxyMetrics`](super::ProxyMetrics): of the router's
+/// own service, or of a service added to it.
 pub(crate) struct Shared {
     pub(crate) service: ServiceName,
+    /// Whether the router serves `service` for the requests no added route
+    /// matches (a router from `builder`); a shared router answers them 404.
+    pub(crate) own: bool,
+    /// The services added to the router (empty in an added service's state).
+    pub(crate) services: Services,
+    /// Set once an added service was removed: its view refuses changes.
+    pub(crate) retired: AtomicBool,
     pub(crate) split: ArcSwapOption<SplitState>,
     /// The endpoints of each slot: the router's, or its first region's.
     pub(crate) slots: [SlotState; 2],
@@ -176,6 +210,91 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of a router's own service (or, with `own` false, of a
+    /// router that serves only the services added to it).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        service: ServiceName,
+        own: bool,
+        split: Option<SplitState>,
+        regions: Option<Regions>,
+        metrics_window: Duration,
+        pool: PoolConfig,
+        settings: Settings,
+        tls_expiries: Option<Arc<ArcSwap<Vec<Expiry>>>>,
+    ) -> Self {
+        Shared {
+            service,
+            own,
+            services: Services::new(),
+            retired: AtomicBool::new(false),
+            split: ArcSwapOption::new(split.map(Arc::new)),
+            slots: [SlotState::new(), SlotState::new()],
+            regions,
+            metrics: MetricsCore::new(metrics_window),
+            pool,
+            grace_period: settings.grace_period,
+            client_header_timeout: settings.client_header_timeout,
+            client_body_timeout: settings.client_body_timeout,
+            sticky: settings.sticky,
+            max_request_body: settings.max_request_body,
+            request_timeout: settings.request_timeout,
+            access_log: settings.access_log,
+            upgrade_drain: settings.upgrade_drain,
+            gzip: settings.gzip,
+            response_idle_timeout: settings.response_idle_timeout,
+            tls_expiries,
+        }
+    }
+
+    /// The state of `service`, added to this router: no split and no
+    /// endpoints yet, no regions, and the router's settings (pool,
+    /// timeouts, sticky cookie, limits, access log, gzip).
+    pub(crate) fn for_service(&self, service: ServiceName) -> Shared {
+        Shared::new(
+            service,
+            true,
+            None,
+            None,
+            self.metrics.window(),
+            self.pool.clone(),
+            Settings {
+                grace_period: self.grace_period,
+                client_header_timeout: self.client_header_timeout,
+                client_body_timeout: self.client_body_timeout,
+                sticky: self.sticky.clone(),
+                max_request_body: self.max_request_body,
+                request_timeout: self.request_timeout,
+                access_log: self.access_log.clone(),
+                upgrade_drain: self.upgrade_drain,
+                gzip: self.gzip.clone(),
+                response_idle_timeout: self.response_idle_timeout,
+            },
+            None,
+        )
+    }
+
+    /// Whether services were added to the router (one relaxed load, all a
+    /// router without added services does per request).
+    #[inline]
+    pub(crate) fn routes_services(&self) -> bool {
+        self.services.active.load(Ordering::Relaxed)
+    }
+
+    /// The added service a request for `host` and `target` goes to;
+    /// `None` when no route matches (or none was added), and the router's
+    /// own service (or a 404) answers.
+    pub(crate) fn route_service(&self, host: Option<&[u8]>, target: &[u8]) -> Option<Arc<Shared>> {
+        let table = self.services.table.load();
+        table.find(host.unwrap_or_default(), target).cloned()
+    }
+
+    /// Counts a request no route matched on a router without a service of
+    /// its own.
+    pub(crate) fn record_unmatched(&self) {
+        self.services.unmatched.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn slot(&self, slot: Slot) -> &SlotState {
         match slot {
             Slot::Blue => &self.slots[0],
@@ -206,6 +325,43 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// The endpoints of `slot` that receive new requests (region 0's).
+    pub(crate) fn endpoints(&self, slot: Slot) -> Vec<Endpoint> {
+        self.slot(slot)
+            .endpoints
+            .load()
+            .iter()
+            .map(|u| u.endpoint.clone())
+            .collect()
+    }
+
+    /// Requests in flight to the listed endpoints of `slot` (region 0's).
+    pub(crate) fn in_flight(&self, slot: Slot) -> usize {
+        self.slot(slot)
+            .endpoints
+            .load()
+            .iter()
+            .map(|u| u.in_flight())
+            .sum()
+    }
+
+    /// Per-replica counters of the endpoints `slot` lists (region 0's).
+    pub(crate) fn replica_snapshots(&self, slot: Slot) -> Vec<ReplicaSnapshot> {
+        self.slot(slot)
+            .endpoints
+            .load()
+            .iter()
+            .map(|u| {
+                let in_flight = u.in_flight();
+                u.stats.snapshot(
+                    &u.endpoint.replica,
+                    in_flight,
+                    in_flight + u.idle_connections(),
+                )
+            })
+            .collect()
     }
 
     pub(crate) fn current_split(&self) -> Option<TrafficSplit> {
@@ -413,6 +569,20 @@ impl Shared {
     }
 }
 
+/// The settings a router's services share, from its builder.
+pub(crate) struct Settings {
+    pub(crate) grace_period: Duration,
+    pub(crate) client_header_timeout: Option<Duration>,
+    pub(crate) client_body_timeout: Option<Duration>,
+    pub(crate) sticky: Option<StickyCookie>,
+    pub(crate) max_request_body: Option<u64>,
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) upgrade_drain: Duration,
+    pub(crate) gzip: Option<GzipPolicy>,
+    pub(crate) response_idle_timeout: Option<Duration>,
+}
+
 fn slot_of(group: &[SlotState; 2], slot: Slot) -> &SlotState {
     match slot {
         Slot::Blue => &group[0],
@@ -499,6 +669,23 @@ impl RouterState for Shared {
                 ],
             });
         }
+    }
+
+    fn serves_own(&self) -> bool {
+        self.own
+    }
+
+    fn added_services(&self) -> Vec<Arc<dyn RouterState>> {
+        self.services
+            .table
+            .load()
+            .services()
+            .map(|(_, _, state)| state.clone() as Arc<dyn RouterState>)
+            .collect()
+    }
+
+    fn unmatched(&self) -> Option<u64> {
+        (!self.own).then(|| self.services.unmatched.load(Ordering::Relaxed))
     }
 
     fn visit_certificates(&self, visit: &mut dyn FnMut(&str, i64)) {
