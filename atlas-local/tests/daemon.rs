@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use atlas_core::testing::conformance::{self, workloads::WorkloadsFixture};
-use atlas_core::{Endpoint, ErrorKind, Release, ServiceName, Slot, TrafficRouter, TrafficSplit, Workloads};
+use atlas_core::{
+    Endpoint, ErrorKind, Release, ServiceName, Slot, TrafficRouter, TrafficSplit, Workloads,
+};
 use atlas_local::daemon::api::{ApiErrorKind, ApiRequest};
 use atlas_local::daemon::client::{AtlasdClient, RemoteRouter, RemoteStateStore, RemoteWorkloads};
 use atlas_local::daemon::server::AdminConfig;
@@ -61,11 +63,41 @@ fn config(dir: &Path) -> DaemonConfig {
 }
 
 /// A state directory under a private (0700) parent, as a socket directory
-/// must be.
-fn temp() -> tempfile::TempDir {
+/// must be. Dropped, it SIGKILLs every replica the state file names:
+/// replicas outlive their daemon by design, so a test that fails before
+/// its `shutdown_all` must not leave them behind.
+struct Temp(tempfile::TempDir);
+
+impl Temp {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(self.path().join("state/atlasd.json")) else {
+            return;
+        };
+        let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return;
+        };
+        for record in state["replicas"].as_array().into_iter().flatten() {
+            if let Some(pid) = record["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) {
+                // Each detached replica leads a session (and group) of its own.
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn temp() -> Temp {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    dir
+    Temp(dir)
 }
 
 async fn start(dir: &Path) -> (Daemon, AtlasdClient) {
@@ -118,7 +150,10 @@ async fn the_remote_router_passes_the_conformance_suite() {
         let client = client.clone();
         async move {
             let host = format!("{}.test", svc.as_str());
-            client.register_service(&svc, ServiceRoute::host(host)).await.unwrap();
+            client
+                .register_service(&svc, ServiceRoute::host(host))
+                .await
+                .unwrap();
             RemoteRouter::new(client)
         }
     };
@@ -126,8 +161,14 @@ async fn the_remote_router_passes_the_conformance_suite() {
     // Unlike a single-service proxy, the daemon serves several services,
     // which must stay independent.
     let (a, b) = (service("remote-indep-a"), service("remote-indep-b"));
-    client.register_service(&a, ServiceRoute::host("a.test")).await.unwrap();
-    client.register_service(&b, ServiceRoute::host("b.test")).await.unwrap();
+    client
+        .register_service(&a, ServiceRoute::host("a.test"))
+        .await
+        .unwrap();
+    client
+        .register_service(&b, ServiceRoute::host("b.test"))
+        .await
+        .unwrap();
     let router = RemoteRouter::new(client.clone());
     conformance::router::services_are_independent_with(
         &router,
@@ -144,9 +185,12 @@ async fn the_remote_workloads_pass_the_conformance_suite() {
     let dir = temp();
     let site = tempfile::tempdir().unwrap();
     let (daemon, client) = start(dir.path()).await;
-    let fixture = WorkloadsFixture::new(http_server("v1", site.path()), http_server("v2", site.path()))
-        .with_ready_timeout(WAIT)
-        .with_poll_interval(Duration::from_millis(20));
+    let fixture = WorkloadsFixture::new(
+        http_server("v1", site.path()),
+        http_server("v2", site.path()),
+    )
+    .with_ready_timeout(WAIT)
+    .with_poll_interval(Duration::from_millis(20));
     conformance::workloads::all(&RemoteWorkloads::new(client), &fixture, "remote").await;
     daemon.shutdown_all().await;
 }
@@ -158,21 +202,39 @@ async fn services_are_routed_by_host_and_a_second_claim_is_refused() {
     std::fs::write(a_site.path().join("who"), "service a").unwrap();
     std::fs::write(b_site.path().join("who"), "service b").unwrap();
     let (daemon, client) = start(dir.path()).await;
-    let (router, workloads) = (RemoteRouter::new(client.clone()), RemoteWorkloads::new(client.clone()));
+    let (router, workloads) = (
+        RemoteRouter::new(client.clone()),
+        RemoteWorkloads::new(client.clone()),
+    );
     for (name, site) in [("svc-a", &a_site), ("svc-b", &b_site)] {
         let svc = service(name);
         client
             .register_service(&svc, ServiceRoute::host(format!("{name}.example")))
             .await
             .unwrap();
-        workloads.deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 1).await.unwrap();
+        workloads
+            .deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 1)
+            .await
+            .unwrap();
         let endpoints = wait_ready(&workloads, &svc, Slot::Blue, 1).await;
-        router.set_endpoints(&svc, Slot::Blue, &endpoints).await.unwrap();
-        router.set_split(&svc, &TrafficSplit::all_to(Slot::Blue)).await.unwrap();
+        router
+            .set_endpoints(&svc, Slot::Blue, &endpoints)
+            .await
+            .unwrap();
+        router
+            .set_split(&svc, &TrafficSplit::all_to(Slot::Blue))
+            .await
+            .unwrap();
     }
     let proxy = daemon.proxy_addr();
-    assert_eq!(get(proxy, "svc-a.example", "/who").await, (200, "service a".into()));
-    assert_eq!(get(proxy, "SVC-B.example:8080", "/who").await, (200, "service b".into()));
+    assert_eq!(
+        get(proxy, "svc-a.example", "/who").await,
+        (200, "service a".into())
+    );
+    assert_eq!(
+        get(proxy, "SVC-B.example:8080", "/who").await,
+        (200, "service b".into())
+    );
     assert_eq!(get(proxy, "nobody.example", "/who").await.0, 404);
 
     // A second claim on a host: refused, typed, and nothing changed.
@@ -181,10 +243,22 @@ async fn services_are_routed_by_host_and_a_second_claim_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    assert!(err.to_string().contains("svc-a"), "the error names the owner: {err}");
-    let names: Vec<_> = client.services().await.unwrap().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        err.to_string().contains("svc-a"),
+        "the error names the owner: {err}"
+    );
+    let names: Vec<_> = client
+        .services()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(names, vec![service("svc-a"), service("svc-b")]);
-    assert_eq!(get(proxy, "svc-a.example", "/who").await, (200, "service a".into()));
+    assert_eq!(
+        get(proxy, "svc-a.example", "/who").await,
+        (200, "service a".into())
+    );
     daemon.shutdown_all().await;
 }
 
@@ -195,11 +269,23 @@ async fn routes_splits_and_replicas_survive_a_restart_of_the_daemon() {
     std::fs::write(site.path().join("who"), "kept").unwrap();
     let svc = service("kept");
     let (daemon, client) = start(dir.path()).await;
-    let (router, workloads) = (RemoteRouter::new(client.clone()), RemoteWorkloads::new(client.clone()));
-    client.register_service(&svc, ServiceRoute::host("kept.example")).await.unwrap();
-    workloads.deploy(&svc, Slot::Green, &http_server("v3", site.path()), 2).await.unwrap();
+    let (router, workloads) = (
+        RemoteRouter::new(client.clone()),
+        RemoteWorkloads::new(client.clone()),
+    );
+    client
+        .register_service(&svc, ServiceRoute::host("kept.example"))
+        .await
+        .unwrap();
+    workloads
+        .deploy(&svc, Slot::Green, &http_server("v3", site.path()), 2)
+        .await
+        .unwrap();
     let endpoints = wait_ready(&workloads, &svc, Slot::Green, 2).await;
-    router.set_endpoints(&svc, Slot::Green, &endpoints).await.unwrap();
+    router
+        .set_endpoints(&svc, Slot::Green, &endpoints)
+        .await
+        .unwrap();
     let split = TrafficSplit::all_to(Slot::Green);
     router.set_split(&svc, &split).await.unwrap();
     let before = workloads.status(&svc, Slot::Green).await.unwrap();
@@ -207,18 +293,30 @@ async fn routes_splits_and_replicas_survive_a_restart_of_the_daemon() {
 
     // The replicas outlived the daemon.
     for e in &before.endpoints {
-        assert!(TcpStream::connect(e.addr).await.is_ok(), "{e} stopped with the daemon");
+        assert!(
+            TcpStream::connect(e.addr).await.is_ok(),
+            "{e} stopped with the daemon"
+        );
     }
     let mut again = config(dir.path());
     again.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let daemon = Daemon::start(again).await.unwrap();
     let client = AtlasdClient::unix(daemon.admin_socket());
-    let (router, workloads) = (RemoteRouter::new(client.clone()), RemoteWorkloads::new(client.clone()));
+    let (router, workloads) = (
+        RemoteRouter::new(client.clone()),
+        RemoteWorkloads::new(client.clone()),
+    );
     assert_eq!(router.split(&svc).await.unwrap(), Some(split));
     let after = workloads.status(&svc, Slot::Green).await.unwrap();
-    assert_eq!(after.endpoints, before.endpoints, "the same replicas, adopted");
+    assert_eq!(
+        after.endpoints, before.endpoints,
+        "the same replicas, adopted"
+    );
     assert_eq!(after.version.as_deref(), Some("v3"));
-    assert_eq!(get(daemon.proxy_addr(), "kept.example", "/who").await, (200, "kept".into()));
+    assert_eq!(
+        get(daemon.proxy_addr(), "kept.example", "/who").await,
+        (200, "kept".into())
+    );
     daemon.shutdown_all().await;
 }
 
@@ -235,19 +333,27 @@ async fn malformed_calls_are_refused_with_a_typed_error_and_change_nothing() {
         let err = client.call_raw(body.to_vec()).await.unwrap_err();
         assert_eq!(err.kind, ApiErrorKind::Malformed, "{}: {err}", String::from_utf8_lossy(body));
     }
-    // A name that the type would refuse, smuggled through JSON.
+    // A name that the type would refuse, smuggled through JSON: refused
+    // while reading the call, naming the rule.
     let err = client
-        .call_raw(br#"{"op":"register_service","service":"Bad Name!","route":{"hosts":["x.test"]}}"#.to_vec())
+        .call_raw(
+            br#"{"op":"register_service","service":"Bad Name!","route":{"hosts":["x.test"]}}"#
+                .to_vec(),
+        )
         .await
         .unwrap_err();
-    assert_eq!(err.kind, ApiErrorKind::InvalidInput, "{err}");
+    assert_eq!(err.kind, ApiErrorKind::Malformed, "{err}");
+    assert!(err.message.contains("invalid service name"), "{err}");
     // An invalid host.
     let err = client
         .register_service(&service("x"), ServiceRoute::host("not a host"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
-    assert!(client.services().await.unwrap().is_empty(), "nothing was registered");
+    assert!(
+        client.services().await.unwrap().is_empty(),
+        "nothing was registered"
+    );
     daemon.shutdown_all().await;
 }
 
@@ -269,7 +375,11 @@ async fn the_tcp_listener_requires_the_token_and_racing_clients_get_a_conflict()
 
     let good = AtlasdClient::tcp(addr, &token).unwrap();
     assert!(good.services().await.unwrap().is_empty());
-    let wrong = AtlasdClient::tcp(addr, &token_file(&dir.path().join("state"), "another-token-0123456789", 0o600)).unwrap();
+    let wrong = AtlasdClient::tcp(
+        addr,
+        &token_file(&dir.path().join("state"), "another-token-0123456789", 0o600),
+    )
+    .unwrap();
     let err = wrong.call(&ApiRequest::Services).await.unwrap_err();
     assert_eq!(err.kind, ApiErrorKind::Unauthorized, "{err}");
     // No token at all: a bare HTTP call.
@@ -295,26 +405,43 @@ async fn the_tcp_listener_requires_the_token_and_racing_clients_get_a_conflict()
     let loser = a.err().or(b.err()).unwrap();
     assert_eq!(loser.kind(), ErrorKind::Conflict, "{loser}");
 
-    // Two clients race to change the same service's replicas: while one
-    // change runs, the other is refused rather than interleaved.
-    let site = tempfile::tempdir().unwrap();
-    let slow = Release::new("v1", "sh").with_arg("-c").with_arg(format!(
-        "sleep 0.5; exec {} -m http.server --bind 127.0.0.1 --directory {} \"$PORT\"",
-        shell_quote(&python()),
-        shell_quote(&site.path().display().to_string())
-    ));
-    let (wa, wb) = (RemoteWorkloads::new(good.clone()), RemoteWorkloads::new(second.clone()));
-    let (a, b) = tokio::join!(
-        wa.deploy(&svc, Slot::Blue, &slow, 2),
-        async {
-            sleep(Duration::from_millis(20)).await;
-            wb.scale(&svc, Slot::Blue, 5).await
-        }
+    // Two clients race to change the same service: while one change runs
+    // (endpoints draining a request that never ends, bounded by the 2 s
+    // grace period), the other is refused rather than interleaved.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let (ra, rb) = (
+        RemoteRouter::new(good.clone()),
+        RemoteRouter::new(second.clone()),
     );
+    ra.set_endpoints(&svc, Slot::Blue, &[Endpoint::new("hang-0", hang_addr)])
+        .await
+        .unwrap();
+    ra.set_split(&svc, &TrafficSplit::all_to(Slot::Blue))
+        .await
+        .unwrap();
+    let proxy = daemon.proxy_addr();
+    let stuck = tokio::spawn(async move { get(proxy, "raced.test", "/").await });
+    sleep(Duration::from_millis(200)).await;
+    let (a, b) = tokio::join!(ra.set_endpoints(&svc, Slot::Blue, &[]), async {
+        sleep(Duration::from_millis(100)).await;
+        rb.set_split(&svc, &TrafficSplit::new(Slot::Blue, 50).unwrap())
+            .await
+    });
     a.unwrap();
     let err = b.expect_err("the second change must be refused while the first runs");
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    assert_eq!(wa.status(&svc, Slot::Blue).await.unwrap().desired, 2, "the refused scale changed nothing");
+    assert!(
+        err.to_string().contains("set_endpoints"),
+        "the conflict names the change in progress: {err}"
+    );
+    assert_eq!(
+        rb.split(&svc).await.unwrap(),
+        Some(TrafficSplit::all_to(Slot::Blue)),
+        "the refused split changed nothing"
+    );
+    stuck.abort();
+    drop(hang);
     daemon.shutdown_all().await;
 }
 
@@ -350,35 +477,63 @@ async fn unsafe_permissions_are_refused_at_start() {
 async fn the_socket_is_0600_and_other_users_are_refused() {
     let dir = temp();
     let (daemon, client) = start(dir.path()).await;
-    let mode = std::fs::metadata(daemon.admin_socket()).unwrap().permissions().mode();
+    let mode = std::fs::metadata(daemon.admin_socket())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(client.services().await.is_ok());
 
     // Another user cannot connect. As root, run the attempt as `nobody`
     // (uid 65534); the parent directories must let it reach the socket.
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("not root: the other-user check needs root to switch users; the mode check above ran");
+    if std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(1)
+        != 0
+    {
+        eprintln!(
+            "not root: the other-user check needs root to switch users; the mode check above ran"
+        );
         daemon.shutdown_all().await;
         return;
     }
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    std::fs::set_permissions(dir.path().join("state"), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("state"),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
     let script = format!(
         "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n  s.connect({:?})\n  s.sendall(b'POST /v1/call HTTP/1.1\\r\\nHost: a\\r\\nContent-Length: 17\\r\\n\\r\\n{{\"op\":\"services\"}}')\n  print(s.recv(100).split(b' ')[1].decode())\nexcept PermissionError:\n  print('denied')\n",
         daemon.admin_socket().display().to_string()
     );
     let run = |script: String| async move {
         let out = tokio::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", &python(), "-c", &script])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                &python(),
+                "-c",
+                &script,
+            ])
             .output()
             .await
             .expect("setpriv runs");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    assert_eq!(run(script.clone()).await, "denied", "mode 0600 keeps other users out");
+    assert_eq!(
+        run(script.clone()).await,
+        "denied",
+        "mode 0600 keeps other users out"
+    );
     // Even if the socket file is opened up by hand, the daemon checks the
     // caller's credentials and refuses.
-    std::fs::set_permissions(daemon.admin_socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(
+        daemon.admin_socket(),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     assert_eq!(run(script).await, "401", "peer credentials are checked");
     assert!(client.services().await.unwrap().is_empty());
     daemon.shutdown_all().await;
@@ -400,8 +555,17 @@ async fn steering_commands_reach_a_waiting_deployer_in_order() {
         .await
         .unwrap();
     let got = waiter.await.unwrap().unwrap().expect("a command");
-    assert_eq!((got.seq, got.command), (1, atlas_local::daemon::api::SteerCommand::Pause));
-    assert_eq!(client.next_command(&svc, 1, Duration::from_millis(100)).await.unwrap(), None);
+    assert_eq!(
+        (got.seq, got.command),
+        (1, atlas_local::daemon::api::SteerCommand::Pause)
+    );
+    assert_eq!(
+        client
+            .next_command(&svc, 1, Duration::from_millis(100))
+            .await
+            .unwrap(),
+        None
+    );
     daemon.shutdown_all().await;
 }
 

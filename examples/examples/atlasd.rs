@@ -36,7 +36,12 @@ use tokio::signal::unix::{SignalKind, signal};
 #[command(name = "atlasd", version, args_override_self = true)]
 struct Args {
     /// Where state, sockets and replica logs live.
-    #[arg(long, value_name = "DIR", env = "ATLASD_STATE_DIR", default_value = "/var/lib/atlas")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "ATLASD_STATE_DIR",
+        default_value = "/var/lib/atlas"
+    )]
     state_dir: PathBuf,
     /// The proxy's address (ignored under socket activation and --takeover).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -102,7 +107,9 @@ async fn run(args: Args) -> StatusResult {
     config.listen = args.listen;
     config.listener = systemd_listener()?;
     config.admin = AdminConfig {
-        socket: args.socket.unwrap_or_else(|| args.state_dir.join("atlasd.sock")),
+        socket: args
+            .socket
+            .unwrap_or_else(|| args.state_dir.join("atlasd.sock")),
         socket_mode: args.socket_mode,
         tcp: args.admin_tcp.zip(args.admin_token_file),
     };

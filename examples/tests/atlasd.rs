@@ -26,7 +26,11 @@ use support::example;
 const HOST: &str = "web.test";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Fixture {
@@ -68,7 +72,12 @@ impl Fixture {
         let child = Command::new(binary)
             .arg("--state-dir")
             .arg(self.state())
-            .args(["--listen", &self.proxy().to_string(), "--grace-period", "3s"])
+            .args([
+                "--listen",
+                &self.proxy().to_string(),
+                "--grace-period",
+                "3s",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -76,7 +85,9 @@ impl Fixture {
             .expect("atlasd starts");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if self.atlas(&["services"]).status.success() && std::net::TcpStream::connect(self.proxy()).is_ok() {
+            if self.atlas(&["services"]).status.success()
+                && std::net::TcpStream::connect(self.proxy()).is_ok()
+            {
                 return child;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -130,7 +141,16 @@ impl Fixture {
     fn first_release(&mut self) -> PathBuf {
         let spec = self.spec();
         self.atlas_ok(&["services", "add", "web", "--host", HOST]);
-        self.atlas_ok(&["deploy", "web", "-f", spec.to_str().unwrap(), "--version", "v1", "--lease-ttl", "3s"]);
+        self.atlas_ok(&[
+            "deploy",
+            "web",
+            "-f",
+            spec.to_str().unwrap(),
+            "--version",
+            "v1",
+            "--lease-ttl",
+            "3s",
+        ]);
         spec
     }
 
@@ -142,7 +162,11 @@ impl Fixture {
     /// The traffic share of the slot running `version`.
     fn weight_of(&self, version: &str) -> u64 {
         let status = self.status();
-        let service = status.as_array().and_then(|a| a.first()).cloned().unwrap_or(status);
+        let service = status
+            .as_array()
+            .and_then(|a| a.first())
+            .cloned()
+            .unwrap_or(status);
         service["slots"]
             .as_array()
             .and_then(|slots| {
@@ -203,7 +227,10 @@ fn alive(pid: u32) -> bool {
 }
 
 fn assert_no_failures(what: &str, totals: &LoadTotals) {
-    assert!(totals.sent > 100, "{what}: too little load to mean anything: {totals:?}");
+    assert!(
+        totals.sent > 100,
+        "{what}: too little load to mean anything: {totals:?}"
+    );
     assert_eq!(totals.failed, 0, "{what}: requests failed: {totals:?}");
     assert_eq!(totals.app_errors, 0, "{what}: {totals:?}");
 }
@@ -226,14 +253,27 @@ fn a_deploy_killed_mid_canary_leaves_traffic_alone_and_a_rerun_resumes_it() {
 
     // v2 goes to 25 % and pauses; the deploy program is killed there.
     let mut deploy = f
-        .atlas_command(&["deploy", "web", "-f", spec.to_str().unwrap(), "--version", "v2", "--lease-ttl", "3s"])
+        .atlas_command(&[
+            "deploy",
+            "web",
+            "-f",
+            spec.to_str().unwrap(),
+            "--version",
+            "v2",
+            "--lease-ttl",
+            "3s",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while f.weight_of("v2") != 25 {
-        assert!(Instant::now() < deadline, "the canary never reached 25 %: {}", f.status());
+        assert!(
+            Instant::now() < deadline,
+            "the canary never reached 25 %: {}",
+            f.status()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -245,14 +285,27 @@ fn a_deploy_killed_mid_canary_leaves_traffic_alone_and_a_rerun_resumes_it() {
         (0, load.totals())
     });
     assert_eq!(weight_after_kill, 25, "traffic stays where it was");
-    assert_eq!(f.weight_of("v2"), 25, "and stays there while nobody drives it");
+    assert_eq!(
+        f.weight_of("v2"),
+        25,
+        "and stays there while nobody drives it"
+    );
     let served_v2 = before.by_version.get("v2").copied().unwrap_or(0);
     assert!(served_v2 > 0, "the canary serves meanwhile: {before:?}");
 
     // A rerun resumes the rollout (waiting out the dead one's lease), and
     // `atlas promote` ends the pause.
     let mut rerun = f
-        .atlas_command(&["deploy", "web", "-f", spec.to_str().unwrap(), "--version", "v2", "--lease-ttl", "3s"])
+        .atlas_command(&[
+            "deploy",
+            "web",
+            "-f",
+            spec.to_str().unwrap(),
+            "--version",
+            "v2",
+            "--lease-ttl",
+            "3s",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -267,7 +320,10 @@ fn a_deploy_killed_mid_canary_leaves_traffic_alone_and_a_rerun_resumes_it() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.to_lowercase().contains("resum"), "the rerun says it resumed:\n{stdout}");
+    assert!(
+        stdout.to_lowercase().contains("resum"),
+        "the rerun says it resumed:\n{stdout}"
+    );
     assert_eq!(f.weight_of("v2"), 100);
     let (totals, _) = rt.block_on(load.stop());
     println!("deploy killed mid-canary: {totals:?}");
@@ -292,7 +348,11 @@ fn a_takeover_refuses_no_connection_and_keeps_the_replicas() {
     let mut old = first;
     let second = f.start_daemon(&example("atlasd"), &["--takeover"]);
     let exited = wait_exit(&mut old, Duration::from_secs(20));
-    assert!(exited.is_some_and(|s| s.success()), "the old atlasd drained and exited: {exited:?}\n{}", f.daemon_log());
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the old atlasd drained and exited: {exited:?}\n{}",
+        f.daemon_log()
+    );
     std::thread::sleep(Duration::from_secs(1));
 
     // An upgrade: another binary file takes over.
@@ -301,7 +361,11 @@ fn a_takeover_refuses_no_connection_and_keeps_the_replicas() {
     let mut old = second;
     let third = f.start_daemon(&upgraded, &["--takeover"]);
     let exited = wait_exit(&mut old, Duration::from_secs(20));
-    assert!(exited.is_some_and(|s| s.success()), "{exited:?}\n{}", f.daemon_log());
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "{exited:?}\n{}",
+        f.daemon_log()
+    );
     f.daemon = Some(third);
     std::thread::sleep(Duration::from_secs(1));
 
@@ -311,7 +375,11 @@ fn a_takeover_refuses_no_connection_and_keeps_the_replicas() {
     println!("takeover, kept-alive connections: {kept:?}");
     assert_no_failures("takeover (fresh connections)", &fresh);
     assert_no_failures("takeover (kept-alive connections)", &kept);
-    assert_eq!(f.replica_pids(), pids, "the same replicas serve, adopted twice");
+    assert_eq!(
+        f.replica_pids(),
+        pids,
+        "the same replicas serve, adopted twice"
+    );
     for pid in pids {
         assert!(alive(pid));
     }
@@ -337,7 +405,11 @@ fn a_killed_daemon_leaves_the_replicas_running_and_the_next_one_adopts_them() {
     let restarted_at = SystemTime::now();
     std::thread::sleep(Duration::from_secs(2));
     let (totals, samples) = rt.block_on(load.stop());
-    assert_eq!(f.replica_pids(), pids, "the restarted daemon adopted the same replicas");
+    assert_eq!(
+        f.replica_pids(),
+        pids,
+        "the restarted daemon adopted the same replicas"
+    );
 
     let gap = service_gap(&samples, killed_at);
     println!(
@@ -345,7 +417,11 @@ fn a_killed_daemon_leaves_the_replicas_running_and_the_next_one_adopts_them() {
         totals.sent,
         totals.failed,
         gap.as_secs_f64() * 1000.0,
-        restarted_at.duration_since(killed_at).unwrap().as_secs_f64() * 1000.0,
+        restarted_at
+            .duration_since(killed_at)
+            .unwrap()
+            .as_secs_f64()
+            * 1000.0,
     );
     // Every request sent after the new daemon answered succeeded.
     let late_failures = samples

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use atlas_core::{Endpoint, Error, Release, RolloutState, ServiceName, Slot, SlotStatus, TrafficSplit};
+use atlas_core::{
+    Endpoint, Error, Release, RolloutState, ServiceName, Slot, SlotStatus, TrafficSplit,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::proxy::ServiceRoute;
@@ -291,7 +293,7 @@ pub enum ApiResponse {
     /// Answer to [`ApiRequest::LoadState`].
     State {
         /// The stored state and its version.
-        state: Option<WireVersioned>,
+        state: Option<Box<WireVersioned>>,
     },
     /// Answer to [`ApiRequest::CompareAndSwap`].
     Version {
@@ -513,9 +515,11 @@ impl ApiError {
 impl From<&Error> for ApiError {
     fn from(error: &Error) -> Self {
         let (kind, field, message) = match error {
-            Error::InvalidInput { field, rule } => {
-                (ApiErrorKind::InvalidInput, Some(field.clone()), rule.clone())
-            }
+            Error::InvalidInput { field, rule } => (
+                ApiErrorKind::InvalidInput,
+                Some(field.clone()),
+                rule.clone(),
+            ),
             Error::NotFound { what } => (ApiErrorKind::NotFound, None, what.clone()),
             Error::Conflict { what } => (ApiErrorKind::Conflict, None, what.clone()),
             Error::Precondition { what } => (ApiErrorKind::Precondition, None, what.clone()),

@@ -97,8 +97,12 @@ impl AtlasdClient {
 
     /// Makes one call.
     pub async fn call(&self, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
-        let body = serde_json::to_vec(request)
-            .map_err(|e| ApiError::new(ApiErrorKind::Malformed, format!("cannot encode the call: {e}")))?;
+        let body = serde_json::to_vec(request).map_err(|e| {
+            ApiError::new(
+                ApiErrorKind::Malformed,
+                format!("cannot encode the call: {e}"),
+            )
+        })?;
         self.post(Bytes::from(body), request).await
     }
 
@@ -115,11 +119,15 @@ impl AtlasdClient {
         let exchange = async {
             match &self.transport {
                 Transport::Unix(path) => {
-                    let stream = UnixStream::connect(path).await.map_err(|e| unreachable(&path.display().to_string(), e))?;
+                    let stream = UnixStream::connect(path)
+                        .await
+                        .map_err(|e| unreachable(&path.display().to_string(), e))?;
                     exchange(stream, body, None).await
                 }
                 Transport::Tcp { addr, token } => {
-                    let stream = TcpStream::connect(addr).await.map_err(|e| unreachable(&addr.to_string(), e))?;
+                    let stream = TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| unreachable(&addr.to_string(), e))?;
                     let _ = stream.set_nodelay(true);
                     exchange(stream, body, Some(token)).await
                 }
@@ -129,7 +137,11 @@ impl AtlasdClient {
             Ok(result) => result,
             Err(_) => Err(ApiError::new(
                 ApiErrorKind::Transient,
-                format!("atlasd did not answer {} within {:?}", request.op(), self.timeout + extra),
+                format!(
+                    "atlasd did not answer {} within {:?}",
+                    request.op(),
+                    self.timeout + extra
+                ),
             )),
         }
     }
@@ -144,12 +156,19 @@ impl AtlasdClient {
 
     /// Registers a service with its route.
     pub async fn register_service(&self, service: &ServiceName, route: ServiceRoute) -> Result<()> {
-        self.done(ApiRequest::RegisterService { service: service.clone(), route }).await
+        self.done(ApiRequest::RegisterService {
+            service: service.clone(),
+            route,
+        })
+        .await
     }
 
     /// Removes a service.
     pub async fn remove_service(&self, service: &ServiceName) -> Result<()> {
-        self.done(ApiRequest::RemoveService { service: service.clone() }).await
+        self.done(ApiRequest::RemoveService {
+            service: service.clone(),
+        })
+        .await
     }
 
     /// Every service and its route.
@@ -162,7 +181,12 @@ impl AtlasdClient {
 
     /// The status of one service, or of all.
     pub async fn status(&self, service: Option<&ServiceName>) -> Result<Vec<ServiceStatus>> {
-        match self.call(&ApiRequest::Status { service: service.cloned() }).await? {
+        match self
+            .call(&ApiRequest::Status {
+                service: service.cloned(),
+            })
+            .await?
+        {
             ApiResponse::Status { services } => Ok(services),
             other => Err(unexpected("status", &other)),
         }
@@ -170,12 +194,30 @@ impl AtlasdClient {
 
     /// Takes a slot out of the router, draining its requests in flight.
     pub async fn drain(&self, service: &ServiceName, slot: Slot) -> Result<()> {
-        self.done(ApiRequest::Drain { service: service.clone(), slot }).await
+        self.done(ApiRequest::Drain {
+            service: service.clone(),
+            slot,
+        })
+        .await
     }
 
     /// The last `lines` lines of a replica's log, and the log's path.
-    pub async fn logs(&self, service: &ServiceName, slot: Slot, index: u32, lines: u32) -> Result<(String, Vec<String>)> {
-        match self.call(&ApiRequest::Logs { service: service.clone(), slot, index, lines }).await? {
+    pub async fn logs(
+        &self,
+        service: &ServiceName,
+        slot: Slot,
+        index: u32,
+        lines: u32,
+    ) -> Result<(String, Vec<String>)> {
+        match self
+            .call(&ApiRequest::Logs {
+                service: service.clone(),
+                slot,
+                index,
+                lines,
+            })
+            .await?
+        {
             ApiResponse::Logs { path, lines } => Ok((path, lines)),
             other => Err(unexpected("logs", &other)),
         }
@@ -183,12 +225,28 @@ impl AtlasdClient {
 
     /// Posts a steering command for whoever drives the service's rollout.
     pub async fn steer(&self, service: &ServiceName, command: SteerCommand) -> Result<()> {
-        self.done(ApiRequest::Steer { service: service.clone(), command }).await
+        self.done(ApiRequest::Steer {
+            service: service.clone(),
+            command,
+        })
+        .await
     }
 
     /// Waits up to `wait` for a steering command posted after `after`.
-    pub async fn next_command(&self, service: &ServiceName, after: u64, wait: Duration) -> Result<Option<SequencedCommand>> {
-        match self.call(&ApiRequest::NextCommand { service: service.clone(), after, wait }).await? {
+    pub async fn next_command(
+        &self,
+        service: &ServiceName,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<SequencedCommand>> {
+        match self
+            .call(&ApiRequest::NextCommand {
+                service: service.clone(),
+                after,
+                wait,
+            })
+            .await?
+        {
             ApiResponse::Command { command } => Ok(command),
             other => Err(unexpected("next_command", &other)),
         }
@@ -196,7 +254,12 @@ impl AtlasdClient {
 
     /// The releases the service was promoted to, oldest first.
     pub async fn history(&self, service: &ServiceName) -> Result<Vec<Release>> {
-        match self.call(&ApiRequest::History { service: service.clone() }).await? {
+        match self
+            .call(&ApiRequest::History {
+                service: service.clone(),
+            })
+            .await?
+        {
             ApiResponse::History { releases } => Ok(releases),
             other => Err(unexpected("history", &other)),
         }
@@ -211,7 +274,10 @@ impl AtlasdClient {
 }
 
 fn unreachable(where_: &str, e: std::io::Error) -> ApiError {
-    ApiError::new(ApiErrorKind::Transient, format!("atlasd is not answering on {where_}: {e}"))
+    ApiError::new(
+        ApiErrorKind::Transient,
+        format!("atlasd is not answering on {where_}: {e}"),
+    )
 }
 
 fn unexpected(op: &str, response: &ApiResponse) -> Error {
@@ -222,14 +288,24 @@ fn unexpected(op: &str, response: &ApiResponse) -> Error {
     }
 }
 
-async fn exchange<S>(stream: S, body: Bytes, token: Option<&Arc<str>>) -> Result<ApiResponse, ApiError>
+async fn exchange<S>(
+    stream: S,
+    body: Bytes,
+    token: Option<&Arc<str>>,
+) -> Result<ApiResponse, ApiError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let broken = |e: &dyn fmt::Display| ApiError::new(ApiErrorKind::Transient, format!("atlasd connection failed: {e}"));
-    let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| broken(&e))?;
+    let broken = |e: &dyn fmt::Display| {
+        ApiError::new(
+            ApiErrorKind::Transient,
+            format!("atlasd connection failed: {e}"),
+        )
+    };
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| broken(&e))?;
     let driver = tokio::spawn(connection);
     let mut request = Request::builder()
         .method(Method::POST)
@@ -239,20 +315,42 @@ where
         .body(Full::new(body))
         .map_err(|e| broken(&e))?;
     if let Some(token) = token {
-        let value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| ApiError::new(ApiErrorKind::InvalidInput, "the token holds characters a header cannot carry"))?;
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            ApiError::new(
+                ApiErrorKind::InvalidInput,
+                "the token holds characters a header cannot carry",
+            )
+        })?;
         request.headers_mut().insert(AUTHORIZATION, value);
     }
     let response = sender.send_request(request).await.map_err(|e| broken(&e))?;
     let status = response.status();
-    let bytes = response.into_body().collect().await.map_err(|e| broken(&e))?.to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| broken(&e))?
+        .to_bytes();
     driver.abort();
     if status.is_success() {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(ApiErrorKind::Backend, format!("unreadable answer from atlasd: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                ApiErrorKind::Backend,
+                format!("unreadable answer from atlasd: {e}"),
+            )
+        })
     } else {
-        Err(serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
-            ApiError::new(ApiErrorKind::Backend, format!("atlasd answered {status}: {}", String::from_utf8_lossy(&bytes)))
-        }))
+        Err(
+            serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+                ApiError::new(
+                    ApiErrorKind::Backend,
+                    format!(
+                        "atlasd answered {status}: {}",
+                        String::from_utf8_lossy(&bytes)
+                    ),
+                )
+            }),
+        )
     }
 }
 
@@ -273,20 +371,38 @@ impl RemoteRouter {
 impl TrafficRouter for RemoteRouter {
     async fn set_split(&self, service: &ServiceName, split: &TrafficSplit) -> Result<()> {
         self.client
-            .done(ApiRequest::SetSplit { service: service.clone(), split: split.clone() })
+            .done(ApiRequest::SetSplit {
+                service: service.clone(),
+                split: split.clone(),
+            })
             .await
     }
 
     async fn split(&self, service: &ServiceName) -> Result<Option<TrafficSplit>> {
-        match self.client.call(&ApiRequest::Split { service: service.clone() }).await? {
+        match self
+            .client
+            .call(&ApiRequest::Split {
+                service: service.clone(),
+            })
+            .await?
+        {
             ApiResponse::Split { split } => Ok(split),
             other => Err(unexpected("split", &other)),
         }
     }
 
-    async fn set_endpoints(&self, service: &ServiceName, slot: Slot, endpoints: &[Endpoint]) -> Result<()> {
+    async fn set_endpoints(
+        &self,
+        service: &ServiceName,
+        slot: Slot,
+        endpoints: &[Endpoint],
+    ) -> Result<()> {
         self.client
-            .done(ApiRequest::SetEndpoints { service: service.clone(), slot, endpoints: endpoints.to_vec() })
+            .done(ApiRequest::SetEndpoints {
+                service: service.clone(),
+                slot,
+                endpoints: endpoints.to_vec(),
+            })
             .await
     }
 }
@@ -306,18 +422,42 @@ impl RemoteWorkloads {
 
 #[async_trait]
 impl Workloads for RemoteWorkloads {
-    async fn deploy(&self, service: &ServiceName, slot: Slot, release: &Release, replicas: u32) -> Result<()> {
+    async fn deploy(
+        &self,
+        service: &ServiceName,
+        slot: Slot,
+        release: &Release,
+        replicas: u32,
+    ) -> Result<()> {
         self.client
-            .done(ApiRequest::Deploy { service: service.clone(), slot, release: release.clone(), replicas })
+            .done(ApiRequest::Deploy {
+                service: service.clone(),
+                slot,
+                release: release.clone(),
+                replicas,
+            })
             .await
     }
 
     async fn scale(&self, service: &ServiceName, slot: Slot, replicas: u32) -> Result<()> {
-        self.client.done(ApiRequest::Scale { service: service.clone(), slot, replicas }).await
+        self.client
+            .done(ApiRequest::Scale {
+                service: service.clone(),
+                slot,
+                replicas,
+            })
+            .await
     }
 
     async fn status(&self, service: &ServiceName, slot: Slot) -> Result<SlotStatus> {
-        match self.client.call(&ApiRequest::SlotStatus { service: service.clone(), slot }).await? {
+        match self
+            .client
+            .call(&ApiRequest::SlotStatus {
+                service: service.clone(),
+                slot,
+            })
+            .await?
+        {
             ApiResponse::SlotStatus { status } => Ok(status),
             other => Err(unexpected("slot_status", &other)),
         }
@@ -344,13 +484,27 @@ impl RemoteStateStore {
 #[async_trait]
 impl StateStore for RemoteStateStore {
     async fn load(&self, service: &ServiceName) -> Result<Option<Versioned<RolloutState>>> {
-        match self.client.call(&ApiRequest::LoadState { service: service.clone() }).await? {
-            ApiResponse::State { state } => Ok(state.map(|s| Versioned { version: s.version, value: s.state })),
+        match self
+            .client
+            .call(&ApiRequest::LoadState {
+                service: service.clone(),
+            })
+            .await?
+        {
+            ApiResponse::State { state } => Ok(state.map(|s| Versioned {
+                version: s.version,
+                value: s.state,
+            })),
             other => Err(unexpected("load_state", &other)),
         }
     }
 
-    async fn compare_and_swap(&self, service: &ServiceName, expected: Option<u64>, state: &RolloutState) -> Result<u64> {
+    async fn compare_and_swap(
+        &self,
+        service: &ServiceName,
+        expected: Option<u64>,
+        state: &RolloutState,
+    ) -> Result<u64> {
         let request = ApiRequest::CompareAndSwap {
             service: service.clone(),
             expected,
@@ -362,8 +516,17 @@ impl StateStore for RemoteStateStore {
         }
     }
 
-    async fn acquire_lease(&self, service: &ServiceName, holder: &str, ttl: Duration) -> Result<Lease> {
-        let request = ApiRequest::AcquireLease { service: service.clone(), holder: holder.to_owned(), ttl };
+    async fn acquire_lease(
+        &self,
+        service: &ServiceName,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease> {
+        let request = ApiRequest::AcquireLease {
+            service: service.clone(),
+            holder: holder.to_owned(),
+            ttl,
+        };
         match self.client.call(&request).await? {
             ApiResponse::Lease { lease } => Ok(lease.into()),
             other => Err(unexpected("acquire_lease", &other)),
@@ -371,10 +534,18 @@ impl StateStore for RemoteStateStore {
     }
 
     async fn renew_lease(&self, lease: &Lease) -> Result<()> {
-        self.client.done(ApiRequest::RenewLease { lease: WireLease::from(lease) }).await
+        self.client
+            .done(ApiRequest::RenewLease {
+                lease: WireLease::from(lease),
+            })
+            .await
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        self.client.done(ApiRequest::ReleaseLease { lease: WireLease::from(lease) }).await
+        self.client
+            .done(ApiRequest::ReleaseLease {
+                lease: WireLease::from(lease),
+            })
+            .await
     }
 }

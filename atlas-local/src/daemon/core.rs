@@ -15,8 +15,8 @@ use atlas_core::{
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::api::{
-    ApiError, ApiRequest, ApiResponse, SequencedCommand, ServiceStatus, SlotView,
-    WireLease, WireVersioned,
+    ApiError, ApiRequest, ApiResponse, SequencedCommand, ServiceStatus, SlotView, WireLease,
+    WireVersioned,
 };
 use super::persist::{Persisted, PersistedService, StateFile, now_ms};
 use super::server::{Caller, Handler};
@@ -30,6 +30,9 @@ const STATUS_WINDOW: Duration = Duration::from_secs(60);
 /// The longest `next_command` wait the daemon grants.
 const MAX_COMMAND_WAIT: Duration = Duration::from_secs(30);
 
+/// The lock serialising changes to one service, and who holds it.
+type Claim = (Arc<Mutex<()>>, String);
+
 /// The daemon's state shared by the admin handler and its background tasks.
 pub(crate) struct Core {
     pub(crate) router: ProxyRouter,
@@ -42,7 +45,7 @@ pub(crate) struct Core {
     /// Bumped whenever a steering command is posted.
     commands: watch::Sender<u64>,
     /// Who is changing which service right now.
-    busy: SyncMutex<HashMap<ServiceName, (Arc<Mutex<()>>, String)>>,
+    busy: SyncMutex<HashMap<ServiceName, Claim>>,
     /// The records of replicas the supervisor released (hand-over,
     /// shutdown): from then on they are what the state file names, since
     /// the released supervisor knows none.
@@ -71,12 +74,7 @@ impl Core {
 
     /// The supervisor in charge now.
     pub(crate) fn workloads(&self) -> Arc<ProcessWorkloads> {
-        self.workloads().load_full()
-    }
-
-    /// Puts a new supervisor in charge (after a failed hand-over).
-    pub(crate) fn replace_workloads(&self, workloads: ProcessWorkloads) {
-        self.workloads().store(Arc::new(workloads));
+        self.workloads.load_full()
     }
 
     /// The state file's path.
@@ -138,14 +136,21 @@ impl Core {
     }
 
     fn view(&self, service: &ServiceName) -> Result<ProxyService> {
-        self.router.service_view(service).ok_or_else(|| Error::NotFound {
-            what: format!("service {service} is not registered (atlas services add)"),
-        })
+        self.router
+            .service_view(service)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("service {service} is not registered (atlas services add)"),
+            })
     }
 
     /// Serialises changes to one service: the same caller waits its turn,
     /// another caller is refused with a conflict while a change runs.
-    async fn claim(&self, service: &ServiceName, caller: &Caller, op: &str) -> Result<OwnedMutexGuard<()>> {
+    async fn claim(
+        &self,
+        service: &ServiceName,
+        caller: &Caller,
+        op: &str,
+    ) -> Result<OwnedMutexGuard<()>> {
         let (lock, holder) = {
             let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
             let entry = busy
@@ -163,7 +168,12 @@ impl Core {
                 });
             }
         };
-        if let Some(entry) = self.busy.lock().unwrap_or_else(PoisonError::into_inner).get_mut(service) {
+        if let Some(entry) = self
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(service)
+        {
             entry.1 = format!("{me} ({op})");
         }
         Ok(guard)
@@ -266,7 +276,9 @@ impl Core {
                 release,
                 replicas,
             } => {
-                self.workloads().deploy(&service, slot, &release, replicas).await?;
+                self.workloads()
+                    .deploy(&service, slot, &release, replicas)
+                    .await?;
                 self.persist().await?;
                 Ok(ApiResponse::Done)
             }
@@ -322,9 +334,11 @@ impl Core {
                 })
             }
             ApiRequest::LoadState { service } => Ok(ApiResponse::State {
-                state: self.rollouts.load(&service).await?.map(|v| WireVersioned {
-                    version: v.version,
-                    state: v.value,
+                state: self.rollouts.load(&service).await?.map(|v| {
+                    Box::new(WireVersioned {
+                        version: v.version,
+                        state: v.value,
+                    })
                 }),
             }),
             ApiRequest::CompareAndSwap {
@@ -332,7 +346,10 @@ impl Core {
                 expected,
                 state,
             } => {
-                let version = self.rollouts.compare_and_swap(&service, expected, &state).await?;
+                let version = self
+                    .rollouts
+                    .compare_and_swap(&service, expected, &state)
+                    .await?;
                 if state.phase == Phase::Promoted {
                     self.record_promotion(&service, &state).await?;
                 }
@@ -365,7 +382,9 @@ impl Core {
             ApiRequest::Steer { service, command } => {
                 let mut state = self.state.lock().await;
                 let seq = state.commands.get(&service).map_or(0, |c| c.seq) + 1;
-                state.commands.insert(service.clone(), SequencedCommand { seq, command });
+                state
+                    .commands
+                    .insert(service.clone(), SequencedCommand { seq, command });
                 self.save(&mut state).await?;
                 drop(state);
                 self.commands.send_modify(|n| *n += 1);
@@ -387,7 +406,10 @@ impl Core {
                             command: Some(command),
                         });
                     }
-                    if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                    if tokio::time::timeout_at(deadline, changed.changed())
+                        .await
+                        .is_err()
+                    {
                         return Ok(ApiResponse::Command { command: None });
                     }
                 }
@@ -409,7 +431,11 @@ impl Core {
     }
 
     async fn save(&self, state: &mut Persisted) -> Result<()> {
-        let released = self.released.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let released = self
+            .released
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         state.replicas = match released {
             Some(records) => records,
             None => self.workloads().records().await,
@@ -445,7 +471,8 @@ impl Core {
         let split = view.split(service).await?;
         let metrics = view.metrics();
         let mut slots = Vec::with_capacity(2);
-        let (mut requests, mut errors, mut covered, mut p95) = (0u64, 0u64, Duration::ZERO, None::<Duration>);
+        let (mut requests, mut errors, mut covered, mut p95) =
+            (0u64, 0u64, Duration::ZERO, None::<Duration>);
         let replicas = self.workloads().replicas().await;
         for slot in [Slot::Blue, Slot::Green] {
             let status = self.workloads().status(service, slot).await?;
@@ -470,7 +497,11 @@ impl Core {
                 status,
             });
         }
-        let rollout = self.rollouts.load(service).await?.map(|v| describe(&v.value));
+        let rollout = self
+            .rollouts
+            .load(service)
+            .await?
+            .map(|v| describe(&v.value));
         Ok(ServiceStatus {
             service: service.clone(),
             route,
@@ -497,7 +528,9 @@ impl Core {
     pub(crate) async fn restore_routes(&self) -> Result<()> {
         let services = self.state.lock().await.services.clone();
         for (service, persisted) in services {
-            let view = self.router.add_service(service.clone(), persisted.route.clone())?;
+            let view = self
+                .router
+                .add_service(service.clone(), persisted.route.clone())?;
             if let Some(split) = &persisted.split {
                 view.set_split(&service, split).await?;
             }
@@ -522,7 +555,11 @@ impl Core {
 
 fn caller_key(caller: &Caller) -> String {
     match caller {
-        Caller::Local { pid: Some(pid), uid, .. } => format!("uid {uid} pid {pid}"),
+        Caller::Local {
+            pid: Some(pid),
+            uid,
+            ..
+        } => format!("uid {uid} pid {pid}"),
         other => other.to_string(),
     }
 }

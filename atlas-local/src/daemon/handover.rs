@@ -43,8 +43,12 @@ pub(crate) fn send_listener(stream: &UnixStream, listener: &TcpListener, note: &
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let line = format!("{note}\n");
     let iov = [IoSlice::new(line.as_bytes())];
-    sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
-        .map_err(|e| backend("cannot pass the listening socket to the successor".into(), e))?;
+    sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(|e| {
+        backend(
+            "cannot pass the listening socket to the successor".into(),
+            e,
+        )
+    })?;
     Ok(())
 }
 
@@ -54,10 +58,23 @@ pub(crate) fn receive_listener(stream: &UnixStream) -> Result<(TcpListener, Stri
     let mut space = nix::cmsg_space!([RawFd; 4]);
     let (fds, len) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let message = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(|e| backend("cannot receive the listening socket from the running atlasd".into(), e))?;
+        let message = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| {
+            backend(
+                "cannot receive the listening socket from the running atlasd".into(),
+                e,
+            )
+        })?;
         let mut fds = Vec::new();
-        for cmsg in message.cmsgs().map_err(|e| backend("bad control message".into(), e))? {
+        for cmsg in message
+            .cmsgs()
+            .map_err(|e| backend("bad control message".into(), e))?
+        {
             if let ControlMessageOwned::ScmRights(received) = cmsg {
                 fds.extend(received);
             }
@@ -68,7 +85,10 @@ pub(crate) fn receive_listener(stream: &UnixStream) -> Result<(TcpListener, Stri
     if owned.len() != 1 {
         return Err(Error::Backend {
             backend: "atlasd".into(),
-            message: format!("the running atlasd passed {} sockets, expected 1", owned.len()),
+            message: format!(
+                "the running atlasd passed {} sockets, expected 1",
+                owned.len()
+            ),
             source: None,
         });
     }
@@ -97,7 +117,10 @@ fn adopt_fd(fd: RawFd) -> OwnedFd {
 fn check_listening(fd: &OwnedFd) -> Result<()> {
     match nix::sys::socket::getsockopt(&fd.as_fd(), sockopt::AcceptConn) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Error::invalid("listener", "the passed socket is not listening")),
+        Ok(false) => Err(Error::invalid(
+            "listener",
+            "the passed socket is not listening",
+        )),
         Err(e) => Err(backend("the passed descriptor is not a socket".into(), e)),
     }
 }

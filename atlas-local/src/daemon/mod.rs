@@ -140,7 +140,7 @@ impl Supervisor {
             .grace_period(self.grace_period)
             .poll_interval(self.poll_interval)
             .detached(true)
-            .restart(self.restart.clone())
+            .restart(self.restart)
             .build()
     }
 }
@@ -175,7 +175,11 @@ impl Daemon {
             .create(&config.state_dir)
             .map_err(|e| io_err(format!("cannot create {}", config.state_dir.display()), e))?;
         let handover_path = config.state_dir.join("handover.sock");
-        if !config.takeover && tokio::net::UnixStream::connect(&config.admin.socket).await.is_ok() {
+        if !config.takeover
+            && tokio::net::UnixStream::connect(&config.admin.socket)
+                .await
+                .is_ok()
+        {
             return Err(Error::Conflict {
                 what: format!(
                     "another atlasd answers on {}; stop it, or start this one with --takeover",
@@ -198,7 +202,7 @@ impl Daemon {
             log_dir: config.state_dir.join("logs"),
             grace_period: config.grace_period,
             poll_interval: config.poll_interval,
-            restart: config.restart.clone(),
+            restart: config.restart,
         };
         let workloads = supervisor.build()?;
         let report = workloads.adopt(state.replicas.clone()).await?;
@@ -365,7 +369,11 @@ impl Daemon {
         tracing::error!("successor failed before serving; taking the replicas back");
         let workloads = self.supervisor.build()?;
         let report = workloads.adopt(records).await?;
-        tracing::info!(adopted = report.adopted.len(), restarted = report.restarted.len(), "replicas taken back");
+        tracing::info!(
+            adopted = report.adopted.len(),
+            restarted = report.restarted.len(),
+            "replicas taken back"
+        );
         self.core.resume_supervising(workloads);
         self.watcher = self.core.watch_replicas();
         self.admin = Some(AdminServer::start(self.admin_config.clone(), self.core.clone()).await?);
@@ -377,40 +385,28 @@ impl Daemon {
     }
 }
 
+/// Binds the proxy socket with `SO_REUSEADDR` and `SO_REUSEPORT`, so a
+/// successor can also bind beside this process when no hand-over is
+/// possible.
 fn bind_proxy(addr: SocketAddr) -> Result<TcpListener> {
-    let socket = socket2_like_bind(addr)?;
-    Ok(socket)
-}
-
-/// Binds with `SO_REUSEADDR` and `SO_REUSEPORT`, so a successor can also
-/// bind beside this process when no hand-over is possible.
-fn socket2_like_bind(addr: SocketAddr) -> Result<TcpListener> {
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt,
-        socket,
+    let fail = |what: &str, e: std::io::Error| {
+        io_err(format!("cannot {what} the proxy socket on {addr}"), e)
     };
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
     } else {
-        AddressFamily::Inet6
-    };
-    let fail = |what: &str, e: nix::Error| Error::Backend {
-        backend: "atlasd".into(),
-        message: format!("cannot {what} the proxy socket on {addr}: {e}"),
-        source: Some(Box::new(e)),
-    };
-    let fd = socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
+        tokio::net::TcpSocket::new_v6()
+    }
     .map_err(|e| fail("create", e))?;
-    setsockopt(&fd, nix::sys::socket::sockopt::ReuseAddr, &true).map_err(|e| fail("configure", e))?;
-    setsockopt(&fd, nix::sys::socket::sockopt::ReusePort, &true).map_err(|e| fail("configure", e))?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(addr)).map_err(|e| fail("bind", e))?;
-    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN)).map_err(|e| fail("listen on", e))?;
-    Ok(TcpListener::from(fd))
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| fail("configure", e))?;
+    socket
+        .set_reuseport(true)
+        .map_err(|e| fail("configure", e))?;
+    socket.bind(addr).map_err(|e| fail("bind", e))?;
+    let listener = socket.listen(1024).map_err(|e| fail("listen on", e))?;
+    listener.into_std().map_err(|e| fail("hand over", e))
 }
 
 /// Asks the daemon on `path` for its listening socket.
@@ -434,7 +430,10 @@ async fn take_over(path: &Path) -> Result<(StdUnixStream, TcpListener)> {
 }
 
 /// Listens on `path` (mode 0600) for a successor's hand-over request.
-fn listen_for_successors(path: &Path, tx: mpsc::Sender<StdUnixStream>) -> Result<tokio::task::JoinHandle<()>> {
+fn listen_for_successors(
+    path: &Path,
+    tx: mpsc::Sender<StdUnixStream>,
+) -> Result<tokio::task::JoinHandle<()>> {
     let _ = fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| io_err(format!("cannot bind {}", path.display()), e))?;
@@ -442,7 +441,9 @@ fn listen_for_successors(path: &Path, tx: mpsc::Sender<StdUnixStream>) -> Result
         .map_err(|e| io_err(format!("cannot chmod {}", path.display()), e))?;
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let mut line = String::new();
             let mut reader = tokio::io::BufReader::new(stream);
             let read = tokio::time::timeout(
@@ -454,7 +455,9 @@ fn listen_for_successors(path: &Path, tx: mpsc::Sender<StdUnixStream>) -> Result
                 tracing::warn!("a connection to the hand-over socket did not ask for a hand-over");
                 continue;
             }
-            let Ok(stream) = reader.into_inner().into_std() else { continue };
+            let Ok(stream) = reader.into_inner().into_std() else {
+                continue;
+            };
             if stream.set_nonblocking(false).is_err() {
                 continue;
             }

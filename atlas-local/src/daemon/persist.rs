@@ -70,7 +70,13 @@ pub(crate) fn now_ms() -> u64 {
 impl Persisted {
     /// Grants `holder` the lease on `service` unless another holder's
     /// lease is live; the same holder gets a fresh grant.
-    pub(crate) fn acquire(&mut self, service: &ServiceName, holder: &str, ttl: Duration, now: u64) -> Result<Lease> {
+    pub(crate) fn acquire(
+        &mut self,
+        service: &ServiceName,
+        holder: &str,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<Lease> {
         if holder.is_empty() {
             return Err(Error::invalid("holder", "must not be empty"));
         }
@@ -117,7 +123,10 @@ impl Persisted {
                 Ok(())
             }
             Some(current) => Err(Error::Conflict {
-                what: format!("the lease on {} passed to {}", lease.service, current.holder),
+                what: format!(
+                    "the lease on {} passed to {}",
+                    lease.service, current.holder
+                ),
             }),
             None => Err(Error::Conflict {
                 what: format!("the lease on {} was released", lease.service),
@@ -159,7 +168,12 @@ impl StateFile {
     pub(crate) fn load(&self) -> Result<Persisted> {
         let text = match fs::read(&self.path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Persisted { format: FORMAT, ..Persisted::default() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Persisted {
+                    format: FORMAT,
+                    ..Persisted::default()
+                });
+            }
             Err(e) => return Err(backend(&self.path, "cannot read", e)),
         };
         let state: Persisted = serde_json::from_slice(&text).map_err(|e| Error::Backend {
@@ -185,12 +199,15 @@ impl StateFile {
     /// release environments, which may hold secrets), fsynced, renamed over
     /// the state file, then the directory fsynced.
     pub(crate) fn save(&self, state: &Persisted) -> Result<()> {
-        let mut state_json = serde_json::to_vec_pretty(&Persisted { format: FORMAT, ..state.clone() })
-            .map_err(|e| Error::Backend {
-                backend: "atlasd".into(),
-                message: format!("cannot encode the daemon state: {e}"),
-                source: Some(Box::new(e)),
-            })?;
+        let mut state_json = serde_json::to_vec_pretty(&Persisted {
+            format: FORMAT,
+            ..state.clone()
+        })
+        .map_err(|e| Error::Backend {
+            backend: "atlasd".into(),
+            message: format!("cannot encode the daemon state: {e}"),
+            source: Some(Box::new(e)),
+        })?;
         state_json.push(b'\n');
         let temp = self.path.with_file_name(".atlasd.json.tmp");
         let mut file = OpenOptions::new()
@@ -200,8 +217,10 @@ impl StateFile {
             .mode(0o600)
             .open(&temp)
             .map_err(|e| backend(&temp, "cannot write", e))?;
-        file.write_all(&state_json).map_err(|e| backend(&temp, "cannot write", e))?;
-        file.sync_all().map_err(|e| backend(&temp, "cannot sync", e))?;
+        file.write_all(&state_json)
+            .map_err(|e| backend(&temp, "cannot write", e))?;
+        file.sync_all()
+            .map_err(|e| backend(&temp, "cannot sync", e))?;
         fs::rename(&temp, &self.path).map_err(|e| backend(&self.path, "cannot replace", e))?;
         if let Some(dir) = self.path.parent()
             && let Ok(dir) = File::open(dir)
@@ -231,16 +250,32 @@ mod tests {
     #[test]
     fn a_live_lease_refuses_another_holder_and_an_expired_one_passes() {
         let mut state = Persisted::default();
-        let first = state.acquire(&svc(), "a", Duration::from_secs(10), 1_000).unwrap();
-        let err = state.acquire(&svc(), "b", Duration::from_secs(10), 5_000).unwrap_err();
+        let first = state
+            .acquire(&svc(), "a", Duration::from_secs(10), 1_000)
+            .unwrap();
+        let err = state
+            .acquire(&svc(), "b", Duration::from_secs(10), 5_000)
+            .unwrap_err();
         assert_eq!(err.kind(), atlas_core::ErrorKind::Conflict);
         state.renew(&first, 9_000).unwrap();
-        assert!(state.acquire(&svc(), "b", Duration::from_secs(10), 18_000).is_err());
-        let second = state.acquire(&svc(), "b", Duration::from_secs(10), 19_001).unwrap();
+        assert!(
+            state
+                .acquire(&svc(), "b", Duration::from_secs(10), 18_000)
+                .is_err()
+        );
+        let second = state
+            .acquire(&svc(), "b", Duration::from_secs(10), 19_001)
+            .unwrap();
         assert!(second.token > first.token);
-        assert_eq!(state.renew(&first, 19_002).unwrap_err().kind(), atlas_core::ErrorKind::Conflict);
+        assert_eq!(
+            state.renew(&first, 19_002).unwrap_err().kind(),
+            atlas_core::ErrorKind::Conflict
+        );
         state.release(&first);
-        assert!(state.leases.contains_key(&svc()), "a stale release must not free another's lease");
+        assert!(
+            state.leases.contains_key(&svc()),
+            "a stale release must not free another's lease"
+        );
         state.release(&second);
         assert!(state.leases.is_empty());
     }
@@ -248,7 +283,9 @@ mod tests {
     #[test]
     fn an_expired_lease_nobody_took_can_still_be_renewed() {
         let mut state = Persisted::default();
-        let lease = state.acquire(&svc(), "a", Duration::from_secs(1), 0).unwrap();
+        let lease = state
+            .acquire(&svc(), "a", Duration::from_secs(1), 0)
+            .unwrap();
         state.renew(&lease, 5_000).unwrap();
         assert_eq!(state.leases[&svc()].expires_ms, 6_000);
     }
@@ -259,10 +296,15 @@ mod tests {
         let file = StateFile::new(dir.path());
         assert!(file.load().unwrap().services.is_empty());
         let mut state = Persisted::default();
-        state.acquire(&svc(), "a", Duration::from_secs(1), 0).unwrap();
+        state
+            .acquire(&svc(), "a", Duration::from_secs(1), 0)
+            .unwrap();
         file.save(&state).unwrap();
         let mode = fs::metadata(file.path()).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         assert_eq!(file.load().unwrap().last_token, 1);
         fs::write(file.path(), b"{\"format\":1,\"services\":").unwrap();
         let err = file.load().unwrap_err();

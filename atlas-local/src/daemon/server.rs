@@ -25,7 +25,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::api::{ApiError, ApiErrorKind, ApiRequest, ApiResponse, CALL_PATH, MAX_REQUEST_BYTES, METRICS_PATH};
+use super::api::{
+    ApiError, ApiErrorKind, ApiRequest, ApiResponse, CALL_PATH, MAX_REQUEST_BYTES, METRICS_PATH,
+};
 
 /// Who made an admin call, as the daemon logs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +51,11 @@ pub enum Caller {
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Caller::Local { uid, pid: Some(pid), .. } => write!(f, "uid {uid} pid {pid}"),
+            Caller::Local {
+                uid,
+                pid: Some(pid),
+                ..
+            } => write!(f, "uid {uid} pid {pid}"),
             Caller::Local { uid, pid: None, .. } => write!(f, "uid {uid}"),
             Caller::Remote { addr } => write!(f, "tcp {addr}"),
         }
@@ -134,7 +140,10 @@ impl AdminServer {
         if config.socket_mode & 0o007 != 0 {
             return Err(Error::invalid(
                 "admin.socket_mode",
-                format!("{:o} lets every user of the host in; use 0600 or 0660", config.socket_mode),
+                format!(
+                    "{:o} lets every user of the host in; use 0600 or 0660",
+                    config.socket_mode
+                ),
             ));
         }
         check_socket_dir(&config.socket)?;
@@ -143,7 +152,8 @@ impl AdminServer {
             None => None,
         };
         let unix = bind_unix(&config.socket, config.socket_mode).await?;
-        let metadata = fs::metadata(&config.socket).map_err(|e| io_error("admin socket", &config.socket, e))?;
+        let metadata = fs::metadata(&config.socket)
+            .map_err(|e| io_error("admin socket", &config.socket, e))?;
         let policy = LocalPolicy {
             uid: metadata.uid(),
             gid: metadata.gid(),
@@ -159,7 +169,11 @@ impl AdminServer {
                 message: format!("cannot listen for admin calls on {addr}: {e}"),
                 source: Some(Box::new(e)),
             })?;
-            tcp_addr = Some(listener.local_addr().map_err(|e| io_error("admin listener", Path::new("tcp"), e))?);
+            tcp_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(|e| io_error("admin listener", Path::new("tcp"), e))?,
+            );
             tasks.spawn(serve_tcp(listener, Arc::new(token), handler, stopped));
         }
         tracing::info!(socket = %config.socket.display(), tcp = ?tcp_addr, "admin API listening");
@@ -244,7 +258,10 @@ fn read_token(file: &Path) -> Result<String> {
     if token.len() < 16 {
         return Err(Error::invalid(
             "admin.token_file",
-            format!("{} must hold a token of at least 16 characters on its first line", file.display()),
+            format!(
+                "{} must hold a token of at least 16 characters on its first line",
+                file.display()
+            ),
         ));
     }
     Ok(token)
@@ -266,16 +283,26 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
             }
         }
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = path.with_file_name(format!(".{name}.{}", std::process::id()));
     let _ = fs::remove_file(&temp);
-    let listener = UnixListener::bind(&temp).map_err(|e| io_error("cannot bind admin socket", &temp, e))?;
-    fs::set_permissions(&temp, fs::Permissions::from_mode(mode)).map_err(|e| io_error("chmod admin socket", &temp, e))?;
+    let listener =
+        UnixListener::bind(&temp).map_err(|e| io_error("cannot bind admin socket", &temp, e))?;
+    fs::set_permissions(&temp, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_error("chmod admin socket", &temp, e))?;
     fs::rename(&temp, path).map_err(|e| io_error("cannot place admin socket", path, e))?;
     Ok(listener)
 }
 
-async fn serve_unix(listener: UnixListener, policy: LocalPolicy, handler: Arc<dyn Handler>, mut stop: watch::Receiver<bool>) {
+async fn serve_unix(
+    listener: UnixListener,
+    policy: LocalPolicy,
+    handler: Arc<dyn Handler>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -300,7 +327,12 @@ async fn serve_unix(listener: UnixListener, policy: LocalPolicy, handler: Arc<dy
     drain(connections).await;
 }
 
-async fn serve_tcp(listener: TcpListener, token: Arc<String>, handler: Arc<dyn Handler>, mut stop: watch::Receiver<bool>) {
+async fn serve_tcp(
+    listener: TcpListener,
+    token: Arc<String>,
+    handler: Arc<dyn Handler>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -328,8 +360,13 @@ async fn drain(mut connections: JoinSet<()>) {
     }
 }
 
-async fn serve_one<S>(stream: S, caller: Caller, allowed: Result<(), ()>, token: Option<Arc<String>>, handler: Arc<dyn Handler>)
-where
+async fn serve_one<S>(
+    stream: S,
+    caller: Caller,
+    allowed: Result<(), ()>,
+    token: Option<Arc<String>>,
+    handler: Arc<dyn Handler>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let caller = Arc::new(caller);
@@ -337,7 +374,18 @@ where
         let caller = caller.clone();
         let token = token.clone();
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(answer(request, &caller, allowed, token.as_deref().map(String::as_str), &*handler).await) }
+        async move {
+            Ok::<_, Infallible>(
+                answer(
+                    request,
+                    &caller,
+                    allowed,
+                    token.as_deref().map(String::as_str),
+                    &*handler,
+                )
+                .await,
+            )
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -353,7 +401,10 @@ async fn answer(
 ) -> Response<Full<Bytes>> {
     if allowed.is_err() {
         tracing::warn!(%caller, "admin call refused: this user may not use the socket");
-        return error(&ApiError::new(ApiErrorKind::Unauthorized, format!("{caller} may not use this socket")));
+        return error(&ApiError::new(
+            ApiErrorKind::Unauthorized,
+            format!("{caller} may not use this socket"),
+        ));
     }
     if let Some(token) = token {
         let presented = request
@@ -364,26 +415,43 @@ async fn answer(
         let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
         if !ok {
             tracing::warn!(%caller, presented = presented.is_some(), "admin call refused: missing or wrong bearer token");
-            return error(&ApiError::new(ApiErrorKind::Unauthorized, "missing or wrong bearer token"));
+            return error(&ApiError::new(
+                ApiErrorKind::Unauthorized,
+                "missing or wrong bearer token",
+            ));
         }
     }
     let path = request.uri().path().to_owned();
     match (request.method(), path.as_str()) {
         (&Method::GET, METRICS_PATH) => {
             let mut response = Response::new(Full::new(Bytes::from(handler.metrics_text())));
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             response
         }
         (&Method::POST, CALL_PATH) => {
-            let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES).collect().await {
+            let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
+                .collect()
+                .await
+            {
                 Ok(body) => body.to_bytes(),
-                Err(e) => return error(&ApiError::new(ApiErrorKind::Malformed, format!("cannot read the request body: {e}"))),
+                Err(e) => {
+                    return error(&ApiError::new(
+                        ApiErrorKind::Malformed,
+                        format!("cannot read the request body: {e}"),
+                    ));
+                }
             };
             let call: ApiRequest = match serde_json::from_slice(&body) {
                 Ok(call) => call,
                 Err(e) => {
                     tracing::warn!(%caller, error = %e, "malformed admin call refused");
-                    return error(&ApiError::new(ApiErrorKind::Malformed, format!("not a valid call: {e}")));
+                    return error(&ApiError::new(
+                        ApiErrorKind::Malformed,
+                        format!("not a valid call: {e}"),
+                    ));
                 }
             };
             let op = call.op();
@@ -391,10 +459,16 @@ async fn answer(
             let service = call.service().map(|s| s.as_str().to_owned());
             let result = handler.handle(caller, call).await;
             match &result {
-                Ok(_) if change => tracing::info!(%caller, op, service = service.as_deref().unwrap_or(""), "admin change made"),
+                Ok(_) if change => {
+                    tracing::info!(%caller, op, service = service.as_deref().unwrap_or(""), "admin change made")
+                }
                 Ok(_) => tracing::debug!(%caller, op, "admin call answered"),
-                Err(e) if change => tracing::warn!(%caller, op, service = service.as_deref().unwrap_or(""), kind = ?e.kind, error = %e.message, "admin change refused"),
-                Err(e) => tracing::debug!(%caller, op, kind = ?e.kind, error = %e.message, "admin call failed"),
+                Err(e) if change => {
+                    tracing::warn!(%caller, op, service = service.as_deref().unwrap_or(""), kind = ?e.kind, error = %e.message, "admin change refused")
+                }
+                Err(e) => {
+                    tracing::debug!(%caller, op, kind = ?e.kind, error = %e.message, "admin call failed")
+                }
             }
             match result {
                 Ok(response) => json(StatusCode::OK, &response),
@@ -403,7 +477,10 @@ async fn answer(
         }
         _ => error(&ApiError::new(
             ApiErrorKind::Malformed,
-            format!("no such call: {} {path} (POST {CALL_PATH} or GET {METRICS_PATH})", request.method()),
+            format!(
+                "no such call: {} {path} (POST {CALL_PATH} or GET {METRICS_PATH})",
+                request.method()
+            ),
         )),
     }
 }
@@ -412,12 +489,17 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Byt
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 fn error(e: &ApiError) -> Response<Full<Bytes>> {
-    json(StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e)
+    json(
+        StatusCode::from_u16(e.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        e,
+    )
 }
 
 /// Compares without leaking where the first difference is.
@@ -441,11 +523,18 @@ mod tests {
 
     #[test]
     fn local_policy_admits_owner_root_and_group_only_when_allowed() {
-        let policy = LocalPolicy { uid: 1000, gid: 100, group_allowed: false };
+        let policy = LocalPolicy {
+            uid: 1000,
+            gid: 100,
+            group_allowed: false,
+        };
         assert!(policy.allows(1000, 5));
         assert!(policy.allows(0, 0));
         assert!(!policy.allows(1001, 100));
-        let group = LocalPolicy { group_allowed: true, ..policy };
+        let group = LocalPolicy {
+            group_allowed: true,
+            ..policy
+        };
         assert!(group.allows(1001, 100));
         assert!(!group.allows(1001, 101));
     }
