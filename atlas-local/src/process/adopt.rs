@@ -45,9 +45,11 @@ impl ProcessWorkloads {
     /// exit (to be restarted or upgraded) and a new owner
     /// [`adopt`](Self::adopt) them. Returns their records, as
     /// [`records`](Self::records) would, taken after each watcher has
-    /// stopped, so no restart can slip in after. Replicas already being
-    /// stopped are waited for (up to their grace period): Atlas meant them
-    /// gone. Afterwards deploys and scales are refused, as after
+    /// stopped, so no restart can slip in after. Replicas being stopped
+    /// (already sent SIGTERM) are let go of too, recorded as
+    /// [`stopping`](ReplicaRecord::stopping): the next owner finishes
+    /// stopping those still running, and this one need not wait out their
+    /// grace period. Afterwards deploys and scales are refused, as after
     /// [`shutdown`](Self::shutdown).
     ///
     /// # Errors
@@ -80,7 +82,10 @@ impl ProcessWorkloads {
             let log_path = self.ctx.config.log_path(r.name());
             records.push(r.release(&self.ctx, desired, log_path).await);
         }
-        futures::future::join_all(draining.into_iter().map(Replica::join)).await;
+        for r in draining {
+            let log_path = self.ctx.config.log_path(r.name());
+            records.push(r.release(&self.ctx, 0, log_path).await);
+        }
         Ok(records)
     }
 
