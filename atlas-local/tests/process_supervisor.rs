@@ -223,6 +223,16 @@ async fn detached_replicas_outlive_a_sigkilled_owner_and_are_adopted() {
         assert!(alive(r.pid), "{} died with its owner", r.name());
         let addr = (Ipv4Addr::LOCALHOST, r.port).into();
         assert!(http_get(addr).await.starts_with("HTTP/1.0 200"));
+        // It still logs (its own descriptor of the log file): the request
+        // line http.server writes to stderr lands there.
+        let deadline = Instant::now() + WAIT;
+        while !std::fs::read_to_string(&r.log_path)
+            .unwrap()
+            .contains("\"GET / HTTP/1.0\" 200")
+        {
+            assert!(Instant::now() < deadline, "{} logs nothing", r.name());
+            sleep(Duration::from_millis(20)).await;
+        }
     }
 
     let logs = dir.path().join("logs");
