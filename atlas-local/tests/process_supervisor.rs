@@ -223,6 +223,16 @@ async fn detached_replicas_outlive_a_sigkilled_owner_and_are_adopted() {
         assert!(alive(r.pid), "{} died with its owner", r.name());
         let addr = (Ipv4Addr::LOCALHOST, r.port).into();
         assert!(http_get(addr).await.starts_with("HTTP/1.0 200"));
+        // It still logs (its own descriptor of the log file): the request
+        // line http.server writes to stderr lands there.
+        let deadline = Instant::now() + WAIT;
+        while !std::fs::read_to_string(&r.log_path)
+            .unwrap()
+            .contains("\"GET / HTTP/1.0\" 200")
+        {
+            assert!(Instant::now() < deadline, "{} logs nothing", r.name());
+            sleep(Duration::from_millis(20)).await;
+        }
     }
 
     let logs = dir.path().join("logs");
@@ -378,8 +388,9 @@ async fn dropping_detached_workloads_leaves_replicas_running_and_release_hands_t
 }
 
 /// An owner that goes while a replica is being stopped (here: one that
-/// ignores SIGTERM, with a long grace period) records it as stopping; the
-/// next owner finishes the job instead of adopting it into its slot.
+/// ignores SIGTERM, with a long grace period) records it as stopping, and
+/// lets go of it without waiting out the grace period; the next owner
+/// finishes the job instead of adopting it into its slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_left_half_stopped_is_stopped_by_the_next_owner() {
     let logs = tempfile::tempdir().unwrap();
@@ -406,6 +417,9 @@ async fn a_replica_left_half_stopped_is_stopped_by_the_next_owner() {
     let records = w.records().await;
     assert_eq!(records.len(), 1);
     assert!(records[0].stopping && records[0].pid == pid, "{records:?}");
+    let released = Instant::now();
+    assert_eq!(w.release_all().await.unwrap(), records);
+    assert!(released.elapsed() < Duration::from_secs(5));
     drop(w);
     sleep(Duration::from_millis(200)).await;
     assert!(alive(pid), "SIGTERM is ignored and the owner is gone");

@@ -368,7 +368,8 @@ impl Replica {
 
     /// Stops watching and leaves the process running (detached mode only:
     /// an attached child is killed when its handle goes). Returns its
-    /// record once the watcher is gone, so no restart slips in after it.
+    /// record once the watcher is gone, so no restart slips in after it;
+    /// a replica being stopped is recorded as such.
     pub(super) async fn release(
         self,
         ctx: &Context,

@@ -222,6 +222,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_detached_child_leads_its_own_session_and_outlives_the_spawner() {
+        let spawner = Spawner::start(true).unwrap();
+        let mut child = spawner.spawn(sleeper()).unwrap();
+        let pid = child.id().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // Fields 5 and 6: process group and session.
+        assert_eq!(fields[2..4], [pid.to_string(), pid.to_string()]);
+        drop(spawner);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(child.try_wait().unwrap().is_none(), "no SIGKILL for it");
+        child.kill().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn spawning_after_the_thread_ended_is_an_error() {
         let mut spawner = Spawner::start(false).unwrap();
         spawner
