@@ -223,10 +223,14 @@ impl Daemon {
             .listener(proxy_listener)
             .grace_period(config.grace_period)
             .worker_threads(config.worker_threads)
+            .start_paused(true)
             .build()
             .await?;
         let core = Arc::new(Core::new(router, workloads, &config.state_dir, state)?);
         core.restore_routes().await?;
+        // Only a router that knows every route takes connections (during a
+        // hand-over the predecessor goes on accepting until then).
+        core.router.start_accepting();
         core.persist().await?;
         let watcher = core.watch_replicas();
         let admin = AdminServer::start(config.admin.clone(), core.clone()).await?;

@@ -278,6 +278,7 @@ pub struct ProxyRouterBuilder {
     sticky_cookie: Option<String>,
     initial_split: Option<TrafficSplit>,
     reuse_port: bool,
+    paused: bool,
     worker_threads: usize,
     max_request_body: Option<u64>,
     request_timeout: Option<Duration>,
@@ -308,6 +309,16 @@ impl ProxyRouterBuilder {
     /// keeps accepting on it without refusing a connection.
     pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
         self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Builds the router without accepting connections until
+    /// [`ProxyRouter::start_accepting`]: connections wait in the socket's
+    /// queue (or go to another holder of the socket) while the program
+    /// adds services, splits and endpoints, so none is answered by a router
+    /// that does not know its routes yet. Off by default.
+    pub fn start_paused(mut self, paused: bool) -> Self {
+        self.paused = paused;
         self
     }
 
@@ -680,29 +691,30 @@ impl ProxyRouterBuilder {
         ));
 
         let (stop, stop_rx) = watch::channel(false);
+        let (accepting, accepting_rx) = watch::channel(!self.paused);
         let span = tracing::info_span!("proxy_router", service = %shared.service);
         let mut tasks = Vec::with_capacity(3);
 
         if self.worker_threads == 0 {
             let for_requests = shared.clone();
             let tls = tls.clone();
-            tasks.push(tokio::spawn(
-                server::serve(
-                    "proxy",
-                    listener,
-                    stop_rx.clone(),
-                    self.grace_period,
-                    move |stream, peer, stop| {
-                        relay::serve_connection(
-                            for_requests.clone(),
-                            tls.clone(),
-                            stream,
-                            peer,
-                            stop,
-                        )
+            let mut gate = (accepting_rx.clone(), stop_rx.clone());
+            let serve = server::serve(
+                "proxy",
+                listener,
+                stop_rx.clone(),
+                self.grace_period,
+                move |stream, peer, stop| {
+                    relay::serve_connection(for_requests.clone(), tls.clone(), stream, peer, stop)
                         .instrument(tracing::trace_span!("client_connection", %peer))
-                    },
-                )
+                },
+            );
+            tasks.push(tokio::spawn(
+                async move {
+                    if server::accepting(&mut gate.0, &mut gate.1).await {
+                        serve.await;
+                    }
+                }
                 .instrument(span.clone()),
             ));
         } else {
@@ -711,7 +723,7 @@ impl ProxyRouterBuilder {
                 listener,
                 &shared,
                 tls.as_ref(),
-                &stop_rx,
+                (&stop_rx, &accepting_rx),
                 self.grace_period,
                 &span,
             );
@@ -798,6 +810,7 @@ impl ProxyRouterBuilder {
             tls,
             listen_socket: Mutex::new(Some(listen_socket)),
             stop,
+            accepting,
             tasks: Mutex::new(tasks),
             span,
         })
@@ -812,7 +825,7 @@ fn start_workers(
     listener: TcpListener,
     shared: &Arc<Shared>,
     tls: Option<&Arc<Terminator>>,
-    stop: &watch::Receiver<bool>,
+    (stop, accepting): (&watch::Receiver<bool>, &watch::Receiver<bool>),
     grace: Duration,
     span: &tracing::Span,
 ) -> Result<Vec<oneshot::Receiver<()>>> {
@@ -830,6 +843,7 @@ fn start_workers(
             .map_err(|e| Error::backend_with(BACKEND, "cannot start a worker runtime", e))?;
         let acceptor = acceptor.take();
         let (shared, stop, span) = (shared.clone(), stop.clone(), span.clone());
+        let accepting = accepting.clone();
         let tls = tls.cloned();
         let (finished, finished_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -840,9 +854,15 @@ fn start_workers(
                     if let Some((listener, workers)) = acceptor {
                         match TcpListener::from_std(listener) {
                             Ok(listener) => {
+                                let (mut accepting, mut stopped) = (accepting, stop.clone());
+                                let stop = stop.clone();
                                 tokio::spawn(
-                                    server::dispatch(listener, stop.clone(), workers)
-                                        .instrument(span.clone()),
+                                    async move {
+                                        if server::accepting(&mut accepting, &mut stopped).await {
+                                            server::dispatch(listener, stop, workers).await;
+                                        }
+                                    }
+                                    .instrument(span.clone()),
                                 );
                             }
                             Err(e) => tracing::error!(
@@ -1076,6 +1096,9 @@ pub struct ProxyRouter {
     /// [`try_clone_listener`](Self::try_clone_listener); closed at shutdown.
     listen_socket: Mutex<Option<std::net::TcpListener>>,
     stop: watch::Sender<bool>,
+    /// False while a router built with
+    /// [`start_paused`](ProxyRouterBuilder::start_paused) waits.
+    accepting: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     span: tracing::Span,
 }
@@ -1112,6 +1135,7 @@ impl ProxyRouter {
             sticky_cookie: None,
             initial_split: None,
             reuse_port: false,
+            paused: false,
             worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_request_body: None,
             request_timeout: None,
@@ -1332,6 +1356,13 @@ impl ProxyRouter {
             .services()
             .map(|(s, r, _)| (s.clone(), r.clone()))
             .collect()
+    }
+
+    /// Starts accepting connections on a router built with
+    /// [`start_paused`](ProxyRouterBuilder::start_paused); harmless
+    /// otherwise.
+    pub fn start_accepting(&self) {
+        self.accepting.send_replace(true);
     }
 
     /// Stops accepting connections, closes idle ones, lets exchanges in

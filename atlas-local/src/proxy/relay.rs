@@ -69,8 +69,11 @@ fn no_service_text(host: Option<&[u8]>) -> String {
     }
 }
 
-/// How long a connection that has sent no request yet when the router
-/// stops may take to send its first.
+/// How long an idle connection may take, once the router stops, to send
+/// its next request (answered with `Connection: close`): a client that
+/// sends continuously learns of the stop from an answer instead of racing
+/// a close, and a connection accepted just before the stop (as a listener
+/// is handed to another router) is not closed unanswered.
 const FIRST_REQUEST_ON_STOP: Duration = Duration::from_secs(1);
 
 /// Body bytes read together with a head go out with the head in one write
@@ -270,14 +273,28 @@ enum Parsed {
 }
 
 impl<C: ClientIo> ClientConn<C> {
-    async fn run(&mut self, mut stop: watch::Receiver<bool>) {
+    async fn run(&mut self, stop: watch::Receiver<bool>) {
         let mut stop_signal = pin!(stopped_owned(stop.clone()));
-        let mut first = true;
+        // Whether the stop signal fired: its future must not be polled again.
+        let mut stop_seen = false;
         loop {
-            let plan = match self.read_request(stop_signal.as_mut(), first).await {
+            let mut plan = match self
+                .read_request(stop_signal.as_mut(), &mut stop_seen)
+                .await
+            {
                 Some(plan) => plan,
                 None => return,
             };
+            // Once the router stops, every answer says `Connection: close`,
+            // so the client opens its next connection (to whoever serves
+            // the socket now) rather than reusing this one as it closes.
+            if *stop.borrow() {
+                match &mut plan {
+                    Parsed::Relay(plan) => plan.keep_alive = false,
+                    Parsed::Local { close, .. } => *close = true,
+                    Parsed::Refused(_) => {}
+                }
+            }
             let keep = match plan {
                 Parsed::Refused(refusal) => {
                     tracing::debug!(
@@ -326,8 +343,10 @@ impl<C: ClientIo> ClientConn<C> {
                 self.tunnel(exchange, upstream).await;
                 return;
             }
-            first = false;
-            if !keep || *stop.borrow_and_update() {
+            // A stop during this exchange does not close the connection
+            // now: its answer did not say `Connection: close`, so the next
+            // request (within FIRST_REQUEST_ON_STOP) is answered with it.
+            if !keep {
                 return;
             }
         }
@@ -335,17 +354,17 @@ impl<C: ClientIo> ClientConn<C> {
 
     /// Reads until a request head is complete and plans it; `None` when
     /// the connection ends first (closed, idle too long, router stopping).
-    /// When the router stops, an idle connection closes at once, except
-    /// before its `first` request: a connection accepted just before the
-    /// stop (as a listener is handed to another router) gets
-    /// [`FIRST_REQUEST_ON_STOP`] to send it, so none is closed unanswered.
+    /// When the router stops, an idle connection gets
+    /// [`FIRST_REQUEST_ON_STOP`] to send its next request, then closes.
     async fn read_request(
         &mut self,
         mut stop_signal: Pin<&mut impl Future<Output = ()>>,
-        first: bool,
+        stop_seen: &mut bool,
     ) -> Option<Parsed> {
         self.timer.arm(self.shared.client_header_timeout);
-        let mut stop_seen = false;
+        if *stop_seen {
+            self.timer.shorten(FIRST_REQUEST_ON_STOP);
+        }
         let mut scanned = 0;
         let mut line = RequestLineCheck::default();
         loop {
@@ -382,11 +401,8 @@ impl<C: ClientIo> ClientConn<C> {
                     }
                     return None;
                 }
-                () = stop_signal.as_mut(), if idle && !stop_seen => {
-                    if !first {
-                        return None;
-                    }
-                    stop_seen = true;
+                () = stop_signal.as_mut(), if idle && !*stop_seen => {
+                    *stop_seen = true;
                     self.timer.shorten(FIRST_REQUEST_ON_STOP);
                 }
             }

@@ -86,6 +86,19 @@ where
     conns
 }
 
+/// Waits until `accepting` turns true (true at once for a router not
+/// built paused); false when the router stopped first.
+pub(crate) async fn accepting(
+    accepting: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = stopped(stop) => false,
+        started = accepting.wait_for(|on| *on) => started.is_ok(),
+    }
+}
+
 /// A connection accepted by the acceptor, for a worker to serve.
 pub(crate) type Accepted = (std::net::TcpStream, SocketAddr);
 
