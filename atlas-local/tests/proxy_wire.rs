@@ -2078,3 +2078,55 @@ async fn bytes_that_cannot_start_a_request_line_get_400_at_once() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Stopping and starting: a router that stops tells its kept-alive clients
+// before it closes, and a paused router accepts only once told to.
+
+#[tokio::test]
+async fn a_stopping_router_answers_the_next_request_with_connection_close() {
+    within(async {
+        let up = ScriptedUpstream::echo_target().await;
+        let router = std::sync::Arc::new(router_to(up.addr).await);
+        let mut client = Wire::connect(router.local_addr()).await;
+        client.send(&get("/before", &[])).await;
+        let r = response(&mut client).await;
+        assert_eq!((r.status, r.head.get("connection")), (200, None), "{r:?}");
+
+        // The stop comes while the connection is idle between requests:
+        // its next request is still answered, saying the connection ends.
+        let stopping = {
+            let router = router.clone();
+            tokio::spawn(async move { router.shutdown().await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.send(&get("/after", &[])).await;
+        let r = response(&mut client).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.text(), "/after");
+        assert_eq!(r.head.get("connection"), Some("close"), "{r:?}");
+        assert!(
+            client.until_close().await.is_empty(),
+            "then the proxy closes"
+        );
+        bounded("the router stops", stopping).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_router_built_paused_accepts_once_started() {
+    within(async {
+        let up = ScriptedUpstream::echo_target().await;
+        let router = router_with(up.addr, |b| b.start_paused(true)).await;
+        // The kernel completes the connection; the router does not read it.
+        let mut client = Wire::connect(router.local_addr()).await;
+        client.send(&get("/queued", &[])).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(up.requests().is_empty(), "a paused router relays nothing");
+        router.start_accepting();
+        let r = response(&mut client).await;
+        assert_eq!((r.status, r.text()), (200, "/queued".to_owned()));
+    })
+    .await;
+}
