@@ -249,6 +249,10 @@ struct EngineArgs {
     /// The path each replica's health probe GETs (2xx: healthy).
     #[arg(long, value_name = "PATH", default_value = "/health")]
     probe_path: String,
+    /// How long to wait for another holder's lease on the rollout to end
+    /// (a deploy program killed a moment ago holds it up to its lease ttl).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    lease_wait: Duration,
     /// Prometheus for the rollout's analysis queries.
     #[arg(long, value_name = "URL", env = "ATLAS_PROMETHEUS_URL")]
     prometheus: Option<String>,
@@ -374,7 +378,8 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    main_support::init_tracing("warn");
+    // Rollout events are printed as lines of their own; RUST_LOG shows more.
+    main_support::init_tracing("error");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -636,30 +641,70 @@ async fn deploy(ctx: &Ctx, args: DeployArgs) -> Result<u8, Failure> {
                 stored.value.step,
                 stored.value.weight.percent()
             ));
-            engine
-                .resume(&service)
-                .await
-                .map_err(|e| driven_elsewhere(&service, e))?
-                .ok_or_else(|| format!("the rollout of {service} finished meanwhile"))?
+            with_lease(ctx, &service, args.engine.lease_wait, || {
+                engine.resume(&service)
+            })
+            .await?
+            .ok_or_else(|| format!("the rollout of {service} finished meanwhile"))?
         }
         None => {
             ctx.say(format!(
                 "deploying {} of {service} ({})",
                 rollout.release.version, rollout.release.artifact
             ));
-            engine
-                .start(rollout)
-                .await
-                .map_err(|e| driven_elsewhere(&service, e))?
+            with_lease(ctx, &service, args.engine.lease_wait, || {
+                engine.start(rollout.clone())
+            })
+            .await?
         }
     };
     let ended = drive(ctx, &service, handle, events, after, None).await?;
     Ok(ended.exit_code(false))
 }
 
+/// Runs `take` (an engine's start or resume, which take the service's
+/// lease first) and, while another holder's lease refuses it, tries again
+/// for up to `wait`: a deploy program killed a moment ago holds its lease
+/// until its ttl runs out, and a rerun waits that out.
+async fn with_lease<T, F, Fut>(
+    ctx: &Ctx,
+    service: &ServiceName,
+    wait: Duration,
+    mut take: F,
+) -> Result<T, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = atlas_core::Result<T>>,
+{
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match take().await {
+            Err(e) if is_lease_conflict(&e) && Instant::now() < deadline => {
+                if !told {
+                    ctx.say(format!(
+                        "waiting up to {} for the lease on {service} ({e})",
+                        humantime::format_duration(wait)
+                    ));
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(driven_elsewhere(service, e).into()),
+            Ok(taken) => return Ok(taken),
+        }
+    }
+}
+
+/// Whether `e` is the daemon refusing a lease held by someone else (not
+/// another conflict, such as a rollout left unfinished).
+fn is_lease_conflict(e: &Error) -> bool {
+    e.kind() == ErrorKind::Conflict && e.to_string().contains("lease")
+}
+
 /// A conflict on the lease means another program drives the rollout.
 fn driven_elsewhere(service: &ServiceName, e: Error) -> Error {
-    if e.kind() == ErrorKind::Conflict {
+    if is_lease_conflict(&e) {
         Error::Conflict {
             what: format!(
                 "another program drives the rollout of {service} ({e}); steer it with atlas promote|pause|resume|abort {service}"
@@ -1051,10 +1096,10 @@ async fn start_and_drive(
     let after = current_command(ctx, &service).await?;
     let engine = build_engine(&ctx.client, args, false)?;
     let events = engine.subscribe();
-    let handle = engine
-        .start(rollout)
-        .await
-        .map_err(|e| driven_elsewhere(&service, e))?;
+    let handle = with_lease(ctx, &service, args.lease_wait, || {
+        engine.start(rollout.clone())
+    })
+    .await?;
     Ok(drive(ctx, &service, handle, events, after, None)
         .await?
         .exit_code(false))
