@@ -964,7 +964,7 @@ async fn steer(
     engine: Option<&EngineArgs>,
 ) -> Result<u8, Failure> {
     let store = ctx.store();
-    match store.load(service).await? {
+    let stored = match store.load(service).await? {
         None => {
             return Err(Error::precondition(format!(
                 "no rollout of {service} was ever started (atlas deploy {service} -f ROLLOUT.yaml)"
@@ -978,8 +978,8 @@ async fn steer(
             ))
             .into());
         }
-        Some(_) => {}
-    }
+        Some(v) => v.value,
+    };
     let holder = format!("atlas-cli-{}", std::process::id());
     match store.acquire_lease(service, &holder, PROBE_LEASE_TTL).await {
         Ok(lease) => store.release_lease(&lease).await?,
@@ -1012,6 +1012,10 @@ async fn steer(
         .into());
     };
     let aborting = command == SteerCommand::Abort;
+    if !aborting {
+        // Promoting goes on through the remaining steps, analyses included.
+        needs_metrics(&stored.rollout, engine_args)?;
+    }
     let after = current_command(ctx, service).await?;
     let engine = build_engine(&ctx.client, engine_args, aborting)?;
     let events = engine.subscribe();
