@@ -2,7 +2,9 @@
 //! deploy the demo app, read the status as JSON, reach the app through
 //! the proxy by its Host header, read a replica's log; then steer a
 //! canary from a second `atlas` (abort: the deploy exits 1, all traffic
-//! back on the stable release) and check the errors that name what is
+//! back on the stable release), retry it and abort it from a process that
+//! takes it over; scale the serving slot up and down; promote a release
+//! from a second atlas and undo it; and check the errors that name what is
 //! wrong (exit status 2).
 //!
 //! Each test runs its own daemon on a free port and a private state
@@ -120,7 +122,7 @@ impl Daemon {
             format!(
                 "service: web\n\
                  release:\n  version: v1\n  artifact: {}\n\
-                 strategy:\n  canary:\n    replicas: 2\n    steps:\n      - set_weight: 25\n      - pause: {{}}\n      - set_weight: 100\n\
+                 strategy:\n  canary:\n    replicas: 2\n    scale_down_delay: 1s\n    steps:\n      - set_weight: 25\n      - pause: {{}}\n      - set_weight: 100\n\
                  probe:\n  period: 200ms\n  timeout: 200ms\n\
                  progress_deadline: 2m\n",
                 example("demo_app").display()
@@ -175,6 +177,40 @@ impl Drop for Daemon {
             }
         }
     }
+}
+
+/// Waits until the status of `web` satisfies `ready` (a minute at most).
+fn wait_for(d: &Daemon, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = d.status();
+        if ready(&status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the rollout of `status` waits for promotion.
+fn paused(status: &serde_json::Value) -> bool {
+    status["rollout"]
+        .as_str()
+        .is_some_and(|r| r.contains("progressing") && r.contains("paused"))
+}
+
+/// Runs `child` (an `atlas` that drives a rollout) to its end; it must
+/// exit with `code`. Returns its stdout.
+fn finish(child: Child, code: i32) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// The slot of `status` running `version`.
@@ -248,30 +284,12 @@ fn an_abort_from_another_atlas_rolls_the_canary_back() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = d.status();
-        if status["slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["status"]["version"] == "v2" && s["weight"] == 25)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no 25 % canary: {status}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(&d, "no 25 % canary", |status| {
+        paused(status) && slot_of(status, "v2")["weight"] == 25
+    });
     let out = d.atlas_exits(0, &["abort", "web"]);
     assert!(out.contains("abort posted"), "{out}");
-    let out = deploy.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a rolled-back deploy exits 1:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = finish(deploy, 1); // rolled back
     assert!(stdout.contains("received abort"), "{stdout}");
     assert!(stdout.contains("rolled back"), "{stdout}");
     let status = d.status();
@@ -281,25 +299,13 @@ fn an_abort_from_another_atlas_rolls_the_canary_back() {
 
     // retry starts the same release again; it pauses at 25 % like before,
     // and an abort run here (nobody else drives it) ends it.
-    let retry = d
+    let mut retry = d
         .command(&["retry", "web", "--lease-ttl", "1s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !d.status()["rollout"]
-        .as_str()
-        .is_some_and(|r| r.contains("v1 → v2") && r.contains("paused"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "retry did not pause: {}",
-            d.status()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut retry = retry;
+    wait_for(&d, "retry did not pause", paused);
     retry.kill().unwrap(); // SIGKILL: its lease ends after 1 s
     let _ = retry.wait();
     std::thread::sleep(Duration::from_millis(1500));
@@ -309,4 +315,65 @@ fn an_abort_from_another_atlas_rolls_the_canary_back() {
     assert!(out.contains("taking it over here"), "{out}");
     assert!(out.contains("rolled back"), "{out}");
     assert_eq!(slot_of(&d.status(), "v1")["weight"], 100);
+}
+
+#[test]
+fn scale_resizes_the_serving_slot_and_undo_goes_back_a_release() {
+    let d = Daemon::start();
+    d.atlas_exits(0, &["services", "add", "web", "--host", HOST]);
+    let spec = d.spec();
+    let spec = spec.to_str().unwrap();
+    d.atlas_exits(0, &["deploy", "web", "-f", spec]);
+
+    let out = d.atlas_exits(0, &["scale", "web", "3"]);
+    assert!(out.contains("2 → 3 replicas (3 ready, 3 routed)"), "{out}");
+    let status = d.status();
+    let v1 = slot_of(&status, "v1");
+    assert_eq!(
+        (
+            v1["status"]["ready"].as_u64(),
+            v1["routed"].as_array().map(Vec::len)
+        ),
+        (Some(3), Some(3)),
+        "{status}"
+    );
+    d.atlas_exits(0, &["scale", "web", "1"]);
+    let status = d.status();
+    let v1 = slot_of(&status, "v1");
+    assert_eq!(
+        (
+            v1["status"]["desired"].as_u64(),
+            v1["routed"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(1)),
+        "{status}"
+    );
+    let err = d.atlas_error(&["scale", "web", "0"]);
+    assert!(err.contains("must be at least 1"), "{err}");
+
+    // v2 waits at 25 % until a second atlas promotes it all the way.
+    let spawn = |args: &[&str]| {
+        d.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let deploy = spawn(&["deploy", "web", "-f", spec, "--version", "v2"]);
+    wait_for(&d, "v2 did not pause", paused);
+    d.atlas_exits(0, &["promote", "web", "--full"]);
+    let out = finish(deploy, 0);
+    assert!(out.contains("promoted v2"), "{out}");
+    assert!(d.get(HOST).1.starts_with("v2 "));
+
+    // undo: v1 again, with the same strategy (so it pauses at 25 % too).
+    let undo = spawn(&["undo", "web"]);
+    wait_for(&d, "the undo did not pause", paused);
+    let rollout = d.status()["rollout"].as_str().unwrap().to_owned();
+    assert!(rollout.starts_with("v2 → v1"), "{rollout}");
+    d.atlas_exits(0, &["promote", "web", "--full"]);
+    let out = finish(undo, 0);
+    assert!(out.contains("rolling web back from v2 to v1"), "{out}");
+    assert!(out.contains("promoted v1"), "{out}");
+    assert!(d.get(HOST).1.starts_with("v1 "));
 }
