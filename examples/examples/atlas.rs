@@ -11,7 +11,7 @@
 //!   services remove NAME                      routes go, endpoints drain, replicas stop
 //!   status [SERVICE] [--watch]                slots, traffic, latency, errors, rollout
 //!   deploy SERVICE -f ROLLOUT.yaml [--version V] [--artifact PATH] [--arg A]... [--env K=V]...
-//!          [--lease-ttl 15s] [--probe-path /health] [--prometheus URL]
+//!          [--lease-ttl 15s] [--lease-wait 30s] [--probe-path /health] [--prometheus URL]
 //!   promote SERVICE [--full]                  end the pause (--full: all traffic now)
 //!   pause SERVICE | resume SERVICE
 //!   abort SERVICE                             all traffic back to the stable release
@@ -33,7 +33,8 @@
 //! steering command the daemon hands to that program. If that program is
 //! gone (killed, its terminal closed), its lease ends after `--lease-ttl`
 //! and traffic stays as it was: `atlas deploy` with the same spec again
-//! resumes the rollout where it stopped, and `atlas abort` or `atlas
+//! resumes the rollout where it stopped (waiting up to `--lease-wait` for
+//! the dead program's lease to end), and `atlas abort` or `atlas
 //! promote` take it over in their own process and carry it to its end.
 //!
 //! Health probes (`GET --probe-path` on each replica's loopback port) are
