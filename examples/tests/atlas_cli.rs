@@ -3,7 +3,8 @@
 //! the proxy by its Host header, read a replica's log; then steer a
 //! canary from a second `atlas` (abort: the deploy exits 1, all traffic
 //! back on the stable release), retry it and abort it from a process that
-//! takes it over; scale the serving slot up and down; promote a release
+//! takes it over; scale the serving slot up and down under load (no
+//! failed request); promote a release
 //! from a second atlas and undo it; and check the errors that name what is
 //! wrong (exit status 2).
 //!
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use atlas_examples::load::{Load, LoadConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -325,6 +327,20 @@ fn scale_resizes_the_serving_slot_and_undo_goes_back_a_release() {
     let spec = spec.to_str().unwrap();
     d.atlas_exits(0, &["deploy", "web", "-f", spec]);
 
+    // Scaling happens under load, which must see no failed request.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let load = rt.block_on(async {
+        Load::start(LoadConfig {
+            host: Some(HOST.into()),
+            workers: 8,
+            ..LoadConfig::new(d.proxy, 200)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
     let out = d.atlas_exits(0, &["scale", "web", "3"]);
     assert!(out.contains("2 → 3 replicas (3 ready, 3 routed)"), "{out}");
     let status = d.status();
@@ -348,6 +364,14 @@ fn scale_resizes_the_serving_slot_and_undo_goes_back_a_release() {
         (Some(1), Some(1)),
         "{status}"
     );
+    std::thread::sleep(Duration::from_millis(500));
+    let (totals, _) = rt.block_on(load.stop());
+    println!("scale 2 → 3 → 1 under load: {totals:?}");
+    assert!(
+        totals.sent > 100,
+        "too little load to mean anything: {totals:?}"
+    );
+    assert_eq!((totals.failed, totals.app_errors), (0, 0), "{totals:?}");
     let err = d.atlas_error(&["scale", "web", "0"]);
     assert!(err.contains("must be at least 1"), "{err}");
 
