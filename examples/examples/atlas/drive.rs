@@ -24,11 +24,11 @@ use crate::ctx::{Ctx, EXIT_INTERRUPTED, EXIT_OK, EXIT_OTHER_WAY, Failure, parse_
 use crate::render;
 
 /// How long one long poll for a steering command waits at the daemon.
-pub(crate) const COMMAND_WAIT: Duration = Duration::from_secs(10);
+const COMMAND_WAIT: Duration = Duration::from_secs(10);
 
 /// The lease `promote`/`pause`/`resume`/`abort` try, to learn whether a
 /// deploy program drives the rollout (granted: nobody does).
-pub(crate) const PROBE_LEASE_TTL: Duration = Duration::from_secs(2);
+const PROBE_LEASE_TTL: Duration = Duration::from_secs(2);
 
 /// How this process drives a rollout, when it does.
 #[derive(Debug, Clone, Args)]
@@ -49,6 +49,7 @@ pub(crate) struct EngineArgs {
     pub(crate) prometheus: Option<String>,
 }
 
+/// `atlas deploy`'s arguments.
 #[derive(Debug, Args)]
 pub(crate) struct DeployArgs {
     /// The service (the spec must name the same).
@@ -73,6 +74,7 @@ pub(crate) struct DeployArgs {
     pub(crate) engine: EngineArgs,
 }
 
+/// The arguments of `atlas retry` and `atlas undo`.
 #[derive(Debug, Args)]
 pub(crate) struct RerunArgs {
     /// The service.
@@ -82,7 +84,8 @@ pub(crate) struct RerunArgs {
     pub(crate) engine: EngineArgs,
 }
 
-pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
+/// `KEY=VALUE` from `--env`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err("expected KEY=VALUE".to_owned()),
@@ -90,7 +93,7 @@ pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 /// The rollout of `file` with the command line's release changes.
-pub(crate) fn rollout_from(args: &DeployArgs) -> Result<atlas_core::Rollout, Failure> {
+fn rollout_from(args: &DeployArgs) -> Result<atlas_core::Rollout, Failure> {
     let mut rollout = atlas_core::spec::load(&args.file)?;
     if rollout.service != args.service {
         return Err(Error::invalid(
@@ -123,7 +126,7 @@ pub(crate) fn rollout_from(args: &DeployArgs) -> Result<atlas_core::Rollout, Fai
 /// The daemon starts replicas from its own working directory: a relative
 /// path that exists in `here` (this program's directory) is made
 /// absolute; a bare name stays one (looked up in the daemon's `PATH`).
-pub(crate) fn absolute_artifact(artifact: &str, here: &Path) -> String {
+fn absolute_artifact(artifact: &str, here: &Path) -> String {
     let path = Path::new(artifact);
     if path.is_relative()
         && artifact.contains('/')
@@ -134,6 +137,8 @@ pub(crate) fn absolute_artifact(artifact: &str, here: &Path) -> String {
     artifact.to_owned()
 }
 
+/// `atlas deploy`: starts the rollout of the spec, or resumes the one in
+/// progress with the same release, and drives it to its end.
 pub(crate) async fn deploy(ctx: &Ctx, args: DeployArgs) -> Result<u8, Failure> {
     let rollout = rollout_from(&args)?;
     let service = rollout.service.clone();
@@ -186,7 +191,7 @@ pub(crate) async fn deploy(ctx: &Ctx, args: DeployArgs) -> Result<u8, Failure> {
 /// lease first) and, while another holder's lease refuses it, tries again
 /// for up to `wait`: a deploy program killed a moment ago holds its lease
 /// until its ttl runs out, and a rerun waits that out.
-pub(crate) async fn with_lease<T, F, Fut>(
+async fn with_lease<T, F, Fut>(
     ctx: &Ctx,
     service: &ServiceName,
     wait: Duration,
@@ -218,12 +223,12 @@ where
 
 /// Whether `e` is the daemon refusing a lease held by someone else (not
 /// another conflict, such as a rollout left unfinished).
-pub(crate) fn is_lease_conflict(e: &Error) -> bool {
+fn is_lease_conflict(e: &Error) -> bool {
     e.kind() == ErrorKind::Conflict && e.to_string().contains("lease")
 }
 
 /// A conflict on the lease means another program drives the rollout.
-pub(crate) fn driven_elsewhere(service: &ServiceName, e: Error) -> Error {
+fn driven_elsewhere(service: &ServiceName, e: Error) -> Error {
     if is_lease_conflict(&e) {
         Error::Conflict {
             what: format!(
@@ -236,10 +241,7 @@ pub(crate) fn driven_elsewhere(service: &ServiceName, e: Error) -> Error {
 }
 
 /// A rollout that uses analysis needs a metric source.
-pub(crate) fn needs_metrics(
-    rollout: &atlas_core::Rollout,
-    engine: &EngineArgs,
-) -> Result<(), Failure> {
+fn needs_metrics(rollout: &atlas_core::Rollout, engine: &EngineArgs) -> Result<(), Failure> {
     let refs = rollout.strategy.analysis_refs();
     if engine.prometheus.is_none() && !refs.is_empty() {
         let names: Vec<&str> = refs.iter().map(|(name, _)| name.as_str()).collect();
@@ -259,7 +261,7 @@ pub(crate) fn needs_metrics(
 /// The engine, driving rollouts on the daemon from this process.
 /// `abort_only`: an engine that will only roll back, which runs no
 /// analysis and so needs no metric source.
-pub(crate) fn build_engine(
+fn build_engine(
     client: &AtlasdClient,
     args: &EngineArgs,
     abort_only: bool,
@@ -281,7 +283,7 @@ pub(crate) fn build_engine(
 
 /// The metric source of an engine that only aborts: a rollback measures
 /// nothing, and a measurement asked for anyway fails rather than passes.
-pub(crate) struct NoMeasurements;
+struct NoMeasurements;
 
 #[async_trait]
 impl MetricProvider for NoMeasurements {
@@ -295,7 +297,7 @@ impl MetricProvider for NoMeasurements {
 
 /// The sequence number of the last steering command posted for
 /// `service`: commands up to it are stale and not applied.
-pub(crate) async fn current_command(ctx: &Ctx, service: &ServiceName) -> Result<u64, Failure> {
+async fn current_command(ctx: &Ctx, service: &ServiceName) -> Result<u64, Failure> {
     Ok(ctx
         .client
         .next_command(service, 0, Duration::ZERO)
@@ -316,7 +318,7 @@ pub(crate) async fn unfinished(
 }
 
 /// How driving a rollout ended.
-pub(crate) enum Driven {
+enum Driven {
     /// Promoted or rolled back.
     Ended(Outcome),
     /// Ctrl-C: the rollout stays where it was.
@@ -326,7 +328,7 @@ pub(crate) enum Driven {
 impl Driven {
     /// The exit status: 0 when the rollout ended as asked (`aborting`:
     /// rolled back; otherwise promoted).
-    pub(crate) fn exit_code(&self, aborting: bool) -> u8 {
+    fn exit_code(&self, aborting: bool) -> u8 {
         match (self, aborting) {
             (Driven::Ended(Outcome::Promoted { .. }), false)
             | (Driven::Ended(Outcome::RolledBack { .. }), true) => EXIT_OK,
@@ -339,7 +341,7 @@ impl Driven {
 /// Drives the rollout `handle` to its end: prints its events, applies
 /// `first`, then each steering command posted after `after`, until it is
 /// promoted or rolled back (or Ctrl-C, which leaves it where it is).
-pub(crate) async fn drive(
+async fn drive(
     ctx: &Ctx,
     service: &ServiceName,
     handle: RolloutHandle,
@@ -412,7 +414,8 @@ pub(crate) async fn drive(
     Ok(Driven::Ended(outcome))
 }
 
-pub(crate) fn show_event(ctx: &Ctx, event: &RolloutEvent, t0: Instant) -> Result<(), Failure> {
+/// Prints one event: a line for people, or its JSON.
+fn show_event(ctx: &Ctx, event: &RolloutEvent, t0: Instant) -> Result<(), Failure> {
     if ctx.json() {
         println!(
             "{}",
@@ -427,7 +430,7 @@ pub(crate) fn show_event(ctx: &Ctx, event: &RolloutEvent, t0: Instant) -> Result
 /// Long-polls the daemon for steering commands after `after` and passes
 /// them on, until the receiver goes; a daemon that does not answer (being
 /// restarted) is asked again a second later.
-pub(crate) async fn poll_commands(
+async fn poll_commands(
     client: AtlasdClient,
     service: ServiceName,
     mut after: u64,
@@ -458,7 +461,8 @@ pub(crate) async fn poll_commands(
     }
 }
 
-pub(crate) fn apply(handle: &RolloutHandle, command: SteerCommand) -> atlas_core::Result<()> {
+/// Hands a steering command to the rollout this process drives.
+fn apply(handle: &RolloutHandle, command: SteerCommand) -> atlas_core::Result<()> {
     match command {
         SteerCommand::Promote => handle.promote(),
         SteerCommand::PromoteFull => handle.promote_full(),
@@ -469,7 +473,7 @@ pub(crate) fn apply(handle: &RolloutHandle, command: SteerCommand) -> atlas_core
 }
 
 /// One line about a finished rollout, for errors.
-pub(crate) fn finished_line(state: &RolloutState) -> String {
+fn finished_line(state: &RolloutState) -> String {
     match &state.phase {
         Phase::Promoted => format!("{} promoted {}", state.id, state.rollout.release.version),
         Phase::RolledBack { reason } => format!(
@@ -480,6 +484,9 @@ pub(crate) fn finished_line(state: &RolloutState) -> String {
     }
 }
 
+/// `atlas promote | pause | resume | abort`: posts the command to the
+/// program driving the rollout, or, when none does, carries out a promote
+/// or an abort here.
 pub(crate) async fn steer(
     ctx: &Ctx,
     service: &ServiceName,
@@ -555,7 +562,7 @@ pub(crate) async fn steer(
 }
 
 /// The last rollout of `service`, which must have finished.
-pub(crate) async fn last_finished(
+async fn last_finished(
     ctx: &Ctx,
     service: &ServiceName,
     verb: &str,
@@ -574,6 +581,7 @@ pub(crate) async fn last_finished(
     }
 }
 
+/// `atlas retry`: starts the last rollout again after it was rolled back.
 pub(crate) async fn retry(ctx: &Ctx, args: &RerunArgs) -> Result<u8, Failure> {
     let service = &args.service;
     let last = last_finished(ctx, service, "retry").await?;
@@ -592,6 +600,8 @@ pub(crate) async fn retry(ctx: &Ctx, args: &RerunArgs) -> Result<u8, Failure> {
     start_and_drive(ctx, last.rollout, &args.engine).await
 }
 
+/// `atlas undo`: rolls out the release promoted before the current one,
+/// with the last rollout's strategy.
 pub(crate) async fn undo(ctx: &Ctx, args: &RerunArgs) -> Result<u8, Failure> {
     let service = &args.service;
     let history = ctx.client.history(service).await?;
@@ -611,7 +621,8 @@ pub(crate) async fn undo(ctx: &Ctx, args: &RerunArgs) -> Result<u8, Failure> {
     start_and_drive(ctx, rollout, &args.engine).await
 }
 
-pub(crate) async fn start_and_drive(
+/// Starts `rollout` (waiting out a dead program's lease) and drives it.
+async fn start_and_drive(
     ctx: &Ctx,
     rollout: atlas_core::Rollout,
     args: &EngineArgs,
