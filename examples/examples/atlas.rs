@@ -323,6 +323,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// Connects to the daemon and runs the verb; the exit status on success.
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let client = match (cli.connection.tcp, &cli.connection.token_file) {
         (Some(addr), Some(token)) => AtlasdClient::tcp(addr, token)?,
@@ -369,6 +370,7 @@ struct ServiceRow<'a> {
     route: &'a ServiceRoute,
 }
 
+/// `atlas services [list | add | remove]`.
 async fn services(ctx: &Ctx, action: ServicesAction) -> Result<u8, Failure> {
     match action {
         ServicesAction::List => {
@@ -415,6 +417,7 @@ async fn services(ctx: &Ctx, action: ServicesAction) -> Result<u8, Failure> {
 
 // ---------------------------------------------------------------- status
 
+/// `atlas status [SERVICE] [--watch]`.
 async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8, Failure> {
     if !args.watch {
         let statuses = ctx.client.status(args.service.as_ref()).await?;
@@ -477,6 +480,9 @@ async fn serving_slot(ctx: &Ctx, service: &ServiceName) -> Result<Slot, Failure>
     }
 }
 
+/// `atlas scale SERVICE N`: the serving slot to N replicas; scaling down
+/// drains the replicas that go before stopping them, scaling up routes the
+/// new ones once they are ready.
 async fn scale(ctx: &Ctx, args: &ScaleArgs) -> Result<u8, Failure> {
     let service = &args.service;
     if args.replicas == 0 {
@@ -551,6 +557,8 @@ async fn scale(ctx: &Ctx, args: &ScaleArgs) -> Result<u8, Failure> {
 
 // ---------------------------------------------------------------- logs
 
+/// `atlas logs SERVICE`: a replica's last lines, then (`--follow`) each
+/// new one.
 async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, Failure> {
     let service = &args.service;
     let slot = match args.slot {
@@ -595,6 +603,7 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, Failure> {
     }
 }
 
+/// Log lines on stdout, as they are or as JSON objects.
 fn print_lines(ctx: &Ctx, lines: &[String]) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     for line in lines {
