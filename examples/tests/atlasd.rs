@@ -69,7 +69,7 @@ impl Fixture {
             .append(true)
             .open(self.dir.path().join("atlasd.log"))
             .unwrap();
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .arg("--state-dir")
             .arg(self.state())
             .args([
@@ -92,6 +92,8 @@ impl Fixture {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("atlasd did not come up:\n{}", self.daemon_log());
     }
 
@@ -295,7 +297,7 @@ fn a_deploy_killed_mid_canary_leaves_traffic_alone_and_a_rerun_resumes_it() {
 
     // A rerun resumes the rollout (waiting out the dead one's lease), and
     // `atlas promote` ends the pause.
-    let mut rerun = f
+    let rerun = f
         .atlas_command(&[
             "deploy",
             "web",
