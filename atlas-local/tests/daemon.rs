@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use atlas_core::testing::conformance::{self, workloads::WorkloadsFixture};
 use atlas_core::{
-    Endpoint, ErrorKind, Release, ServiceName, Slot, TrafficRouter, TrafficSplit, Workloads,
+    Endpoint, ErrorKind, Measurement, MetricProvider, MetricQuery, Release, ServiceName, Slot,
+    TrafficRouter, TrafficSplit, Workloads,
 };
 use atlas_local::daemon::api::{ApiErrorKind, ApiRequest};
-use atlas_local::daemon::client::{AtlasdClient, RemoteRouter, RemoteStateStore, RemoteWorkloads};
+use atlas_local::daemon::client::{
+    AtlasdClient, RemoteMetrics, RemoteRouter, RemoteStateStore, RemoteWorkloads,
+};
 use atlas_local::daemon::server::AdminConfig;
 use atlas_local::daemon::{Daemon, DaemonConfig};
 use atlas_local::proxy::ServiceRoute;
@@ -247,6 +250,24 @@ async fn services_are_routed_by_host_and_a_second_claim_is_refused() {
         err.to_string().contains("svc-a"),
         "the error names the owner: {err}"
     );
+    // The proxy's own metrics answer analysis queries through the API.
+    let count = |service: &str| {
+        let metrics = RemoteMetrics::new(client.clone());
+        let query = MetricQuery {
+            metric: "requests".into(),
+            query: "request_count:blue".into(),
+            window: Duration::from_secs(60),
+            args: [("service".to_owned(), service.to_owned())].into(),
+        };
+        async move { metrics.measure(&query).await }
+    };
+    assert_eq!(count("svc-a").await.unwrap(), Measurement::Value(1.0));
+    assert_eq!(count("svc-b").await.unwrap(), Measurement::Value(1.0));
+    assert_eq!(
+        count("svc-z").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
     let names: Vec<_> = client
         .services()
         .await

@@ -14,7 +14,8 @@ use std::fmt;
 use std::time::Duration;
 
 use atlas_core::{
-    Endpoint, Error, Release, RolloutState, ServiceName, Slot, SlotStatus, TrafficSplit,
+    Endpoint, Error, Measurement, MetricQuery, Release, RolloutState, ServiceName, Slot,
+    SlotStatus, TrafficSplit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +183,13 @@ pub enum ApiRequest {
     },
     /// The proxy's metrics in the Prometheus text format.
     Metrics,
+    /// Measures one analysis query against the proxy's own per-slot
+    /// metrics (the query's `args["service"]` names the service), as the
+    /// embedded [`ProxyMetrics`](crate::proxy::ProxyMetrics) provider does.
+    Measure {
+        /// The query.
+        query: MetricQuery,
+    },
 }
 
 impl ApiRequest {
@@ -209,6 +217,7 @@ impl ApiRequest {
             ApiRequest::NextCommand { .. } => "next_command",
             ApiRequest::History { .. } => "history",
             ApiRequest::Metrics => "metrics",
+            ApiRequest::Measure { .. } => "measure",
         }
     }
 
@@ -226,6 +235,7 @@ impl ApiRequest {
                 | ApiRequest::NextCommand { .. }
                 | ApiRequest::History { .. }
                 | ApiRequest::Metrics
+                | ApiRequest::Measure { .. }
         )
     }
 
@@ -252,7 +262,7 @@ impl ApiRequest {
                 Some(&lease.service)
             }
             ApiRequest::Status { service } => service.as_ref(),
-            ApiRequest::Services | ApiRequest::Metrics => None,
+            ApiRequest::Services | ApiRequest::Metrics | ApiRequest::Measure { .. } => None,
         }
     }
 }
@@ -320,6 +330,11 @@ pub enum ApiResponse {
     Metrics {
         /// Prometheus text.
         text: String,
+    },
+    /// Answer to [`ApiRequest::Measure`].
+    Measurement {
+        /// What was measured.
+        measurement: Measurement,
     },
 }
 

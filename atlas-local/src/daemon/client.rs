@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use atlas_core::{
-    Endpoint, Error, Lease, Release, Result, RolloutState, ServiceName, Slot, SlotStatus,
-    StateStore, TrafficRouter, TrafficSplit, Versioned, Workloads,
+    Endpoint, Error, Lease, Measurement, MetricProvider, MetricQuery, Release, Result,
+    RolloutState, ServiceName, Slot, SlotStatus, StateStore, TrafficRouter, TrafficSplit,
+    Versioned, Workloads,
 };
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
@@ -404,6 +405,39 @@ impl TrafficRouter for RemoteRouter {
                 endpoints: endpoints.to_vec(),
             })
             .await
+    }
+}
+
+/// The daemon proxy's own per-slot metrics as a [`MetricProvider`], for
+/// rollout analysis without Prometheus: the queries of
+/// [`ProxyMetrics`](crate::proxy::ProxyMetrics) (`error_rate`,
+/// `latency_p95`, …), the service named by the query's `args["service"]`
+/// (the engine sets it).
+#[derive(Debug, Clone)]
+pub struct RemoteMetrics {
+    client: AtlasdClient,
+}
+
+impl RemoteMetrics {
+    /// The metrics of the daemon `client` talks to.
+    pub fn new(client: AtlasdClient) -> Self {
+        RemoteMetrics { client }
+    }
+}
+
+#[async_trait]
+impl MetricProvider for RemoteMetrics {
+    async fn measure(&self, query: &MetricQuery) -> Result<Measurement> {
+        match self
+            .client
+            .call(&ApiRequest::Measure {
+                query: query.clone(),
+            })
+            .await?
+        {
+            ApiResponse::Measurement { measurement } => Ok(measurement),
+            other => Err(unexpected("measure", &other)),
+        }
     }
 }
 

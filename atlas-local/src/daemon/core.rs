@@ -9,8 +9,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use atlas_core::{
-    Endpoint, Error, Phase, Result, RolloutState, ServiceName, Slot, StateStore, TrafficRouter,
-    Workloads,
+    Endpoint, Error, MetricProvider, Phase, Result, RolloutState, ServiceName, Slot, StateStore,
+    TrafficRouter, Workloads,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
@@ -426,6 +426,9 @@ impl Core {
             }),
             ApiRequest::Metrics => Ok(ApiResponse::Metrics {
                 text: self.router.metrics().render_prometheus(),
+            }),
+            ApiRequest::Measure { query } => Ok(ApiResponse::Measurement {
+                measurement: self.router.metrics().measure(&query).await?,
             }),
         }
     }
