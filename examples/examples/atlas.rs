@@ -39,9 +39,11 @@
 //! promote` take it over in their own process and carry it to its end.
 //!
 //! Health probes (`GET --probe-path` on each replica's loopback port) are
-//! sent by this program, so `deploy` runs on the daemon's host. A rollout
-//! whose strategy uses analysis needs `--prometheus URL` (or
-//! `ATLAS_PROMETHEUS_URL`).
+//! sent by this program, so `deploy` runs on the daemon's host. Analysis
+//! queries go to Prometheus with `--prometheus URL` (or
+//! `ATLAS_PROMETHEUS_URL`), else to the daemon proxy's own per-slot
+//! metrics (`error_rate`, `success_rate`, `latency_p95`, `request_rate`,
+//! …, as `atlas_local::proxy::ProxyMetrics` documents).
 //!
 //! Exit status:
 //!

@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use atlas_core::{
-    Engine, Error, ErrorKind, Measurement, MetricProvider, MetricQuery, Outcome, Phase,
-    RolloutEvent, RolloutHandle, RolloutState, ServiceName, StateStore, Versioned,
+    Engine, Error, ErrorKind, Outcome, Phase, RolloutEvent, RolloutHandle, RolloutState,
+    ServiceName, StateStore, Versioned,
 };
 use atlas_examples::cli::print_json;
 use atlas_local::daemon::api::{SequencedCommand, SteerCommand};
-use atlas_local::daemon::client::{AtlasdClient, RemoteRouter, RemoteStateStore, RemoteWorkloads};
+use atlas_local::daemon::client::{
+    AtlasdClient, RemoteMetrics, RemoteRouter, RemoteStateStore, RemoteWorkloads,
+};
 use atlas_metrics::PrometheusProvider;
 use atlas_metrics::probe::HttpProbe;
 use clap::Args;
@@ -44,7 +45,8 @@ pub(crate) struct EngineArgs {
     /// (a deploy program killed a moment ago holds it up to its lease ttl).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub(crate) lease_wait: Duration,
-    /// Prometheus for the rollout's analysis queries.
+    /// Prometheus for the rollout's analysis queries (default: the
+    /// daemon proxy's own per-slot metrics).
     #[arg(long, value_name = "URL", env = "ATLAS_PROMETHEUS_URL")]
     pub(crate) prometheus: Option<String>,
 }
@@ -142,9 +144,8 @@ fn absolute_artifact(artifact: &str, here: &Path) -> String {
 pub(crate) async fn deploy(ctx: &Ctx, args: DeployArgs) -> Result<u8, Failure> {
     let rollout = rollout_from(&args)?;
     let service = rollout.service.clone();
-    needs_metrics(&rollout, &args.engine)?;
     let after = current_command(ctx, &service).await?;
-    let engine = build_engine(&ctx.client, &args.engine, false)?;
+    let engine = build_engine(&ctx.client, &args.engine)?;
     let events = engine.subscribe();
     let handle = match unfinished(ctx, &service).await? {
         Some(stored) => {
@@ -240,32 +241,10 @@ fn driven_elsewhere(service: &ServiceName, e: Error) -> Error {
     }
 }
 
-/// A rollout that uses analysis needs a metric source.
-fn needs_metrics(rollout: &atlas_core::Rollout, engine: &EngineArgs) -> Result<(), Failure> {
-    let refs = rollout.strategy.analysis_refs();
-    if engine.prometheus.is_none() && !refs.is_empty() {
-        let names: Vec<&str> = refs.iter().map(|(name, _)| name.as_str()).collect();
-        return Err(Error::invalid(
-            "--prometheus",
-            format!(
-                "the rollout of {} runs analysis ({}): pass --prometheus URL or set ATLAS_PROMETHEUS_URL",
-                rollout.service,
-                names.join(", ")
-            ),
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// The engine, driving rollouts on the daemon from this process.
-/// `abort_only`: an engine that will only roll back, which runs no
-/// analysis and so needs no metric source.
-fn build_engine(
-    client: &AtlasdClient,
-    args: &EngineArgs,
-    abort_only: bool,
-) -> Result<Engine, Failure> {
+/// The engine, driving rollouts on the daemon from this process. Analysis
+/// queries go to Prometheus with `--prometheus`, else to the daemon
+/// proxy's own per-slot metrics (`error_rate`, `latency_p95`, …).
+fn build_engine(client: &AtlasdClient, args: &EngineArgs) -> Result<Engine, Failure> {
     let mut builder = Engine::builder()
         .workloads(Arc::new(RemoteWorkloads::new(client.clone())))
         .router(Arc::new(RemoteRouter::new(client.clone())))
@@ -273,26 +252,11 @@ fn build_engine(
         .probe(Arc::new(HttpProbe::get(&args.probe_path)?))
         .lease_ttl(args.lease_ttl)
         .poll_interval(Duration::from_millis(500));
-    if let Some(url) = &args.prometheus {
-        builder = builder.metrics(Arc::new(PrometheusProvider::new(url.clone())?));
-    } else if abort_only {
-        builder = builder.metrics(Arc::new(NoMeasurements));
-    }
+    builder = match &args.prometheus {
+        Some(url) => builder.metrics(Arc::new(PrometheusProvider::new(url.clone())?)),
+        None => builder.metrics(Arc::new(RemoteMetrics::new(client.clone()))),
+    };
     Ok(builder.build()?)
-}
-
-/// The metric source of an engine that only aborts: a rollback measures
-/// nothing, and a measurement asked for anyway fails rather than passes.
-struct NoMeasurements;
-
-#[async_trait]
-impl MetricProvider for NoMeasurements {
-    async fn measure(&self, query: &MetricQuery) -> atlas_core::Result<Measurement> {
-        Err(Error::precondition(format!(
-            "atlas abort measures nothing (asked for {}; pass --prometheus to measure)",
-            query.metric
-        )))
-    }
 }
 
 /// The sequence number of the last steering command posted for
@@ -494,7 +458,7 @@ pub(crate) async fn steer(
     engine: Option<&EngineArgs>,
 ) -> Result<u8, Failure> {
     let store = ctx.store();
-    let stored = match store.load(service).await? {
+    match store.load(service).await? {
         None => {
             return Err(Error::precondition(format!(
                 "no rollout of {service} was ever started (atlas deploy {service} -f ROLLOUT.yaml)"
@@ -508,8 +472,8 @@ pub(crate) async fn steer(
             ))
             .into());
         }
-        Some(v) => v.value,
-    };
+        Some(_) => {}
+    }
     let holder = format!("atlas-cli-{}", std::process::id());
     match store.acquire_lease(service, &holder, PROBE_LEASE_TTL).await {
         Ok(lease) => store.release_lease(&lease).await?,
@@ -542,12 +506,8 @@ pub(crate) async fn steer(
         .into());
     };
     let aborting = command == SteerCommand::Abort;
-    if !aborting {
-        // Promoting goes on through the remaining steps, analyses included.
-        needs_metrics(&stored.rollout, engine_args)?;
-    }
     let after = current_command(ctx, service).await?;
-    let engine = build_engine(&ctx.client, engine_args, aborting)?;
+    let engine = build_engine(&ctx.client, engine_args)?;
     let events = engine.subscribe();
     ctx.say(format!(
         "nobody drives the rollout of {service}; taking it over here to {command}"
@@ -627,10 +587,9 @@ async fn start_and_drive(
     rollout: atlas_core::Rollout,
     args: &EngineArgs,
 ) -> Result<u8, Failure> {
-    needs_metrics(&rollout, args)?;
     let service = rollout.service.clone();
     let after = current_command(ctx, &service).await?;
-    let engine = build_engine(&ctx.client, args, false)?;
+    let engine = build_engine(&ctx.client, args)?;
     let events = engine.subscribe();
     let handle = with_lease(ctx, &service, args.lease_wait, || {
         engine.start(rollout.clone())
