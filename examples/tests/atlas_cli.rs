@@ -401,3 +401,83 @@ fn scale_resizes_the_serving_slot_and_undo_goes_back_a_release() {
     assert!(out.contains("promoted v1"), "{out}");
     assert!(d.get(HOST).1.starts_with("v1 "));
 }
+
+/// A spec whose canary is judged by the daemon proxy's own metrics: at
+/// 50 %, three measurements a second apart (after a second of traffic) of
+/// the canary's error rate over the last 3 s must stay at or below 20 %.
+fn analysed_spec(d: &Daemon) -> PathBuf {
+    let path = d.dir.path().join("web-analysed.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "service: web\n\
+             release:\n  version: v1\n  artifact: {}\n\
+             strategy:\n  canary:\n    replicas: 1\n    steps:\n      - set_weight: 50\n      - analysis: {{ template: errors }}\n      - set_weight: 100\n\
+             analysis:\n  errors:\n    metrics:\n      - name: error-rate\n        query: error_rate:canary\n        window: 3s\n        initial_delay: 1s\n        interval: 1s\n        count: 3\n        failure_condition: \"> 0.2\"\n        inconclusive_limit: 1\n\
+             probe:\n  period: 200ms\n  timeout: 200ms\n\
+             progress_deadline: 2m\n",
+            example("demo_app").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn analysis_on_the_proxys_own_metrics_promotes_a_healthy_canary_and_rolls_back_a_failing_one() {
+    let d = Daemon::start();
+    d.atlas_exits(0, &["services", "add", "web", "--host", HOST]);
+    let spec = analysed_spec(&d);
+    let spec = spec.to_str().unwrap();
+    d.atlas_exits(0, &["deploy", "web", "-f", spec]);
+
+    // Traffic for the analysis to measure, from a thread of its own.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, proxy) = (stop.clone(), d.proxy);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut s) = TcpStream::connect(proxy) {
+                    let _ = write!(
+                        s,
+                        "GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = s.read_to_string(&mut String::new());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+
+    let out = d.atlas_exits(0, &["deploy", "web", "-f", spec, "--version", "v2"]);
+    assert!(out.contains("promoted"), "{out}");
+    assert_eq!(slot_of(&d.status(), "v2")["weight"], 100);
+
+    // v3 answers 60 % of its requests with 500: the analysis fails it.
+    let out = d.atlas_exits(
+        1,
+        &[
+            "deploy",
+            "web",
+            "-f",
+            spec,
+            "--version",
+            "v3",
+            "--arg",
+            "--error-rate",
+            "--arg",
+            "0.6",
+        ],
+    );
+    assert!(out.contains("rolled back"), "{out}");
+    assert!(
+        out.contains("error-rate"),
+        "the rollback names the failed metric:\n{out}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().unwrap();
+    let status = d.status();
+    assert_eq!(slot_of(&status, "v2")["weight"], 100, "{status}");
+    let (code, body) = d.get(HOST);
+    assert_eq!((code, body.starts_with("v2 ")), (200, true), "{body}");
+}
