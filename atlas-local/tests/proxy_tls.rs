@@ -597,3 +597,69 @@ async fn openssl_clients_get_only_tls_1_2_and_1_3_with_strong_suites() {
     }
     router.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_on_a_tls_listener_get_their_own_certificate_and_requests() {
+    use atlas_local::proxy::ServiceRoute;
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"], 2031);
+    let b = pki.leaf("b", &["b.test"], 2032);
+    let router = ProxyRouter::shared_builder()
+        .worker_threads(1)
+        .tls(
+            TlsConfig::new()
+                .certificate(&a.cert, &a.key)
+                .certificate(&b.cert, &b.key),
+        )
+        .build()
+        .await
+        .unwrap();
+    let upstream = upstream().await;
+    let mut views = Vec::new();
+    for name in ["a", "b"] {
+        let service = ServiceName::new(name).unwrap();
+        let view = router
+            .add_service(service.clone(), ServiceRoute::host(format!("{name}.test")))
+            .unwrap();
+        view.set_endpoints(&service, Slot::Blue, &[Endpoint::new("blue-0", upstream)])
+            .await
+            .unwrap();
+        view.set_split(&service, &TrafficSplit::all_to(Slot::Blue))
+            .await
+            .unwrap();
+        views.push(view);
+    }
+    let connector = pki.client(&[&rustls::version::TLS13]);
+    for (sni, leaf, requests) in [("a.test", &a, 1), ("b.test", &b, 2)] {
+        let mut stream = connect(&connector, router.local_addr(), sni).await;
+        assert!(served(&stream) == leaf.der, "wrong certificate for {sni}");
+        for _ in 0..requests {
+            let seen = get(&mut stream, sni, "/x").await;
+            assert!(seen.head.starts_with("http/1.1 200"), "{}", seen.head);
+            assert_eq!(seen.body, "upstream saw /x");
+        }
+    }
+    // Each service counts its own requests (recorded just after the
+    // response went out).
+    let requests = || -> Vec<u64> {
+        views
+            .iter()
+            .map(|v| {
+                v.metrics()
+                    .window_stats(Slot::Blue, Duration::from_secs(60))
+                    .requests
+            })
+            .collect()
+    };
+    bounded("the requests to be counted", async {
+        while requests() != [1, 2] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // A host no service claims gets the 404, over TLS too.
+    let mut stream = connect(&connector, router.local_addr(), "a.test").await;
+    let seen = get(&mut stream, "c.test", "/").await;
+    assert!(seen.head.starts_with("http/1.1 404"), "{}", seen.head);
+    router.shutdown().await;
+}

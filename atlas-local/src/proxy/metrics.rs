@@ -618,7 +618,11 @@ impl ProxyMetrics {
     }
 
     /// All metrics in the Prometheus text exposition format (version
-    /// 0.0.4), as the admin endpoint serves them at `/metrics`.
+    /// 0.0.4), as the admin endpoint serves them at `/metrics`. On a router
+    /// with services added, each family lists the router's own service
+    /// (unless it has none) and every added service, told apart by the
+    /// `service` label; the region and certificate families are the
+    /// router's.
     ///
     /// | metric | type | labels |
     /// |---|---|---|
@@ -627,6 +631,7 @@ impl ProxyMetrics {
     /// | `atlas_proxy_errors_total` | counter | `service`, `slot`, `reason` (`no_endpoint`, `upstream_unreachable`, `upstream_failed`, `upstream_timeout`) |
     /// | `atlas_proxy_upstream_retries_total` | counter | `service`, `slot` |
     /// | `atlas_proxy_unrouted_requests_total` | counter | `service` (503s before any split was set) |
+    /// | `atlas_proxy_unmatched_requests_total` | counter | none (404s no service's route matched; only on a router without a service of its own) |
     /// | `atlas_proxy_upgraded_connections_total` | counter | `service`, `slot` (connections switched to another protocol, such as WebSocket) |
     /// | `atlas_proxy_upgraded_connections_open` | gauge | `service`, `slot` |
     /// | `atlas_proxy_upgraded_connections_drained_total` | counter | `service`, `slot` (closed by a cutover's drain time) |

@@ -1,5 +1,6 @@
 //! Atlas's own traffic router for one host: an HTTP/1.1 reverse proxy that
-//! splits one service's traffic by weight between its blue and green slots.
+//! splits a service's traffic by weight between its blue and green slots,
+//! for one service or several on one listener.
 //!
 //! [`ProxyRouter`] implements [`TrafficRouter`]:
 //!
@@ -38,6 +39,32 @@
 //!   region's group, and the metrics add per-region counters with a
 //!   `region` label. A router without regions does no region work per
 //!   request.
+//! - **Services.** One listener can serve several services, each with
+//!   its own split, endpoints, sticky cookie and metrics:
+//!   [`ProxyRouter::add_service`] routes the requests a [`ServiceRoute`]
+//!   matches (host names, case-insensitive, port ignored, an optional
+//!   leading `*.` wildcard label; an optional path prefix) to the service,
+//!   and returns its [`ProxyService`] view, a [`TrafficRouter`] of its own
+//!   (the router's own `TrafficRouter` calls naming the service act on it
+//!   too). The exact host beats a wildcard, and the longest matching path
+//!   prefix wins; the path is relayed unchanged. A second claim of a host
+//!   and prefix is an [`Error::Conflict`] naming the host and the service
+//!   that owns it. The route table swaps atomically like the split, so requests
+//!   in flight finish where they started;
+//!   [`remove_service`](ProxyRouter::remove_service) drains the service's
+//!   requests in flight as removed endpoints drain. A router from
+//!   [`ProxyRouter::builder`] serves its own service for every request no
+//!   route matches (a router without added services does no routing work
+//!   per request but one flag read); one from
+//!   [`ProxyRouter::shared_builder`] has no service of its own and answers
+//!   those `404`. The metrics list every service, labelled `service`, and
+//!   measure the one `args["service"]` names; [`ProxyService::metrics`]
+//!   gives one service's. A router can serve an already bound listener
+//!   ([`ProxyRouterBuilder::listener`]: systemd socket activation) and
+//!   hand a duplicate of its own to a successor
+//!   ([`ProxyRouter::try_clone_listener`]): both accept on the one socket
+//!   until the old one [shuts down](ProxyRouter::shutdown), and no
+//!   connection is refused or dropped unanswered in between.
 //! - **Balancing.** Within a slot, the endpoint with the fewest requests in
 //!   flight wins; ties go round-robin.
 //! - **Draining.** [`set_endpoints`](TrafficRouter::set_endpoints) takes
@@ -1056,8 +1083,10 @@ async fn reap_idle(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// at once and lets open exchanges finish within the grace period in the
 /// background). Share it with an engine as `Arc<ProxyRouter>`.
 ///
-/// [`TrafficRouter`] and [`RegionRouter`] calls naming another service
-/// than the router's fail with [`Error::NotFound`].
+/// [`TrafficRouter`] calls naming a service added with
+/// [`add_service`](Self::add_service) act on that service; calls naming
+/// any other service than the router's own, and [`RegionRouter`] calls
+/// naming another service, fail with [`Error::NotFound`].
 ///
 /// ```no_run
 /// use atlas_core::region::{Region, RegionName, RegionRouter, RegionSet, RegionWeights};

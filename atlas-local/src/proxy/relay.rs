@@ -493,43 +493,31 @@ impl<C: ClientIo> ClientConn<C> {
         };
         // A router with services added routes by host and path first; one
         // without reads a single flag here.
-        let service = if self.shared.routes_services() {
-            let host = authority.map(str::as_bytes).or_else(|| {
+        let host_header = || {
+            authority.map(str::as_bytes).or_else(|| {
                 headers
                     .iter()
                     .find(|h| h.name.eq_ignore_ascii_case("host"))
                     .map(|h| h.value)
-            });
-            let routed = self.shared.route_service(host, path.as_bytes());
-            if routed.is_none() && !self.shared.own {
-                self.shared.record_unmatched();
-                tracing::debug!(host = ?host.map(String::from_utf8_lossy), "no service routes this host");
-                return Some(Parsed::Local {
-                    head_len,
-                    status: 404,
-                    text: Cow::Owned(no_service_text(host)),
-                    slot: None,
-                    close: has_body || !keep_alive,
-                });
-            }
-            routed
-        } else if !self.shared.own {
-            self.shared.record_unmatched();
-            return Some(Parsed::Local {
-                head_len,
-                status: 404,
-                text: Cow::Owned(no_service_text(
-                    headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("host"))
-                        .map(|h| h.value),
-                )),
-                slot: None,
-                close: has_body || !keep_alive,
-            });
+            })
+        };
+        let service = if self.shared.routes_services() {
+            self.shared.route_service(host_header(), path.as_bytes())
         } else {
             None
         };
+        if service.is_none() && !self.shared.own {
+            let host = host_header();
+            self.shared.record_unmatched();
+            tracing::debug!(host = ?host.map(String::from_utf8_lossy), "no service routes this host");
+            return Some(Parsed::Local {
+                head_len,
+                status: 404,
+                text: Cow::Owned(no_service_text(host)),
+                slot: None,
+                close: has_body || !keep_alive,
+            });
+        }
         let shared = service.as_deref().unwrap_or(&*self.shared);
         let (region, Route { slot, set_sticky }, attempt) = match &shared.regions {
             // A router without regions: the split, then the slot's endpoints.

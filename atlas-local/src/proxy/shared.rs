@@ -316,13 +316,19 @@ impl Shared {
         std::iter::once(&self.slots).chain(others).enumerate()
     }
 
-    /// Idle connections of every endpoint are closed when expired.
+    /// Idle connections of every endpoint, the added services' included,
+    /// are closed when expired.
     pub(crate) fn reap(&self) {
         for (_, group) in self.groups() {
             for state in group {
                 for upstream in state.endpoints.load().iter() {
                     upstream.reap(&self.pool);
                 }
+            }
+        }
+        if self.routes_services() {
+            for (_, _, service) in self.services.table.load().services() {
+                service.reap();
             }
         }
     }
