@@ -1,9 +1,9 @@
 //! `atlasd`: the local runtime as a long-running service.
 //!
-//! One [`Daemon`] owns one [`ProxyRouter`](crate::proxy::ProxyRouter)
+//! One [`Daemon`] owns one [`ProxyRouter`]
 //! listener for every service of the host (routed by `Host` and optional
 //! path prefix), supervises every replica as a child process
-//! ([`ProcessWorkloads`](crate::process::ProcessWorkloads) in detached mode,
+//! ([`ProcessWorkloads`] in detached mode,
 //! restarting crashed replicas with backoff), and persists services,
 //! routes, splits, endpoints and replica records in
 //! `{state_dir}/atlasd.json`. Deploy programs talk to it through the admin
