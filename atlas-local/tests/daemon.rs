@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use atlas_core::testing::conformance::{self, workloads::WorkloadsFixture};
 use atlas_core::{
-    Endpoint, ErrorKind, Measurement, MetricProvider, MetricQuery, Release, ServiceName, Slot,
+    Endpoint, ErrorKind, Measurement, MetricProvider, MetricQuery, ServiceName, Slot,
     TrafficRouter, TrafficSplit, Workloads,
 };
 use atlas_local::daemon::api::{ApiErrorKind, ApiRequest};
@@ -26,31 +26,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep};
 
+mod common;
+use common::{http_server, python};
+
 const WAIT: Duration = Duration::from_secs(20);
-
-fn python() -> String {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3".into()
-    } else {
-        "python3".into()
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// An HTTP server on `127.0.0.1:$PORT` serving `dir`.
-fn http_server(version: &str, dir: &Path) -> Release {
-    Release::new(version, "sh")
-        .with_arg("-c")
-        .with_arg(format!(
-            "exec {} -m http.server --bind 127.0.0.1 --directory {} \"$PORT\"",
-            shell_quote(&python()),
-            shell_quote(&dir.display().to_string())
-        ))
-        .with_env("PYTHONUNBUFFERED", "1")
-}
 
 fn service(name: &str) -> ServiceName {
     ServiceName::new(name).unwrap()

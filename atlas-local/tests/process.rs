@@ -14,39 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep};
 
+mod common;
+use common::{http_server, python, script};
+
 const WAIT: Duration = Duration::from_secs(20);
-
-fn python() -> String {
-    // The distribution's interpreter starts faster than a version-manager shim.
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3".into()
-    } else {
-        "python3".into()
-    }
-}
-
-/// A shell command as a release: `sh -c SCRIPT`.
-fn script(version: &str, script: &str) -> Release {
-    Release::new(version, "sh").with_arg("-c").with_arg(script)
-}
-
-/// An HTTP server on `127.0.0.1:$PORT` serving `dir`. http.server takes
-/// the port as an argument, so `sh` passes `$PORT` on.
-fn http_server(version: &str, dir: &Path) -> Release {
-    script(
-        version,
-        &format!(
-            "exec {} -m http.server --bind 127.0.0.1 --directory {} \"$PORT\"",
-            shell_quote(&python()),
-            shell_quote(&dir.display().to_string())
-        ),
-    )
-    .with_env("PYTHONUNBUFFERED", "1")
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
 
 fn workloads(logs: &Path) -> ProcessWorkloads {
     ProcessWorkloads::builder()

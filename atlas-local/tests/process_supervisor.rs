@@ -19,6 +19,9 @@ use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep};
 
+mod common;
+use common::{script, shell_quote};
+
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Backoffs short enough for real processes: 50 ms doubling to 200 ms.
@@ -30,36 +33,11 @@ fn fast_restarts(reset_after: Duration) -> RestartPolicy {
     }
 }
 
-fn python() -> String {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3".into()
-    } else {
-        "python3".into()
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// A shell command as a release: `sh -c SCRIPT`.
-fn script(version: &str, script: &str) -> Release {
-    Release::new(version, "sh").with_arg("-c").with_arg(script)
-}
-
-/// An HTTP server on `127.0.0.1:$PORT` serving `dir`.
+/// An HTTP server on `127.0.0.1:$PORT` serving `dir`, with a secret in
+/// its environment: records carry the environment, and the tests check it
+/// round-trips.
 fn http_server(version: &str, dir: &Path) -> Release {
-    script(
-        version,
-        &format!(
-            "exec {} -m http.server --bind 127.0.0.1 --directory {} \"$PORT\"",
-            shell_quote(&python()),
-            shell_quote(&dir.display().to_string())
-        ),
-    )
-    .with_env("PYTHONUNBUFFERED", "1")
-    // Records carry the environment; the test checks it round-trips.
-    .with_env("API_TOKEN", "s3cret")
+    common::http_server(version, dir).with_env("API_TOKEN", "s3cret")
 }
 
 fn builder(logs: &Path) -> atlas_local::process::ProcessWorkloadsBuilder {
