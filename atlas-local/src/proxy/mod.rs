@@ -201,7 +201,7 @@
 // module; upstream uses replica_stats; headers and body use h1;
 // balance uses h1 and upstream; admin uses metrics; shared uses balance,
 // metrics, route, tls and upstream; relay, region and service use those;
-// and nothing uses this module, which ties them together.
+// http2 uses relay; and nothing uses this module, which ties them together.
 mod access_log;
 mod admin;
 mod balance;
@@ -209,6 +209,7 @@ mod body;
 mod gzip;
 mod h1;
 mod headers;
+mod http2;
 mod metrics;
 mod region;
 mod relay;
@@ -732,7 +733,7 @@ impl ProxyRouterBuilder {
                 stop_rx.clone(),
                 self.grace_period,
                 move |stream, peer, stop| {
-                    relay::serve_connection(for_requests.clone(), tls.clone(), stream, peer, stop)
+                    http2::serve_connection(for_requests.clone(), tls.clone(), stream, peer, stop)
                         .instrument(tracing::trace_span!("client_connection", %peer))
                 },
             );
@@ -901,7 +902,7 @@ fn start_workers(
                     }
                     let worker_span = tracing::debug_span!(parent: &span, "worker", index);
                     server::serve_handed(incoming, stop, grace, move |stream, peer, stop| {
-                        relay::serve_connection(shared.clone(), tls.clone(), stream, peer, stop)
+                        http2::serve_connection(shared.clone(), tls.clone(), stream, peer, stop)
                             .instrument(tracing::trace_span!("client_connection", %peer))
                     })
                     .instrument(worker_span)
