@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use atlas_core::{Endpoint, RequestMatch, ServiceName, Slot, TrafficRouter, TrafficSplit};
-use atlas_local::proxy::{Hsts, ProxyRouter, TlsConfig};
+use atlas_local::proxy::{AccessLog, Hsts, ProxyRouter, ServiceRoute, TlsConfig};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
@@ -43,7 +43,7 @@ type ClientBody = BoxBody<Bytes, Infallible>;
 // One CA and one leaf for `a.test` per test.
 
 struct Pki {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     ca_der: CertificateDer<'static>,
     ca_file: PathBuf,
     cert: PathBuf,
@@ -70,7 +70,7 @@ impl Pki {
             cert: dir.path().join("a.crt"),
             key: dir.path().join("a.key"),
             ca_der: ca_cert.der().clone(),
-            _dir: dir,
+            dir,
         };
         std::fs::write(&pki.ca_file, ca_cert.pem()).unwrap();
         std::fs::write(&pki.cert, cert.pem()).unwrap();
@@ -573,4 +573,92 @@ async fn curl_speaks_http2_through_the_proxy() {
     assert!(text.contains("b0 HTTP/1.1 host=a.test:"), "{text}");
     assert!(text.ends_with("version=2"), "{text}");
     router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_by_authority_sticky_cookies_and_the_access_log_cover_h2() {
+    let pki = Pki::new();
+    let (blue, green, shop) = (
+        upstream("b0").await,
+        upstream("g0").await,
+        upstream("shop").await,
+    );
+    let log_file = pki.dir.path().join("access.log");
+    let router = ProxyRouter::builder(service())
+        .worker_threads(1)
+        .initial_split(TrafficSplit::new(Slot::Blue, 50).unwrap())
+        .sticky_cookie("atlas-slot")
+        .access_log(AccessLog::to_file(&log_file).unwrap())
+        .tls(pki.tls())
+        .build()
+        .await
+        .unwrap();
+    router
+        .set_endpoints(&service(), Slot::Blue, &[Endpoint::new("blue-0", blue)])
+        .await
+        .unwrap();
+    router
+        .set_endpoints(&service(), Slot::Green, &[Endpoint::new("green-0", green)])
+        .await
+        .unwrap();
+    let shop_name = ServiceName::new("shop").unwrap();
+    let shop_view = router
+        .add_service(shop_name.clone(), ServiceRoute::host("shop.test"))
+        .unwrap();
+    shop_view
+        .set_endpoints(&shop_name, Slot::Blue, &[Endpoint::new("shop-0", shop)])
+        .await
+        .unwrap();
+    shop_view
+        .set_split(&shop_name, &TrafficSplit::all_to(Slot::Blue))
+        .await
+        .unwrap();
+    let mut h2 = pki.h2(router.local_addr()).await;
+
+    // `:authority` routes: the same connection reaches both services.
+    let shop_get = Request::get("https://shop.test/cart")
+        .body(Empty::new().boxed())
+        .unwrap();
+    let (parts, body) = send(&mut h2, shop_get).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(body.starts_with("shop HTTP/1.1 host=shop.test"), "{body}");
+
+    // A weighted choice sets the cookie; the cookie brings the client back.
+    let (parts, _) = send(&mut h2, get("/first")).await;
+    let slot = slot_of(&parts).to_owned();
+    let cookie = parts.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with(&format!("atlas-slot={slot}")),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    for _ in 0..20 {
+        let mut request = get("/again");
+        request
+            .headers_mut()
+            .insert("cookie", pair.parse().unwrap());
+        let (parts, _) = send(&mut h2, request).await;
+        assert_eq!(slot_of(&parts), slot);
+        assert!(!parts.headers.contains_key("set-cookie"));
+    }
+    settled(&router).await;
+    router.shutdown().await;
+
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 22, "{log}");
+    let shop_line = &lines[0];
+    assert_eq!(shop_line["service"], "shop");
+    assert_eq!(shop_line["method"], "GET");
+    assert_eq!(shop_line["path"], "/cart");
+    assert_eq!(shop_line["status"], 200);
+    assert_eq!(shop_line["upstream"], shop.to_string());
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l["service"] == "edge" && l["slot"] == slot.as_str())
+    );
 }
