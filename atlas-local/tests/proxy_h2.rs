@@ -662,3 +662,58 @@ async fn services_by_authority_sticky_cookies_and_the_access_log_cover_h2() {
             .all(|l| l["service"] == "edge" && l["slot"] == slot.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_answers_504_or_resets_a_streaming_response() {
+    let pki = Pki::new();
+    let blue = upstream("b0").await;
+    let router = ProxyRouter::builder(service())
+        .worker_threads(1)
+        .initial_split(TrafficSplit::all_to(Slot::Blue))
+        .request_timeout(Duration::from_millis(300))
+        .tls(pki.tls())
+        .build()
+        .await
+        .unwrap();
+    router
+        .set_endpoints(&service(), Slot::Blue, &[Endpoint::new("blue-0", blue)])
+        .await
+        .unwrap();
+    let mut h2 = pki.h2(router.local_addr()).await;
+
+    // No response head within the timeout: 504, counted as a proxy error.
+    let (parts, _) = send(&mut h2, get("/slow")).await;
+    assert_eq!(
+        (parts.status, slot_of(&parts)),
+        (StatusCode::GATEWAY_TIMEOUT, "blue")
+    );
+
+    // A response that started but has not ended by then is reset.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let request = Request::post("https://a.test/echo")
+        .body(StreamBody::new(tokio_stream_from(rx)).boxed())
+        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"start"))))
+        .await
+        .unwrap();
+    h2.ready().await.unwrap();
+    let response = bounded("the echo's head", h2.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = tokio::time::Instant::now();
+    let body = bounded("the echo's end", response.into_body().collect()).await;
+    assert!(body.is_err(), "the stream was not reset");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(tx);
+
+    // A quick request on the same connection is unaffected.
+    let (parts, _) = send(&mut h2, get("/quick")).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    settled(&router).await;
+    let stats = router
+        .metrics()
+        .window_stats(Slot::Blue, Duration::from_secs(60));
+    assert_eq!((stats.requests, stats.proxy_errors), (3, 2));
+    router.shutdown().await;
+}

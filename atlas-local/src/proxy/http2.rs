@@ -32,7 +32,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::h1::{SLOT_HEADER, is_hop_by_hop};
 use super::headers::{PeerInfo, put_forwarding};
@@ -116,7 +116,7 @@ async fn serve_h2(
         let conn = conn.clone();
         let open = OpenStream::new(&counter);
         async move {
-            let response = conn.relay(request).await;
+            let response = conn.relay_within(request).await;
             Ok::<_, Infallible>(response.map(|body| Tracked { body, _open: open }))
         }
     });
@@ -183,12 +183,12 @@ struct Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 
@@ -202,8 +202,37 @@ impl Body for Tracked {
 }
 
 impl H2Conn {
-    /// Relays one stream, or answers it when it cannot be relayed.
-    async fn relay(&self, request: Request<Incoming>) -> Response<RelayBody> {
+    /// Relays one stream within the request timeout, if one is set: a
+    /// stream without a response head by then gets 504, and one whose
+    /// response body is still streaming is reset.
+    async fn relay_within(&self, request: Request<Incoming>) -> Response<RelayBody> {
+        let Some(limit) = self.shared.request_timeout else {
+            return self.relay(request, None, &mut None).await;
+        };
+        let deadline = Instant::now() + limit;
+        let mut chosen = None;
+        let relayed =
+            tokio::time::timeout_at(deadline, self.relay(request, Some(deadline), &mut chosen))
+                .await;
+        match relayed {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::debug!(slot = ?chosen, ?limit, "request timeout");
+                let (status, text) = failure_answer(ProxyFailure::Timeout);
+                self.local(status, text.into(), chosen)
+            }
+        }
+    }
+
+    /// Relays one stream, or answers it when it cannot be relayed;
+    /// `chosen` is set to the slot once one is chosen, and the response
+    /// body is cut off at `deadline`.
+    async fn relay(
+        &self,
+        request: Request<Incoming>,
+        deadline: Option<Instant>,
+        chosen: &mut Option<atlas_core::Slot>,
+    ) -> Response<RelayBody> {
         let start = Instant::now();
         let (parts, body) = request.into_parts();
         let host: Option<&[u8]> = parts
@@ -246,6 +275,7 @@ impl H2Conn {
             Err(refused) => return self.local(refused.status, refused.text.into(), refused.slot),
         };
         let slot = route.slot;
+        *chosen = Some(slot);
         let mut exchange = Exchange {
             shared: shared.clone(),
             region,
@@ -404,6 +434,7 @@ impl H2Conn {
             inner: incoming,
             exchange,
             reusable,
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
         });
         *out.status_mut() = status;
         let headers = out.headers_mut();
@@ -553,17 +584,19 @@ enum RelayBody {
         exchange: Exchange,
         /// Set at the body's end when its connection may be pooled.
         reusable: Option<Arc<AtomicBool>>,
+        /// The end of the request timeout, if one is set.
+        deadline: Option<Pin<Box<Sleep>>>,
     },
 }
 
 impl Body for RelayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RelayBody::Local(full) => Pin::new(full)
                 .poll_frame(cx)
@@ -572,8 +605,16 @@ impl Body for RelayBody {
                 inner,
                 exchange,
                 reusable,
+                deadline,
             } => {
-                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                if let Some(deadline) = deadline
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    tracing::debug!(slot = %exchange.slot, "request timeout while the response streamed");
+                    exchange.outcome = Some(Outcome::Failed(ProxyFailure::Timeout));
+                    return Poll::Ready(Some(Err("request timeout".into())));
+                }
+                let polled = Pin::new(&mut *inner).poll_frame(cx).map_err(BoxError::from);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {

@@ -134,8 +134,9 @@
 //!   503, no response head within the response timeout 504; a failed
 //!   connection is retried as on the HTTP/1.1 path. On a stop each
 //!   HTTP/2 connection gets a GOAWAY and its open streams finish within
-//!   the grace period. Not on the HTTP/2 path yet: gzip, upgrades (there
-//!   is no `101`), the request timeout, the client body timeout and the
+//!   the grace period. The request timeout answers 504 before a response
+//!   head and resets the stream after one. Not on the HTTP/2 path yet:
+//!   gzip, upgrades (there is no `101`), the client body timeout and the
 //!   response idle timeout; a body over
 //!   [`ProxyRouterBuilder::max_request_body`] is refused with 413 when its
 //!   length is declared and cut off upstream (502) when it is not.
