@@ -293,6 +293,10 @@ impl H2Conn {
         };
         let upstream_headers = self.upstream_headers(&parts.headers, &listed, host);
         drop(listed);
+        // Origin form: the path and query as the client sent them.
+        let target = path
+            .parse::<http::Uri>()
+            .unwrap_or_else(|_| http::Uri::from_static("/"));
         let may_retry = body.is_end_stream() && is_idempotent(parts.method.as_str());
         let mut body: Option<UpstreamBody> = Some(match shared.max_request_body {
             Some(max) => Limited::new(body, max as usize).boxed(),
@@ -367,14 +371,7 @@ impl H2Conn {
                     .unwrap_or_else(|| Empty::new().map_err(BoxError::from).boxed()),
             );
             *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = parts.uri.path_and_query().map_or_else(
-                || "/".parse().expect("a valid path"),
-                |p| {
-                    p.as_str()
-                        .parse()
-                        .unwrap_or_else(|_| "/".parse().expect("a valid path"))
-                },
-            );
+            *request.uri_mut() = target.clone();
             *request.version_mut() = Version::HTTP_11;
             *request.headers_mut() = upstream_headers.clone();
             if !request.headers().contains_key(header::HOST)
