@@ -717,3 +717,39 @@ async fn the_request_timeout_answers_504_or_resets_a_streaming_response() {
     assert_eq!((stats.requests, stats.proxy_errors), (3, 2));
     router.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_is_closed_after_the_client_header_timeout() {
+    let pki = Pki::new();
+    let blue = upstream("b0").await;
+    let router = ProxyRouter::builder(service())
+        .worker_threads(1)
+        .initial_split(TrafficSplit::all_to(Slot::Blue))
+        .client_header_timeout(Duration::from_millis(300))
+        .tls(pki.tls())
+        .build()
+        .await
+        .unwrap();
+    router
+        .set_endpoints(&service(), Slot::Blue, &[Endpoint::new("blue-0", blue)])
+        .await
+        .unwrap();
+    let mut h2 = pki.h2(router.local_addr()).await;
+    // A stream slower than the timeout keeps the connection open.
+    let (parts, _) = send(&mut h2, get("/slow")).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(!h2.is_closed());
+    let idle = tokio::time::Instant::now();
+    bounded("the idle connection to close", async {
+        while !h2.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    router.shutdown().await;
+}

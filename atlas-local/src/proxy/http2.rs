@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -94,9 +94,10 @@ struct H2Conn {
     hsts: Option<HeaderValue>,
 }
 
-/// Serves one HTTP/2 connection until the client closes it or the router
-/// stops: then the client gets a GOAWAY and the streams already open
-/// finish (within the router's grace period for connections).
+/// Serves one HTTP/2 connection until the client closes it, it stays idle
+/// for the client header timeout, or the router stops: then the client
+/// gets a GOAWAY and the streams already open finish (within the router's
+/// grace period for connections).
 async fn serve_h2(
     shared: Arc<Shared>,
     stream: tokio_rustls::server::TlsStream<TcpStream>,
@@ -104,6 +105,7 @@ async fn serve_h2(
     mut stop: watch::Receiver<bool>,
     hsts: Option<Arc<[u8]>>,
 ) {
+    let idle_limit = shared.client_header_timeout;
     let conn = Arc::new(H2Conn {
         shared,
         peer: PeerInfo::new(peer.ip()).over_tls(),
@@ -112,8 +114,11 @@ async fn serve_h2(
     tracing::debug!(%peer, "HTTP/2 connection");
     let open = Arc::new(AtomicUsize::new(0));
     let counter = open.clone();
+    let started = Arc::new(AtomicU64::new(0));
+    let starts = started.clone();
     let service = service_fn(move |request| {
         let conn = conn.clone();
+        starts.fetch_add(1, Ordering::Relaxed);
         let open = OpenStream::new(&counter);
         async move {
             let response = conn.relay_within(request).await;
@@ -124,14 +129,28 @@ async fn serve_h2(
     builder.timer(TokioTimer::new());
     let served = builder.serve_connection(TokioIo::new(stream), service);
     let mut served = pin!(served);
-    tokio::select! {
-        ended = served.as_mut() => {
-            if let Err(error) = ended {
-                tracing::debug!(%error, "HTTP/2 connection ended");
+    // A connection without a stream for a whole client header timeout
+    // (checked once per period, so idle for one to two periods) is closed
+    // as an idle HTTP/1.1 connection is.
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            ended = served.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%error, "HTTP/2 connection ended");
+                }
+                return;
             }
-            return;
+            () = stopped(&mut stop) => break,
+            () = tokio::time::sleep(idle_limit.unwrap_or(Duration::MAX)), if idle_limit.is_some() => {
+                let now = started.load(Ordering::Relaxed);
+                if now == seen && open.load(Ordering::Acquire) == 0 {
+                    tracing::debug!("idle HTTP/2 connection closed");
+                    break;
+                }
+                seen = now;
+            }
         }
-        () = stopped(&mut stop) => {}
     }
     served.as_mut().graceful_shutdown();
     // The GOAWAY's end waits for the client to acknowledge it; a client

@@ -134,8 +134,10 @@
 //!   503, no response head within the response timeout 504; a failed
 //!   connection is retried as on the HTTP/1.1 path. On a stop each
 //!   HTTP/2 connection gets a GOAWAY and its open streams finish within
-//!   the grace period. The request timeout answers 504 before a response
-//!   head and resets the stream after one. Not on the HTTP/2 path yet:
+//!   the grace period, and a connection without a stream for the client
+//!   header timeout is closed the same way. The request timeout answers
+//!   504 before a response head and resets the stream after one. Not on
+//!   the HTTP/2 path yet:
 //!   gzip, upgrades (there is no `101`), the client body timeout and the
 //!   response idle timeout; a body over
 //!   [`ProxyRouterBuilder::max_request_body`] is refused with 413 when its
