@@ -1,6 +1,7 @@
-//! Atlas's own traffic router for one host: an HTTP/1.1 reverse proxy that
-//! splits a service's traffic by weight between its blue and green slots,
-//! for one service or several on one listener.
+//! Atlas's own traffic router for one host: an HTTP/1.1 reverse proxy (and
+//! HTTP/2 for clients over TLS) that splits a service's traffic by weight
+//! between its blue and green slots, for one service or several on one
+//! listener.
 //!
 //! [`ProxyRouter`] implements [`TrafficRouter`]:
 //!
@@ -94,7 +95,8 @@
 //!   early, or with a status of 400 or more, is closed rather than pooled:
 //!   such an upstream may close it right after the answer without saying
 //!   so, and the next request on it could not be retried.
-//! - **Protocol.** HTTP/1.1 and 1.0 clients, keep-alive and pipelining;
+//! - **Protocol.** HTTP/1.1 and 1.0 clients, keep-alive and pipelining,
+//!   and HTTP/2 clients over TLS;
 //!   upstreams are always spoken to in HTTP/1.1 over kept-alive
 //!   connections. Message framing follows RFC 9112 strictly, so the proxy
 //!   and an upstream can never disagree on where a request ends (request
@@ -120,6 +122,26 @@
 //!   may stream for as long as it takes, unless
 //!   [`ProxyRouterBuilder::response_idle_timeout`] bounds the quiet time
 //!   between two reads.
+//!   HTTP/2 clients are served on a TLS listener that offers ALPN `h2`
+//!   ([`TlsConfig::http2`], on by default; no cleartext `h2c`): hyper's
+//!   HTTP/2 server takes the connection and each stream is relayed to an
+//!   HTTP/1.1 upstream chosen exactly as an HTTP/1.1 request's is (host
+//!   from `:authority`, the same split, match rule, sticky cookie,
+//!   endpoint choice, in-flight count, metrics, access log, HSTS and
+//!   [`SLOT_HEADER`]) over the same pooled connections, bodies streamed
+//!   both ways; connection-specific headers are dropped both ways and
+//!   split `cookie` fields joined. Unreachable upstream 502, no endpoint
+//!   503, no response head within the response timeout 504; a failed
+//!   connection is retried as on the HTTP/1.1 path. On a stop each
+//!   HTTP/2 connection gets a GOAWAY and its open streams finish within
+//!   the grace period, and a connection without a stream for the client
+//!   header timeout is closed the same way. The request timeout answers
+//!   504 before a response head and resets the stream after one. Not on
+//!   the HTTP/2 path yet:
+//!   gzip, upgrades (there is no `101`), the client body timeout and the
+//!   response idle timeout; a body over
+//!   [`ProxyRouterBuilder::max_request_body`] is refused with 413 when its
+//!   length is declared and cut off upstream (502) when it is not.
 //! - **Upgrades.** A bodiless HTTP/1.1 request with `Connection: upgrade`
 //!   and an `Upgrade` header (WebSocket) is relayed with both; a `101`
 //!   answer turns the connection into a tunnel relaying bytes both ways
@@ -156,7 +178,8 @@
 //!   optional [`Hsts`] header goes on every TLS response (the upstream's
 //!   own is replaced), and an optional plain-HTTP listener
 //!   ([`TlsConfig::redirect_http`]) answers everything with a `301` to
-//!   `https://` the same host and path. HTTP/2 is not offered.
+//!   `https://` the same host and path. HTTP/2 is offered through ALPN
+//!   (see **Protocol**).
 //! - **Access log.** Optional JSON lines, one per relayed request
 //!   ([`AccessLog`]); off by default, at no cost on the request path.
 //! - **Metrics.** [`ProxyRouter::metrics`] gives a [`ProxyMetrics`], a
@@ -201,7 +224,7 @@
 // module; upstream uses replica_stats; headers and body use h1;
 // balance uses h1 and upstream; admin uses metrics; shared uses balance,
 // metrics, route, tls and upstream; relay, region and service use those;
-// and nothing uses this module, which ties them together.
+// http2 uses relay; and nothing uses this module, which ties them together.
 mod access_log;
 mod admin;
 mod balance;
@@ -209,6 +232,7 @@ mod body;
 mod gzip;
 mod h1;
 mod headers;
+mod http2;
 mod metrics;
 mod region;
 mod relay;
@@ -732,7 +756,7 @@ impl ProxyRouterBuilder {
                 stop_rx.clone(),
                 self.grace_period,
                 move |stream, peer, stop| {
-                    relay::serve_connection(for_requests.clone(), tls.clone(), stream, peer, stop)
+                    http2::serve_connection(for_requests.clone(), tls.clone(), stream, peer, stop)
                         .instrument(tracing::trace_span!("client_connection", %peer))
                 },
             );
@@ -901,7 +925,7 @@ fn start_workers(
                     }
                     let worker_span = tracing::debug_span!(parent: &span, "worker", index);
                     server::serve_handed(incoming, stop, grace, move |stream, peer, stop| {
-                        relay::serve_connection(shared.clone(), tls.clone(), stream, peer, stop)
+                        http2::serve_connection(shared.clone(), tls.clone(), stream, peer, stop)
                             .instrument(tracing::trace_span!("client_connection", %peer))
                     })
                     .instrument(worker_span)

@@ -44,12 +44,11 @@ use super::headers::{PeerInfo, put_forwarding, put_relayed};
 use super::metrics::{Outcome, ProxyFailure};
 use super::server::stopped;
 use super::shared::{RegionChoice, Shared};
-use super::tls::Terminator;
 use super::upstream::{InFlight, UpstreamConn};
 
 /// The body of the 404 for a request no service's route matches, naming
 /// its host (visible ASCII only, at most 253 bytes).
-fn no_service_text(host: Option<&[u8]>) -> String {
+pub(crate) fn no_service_text(host: Option<&[u8]>) -> String {
     let host: String = host
         .unwrap_or_default()
         .iter()
@@ -79,39 +78,6 @@ const FIRST_REQUEST_ON_STOP: Duration = Duration::from_secs(1);
 /// Body bytes read together with a head go out with the head in one write
 /// up to this size.
 const COALESCE: usize = 16 * 1024;
-
-/// Serves one accepted connection: over TLS after the handshake when the
-/// router terminates TLS (a handshake that does not finish within the
-/// header timeout ends the connection), as plain HTTP otherwise.
-pub(crate) async fn serve_connection(
-    shared: Arc<Shared>,
-    tls: Option<Arc<Terminator>>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    stop: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let Some(tls) = tls else {
-        return serve_client(shared, stream, peer, stop, None).await;
-    };
-    let handshake = tls.acceptor.accept(stream);
-    let accepted = match shared.client_header_timeout {
-        None => handshake.await,
-        Some(limit) => match tokio::time::timeout(limit, handshake).await {
-            Ok(accepted) => accepted,
-            Err(_) => {
-                tracing::debug!(?limit, "TLS handshake not finished in time");
-                return;
-            }
-        },
-    };
-    match accepted {
-        Ok(stream) => {
-            serve_client(shared, stream, peer, stop, Some(tls.hsts.clone())).await;
-        }
-        Err(error) => tracing::debug!(%error, "TLS handshake failed"),
-    }
-}
 
 /// Serves one client connection until the client closes it, an exchange
 /// ends it, or the router stops (then after the exchange in progress).
@@ -519,42 +485,9 @@ impl<C: ClientIo> ClientConn<C> {
             });
         }
         let shared = service.as_deref().unwrap_or(&*self.shared);
-        let (region, Route { slot, set_sticky }, attempt) = match &shared.regions {
-            // A router without regions: the split, then the slot's endpoints.
-            None => {
-                let route = {
-                    let split = shared.split.load();
-                    match split.as_ref() {
-                        Some(state) => state.route(headers, shared.sticky_name()),
-                        None => {
-                            shared.metrics.record_unrouted();
-                            return Some(local(503, "no traffic split is set\n", None));
-                        }
-                    }
-                };
-                let Some(attempt) = shared.pick(route.slot, None) else {
-                    shared.record_no_endpoint(0, route.slot);
-                    let (status, text) = failure_answer(ProxyFailure::NoEndpoint);
-                    return Some(local(status, text, Some(route.slot)));
-                };
-                (0, route, attempt)
-            }
-            Some(regions) => match shared.route_regions(regions, headers, shared.sticky_name()) {
-                RegionChoice::Routed {
-                    region,
-                    route,
-                    attempt,
-                } => (region, route, attempt),
-                RegionChoice::Unrouted => {
-                    shared.metrics.record_unrouted();
-                    return Some(local(503, "no traffic split is set\n", None));
-                }
-                RegionChoice::NoEndpoint { region, slot } => {
-                    shared.record_no_endpoint(region, slot);
-                    let (status, text) = failure_answer(ProxyFailure::NoEndpoint);
-                    return Some(local(status, text, Some(slot)));
-                }
-            },
+        let (region, Route { slot, set_sticky }, attempt) = match choose(shared, headers) {
+            Ok(choice) => choice,
+            Err(refused) => return Some(local(refused.status, refused.text, refused.slot)),
         };
 
         let out = &mut self.out;
@@ -1060,8 +993,75 @@ impl<C: ClientIo> ClientConn<C> {
     }
 }
 
+/// A request [`choose`] found no upstream for: the proxy's own answer.
+pub(crate) struct Unchosen {
+    pub(crate) status: u16,
+    pub(crate) text: &'static str,
+    /// The slot chosen, when the split chose one.
+    pub(crate) slot: Option<Slot>,
+}
+
+/// Chooses the region, the slot (match rule, sticky cookie, weighted
+/// split) and the endpoint (fewest requests in flight) for a request to
+/// `shared` with `headers`, and enters the endpoint's in-flight count;
+/// the one choice both the HTTP/1.1 and the HTTP/2 paths make. A request
+/// without a split or an endpoint is counted here and gets its answer.
+pub(crate) fn choose(
+    shared: &Shared,
+    headers: &[Header<'_>],
+) -> Result<(usize, Route, InFlight), Unchosen> {
+    let unrouted = || Unchosen {
+        status: 503,
+        text: "no traffic split is set\n",
+        slot: None,
+    };
+    let no_endpoint = |slot| {
+        let (status, text) = failure_answer(ProxyFailure::NoEndpoint);
+        Unchosen {
+            status,
+            text,
+            slot: Some(slot),
+        }
+    };
+    match &shared.regions {
+        // A router without regions: the split, then the slot's endpoints.
+        None => {
+            let route = {
+                let split = shared.split.load();
+                match split.as_ref() {
+                    Some(state) => state.route(headers, shared.sticky_name()),
+                    None => {
+                        shared.metrics.record_unrouted();
+                        return Err(unrouted());
+                    }
+                }
+            };
+            let Some(attempt) = shared.pick(route.slot, None) else {
+                shared.record_no_endpoint(0, route.slot);
+                return Err(no_endpoint(route.slot));
+            };
+            Ok((0, route, attempt))
+        }
+        Some(regions) => match shared.route_regions(regions, headers, shared.sticky_name()) {
+            RegionChoice::Routed {
+                region,
+                route,
+                attempt,
+            } => Ok((region, route, attempt)),
+            RegionChoice::Unrouted => {
+                shared.metrics.record_unrouted();
+                Err(unrouted())
+            }
+            RegionChoice::NoEndpoint { region, slot } => {
+                shared.record_no_endpoint(region, slot);
+                Err(no_endpoint(slot))
+            }
+        },
+    }
+}
+
 /// The proxy's own answer to a request it could not relay.
-fn failure_answer(failure: ProxyFailure) -> (u16, &'static str) {
+pub(crate) fn failure_answer(failure: ProxyFailure) -> (u16, &'static str) {
     match failure {
         ProxyFailure::NoEndpoint => (503, "no endpoint serves the chosen slot\n"),
         ProxyFailure::Unreachable => (502, "upstream unreachable\n"),
@@ -1128,7 +1128,7 @@ async fn both(
 
 /// Methods whose repetition has the same effect as one request (RFC 9110
 /// §9.2.2), the only ones retried after a failed upstream connection.
-fn is_idempotent(method: &str) -> bool {
+pub(crate) fn is_idempotent(method: &str) -> bool {
     matches!(
         method,
         "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
@@ -1151,20 +1151,20 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
 /// One relayed request, from the choice of endpoint to the end of the
 /// response. Dropping it records the outcome (if any) and ends the
 /// endpoint's in-flight count, also when the task is cancelled.
-struct Exchange {
-    shared: Arc<Shared>,
+pub(crate) struct Exchange {
+    pub(crate) shared: Arc<Shared>,
     /// The region serving (0 in a router without regions).
-    region: usize,
-    slot: Slot,
-    start: Instant,
-    outcome: Option<Outcome>,
+    pub(crate) region: usize,
+    pub(crate) slot: Slot,
+    pub(crate) start: Instant,
+    pub(crate) outcome: Option<Outcome>,
     /// Method and target for the access log, when it is on.
-    logged: Option<Box<(String, String)>>,
+    pub(crate) logged: Option<Box<(String, String)>>,
     /// Response body bytes relayed to the client.
-    bytes: u64,
+    pub(crate) bytes: u64,
     // Declared last: dropped after the metrics are recorded, so a drain
     // that ends sees this request counted.
-    in_flight: InFlight,
+    pub(crate) in_flight: InFlight,
 }
 
 impl Drop for Exchange {

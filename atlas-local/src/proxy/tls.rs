@@ -40,6 +40,8 @@ pub struct TlsConfig {
     pub(crate) hsts: Option<Hsts>,
     pub(crate) redirect_http: Option<SocketAddr>,
     pub(crate) watch_interval: Option<Duration>,
+    /// HTTP/2 is not offered (ALPN `http/1.1` only).
+    pub(crate) no_http2: bool,
 }
 
 impl TlsConfig {
@@ -81,6 +83,15 @@ impl TlsConfig {
     /// on demand).
     pub fn watch_files(mut self, interval: Duration) -> Self {
         self.watch_interval = Some(interval);
+        self
+    }
+
+    /// Whether clients may speak HTTP/2 (on by default): the listener
+    /// offers ALPN `h2` before `http/1.1`, and a connection that chose
+    /// `h2` is served by an HTTP/2 server whose requests are relayed to
+    /// the HTTP/1.1 upstreams. With `false` only `http/1.1` is offered.
+    pub fn http2(mut self, enabled: bool) -> Self {
+        self.no_http2 = !enabled;
         self
     }
 }
@@ -264,11 +275,16 @@ impl Terminator {
         let resolver = Arc::new(Resolver {
             set: ArcSwap::from_pointee(set),
         });
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| Error::invalid("tls", format!("no usable TLS protocol version: {e}")))?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
+        server.alpn_protocols = if config.no_http2 {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
         Ok(Terminator {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             resolver,
