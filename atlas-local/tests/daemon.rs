@@ -579,3 +579,70 @@ async fn a_stale_socket_is_replaced_and_a_live_daemon_is_not() {
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     daemon.shutdown_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_terminates_tls_with_http2_for_its_services() {
+    let dir = temp();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("who"), "over tls").unwrap();
+    // A self-signed certificate for the service's host.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["web.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("web.crt"), dir.path().join("web.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let mut c = config(dir.path());
+    c.tls = Some(atlas_local::proxy::TlsConfig::new().certificate(&cert_path, &key_path));
+    let daemon = Daemon::start(c).await.unwrap();
+    let client = AtlasdClient::unix(daemon.admin_socket());
+    let (router, workloads) = (
+        RemoteRouter::new(client.clone()),
+        RemoteWorkloads::new(client.clone()),
+    );
+    let svc = service("web");
+    client
+        .register_service(&svc, ServiceRoute::host("web.test"))
+        .await
+        .unwrap();
+    workloads
+        .deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 1)
+        .await
+        .unwrap();
+    let endpoints = wait_ready(&workloads, &svc, Slot::Blue, 1).await;
+    router
+        .set_endpoints(&svc, Slot::Blue, &endpoints)
+        .await
+        .unwrap();
+    router
+        .set_split(&svc, &TrafficSplit::all_to(Slot::Blue))
+        .await
+        .unwrap();
+    let port = daemon.proxy_addr().port();
+    for protocol in ["--http1.1", "--http2"] {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", protocol, "-w", " %{http_version}", "--cacert"])
+            .arg(&cert_path)
+            .arg("--resolve")
+            .arg(format!("web.test:{port}:127.0.0.1"))
+            .arg(format!("https://web.test:{port}/who"))
+            .output()
+            .await
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let expected = if protocol == "--http2" {
+            "over tls 2"
+        } else {
+            "over tls 1.1"
+        };
+        assert_eq!(
+            text,
+            expected,
+            "{protocol}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    daemon.shutdown_all().await;
+}

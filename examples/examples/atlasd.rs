@@ -6,6 +6,7 @@
 //! Run:
 //! `cargo run --release --example atlasd -- --state-dir /var/lib/atlas \
 //!     --listen 0.0.0.0:80 [--admin-tcp 127.0.0.1:9200 --admin-token-file /etc/atlas/token] \
+//!     [--tls-cert site.crt --tls-key site.key [--hsts-max-age 365d] [--redirect-http 0.0.0.0:80]] \
 //!     [--log-format json] [--takeover]`
 //!
 //! - `--takeover` starts a successor of the atlasd running on the same
@@ -28,6 +29,7 @@ use atlas_local::daemon::handover::systemd_listener;
 use atlas_local::daemon::server::AdminConfig;
 use atlas_local::daemon::{Daemon, DaemonConfig, Ending};
 use atlas_local::process::RestartPolicy;
+use atlas_local::proxy::{Hsts, TlsConfig};
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -73,7 +75,20 @@ struct Args {
     /// Stop the replicas too when stopped by a signal.
     #[arg(long)]
     stop_replicas: bool,
-    /// Log format on stderr (json: one object per line, for Loki).
+    /// Serve TLS with this PEM certificate chain (repeat with --tls-key for
+    /// several certificates, chosen by SNI; reloaded when the files change).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Vec<PathBuf>,
+    /// The PEM private key of the --tls-cert at the same position.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Vec<PathBuf>,
+    /// With TLS: send Strict-Transport-Security with this max-age.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    hsts_max_age: Option<Duration>,
+    /// With TLS: also answer plain HTTP here with a redirect to HTTPS.
+    #[arg(long, value_name = "ADDR")]
+    redirect_http: Option<SocketAddr>,
+    /// Log format (json: one object per line on stdout, for Loki).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -102,8 +117,37 @@ fn main() -> ExitCode {
     main_support::run_with_status("atlasd", run(args))
 }
 
+/// The TLS settings the arguments ask for, if any.
+fn tls(args: &Args) -> Result<Option<TlsConfig>, String> {
+    if args.tls_cert.len() != args.tls_key.len() {
+        return Err(format!(
+            "{} --tls-cert but {} --tls-key: give one key per certificate",
+            args.tls_cert.len(),
+            args.tls_key.len()
+        ));
+    }
+    if args.tls_cert.is_empty() {
+        if args.hsts_max_age.is_some() || args.redirect_http.is_some() {
+            return Err("--hsts-max-age and --redirect-http need --tls-cert".into());
+        }
+        return Ok(None);
+    }
+    let mut tls = TlsConfig::new().watch_files(Duration::from_secs(10));
+    for (cert, key) in args.tls_cert.iter().zip(&args.tls_key) {
+        tls = tls.certificate(cert, key);
+    }
+    if let Some(max_age) = args.hsts_max_age {
+        tls = tls.hsts(Hsts::new(max_age));
+    }
+    if let Some(addr) = args.redirect_http {
+        tls = tls.redirect_http(addr);
+    }
+    Ok(Some(tls))
+}
+
 async fn run(args: Args) -> StatusResult {
     let mut config = DaemonConfig::new(&args.state_dir);
+    config.tls = tls(&args)?;
     config.listen = args.listen;
     config.listener = systemd_listener()?;
     config.admin = AdminConfig {

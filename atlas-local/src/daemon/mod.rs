@@ -55,7 +55,7 @@ use self::handover::{HELLO, READY, read_line, receive_listener, send_listener, w
 use self::persist::StateFile;
 use self::server::{AdminConfig, AdminServer};
 use crate::process::{ProcessWorkloads, RestartPolicy};
-use crate::proxy::ProxyRouter;
+use crate::proxy::{ProxyRouter, TlsConfig};
 
 /// How to run a daemon.
 #[derive(Debug)]
@@ -80,6 +80,9 @@ pub struct DaemonConfig {
     /// Take the listening socket and the replicas over from the daemon
     /// running on the same state directory, which then drains and exits.
     pub takeover: bool,
+    /// Terminate TLS on the proxy listener (certificates chosen by SNI,
+    /// reloaded from their files, HTTP/2 by ALPN), or plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl DaemonConfig {
@@ -98,6 +101,7 @@ impl DaemonConfig {
             worker_threads: 2,
             poll_interval: Duration::from_millis(200),
             takeover: false,
+            tls: None,
         }
     }
 }
@@ -219,7 +223,11 @@ impl Daemon {
         let proxy_listener = listener
             .try_clone()
             .map_err(|e| io_err("cannot duplicate the proxy socket".into(), e))?;
-        let router = ProxyRouter::shared_builder()
+        let mut builder = ProxyRouter::shared_builder();
+        if let Some(tls) = config.tls.take() {
+            builder = builder.tls(tls);
+        }
+        let router = builder
             .listener(proxy_listener)
             .grace_period(config.grace_period)
             .worker_threads(config.worker_threads)
