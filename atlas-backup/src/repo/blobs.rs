@@ -9,7 +9,7 @@ use atlas_core::backup::{BackupTargetExt, ByteRange};
 use atlas_core::error::{Error, ErrorKind, Result};
 
 impl Repository {
-    pub(crate) async fn load_index(&self) -> Result<Index> {
+    pub(crate) async fn load_index(&self) -> Result<std::sync::Arc<Index>> {
         Index::load(self).await
     }
 

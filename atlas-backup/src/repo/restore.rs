@@ -352,7 +352,7 @@ impl Repository {
         dest: &Path,
         options: RestoreOptions,
     ) -> Result<RestoreReport> {
-        let index = Arc::new(self.load_index().await?);
+        let index = self.load_index().await?;
         let tracker = Arc::new(Tracker::new("restore", options.progress.clone()));
         let out = Arc::new(Dest::open(dest)?);
         let mut plan = Plan {
@@ -754,7 +754,7 @@ impl Repository {
         path: &str,
     ) -> Result<(Node, ByteStream)> {
         let snapshot = self.snapshot(snapshot).await?;
-        let index = Arc::new(self.load_index().await?);
+        let index = self.load_index().await?;
         let node = self
             .find_node(&index, &snapshot, path)
             .await?
