@@ -20,6 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::{self, StreamExt};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::crypto::MasterKey;
 use super::error::{BACKEND, IntegrityError, integrity_error};
 use super::format::{
     BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree, from_hex,
@@ -623,6 +624,48 @@ impl Repository {
                     }
                 }
             };
+        // What a written (or failed) blob means for its files.
+        macro_rules! settle {
+            ($id:expr, $len:expr, $written:expr) => {{
+                let (id, len, written): (BlobId, u64, std::result::Result<u64, String>) =
+                    ($id, $len, $written);
+                match written {
+                    Ok(n) => {
+                        bytes_done += n;
+                        tracker.update(|p| {
+                            p.bytes_done += n;
+                            p.bytes_read += len;
+                        });
+                        let mut j = jobs.lock().unwrap_or_else(|e| e.into_inner());
+                        for (fi, _) in users.get(&id).into_iter().flatten() {
+                            let f = &mut j[*fi];
+                            if f.failed {
+                                continue;
+                            }
+                            f.remaining -= 1;
+                            if f.remaining == 0 {
+                                match finalize(&out, f) {
+                                    Ok(()) => {
+                                        files_done += 1;
+                                        tracker.update(|p| {
+                                            p.files_done += 1;
+                                            p.current = Some(f.rel.clone());
+                                        });
+                                    }
+                                    Err(e) => {
+                                        f.failed = true;
+                                        errors.push(e);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(problem) => fail_blob(jobs, &id, problem, &mut errors),
+                }
+            }};
+        }
+        let mut batch: Vec<PendingBlob> = Vec::new();
+        let mut batch_bytes = 0u64;
         for run in runs {
             let start = u64::from(run[0].0.offset);
             let end = run
@@ -674,8 +717,6 @@ impl Repository {
                 buf.advance(skip as usize);
                 let sealed: Bytes = buf.split_to(len as usize).freeze();
                 buf_start = off + len;
-                let master = self.inner.master.clone();
-                let writer = out.clone();
                 let targets: Vec<(PathBuf, u64)> = {
                     let j = jobs.lock().unwrap_or_else(|e| e.into_inner());
                     users
@@ -686,54 +727,26 @@ impl Repository {
                         .map(|(fi, o)| (j[*fi].tmp.clone(), *o))
                         .collect()
                 };
-                let written =
-                    tokio::task::spawn_blocking(move || -> std::result::Result<u64, String> {
-                        let plain = master
-                            .decode_blob(BlobKind::Data, &id, loc.raw_length, &sealed)
-                            .map_err(|f| f.to_string())?;
-                        for (path, offset) in &targets {
-                            let f = writer.open_file(path).map_err(|e| e.to_string())?;
-                            platform::write_all_at(&f, &plain, *offset).map_err(|e| {
-                                format!("cannot write {}: {e}", writer.shown(path).display())
-                            })?;
-                        }
-                        Ok(plain.len() as u64 * targets.len() as u64)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("worker failed: {e}")));
-                match written {
-                    Ok(n) => {
-                        bytes_done += n;
-                        tracker.update(|p| {
-                            p.bytes_done += n;
-                            p.bytes_read += len;
-                        });
-                        let mut j = jobs.lock().unwrap_or_else(|e| e.into_inner());
-                        for (fi, _) in users.get(&id).into_iter().flatten() {
-                            let f = &mut j[*fi];
-                            if f.failed {
-                                continue;
-                            }
-                            f.remaining -= 1;
-                            if f.remaining == 0 {
-                                match finalize(&out, f) {
-                                    Ok(()) => {
-                                        files_done += 1;
-                                        tracker.update(|p| {
-                                            p.files_done += 1;
-                                            p.current = Some(f.rel.clone());
-                                        });
-                                    }
-                                    Err(e) => {
-                                        f.failed = true;
-                                        errors.push(e);
-                                    }
-                                }
-                            }
-                        }
+                batch_bytes += len;
+                batch.push(PendingBlob {
+                    id,
+                    raw_length: loc.raw_length,
+                    len,
+                    sealed,
+                    targets,
+                });
+                if batch.len() >= WRITE_BATCH_BLOBS || batch_bytes >= WRITE_BATCH_BYTES {
+                    batch_bytes = 0;
+                    let done =
+                        write_blobs(&self.inner.master, &out, std::mem::take(&mut batch)).await;
+                    for (id, len, written) in done {
+                        settle!(id, len, written);
                     }
-                    Err(problem) => fail_blob(jobs, &id, problem, &mut errors),
                 }
+            }
+            let done = write_blobs(&self.inner.master, &out, std::mem::take(&mut batch)).await;
+            for (id, len, written) in done {
+                settle!(id, len, written);
             }
         }
         (files_done, bytes_done, errors)
@@ -798,4 +811,63 @@ fn finalize(out: &Dest, f: &FileJob) -> Result<()> {
         .map_err(|e| io_err(&out.shown(&f.tmp), "cannot set mtime of", e))?;
     drop(file);
     out.rename_into(&f.tmp, &f.dest)
+}
+
+/// Blobs of a pack decoded and written by one blocking task at most: a
+/// tree of small files paid a task and its wake-ups per file.
+const WRITE_BATCH_BLOBS: usize = 64;
+/// Bytes (sealed) decoded and written by one blocking task at most.
+const WRITE_BATCH_BYTES: u64 = 4 << 20;
+
+/// A blob downloaded and waiting to be decoded and written.
+struct PendingBlob {
+    id: BlobId,
+    raw_length: u32,
+    /// Its sealed length.
+    len: u64,
+    sealed: Bytes,
+    /// The files (temporary paths) and offsets it goes to.
+    targets: Vec<(PathBuf, u64)>,
+}
+
+/// Decodes and writes `batch` on one blocking thread: for each blob, its
+/// id, sealed length and the bytes written (or why not).
+async fn write_blobs(
+    master: &MasterKey,
+    out: &Arc<Dest>,
+    batch: Vec<PendingBlob>,
+) -> Vec<(BlobId, u64, std::result::Result<u64, String>)> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let ids: Vec<(BlobId, u64)> = batch.iter().map(|b| (b.id, b.len)).collect();
+    let (master, writer) = (master.clone(), out.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        batch
+            .into_iter()
+            .map(|b| {
+                let written = master
+                    .decode_blob(BlobKind::Data, &b.id, b.raw_length, &b.sealed)
+                    .map_err(|f| f.to_string())
+                    .and_then(|plain| {
+                        for (path, offset) in &b.targets {
+                            let f = writer.open_file(path).map_err(|e| e.to_string())?;
+                            platform::write_all_at(&f, &plain, *offset).map_err(|e| {
+                                format!("cannot write {}: {e}", writer.shown(path).display())
+                            })?;
+                        }
+                        Ok(plain.len() as u64 * b.targets.len() as u64)
+                    });
+                (b.id, b.len, written)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match done {
+        Ok(v) => v,
+        Err(e) => ids
+            .into_iter()
+            .map(|(id, len)| (id, len, Err(format!("worker failed: {e}"))))
+            .collect(),
+    }
 }
