@@ -8,8 +8,11 @@ use super::repository::Repository;
 use atlas_core::backup::{BackupTargetExt, ByteRange};
 use atlas_core::error::{Error, ErrorKind, Result};
 
+/// Blobs smaller than this (plaintext) are decoded on the calling task.
+const INLINE_DECODE_BELOW: usize = 64 * 1024;
+
 impl Repository {
-    pub(crate) async fn load_index(&self) -> Result<Index> {
+    pub(crate) async fn load_index(&self) -> Result<std::sync::Arc<Index>> {
         Index::load(self).await
     }
 
@@ -50,15 +53,21 @@ impl Repository {
         let master = self.inner.master.clone();
         let id2 = *id;
         let raw = loc.raw_length;
-        tokio::task::spawn_blocking(move || master.decode_blob(kind, &id2, raw, &sealed))
-            .await
-            .map_err(|e| Error::backend(BACKEND, format!("decode task failed: {e}")))?
-            .map_err(|fault| {
-                let mut ie = IntegrityError::new(fault.to_string());
-                ie.blob = Some(*id);
-                ie.pack = Some(pack);
-                ie.into_error()
-            })
+        // A small blob (most trees) is decoded here: a few microseconds,
+        // less than handing it to a blocking thread and waking this task.
+        let decoded = if (raw as usize) < INLINE_DECODE_BELOW {
+            master.decode_blob(kind, &id2, raw, &sealed)
+        } else {
+            tokio::task::spawn_blocking(move || master.decode_blob(kind, &id2, raw, &sealed))
+                .await
+                .map_err(|e| Error::backend(BACKEND, format!("decode task failed: {e}")))?
+        };
+        decoded.map_err(|fault| {
+            let mut ie = IntegrityError::new(fault.to_string());
+            ie.blob = Some(*id);
+            ie.pack = Some(pack);
+            ie.into_error()
+        })
     }
 
     /// Reads a tree blob.

@@ -66,15 +66,22 @@ pub(crate) fn chunk_reader<E: From<io::Error>>(
             return Ok(total);
         }
         let window = &buf[start..end];
-        let cdc = FastCDC::with_level_and_seed(
-            window,
-            params.min_size,
-            params.avg_size,
-            params.max_size,
-            Normalization::Level1,
-            seed,
-        );
-        let (_, cut) = cdc.cut(0, window.len());
+        // What is left of the input fits in one chunk: FastCDC would cut
+        // it whole, and setting it up (two seeded gear tables, allocated)
+        // is most of the cost of chunking a small file.
+        let cut = if eof && window.len() <= params.min_size as usize {
+            window.len()
+        } else {
+            let cdc = FastCDC::with_level_and_seed(
+                window,
+                params.min_size,
+                params.avg_size,
+                params.max_size,
+                Normalization::Level1,
+                seed,
+            );
+            cdc.cut(0, window.len()).1
+        };
         let cut = cut.clamp(1, window.len());
         on_chunk(&window[..cut])?;
         start += cut;

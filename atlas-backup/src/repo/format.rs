@@ -204,7 +204,7 @@ pub struct RepoConfig {
     pub chunker: ChunkerParams,
     /// Pack size at which a pack is sealed, in bytes.
     pub pack_size: u32,
-    /// zstd level for blobs.
+    /// zstd level for blobs (at least 3 for blobs under 128 KiB).
     pub compression_level: i32,
 }
 

@@ -414,7 +414,7 @@ async fn sync_locked(
     report.packs = copied.len() as u64;
     report.bytes = copied.iter().map(|p| p.size).sum();
     if !copied.is_empty() {
-        write_index(to, copied, Vec::new()).await?;
+        write_index(to, &copied, &[]).await?;
     }
     let have: HashSet<_> = to.snapshots().await?.into_iter().map(|s| s.id).collect();
     for s in from.snapshots().await? {

@@ -37,6 +37,7 @@
 
 mod backup;
 mod blobs;
+mod cache;
 mod check;
 mod chunker;
 mod crypto;
@@ -45,6 +46,7 @@ mod error;
 mod format;
 mod host;
 mod index;
+mod index_map;
 mod layout;
 mod lock;
 mod mirror;

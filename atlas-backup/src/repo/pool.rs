@@ -15,7 +15,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use bytes::Bytes;
 
@@ -29,6 +29,14 @@ use bytes::Bytes;
 /// Clones share the same buffers. Buffers hold a weak reference: once
 /// every clone of the pool is dropped (the backup ended), buffers still
 /// held elsewhere are freed, not kept.
+///
+/// A pool made [`with_budget`](Self::with_budget) also bounds the bytes out
+/// of it: [`take`](Self::take) waits (blocking its thread) while the
+/// capacity of the buffers out of the pool would exceed the budget, until
+/// enough of them come back. Memory is then bounded by bytes, whatever the
+/// size of the pieces or the length of the queues they wait in. One buffer
+/// is always granted, however large, so a budget never deadlocks a single
+/// consumer.
 #[derive(Debug, Clone)]
 pub(crate) struct BufferPool {
     shared: Arc<Shared>,
@@ -39,6 +47,13 @@ struct Shared {
     idle: Mutex<Vec<Vec<u8>>>,
     max_idle: usize,
     max_capacity: usize,
+    /// The most bytes of capacity out of the pool at once (`usize::MAX`:
+    /// no bound).
+    budget: usize,
+    /// Bytes of capacity out of the pool now (as taken).
+    out_bytes: Mutex<usize>,
+    returned: Condvar,
+    peak_bytes: AtomicUsize,
     outstanding: AtomicUsize,
     high_water: AtomicUsize,
     allocated: AtomicU64,
@@ -58,17 +73,29 @@ pub(crate) struct PoolStats {
     pub(crate) idle: usize,
     /// Bytes of capacity waiting in the pool now.
     pub(crate) idle_bytes: usize,
+    /// The most bytes of capacity out of the pool at once (as taken).
+    pub(crate) peak_bytes: usize,
 }
 
 impl BufferPool {
     /// A pool keeping at most `max_idle` buffers of at most `max_capacity`
     /// bytes each.
     pub(crate) fn new(max_idle: usize, max_capacity: usize) -> Self {
+        Self::with_budget(max_idle, max_capacity, usize::MAX)
+    }
+
+    /// A pool as [`new`](Self::new) that also keeps the capacity of the
+    /// buffers out of it at `budget` bytes or below (see the type's docs).
+    pub(crate) fn with_budget(max_idle: usize, max_capacity: usize, budget: usize) -> Self {
         BufferPool {
             shared: Arc::new(Shared {
                 idle: Mutex::new(Vec::with_capacity(max_idle)),
                 max_idle,
                 max_capacity,
+                budget,
+                out_bytes: Mutex::new(0),
+                returned: Condvar::new(),
+                peak_bytes: AtomicUsize::new(0),
                 outstanding: AtomicUsize::new(0),
                 high_water: AtomicUsize::new(0),
                 allocated: AtomicU64::new(0),
@@ -80,9 +107,30 @@ impl BufferPool {
     /// An empty buffer with room for at least `capacity` bytes: the
     /// smallest idle one that fits, else the largest idle one grown to
     /// fit (so the pool's buffers converge on the sizes in use instead of
-    /// multiplying), else a new one.
+    /// multiplying), else a new one. With a budget, waits until `capacity`
+    /// more bytes fit in it (or nothing else is out): call it only where
+    /// blocking the thread is allowed.
     pub(crate) fn take(&self, capacity: usize) -> PooledBuf {
+        self.take_inner(capacity, true)
+    }
+
+    /// As [`take`](Self::take), but never waits: the buffer is counted
+    /// against the budget even when it exceeds it. For small buffers taken
+    /// on an async task (tree blobs, coalesced pieces).
+    pub(crate) fn take_now(&self, capacity: usize) -> PooledBuf {
+        self.take_inner(capacity, false)
+    }
+
+    fn take_inner(&self, capacity: usize, wait: bool) -> PooledBuf {
         let s = &self.shared;
+        {
+            let mut out = s.out_bytes.lock().unwrap_or_else(|e| e.into_inner());
+            while wait && *out > 0 && out.saturating_add(capacity) > s.budget {
+                out = s.returned.wait(out).unwrap_or_else(|e| e.into_inner());
+            }
+            *out += capacity;
+            s.peak_bytes.fetch_max(*out, Ordering::Relaxed);
+        }
         let found = {
             let mut idle = s.idle.lock().unwrap_or_else(|e| e.into_inner());
             let fit = idle
@@ -115,6 +163,7 @@ impl BufferPool {
         s.high_water.fetch_max(out, Ordering::Relaxed);
         PooledBuf {
             buf,
+            charged: capacity,
             home: Arc::downgrade(s),
         }
     }
@@ -129,6 +178,7 @@ impl BufferPool {
             high_water: s.high_water.load(Ordering::Relaxed),
             idle: idle.len(),
             idle_bytes: idle.iter().map(Vec::capacity).sum(),
+            peak_bytes: s.peak_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -139,6 +189,8 @@ impl BufferPool {
 #[derive(Debug)]
 pub(crate) struct PooledBuf {
     buf: Vec<u8>,
+    /// The bytes counted against the pool's budget for this buffer.
+    charged: usize,
     home: Weak<Shared>,
 }
 
@@ -175,6 +227,13 @@ impl Drop for PooledBuf {
             return;
         };
         s.outstanding.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut out = s.out_bytes.lock().unwrap_or_else(|e| e.into_inner());
+            *out = out.saturating_sub(self.charged);
+        }
+        if s.budget != usize::MAX {
+            s.returned.notify_all();
+        }
         let cap = self.buf.capacity();
         if cap == 0 || cap > s.max_capacity {
             return;
@@ -223,10 +282,20 @@ impl<T> Idle<T> {
     }
 }
 
+/// Blobs smaller than this are compressed at level
+/// [`SMALL_BLOB_MIN_LEVEL`] at least: small files and directory listings
+/// are mostly text, where level 3 stores 3–5 % less than level 1, and for
+/// them zstd's per-call set-up, not its level, is most of the cost.
+pub(crate) const SMALL_BLOB: usize = 128 * 1024;
+/// The lowest zstd level of blobs under [`SMALL_BLOB`].
+pub(crate) const SMALL_BLOB_MIN_LEVEL: i32 = 3;
+
 /// zstd compression contexts shared by one backup's encoders.
 pub(crate) struct Compressors {
     level: i32,
     idle: Idle<zstd::bulk::Compressor<'static>>,
+    /// Contexts at the level of small blobs.
+    idle_small: Idle<zstd::bulk::Compressor<'static>>,
 }
 
 impl std::fmt::Debug for Compressors {
@@ -243,6 +312,7 @@ impl Compressors {
         Compressors {
             level,
             idle: Idle::new(),
+            idle_small: Idle::new(),
         }
     }
 
@@ -252,18 +322,22 @@ impl Compressors {
         if dest.is_empty() {
             return None;
         }
-        self.idle
-            .with(
-                || zstd::bulk::Compressor::new(self.level).ok(),
-                |c| c.compress_to_buffer(plain, dest).ok(),
-            )
-            .flatten()
+        let (idle, level) = if plain.len() < SMALL_BLOB && self.level < SMALL_BLOB_MIN_LEVEL {
+            (&self.idle_small, SMALL_BLOB_MIN_LEVEL)
+        } else {
+            (&self.idle, self.level)
+        };
+        idle.with(
+            || zstd::bulk::Compressor::new(level).ok(),
+            |c| c.compress_to_buffer(plain, dest).ok(),
+        )
+        .flatten()
     }
 
     /// Contexts created so far.
     #[cfg(test)]
     fn idle(&self) -> usize {
-        self.idle.len()
+        self.idle.len() + self.idle_small.len()
     }
 }
 
@@ -471,5 +545,35 @@ mod tests {
         );
         assert_eq!(&bytes[..], &[1]);
         drop(bytes);
+    }
+
+    #[test]
+    fn a_budget_bounds_the_bytes_out_of_the_pool_and_take_waits_for_returns() {
+        let pool = BufferPool::with_budget(8, 1 << 20, 1000);
+        let a = pool.take(600);
+        // Over budget without waiting: counted all the same.
+        let b = pool.take_now(600);
+        assert_eq!(pool.stats().peak_bytes, 1200);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p2 = pool.clone();
+        let waiter = std::thread::spawn(move || {
+            let c = p2.take(300);
+            tx.send(()).unwrap();
+            c.capacity()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            rx.try_recv().is_err(),
+            "take waits while 1200 bytes are out"
+        );
+        drop(b);
+        // 600 + 300 fit: the waiter goes on.
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+        assert!(waiter.join().unwrap() >= 300);
+        drop(a);
+        // One buffer is always granted, however large.
+        let big = pool.take(5000);
+        assert!(big.capacity() >= 5000);
+        assert_eq!(pool.stats().peak_bytes, 5000);
     }
 }

@@ -59,6 +59,11 @@ impl Tracker {
         }
     }
 
+    /// Whether anyone is told of progress.
+    pub(crate) fn has_callback(&self) -> bool {
+        self.callback.is_some()
+    }
+
     pub(crate) fn update(&self, f: impl FnOnce(&mut Progress)) {
         let snapshot = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());

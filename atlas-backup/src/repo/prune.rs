@@ -304,7 +304,7 @@ impl Repository {
         let mut all = keep;
         all.extend(written);
         let old = index.files.clone();
-        write_index(self, all, old.clone()).await?;
+        write_index(self, &all, &old).await?;
         for name in &old {
             target
                 .delete_if_exists(&self.inner.layout.index(name)?)

@@ -152,7 +152,7 @@ impl Repository {
         }
         report.blobs = check.blob_ids().count() as u64;
         if !indexed.is_empty() {
-            report.index_file = Some(write_index(self, indexed, old.clone()).await?);
+            report.index_file = Some(write_index(self, &indexed, &old).await?);
         }
         for name in &old {
             target.delete_if_exists(&layout.index(name)?).await?;

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use futures::stream::{StreamExt, TryStreamExt};
 use tracing::{info, instrument, warn};
 
+use super::cache::{CachedKind, LocalCache};
 use super::crypto::{KdfParams, KeyFile, KeySource, MasterKey};
 use super::damage::{DamagedFile, DocumentDamage, Opened, SnapshotListing};
 use super::error::{BACKEND, json_err};
 use super::format::{self, ChunkerParams, FORMAT_NAME, RepoConfig, Snapshot, SnapshotId};
+use super::index_map::IndexMemo;
 use super::layout::Layout;
 use super::version::{self, Document};
 use atlas_core::backup::{BackupTarget, BackupTargetExt, ObjectKey, ObjectPrefix};
@@ -27,7 +29,10 @@ pub struct InitOptions {
     /// to the target blob by blob, so the size costs no memory. 1–128 MiB.
     pub pack_size: u32,
     /// zstd level of blobs. Default 1 (fast; zstd's ratio grows little
-    /// beyond it on typical backup data, its cost a lot).
+    /// beyond it on typical backup data, its cost a lot). Blobs under
+    /// 128 KiB (small files, directory listings) are compressed at level 3
+    /// at least: they are mostly text, where level 3 stores 3–5 % less, and
+    /// zstd's set-up per call, not its level, is most of their cost.
     pub compression_level: i32,
     /// Argon2id costs of the first key file.
     pub kdf: KdfParams,
@@ -89,6 +94,30 @@ pub(crate) struct RepoInner {
     pub(crate) master: MasterKey,
     pub(crate) config: RepoConfig,
     pub(crate) key_id: Option<String>,
+    /// The local cache of index files and manifests, if the handle has one.
+    pub(crate) cache: Option<LocalCache>,
+    /// The index loaded last (see [`Index::load`](super::index::Index::load)).
+    pub(crate) index_memo: tokio::sync::Mutex<Option<IndexMemo>>,
+}
+
+impl RepoInner {
+    fn new(
+        target: Arc<dyn BackupTarget>,
+        layout: Layout,
+        master: MasterKey,
+        config: RepoConfig,
+        key_id: Option<String>,
+    ) -> Self {
+        RepoInner {
+            target,
+            layout,
+            master,
+            config,
+            key_id,
+            cache: None,
+            index_memo: tokio::sync::Mutex::new(None),
+        }
+    }
 }
 
 /// A handle on an opened repository. Cheap to clone; clones share the key.
@@ -182,13 +211,7 @@ impl Repository {
             })?;
         info!(repo = %config.id, "initialised backup repository");
         Ok(Repository {
-            inner: Arc::new(RepoInner {
-                target,
-                layout,
-                master,
-                config,
-                key_id: Some(key_id),
-            }),
+            inner: Arc::new(RepoInner::new(target, layout, master, config, Some(key_id))),
         })
     }
 
@@ -220,13 +243,7 @@ impl Repository {
             if let Some(master) = got {
                 info!(repo = %config.id, key = %id, "opened backup repository");
                 return Ok(Repository {
-                    inner: Arc::new(RepoInner {
-                        target,
-                        layout,
-                        master,
-                        config,
-                        key_id: Some(id),
-                    }),
+                    inner: Arc::new(RepoInner::new(target, layout, master, config, Some(id))),
                 });
             }
         }
@@ -269,14 +286,55 @@ impl Repository {
             .await?;
         info!(repo = %src.config.id, "initialised mirror repository");
         Ok(Repository {
-            inner: Arc::new(RepoInner {
+            inner: Arc::new(RepoInner::new(
                 target,
                 layout,
-                master: src.master.clone(),
-                config: src.config.clone(),
-                key_id: src.key_id.clone(),
-            }),
+                src.master.clone(),
+                src.config.clone(),
+                src.key_id.clone(),
+            )),
         })
+    }
+
+    /// This handle with a local cache of the repository's index files and
+    /// snapshot manifests under `dir` (in `dir/<repository id>/`), so that
+    /// an operation downloads only the ones it has not seen. What is cached
+    /// is what the target stores, encrypted with the repository's key; a
+    /// cached copy is used only while the target still lists the object
+    /// with the same size (and checksum, entity tag, version or
+    /// modification time, as the target reports them), and only if it
+    /// opens with the repository's key. Copies of objects no longer listed
+    /// are deleted; a copy that does not open (damaged, or from another
+    /// repository) is deleted and the object downloaded instead. The
+    /// cache never fails an operation: when it cannot be read or written,
+    /// the target is read. `check` and `repair` read the target only.
+    ///
+    /// Without a cache (the default) a handle still keeps the index it
+    /// loaded last in memory, and reuses it while the target lists the
+    /// same index files.
+    pub fn with_cache_dir(self, dir: impl Into<std::path::PathBuf>) -> Self {
+        let dir = dir.into();
+        let inner = &self.inner;
+        let cache = LocalCache::new(&dir, &inner.config.id);
+        if cache.is_none() {
+            warn!(repo = %inner.config.id, "the repository id cannot name a cache folder; not caching");
+        }
+        let mut fresh = RepoInner::new(
+            inner.target.clone(),
+            inner.layout.clone(),
+            inner.master.clone(),
+            inner.config.clone(),
+            inner.key_id.clone(),
+        );
+        fresh.cache = cache;
+        Repository {
+            inner: Arc::new(fresh),
+        }
+    }
+
+    /// The folder of this repository's local cache, if it has one.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.inner.cache.as_ref().map(LocalCache::root)
     }
 
     /// The repository's config.
@@ -422,11 +480,43 @@ impl Repository {
             .target
             .list_all(&self.inner.layout.snapshots()?)
             .await?;
+        let cache = self.inner.cache.as_ref();
+        let present: std::collections::HashSet<String> = metas
+            .iter()
+            .map(|m| Layout::name_of(&m.key).to_owned())
+            .collect();
         let read: Vec<Option<Opened<Snapshot>>> = futures::stream::iter(metas)
-            .map(|m| async move { self.read_manifest(&m.key).await })
+            .map(|m| async move {
+                let name = Layout::name_of(&m.key);
+                if let Some(c) = cache
+                    && let Some(sealed) = c.get(CachedKind::Snapshot, name, &m).await
+                {
+                    match self.open_document_checked(Document::Snapshot, &m.key, &sealed)? {
+                        Opened::Intact(s) => return Ok(Some(Opened::Intact(s))),
+                        Opened::Damaged(d) => {
+                            warn!(manifest = %d.path, reason = %d.reason, "ignoring a cached manifest that does not open");
+                            c.remove(CachedKind::Snapshot, name).await;
+                        }
+                    }
+                }
+                let sealed = match self.inner.target.get_bytes(&m.key).await {
+                    Ok(b) => b,
+                    // Forgotten between the listing and the read.
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let opened = self.open_document_checked(Document::Snapshot, &m.key, &sealed)?;
+                if let (Some(c), Opened::Intact(_)) = (cache, &opened) {
+                    c.put(CachedKind::Snapshot, name, &m, sealed).await;
+                }
+                Ok(Some(opened))
+            })
             .buffer_unordered(16)
             .try_collect()
             .await?;
+        if let Some(c) = cache {
+            c.retain(CachedKind::Snapshot, present).await;
+        }
         let mut listing = SnapshotListing::default();
         for r in read.into_iter().flatten() {
             match r {
@@ -568,8 +658,11 @@ impl Repository {
         value: &impl serde::Serialize,
         create: bool,
     ) -> Result<()> {
-        let json = version::encode(doc, value)?;
-        self.put_sealed(key, doc, &json, create).await
+        let sealed = self
+            .inner
+            .master
+            .seal_json(doc.seal_label(), &version::versioned(doc, value))?;
+        self.put_sealed_bytes(key, sealed, create).await
     }
 
     /// The decrypted JSON of the encrypted document `name` (a path inside
@@ -624,6 +717,10 @@ impl Repository {
         create: bool,
     ) -> Result<()> {
         let sealed = self.inner.master.seal_file(doc.seal_label(), json);
+        self.put_sealed_bytes(key, sealed, create).await
+    }
+
+    async fn put_sealed_bytes(&self, key: &ObjectKey, sealed: Vec<u8>, create: bool) -> Result<()> {
         if create {
             self.inner
                 .target

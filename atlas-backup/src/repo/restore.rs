@@ -20,6 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::{self, StreamExt};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::crypto::MasterKey;
 use super::error::{BACKEND, IntegrityError, integrity_error};
 use super::format::{
     BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree, from_hex,
@@ -352,7 +353,7 @@ impl Repository {
         dest: &Path,
         options: RestoreOptions,
     ) -> Result<RestoreReport> {
-        let index = Arc::new(self.load_index().await?);
+        let index = self.load_index().await?;
         let tracker = Arc::new(Tracker::new("restore", options.progress.clone()));
         let out = Arc::new(Dest::open(dest)?);
         let mut plan = Plan {
@@ -623,6 +624,52 @@ impl Repository {
                     }
                 }
             };
+        // What a written (or failed) blob means for its files.
+        macro_rules! settle {
+            ($id:expr, $len:expr, $written:expr, $finished:ident) => {{
+                let (id, len, written): (BlobId, u64, std::result::Result<u64, String>) =
+                    ($id, $len, $written);
+                match written {
+                    Ok(n) => {
+                        bytes_done += n;
+                        tracker.update(|p| {
+                            p.bytes_done += n;
+                            p.bytes_read += len;
+                        });
+                        let mut j = jobs.lock().unwrap_or_else(|e| e.into_inner());
+                        for (fi, _) in users.get(&id).into_iter().flatten() {
+                            let f = &mut j[*fi];
+                            if f.failed {
+                                continue;
+                            }
+                            f.remaining -= 1;
+                            if f.remaining == 0 {
+                                let done = match $finished.remove(&f.tmp) {
+                                    Some(r) => r,
+                                    None => finalize(&out, f),
+                                };
+                                match done {
+                                    Ok(()) => {
+                                        files_done += 1;
+                                        tracker.update(|p| {
+                                            p.files_done += 1;
+                                            p.current = Some(f.rel.clone());
+                                        });
+                                    }
+                                    Err(e) => {
+                                        f.failed = true;
+                                        errors.push(e);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(problem) => fail_blob(jobs, &id, problem, &mut errors),
+                }
+            }};
+        }
+        let mut batch: Vec<PendingBlob> = Vec::new();
+        let mut batch_bytes = 0u64;
         for run in runs {
             let start = u64::from(run[0].0.offset);
             let end = run
@@ -674,66 +721,49 @@ impl Repository {
                 buf.advance(skip as usize);
                 let sealed: Bytes = buf.split_to(len as usize).freeze();
                 buf_start = off + len;
-                let master = self.inner.master.clone();
-                let writer = out.clone();
-                let targets: Vec<(PathBuf, u64)> = {
+                // A file this blob completes is finished by the task that
+                // writes it, through the same handle.
+                let targets: Vec<(PathBuf, u64, Option<Finish>)> = {
                     let j = jobs.lock().unwrap_or_else(|e| e.into_inner());
                     users
                         .get(&id)
                         .into_iter()
                         .flatten()
                         .filter(|(fi, _)| !j[*fi].failed)
-                        .map(|(fi, o)| (j[*fi].tmp.clone(), *o))
+                        .map(|(fi, o)| {
+                            let f = &j[*fi];
+                            let finish = (f.remaining == 1).then(|| Finish {
+                                dest: f.dest.clone(),
+                                mode: f.node.mode,
+                                modified: mtime(&f.node),
+                            });
+                            (f.tmp.clone(), *o, finish)
+                        })
                         .collect()
                 };
-                let written =
-                    tokio::task::spawn_blocking(move || -> std::result::Result<u64, String> {
-                        let plain = master
-                            .decode_blob(BlobKind::Data, &id, loc.raw_length, &sealed)
-                            .map_err(|f| f.to_string())?;
-                        for (path, offset) in &targets {
-                            let f = writer.open_file(path).map_err(|e| e.to_string())?;
-                            platform::write_all_at(&f, &plain, *offset).map_err(|e| {
-                                format!("cannot write {}: {e}", writer.shown(path).display())
-                            })?;
-                        }
-                        Ok(plain.len() as u64 * targets.len() as u64)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("worker failed: {e}")));
-                match written {
-                    Ok(n) => {
-                        bytes_done += n;
-                        tracker.update(|p| {
-                            p.bytes_done += n;
-                            p.bytes_read += len;
-                        });
-                        let mut j = jobs.lock().unwrap_or_else(|e| e.into_inner());
-                        for (fi, _) in users.get(&id).into_iter().flatten() {
-                            let f = &mut j[*fi];
-                            if f.failed {
-                                continue;
-                            }
-                            f.remaining -= 1;
-                            if f.remaining == 0 {
-                                match finalize(&out, f) {
-                                    Ok(()) => {
-                                        files_done += 1;
-                                        tracker.update(|p| {
-                                            p.files_done += 1;
-                                            p.current = Some(f.rel.clone());
-                                        });
-                                    }
-                                    Err(e) => {
-                                        f.failed = true;
-                                        errors.push(e);
-                                    }
-                                }
-                            }
-                        }
+                batch_bytes += len;
+                batch.push(PendingBlob {
+                    id,
+                    raw_length: loc.raw_length,
+                    len,
+                    sealed,
+                    targets,
+                });
+                if batch.len() >= WRITE_BATCH_BLOBS || batch_bytes >= WRITE_BATCH_BYTES {
+                    batch_bytes = 0;
+                    let (done, finished) =
+                        write_blobs(&self.inner.master, &out, std::mem::take(&mut batch)).await;
+                    let mut finished: HashMap<PathBuf, Result<()>> = finished.into_iter().collect();
+                    for (id, len, written) in done {
+                        settle!(id, len, written, finished);
                     }
-                    Err(problem) => fail_blob(jobs, &id, problem, &mut errors),
                 }
+            }
+            let (done, finished) =
+                write_blobs(&self.inner.master, &out, std::mem::take(&mut batch)).await;
+            let mut finished: HashMap<PathBuf, Result<()>> = finished.into_iter().collect();
+            for (id, len, written) in done {
+                settle!(id, len, written, finished);
             }
         }
         (files_done, bytes_done, errors)
@@ -754,7 +784,7 @@ impl Repository {
         path: &str,
     ) -> Result<(Node, ByteStream)> {
         let snapshot = self.snapshot(snapshot).await?;
-        let index = Arc::new(self.load_index().await?);
+        let index = self.load_index().await?;
         let node = self
             .find_node(&index, &snapshot, path)
             .await?
@@ -792,10 +822,110 @@ impl Repository {
 /// its name.
 fn finalize(out: &Dest, f: &FileJob) -> Result<()> {
     let file = out.open_file(&f.tmp)?;
-    platform::set_file_mode(&file, f.node.mode)
-        .map_err(|e| io_err(&out.shown(&f.tmp), "cannot chmod", e))?;
-    file.set_times(FileTimes::new().set_modified(mtime(&f.node)))
-        .map_err(|e| io_err(&out.shown(&f.tmp), "cannot set mtime of", e))?;
+    finish_file(out, file, &f.tmp, &f.dest, f.node.mode, mtime(&f.node))
+}
+
+/// Sets the mode and mtime of the complete temporary file `tmp` (open as
+/// `file`) and renames it to `dest`.
+fn finish_file(
+    out: &Dest,
+    file: std::fs::File,
+    tmp: &Path,
+    dest: &Path,
+    mode: u32,
+    modified: SystemTime,
+) -> Result<()> {
+    platform::set_file_mode(&file, mode).map_err(|e| io_err(&out.shown(tmp), "cannot chmod", e))?;
+    file.set_times(FileTimes::new().set_modified(modified))
+        .map_err(|e| io_err(&out.shown(tmp), "cannot set mtime of", e))?;
     drop(file);
-    out.rename_into(&f.tmp, &f.dest)
+    out.rename_into(tmp, dest)
+}
+
+/// What finishes a file once its last blob is written: where it goes, its
+/// mode and mtime.
+struct Finish {
+    dest: PathBuf,
+    mode: u32,
+    modified: SystemTime,
+}
+
+/// Blobs of a pack decoded and written by one blocking task at most: a
+/// tree of small files paid a task and its wake-ups per file.
+const WRITE_BATCH_BLOBS: usize = 64;
+/// Bytes (sealed) decoded and written by one blocking task at most.
+const WRITE_BATCH_BYTES: u64 = 4 << 20;
+
+/// A blob downloaded and waiting to be decoded and written.
+struct PendingBlob {
+    id: BlobId,
+    raw_length: u32,
+    /// Its sealed length.
+    len: u64,
+    sealed: Bytes,
+    /// The files (temporary paths) and offsets it goes to, and how to
+    /// finish those it completes.
+    targets: Vec<(PathBuf, u64, Option<Finish>)>,
+}
+
+/// What [`write_blobs`] did: per blob its id, sealed length and the bytes
+/// written (or why not); and the files it finished (by temporary path).
+type Written = (
+    Vec<(BlobId, u64, std::result::Result<u64, String>)>,
+    Vec<(PathBuf, Result<()>)>,
+);
+
+/// Decodes and writes `batch` on one blocking thread, and finishes (mode,
+/// mtime, rename) the files a blob completes with the handle it was
+/// written through.
+async fn write_blobs(master: &MasterKey, out: &Arc<Dest>, batch: Vec<PendingBlob>) -> Written {
+    if batch.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let ids: Vec<(BlobId, u64)> = batch.iter().map(|b| (b.id, b.len)).collect();
+    let (master, writer) = (master.clone(), out.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        let mut finished = Vec::new();
+        let written = batch
+            .into_iter()
+            .map(|b| {
+                let written = master
+                    .decode_blob(BlobKind::Data, &b.id, b.raw_length, &b.sealed)
+                    .map_err(|f| f.to_string())
+                    .and_then(|plain| {
+                        let mut done = Vec::new();
+                        let copies = b.targets.len() as u64;
+                        for (path, offset, finish) in b.targets {
+                            let f = writer.open_file(&path).map_err(|e| e.to_string())?;
+                            platform::write_all_at(&f, &plain, offset).map_err(|e| {
+                                format!("cannot write {}: {e}", writer.shown(&path).display())
+                            })?;
+                            if let Some(fin) = finish {
+                                done.push((path, f, fin));
+                            }
+                        }
+                        Ok((plain.len() as u64 * copies, done))
+                    });
+                let written = written.map(|(n, done)| {
+                    for (path, f, fin) in done {
+                        let r = finish_file(&writer, f, &path, &fin.dest, fin.mode, fin.modified);
+                        finished.push((path, r));
+                    }
+                    n
+                });
+                (b.id, b.len, written)
+            })
+            .collect::<Vec<_>>();
+        (written, finished)
+    })
+    .await;
+    match done {
+        Ok(v) => v,
+        Err(e) => (
+            ids.into_iter()
+                .map(|(id, len)| (id, len, Err(format!("worker failed: {e}"))))
+                .collect(),
+            Vec::new(),
+        ),
+    }
 }

@@ -18,7 +18,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::error::{BACKEND, json_err};
+use super::error::BACKEND;
+#[cfg(test)]
+use super::error::json_err;
 use atlas_core::error::{Error, Result};
 
 /// A kind of JSON document in a repository.
@@ -127,8 +129,18 @@ struct Versioned<'a, T> {
     body: &'a T,
 }
 
+/// `value` with `"version"` set to the newest version of `doc`, to be
+/// serialised (as [`encode`] does, without building the JSON first).
+pub(crate) fn versioned<T: Serialize>(doc: Document, value: &T) -> impl Serialize + '_ {
+    Versioned {
+        version: doc.newest(),
+        body: value,
+    }
+}
+
 /// Encodes `value` as JSON with `"version"` set to the newest version of
 /// `doc`. For documents whose type has no `version` field of its own.
+#[cfg(test)]
 pub(crate) fn encode<T: Serialize>(doc: Document, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(&Versioned {
         version: doc.newest(),

@@ -13,24 +13,34 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
 use crate::repo::chunker::chunk_reader;
-use crate::repo::crypto::MasterKey;
+use crate::repo::crypto::{MasterKey, sealed_capacity};
 use crate::repo::error::{BACKEND, json_err};
 use crate::repo::format::{
     BlobId, BlobKind, ChunkerParams, Node, NodeKind, SkippedEntry, SnapshotTotals, Tree,
 };
 use crate::repo::index::Index;
-use crate::repo::pool::{BufferPool, PooledBuf};
+use crate::repo::pool::{BufferPool, Compressors, PooledBuf};
 use crate::repo::progress::Tracker;
 use crate::repo::repository::Repository;
 use atlas_core::backup::ByteStream;
 use atlas_core::error::{Error, Result};
 
-/// A blob to store: its kind, its id and its plaintext.
+/// A blob to store: its kind, its id, and its plaintext or (`sealed`) the
+/// blob already compressed and encrypted.
 pub(super) struct RawBlob {
     pub(super) kind: BlobKind,
     pub(super) id: BlobId,
     pub(super) data: PooledBuf,
+    /// The plaintext's length.
+    pub(super) raw_length: u32,
+    /// Whether `data` is the sealed blob rather than its plaintext.
+    pub(super) sealed: bool,
 }
+
+/// Blobs smaller than this are compressed and encrypted by the thread that
+/// read them, not handed to an encoder: in a tree of small files the
+/// hand-off (a task, its wake-ups, a copy) cost more than the work.
+pub(super) const SEAL_INLINE_BELOW: usize = 128 * 1024;
 
 /// What the readers of one backup share.
 pub(super) struct Ctx {
@@ -42,13 +52,20 @@ pub(super) struct Ctx {
     pub(super) unreadable: Mutex<Vec<SkippedEntry>>,
     pub(super) tracker: Tracker,
     pub(super) read_permits: Semaphore,
+    /// Directories listed and not done with their files (see `walk`).
+    pub(super) walk_permits: Semaphore,
     pub(super) incremental: bool,
     pub(super) parent_repo: Repository,
     pub(super) parent_index: Arc<Index>,
     /// Chunking windows, one per file being read.
     pub(super) windows: BufferPool,
-    /// Chunks and sealed blobs, from the reader to the targets' writers.
-    pub(super) blobs: BufferPool,
+    /// Plaintext chunks, from the reader to the encoders (a byte budget).
+    pub(super) chunks: BufferPool,
+    /// Sealed blobs, from the encoders (or readers) to the targets'
+    /// writers.
+    pub(super) sealed: BufferPool,
+    /// zstd contexts of the readers and encoders.
+    pub(super) zstd: Arc<Compressors>,
 }
 
 impl Ctx {
@@ -75,6 +92,39 @@ impl Ctx {
                 path: rel.to_owned(),
                 reason,
             });
+    }
+
+    /// `plain` as a blob ready for a pack: sealed here when small, else a
+    /// copy for an encoder. `wait`: whether this thread may block on the
+    /// pools' budgets (not on an async task).
+    pub(super) fn blob(&self, kind: BlobKind, id: BlobId, plain: &[u8], wait: bool) -> RawBlob {
+        let raw_length = plain.len() as u32;
+        let take = |pool: &BufferPool, n: usize| if wait { pool.take(n) } else { pool.take_now(n) };
+        if plain.len() < SEAL_INLINE_BELOW {
+            let mut data = take(&self.sealed, sealed_capacity(plain.len()));
+            self.master
+                .encode_blob_into(kind, &id, plain, &self.zstd, &mut data);
+            RawBlob {
+                kind,
+                id,
+                data,
+                raw_length,
+                sealed: true,
+            }
+        } else {
+            // Copied out of the window into a recycled buffer: only new
+            // chunks cost a copy, and no large allocation crosses threads
+            // (see the pool module).
+            let mut data = take(&self.chunks, plain.len());
+            data.extend_from_slice(plain);
+            RawBlob {
+                kind,
+                id,
+                data,
+                raw_length,
+                sealed: false,
+            }
+        }
     }
 
     pub(super) fn is_known(&self, id: &BlobId) -> bool {
@@ -121,17 +171,8 @@ pub(super) fn read_content(
             if ctx.claim(id) {
                 new_bytes += len;
                 new_chunks += 1;
-                // Copied out of the window into a recycled buffer: only
-                // new chunks cost a copy, and no large allocation crosses
-                // threads (see the pool module).
-                let mut data = ctx.blobs.take(chunk.len());
-                data.extend_from_slice(chunk);
                 if tx
-                    .blocking_send(RawBlob {
-                        kind: BlobKind::Data,
-                        id,
-                        data,
-                    })
+                    .blocking_send(ctx.blob(BlobKind::Data, id, chunk, true))
                     .is_err()
                 {
                     failure = Some(aborted());
@@ -168,8 +209,7 @@ pub(super) fn join_err(e: tokio::task::JoinError) -> Error {
 }
 
 pub(super) async fn add_tree(ctx: &Ctx, tx: &mpsc::Sender<RawBlob>, tree: &Tree) -> Result<BlobId> {
-    let mut json = ctx.blobs.take(0);
-    serde_json::to_writer(&mut *json, tree).map_err(json_err)?;
+    let json = serde_json::to_vec(tree).map_err(json_err)?;
     let id = ctx.master.blob_id(&json);
     if ctx.claim(id) {
         let len = json.len() as u64;
@@ -177,13 +217,9 @@ pub(super) async fn add_tree(ctx: &Ctx, tx: &mpsc::Sender<RawBlob>, tree: &Tree)
             t.new_bytes += len;
             t.new_chunks += 1;
         });
-        tx.send(RawBlob {
-            kind: BlobKind::Tree,
-            id,
-            data: json,
-        })
-        .await
-        .map_err(|_| aborted())?;
+        tx.send(ctx.blob(BlobKind::Tree, id, &json, false))
+            .await
+            .map_err(|_| aborted())?;
     }
     Ok(id)
 }

@@ -14,7 +14,7 @@ use crate::repo::crypto::{MasterKey, sealed_capacity};
 use crate::repo::format::{
     IndexPack, PACK_HEADER_AAD, PACK_MAGIC, PackId, PackedBlob, RepoConfig, encode_pack_header,
 };
-use crate::repo::pool::{BufferPool, Compressors};
+use crate::repo::pool::{BufferPool, Compressors, PooledBuf};
 use atlas_core::backup::PutOptions;
 use atlas_core::error::Result;
 
@@ -24,11 +24,26 @@ use atlas_core::error::Result;
 /// queues 16 and writes one).
 pub(super) const BLOBS_PER_TARGET: usize = 24;
 
+/// Sealed blobs smaller than this are not sent to the targets one by one
+/// but copied into a piece of [`PIECE_BYTES`]: a tree of small files made
+/// a channel hand-off, a wake-up and a write per file.
+const COALESCE_BELOW: usize = 64 * 1024;
+/// The most bytes of one piece of a pack sent to a target. Larger blobs
+/// go as several slices of their buffer (no copy), so that what waits in a
+/// target's queues is bounded by bytes, not by a count of pieces of any
+/// size: the four queued for its put and the file-system target's 16 are
+/// at most 10 MiB, where 4 MiB chunks made them 80. (The pieces of the
+/// open pack cannot be bounded by a budget that blocks the encoders: a
+/// target may keep every piece until the pack ends.)
+pub(super) const PIECE_BYTES: usize = 512 * 1024;
+
 /// A pack being streamed to every healthy target.
 struct OpenPack {
     id: PackId,
     size: u64,
     blobs: Vec<PackedBlob>,
+    /// Small sealed blobs not sent yet, in pack order.
+    pending: Option<PooledBuf>,
     /// Pieces of the pack; `true` marks the trailer, the last piece.
     senders: Vec<mpsc::Sender<(Bytes, bool)>>,
     puts: Vec<(usize, tokio::task::JoinHandle<Result<()>>)>,
@@ -70,6 +85,7 @@ fn open_pack(sinks: &[Sink]) -> Result<OpenPack> {
         id,
         size: 0,
         blobs: Vec::new(),
+        pending: None,
         senders,
         puts,
     })
@@ -88,6 +104,7 @@ async fn close_pack(
     trailer.extend_from_slice(PACK_MAGIC);
     let trailer = Bytes::from(trailer);
     let mut pack = pack;
+    flush(&mut pack).await;
     pack.size += trailer.len() as u64;
     for tx in pack.senders.drain(..) {
         // A closed channel means that put failed; its handle says why.
@@ -100,6 +117,47 @@ async fn close_pack(
             out.push((i, h.await.map_err(join_err).and_then(|r| r)));
         }
         (pack, out)
+    }
+}
+
+/// Sends `piece` (the pack's next bytes) to every target of the pack.
+async fn send_piece(pack: &OpenPack, piece: Bytes) {
+    for tx in &pack.senders {
+        // A closed channel means that put failed; its handle says why.
+        let _ = tx.send((piece.clone(), false)).await;
+    }
+}
+
+/// Sends the coalesced small blobs, if any.
+async fn flush(pack: &mut OpenPack) {
+    if let Some(piece) = pack.pending.take() {
+        send_piece(pack, piece.into_bytes()).await;
+    }
+}
+
+/// Appends one sealed blob to the pack's stream: small ones are gathered
+/// into pieces, large ones sent as they are (after what was gathered).
+async fn append(pack: &mut OpenPack, pool: &BufferPool, sealed: PooledBuf) {
+    if sealed.len() < COALESCE_BELOW {
+        if pack
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.len() + sealed.len() > PIECE_BYTES)
+        {
+            flush(pack).await;
+        }
+        pack.pending
+            .get_or_insert_with(|| pool.take_now(PIECE_BYTES))
+            .extend_from_slice(&sealed);
+    } else {
+        flush(pack).await;
+        let bytes = sealed.into_bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            let end = (at + PIECE_BYTES).min(bytes.len());
+            send_piece(pack, bytes.slice(at..end)).await;
+            at = end;
+        }
     }
 }
 
@@ -136,27 +194,36 @@ pub(super) async fn pack_stage(
     rx: mpsc::Receiver<RawBlob>,
     stored: Arc<Mutex<u64>>,
     pool: BufferPool,
+    zstd: Arc<Compressors>,
 ) -> Result<Vec<IndexPack>> {
     use futures::stream::FuturesUnordered;
-    let level = config.compression_level;
     let pack_size = u64::from(config.pack_size);
     let blobs = Box::pin(stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (b, rx))
     }));
     let m2 = master.clone();
-    let zstd = Arc::new(Compressors::new(level));
+    let p2 = pool.clone();
     let mut encoded = blobs
         .map(move |raw| {
+            if raw.sealed {
+                // Sealed by its reader already.
+                return futures::future::Either::Left(futures::future::ready(Ok((
+                    raw.kind,
+                    raw.id,
+                    raw.raw_length,
+                    raw.data,
+                ))));
+            }
             let m = m2.clone();
-            let pool = pool.clone();
+            let pool = p2.clone();
             let zstd = zstd.clone();
-            tokio::task::spawn_blocking(move || {
+            futures::future::Either::Right(tokio::task::spawn_blocking(move || {
                 let mut sealed = pool.take(sealed_capacity(raw.data.len()));
                 m.encode_blob_into(raw.kind, &raw.id, &raw.data, &zstd, &mut sealed);
                 // `raw` goes back to the pool here, `sealed` when the last
                 // target has written it.
-                (raw.kind, raw.id, raw.data.len() as u32, sealed)
-            })
+                (raw.kind, raw.id, raw.raw_length, sealed)
+            }))
         })
         .buffer_unordered(workers.max(1));
     let mut current: Option<OpenPack> = None;
@@ -182,10 +249,7 @@ pub(super) async fn pack_stage(
             raw_length,
         });
         pack.size += sealed.len() as u64;
-        let bytes = sealed.into_bytes();
-        for tx in &pack.senders {
-            let _ = tx.send((bytes.clone(), false)).await;
-        }
+        append(pack, &pool, sealed).await;
         if pack.size >= pack_size
             && let Some(full) = current.take()
         {

@@ -12,10 +12,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::content::{Ctx, RawBlob, save_stream};
-use super::pack::{BLOBS_PER_TARGET, pack_stage};
+use super::pack::{BLOBS_PER_TARGET, PIECE_BYTES, pack_stage};
 use super::sink::{Sink, healthy_count, quorum_lost};
 use super::source::{BackupSource, SourceInput};
-use super::walk::{io_err, save_dir, scan_totals};
+use super::walk::{WALK_DIRECTORIES, io_err, save_dir, scan_totals};
 use crate::repo::crypto::sealed_capacity;
 use crate::repo::error::BACKEND;
 use crate::repo::format::{
@@ -27,7 +27,7 @@ use crate::repo::index::{Index, write_index};
 use crate::repo::lock::LockGuard;
 use crate::repo::platform::{mode_of, mtime_of};
 use crate::repo::policy::{MirrorPolicy, TargetOutcome};
-use crate::repo::pool::BufferPool;
+use crate::repo::pool::{BufferPool, Compressors};
 use crate::repo::progress::{ProgressFn, Tracker};
 use crate::repo::repository::Repository;
 use crate::repo::version::Document;
@@ -61,6 +61,13 @@ pub struct BackupOptions {
     /// streamed while they fill; this bounds how far the pipeline runs
     /// ahead of slow targets). Default 2.
     pub upload_concurrency: usize,
+    /// Bytes of plaintext chunks the pipeline holds at once on their way
+    /// from the readers to the encoders: readers wait when it is used up,
+    /// so memory is bounded by bytes whatever the chunk sizes. (What waits
+    /// for the targets is bounded by pieces of at most 512 KiB in queues
+    /// of a few pieces.) Default 12 MiB; never less than two largest
+    /// chunks.
+    pub buffer_bytes: usize,
 }
 
 impl fmt::Debug for BackupOptions {
@@ -88,6 +95,7 @@ impl Default for BackupOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             upload_concurrency: 2,
+            buffer_bytes: 12 << 20,
         }
     }
 }
@@ -123,6 +131,11 @@ impl BackupOptions {
         self.progress = Some(progress);
         self
     }
+    /// Sets the bytes of buffers held at once ([`buffer_bytes`](Self::buffer_bytes)).
+    pub fn with_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.buffer_bytes = bytes;
+        self
+    }
 }
 
 /// The result of a backup to one repository.
@@ -146,6 +159,9 @@ pub(crate) struct BackupRun {
     /// What the chunk and blob buffer pool did.
     #[cfg(test)]
     pub(crate) blob_pool: crate::repo::pool::PoolStats,
+    /// What the plaintext chunk pool did.
+    #[cfg(test)]
+    pub(crate) chunk_pool: crate::repo::pool::PoolStats,
 }
 
 /// Backs `source` up to every repository of `repos` (which share a master
@@ -196,7 +212,7 @@ pub(crate) async fn run_backup(
                         Some(k) => k.intersection(&ids).copied().collect(),
                     });
                     if first_index.is_none() {
-                        first_index = Some(Arc::new(ix));
+                        first_index = Some(ix);
                     }
                 }
                 Err(e) => s.fail(e),
@@ -234,6 +250,7 @@ pub(crate) async fn run_backup(
         let workers = options.workers.max(1);
         let readers = options.read_concurrency.max(1);
         let max_chunk = config.chunker.max_size as usize;
+        let budget = options.buffer_bytes.max(2 * max_chunk);
         let ctx = Arc::new(Ctx {
             seed: master.chunker_seed(),
             master: master.clone(),
@@ -243,6 +260,7 @@ pub(crate) async fn run_backup(
             unreadable: Mutex::new(Vec::new()),
             tracker: Tracker::new("backup", options.progress.clone()),
             read_permits: Semaphore::new(readers),
+            walk_permits: Semaphore::new(WALK_DIRECTORIES),
             incremental,
             parent_repo,
             parent_index,
@@ -251,11 +269,14 @@ pub(crate) async fn run_backup(
             // Enough idle buffers for what the pipeline holds at once
             // (blocked readers, the blob queue, the encoders, and the
             // per-target queues of pieces), so that once it is full it
-            // allocates nothing large.
-            blobs: BufferPool::new(
+            // allocates nothing large; the byte budget bounds the chunks
+            // out at once.
+            chunks: BufferPool::with_budget(readers + 4 * workers, max_chunk, budget),
+            sealed: BufferPool::new(
                 readers + 4 * workers + BLOBS_PER_TARGET * repos.len(),
-                sealed_capacity(max_chunk),
+                sealed_capacity(max_chunk).max(PIECE_BYTES),
             ),
+            zstd: Arc::new(Compressors::new(config.compression_level)),
         });
         let (blob_tx, blob_rx) = mpsc::channel::<RawBlob>(workers * 2);
         let stored = Arc::new(Mutex::new(0u64));
@@ -273,8 +294,12 @@ pub(crate) async fn run_backup(
                         }
                         let (mtime_sec, mtime_nsec) = mtime_of(&meta);
                         let root_meta = RootMetadata { mode: mode_of(&meta), mtime_sec, mtime_nsec };
-                        let (c2, r2, s2) = (ctx.clone(), root.clone(), stop_scan.clone());
-                        drop(tokio::task::spawn_blocking(move || scan_totals(r2, c2, s2)));
+                        // Totals only serve progress: no second walk of the
+                        // tree when nobody is told.
+                        if ctx.tracker.has_callback() {
+                            let (c2, r2, s2) = (ctx.clone(), root.clone(), stop_scan.clone());
+                            drop(tokio::task::spawn_blocking(move || scan_totals(r2, c2, s2)));
+                        }
                         let tree = save_dir(ctx, blob_tx, root.clone(), String::new(), parent_root).await?;
                         // The root is never left out: its listing failing fails the backup.
                         let tree = tree.ok_or_else(|| Error::backend(BACKEND, format!("cannot list directory {}", root.display())))?;
@@ -299,7 +324,8 @@ pub(crate) async fn run_backup(
             required,
             blob_rx,
             stored.clone(),
-            ctx.blobs.clone(),
+            ctx.sealed.clone(),
+            ctx.zstd.clone(),
         );
         // The source's own verdict comes after its last byte, before
         // anything is committed: a failed producer leaves no snapshot.
@@ -313,13 +339,17 @@ pub(crate) async fn run_backup(
         };
         let result = tokio::try_join!(walk, packing);
         stop_scan.store(true, Ordering::Relaxed);
-        let (w, b) = (ctx.windows.stats(), ctx.blobs.stats());
+        let (w, c, b) = (ctx.windows.stats(), ctx.chunks.stats(), ctx.sealed.stats());
         debug!(
             windows_allocated = w.allocated,
             windows_high_water = w.high_water,
+            chunks_allocated = c.allocated,
+            chunks_reused = c.reused,
+            chunks_peak_bytes = c.peak_bytes,
             blobs_allocated = b.allocated,
             blobs_reused = b.reused,
             blobs_high_water = b.high_water,
+            blobs_peak_bytes = b.peak_bytes,
             blobs_idle = b.idle,
             blobs_idle_bytes = b.idle_bytes,
             "buffer pools"
@@ -354,7 +384,7 @@ pub(crate) async fn run_backup(
         // Index, then (only if the policy can still be met) manifests, last.
         futures::future::join_all(sinks.iter().filter(|s| s.healthy()).map(|s| async {
             if !new_packs.is_empty()
-                && let Err(e) = write_index(&s.repo, new_packs.clone(), Vec::new()).await
+                && let Err(e) = write_index(&s.repo, &new_packs, &[]).await
             {
                 s.fail(e);
             }
@@ -395,6 +425,8 @@ pub(crate) async fn run_backup(
             unreadable,
             #[cfg(test)]
             blob_pool: b,
+            #[cfg(test)]
+            chunk_pool: c,
         })
     }
     .instrument(span)

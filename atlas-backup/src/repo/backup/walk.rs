@@ -2,6 +2,7 @@
 //! what replaced them, reusing a parent's unchanged files, and leaving out
 //! (and naming) entries that cannot be read.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -90,9 +91,55 @@ fn node_name(name: &OsString) -> (String, Option<String>) {
     }
 }
 
-/// One listed directory entry: its name and its `lstat`, which fails when
-/// the entry vanished after the listing.
-type Listed = (OsString, io::Result<std::fs::Metadata>);
+/// One listed directory entry: its name, its `lstat` (which fails when the
+/// entry vanished after the listing) and, for a symlink, its target (read
+/// while listing, on the same thread).
+type Listed = (
+    OsString,
+    io::Result<std::fs::Metadata>,
+    Option<io::Result<PathBuf>>,
+);
+
+/// Files read by one blocking task at most: reading a tree of small files
+/// one task per file cost a thread hand-off (and its wake-ups) per file.
+const BATCH_FILES: usize = 64;
+/// Bytes (as listed) read by one blocking task at most.
+const BATCH_BYTES: u64 = 8 << 20;
+/// A file at least this large is read by a task of its own.
+const ALONE_BYTES: u64 = 1 << 20;
+/// Batches of one directory's files waiting for a reader at once.
+const BATCH_CONCURRENCY: usize = 8;
+/// Subdirectories of one directory saved at once.
+const SUBDIR_CONCURRENCY: usize = 4;
+/// Directories listed and not yet done with their files, in the whole walk.
+pub(super) const WALK_DIRECTORIES: usize = 8;
+
+/// A regular file to read: where its node goes, and the node filled from
+/// the listing.
+struct FileJob {
+    slot: usize,
+    path: PathBuf,
+    rel: String,
+    node: Node,
+}
+
+/// What a directory's entries need beyond what the listing gave.
+enum Work {
+    /// A subdirectory, saved recursively (with its node and the parent's
+    /// tree of it, for an incremental run).
+    Dir {
+        slot: usize,
+        path: PathBuf,
+        rel: String,
+        node: Box<Node>,
+        parent_sub: Option<BlobId>,
+    },
+    /// Regular files read one after the other by one blocking task.
+    Batch(Vec<FileJob>),
+}
+
+/// The nodes of the previous snapshot's listing of a directory, by name.
+type ParentNodes = HashMap<(String, Option<String>), Node>;
 
 /// Saves the directory `dir` (relative path `rel`, empty for the root) and
 /// returns its tree blob, or `None` when it cannot be listed and is left
@@ -105,6 +152,11 @@ pub(super) fn save_dir(
     parent: Option<Tree>,
 ) -> BoxFuture<'static, Result<Option<BlobId>>> {
     Box::pin(async move {
+        // Held while the directory is listed and its files read, not while
+        // its subdirectories are saved: the listings and files waiting at
+        // once are bounded, so the walk cannot run ahead of the readers and
+        // hold the whole tree's listing in memory.
+        let permit = ctx.walk_permits.acquire().await.map_err(|_| aborted())?;
         if !rel.is_empty() {
             ctx.tracker.update(|p| p.current = Some(rel.clone()));
         }
@@ -113,7 +165,12 @@ pub(super) fn save_dir(
             let mut out = Vec::new();
             for entry in std::fs::read_dir(&dir2)? {
                 let entry = entry?;
-                out.push((entry.file_name(), entry.metadata()));
+                let meta = entry.metadata();
+                let link = match &meta {
+                    Ok(m) if m.file_type().is_symlink() => Some(std::fs::read_link(entry.path())),
+                    _ => None,
+                };
+                out.push((entry.file_name(), meta, link));
             }
             // By the name's bytes (on Unix, its exact bytes).
             out.sort_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
@@ -130,23 +187,84 @@ pub(super) fn save_dir(
             }
         };
         ctx.totals(|t| t.dirs += 1);
-        let parent = Arc::new(parent);
-        let nodes: Vec<Option<Node>> = stream::iter(entries)
-            .map(|(name, meta)| {
-                let ctx = ctx.clone();
-                let tx = tx.clone();
-                let parent = parent.clone();
-                let path = dir.join(&name);
-                let rel = if rel.is_empty() {
-                    name.to_string_lossy().into_owned()
-                } else {
-                    format!("{rel}/{}", name.to_string_lossy())
-                };
-                async move { save_entry(ctx, tx, path, rel, name, meta, parent).await }
+        let mut parent: ParentNodes = parent
+            .map(|t| {
+                t.nodes
+                    .into_iter()
+                    .map(|n| ((n.name.clone(), n.name_bytes.clone()), n))
+                    .collect()
             })
-            .buffered(16)
-            .try_collect()
-            .await?;
+            .unwrap_or_default();
+        let mut nodes: Vec<Option<Node>> = Vec::new();
+        nodes.resize_with(entries.len(), || None);
+        let mut work: Vec<Work> = Vec::new();
+        let mut dirs: Vec<Work> = Vec::new();
+        let mut batch: Vec<FileJob> = Vec::new();
+        let mut batch_bytes = 0u64;
+        for (slot, (name, meta, link)) in entries.into_iter().enumerate() {
+            let path = dir.join(&name);
+            let rel = if rel.is_empty() {
+                name.to_string_lossy().into_owned()
+            } else {
+                format!("{rel}/{}", name.to_string_lossy())
+            };
+            match plan_entry(&ctx, &mut parent, path, rel, &name, meta, link) {
+                Planned::Done(node) => nodes[slot] = node,
+                Planned::Dir {
+                    path,
+                    rel,
+                    node,
+                    parent_sub,
+                } => dirs.push(Work::Dir {
+                    slot,
+                    path,
+                    rel,
+                    node: Box::new(node),
+                    parent_sub,
+                }),
+                Planned::Read(path, rel, node) => {
+                    let size = node.size;
+                    let job = FileJob {
+                        slot,
+                        path,
+                        rel,
+                        node,
+                    };
+                    if size >= ALONE_BYTES {
+                        work.push(Work::Batch(vec![job]));
+                        continue;
+                    }
+                    if batch.len() >= BATCH_FILES || batch_bytes + size > BATCH_BYTES {
+                        work.push(Work::Batch(std::mem::take(&mut batch)));
+                        batch_bytes = 0;
+                    }
+                    batch_bytes += size;
+                    batch.push(job);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            work.push(Work::Batch(batch));
+        }
+        // This directory's files first; then, without the permit, its
+        // subdirectories.
+        let mut permit = Some(permit);
+        for (items, concurrency) in [(work, BATCH_CONCURRENCY), (dirs, SUBDIR_CONCURRENCY)] {
+            let mut done = stream::iter(items)
+                .map(|w| {
+                    let ctx = ctx.clone();
+                    let tx = tx.clone();
+                    async move { run_work(ctx, tx, w).await }
+                })
+                .buffer_unordered(concurrency);
+            while let Some(saved) = done.try_next().await? {
+                for (slot, node) in saved {
+                    nodes[slot] = node;
+                }
+            }
+            drop(done);
+            drop(permit.take());
+        }
         let tree = Tree {
             nodes: nodes.into_iter().flatten().collect(),
         };
@@ -154,28 +272,42 @@ pub(super) fn save_dir(
     })
 }
 
-async fn save_entry(
-    ctx: Arc<Ctx>,
-    tx: mpsc::Sender<RawBlob>,
+/// What one listed entry needs.
+enum Planned {
+    /// Nothing more: its node (`None`: left out).
+    Done(Option<Node>),
+    /// A subdirectory to save.
+    Dir {
+        path: PathBuf,
+        rel: String,
+        node: Node,
+        parent_sub: Option<BlobId>,
+    },
+    /// A regular file to read.
+    Read(PathBuf, String, Node),
+}
+
+/// Decides what the entry `name` needs, from its listing alone: symlinks,
+/// special files, entries that vanished and files an incremental run can
+/// reuse are done here, without another task.
+fn plan_entry(
+    ctx: &Ctx,
+    parent: &mut ParentNodes,
     path: PathBuf,
     rel: String,
-    name: OsString,
+    name: &OsString,
     meta: io::Result<std::fs::Metadata>,
-    parent: Arc<Option<Tree>>,
-) -> Result<Option<Node>> {
+    link: Option<io::Result<PathBuf>>,
+) -> Planned {
     let meta = match meta {
         Ok(m) => m,
         Err(e) => {
             ctx.skip_unreadable(&rel, format!("cannot stat: {e}"));
-            return Ok(None);
+            return Planned::Done(None);
         }
     };
-    let (name_str, name_bytes) = node_name(&name);
-    let prev = parent.as_ref().as_ref().and_then(|t| {
-        t.nodes
-            .iter()
-            .find(|n| n.name == name_str && n.name_bytes == name_bytes)
-    });
+    let (name_str, name_bytes) = node_name(name);
+    let prev = parent.remove(&(name_str.clone(), name_bytes.clone()));
     let (mtime_sec, mtime_nsec) = mtime_of(&meta);
     let mut node = Node {
         name: name_str,
@@ -192,40 +324,39 @@ async fn save_entry(
     };
     let ft = meta.file_type();
     if ft.is_dir() {
-        let parent_sub = match prev
-            .filter(|p| p.kind == NodeKind::Dir)
-            .and_then(|p| p.subtree)
-        {
-            Some(id) if ctx.incremental => {
-                match ctx.parent_repo.read_tree(&ctx.parent_index, &id).await {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        warn!(path = %rel, error = %e, "cannot read the parent's tree; reading the directory in full");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
         node.kind = NodeKind::Dir;
-        node.subtree = save_dir(ctx, tx, path, rel, parent_sub).await?;
-        Ok(node.subtree.is_some().then_some(node))
+        let parent_sub = prev
+            .filter(|p| p.kind == NodeKind::Dir && ctx.incremental)
+            .and_then(|p| p.subtree);
+        Planned::Dir {
+            path,
+            rel,
+            node,
+            parent_sub,
+        }
     } else if ft.is_symlink() {
-        let target = match tokio::fs::read_link(&path).await {
-            Ok(t) => t,
-            Err(e) => {
+        let target = match link {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
                 ctx.skip_unreadable(&rel, format!("cannot read symlink: {e}"));
-                return Ok(None);
+                return Planned::Done(None);
             }
+            None => match std::fs::read_link(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    ctx.skip_unreadable(&rel, format!("cannot read symlink: {e}"));
+                    return Planned::Done(None);
+                }
+            },
         };
         node.kind = NodeKind::Symlink;
         node.target = Some(target.to_string_lossy().into_owned());
         ctx.totals(|t| t.symlinks += 1);
-        Ok(Some(node))
+        Planned::Done(Some(node))
     } else if ft.is_file() {
         node.size = meta.len();
         let unchanged = ctx.incremental
-            && prev.is_some_and(|p| {
+            && prev.as_ref().is_some_and(|p| {
                 p.kind == NodeKind::File
                     && p.size == node.size
                     && p.mtime_sec == node.mtime_sec
@@ -234,7 +365,7 @@ async fn save_entry(
                     && p.content.iter().all(|id| ctx.is_known(id))
             });
         if let (true, Some(p)) = (unchanged, prev) {
-            node.content = p.content.clone();
+            node.content = p.content;
             let n = node.content.len() as u64;
             ctx.totals(|t| {
                 t.files += 1;
@@ -245,38 +376,90 @@ async fn save_entry(
                 pr.files_done += 1;
                 pr.bytes_done += node.size;
             });
-            return Ok(Some(node));
+            return Planned::Done(Some(node));
         }
-        let _permit = ctx.read_permits.acquire().await.map_err(|_| aborted())?;
-        ctx.tracker.update(|p| p.current = Some(rel.clone()));
-        let ctx2 = ctx.clone();
-        let rel2 = rel.clone();
-        let read = tokio::task::spawn_blocking(move || read_source_file(&ctx2, &path, &rel2, &tx))
-            .await
-            .map_err(join_err)??;
-        let ReadFile { ids, size, meta } = match read {
-            Ok(r) => r,
-            Err(reason) => {
-                ctx.skip_unreadable(&rel, reason);
-                return Ok(None);
-            }
-        };
-        // The metadata of the file as opened and read, not as listed.
-        (node.mtime_sec, node.mtime_nsec) = mtime_of(&meta);
-        node.mode = mode_of(&meta);
-        node.inode = inode_of(&meta);
-        node.content = ids;
-        node.size = size;
-        ctx.totals(|t| {
-            t.files += 1;
-            t.bytes += size;
-        });
-        ctx.tracker.update(|p| p.files_done += 1);
-        Ok(Some(node))
+        Planned::Read(path, rel, node)
     } else {
         warn!(path = %rel, "skipping a special file (fifo, socket or device)");
         ctx.totals(|t| t.skipped += 1);
-        Ok(None)
+        Planned::Done(None)
+    }
+}
+
+/// Saves a subdirectory, or reads a batch of files on one blocking thread;
+/// returns the nodes by slot.
+async fn run_work(
+    ctx: Arc<Ctx>,
+    tx: mpsc::Sender<RawBlob>,
+    work: Work,
+) -> Result<Vec<(usize, Option<Node>)>> {
+    match work {
+        Work::Dir {
+            slot,
+            path,
+            rel,
+            mut node,
+            parent_sub,
+        } => {
+            let parent_tree = match parent_sub {
+                Some(id) => match ctx.parent_repo.read_tree(&ctx.parent_index, &id).await {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        warn!(path = %rel, error = %e, "cannot read the parent's tree; reading the directory in full");
+                        None
+                    }
+                },
+                None => None,
+            };
+            node.subtree = save_dir(ctx, tx, path, rel, parent_tree).await?;
+            Ok(vec![(slot, node.subtree.is_some().then_some(*node))])
+        }
+        Work::Batch(jobs) => {
+            let _permit = ctx.read_permits.acquire().await.map_err(|_| aborted())?;
+            let ctx2 = ctx.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    ctx2.tracker.update(|p| p.current = Some(job.rel.clone()));
+                    let read = read_source_file(&ctx2, &job.path, &job.rel, &tx)?;
+                    out.push((job, read));
+                }
+                Ok::<_, Error>(out)
+            })
+            .await
+            .map_err(join_err)??;
+            // Left-out entries are reported here, on the walk's task.
+            Ok(read
+                .into_iter()
+                .map(|(job, read)| {
+                    let FileJob {
+                        slot,
+                        rel,
+                        mut node,
+                        ..
+                    } = job;
+                    let ReadFile { ids, size, meta } = match read {
+                        Ok(r) => r,
+                        Err(reason) => {
+                            ctx.skip_unreadable(&rel, reason);
+                            return (slot, None);
+                        }
+                    };
+                    // The metadata of the file as opened and read, not as listed.
+                    (node.mtime_sec, node.mtime_nsec) = mtime_of(&meta);
+                    node.mode = mode_of(&meta);
+                    node.inode = inode_of(&meta);
+                    node.content = ids;
+                    node.size = size;
+                    ctx.totals(|t| {
+                        t.files += 1;
+                        t.bytes += size;
+                    });
+                    ctx.tracker.update(|p| p.files_done += 1);
+                    (slot, Some(node))
+                })
+                .collect())
+        }
     }
 }
 

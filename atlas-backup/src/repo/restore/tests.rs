@@ -206,7 +206,7 @@ async fn plant_snapshot(repo: &Repository, base: &str, root: &Tree) -> String {
         .put_bytes_if_absent(&inner.layout.pack(&pack_id).unwrap(), pack.into())
         .await
         .unwrap();
-    write_index(repo, vec![IndexPack::of(pack_id, size, &blobs)], Vec::new())
+    write_index(repo, &[IndexPack::of(pack_id, size, &blobs)], &[])
         .await
         .unwrap();
     let mut snapshot = repo.snapshot(base).await.unwrap();
