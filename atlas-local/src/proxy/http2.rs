@@ -133,6 +133,9 @@ async fn serve_h2(
     // (checked once per period, so idle for one to two periods) is closed
     // as an idle HTTP/1.1 connection is.
     let mut seen = 0;
+    // A stream open at the last check counts as activity, so the idle time
+    // runs from when the last stream ended, not from when it began.
+    let mut was_busy = false;
     loop {
         tokio::select! {
             ended = served.as_mut() => {
@@ -144,11 +147,13 @@ async fn serve_h2(
             () = stopped(&mut stop) => break,
             () = tokio::time::sleep(idle_limit.unwrap_or(Duration::MAX)), if idle_limit.is_some() => {
                 let now = started.load(Ordering::Relaxed);
-                if now == seen && open.load(Ordering::Acquire) == 0 {
+                let busy = open.load(Ordering::Acquire) > 0;
+                if now == seen && !busy && !was_busy {
                     tracing::debug!("idle HTTP/2 connection closed");
                     break;
                 }
                 seen = now;
+                was_busy = busy;
             }
         }
     }
