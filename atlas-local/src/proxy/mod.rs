@@ -1496,17 +1496,7 @@ impl TrafficRouter for ProxyRouter {
         if let Some(view) = self.added(service)? {
             return view.set_split(service, split).await;
         }
-        let state = SplitState::new(split)?;
-        let previous = self.shared.split.swap(Some(Arc::new(state)));
-        self.span.in_scope(|| {
-            tracing::info!(
-                split = %split,
-                canary_match = ?split.canary_match(),
-                previous = ?previous.as_ref().map(|p| p.split.to_string()),
-                "traffic split applied"
-            );
-        });
-        Ok(())
+        self.shared.apply_split(split, &self.span)
     }
 
     async fn split(&self, service: &ServiceName) -> Result<Option<TrafficSplit>> {

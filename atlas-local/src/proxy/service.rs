@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use atlas_core::{Endpoint, Error, Result, ServiceName, Slot, TrafficRouter, TrafficSplit};
 use tracing::Instrument as _;
 
-use super::balance::SplitState;
 use super::metrics::ProxyMetrics;
 use super::replica_stats::ReplicaSnapshot;
 use super::route::ServiceRoute;
@@ -113,17 +112,7 @@ impl TrafficRouter for ProxyService {
     /// cookie name or value.
     async fn set_split(&self, service: &ServiceName, split: &TrafficSplit) -> Result<()> {
         self.check_service(service)?;
-        let state = SplitState::new(split)?;
-        let previous = self.shared.split.swap(Some(Arc::new(state)));
-        self.span.in_scope(|| {
-            tracing::info!(
-                split = %split,
-                canary_match = ?split.canary_match(),
-                previous = ?previous.as_ref().map(|p| p.split.to_string()),
-                "traffic split applied"
-            );
-        });
-        Ok(())
+        self.shared.apply_split(split, &self.span)
     }
 
     async fn split(&self, service: &ServiceName) -> Result<Option<TrafficSplit>> {

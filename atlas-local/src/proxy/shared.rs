@@ -370,6 +370,22 @@ impl Shared {
             .collect()
     }
 
+    /// Puts `split` in force in one swap (each request reads it once) and
+    /// logs it in `span`; an invalid match rule changes nothing.
+    pub(crate) fn apply_split(&self, split: &TrafficSplit, span: &tracing::Span) -> Result<()> {
+        let state = SplitState::new(split)?;
+        let previous = self.split.swap(Some(Arc::new(state)));
+        span.in_scope(|| {
+            tracing::info!(
+                split = %split,
+                canary_match = ?split.canary_match(),
+                previous = ?previous.as_ref().map(|p| p.split.to_string()),
+                "traffic split applied"
+            );
+        });
+        Ok(())
+    }
+
     pub(crate) fn current_split(&self) -> Option<TrafficSplit> {
         self.split.load().as_ref().map(|s| s.split.clone())
     }
