@@ -116,6 +116,32 @@ async fn wait_ready(w: &RemoteWorkloads, svc: &ServiceName, slot: Slot, n: u32) 
     }
 }
 
+/// Registers `svc` on `host` and serves `site` from one blue replica with
+/// all of its traffic, through the daemon's API.
+async fn serve_site(client: &AtlasdClient, svc: &ServiceName, host: &str, site: &Path) {
+    let (router, workloads) = (
+        RemoteRouter::new(client.clone()),
+        RemoteWorkloads::new(client.clone()),
+    );
+    client
+        .register_service(svc, ServiceRoute::host(host))
+        .await
+        .unwrap();
+    workloads
+        .deploy(svc, Slot::Blue, &http_server("v1", site), 1)
+        .await
+        .unwrap();
+    let endpoints = wait_ready(&workloads, svc, Slot::Blue, 1).await;
+    router
+        .set_endpoints(svc, Slot::Blue, &endpoints)
+        .await
+        .unwrap();
+    router
+        .set_split(svc, &TrafficSplit::all_to(Slot::Blue))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_state_store_passes_the_conformance_suite() {
     let dir = temp();
@@ -184,29 +210,14 @@ async fn services_are_routed_by_host_and_a_second_claim_is_refused() {
     std::fs::write(a_site.path().join("who"), "service a").unwrap();
     std::fs::write(b_site.path().join("who"), "service b").unwrap();
     let (daemon, client) = start(dir.path()).await;
-    let (router, workloads) = (
-        RemoteRouter::new(client.clone()),
-        RemoteWorkloads::new(client.clone()),
-    );
     for (name, site) in [("svc-a", &a_site), ("svc-b", &b_site)] {
-        let svc = service(name);
-        client
-            .register_service(&svc, ServiceRoute::host(format!("{name}.example")))
-            .await
-            .unwrap();
-        workloads
-            .deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 1)
-            .await
-            .unwrap();
-        let endpoints = wait_ready(&workloads, &svc, Slot::Blue, 1).await;
-        router
-            .set_endpoints(&svc, Slot::Blue, &endpoints)
-            .await
-            .unwrap();
-        router
-            .set_split(&svc, &TrafficSplit::all_to(Slot::Blue))
-            .await
-            .unwrap();
+        serve_site(
+            &client,
+            &service(name),
+            &format!("{name}.example"),
+            site.path(),
+        )
+        .await;
     }
     let proxy = daemon.proxy_addr();
     assert_eq!(
@@ -598,28 +609,7 @@ async fn the_daemon_terminates_tls_with_http2_for_its_services() {
     c.tls = Some(atlas_local::proxy::TlsConfig::new().certificate(&cert_path, &key_path));
     let daemon = Daemon::start(c).await.unwrap();
     let client = AtlasdClient::unix(daemon.admin_socket());
-    let (router, workloads) = (
-        RemoteRouter::new(client.clone()),
-        RemoteWorkloads::new(client.clone()),
-    );
-    let svc = service("web");
-    client
-        .register_service(&svc, ServiceRoute::host("web.test"))
-        .await
-        .unwrap();
-    workloads
-        .deploy(&svc, Slot::Blue, &http_server("v1", site.path()), 1)
-        .await
-        .unwrap();
-    let endpoints = wait_ready(&workloads, &svc, Slot::Blue, 1).await;
-    router
-        .set_endpoints(&svc, Slot::Blue, &endpoints)
-        .await
-        .unwrap();
-    router
-        .set_split(&svc, &TrafficSplit::all_to(Slot::Blue))
-        .await
-        .unwrap();
+    serve_site(&client, &service("web"), "web.test", site.path()).await;
     let port = daemon.proxy_addr().port();
     for protocol in ["--http1.1", "--http2"] {
         let out = tokio::process::Command::new("curl")
