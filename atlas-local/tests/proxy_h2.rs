@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use atlas_core::{Endpoint, RequestMatch, ServiceName, Slot, TrafficRouter, TrafficSplit};
-use atlas_local::proxy::{AccessLog, Hsts, ProxyRouter, ServiceRoute, TlsConfig};
+use atlas_local::proxy::{
+    AccessLog, GzipPolicy, Hsts, ProxyRouter, ProxyRouterBuilder, ServiceRoute, TlsConfig,
+};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
@@ -132,6 +134,45 @@ async fn upstream(name: &'static str) -> SocketAddr {
 
 /// [`upstream`], with the number of connections it accepted.
 async fn counted_upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    http1_upstream(move |req: Request<Incoming>| async move {
+        let response = Response::builder()
+            .header("x-upstream", name)
+            .header("connection", "x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5");
+        if req.uri().path() == "/echo" {
+            return response.body(req.into_body().boxed()).unwrap();
+        }
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let seen = format!(
+            "{name} {:?} host={} forwarded={} cookie={}",
+            req.version(),
+            header(&req, "host"),
+            header(&req, "forwarded"),
+            header(&req, "cookie"),
+        );
+        response
+            .body(
+                Full::new(Bytes::from(seen))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .unwrap()
+    })
+    .await
+}
+
+/// A hyper HTTP/1.1 server on 127.0.0.1 answering each request with
+/// `answer`, and the number of connections it accepted.
+async fn http1_upstream<F, Fut, B>(answer: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -143,35 +184,8 @@ async fn counted_upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) 
             };
             counter.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| async move {
-                    let response = Response::builder()
-                        .header("x-upstream", name)
-                        .header("connection", "x-hop")
-                        .header("x-hop", "1")
-                        .header("keep-alive", "timeout=5");
-                    if req.uri().path() == "/echo" {
-                        return Ok::<_, Infallible>(
-                            response.body(req.into_body().boxed()).unwrap(),
-                        );
-                    }
-                    if req.uri().path() == "/slow" {
-                        tokio::time::sleep(Duration::from_millis(600)).await;
-                    }
-                    let seen = format!(
-                        "{name} {:?} host={} forwarded={} cookie={}",
-                        req.version(),
-                        header(&req, "host"),
-                        header(&req, "forwarded"),
-                        header(&req, "cookie"),
-                    );
-                    Ok(response
-                        .body(
-                            Full::new(Bytes::from(seen))
-                                .map_err(|never| match never {})
-                                .boxed(),
-                        )
-                        .unwrap())
-                });
+                let service =
+                    service_fn(move |req| async move { Ok::<_, Infallible>(answer(req).await) });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -196,13 +210,21 @@ fn service() -> ServiceName {
 
 /// A router on a TLS listener with `blue` (and `green`) upstreams.
 async fn router(tls: TlsConfig, blue: SocketAddr, green: Option<SocketAddr>) -> ProxyRouter {
-    let router = ProxyRouter::builder(service())
+    router_with(tls, blue, green, |b| b).await
+}
+
+/// [`router`], its builder first passed through `configure`.
+async fn router_with(
+    tls: TlsConfig,
+    blue: SocketAddr,
+    green: Option<SocketAddr>,
+    configure: impl FnOnce(ProxyRouterBuilder) -> ProxyRouterBuilder,
+) -> ProxyRouter {
+    let builder = ProxyRouter::builder(service())
         .worker_threads(1)
         .initial_split(TrafficSplit::all_to(Slot::Blue))
-        .tls(tls)
-        .build()
-        .await
-        .unwrap();
+        .tls(tls);
+    let router = configure(builder).build().await.unwrap();
     router
         .set_endpoints(&service(), Slot::Blue, &[Endpoint::new("blue-0", blue)])
         .await
@@ -247,6 +269,15 @@ async fn settled(router: &ProxyRouter) {
         }
     })
     .await;
+}
+
+/// Once the exchanges are recorded: blue's requests and proxy errors.
+async fn assert_blue_counts(router: &ProxyRouter, expected: (u64, u64)) {
+    settled(router).await;
+    let stats = router
+        .metrics()
+        .window_stats(Slot::Blue, Duration::from_secs(60));
+    assert_eq!((stats.requests, stats.proxy_errors), expected);
 }
 
 fn slot_of(parts: &http::response::Parts) -> &str {
@@ -667,18 +698,10 @@ async fn services_by_authority_sticky_cookies_and_the_access_log_cover_h2() {
 async fn the_request_timeout_answers_504_or_resets_a_streaming_response() {
     let pki = Pki::new();
     let blue = upstream("b0").await;
-    let router = ProxyRouter::builder(service())
-        .worker_threads(1)
-        .initial_split(TrafficSplit::all_to(Slot::Blue))
-        .request_timeout(Duration::from_millis(300))
-        .tls(pki.tls())
-        .build()
-        .await
-        .unwrap();
-    router
-        .set_endpoints(&service(), Slot::Blue, &[Endpoint::new("blue-0", blue)])
-        .await
-        .unwrap();
+    let router = router_with(pki.tls(), blue, None, |b| {
+        b.request_timeout(Duration::from_millis(300))
+    })
+    .await;
     let mut h2 = pki.h2(router.local_addr()).await;
 
     // No response head within the timeout: 504, counted as a proxy error.
@@ -710,11 +733,7 @@ async fn the_request_timeout_answers_504_or_resets_a_streaming_response() {
     // A quick request on the same connection is unaffected.
     let (parts, _) = send(&mut h2, get("/quick")).await;
     assert_eq!(parts.status, StatusCode::OK);
-    settled(&router).await;
-    let stats = router
-        .metrics()
-        .window_stats(Slot::Blue, Duration::from_secs(60));
-    assert_eq!((stats.requests, stats.proxy_errors), (3, 2));
+    assert_blue_counts(&router, (3, 2)).await;
     router.shutdown().await;
 }
 
@@ -722,18 +741,10 @@ async fn the_request_timeout_answers_504_or_resets_a_streaming_response() {
 async fn an_idle_h2_connection_is_closed_after_the_client_header_timeout() {
     let pki = Pki::new();
     let blue = upstream("b0").await;
-    let router = ProxyRouter::builder(service())
-        .worker_threads(1)
-        .initial_split(TrafficSplit::all_to(Slot::Blue))
-        .client_header_timeout(Duration::from_millis(300))
-        .tls(pki.tls())
-        .build()
-        .await
-        .unwrap();
-    router
-        .set_endpoints(&service(), Slot::Blue, &[Endpoint::new("blue-0", blue)])
-        .await
-        .unwrap();
+    let router = router_with(pki.tls(), blue, None, |b| {
+        b.client_header_timeout(Duration::from_millis(300))
+    })
+    .await;
     let mut h2 = pki.h2(router.local_addr()).await;
     // A stream slower than the timeout keeps the connection open.
     let (parts, _) = send(&mut h2, get("/slow")).await;
@@ -752,4 +763,530 @@ async fn an_idle_h2_connection_is_closed_after_the_client_header_timeout() {
         "closed after {waited:?}"
     );
     router.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Gzip, the client body and response idle timeouts, and WebSocket over
+// HTTP/2 (RFC 8441).
+
+/// The text `/text` answers with.
+fn text_body() -> Bytes {
+    Bytes::from("hello gzip over h2, ".repeat(300))
+}
+
+/// An upstream for the gzip policy: `/text` (a long text/plain with a
+/// strong ETag, or its first bytes as a 206 for a Range request),
+/// `/stream` (the same text chunked), `/small` (short text), `/encoded`
+/// (long text already encoded) and `/image` (a long image/png).
+async fn gzip_upstream() -> SocketAddr {
+    http1_upstream(|req: Request<Incoming>| async move {
+        let text = text_body();
+        let full = |bytes: Bytes| Full::new(bytes).boxed();
+        let response = Response::builder().header("content-type", "text/plain");
+        let response = match req.uri().path() {
+            "/text" if req.headers().contains_key("range") => response
+                .status(206)
+                .header("content-range", format!("bytes 0-99/{}", text.len()))
+                .body(full(text.slice(..100))),
+            "/text" => response.header("etag", "\"v1\"").body(full(text)),
+            "/stream" => {
+                let frames: Vec<Result<Frame<Bytes>, Infallible>> = text
+                    .chunks(1000)
+                    .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                    .collect();
+                response.body(StreamBody::new(futures::stream::iter(frames)).boxed())
+            }
+            "/small" => response.body(full(text.slice(..100))),
+            "/encoded" => response.header("content-encoding", "br").body(full(text)),
+            _ => Response::builder()
+                .header("content-type", "image/png")
+                .body(full(text)),
+        };
+        response.unwrap()
+    })
+    .await
+    .0
+}
+
+/// A GET of `path` with `headers`.
+fn get_with(path: &str, headers: &[(&str, &str)]) -> Request<ClientBody> {
+    let mut request = get(path);
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    request
+}
+
+/// Sends `request` and reads the whole answer as bytes.
+async fn send_bytes(
+    sender: &mut SendRequest<ClientBody>,
+    request: Request<ClientBody>,
+) -> (http::response::Parts, Bytes) {
+    bounded("an HTTP/2 exchange", async {
+        sender.ready().await.unwrap();
+        let (parts, body) = sender.send_request(request).await.unwrap().into_parts();
+        (parts, body.collect().await.unwrap().to_bytes())
+    })
+    .await
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn value<'a>(parts: &'a http::response::Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_responses_on_h2_are_gzipped_under_the_http1_policy() {
+    let pki = Pki::new();
+    let blue = gzip_upstream().await;
+    let router = router_with(pki.tls(), blue, None, |b| b.gzip(GzipPolicy::default())).await;
+    let mut h2 = pki.h2(router.local_addr()).await;
+    let gzip = [("accept-encoding", "br, gzip")];
+    let text = text_body();
+
+    // A long text, of known length or streamed: compressed, announced,
+    // its strong ETag made weak; it decompresses to the upstream's bytes.
+    for path in ["/text", "/stream"] {
+        let (parts, body) = send_bytes(&mut h2, get_with(path, &gzip)).await;
+        assert_eq!(parts.status, StatusCode::OK, "{path}");
+        assert_eq!(value(&parts, "content-encoding"), Some("gzip"), "{path}");
+        assert_eq!(value(&parts, "vary"), Some("accept-encoding"), "{path}");
+        assert_eq!(value(&parts, "content-length"), None, "{path}");
+        assert_eq!(value(&parts, "x-atlas-slot"), Some("blue"), "{path}");
+        assert!(body.len() < text.len() / 4, "{path}: {} bytes", body.len());
+        assert_eq!(gunzip(&body), text, "{path}");
+        if path == "/text" {
+            assert_eq!(value(&parts, "etag"), Some("W/\"v1\""));
+        }
+    }
+
+    // Not compressed: a client that does not accept gzip (or refuses it),
+    // a Range request (its 206), a body under the minimum size, one
+    // already encoded, a media type not listed. Listed text varies.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: [Case<'_>; 6] = [
+        ("/text", &[], Some("accept-encoding")),
+        (
+            "/text",
+            &[("accept-encoding", "gzip;q=0")],
+            Some("accept-encoding"),
+        ),
+        (
+            "/text",
+            &[("accept-encoding", "gzip"), ("range", "bytes=0-99")],
+            Some("accept-encoding"),
+        ),
+        ("/small", &gzip, Some("accept-encoding")),
+        ("/encoded", &gzip, None),
+        ("/image", &gzip, None),
+    ];
+    for (path, headers, vary) in cases {
+        let (parts, body) = send_bytes(&mut h2, get_with(path, headers)).await;
+        let what = format!("{path} {headers:?}");
+        assert_ne!(value(&parts, "content-encoding"), Some("gzip"), "{what}");
+        assert_eq!(value(&parts, "vary"), vary, "{what}");
+        assert_eq!(
+            value(&parts, "content-length"),
+            Some(body.len().to_string().as_str()),
+            "{what}"
+        );
+        let expected = match (path, headers.len()) {
+            ("/small", _) | ("/text", 2) => text.slice(..100),
+            _ => text.clone(),
+        };
+        assert_eq!(body, expected, "{what}");
+        if headers.len() == 2 {
+            assert_eq!(parts.status, StatusCode::PARTIAL_CONTENT);
+        }
+    }
+    assert_eq!(
+        value(
+            &send_bytes(&mut h2, get_with("/encoded", &gzip)).await.0,
+            "content-encoding"
+        ),
+        Some("br")
+    );
+    router.shutdown().await;
+}
+
+/// A raw HTTP/1.1 upstream, one request per connection: `GET /stall`
+/// answers a 100-byte body's first 10 bytes and then nothing; a `POST`
+/// gets no answer, its bytes after the head are read until the proxy
+/// closes the connection; anything else gets `ok`. What each stalled
+/// connection received after its head comes on the channel once it is
+/// closed.
+async fn stalling_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let end = loop {
+                    let mut buf = [0u8; 4096];
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                let mut rest = got.split_off(end);
+                if head.starts_with("get /stall ") {
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                        .await
+                        .unwrap();
+                } else if !head.starts_with("post ") {
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    return;
+                }
+                let _ = stream.read_to_end(&mut rest).await;
+                let _ = closed.send(rest);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2_request_body_is_abandoned_after_the_client_body_timeout() {
+    let pki = Pki::new();
+    let (blue, mut closed) = stalling_upstream().await;
+    let router = router_with(pki.tls(), blue, None, |b| {
+        b.client_body_timeout(Duration::from_millis(300))
+    })
+    .await;
+    let mut h2 = pki.h2(router.local_addr()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let request = Request::post("https://a.test/upload")
+        .header("content-length", "10")
+        .body(StreamBody::new(tokio_stream_from(rx)).boxed())
+        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"hello"))))
+        .await
+        .unwrap();
+    h2.ready().await.unwrap();
+    let started = tokio::time::Instant::now();
+    // The client sends nothing more: the proxy drops the exchange, closing
+    // the upstream connection and resetting the stream, as the HTTP/1.1
+    // path closes both connections.
+    let answer = bounded("the stalled upload's end", h2.send_request(request)).await;
+    assert!(answer.is_err(), "the stream was answered: {answer:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "reset after {waited:?}"
+    );
+    let got = bounded("the upstream connection to close", closed.recv())
+        .await
+        .unwrap();
+    assert_eq!(got, b"hello", "the upstream got more than was sent");
+    drop(tx);
+
+    // The connection serves the next stream; the abandoned exchange is
+    // not counted, as on the HTTP/1.1 path.
+    let (parts, body) = send(&mut h2, get("/next")).await;
+    assert_eq!((parts.status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_blue_counts(&router, (1, 0)).await;
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_request_body_found_over_the_limit_as_it_streams_gets_413() {
+    let pki = Pki::new();
+    let (blue, mut closed) = stalling_upstream().await;
+    let router = router_with(pki.tls(), blue, None, |b| b.max_request_body(8)).await;
+    let mut h2 = pki.h2(router.local_addr()).await;
+    // No declared length: the limit is found as the body streams.
+    let pieces = [b"hello", b"world"].map(|p| Ok(Frame::data(Bytes::from_static(p))));
+    let request = Request::post("https://a.test/upload")
+        .body(StreamBody::new(futures::stream::iter(pieces)).boxed())
+        .unwrap();
+    let (parts, body) = send(&mut h2, request).await;
+    assert_eq!(
+        (parts.status, body.as_str(), slot_of(&parts)),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+            "blue"
+        )
+    );
+    // Nothing past the limit went upstream, whose connection is closed.
+    let got = bounded("the upstream connection to close", closed.recv())
+        .await
+        .unwrap();
+    assert!(got.len() <= 8 + 16, "{}", String::from_utf8_lossy(&got));
+    assert!(!String::from_utf8_lossy(&got).contains("world"));
+    assert_blue_counts(&router, (0, 0)).await;
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_idle_mid_body_resets_the_stream_after_the_response_idle_timeout() {
+    let pki = Pki::new();
+    let (blue, mut closed) = stalling_upstream().await;
+    let router = router_with(pki.tls(), blue, None, |b| {
+        b.response_idle_timeout(Duration::from_millis(300))
+    })
+    .await;
+    let mut h2 = pki.h2(router.local_addr()).await;
+    h2.ready().await.unwrap();
+    let response = bounded("the stalling head", h2.send_request(get("/stall")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = bounded("the first bytes", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.data_ref().unwrap().as_ref(), b"0123456789");
+    let started = tokio::time::Instant::now();
+    let rest = bounded("the stalled body's end", body.collect()).await;
+    assert!(rest.is_err(), "the stream was not reset");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "reset after {waited:?}"
+    );
+    // The upstream connection is closed, not left to hang.
+    bounded("the upstream connection to close", closed.recv())
+        .await
+        .unwrap();
+
+    // The connection serves the next stream; the cut-off response counts
+    // as an upstream failure.
+    let (parts, body) = send(&mut h2, get("/next")).await;
+    assert_eq!((parts.status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_blue_counts(&router, (2, 1)).await;
+    router.shutdown().await;
+}
+
+/// A WebSocket server on HTTP/1.1: answers 400 to anything but a
+/// WebSocket upgrade request, 101 with the `Sec-WebSocket-Accept` of its key (a wrong one for
+/// `/bad`), then echoes each (masked, short) frame back unmasked.
+async fn websocket_upstream() -> SocketAddr {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if stream.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let original = String::from_utf8(head).unwrap();
+                let head = original.to_lowercase();
+                if !(head.starts_with("get /")
+                    && head.contains("\r\nupgrade: websocket\r\n")
+                    && head.contains("\r\nconnection: upgrade\r\n")
+                    && head.contains("\r\nsec-websocket-version: 13\r\n"))
+                {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let key = original
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("sec-websocket-key")
+                            .then(|| value.trim())
+                    })
+                    .expect("a key");
+                let mut sha = sha1::Sha1::new();
+                sha.update(key.as_bytes());
+                sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+                let mut accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+                if head.starts_with("get /bad ") {
+                    accept = "wrong".to_owned();
+                }
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                loop {
+                    let mut fixed = [0u8; 6];
+                    if stream.read_exact(&mut fixed).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(fixed[1] & 0x7f);
+                    assert!(
+                        fixed[1] & 0x80 != 0 && len < 126,
+                        "an unmasked or long frame"
+                    );
+                    let mut payload = vec![0u8; len];
+                    if stream.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    for (i, b) in payload.iter_mut().enumerate() {
+                        *b ^= fixed[2 + i % 4];
+                    }
+                    let mut echo = vec![fixed[0], len as u8];
+                    echo.extend_from_slice(&payload);
+                    if stream.write_all(&echo).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client's masked text frame of `payload` (under 126 bytes).
+fn masked_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// An extended CONNECT for WebSocket (RFC 8441) to `path`.
+fn websocket_connect(path: &str) -> Request<ClientBody> {
+    let mut request = Request::connect(format!("https://a.test{path}"))
+        .version(Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .body(Empty::new().boxed())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_h2_reaches_an_http1_upstream_and_is_drained_after_a_cutover() {
+    let pki = Pki::new();
+    let blue = websocket_upstream().await;
+    let router = router_with(pki.tls(), blue, None, |b| {
+        b.upgrade_drain_time(Duration::from_millis(300))
+    })
+    .await;
+    let mut h2 = pki.h2(router.local_addr()).await;
+    // A plain request reaches the upstream as it is; once answered, the
+    // proxy's SETTINGS (which allow extended CONNECT) are in.
+    let (parts, _) = send(&mut h2, get("/chat")).await;
+    assert_eq!(parts.status, StatusCode::BAD_REQUEST);
+
+    // An upstream whose Sec-WebSocket-Accept does not answer the key: 502.
+    let (parts, _) = send(&mut h2, websocket_connect("/bad")).await;
+    assert_eq!(
+        (parts.status, slot_of(&parts)),
+        (StatusCode::BAD_GATEWAY, "blue")
+    );
+
+    h2.ready().await.unwrap();
+    let mut response = bounded(
+        "the CONNECT answer",
+        h2.send_request(websocket_connect("/chat")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers().get("x-atlas-slot").unwrap(), "blue");
+    assert!(response.headers().get("sec-websocket-accept").is_none());
+    let upgraded = bounded("the client's upgrade", hyper::upgrade::on(&mut response))
+        .await
+        .unwrap();
+    let mut ws = TokioIo::new(upgraded);
+    // Frames go both ways, through the upstream's WebSocket framing.
+    for message in [&b"hello"[..], b"over h2"] {
+        ws.write_all(&masked_frame(message)).await.unwrap();
+        let mut back = vec![0u8; 2 + message.len()];
+        bounded("the echo", ws.read_exact(&mut back)).await.unwrap();
+        assert_eq!(back[..2], [0x81, message.len() as u8]);
+        assert_eq!(&back[2..], message);
+    }
+    let metrics = router.metrics();
+    let series = |name: &str| format!("{name}{{service=\"edge\",slot=\"blue\"}}");
+    let text = metrics.render_prometheus();
+    assert_eq!(
+        prometheus_value(&text, &series("atlas_proxy_upgraded_connections_total")),
+        1
+    );
+    assert_eq!(
+        prometheus_value(&text, &series("atlas_proxy_upgraded_connections_open")),
+        1
+    );
+    // The stream's exchange is recorded at once (its 200, not in flight):
+    // a cutover does not wait for it.
+    settled(&router).await;
+    bounded(
+        "set_endpoints",
+        router.set_endpoints(&service(), Slot::Blue, &[]),
+    )
+    .await
+    .unwrap();
+    ws.write_all(&masked_frame(b"still")).await.unwrap();
+    let mut back = [0u8; 7];
+    bounded("the echo after the cutover", ws.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(&back[2..], b"still");
+    // Then, after the drain time, the stream is closed, and counted.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = bounded("the drain", ws.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = metrics.render_prometheus();
+    assert_eq!(
+        prometheus_value(&text, &series("atlas_proxy_upgraded_connections_open")),
+        0
+    );
+    assert_eq!(
+        prometheus_value(
+            &text,
+            &series("atlas_proxy_upgraded_connections_drained_total")
+        ),
+        1
+    );
+    // The HTTP/2 connection itself goes on.
+    assert!(!h2.is_closed());
+    router.shutdown().await;
+}
+
+fn prometheus_value(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }

@@ -1,6 +1,12 @@
-//! Gzip compression of text responses for clients that accept it.
+//! Gzip compression of text responses for clients that accept it: the
+//! policy, the decision for one response, and the streaming encoder, the
+//! same for the HTTP/1.1 and the HTTP/2 paths.
+
+use std::io::Write as _;
 
 use httparse::Header;
+
+use super::h1::Framing;
 
 /// When the proxy compresses responses with gzip; set with
 /// [`ProxyRouterBuilder::gzip`](super::ProxyRouterBuilder::gzip).
@@ -93,6 +99,97 @@ impl GzipPolicy {
         self.content_types
             .iter()
             .any(|t| t.as_bytes().eq_ignore_ascii_case(media))
+    }
+}
+
+/// How one response goes out: whether it carries `Vary: Accept-Encoding`
+/// (a listed media type, compressed or not), and the level it is
+/// compressed at, if it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GzipChoice {
+    pub(crate) vary: bool,
+    pub(crate) level: Option<u32>,
+}
+
+/// The choice for a response with `status`, `headers` and a body framed
+/// as `from` to a request that `accepts` gzip ([`request_accepts`], not
+/// `HEAD`, from a client that can take a body of unannounced length): a
+/// listed media type not already encoded varies; it is compressed when it
+/// is a `200` without `Content-Range` of at least the minimum length (or
+/// of a length not known before its end, when chunked).
+pub(crate) fn choose(
+    policy: Option<&GzipPolicy>,
+    accepts: bool,
+    status: u16,
+    headers: &[Header<'_>],
+    from: Framing,
+) -> GzipChoice {
+    match policy {
+        Some(policy)
+            if policy.compressible(headers) && header(headers, "content-encoding").is_none() =>
+        {
+            let compress = accepts
+                && status == 200
+                && header(headers, "content-range").is_none()
+                && match from {
+                    Framing::Length(n) => n >= policy.min_size,
+                    Framing::Chunked => true,
+                    Framing::Empty | Framing::Close => false,
+                };
+            GzipChoice {
+                vary: true,
+                level: compress.then_some(policy.level),
+            }
+        }
+        _ => GzipChoice {
+            vary: false,
+            level: None,
+        },
+    }
+}
+
+/// The `ETag` of a compressed response: a strong tag made weak, since the
+/// compressed bytes are not the ones it names; `None` for a weak one.
+pub(crate) fn weakened_etag(value: &[u8]) -> Option<Vec<u8>> {
+    value.starts_with(b"\"").then(|| {
+        let mut weak = b"W/".to_vec();
+        weak.extend_from_slice(value);
+        weak
+    })
+}
+
+/// A gzip stream compressed as the body passes: what it has compressed so
+/// far waits in [`output`](Self::output) for the caller to send.
+pub(crate) struct GzipStream {
+    encoder: flate2::write::GzEncoder<Vec<u8>>,
+}
+
+impl GzipStream {
+    /// A stream at `level` (clamped to 1–9).
+    pub(crate) fn new(level: u32) -> Self {
+        GzipStream {
+            encoder: flate2::write::GzEncoder::new(
+                Vec::with_capacity(16 * 1024),
+                flate2::Compression::new(level.clamp(1, 9)),
+            ),
+        }
+    }
+
+    /// Compresses `data`.
+    pub(crate) fn write(&mut self, data: &[u8]) {
+        // Writes to a Vec cannot fail.
+        let _ = self.encoder.write_all(data);
+    }
+
+    /// Ends the stream: the rest of it and the gzip trailer go to the
+    /// output.
+    pub(crate) fn finish(&mut self) {
+        let _ = self.encoder.try_finish();
+    }
+
+    /// The compressed bytes not yet taken; the caller clears it.
+    pub(crate) fn output(&mut self) -> &mut Vec<u8> {
+        self.encoder.get_mut()
     }
 }
 

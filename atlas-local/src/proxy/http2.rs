@@ -11,13 +11,38 @@
 //! access log see an HTTP/2 request for as long as it lasts. Upstream
 //! connections come from, and go back to, the endpoint's pool; each
 //! carries one HTTP/1.1 exchange at a time through hyper's client
-//! connection. Bodies stream both ways.
+//! connection. Bodies stream both ways ([`h2_body`](super::h2_body)).
+//!
+//! What the HTTP/1.1 path does, the HTTP/2 path does with the same policy
+//! code: gzip (the decision and the streaming encoder of
+//! [`gzip`](super::gzip), so the same responses are compressed, with
+//! `Vary`, a weakened `ETag` and no `Content-Length`); the client body
+//! timeout (a stream whose client sends nothing of its body for that long
+//! is reset and its upstream connection closed, not counted, as the
+//! HTTP/1.1 path closes both connections); the response idle timeout (a
+//! response body whose upstream goes quiet for that long is reset, its
+//! upstream connection closed, counted as an upstream failure; the
+//! connection's other streams go on); a body over the maximum request
+//! body size, declared or found as it streams, is refused with 413 (or,
+//! when a response already started, its stream reset).
+//! WebSocket comes as an extended `CONNECT` with `:protocol websocket`
+//! (RFC 8441, offered in the server's SETTINGS): it goes upstream as an
+//! HTTP/1.1 `GET` with `Upgrade: websocket` and a fresh
+//! `Sec-WebSocket-Key`; a `101` whose `Sec-WebSocket-Accept` answers that
+//! key is answered 200 on the stream (a wrong one 502), and the stream
+//! then relays bytes both ways as an HTTP/1.1 upgraded connection does
+//! ([`tunnel`](super::tunnel)): counted as upgraded, closed after the
+//! upgrade drain time once a cutover took its endpoint out of the slot,
+//! and ended with its HTTP/2 connection.
+//!
+//! Not on the HTTP/2 path: cleartext `h2c`, other extended `CONNECT`
+//! protocols (501) and plain `CONNECT` (405), HTTP/2 upstreams, and the
+//! interim (1xx) responses the HTTP/1.1 path relays.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,16 +50,22 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Empty, Full, Limited};
+use http_body_util::{BodyExt as _, Empty, Full};
 use httparse::Header;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::ext::Protocol;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
 
-use super::h1::{SLOT_HEADER, is_hop_by_hop};
+use super::body::Upload;
+use super::gzip;
+use super::h1::{Facts, Framing, SLOT_HEADER, is_hop_by_hop};
+use super::h2_body::{BodyBreak, BoxError, ClientBody, RelayBody};
 use super::headers::{PeerInfo, put_forwarding};
 use super::metrics::{Outcome, ProxyFailure};
 use super::relay::{
@@ -43,8 +74,8 @@ use super::relay::{
 use super::server::stopped;
 use super::shared::Shared;
 use super::tls::Terminator;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::tunnel::{UpgradedGuard, relay_upgraded};
+use super::websocket;
 
 /// The body sent upstream: the client's stream, or nothing.
 type UpstreamBody = BoxBody<Bytes, BoxError>;
@@ -92,6 +123,10 @@ struct H2Conn {
     peer: PeerInfo,
     /// The `Strict-Transport-Security` value for every response.
     hsts: Option<HeaderValue>,
+    /// Streams open now (a WebSocket one until it closes).
+    open: Arc<AtomicUsize>,
+    /// The WebSocket streams' relays, ended with the connection.
+    tunnels: Mutex<JoinSet<()>>,
 }
 
 /// Serves one HTTP/2 connection until the client closes it, it stays idle
@@ -106,13 +141,15 @@ async fn serve_h2(
     hsts: Option<Arc<[u8]>>,
 ) {
     let idle_limit = shared.client_header_timeout;
+    let open = Arc::new(AtomicUsize::new(0));
     let conn = Arc::new(H2Conn {
         shared,
         peer: PeerInfo::new(peer.ip()).over_tls(),
         hsts: hsts.and_then(|h| HeaderValue::from_bytes(&h).ok()),
+        open: open.clone(),
+        tunnels: Mutex::new(JoinSet::new()),
     });
     tracing::debug!(%peer, "HTTP/2 connection");
-    let open = Arc::new(AtomicUsize::new(0));
     let counter = open.clone();
     let started = Arc::new(AtomicU64::new(0));
     let starts = started.clone();
@@ -121,12 +158,12 @@ async fn serve_h2(
         starts.fetch_add(1, Ordering::Relaxed);
         let open = OpenStream::new(&counter);
         async move {
-            let response = conn.relay_within(request).await;
-            Ok::<_, Infallible>(response.map(|body| Tracked { body, _open: open }))
+            let response = conn.relay_within(request).await?;
+            Ok::<_, StreamReset>(response.map(|body| Tracked { body, _open: open }))
         }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
+    builder.timer(TokioTimer::new()).enable_connect_protocol();
     let served = builder.serve_connection(TokioIo::new(stream), service);
     let mut served = pin!(served);
     // A connection without a stream for a whole client header timeout
@@ -229,7 +266,10 @@ impl H2Conn {
     /// Relays one stream within the request timeout, if one is set: a
     /// stream without a response head by then gets 504, and one whose
     /// response body is still streaming is reset.
-    async fn relay_within(&self, request: Request<Incoming>) -> Response<RelayBody> {
+    async fn relay_within(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<RelayBody>, StreamReset> {
         let Some(limit) = self.shared.request_timeout else {
             return self.relay(request, None, &mut None).await;
         };
@@ -243,22 +283,24 @@ impl H2Conn {
             Err(_) => {
                 tracing::debug!(slot = ?chosen, ?limit, "request timeout");
                 let (status, text) = failure_answer(ProxyFailure::Timeout);
-                self.local(status, text.into(), chosen)
+                Ok(self.local(status, text.into(), chosen))
             }
         }
     }
 
     /// Relays one stream, or answers it when it cannot be relayed;
     /// `chosen` is set to the slot once one is chosen, and the response
-    /// body is cut off at `deadline`.
+    /// body is cut off at `deadline`. An extended `CONNECT` for the
+    /// `websocket` protocol (RFC 8441) goes upstream as an HTTP/1.1
+    /// WebSocket upgrade.
     async fn relay(
         &self,
         request: Request<Incoming>,
         deadline: Option<Instant>,
         chosen: &mut Option<atlas_core::Slot>,
-    ) -> Response<RelayBody> {
+    ) -> Result<Response<RelayBody>, StreamReset> {
         let start = Instant::now();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let host: Option<&[u8]> = parts
             .uri
             .authority()
@@ -273,30 +315,43 @@ impl H2Conn {
         if service.is_none() && !self.shared.own {
             self.shared.record_unmatched();
             tracing::debug!(host = ?host.map(String::from_utf8_lossy), "no service routes this host");
-            return self.local(404, no_service_text(host).into(), None);
+            return Ok(self.local(404, no_service_text(host).into(), None));
         }
         let shared = service.unwrap_or_else(|| self.shared.clone());
+        // The client's side of an extended CONNECT, once it was answered.
+        let mut websocket = None;
         if parts.method == Method::CONNECT {
-            return self.local(405, "CONNECT is not supported\n".into(), None);
+            match parts.extensions.get::<Protocol>() {
+                Some(protocol) if protocol.as_str().eq_ignore_ascii_case("websocket") => {
+                    websocket = parts.extensions.remove::<OnUpgrade>();
+                }
+                Some(_) => {
+                    return Ok(self.local(
+                        501,
+                        "only websocket is relayed over CONNECT\n".into(),
+                        None,
+                    ));
+                }
+                None => return Ok(self.local(405, "CONNECT is not supported\n".into(), None)),
+            }
         }
         let declared = body.size_hint().exact();
         if let (Some(max), Some(n)) = (shared.max_request_body, declared)
             && n > max
         {
             tracing::debug!(length = n, max, "request body over the limit");
-            return self.local(413, "request body too large\n".into(), None);
+            return Ok(self.local(413, "request body too large\n".into(), None));
         }
-        let listed: Vec<Header<'_>> = parts
-            .headers
-            .iter()
-            .map(|(name, value)| Header {
-                name: name.as_str(),
-                value: value.as_bytes(),
-            })
-            .collect();
+        let listed = header_list(&parts.headers);
+        let accepts_gzip = shared.gzip.is_some()
+            && websocket.is_none()
+            && parts.method != Method::HEAD
+            && gzip::request_accepts(&listed);
         let (region, route, attempt) = match choose(&shared, &listed) {
             Ok(choice) => choice,
-            Err(refused) => return self.local(refused.status, refused.text.into(), refused.slot),
+            Err(refused) => {
+                return Ok(self.local(refused.status, refused.text.into(), refused.slot));
+            }
         };
         let slot = route.slot;
         *chosen = Some(slot);
@@ -315,25 +370,143 @@ impl H2Conn {
             bytes: 0,
             in_flight: attempt,
         };
-        let upstream_headers = self.upstream_headers(&parts.headers, &listed, host);
+        let mut upstream = Request::new(());
+        *upstream.headers_mut() = self.upstream_headers(&parts.headers, &listed, host);
         drop(listed);
         // Origin form: the path and query as the client sent them.
-        let target = path
+        *upstream.uri_mut() = path
             .parse::<http::Uri>()
             .unwrap_or_else(|_| http::Uri::from_static("/"));
-        let may_retry = body.is_end_stream() && is_idempotent(parts.method.as_str());
-        let mut body: Option<UpstreamBody> = Some(match shared.max_request_body {
-            Some(max) => Limited::new(body, max as usize).boxed(),
-            None => body.map_err(BoxError::from).boxed(),
+        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.method_mut() = parts.method.clone();
+        let key = websocket.is_some().then(websocket::key);
+        if let Some(key) = &key {
+            *upstream.method_mut() = Method::GET;
+            let headers = upstream.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
+        }
+        let may_retry = body.is_end_stream() && is_idempotent(upstream.method().as_str());
+        let client_body = Arc::new(BodyBreak::default());
+        let body = ClientBody::new(
+            body,
+            shared.client_body_timeout,
+            shared.max_request_body,
+            client_body.clone(),
+        )
+        .boxed();
+        let sent = match self
+            .send(
+                &shared,
+                &mut exchange,
+                upstream,
+                body,
+                may_retry,
+                key.is_some(),
+            )
+            .await
+        {
+            Ok(sent) => sent,
+            Err(failure) => return self.failed(exchange, failure, &client_body),
+        };
+        let Sent {
+            mut response,
+            reusable,
+            task,
+        } = sent;
+        let status = response.status();
+        let sticky = route
+            .set_sticky
+            .then(|| shared.sticky.as_ref().map(|s| s.header(slot)))
+            .flatten();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(match (key, websocket) {
+                (Some(key), Some(client)) => {
+                    self.switch(exchange, &mut response, &key, client, sticky)
+                }
+                // HTTP/2 has no `101`: the upstream switched protocols for
+                // a request that did not ask for it.
+                _ => self.fail(exchange, ProxyFailure::UpstreamFailed),
+            });
+        }
+        exchange.outcome = Some(Outcome::Status(status.as_u16()));
+        let (head, incoming) = response.into_parts();
+        // Like the HTTP/1.1 path, a connection that answered an error (or
+        // asked to close) is not pooled, nor one that was asked to switch
+        // protocols.
+        let keep_upstream = status.as_u16() < 400
+            && head.version == Version::HTTP_11
+            && websocket.is_none()
+            && !head
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        // A bodiless response is never polled: its connection is free now.
+        let reusable = keep_upstream.then_some(reusable).and_then(|reusable| {
+            if incoming.is_end_stream() {
+                reusable.store(true, Ordering::Release);
+                None
+            } else {
+                Some(reusable)
+            }
         });
+        let compress = {
+            let headers = header_list(&head.headers);
+            let from = Facts::read(&headers).map_or(Framing::Close, |facts| {
+                facts.response_framing(status.as_u16(), parts.method == Method::HEAD)
+            });
+            gzip::choose(
+                shared.gzip.as_ref(),
+                accepts_gzip,
+                status.as_u16(),
+                &headers,
+                from,
+            )
+        };
+        let mut out = Response::new(RelayBody::upstream(
+            incoming,
+            exchange,
+            reusable,
+            task,
+            deadline,
+            shared.response_idle_timeout,
+            client_body,
+            compress.level,
+        ));
+        *out.status_mut() = status;
+        self.relay_headers(
+            &head.headers,
+            out.headers_mut(),
+            compress,
+            Some(slot),
+            sticky,
+        );
+        Ok(out)
+    }
 
-        // Connect (one retry on another endpoint of the slot, then in a
-        // router with regions on another serving region, for idempotent
-        // bodiless requests, as on the HTTP/1.1 path), then send.
+    /// Connects to the exchange's endpoint and sends `upstream` with
+    /// `body`: one retry on another endpoint of the slot, then in a router
+    /// with regions on another serving region, for idempotent bodiless
+    /// requests, as on the HTTP/1.1 path. `upgrade`: the connection is
+    /// kept for a protocol switch, never pooled.
+    async fn send(
+        &self,
+        shared: &Arc<Shared>,
+        exchange: &mut Exchange,
+        upstream: Request<()>,
+        body: UpstreamBody,
+        may_retry: bool,
+        upgrade: bool,
+    ) -> Result<Sent, ProxyFailure> {
+        let slot = exchange.slot;
+        let (template, ()) = upstream.into_parts();
+        let mut body = Some(body);
         let mut retried = false;
         let mut crossed = false;
         let mut fresh_only = false;
-        let (response, reusable) = loop {
+        loop {
             let upstream = exchange.in_flight.upstream().clone();
             let conn = match upstream
                 .checkout(&shared.pool, !fresh_only, !may_retry)
@@ -364,7 +537,7 @@ impl H2Conn {
                         exchange.in_flight = next;
                         continue;
                     }
-                    return self.fail(exchange, ProxyFailure::Unreachable);
+                    return Err(ProxyFailure::Unreachable);
                 }
             };
             let reused = conn.reused;
@@ -373,14 +546,20 @@ impl H2Conn {
                     Ok(pair) => pair,
                     Err(error) => {
                         tracing::trace!(%slot, %error, "upstream handshake failed");
-                        return self.fail(exchange, ProxyFailure::UpstreamFailed);
+                        return Err(ProxyFailure::UpstreamFailed);
                     }
                 };
             // Set once the response body was relayed to its end, and the
             // exchange could leave the connection for another one.
             let reusable = Arc::new(AtomicBool::new(false));
             let pool_back = (upstream.clone(), shared.clone(), reusable.clone());
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
+                if upgrade {
+                    if let Err(error) = connection.with_upgrades().await {
+                        tracing::trace!(%error, "upstream connection ended");
+                    }
+                    return;
+                }
                 let (upstream, shared, reusable) = pool_back;
                 match connection.without_shutdown().await {
                     Ok(parts) if reusable.load(Ordering::Acquire) && parts.read_buf.is_empty() => {
@@ -389,15 +568,13 @@ impl H2Conn {
                     Ok(_) => tracing::trace!("upstream connection not reusable"),
                     Err(error) => tracing::trace!(%error, "upstream connection ended"),
                 }
-            });
-            let mut request = Request::new(
+            })
+            .abort_handle();
+            let mut request = Request::from_parts(
+                template.clone(),
                 body.take()
                     .unwrap_or_else(|| Empty::new().map_err(BoxError::from).boxed()),
             );
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = target.clone();
-            *request.version_mut() = Version::HTTP_11;
-            *request.headers_mut() = upstream_headers.clone();
             if !request.headers().contains_key(header::HOST)
                 && let Ok(value) = HeaderValue::from_bytes(&upstream.host)
             {
@@ -408,11 +585,20 @@ impl H2Conn {
                 None => sent.await,
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(answered) => answered,
-                    Err(_) => return self.fail(exchange, ProxyFailure::Timeout),
+                    Err(_) => {
+                        task.abort();
+                        return Err(ProxyFailure::Timeout);
+                    }
                 },
             };
             match answered {
-                Ok(response) => break (response, reusable),
+                Ok(response) => {
+                    return Ok(Sent {
+                        response,
+                        reusable,
+                        task,
+                    });
+                }
                 // A pooled connection the upstream closed meanwhile: a new
                 // one to the same endpoint.
                 Err(error) if reused && may_retry && !fresh_only => {
@@ -421,61 +607,77 @@ impl H2Conn {
                 }
                 Err(error) => {
                     tracing::trace!(%slot, %error, "upstream response failed");
-                    return self.fail(exchange, ProxyFailure::UpstreamFailed);
+                    return Err(ProxyFailure::UpstreamFailed);
                 }
             }
-        };
-        let status = response.status();
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            // HTTP/2 has no `101`: the upstream switched protocols for a
-            // request that could not ask for it.
+        }
+    }
+
+    /// Answers the client's extended `CONNECT` with 200 once the upstream
+    /// switched to WebSocket with the right `Sec-WebSocket-Accept`, and
+    /// relays the two upgraded connections both ways in a task of this
+    /// connection, as an HTTP/1.1 upgraded connection is relayed: counted
+    /// as upgraded, and closed after the upgrade drain time once its
+    /// endpoint left the slot. The exchange is recorded (as its 200) at
+    /// once and no longer counts as in flight.
+    fn switch(
+        &self,
+        mut exchange: Exchange,
+        response: &mut Response<Incoming>,
+        key: &HeaderValue,
+        client: OnUpgrade,
+        sticky: Option<HeaderValue>,
+    ) -> Response<RelayBody> {
+        let headers = response.headers();
+        let accepted = headers
+            .get(header::SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|accept| websocket::accepts(key.as_bytes(), accept.as_bytes()));
+        let to_websocket = headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if !accepted || !to_websocket {
+            tracing::debug!(slot = %exchange.slot, "upstream WebSocket handshake refused: wrong accept key or protocol");
             return self.fail(exchange, ProxyFailure::UpstreamFailed);
         }
-        exchange.outcome = Some(Outcome::Status(status.as_u16()));
-        let (head, incoming) = response.into_parts();
-        // Like the HTTP/1.1 path, a connection that answered an error (or
-        // asked to close) is not pooled.
-        let keep_upstream = status.as_u16() < 400
-            && head.version == Version::HTTP_11
-            && !head
-                .headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        // A bodiless response is never polled: its connection is free now.
-        let reusable = keep_upstream.then_some(reusable).and_then(|reusable| {
-            if incoming.is_end_stream() {
-                reusable.store(true, Ordering::Release);
-                None
-            } else {
-                Some(reusable)
-            }
-        });
-        let mut out = Response::new(RelayBody::Upstream {
-            inner: incoming,
-            exchange,
-            reusable,
-            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
-        });
-        *out.status_mut() = status;
-        let headers = out.headers_mut();
-        let named = connection_named(&head.headers);
-        for (name, value) in &head.headers {
-            if is_hop_by_hop(name.as_str().as_bytes())
-                || named.contains(name)
-                || name == header::STRICT_TRANSPORT_SECURITY && self.hsts.is_some()
-                || name.as_str() == SLOT_HEADER
-            {
-                continue;
-            }
-            headers.append(name, value.clone());
-        }
-        self.put_own(headers, Some(slot));
-        if route.set_sticky
-            && let Some(sticky) = &shared.sticky
-        {
-            headers.append(header::SET_COOKIE, sticky.header(slot));
-        }
+        let upstream = hyper::upgrade::on(&mut *response);
+        let slot = exchange.slot;
+        exchange.outcome = Some(Outcome::Status(200));
+        let mut out = Response::new(RelayBody::Local(Full::default()));
+        let mut relayed = response.headers().clone();
+        relayed.remove(header::SEC_WEBSOCKET_ACCEPT);
+        let plain = gzip::GzipChoice {
+            vary: false,
+            level: None,
+        };
+        self.relay_headers(&relayed, out.headers_mut(), plain, Some(slot), sticky);
+        let open = OpenStream::new(&self.open);
+        let tunnel = async move {
+            let _open = open;
+            let shared = exchange.shared.clone();
+            let endpoint = exchange.in_flight.upstream().clone();
+            drop(exchange);
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(both) => both,
+                Err(error) => {
+                    tracing::debug!(%slot, %error, "WebSocket upgrade not completed");
+                    return;
+                }
+            };
+            let mut guard = UpgradedGuard::new(&shared, slot);
+            tracing::debug!(%slot, replica = %endpoint.endpoint.replica, "HTTP/2 stream upgraded to WebSocket");
+            relay_upgraded(
+                &shared,
+                slot,
+                &endpoint,
+                &mut TokioIo::new(client),
+                &mut TokioIo::new(upstream),
+                &mut guard,
+            )
+            .await;
+        };
+        let mut tunnels = self.tunnels.lock().unwrap_or_else(PoisonError::into_inner);
+        while tunnels.try_join_next().is_some() {}
+        tunnels.spawn(tunnel);
         out
     }
 
@@ -571,6 +773,72 @@ impl H2Conn {
         response
     }
 
+    /// Answers a stream whose upstream exchange failed: as the HTTP/1.1
+    /// path does when the client's request body broke off first (413 for
+    /// one over the limit, otherwise the stream is reset, neither counted),
+    /// with the proxy's error otherwise.
+    fn failed(
+        &self,
+        mut exchange: Exchange,
+        failure: ProxyFailure,
+        client_body: &BodyBreak,
+    ) -> Result<Response<RelayBody>, StreamReset> {
+        let Some(why) = client_body.get() else {
+            return Ok(self.fail(exchange, failure));
+        };
+        exchange.outcome = None;
+        tracing::debug!(slot = %exchange.slot, ?why, "client request body broke off");
+        if why == Upload::TooLarge {
+            let slot = exchange.slot;
+            drop(exchange);
+            return Ok(self.local(413, "request body too large\n".into(), Some(slot)));
+        }
+        Err(StreamReset("client request body broke off"))
+    }
+
+    /// Copies the upstream's response headers to the client's: without
+    /// connection-specific ones, its own slot header and HSTS; with the
+    /// proxy's own, the sticky cookie, and gzip's as `gzip` says.
+    fn relay_headers(
+        &self,
+        from: &HeaderMap,
+        to: &mut HeaderMap,
+        gzip: gzip::GzipChoice,
+        slot: Option<atlas_core::Slot>,
+        sticky: Option<HeaderValue>,
+    ) {
+        let named = connection_named(from);
+        for (name, value) in from {
+            if is_hop_by_hop(name.as_str().as_bytes())
+                || named.contains(name)
+                || name == header::STRICT_TRANSPORT_SECURITY && self.hsts.is_some()
+                || name.as_str() == SLOT_HEADER
+                || gzip.level.is_some() && name == header::CONTENT_LENGTH
+            {
+                continue;
+            }
+            if gzip.level.is_some()
+                && name == header::ETAG
+                && let Some(weak) = gzip::weakened_etag(value.as_bytes())
+                && let Ok(weak) = HeaderValue::from_bytes(&weak)
+            {
+                to.append(name, weak);
+                continue;
+            }
+            to.append(name, value.clone());
+        }
+        if gzip.vary {
+            to.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+        }
+        if gzip.level.is_some() {
+            to.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        self.put_own(to, slot);
+        if let Some(sticky) = sticky {
+            to.append(header::SET_COOKIE, sticky);
+        }
+    }
+
     /// Answers a request the proxy could not relay with its own error,
     /// counted against the slot.
     fn fail(&self, mut exchange: Exchange, failure: ProxyFailure) -> Response<RelayBody> {
@@ -594,88 +862,34 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// A response body to an HTTP/2 client: the proxy's own text, or the
-/// upstream's body streamed with the exchange it ends.
-enum RelayBody {
-    Local(Full<Bytes>),
-    Upstream {
-        inner: Incoming,
-        /// Recorded (metrics, in-flight count, access log) when the body
-        /// is dropped: at its end, or when the client reset the stream.
-        exchange: Exchange,
-        /// Set at the body's end when its connection may be pooled.
-        reusable: Option<Arc<AtomicBool>>,
-        /// The end of the request timeout, if one is set.
-        deadline: Option<Pin<Box<Sleep>>>,
-    },
+/// The headers of `headers` as the HTTP/1.1 path's policy code reads them.
+fn header_list(headers: &HeaderMap) -> Vec<Header<'_>> {
+    headers
+        .iter()
+        .map(|(name, value)| Header {
+            name: name.as_str(),
+            value: value.as_bytes(),
+        })
+        .collect()
 }
 
-impl Body for RelayBody {
-    type Data = Bytes;
-    type Error = BoxError;
+/// An upstream exchange under way: its response head, the flag that
+/// frees its connection for the pool, and the task driving it.
+struct Sent {
+    response: Response<Incoming>,
+    reusable: Arc<AtomicBool>,
+    task: AbortHandle,
+}
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RelayBody::Local(full) => Pin::new(full)
-                .poll_frame(cx)
-                .map_err(|never| match never {}),
-            RelayBody::Upstream {
-                inner,
-                exchange,
-                reusable,
-                deadline,
-            } => {
-                if let Some(deadline) = deadline
-                    && deadline.as_mut().poll(cx).is_ready()
-                {
-                    tracing::debug!(slot = %exchange.slot, "request timeout while the response streamed");
-                    exchange.outcome = Some(Outcome::Failed(ProxyFailure::Timeout));
-                    return Poll::Ready(Some(Err("request timeout".into())));
-                }
-                let polled = Pin::new(&mut *inner).poll_frame(cx).map_err(BoxError::from);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            exchange.bytes += data.len() as u64;
-                        }
-                        // hyper asks no further frame of a body that says
-                        // it ended.
-                        if inner.is_end_stream()
-                            && let Some(reusable) = reusable.take()
-                        {
-                            reusable.store(true, Ordering::Release);
-                        }
-                    }
-                    Poll::Ready(Some(Err(error))) => {
-                        tracing::debug!(slot = %exchange.slot, %error, "upstream response body broke off");
-                        exchange.outcome = Some(Outcome::Failed(ProxyFailure::UpstreamFailed));
-                    }
-                    Poll::Ready(None) => {
-                        if let Some(reusable) = reusable.take() {
-                            reusable.store(true, Ordering::Release);
-                        }
-                    }
-                    Poll::Pending => {}
-                }
-                polled
-            }
-        }
-    }
+/// Why a stream is reset rather than answered (hyper resets the stream
+/// of a service that fails).
+#[derive(Debug)]
+struct StreamReset(&'static str);
 
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RelayBody::Local(full) => full.is_end_stream(),
-            RelayBody::Upstream { inner, .. } => inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RelayBody::Local(full) => full.size_hint(),
-            RelayBody::Upstream { inner, .. } => inner.size_hint(),
-        }
+impl std::fmt::Display for StreamReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
     }
 }
+
+impl std::error::Error for StreamReset {}

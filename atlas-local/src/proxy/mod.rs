@@ -136,12 +136,15 @@
 //!   HTTP/2 connection gets a GOAWAY and its open streams finish within
 //!   the grace period, and a connection without a stream for the client
 //!   header timeout is closed the same way. The request timeout answers
-//!   504 before a response head and resets the stream after one. Not on
-//!   the HTTP/2 path yet:
-//!   gzip, upgrades (there is no `101`), the client body timeout and the
-//!   response idle timeout; a body over
-//!   [`ProxyRouterBuilder::max_request_body`] is refused with 413 when its
-//!   length is declared and cut off upstream (502) when it is not.
+//!   504 before a response head and resets the stream after one. Gzip,
+//!   the client body timeout and the response idle timeout apply as on
+//!   the HTTP/1.1 path (a stalled body resets the stream rather than
+//!   closing the connection), and so does
+//!   [`ProxyRouterBuilder::max_request_body`] (413). WebSocket over
+//!   HTTP/2 is the extended `CONNECT` of RFC 8441: relayed upstream as an
+//!   HTTP/1.1 upgrade with its own `Sec-WebSocket-Key` (the upstream's
+//!   `Sec-WebSocket-Accept` checked), answered 200, then counted and
+//!   drained as an upgraded HTTP/1.1 connection is.
 //! - **Upgrades.** A bodiless HTTP/1.1 request with `Connection: upgrade`
 //!   and an `Upgrade` header (WebSocket) is relayed with both; a `101`
 //!   answer turns the connection into a tunnel relaying bytes both ways
@@ -223,14 +226,17 @@
 // h1, metrics, replica_stats, route, server and tls use no other proxy
 // module; upstream uses replica_stats; headers and body use h1;
 // balance uses h1 and upstream; admin uses metrics; shared uses balance,
-// metrics, route, tls and upstream; relay, region and service use those;
-// http2 uses relay; and nothing uses this module, which ties them together.
+// metrics, route, tls and upstream; gzip uses h1; tunnel uses shared and
+// upstream; websocket uses nothing; relay, region and service use those;
+// h2_body uses relay; http2 uses relay and h2_body; and nothing uses this
+// module, which ties them together.
 mod access_log;
 mod admin;
 mod balance;
 mod body;
 mod gzip;
 mod h1;
+mod h2_body;
 mod headers;
 mod http2;
 mod metrics;
@@ -242,7 +248,9 @@ mod server;
 mod service;
 mod shared;
 mod tls;
+mod tunnel;
 mod upstream;
+mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep};
 use super::access_log::Entry;
 use super::balance::Route;
 use super::body::{BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, read_some};
-use super::gzip::{self, GzipPolicy};
+use super::gzip::{self, GzipPolicy, GzipStream};
 use super::h1::{
     ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, RequestLineCheck, SLOT_HEADER,
     head_may_be_complete, is_hop_by_hop, put_content_length, put_header, put_local_response,
@@ -44,6 +44,7 @@ use super::headers::{PeerInfo, put_forwarding, put_relayed};
 use super::metrics::{Outcome, ProxyFailure};
 use super::server::stopped;
 use super::shared::{RegionChoice, Shared};
+use super::tunnel::{UpgradedGuard, relay_upgraded};
 use super::upstream::{InFlight, UpstreamConn};
 
 /// The body of the 404 for a request no service's route matches, naming
@@ -870,7 +871,6 @@ impl<C: ClientIo> ClientConn<C> {
         }
         drop(exchange);
         let mut open = UpgradedGuard::new(&shared, slot);
-        let mut retired = endpoint.retired();
         tracing::debug!(%slot, replica = %endpoint.endpoint.replica, "connection upgraded");
         // Bytes that came with the heads belong to the new protocol.
         if !self.upstream_in.is_empty() {
@@ -885,19 +885,15 @@ impl<C: ClientIo> ClientConn<C> {
             }
             self.client_in.clear();
         }
-        let drain = shared.upgrade_drain;
-        tokio::select! {
-            relayed = tokio::io::copy_bidirectional(&mut self.client, &mut upstream) => {
-                tracing::debug!(%slot, ?relayed, "upgraded connection ended");
-            }
-            () = async {
-                let _ = retired.wait_for(|retired| *retired).await;
-                tokio::time::sleep(drain).await;
-            } => {
-                tracing::debug!(%slot, ?drain, "upgraded connection closed after the cutover drain time");
-                open.drained = true;
-            }
-        }
+        relay_upgraded(
+            &shared,
+            slot,
+            &endpoint,
+            &mut self.client,
+            &mut upstream,
+            &mut open,
+        )
+        .await;
     }
 
     /// Relays one exchange within the request timeout `limit`; one that
@@ -1200,34 +1196,6 @@ impl Drop for Exchange {
     }
 }
 
-/// Counts an upgraded connection as open while it lives, and its end
-/// (drained by a cutover or not) when it goes, also when its task is
-/// aborted.
-struct UpgradedGuard {
-    shared: Arc<Shared>,
-    slot: Slot,
-    drained: bool,
-}
-
-impl UpgradedGuard {
-    fn new(shared: &Arc<Shared>, slot: Slot) -> Self {
-        shared.metrics.record_upgrade(slot);
-        UpgradedGuard {
-            shared: shared.clone(),
-            slot,
-            drained: false,
-        }
-    }
-}
-
-impl Drop for UpgradedGuard {
-    fn drop(&mut self) {
-        self.shared
-            .metrics
-            .record_upgrade_end(self.slot, self.drained);
-    }
-}
-
 /// A writer that counts the body bytes written through it (all bytes
 /// after the first `skip`, the response head).
 struct Counting<'a, W> {
@@ -1477,24 +1445,13 @@ fn write_response_head(
     let keep_length = from == Framing::Empty && facts.has_content_length();
     // Gzip: for a listed media type (then `Vary` either way) and a client
     // that accepts it, a 200 not already encoded, of enough length.
-    let (vary, gzip) = match ctx.gzip {
-        Some(policy)
-            if policy.compressible(headers)
-                && gzip::header(headers, "content-encoding").is_none() =>
-        {
-            let gzip = ctx.accepts_gzip
-                && status == 200
-                && ctx.client_minor >= 1
-                && gzip::header(headers, "content-range").is_none()
-                && match from {
-                    Framing::Length(n) => n >= policy.min_size,
-                    Framing::Chunked => true,
-                    Framing::Empty | Framing::Close => false,
-                };
-            (true, gzip.then_some(policy.level))
-        }
-        _ => (false, None),
-    };
+    let gzip::GzipChoice { vary, level: gzip } = gzip::choose(
+        ctx.gzip,
+        ctx.accepts_gzip && ctx.client_minor >= 1,
+        status,
+        headers,
+        from,
+    );
     for h in headers {
         let name = h.name.as_bytes();
         if facts.hop_by_hop(name)
@@ -1504,10 +1461,10 @@ fn write_response_head(
         {
             continue;
         }
-        if gzip.is_some() && name.eq_ignore_ascii_case(b"etag") && h.value.starts_with(b"\"") {
-            // The compressed bytes are not the ones the strong tag names.
-            let mut weak = b"W/".to_vec();
-            weak.extend_from_slice(h.value);
+        if gzip.is_some()
+            && name.eq_ignore_ascii_case(b"etag")
+            && let Some(weak) = gzip::weakened_etag(h.value)
+        {
             put_header(out, name, &weak);
             continue;
         }
@@ -1567,14 +1524,10 @@ where
     W: AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
 {
-    use std::io::Write as _;
     let status = head.status;
     let gone = ResponseEnd::ClientGone { status };
     let broke = ResponseEnd::UpstreamBroke { status };
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(COALESCE),
-        flate2::Compression::new(level.clamp(1, 9)),
-    );
+    let mut encoder = GzipStream::new(level);
     let mut left = match head.from {
         Framing::Length(n) => n,
         _ => 0,
@@ -1582,16 +1535,13 @@ where
     let mut scanner = ChunkScanner::default();
     loop {
         if !buf.is_empty() {
-            // Writes to a Vec cannot fail.
             if let Framing::Length(_) = head.from {
                 let take = left.min(buf.len() as u64) as usize;
-                let _ = encoder.write_all(&buf[..take]);
+                encoder.write(&buf[..take]);
                 buf.advance(take);
                 left -= take as u64;
             } else {
-                match scanner.scan(buf, |data| {
-                    let _ = encoder.write_all(&buf[data]);
-                }) {
+                match scanner.scan(buf, |data| encoder.write(&buf[data])) {
                     Ok(n) => buf.advance(n),
                     Err(error) => {
                         tracing::debug!(reason = error.0, "invalid chunked response body");
@@ -1605,9 +1555,9 @@ where
             _ => scanner.done(),
         };
         if ended {
-            let _ = encoder.try_finish();
+            encoder.finish();
         }
-        let compressed = encoder.get_mut();
+        let compressed = encoder.output();
         if !compressed.is_empty() {
             out.extend_from_slice(format!("{:x}\r\n", compressed.len()).as_bytes());
             out.extend_from_slice(compressed);
