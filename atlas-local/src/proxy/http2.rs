@@ -15,7 +15,7 @@
 //!
 //! What the HTTP/1.1 path does, the HTTP/2 path does with the same policy
 //! code: gzip (the decision and the streaming encoder of
-//! [`gzip`](super::gzip), so the same responses are compressed, with
+//! [`gzip`], so the same responses are compressed, with
 //! `Vary`, a weakened `ETag` and no `Content-Length`); the client body
 //! timeout (a stream whose client sends nothing of its body for that long
 //! is reset and its upstream connection closed, not counted, as the
@@ -591,6 +591,11 @@ impl H2Conn {
                     }
                 },
             };
+            if answered.is_err() {
+                // The upstream holds part of a request (or nothing): its
+                // connection is closed here, never pooled.
+                task.abort();
+            }
             match answered {
                 Ok(response) => {
                     return Ok(Sent {
