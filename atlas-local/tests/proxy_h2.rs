@@ -1089,7 +1089,8 @@ async fn an_upstream_idle_mid_body_resets_the_stream_after_the_response_idle_tim
 }
 
 /// A WebSocket server on HTTP/1.1: answers 400 to anything but a
-/// WebSocket upgrade request, 101 with the `Sec-WebSocket-Accept` of its key (a wrong one for
+/// WebSocket upgrade request, 200 without switching to one for `/plain`,
+/// 101 with the `Sec-WebSocket-Accept` of its key (a wrong one for
 /// `/bad`), then echoes each (masked, short) frame back unmasked.
 async fn websocket_upstream() -> SocketAddr {
     use base64::Engine as _;
@@ -1130,6 +1131,14 @@ async fn websocket_upstream() -> SocketAddr {
                             .then(|| value.trim())
                     })
                     .expect("a key");
+                if head.starts_with("get /plain ") {
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    return;
+                }
                 let mut sha = sha1::Sha1::new();
                 sha.update(key.as_bytes());
                 sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
@@ -1206,12 +1215,16 @@ async fn websocket_over_h2_reaches_an_http1_upstream_and_is_drained_after_a_cuto
     let (parts, _) = send(&mut h2, get("/chat")).await;
     assert_eq!(parts.status, StatusCode::BAD_REQUEST);
 
-    // An upstream whose Sec-WebSocket-Accept does not answer the key: 502.
-    let (parts, _) = send(&mut h2, websocket_connect("/bad")).await;
-    assert_eq!(
-        (parts.status, slot_of(&parts)),
-        (StatusCode::BAD_GATEWAY, "blue")
-    );
+    // An upstream whose Sec-WebSocket-Accept does not answer the key, or
+    // that answers without switching: 502 (a 2xx would open the tunnel).
+    for path in ["/bad", "/plain"] {
+        let (parts, _) = send(&mut h2, websocket_connect(path)).await;
+        assert_eq!(
+            (parts.status, slot_of(&parts)),
+            (StatusCode::BAD_GATEWAY, "blue"),
+            "{path}"
+        );
+    }
 
     h2.ready().await.unwrap();
     let mut response = bounded(

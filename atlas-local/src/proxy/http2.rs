@@ -430,6 +430,12 @@ impl H2Conn {
                 _ => self.fail(exchange, ProxyFailure::UpstreamFailed),
             });
         }
+        if websocket.is_some() && status.is_success() {
+            // A 2xx to an extended CONNECT opens the tunnel: an upstream
+            // that answered the upgrade without switching must not.
+            tracing::debug!(%slot, %status, "upstream did not switch to WebSocket");
+            return Ok(self.fail(exchange, ProxyFailure::UpstreamFailed));
+        }
         exchange.outcome = Some(Outcome::Status(status.as_u16()));
         let (head, incoming) = response.into_parts();
         // Like the HTTP/1.1 path, a connection that answered an error (or
