@@ -7,6 +7,7 @@ use futures::stream::{self, StreamExt};
 use rand::seq::SliceRandom;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::crypto::DecodeBuffers;
 use super::damage::Opened;
 use super::error::{IntegrityError, integrity_error};
 use super::format::{
@@ -355,13 +356,14 @@ impl Repository {
                     }
                 }
             }
+            let mut buffers = DecodeBuffers::default();
             for (bid, kind, off, len, raw) in expected {
                 let (s, e) = (off as usize, off as usize + len as usize);
                 let fault = if e > hstart {
                     Some("lies outside the pack's blob area".to_string())
                 } else {
                     master
-                        .decode_blob(kind, &bid, raw, &bytes[s..e])
+                        .decode_blob_into(kind, &bid, raw, &bytes[s..e], &mut buffers)
                         .err()
                         .map(|f| f.to_string())
                 };

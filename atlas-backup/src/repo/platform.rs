@@ -144,6 +144,15 @@ pub(crate) fn open_no_follow(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
+/// The process's umask, read without changing it (`umask(2)` can only
+/// set it, which would race with other threads creating files): from
+/// `/proc/self/status` on Linux, unknown elsewhere.
+pub(crate) fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
 /// Sets the permission bits of the open `file` (Unix; elsewhere nothing to do).
 pub(crate) fn set_file_mode(file: &File, mode: u32) -> io::Result<()> {
     #[cfg(unix)]

@@ -365,7 +365,18 @@ impl Decompressors {
     /// most `capacity` bytes: the output buffer is allocated at that size up
     /// front and never grown, so `capacity` bounds the memory used. `None`
     /// when `data` is not such a frame (or no context can be created).
-    pub(crate) fn decompress(&self, data: &[u8], capacity: usize) -> Option<Vec<u8>> {
+    #[cfg(test)]
+    fn decompress(&self, data: &[u8], capacity: usize) -> Option<Vec<u8>> {
+        let mut out = vec![0; capacity];
+        let n = self.decompress_to(data, &mut out)?;
+        out.truncate(n);
+        Some(out)
+    }
+
+    /// Decompresses the single zstd frame `data` into `out`, which bounds
+    /// the size it may come to; the bytes written. `None` when `data` is
+    /// not such a frame, does not fit, or no context can be created.
+    pub(crate) fn decompress_to(&self, data: &[u8], out: &mut [u8]) -> Option<usize> {
         self.idle
             .with(
                 || {
@@ -374,7 +385,7 @@ impl Decompressors {
                 },
                 // A context that failed on bad data starts afresh on the
                 // next frame: every single-shot decompression resets it.
-                |d| d.decompress(data, capacity).ok(),
+                |d| d.decompress_to_buffer(data, out).ok(),
             )
             .flatten()
     }

@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::{self, StreamExt};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::crypto::MasterKey;
+use super::crypto::{DecodeBuffers, MasterKey};
 use super::error::{BACKEND, IntegrityError, integrity_error};
 use super::format::{
     BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree, from_hex,
@@ -157,6 +157,11 @@ struct FileJob {
     node: Node,
     remaining: usize,
     failed: bool,
+    /// Created (empty, sized, mode `0o600`) before any blob is written:
+    /// files of several blobs, which several writes open. A file of one
+    /// blob or none is created by the write that completes it, with its
+    /// own mode.
+    precreated: bool,
 }
 
 /// What a restore writes, with paths relative to the destination.
@@ -166,9 +171,13 @@ struct Plan {
     symlinks: Vec<(PathBuf, Node)>,
 }
 
-/// Trees still to plan: a tree, its path in the snapshot and its directory
-/// relative to the destination.
-type PlanStack = Vec<(Tree, String, PathBuf)>;
+/// Trees still to read and plan: a tree's id, its path in the snapshot and
+/// its directory relative to the destination.
+type PlanQueue = Vec<(BlobId, String, PathBuf)>;
+
+/// Trees read at once while planning: a tree of thousands of directories
+/// read one tree after the other waited on one small read at a time.
+const TREE_READS: usize = 16;
 
 impl Repository {
     async fn find_node(
@@ -211,82 +220,30 @@ impl Repository {
         Ok(None)
     }
 
-    /// Plans every tree on `stack` and the trees below them.
+    /// Reads and plans every tree in `queue` and the trees below them,
+    /// level by level (so parents are planned before their children), a
+    /// few reads at a time.
     async fn plan_trees(
         &self,
         index: &Index,
         snapshot: &Snapshot,
-        mut stack: PlanStack,
+        mut queue: PlanQueue,
         plan: &mut Plan,
     ) -> Result<()> {
-        while let Some((tree, rel, dir)) = stack.pop() {
-            let mut names = HashSet::with_capacity(tree.nodes.len());
-            for node in tree.nodes {
-                self.plan_node(
-                    index, snapshot, node, &rel, &dir, &mut names, plan, &mut stack,
-                )
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Plans one entry of a tree; `names` holds the names of the entries
-    /// of the same tree planned before it.
-    #[allow(clippy::too_many_arguments)]
-    async fn plan_node(
-        &self,
-        index: &Index,
-        snapshot: &Snapshot,
-        node: Node,
-        rel: &str,
-        dir: &Path,
-        names: &mut HashSet<OsString>,
-        plan: &mut Plan,
-        stack: &mut PlanStack,
-    ) -> Result<()> {
-        let name = os_name(&node)?;
-        let child_rel = if rel.is_empty() {
-            node.name.clone()
-        } else {
-            format!("{rel}/{}", node.name)
-        };
-        // A tree naming one entry twice (no file system lists one) could
-        // make a symlink and a directory of one path; it is refused whole.
-        if !names.insert(name.clone()) {
-            let mut ie = IntegrityError::new(format!(
-                "the directory holds two entries named {:?}",
-                name.to_string_lossy()
-            ));
-            ie.snapshot = Some(snapshot.id);
-            ie.path = Some(child_rel);
-            return Err(ie.into_error());
-        }
-        let dest = dir.join(&name);
-        match node.kind {
-            NodeKind::Dir => {
-                let sub = node.subtree.ok_or_else(|| {
-                    IntegrityError::new(format!("directory {child_rel:?} has no subtree"))
-                        .into_error()
-                })?;
-                let tree = self
-                    .read_tree(index, &sub)
-                    .await
-                    .map_err(|e| with_context(e, &snapshot.id, &child_rel))?;
-                plan.dirs.push((dest.clone(), node));
-                stack.push((tree, child_rel, dest));
-            }
-            NodeKind::Symlink => plan.symlinks.push((dest, node)),
-            NodeKind::File => {
-                let tmp = dir.join(temporary_name(&name, &PackId::random().to_hex()[..8]));
-                plan.files.push(FileJob {
-                    rel: child_rel,
-                    dest,
-                    tmp,
-                    remaining: node.content.len(),
-                    node,
-                    failed: false,
-                });
+        while !queue.is_empty() {
+            let level = std::mem::take(&mut queue);
+            let mut trees = stream::iter(level)
+                .map(|(id, rel, dir)| async move {
+                    let tree = self
+                        .read_tree(index, &id)
+                        .await
+                        .map_err(|e| with_context(e, &snapshot.id, &rel))?;
+                    Ok::<_, Error>((tree, rel, dir))
+                })
+                .buffered(TREE_READS);
+            while let Some(read) = trees.next().await {
+                let (tree, rel, dir) = read?;
+                plan_tree(snapshot, tree, &rel, &dir, plan, &mut queue)?;
             }
         }
         Ok(())
@@ -362,6 +319,7 @@ impl Repository {
             symlinks: Vec::new(),
         };
         let mut root_metadata = None;
+        let mut lead = None;
         match options
             .path
             .as_deref()
@@ -374,8 +332,9 @@ impl Repository {
                     .await
                     .map_err(|e| with_context(e, &snapshot.id, "/"))?;
                 root_metadata = snapshot.root;
-                let stack = vec![(root, String::new(), PathBuf::new())];
-                self.plan_trees(&index, snapshot, stack, &mut plan).await?;
+                let mut queue = Vec::new();
+                plan_tree(snapshot, root, "", Path::new(""), &mut plan, &mut queue)?;
+                self.plan_trees(&index, snapshot, queue, &mut plan).await?;
             }
             Some(path) => {
                 let node = self
@@ -391,31 +350,45 @@ impl Repository {
                     check_name(seg)?;
                     dir.push(seg);
                 }
-                let mut stack = Vec::new();
-                self.plan_node(
-                    &index,
+                lead = Some(dir.clone());
+                let mut queue = Vec::new();
+                plan_node(
                     snapshot,
                     node,
                     &parent_rel,
                     &dir,
                     &mut HashSet::new(),
                     &mut plan,
-                    &mut stack,
-                )
-                .await?;
-                self.plan_trees(&index, snapshot, stack, &mut plan).await?;
-                // The directories leading to the path, with default metadata.
-                let mut lead = PathBuf::new();
-                for seg in dir.iter() {
-                    lead.push(seg);
-                    out.create_dir(&lead)?;
+                    &mut queue,
+                )?;
+                self.plan_trees(&index, snapshot, queue, &mut plan).await?;
+            }
+        }
+        // Directories the restore creates hold nothing but what it puts
+        // there, and neither does a destination that was empty: nothing
+        // can be in the way of a file there.
+        let mut fresh: HashSet<PathBuf> = HashSet::new();
+        if out.was_empty() {
+            fresh.insert(PathBuf::new());
+        }
+        // The directories leading to the path, with default metadata.
+        if let Some(dir) = lead {
+            let mut lead = PathBuf::new();
+            for seg in dir.iter() {
+                lead.push(seg);
+                if out.create_dir(&lead)? {
+                    fresh.insert(lead.clone());
                 }
             }
         }
         // Directories first (parents before children: plan order).
         let mut report = RestoreReport::default();
+        let mut created = HashSet::new();
         for (path, _) in &plan.dirs {
-            out.create_dir(path)?;
+            if out.create_dir(path)? {
+                fresh.insert(path.clone());
+                created.insert(path.clone());
+            }
             report.dirs += 1;
         }
         // Where each blob goes, grouped by pack.
@@ -429,7 +402,13 @@ impl Repository {
         });
         for (i, f) in plan.files.iter_mut().enumerate() {
             // A directory where the file goes: nothing to download for it.
-            if let Err(e) = out.check_replaceable(&f.dest, EntryKind::File) {
+            let in_fresh = f.dest.parent().is_some_and(|p| fresh.contains(p));
+            let checked = if in_fresh {
+                Ok(())
+            } else {
+                out.check_replaceable(&f.dest, EntryKind::File)
+            };
+            if let Err(e) = checked {
                 f.failed = true;
                 error_count += 1;
                 first_error.get_or_insert(e);
@@ -454,8 +433,9 @@ impl Repository {
                     }
                 }
             }
-            if !f.failed {
+            if !f.failed && f.node.content.len() > 1 {
                 out.create_file(&f.tmp, offset)?;
+                f.precreated = true;
             }
         }
         let mut by_pack: HashMap<u32, Vec<(BlobLoc, BlobId)>> = HashMap::new();
@@ -480,21 +460,26 @@ impl Repository {
                 tracker.update(|p| p.files_done += 1);
             }
         }
+        let buffers = Arc::new(Mutex::new(Vec::new()));
         let mut packs: Vec<(u32, Vec<(BlobLoc, BlobId)>)> = by_pack.into_iter().collect();
         packs.sort_by_key(|(p, _)| index.pack_id(*p));
         let results: Vec<(u64, u64, Vec<Error>)> = stream::iter(packs)
             .map(|(pos, mut blobs)| {
                 blobs.sort_by_key(|(l, _)| l.offset);
-                let (index, jobs, users, tracker, out) = (
+                let (index, jobs, users, tracker, out, buffers) = (
                     index.clone(),
                     jobs.clone(),
                     users.clone(),
                     tracker.clone(),
                     out.clone(),
+                    buffers.clone(),
                 );
                 async move {
-                    self.restore_pack(snapshot, &index, pos, blobs, &jobs, &users, &tracker, out)
-                        .await
+                    let writer = BlobWriter { out, buffers };
+                    self.restore_pack(
+                        snapshot, &index, pos, blobs, &jobs, &users, &tracker, writer,
+                    )
+                    .await
                 }
             })
             .buffer_unordered(options.concurrency.unwrap_or(4).max(1))
@@ -535,14 +520,17 @@ impl Repository {
         }
         // Directory metadata last, children first, as writing into a
         // directory changes its mtime.
+        // A directory this restore created has mode 0o777 less the umask
+        // already, often the mode it needs.
         for (path, node) in plan.dirs.iter().rev() {
-            out.set_dir_metadata(path, node.mode, mtime(node))?;
+            let chmod = !created.contains(path) || out.needs_chmod(node.mode, 0o777);
+            out.set_dir_metadata(path, chmod.then_some(node.mode), mtime(node))?;
         }
         // The root last: everything below it is written.
         if let Some(root) = root_metadata {
             out.set_dir_metadata(
                 Path::new(""),
-                root.mode,
+                Some(root.mode),
                 system_time(root.mtime_sec, root.mtime_nsec),
             )?;
         }
@@ -585,8 +573,9 @@ impl Repository {
         jobs: &Mutex<Vec<FileJob>>,
         users: &HashMap<BlobId, Vec<(usize, u64)>>,
         tracker: &Tracker,
-        out: Arc<Dest>,
+        writer: BlobWriter,
     ) -> (u64, u64, Vec<Error>) {
+        let out = &writer.out;
         let pack = index.pack_id(pos);
         let mut errors = Vec::new();
         let (mut files_done, mut bytes_done) = (0u64, 0u64);
@@ -646,7 +635,7 @@ impl Repository {
                             if f.remaining == 0 {
                                 let done = match $finished.remove(&f.tmp) {
                                     Some(r) => r,
-                                    None => finalize(&out, f),
+                                    None => finalize(out, f),
                                 };
                                 match done {
                                     Ok(()) => {
@@ -736,6 +725,7 @@ impl Repository {
                                 dest: f.dest.clone(),
                                 mode: f.node.mode,
                                 modified: mtime(&f.node),
+                                precreated: f.precreated,
                             });
                             (f.tmp.clone(), *o, finish)
                         })
@@ -751,16 +741,18 @@ impl Repository {
                 });
                 if batch.len() >= WRITE_BATCH_BLOBS || batch_bytes >= WRITE_BATCH_BYTES {
                     batch_bytes = 0;
-                    let (done, finished) =
-                        write_blobs(&self.inner.master, &out, std::mem::take(&mut batch)).await;
+                    let (done, finished) = writer
+                        .write(&self.inner.master, std::mem::take(&mut batch))
+                        .await;
                     let mut finished: HashMap<PathBuf, Result<()>> = finished.into_iter().collect();
                     for (id, len, written) in done {
                         settle!(id, len, written, finished);
                     }
                 }
             }
-            let (done, finished) =
-                write_blobs(&self.inner.master, &out, std::mem::take(&mut batch)).await;
+            let (done, finished) = writer
+                .write(&self.inner.master, std::mem::take(&mut batch))
+                .await;
             let mut finished: HashMap<PathBuf, Result<()>> = finished.into_iter().collect();
             for (id, len, written) in done {
                 settle!(id, len, written, finished);
@@ -818,24 +810,128 @@ impl Repository {
     }
 }
 
-/// Gives the complete temporary file of `f` its metadata and moves it to
-/// its name.
-fn finalize(out: &Dest, f: &FileJob) -> Result<()> {
-    let file = out.open_file(&f.tmp)?;
-    finish_file(out, file, &f.tmp, &f.dest, f.node.mode, mtime(&f.node))
+/// Plans the entries of `tree`, at `rel` in the snapshot and `dir` in the
+/// destination; its subtrees go to `queue`.
+fn plan_tree(
+    snapshot: &Snapshot,
+    tree: Tree,
+    rel: &str,
+    dir: &Path,
+    plan: &mut Plan,
+    queue: &mut PlanQueue,
+) -> Result<()> {
+    let mut names = HashSet::with_capacity(tree.nodes.len());
+    for node in tree.nodes {
+        plan_node(snapshot, node, rel, dir, &mut names, plan, queue)?;
+    }
+    Ok(())
 }
 
-/// Sets the mode and mtime of the complete temporary file `tmp` (open as
-/// `file`) and renames it to `dest`.
+/// Plans one entry of a tree; `names` holds the names of the entries of
+/// the same tree planned before it. A directory's tree goes to `queue`.
+fn plan_node(
+    snapshot: &Snapshot,
+    node: Node,
+    rel: &str,
+    dir: &Path,
+    names: &mut HashSet<OsString>,
+    plan: &mut Plan,
+    queue: &mut PlanQueue,
+) -> Result<()> {
+    let name = os_name(&node)?;
+    let child_rel = if rel.is_empty() {
+        node.name.clone()
+    } else {
+        format!("{rel}/{}", node.name)
+    };
+    // A tree naming one entry twice (no file system lists one) could
+    // make a symlink and a directory of one path; it is refused whole.
+    if !names.insert(name.clone()) {
+        let mut ie = IntegrityError::new(format!(
+            "the directory holds two entries named {:?}",
+            name.to_string_lossy()
+        ));
+        ie.snapshot = Some(snapshot.id);
+        ie.path = Some(child_rel);
+        return Err(ie.into_error());
+    }
+    let dest = dir.join(&name);
+    match node.kind {
+        NodeKind::Dir => {
+            let sub = node.subtree.ok_or_else(|| {
+                IntegrityError::new(format!("directory {child_rel:?} has no subtree")).into_error()
+            })?;
+            plan.dirs.push((dest.clone(), node));
+            queue.push((sub, child_rel, dest));
+        }
+        NodeKind::Symlink => plan.symlinks.push((dest, node)),
+        NodeKind::File => {
+            let tmp = dir.join(temporary_name(&name, &PackId::random().to_hex()[..8]));
+            plan.files.push(FileJob {
+                rel: child_rel,
+                dest,
+                tmp,
+                remaining: node.content.len(),
+                node,
+                failed: false,
+                precreated: false,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Gives the complete temporary file of `f` its metadata and moves it to
+/// its name (creating it first when it has no content).
+fn finalize(out: &Dest, f: &FileJob) -> Result<()> {
+    let (file, created_with) = open_target(out, &f.tmp, f.precreated, f.node.mode)?;
+    finish_file(
+        out,
+        file,
+        &f.tmp,
+        &f.dest,
+        f.node.mode,
+        created_with,
+        mtime(&f.node),
+    )
+}
+
+/// Opens the temporary file `tmp` to write: the one created before when
+/// `precreated`, else a new one with the permission bits of `mode`.
+/// Returns it with the mode it was created with.
+fn open_target(
+    out: &Dest,
+    tmp: &Path,
+    precreated: bool,
+    mode: u32,
+) -> Result<(std::fs::File, u32)> {
+    if precreated {
+        Ok((out.open_file(tmp)?, PRECREATED_MODE))
+    } else {
+        Ok((out.create_file_with_mode(tmp, mode)?, mode))
+    }
+}
+
+/// The mode files of several blobs are created with, so that each write
+/// can open them again.
+const PRECREATED_MODE: u32 = 0o600;
+
+/// Sets the mode (when creating it with `created_with` did not give it)
+/// and mtime of the complete temporary file `tmp` (open as `file`) and
+/// renames it to `dest`.
 fn finish_file(
     out: &Dest,
     file: std::fs::File,
     tmp: &Path,
     dest: &Path,
     mode: u32,
+    created_with: u32,
     modified: SystemTime,
 ) -> Result<()> {
-    platform::set_file_mode(&file, mode).map_err(|e| io_err(&out.shown(tmp), "cannot chmod", e))?;
+    if out.needs_chmod(mode, created_with) {
+        platform::set_file_mode(&file, mode)
+            .map_err(|e| io_err(&out.shown(tmp), "cannot chmod", e))?;
+    }
     file.set_times(FileTimes::new().set_modified(modified))
         .map_err(|e| io_err(&out.shown(tmp), "cannot set mtime of", e))?;
     drop(file);
@@ -848,6 +944,8 @@ struct Finish {
     dest: PathBuf,
     mode: u32,
     modified: SystemTime,
+    /// See [`FileJob::precreated`].
+    precreated: bool,
 }
 
 /// Blobs of a pack decoded and written by one blocking task at most: a
@@ -868,64 +966,100 @@ struct PendingBlob {
     targets: Vec<(PathBuf, u64, Option<Finish>)>,
 }
 
-/// What [`write_blobs`] did: per blob its id, sealed length and the bytes
+/// What [`BlobWriter::write`] did: per blob its id, sealed length and the bytes
 /// written (or why not); and the files it finished (by temporary path).
 type Written = (
     Vec<(BlobId, u64, std::result::Result<u64, String>)>,
     Vec<(PathBuf, Result<()>)>,
 );
 
-/// Decodes and writes `batch` on one blocking thread, and finishes (mode,
-/// mtime, rename) the files a blob completes with the handle it was
-/// written through.
-async fn write_blobs(master: &MasterKey, out: &Arc<Dest>, batch: Vec<PendingBlob>) -> Written {
-    if batch.is_empty() {
-        return (Vec::new(), Vec::new());
-    }
-    let ids: Vec<(BlobId, u64)> = batch.iter().map(|b| (b.id, b.len)).collect();
-    let (master, writer) = (master.clone(), out.clone());
-    let done = tokio::task::spawn_blocking(move || {
-        let mut finished = Vec::new();
-        let written = batch
-            .into_iter()
-            .map(|b| {
-                let written = master
-                    .decode_blob(BlobKind::Data, &b.id, b.raw_length, &b.sealed)
-                    .map_err(|f| f.to_string())
-                    .and_then(|plain| {
-                        let mut done = Vec::new();
-                        let copies = b.targets.len() as u64;
-                        for (path, offset, finish) in b.targets {
-                            let f = writer.open_file(&path).map_err(|e| e.to_string())?;
-                            platform::write_all_at(&f, &plain, offset).map_err(|e| {
-                                format!("cannot write {}: {e}", writer.shown(&path).display())
-                            })?;
-                            if let Some(fin) = finish {
-                                done.push((path, f, fin));
+/// Where a pack's blobs are written: the destination, and the decode
+/// buffers of the restore (one set per batch being written, kept for the
+/// next batch).
+struct BlobWriter {
+    out: Arc<Dest>,
+    buffers: Arc<Mutex<Vec<DecodeBuffers>>>,
+}
+
+impl BlobWriter {
+    /// Decodes and writes `batch` on one blocking thread, and finishes (mode,
+    /// mtime, rename) the files a blob completes with the handle it was
+    /// written through.
+    async fn write(&self, master: &MasterKey, batch: Vec<PendingBlob>) -> Written {
+        if batch.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let ids: Vec<(BlobId, u64)> = batch.iter().map(|b| (b.id, b.len)).collect();
+        let (master, writer, pool) = (master.clone(), self.out.clone(), self.buffers.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let mut buffers = pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or_default();
+            let mut finished = Vec::new();
+            let written = batch
+                .into_iter()
+                .map(|b| {
+                    let written = master
+                        .decode_blob_into(
+                            BlobKind::Data,
+                            &b.id,
+                            b.raw_length,
+                            &b.sealed,
+                            &mut buffers,
+                        )
+                        .map_err(|f| f.to_string())
+                        .and_then(|plain| {
+                            let mut done = Vec::new();
+                            let copies = b.targets.len() as u64;
+                            for (path, offset, finish) in b.targets {
+                                // A file of one blob is created here; one of
+                                // several was created before.
+                                let precreated = finish.as_ref().is_none_or(|fin| fin.precreated);
+                                let mode = finish.as_ref().map_or(PRECREATED_MODE, |fin| fin.mode);
+                                let (f, created_with) =
+                                    open_target(&writer, &path, precreated, mode)
+                                        .map_err(|e| e.to_string())?;
+                                platform::write_all_at(&f, plain, offset).map_err(|e| {
+                                    format!("cannot write {}: {e}", writer.shown(&path).display())
+                                })?;
+                                if let Some(fin) = finish {
+                                    done.push((path, f, fin, created_with));
+                                }
                             }
+                            Ok((plain.len() as u64 * copies, done))
+                        });
+                    let written = written.map(|(n, done)| {
+                        for (path, f, fin, created_with) in done {
+                            let r = finish_file(
+                                &writer,
+                                f,
+                                &path,
+                                &fin.dest,
+                                fin.mode,
+                                created_with,
+                                fin.modified,
+                            );
+                            finished.push((path, r));
                         }
-                        Ok((plain.len() as u64 * copies, done))
+                        n
                     });
-                let written = written.map(|(n, done)| {
-                    for (path, f, fin) in done {
-                        let r = finish_file(&writer, f, &path, &fin.dest, fin.mode, fin.modified);
-                        finished.push((path, r));
-                    }
-                    n
-                });
-                (b.id, b.len, written)
-            })
-            .collect::<Vec<_>>();
-        (written, finished)
-    })
-    .await;
-    match done {
-        Ok(v) => v,
-        Err(e) => (
-            ids.into_iter()
-                .map(|(id, len)| (id, len, Err(format!("worker failed: {e}"))))
-                .collect(),
-            Vec::new(),
-        ),
+                    (b.id, b.len, written)
+                })
+                .collect::<Vec<_>>();
+            pool.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
+            (written, finished)
+        })
+        .await;
+        match done {
+            Ok(v) => v,
+            Err(e) => (
+                ids.into_iter()
+                    .map(|(id, len)| (id, len, Err(format!("worker failed: {e}"))))
+                    .collect(),
+                Vec::new(),
+            ),
+        }
     }
 }

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::repo::error::BACKEND;
+use crate::repo::platform;
 use atlas_core::error::{Error, Result};
 
 /// A kind of directory entry, in a [`RestoreConflict`].
@@ -120,6 +121,11 @@ pub(super) struct Dest {
     root: Arc<DirHandle>,
     /// Handles of directories below the destination opened before.
     dirs: Mutex<DirHandles>,
+    /// The destination was empty (or missing) when the restore opened it.
+    was_empty: bool,
+    /// The process's umask, when known: what a mode given at creation
+    /// becomes, so that a `chmod` that would change nothing is left out.
+    umask: Option<u32>,
 }
 
 /// How many directory handles a restore keeps open on Unix: a quarter of
@@ -236,6 +242,10 @@ impl Dest {
     /// [`Dest::open`], keeping at most `bound` directory handles.
     pub(super) fn with_dir_handles(path: &Path, bound: usize) -> Result<Dest> {
         std::fs::create_dir_all(path).map_err(|e| io_err(path, "cannot create", e))?;
+        let was_empty = std::fs::read_dir(path)
+            .map_err(|e| io_err(path, "cannot list", e))?
+            .next()
+            .is_none();
         #[cfg(unix)]
         let root = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -251,7 +261,28 @@ impl Dest {
             path: path.to_path_buf(),
             root: Arc::new(root),
             dirs: Mutex::new(DirHandles::new(bound)),
+            was_empty,
+            umask: platform::umask(),
         })
+    }
+
+    /// Whether the destination was empty (or missing) when it was opened:
+    /// then nothing of its own can be in the way of what the restore
+    /// writes into it.
+    pub(super) fn was_empty(&self) -> bool {
+        self.was_empty
+    }
+
+    /// Whether an entry created with the permission bits of `mode` (as
+    /// [`create_file_with_mode`](Self::create_file_with_mode) and
+    /// [`create_dir`](Self::create_dir) do, less the umask) still needs a
+    /// `chmod` to get `mode`: always when the umask is not known, and for
+    /// the set-id and sticky bits, which creation does not give.
+    pub(super) fn needs_chmod(&self, mode: u32, created_with: u32) -> bool {
+        match self.umask {
+            Some(umask) => mode & 0o7777 != created_with & 0o777 & !umask,
+            None => true,
+        }
     }
 
     /// How many directory handles are kept now.
@@ -285,18 +316,20 @@ impl Dest {
         .into_error()
     }
 
-    /// Creates the directory `rel` (its parent exists) unless a directory
-    /// is there already.
+    /// Creates the directory `rel` (its parent exists; mode `0o777` less
+    /// the umask) unless a directory is there already. Returns whether
+    /// this call created it: a directory made by the restore holds nothing
+    /// but what the restore puts there.
     ///
     /// # Errors
     /// A [`RestoreConflict`] when something else is at `rel` or on the
     /// way to it; I/O errors naming the path.
-    pub(super) fn create_dir(&self, rel: &Path) -> Result<()> {
+    pub(super) fn create_dir(&self, rel: &Path) -> Result<bool> {
         let (parent, name) = split(rel).map_err(self.failed(rel, "cannot create"))?;
         let dir = self.open_dir(parent)?;
-        sys_create_dir(&dir, name).map_err(self.failed(rel, "cannot create"))?;
+        let created = sys_create_dir(&dir, name).map_err(self.failed(rel, "cannot create"))?;
         // Whatever was there, `rel` must now be a real directory.
-        self.open_dir(rel).map(drop)
+        self.open_dir(rel).map(|_| created)
     }
 
     /// Creates the new file `rel` (a name nothing else uses) with `len`
@@ -306,6 +339,16 @@ impl Dest {
         let dir = self.open_dir(parent)?;
         let file = sys_open_file(&dir, name, true).map_err(self.failed(rel, "cannot create"))?;
         file.set_len(len).map_err(self.failed(rel, "cannot size"))
+    }
+
+    /// Creates the file `rel`, which must not exist, with the permission
+    /// bits of `mode` (less the umask), and opens it for writing. For a
+    /// file written through this one handle: a file created without
+    /// write permission cannot be opened again to write.
+    pub(super) fn create_file_with_mode(&self, rel: &Path, mode: u32) -> Result<File> {
+        let (parent, name) = split(rel).map_err(self.failed(rel, "cannot create"))?;
+        let dir = self.open_dir(parent)?;
+        sys_create_file(&dir, name, mode & 0o777).map_err(self.failed(rel, "cannot create"))
     }
 
     /// Opens the file `rel` for writing, following no symlink.
@@ -381,7 +424,13 @@ impl Dest {
 
     /// Sets the permission bits (Unix) and mtime of the directory `rel`
     /// (`""`: the destination itself).
-    pub(super) fn set_dir_metadata(&self, rel: &Path, mode: u32, mtime: SystemTime) -> Result<()> {
+    /// With `mode` `None`, the mtime only.
+    pub(super) fn set_dir_metadata(
+        &self,
+        rel: &Path,
+        mode: Option<u32>,
+        mtime: SystemTime,
+    ) -> Result<()> {
         let dir = self.open_dir(rel)?;
         sys_set_dir_metadata(&dir, mode, mtime).map_err(self.failed(rel, "cannot set metadata of"))
     }
@@ -439,13 +488,14 @@ impl Dest {
 #[cfg(unix)]
 type DirHandle = File;
 
-/// Creates the directory `name` in `dir`; something already there is for
-/// the caller to look at.
+/// Creates the directory `name` in `dir`, saying whether it did;
+/// something already there is for the caller to look at.
 #[cfg(unix)]
-fn sys_create_dir(dir: &DirHandle, name: &OsStr) -> io::Result<()> {
+fn sys_create_dir(dir: &DirHandle, name: &OsStr) -> io::Result<bool> {
     let mode = nix::sys::stat::Mode::from_bits_truncate(0o777);
     match nix::sys::stat::mkdirat(dir, name, mode) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EEXIST) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -470,6 +520,17 @@ fn sys_open_file(dir: &DirHandle, name: &OsStr, create: bool) -> io::Result<File
         flags |= OFlag::O_CREAT | OFlag::O_EXCL;
     }
     let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    Ok(File::from(openat(dir, name, flags, mode)?))
+}
+
+/// Creates the file `name` in `dir` (it must not exist) with the
+/// permission bits `mode`, open for writing.
+#[cfg(unix)]
+fn sys_create_file(dir: &DirHandle, name: &OsStr, mode: u32) -> io::Result<File> {
+    use nix::fcntl::{OFlag, openat};
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_CREAT | OFlag::O_EXCL;
+    let mode = nix::sys::stat::Mode::from_bits_truncate(mode as nix::libc::mode_t);
     Ok(File::from(openat(dir, name, flags, mode)?))
 }
 
@@ -523,9 +584,11 @@ fn sys_set_symlink_mtime(dir: &DirHandle, name: &OsStr, sec: i64, nsec: u32) -> 
 }
 
 #[cfg(unix)]
-fn sys_set_dir_metadata(dir: &DirHandle, mode: u32, mtime: SystemTime) -> io::Result<()> {
+fn sys_set_dir_metadata(dir: &DirHandle, mode: Option<u32>, mtime: SystemTime) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    dir.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    if let Some(mode) = mode {
+        dir.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     dir.set_times(std::fs::FileTimes::new().set_modified(mtime))
 }
 
@@ -536,10 +599,11 @@ fn sys_set_dir_metadata(dir: &DirHandle, mode: u32, mtime: SystemTime) -> io::Re
 type DirHandle = PathBuf;
 
 #[cfg(not(unix))]
-fn sys_create_dir(dir: &DirHandle, name: &OsStr) -> io::Result<()> {
+fn sys_create_dir(dir: &DirHandle, name: &OsStr) -> io::Result<bool> {
     match std::fs::create_dir(dir.join(name)) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -563,6 +627,11 @@ fn sys_open_file(dir: &DirHandle, name: &OsStr, create: bool) -> io::Result<File
         .write(true)
         .create_new(create)
         .open(path)
+}
+
+#[cfg(not(unix))]
+fn sys_create_file(dir: &DirHandle, name: &OsStr, _mode: u32) -> io::Result<File> {
+    sys_open_file(dir, name, true)
 }
 
 #[cfg(not(unix))]
@@ -601,7 +670,11 @@ fn sys_set_symlink_mtime(_dir: &DirHandle, _name: &OsStr, _sec: i64, _nsec: u32)
 }
 
 #[cfg(not(unix))]
-fn sys_set_dir_metadata(_dir: &DirHandle, _mode: u32, _mtime: SystemTime) -> io::Result<()> {
+fn sys_set_dir_metadata(
+    _dir: &DirHandle,
+    _mode: Option<u32>,
+    _mtime: SystemTime,
+) -> io::Result<()> {
     // No Unix permission bits, and a directory cannot be opened as a file
     // portably: left as created.
     Ok(())

@@ -315,7 +315,7 @@ fn nothing_is_written_through_a_symlink_the_restore_created() {
     let err = dest.open_file(Path::new("a/b.txt")).unwrap_err();
     assert_eq!(conflict_of(&err), through);
     let err = dest
-        .set_dir_metadata(Path::new("a"), 0o700, SystemTime::UNIX_EPOCH)
+        .set_dir_metadata(Path::new("a"), Some(0o700), SystemTime::UNIX_EPOCH)
         .unwrap_err();
     assert_eq!(conflict_of(&err), through);
     // A directory where the link is wanted is not replaced.
@@ -424,7 +424,7 @@ fn more_directories_than_handles_kept_are_all_restored() {
         assert!(dest.dir_handles_kept() <= bound);
     }
     for dir in dirs.iter().rev() {
-        dest.set_dir_metadata(dir, 0o750, SystemTime::UNIX_EPOCH)
+        dest.set_dir_metadata(dir, Some(0o750), SystemTime::UNIX_EPOCH)
             .unwrap();
     }
     for (i, file) in files.iter().enumerate() {
@@ -466,5 +466,143 @@ fn a_directory_swapped_for_a_symlink_after_it_was_opened_is_not_followed() {
             assert!(target.path().join("moved/two").is_file());
         }
         assert_eq!(listing(outside.path()), Vec::<String>::new());
+    }
+}
+
+/// Random bytes, so that a file of several chunks stays several blobs.
+fn noise(len: usize) -> Vec<u8> {
+    use rand::RngCore as _;
+    let mut bytes = vec![0; len];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// Files of no blob, one blob and several blobs, and directories, come
+/// back with every permission bit and their mtimes whether creating them
+/// gave the mode (the umask's share) or a chmod had to (set-id, sticky,
+/// no write permission), into a fresh destination and into one holding a
+/// directory and a stale file of the snapshot's names already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_permission_bit_and_mtime_comes_back_whatever_creation_gave() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let src = tempfile::tempdir().unwrap();
+    let dirs = [
+        ("d-default", 0o755),
+        ("d-private", 0o700),
+        ("d-sticky", 0o1777),
+        ("d-setgid", 0o2755),
+        ("d-read-only", 0o555),
+    ];
+    let files = [
+        ("empty-read-only", 0, 0o444),
+        ("empty-no-access", 0, 0o000),
+        ("one-read-only", 100, 0o444),
+        ("one-no-access", 100, 0o000),
+        ("one-default", 100, 0o644),
+        ("one-exec", 100, 0o755),
+        ("one-setuid", 100, 0o4755),
+    ];
+    let many = [
+        ("many-read-only", 0o444),
+        ("many-setuid", 0o4711),
+        ("many-default", 0o644),
+    ];
+    let mut expected = Vec::new();
+    let mut put = |rel: String, content: Vec<u8>, mode: u32, sec: u64| {
+        let path = src.path().join(&rel);
+        fs::write(&path, &content).unwrap();
+        let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(sec);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        expected.push((rel, content, mode, mtime));
+    };
+    for (i, (dir, _)) in dirs.iter().enumerate() {
+        fs::create_dir(src.path().join(dir)).unwrap();
+        for (j, (name, len, mode)) in files.iter().enumerate() {
+            let seed = (i * 100 + j) as u64;
+            put(
+                format!("{dir}/{name}"),
+                noise(*len),
+                *mode,
+                1_600_000_000 + seed,
+            );
+        }
+    }
+    for (j, (name, mode)) in many.iter().enumerate() {
+        put(
+            name.to_string(),
+            noise(3 << 20),
+            *mode,
+            1_650_000_000 + j as u64,
+        );
+    }
+    let dir_mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    for (dir, mode) in dirs {
+        let path = src.path().join(dir);
+        fs::File::open(&path)
+            .unwrap()
+            .set_modified(dir_mtime)
+            .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let repo = repository().await;
+    let id = backup(&repo, src.path()).await;
+
+    let out = tempfile::tempdir().unwrap();
+    let fresh = out.path().join("fresh");
+    let used = out.path().join("used");
+    fs::create_dir_all(used.join("d-default")).unwrap();
+    fs::write(
+        used.join("d-default/one-default"),
+        b"stale and longer than the file",
+    )
+    .unwrap();
+    fs::write(used.join("unrelated"), b"left alone").unwrap();
+    for target in [&fresh, &used] {
+        repo.restore(&id, target, RestoreOptions::default())
+            .await
+            .unwrap();
+        for (rel, content, mode, mtime) in &expected {
+            let path = target.join(rel);
+            let meta = fs::symlink_metadata(&path).unwrap();
+            assert_eq!(meta.mode() & 0o7777, *mode, "mode of {}", path.display());
+            assert_eq!(
+                meta.modified().unwrap(),
+                *mtime,
+                "mtime of {}",
+                path.display()
+            );
+            assert_eq!(&fs::read(&path).unwrap(), content, "{}", path.display());
+        }
+        for (dir, mode) in dirs {
+            let meta = fs::symlink_metadata(target.join(dir)).unwrap();
+            assert_eq!(
+                meta.mode() & 0o7777,
+                mode,
+                "mode of {dir} in {}",
+                target.display()
+            );
+            assert_eq!(meta.modified().unwrap(), dir_mtime, "mtime of {dir}");
+        }
+        let names = listing(target);
+        assert!(
+            names.iter().all(|n| !n.contains(".atlas-restore-")),
+            "no temporary file left: {names:?}"
+        );
+    }
+    assert_eq!(fs::read(used.join("unrelated")).unwrap(), b"left alone");
+    // Let the temporary directories be removed.
+    for target in [&fresh, &used] {
+        for (dir, _) in dirs {
+            fs::set_permissions(target.join(dir), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    for (dir, _) in dirs {
+        fs::set_permissions(src.path().join(dir), fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
