@@ -532,6 +532,7 @@ impl BackupTarget for FsTarget {
         let span = debug_span!("backup.get", backend = BACKEND, %key);
         let inner = self.inner.clone();
         let k = key.clone();
+        let chunk = self.inner.read_chunk_size;
         let opened = tokio::task::spawn_blocking(move || -> Result<_> {
             let path = inner.path_of(&k)?;
             inner.refuse_links(&path)?;
@@ -547,27 +548,46 @@ impl BackupTarget for FsTarget {
             };
             file.seek(SeekFrom::Start(range.start))
                 .map_err(|e| io_error(e, &format!("seeking in {k}")))?;
-            Ok((file, meta, range))
+            // What fits one chunk (a tree, a manifest, a blob) is read
+            // here, into a buffer of its size: a second task, a channel
+            // and a chunk-sized buffer per read made a backup reading
+            // thousands of trees map and unmap a megabyte for each.
+            let len = range.end - range.start;
+            let whole = if len <= chunk as u64 {
+                let mut buf = BytesMut::zeroed(len as usize);
+                let n = read_full(&mut file, &mut buf)
+                    .map_err(|e| io_error(e, &format!("reading {k}")))?;
+                buf.truncate(n);
+                Some(buf.freeze())
+            } else {
+                None
+            };
+            Ok((file, meta, range, whole))
         })
         .instrument(span.clone())
         .await
         .map_err(|e| Error::backend_with(BACKEND, "a get task panicked", e))??;
         // Without the checksum attribute, get reports no checksum rather
         // than reading the file twice; head computes it.
-        let (file, meta, range) = opened;
+        let (file, meta, range, whole) = opened;
+        if let Some(bytes) = whole {
+            let body = stream::iter((!bytes.is_empty()).then_some(Ok(bytes))).boxed();
+            return Ok(GetResult::new(meta, range, body));
+        }
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(2);
-        let chunk = self.inner.read_chunk_size;
         let len = range.end - range.start;
         let k = key.clone();
         tokio::task::spawn_blocking(move || {
             let _e = span.enter();
             let mut file = file.take(len);
+            let mut left = len;
             loop {
-                let mut buf = BytesMut::zeroed(chunk);
+                let mut buf = BytesMut::zeroed(chunk.min(left as usize));
                 match read_full(&mut file, &mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
                         buf.truncate(n);
+                        left -= n as u64;
                         if tx.blocking_send(Ok(buf.freeze())).is_err() {
                             break; // the reader went away
                         }

@@ -108,6 +108,45 @@ async fn the_memory_check_fails_a_target_that_buffers_whole_objects() {
     );
 }
 
+/// Ranges up to one read chunk come back as one piece of their own size;
+/// longer ones in pieces of at most a chunk, the last one cut to what is
+/// left; the bytes are those of the range either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_ranged_reads_come_in_pieces_of_at_most_a_chunk() {
+    use atlas_core::backup::ByteRange;
+    let dir = tempfile::tempdir().unwrap();
+    let target = FsTarget::builder()
+        .with_root(dir.path())
+        .with_read_chunk_size(1000)
+        .build()
+        .unwrap();
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let k = key("ranges/object");
+    target
+        .put_bytes(&k, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    for (start, end, pieces) in [
+        (0, 1, 1),
+        (0, 1000, 1),
+        (5, 1005, 1),
+        (5, 1006, 2),
+        (123, 9999, 10),
+        (0, 10_000, 10),
+        (9000, 10_000, 1),
+    ] {
+        let got = target
+            .get_range(&k, ByteRange::new(start, end).unwrap())
+            .await
+            .unwrap();
+        let chunks: Vec<Bytes> = got.body.map(|c| c.unwrap()).collect().await;
+        let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+        assert_eq!(chunks.len(), pieces, "{start}..{end}: {sizes:?}");
+        assert!(sizes.iter().all(|n| (1..=1000).contains(n)), "{sizes:?}");
+        assert_eq!(chunks.concat(), &data[start as usize..end as usize]);
+    }
+}
+
 #[tokio::test]
 async fn fs_objects_are_plain_files_with_their_checksum_attached() {
     let dir = tempfile::tempdir().unwrap();
