@@ -363,7 +363,7 @@ impl Repository {
                     Some("lies outside the pack's blob area".to_string())
                 } else {
                     master
-                        .decode_blob_into(kind, &bid, raw, &bytes[s..e], &mut buffers)
+                        .decode_blob_into(kind, &bid, raw, &[&bytes[s..e]], &mut buffers)
                         .err()
                         .map(|f| f.to_string())
                 };

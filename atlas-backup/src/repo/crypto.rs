@@ -212,35 +212,42 @@ impl MasterKey {
     /// tampered with, truncated or sealed with another key or `aad`.
     pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
-        self.open_into(aad, sealed, &mut buf).then_some(buf)
+        let plain = self.open_into(aad, &[sealed], &mut buf)?;
+        buf.truncate(plain.end);
+        buf.drain(..plain.start);
+        Some(buf)
     }
 
-    /// [`open`](Self::open) into `buf` (its content replaced, its capacity
-    /// reused); `false` when `sealed` does not open, and then `buf` holds
-    /// nothing of it.
-    fn open_into(&self, aad: &[u8], sealed: &[u8], buf: &mut Vec<u8>) -> bool {
+    /// [`open`](Self::open) of the sealed bytes given as `pieces` (in
+    /// order), gathered into `buf` (its content replaced, its capacity
+    /// reused) and decrypted there: the range of `buf` holding the
+    /// plaintext. `None` when they do not open, and then `buf` holds
+    /// nothing of them.
+    fn open_into<B: AsRef<[u8]>>(
+        &self,
+        aad: &[u8],
+        pieces: &[B],
+        buf: &mut Vec<u8>,
+    ) -> Option<std::ops::Range<usize>> {
         buf.clear();
-        if sealed.len() < NONCE_LEN + TAG_LEN {
-            return false;
+        for piece in pieces {
+            buf.extend_from_slice(piece.as_ref());
         }
-        let tag_at = sealed.len() - TAG_LEN;
-        let (Ok(nonce), Ok(tag)) = (
-            <[u8; NONCE_LEN]>::try_from(&sealed[..NONCE_LEN]),
-            <[u8; TAG_LEN]>::try_from(&sealed[tag_at..]),
-        ) else {
-            return false;
-        };
-        buf.extend_from_slice(&sealed[NONCE_LEN..tag_at]);
-        let opened = self
-            .cipher
-            .decrypt_inout_detached(
-                &XNonce::from(nonce),
-                aad,
-                buf.as_mut_slice().into(),
-                &Tag::from(tag),
-            )
-            .is_ok();
-        if !opened {
+        let opened = buf
+            .len()
+            .checked_sub(TAG_LEN)
+            .filter(|&at| at >= NONCE_LEN)
+            .and_then(|tag_at| {
+                let (head, tag) = buf.split_at_mut(tag_at);
+                let (nonce, body) = head.split_at_mut(NONCE_LEN);
+                let nonce = <[u8; NONCE_LEN]>::try_from(&*nonce).ok()?;
+                let tag = <[u8; TAG_LEN]>::try_from(&*tag).ok()?;
+                self.cipher
+                    .decrypt_inout_detached(&XNonce::from(nonce), aad, body.into(), &Tag::from(tag))
+                    .ok()
+                    .map(|()| NONCE_LEN..tag_at)
+            });
+        if opened.is_none() {
             buf.clear();
         }
         opened
@@ -311,7 +318,7 @@ impl MasterKey {
         sealed: &[u8],
     ) -> std::result::Result<Vec<u8>, BlobFault> {
         let mut buffers = DecodeBuffers::default();
-        self.decode_blob_into(kind, id, raw_len, sealed, &mut buffers)?;
+        self.decode_blob_into(kind, id, raw_len, &[sealed], &mut buffers)?;
         Ok(buffers.take_plain())
     }
 
@@ -319,27 +326,31 @@ impl MasterKey {
     /// to blob: the plaintext is borrowed from them. Decoding every blob
     /// into new buffers of up to 4 MiB cost a restore more CPU in page
     /// faults and zeroed pages than in decompression.
-    pub(crate) fn decode_blob_into<'b>(
+    /// The sealed blob may come in `pieces` (a download's chunks), which
+    /// are gathered while decrypting.
+    pub(crate) fn decode_blob_into<'b, B: AsRef<[u8]>>(
         &self,
         kind: BlobKind,
         id: &BlobId,
         raw_len: u32,
-        sealed: &[u8],
+        pieces: &[B],
         buffers: &'b mut DecodeBuffers,
     ) -> std::result::Result<&'b [u8], BlobFault> {
         let DecodeBuffers {
             opened,
             decompressed,
             compressed,
+            plain_at,
             plain_len,
         } = buffers;
         *compressed = false;
-        if !self.open_into(&blob_aad(kind, id), sealed, opened) {
-            return Err(BlobFault::Authentication);
-        }
-        let (flag, payload) = opened
+        let body = self
+            .open_into(&blob_aad(kind, id), pieces, opened)
+            .ok_or(BlobFault::Authentication)?;
+        let (flag, payload) = opened[body.clone()]
             .split_first()
             .ok_or(BlobFault::Malformed("empty body"))?;
+        *plain_at = body.start + 1;
         let plain: &[u8] = match *flag {
             COMPRESSION_NONE => payload,
             // The output may be at most raw_len, so a frame claiming more
@@ -477,7 +488,8 @@ fn file_aad(kind: &str) -> String {
 /// the largest blob decoded (a chunk is at most 4 MiB).
 #[derive(Default)]
 pub(crate) struct DecodeBuffers {
-    /// The opened (decrypted) body: a flag byte and the payload.
+    /// The sealed blob gathered and decrypted in place: nonce, a flag
+    /// byte and the payload, tag.
     opened: Vec<u8>,
     /// A compressed payload's plaintext; longer than the last one when an
     /// earlier blob was larger.
@@ -486,6 +498,9 @@ pub(crate) struct DecodeBuffers {
     /// start of `decompressed`, else `opened` after the flag), and its
     /// length.
     compressed: bool,
+    /// Where the plaintext of a blob stored uncompressed starts in
+    /// `opened`.
+    plain_at: usize,
     plain_len: usize,
 }
 
@@ -496,7 +511,8 @@ impl DecodeBuffers {
             self.decompressed.truncate(self.plain_len);
             self.decompressed
         } else {
-            self.opened.drain(..1.min(self.opened.len()));
+            self.opened.truncate(self.plain_at + self.plain_len);
+            self.opened.drain(..self.plain_at.min(self.opened.len()));
             self.opened
         }
     }
@@ -711,17 +727,26 @@ mod tests {
             let mut bad = sealed.clone();
             bad[NONCE_LEN + 2] ^= 1;
             assert_eq!(
-                k.decode_blob_into(BlobKind::Data, &id, n, &bad, &mut buffers),
+                k.decode_blob_into(BlobKind::Data, &id, n, &[&bad], &mut buffers),
                 Err(BlobFault::Authentication)
             );
             assert_eq!(
-                k.decode_blob_into(BlobKind::Data, &id, n + 1, &sealed, &mut buffers),
+                k.decode_blob_into(BlobKind::Data, &id, n + 1, &[&sealed], &mut buffers),
                 Err(BlobFault::Malformed("length differs from the index"))
             );
             let plain = k
-                .decode_blob_into(BlobKind::Data, &id, n, &sealed, &mut buffers)
+                .decode_blob_into(BlobKind::Data, &id, n, &[&sealed], &mut buffers)
                 .unwrap();
             assert_eq!(plain, &data[..]);
+            // In pieces cut anywhere, the nonce and the tag included.
+            for cut in [1, NONCE_LEN + 1, sealed.len() / 2, sealed.len() - 3] {
+                let (a, b) = sealed.split_at(cut);
+                let pieces = [a, &b[..1], &b[1..]];
+                let plain = k
+                    .decode_blob_into(BlobKind::Data, &id, n, &pieces, &mut buffers)
+                    .unwrap();
+                assert_eq!(plain, &data[..], "cut at {cut}");
+            }
             stored |= !buffers.compressed;
         }
         assert!(stored, "the noise is stored uncompressed");

@@ -9,14 +9,14 @@ mod dest;
 #[cfg(all(test, unix))]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::FileTimes;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures::stream::{self, StreamExt};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -680,20 +680,15 @@ impl Repository {
                     continue;
                 }
             };
-            let mut buf = BytesMut::new();
-            let mut buf_start = start;
+            let mut window = Window::at(start);
             let mut broken: Option<String> = None;
             for (loc, id) in run {
                 let (off, len) = (u64::from(loc.offset), u64::from(loc.length));
-                while broken.is_none() && buf_start + (buf.len() as u64) < off + len {
+                while broken.is_none() && window.end() < off + len {
                     match body.next().await {
                         Some(Ok(chunk)) => {
-                            buf.extend_from_slice(&chunk);
-                            if buf_start < off {
-                                let skip = (off - buf_start).min(buf.len() as u64);
-                                buf.advance(skip as usize);
-                                buf_start += skip;
-                            }
+                            window.push(chunk);
+                            window.skip_to(off);
                         }
                         Some(Err(e)) => broken = Some(format!("download failed: {e}")),
                         None => {
@@ -706,10 +701,8 @@ impl Repository {
                     fail_blob(jobs, &id, why.clone(), &mut errors);
                     continue;
                 }
-                let skip = off - buf_start;
-                buf.advance(skip as usize);
-                let sealed: Bytes = buf.split_to(len as usize).freeze();
-                buf_start = off + len;
+                window.skip_to(off);
+                let sealed = window.take(len);
                 // A file this blob completes is finished by the task that
                 // writes it, through the same handle.
                 let targets: Vec<(PathBuf, u64, Option<Finish>)> = {
@@ -960,10 +953,85 @@ struct PendingBlob {
     raw_length: u32,
     /// Its sealed length.
     len: u64,
-    sealed: Bytes,
+    /// Its sealed bytes, as slices of the chunks they came in.
+    sealed: Vec<Bytes>,
     /// The files (temporary paths) and offsets it goes to, and how to
     /// finish those it completes.
     targets: Vec<(PathBuf, u64, Option<Finish>)>,
+}
+
+/// The downloaded bytes of a run not taken yet: the chunks as the target
+/// sent them, shared (not copied) by the blobs taken from them. Copying
+/// them into one growing buffer cost a copy of every byte, and a new
+/// buffer of a megabyte or more for about every blob.
+struct Window {
+    chunks: VecDeque<Bytes>,
+    /// The pack offset of the first byte held.
+    start: u64,
+    /// Bytes held.
+    len: u64,
+}
+
+impl Window {
+    /// An empty window at pack offset `start`.
+    fn at(start: u64) -> Self {
+        Window {
+            chunks: VecDeque::new(),
+            start,
+            len: 0,
+        }
+    }
+
+    /// The pack offset after the last byte held.
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len() as u64;
+        self.chunks.push_back(chunk);
+    }
+
+    /// Drops what lies before pack offset `at`.
+    fn skip_to(&mut self, at: u64) {
+        let mut skip = at.saturating_sub(self.start).min(self.len);
+        self.start += skip;
+        self.len -= skip;
+        while skip > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if (front.len() as u64) <= skip {
+                skip -= front.len() as u64;
+                self.chunks.pop_front();
+            } else {
+                front.advance(skip as usize);
+                skip = 0;
+            }
+        }
+    }
+
+    /// Takes the first `len` bytes held (fewer if fewer are held) as
+    /// slices of their chunks.
+    fn take(&mut self, len: u64) -> Vec<Bytes> {
+        let mut left = len.min(self.len);
+        self.start += left;
+        self.len -= left;
+        let mut pieces = Vec::new();
+        while left > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if (front.len() as u64) <= left {
+                left -= front.len() as u64;
+                pieces.extend(self.chunks.pop_front());
+            } else {
+                pieces.push(front.split_to(left as usize));
+                left = 0;
+            }
+        }
+        pieces
+    }
 }
 
 /// What [`BlobWriter::write`] did: per blob its id, sealed length and the bytes

@@ -606,3 +606,29 @@ async fn every_permission_bit_and_mtime_comes_back_whatever_creation_gave() {
         fs::set_permissions(src.path().join(dir), fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
+
+/// Blobs taken from a download's chunks: across chunk edges, after gaps,
+/// and no more than what arrived.
+#[test]
+fn a_window_hands_out_exactly_the_bytes_of_each_blob() {
+    use bytes::Bytes;
+    let pack: Vec<u8> = (0..200u8).collect();
+    let mut window = super::Window::at(10);
+    for (a, b) in [(10, 17), (17, 18), (18, 60), (60, 130)] {
+        window.push(Bytes::copy_from_slice(&pack[a..b]));
+    }
+    assert_eq!(window.end(), 130);
+    let mut take = |at: u64, len: u64| {
+        window.skip_to(at);
+        window.take(len).concat()
+    };
+    assert_eq!(take(10, 5), &pack[10..15], "inside the first chunk");
+    assert_eq!(take(15, 10), &pack[15..25], "over two chunk edges");
+    assert_eq!(take(40, 30), &pack[40..70], "after a gap, across chunks");
+    assert_eq!(take(70, 0), Vec::<u8>::new());
+    assert_eq!(take(100, 50), &pack[100..130], "only what arrived");
+    assert_eq!(window.end(), 130);
+    window.push(Bytes::copy_from_slice(&pack[130..140]));
+    window.skip_to(135);
+    assert_eq!(window.take(5).concat(), &pack[135..140]);
+}
