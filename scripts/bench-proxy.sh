@@ -20,10 +20,15 @@
 # certificate, made here; TLS 1.2 and 1.3, ECDHE with AES-GCM or
 # ChaCha20-Poly1305) with wrk connecting over https (the upstream stays
 # plain); ATLAS_BENCH_TLS=new also closes the connection after every request,
-# so each request is a new TLS handshake (new connections per second).
+# so each request is a new TLS handshake (new connections per second);
+# ATLAS_BENCH_TLS=h2 has clients speak HTTP/2 to both proxies (ALPN h2;
+# nginx `listen ... ssl http2`) with h2load as the load generator
+# (CONNECTIONS connections, STREAMS (default 10) concurrent streams each;
+# p50/p99 from its per-request log); the bare upstream, which speaks
+# HTTP/1.1 only, is loaded by h2load --h1 for reference.
 # Exits with status 1 when the Atlas proxy had any socket error (connect,
 # read, write, timeout), which a client sees as a lost request.
-# Installs nginx and wrk (Debian) when missing. Needs root for apt only.
+# Installs nginx, wrk and h2load (Debian) when missing. Needs root for apt only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -42,6 +47,7 @@ trap cleanup EXIT
 need=()
 command -v nginx >/dev/null || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
+[ "${ATLAS_BENCH_TLS:-0}" = h2 ] && { command -v h2load >/dev/null || need+=(nghttp2-client); }
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -78,6 +84,7 @@ if [ "$TLS" != 0 ]; then
     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
   ATLAS_ARGS+=(--tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key")
   NGINX_LISTEN="$NGINX ssl"
+  [ "$TLS" = h2 ] && NGINX_LISTEN="$NGINX ssl http2"
   NGINX_TLS="ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20; ssl_prefer_server_ciphers on; ssl_session_cache off; ssl_session_tickets off;"
 fi
 [ "$GZIP" = 1 ] && NGINX_GZIP="gzip on; gzip_comp_level 1; gzip_min_length 1024; gzip_proxied any; gzip_vary on; gzip_types text/plain;"
@@ -92,6 +99,10 @@ error_log $WORK/nginx/logs/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
+  # nginx ends a client connection after 1,000 requests by default (an
+  # HTTP/2 one with GOAWAY, which h2load counts as failed requests);
+  # Atlas does not, so neither does nginx here.
+  keepalive_requests 1000000;
   $NGINX_GZIP
   upstream app { server $UP; keepalive 128; }
   server {
@@ -136,9 +147,33 @@ ticks() {
   echo "$t"
 }
 HZ=$(getconf CLK_TCK)
+STREAMS=${STREAMS:-10}
+# One h2load pass: "rps p50 p99 socket_errors non2xx requests", latencies
+# from its per-request log (start us, status, duration us).
+h2pass() { # name addr
+  local out proto=(-m"$STREAMS") n
+  # HTTP/1.1 to the upstream: no pipelining, one request at a time per connection.
+  [ "$1" = direct ] && proto=(--h1 -m1)
+  rm -f "$WORK/h2.log"  # h2load appends to its log
+  out=$(h2load "${proto[@]}" -t$THREADS -c"$CONNS" -D "$DUR" --log-file "$WORK/h2.log" "$(scheme "$1")://$2$URLPATH" 2>&1)
+  echo "$out" >> "$WORK/$1.h2load"
+  n=$(awk 'END { print NR }' "$WORK/h2.log")
+  pct() { cut -f3 "$WORK/h2.log" | sort -n | awk -v q="$1" -v n="$n" 'NR == int(n * q + 0.999) { printf "%.3f", $1 / 1000; exit }'; }
+  echo "$(echo "$out" | awk '/^finished in/ { gsub(",", ""); print $4 }') $(pct 0.5) $(pct 0.99)" \
+    "$(echo "$out" | awk '/^requests:/ { gsub(",", ""); print $10 + $12 + $14 }')" \
+    "$(echo "$out" | awk '/^status codes:/ { gsub(",", ""); print $5 + $7 + $9 }')" "$n"
+}
 measure() { # name addr [pid] -> "rps p50 p99 cpu_us_per_request" of one wrk pass
   local out t0=0 t1=0
   [ -n "${3:-}" ] && t0=$(ticks "$3")
+  if [ "$TLS" = h2 ]; then
+    local rps p50 p99 sock non2xx n
+    read -r rps p50 p99 sock non2xx n < <(h2pass "$1" "$2")
+    [ -n "${3:-}" ] && t1=$(ticks "$3")
+    [ "$sock$non2xx" != 00 ] && echo "$1: $sock failed/errored/timed out, $non2xx non-2xx" >&2
+    echo "$rps $p50 $p99 $(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }') $sock $non2xx"
+    return
+  fi
   out=$(wrk -t$THREADS -c"$CONNS" -d"${DUR}s" --latency "${WRK_ARGS[@]}" "$(scheme "$1")://$2$URLPATH")
   [ -n "${3:-}" ] && t1=$(ticks "$3")
   echo "$out" >> "$WORK/$1.wrk"
@@ -164,6 +199,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 declare -A RPS P50 P99 CPU SOCK=([direct]=0 [atlas]=0 [nginx]=0) BAD=([direct]=0 [atlas]=0 [nginx]=0)
 declare -A PID=([direct]="" [atlas]=$APID [nginx]=$NPID)
 for t in direct:$UP atlas:$ATLAS nginx:$NGINX; do
+  [ "$TLS" = h2 ] && { h2pass "${t%%:*}" "${t#*:}" >/dev/null; continue; }
   wrk -t$THREADS -c"$CONNS" -d"${DUR}s" "${WRK_ARGS[@]}" "$(scheme "${t%%:*}")://${t#*:}$URLPATH" >/dev/null 2>&1
 done
 for r in $(seq "$ROUNDS"); do
@@ -191,7 +227,10 @@ shape="GET $URLPATH"
 [ "$BODY" -gt 0 ] && shape="POST $URLPATH with $BODY-byte bodies"
 [ "$TLS" = 1 ] && shape="$shape over TLS to the proxies (keep-alive)"
 [ "$TLS" = new ] && shape="$shape over TLS to the proxies, a new connection and handshake per request"
-echo "wrk -t$THREADS -c$CONNS -d${DUR}s --latency, $shape; medians of $ROUNDS alternating rounds after a warm-up pass each; socket errors summed over the measured rounds; $(nproc) cores; upstream: demo_app (release)"
+[ "$TLS" = h2 ] && shape="$shape over HTTP/2 and TLS to the proxies ($STREAMS concurrent streams per connection; the bare upstream over HTTP/1.1)"
+LOADGEN="wrk -t$THREADS -c$CONNS -d${DUR}s --latency"
+[ "$TLS" = h2 ] && LOADGEN="h2load -t$THREADS -c$CONNS -m$STREAMS -D $DUR"
+echo "$LOADGEN, $shape; medians of $ROUNDS alternating rounds after a warm-up pass each; socket errors summed over the measured rounds; $(nproc) cores; upstream: demo_app (release)"
 if [ "${SOCK[atlas]}" -ne 0 ]; then
   echo "FAIL: the Atlas proxy had ${SOCK[atlas]} socket errors" >&2
   exit 1
