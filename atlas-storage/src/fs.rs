@@ -62,7 +62,7 @@ pub const ENV_ROOT: &str = "ATLAS_FS_TARGET_ROOT";
 
 /// Builds an [`FsTarget`].
 ///
-/// Defaults: fsync on, read chunks of 1 MiB, a write queue of 16 chunks.
+/// Defaults: fsync on, read chunks of 64 KiB, a write queue of 16 chunks.
 #[derive(Debug, Clone)]
 pub struct FsTargetBuilder {
     root: Option<PathBuf>,
