@@ -658,6 +658,18 @@ impl Repository {
             }};
         }
         let mut batch: Vec<PendingBlob> = Vec::new();
+        // Decodes and writes the blobs of `batch`, and settles them.
+        macro_rules! flush {
+            () => {{
+                let (done, finished) = writer
+                    .write(&self.inner.master, std::mem::take(&mut batch))
+                    .await;
+                let mut finished: HashMap<PathBuf, Result<()>> = finished.into_iter().collect();
+                for (id, len, written) in done {
+                    settle!(id, len, written, finished);
+                }
+            }};
+        }
         let mut batch_bytes = 0u64;
         for run in runs {
             let start = u64::from(run[0].0.offset);
@@ -734,22 +746,10 @@ impl Repository {
                 });
                 if batch.len() >= WRITE_BATCH_BLOBS || batch_bytes >= WRITE_BATCH_BYTES {
                     batch_bytes = 0;
-                    let (done, finished) = writer
-                        .write(&self.inner.master, std::mem::take(&mut batch))
-                        .await;
-                    let mut finished: HashMap<PathBuf, Result<()>> = finished.into_iter().collect();
-                    for (id, len, written) in done {
-                        settle!(id, len, written, finished);
-                    }
+                    flush!();
                 }
             }
-            let (done, finished) = writer
-                .write(&self.inner.master, std::mem::take(&mut batch))
-                .await;
-            let mut finished: HashMap<PathBuf, Result<()>> = finished.into_iter().collect();
-            for (id, len, written) in done {
-                settle!(id, len, written, finished);
-            }
+            flush!();
         }
         (files_done, bytes_done, errors)
     }
