@@ -15,7 +15,11 @@
 # its data path on worker threads.
 # ATLAS_BENCH_GZIP=1 has both proxies gzip text responses (level 1, as
 # nginx's default gzip_comp_level) and wrk ask for gzip; use it with
-# PATH=/bytes/N (a text/plain answer).
+# PATH=/text/N: N bytes of text/plain, generated English-like prose
+# (about 2.9:1 at level 1), or the first N bytes of the file
+# ATLAS_BENCH_TEXT names (any real page, script or source file).
+# PATH=/bytes/N answers N repeats of one byte, which every compressor
+# turns into a few hundred bytes at once: not a compression benchmark.
 # ATLAS_BENCH_TLS=1 has both proxies terminate TLS (the same P-256
 # certificate, made here; TLS 1.2 and 1.3, ECDHE with AES-GCM or
 # ChaCha20-Poly1305) with wrk connecting over https (the upstream stays
@@ -69,7 +73,9 @@ PROXY_SCHEME=http
 [ "$TLS" != 0 ] && PROXY_SCHEME=https
 wait_port() { for _ in $(seq 100); do curl -skf -o /dev/null "${2:-http}://$1/" && return 0; sleep 0.05; done; echo "nothing answers on $1" >&2; return 1; }
 
-"$BIN/demo_app" --port "${UP##*:}" --version bench >"$WORK/upstream.log" 2>&1 & PIDS+=($!)
+UP_ARGS=()
+[ -n "${ATLAS_BENCH_TEXT:-}" ] && UP_ARGS+=(--text-file "$ATLAS_BENCH_TEXT")
+"$BIN/demo_app" --port "${UP##*:}" --version bench "${UP_ARGS[@]}" >"$WORK/upstream.log" 2>&1 & PIDS+=($!)
 wait_port $UP
 GZIP=${ATLAS_BENCH_GZIP:-0}
 ATLAS_ARGS=()
@@ -223,7 +229,11 @@ echo "| nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy | $n_rps | $n_p50 |
 echo "| Atlas ProxyRouter ($MODE) | $a_rps | $a_p50 | $a_p99 | $a_cpu | ${SOCK[atlas]} | ${BAD[atlas]} | $(ratio "$a_rps" "$n_rps") | $(ratio "$a_p99" "$n_p99") | $(ratio "$a_cpu" "$n_cpu") |"
 echo
 shape="GET $URLPATH"
-[ "$GZIP" = 1 ] && shape="GET $URLPATH gzip-compressed by the proxies"
+if [ "$GZIP" = 1 ]; then
+  # What each proxy's level 1 makes of the answer: bytes on the wire.
+  wire() { curl -sk -H 'Accept-Encoding: gzip' "$PROXY_SCHEME://$1$URLPATH" | wc -c; }
+  shape="GET $URLPATH gzip-compressed by the proxies ($(curl -s "http://$UP$URLPATH" | wc -c) bytes to Atlas $(wire $ATLAS), to nginx $(wire $NGINX) compressed)"
+fi
 [ "$BODY" -gt 0 ] && shape="POST $URLPATH with $BODY-byte bodies"
 [ "$TLS" = 1 ] && shape="$shape over TLS to the proxies (keep-alive)"
 [ "$TLS" = new ] && shape="$shape over TLS to the proxies, a new connection and handshake per request"

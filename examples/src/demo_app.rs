@@ -8,6 +8,7 @@
 //! | `/health` | 200 `ok`, or 500 with `--fail-health` |
 //! | `/ready` | 200 `ready` once listening; 503 `draining` after SIGTERM |
 //! | `/bytes/N` | 200 with a `text/plain` body of N bytes (at most 16 MiB; 400 above or for a bad N), for benchmarks |
+//! | `/text/N` | 200 with a `text/plain` body of the first N bytes of the `--text-file` (at most its size; 400 above), else of generated English-like prose, for compression benchmarks |
 //! | `/drain` | reads the whole request body, then 200 `read N` (every other path answers without reading it) |
 //! | `/ledger/N` | with `--ledger-target` (feature `postgres`): commits row N to PostgreSQL, then 200 `committed N`; 503 when the write failed (see [`crate::ledger`]) |
 //! | anything else | 200 `{version} {slot} {replica}`, or 500 for the `--error-rate` share |
@@ -67,6 +68,7 @@ usage: demo-app [OPTIONS]
   --fail-health        answer /health with 500
   --exit-after SECS    crash (exit status 3) after SECS seconds
   --drain-delay-ms N   after SIGTERM, keep accepting for N ms while /ready says 503 (default 0)
+  --text-file FILE     /text/N answers the first N bytes of FILE (default: generated prose)
   --ledger-target FILE /ledger/N commits row N to the PostgreSQL database FILE names
                        (a connection string; password from PGPASSWORD; feature postgres)
   -h, --help           print this help";
@@ -95,6 +97,8 @@ pub struct DemoConfig {
     pub drain_delay: Duration,
     /// The file naming the ledger's database (`/ledger/N`), if any.
     pub ledger_target: Option<std::path::PathBuf>,
+    /// The file `/text/N` answers from; generated prose when `None`.
+    pub text_file: Option<std::path::PathBuf>,
 }
 
 impl DemoConfig {
@@ -111,6 +115,7 @@ impl DemoConfig {
             exit_after: None,
             drain_delay: Duration::ZERO,
             ledger_target: None,
+            text_file: None,
         }
     }
 }
@@ -234,6 +239,9 @@ where
                 }
                 config.ledger_target = Some(v.into());
             }
+            "--text-file" => {
+                config.text_file = Some(non_empty("--text-file", value("--text-file")?)?.into());
+            }
             "--fail-health" => {
                 if inline.is_some() {
                     return Err(args_error("--fail-health", "takes no value"));
@@ -294,6 +302,9 @@ struct App {
     version: HeaderValue,
     draining: AtomicBool,
     requests: AtomicU64,
+    /// The `--text-file`'s bytes, read at start so that a bad path fails
+    /// the start; `/text/N` answers from generated prose without one.
+    text_file: Option<Bytes>,
     #[cfg(feature = "postgres")]
     ledger: Option<crate::ledger::Ledger>,
 }
@@ -325,9 +336,19 @@ pub async fn serve(
             format!("version {:?} is not a valid header value", config.version),
         )
     })?;
+    let text_file = match &config.text_file {
+        Some(path) => Some(Bytes::from(std::fs::read(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot read --text-file {}: {e}", path.display()),
+            )
+        })?)),
+        None => None,
+    };
     let exit_after = config.exit_after;
     let drain_delay = config.drain_delay;
     let app = Arc::new(App {
+        text_file,
         #[cfg(feature = "postgres")]
         ledger: config
             .ledger_target
@@ -446,6 +467,189 @@ fn bytes_body(n: &str) -> Option<Bytes> {
     )
 }
 
+/// A `text/plain` answer with `status` and `body`.
+fn plain_text(app: &App, status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(VERSION_HEADER, app.version.clone());
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// `n` bytes of English-like prose: words of a fixed vocabulary drawn by a
+/// seeded generator, in sentences and lines, so that compressors meet
+/// text with the repetition of real prose rather than one repeated byte
+/// (which every compressor turns into a few hundred bytes at once).
+fn generated_prose(n: usize) -> Bytes {
+    const WORDS: &[&str] = &[
+        "the",
+        "of",
+        "and",
+        "to",
+        "a",
+        "in",
+        "is",
+        "that",
+        "for",
+        "it",
+        "as",
+        "was",
+        "with",
+        "be",
+        "by",
+        "on",
+        "not",
+        "he",
+        "this",
+        "are",
+        "or",
+        "his",
+        "from",
+        "at",
+        "which",
+        "but",
+        "have",
+        "an",
+        "had",
+        "they",
+        "you",
+        "were",
+        "their",
+        "one",
+        "all",
+        "we",
+        "can",
+        "her",
+        "has",
+        "there",
+        "been",
+        "if",
+        "more",
+        "when",
+        "will",
+        "would",
+        "who",
+        "so",
+        "no",
+        "service",
+        "request",
+        "replica",
+        "traffic",
+        "version",
+        "rollout",
+        "canary",
+        "health",
+        "probe",
+        "backup",
+        "restore",
+        "snapshot",
+        "region",
+        "failover",
+        "metric",
+        "latency",
+        "error",
+        "budget",
+        "cluster",
+        "deployment",
+        "migration",
+        "database",
+        "schema",
+        "table",
+        "index",
+        "query",
+        "window",
+        "weight",
+        "upstream",
+        "connection",
+        "response",
+        "header",
+        "body",
+        "timeout",
+        "retry",
+        "policy",
+        "schedule",
+        "retention",
+        "bucket",
+        "object",
+        "archive",
+        "segment",
+        "checkpoint",
+        "promote",
+        "abort",
+        "drain",
+        "analysis",
+        "threshold",
+        "success",
+        "failure",
+        "configuration",
+        "environment",
+        "operator",
+        "engineer",
+        "morning",
+        "evening",
+        "between",
+        "through",
+        "against",
+        "without",
+        "because",
+        "however",
+        "therefore",
+        "quickly",
+        "slowly",
+        "carefully",
+        "always",
+        "never",
+        "often",
+        "sometimes",
+    ];
+    let mut out = Vec::with_capacity(n + 16);
+    // xorshift64*: deterministic, so every run serves the same bytes.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut line = 0usize;
+    let mut sentence = 0usize;
+    while out.len() < n {
+        let r = next();
+        let word = WORDS[(r % WORDS.len() as u64) as usize];
+        if sentence == 0 {
+            let mut chars = word.chars();
+            if let Some(first) = chars.next() {
+                out.extend(first.to_uppercase().to_string().bytes());
+                out.extend_from_slice(chars.as_str().as_bytes());
+            }
+        } else {
+            out.extend_from_slice(word.as_bytes());
+        }
+        sentence += 1;
+        line += word.len() + 1;
+        let end = sentence > 5 && (r >> 32).is_multiple_of(9);
+        if end {
+            out.push(if (r >> 40).is_multiple_of(7) {
+                b'?'
+            } else {
+                b'.'
+            });
+            sentence = 0;
+        } else if (r >> 48).is_multiple_of(13) {
+            out.push(b',');
+        }
+        if line > 72 {
+            out.push(b'\n');
+            line = 0;
+        } else {
+            out.push(b' ');
+        }
+    }
+    out.truncate(n);
+    Bytes::from(out)
+}
+
 async fn handle(
     req: Request<Incoming>,
     app: Arc<App>,
@@ -466,19 +670,29 @@ async fn handle(
         return Ok(response);
     }
     if let Some(n) = req.uri().path().strip_prefix("/bytes/") {
-        let (status, body) = match bytes_body(n) {
-            Some(body) => (StatusCode::OK, body),
-            None => (
+        return Ok(match bytes_body(n) {
+            Some(body) => plain_text(&app, StatusCode::OK, body),
+            None => plain_text(
+                &app,
                 StatusCode::BAD_REQUEST,
                 Bytes::from_static(b"N must be 0 to 16777216\n"),
             ),
+        });
+    }
+    if let Some(n) = req.uri().path().strip_prefix("/text/") {
+        static PROSE: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+        let text = match &app.text_file {
+            Some(text) => text,
+            None => PROSE.get_or_init(|| generated_prose(MAX_BYTES)),
         };
-        let mut response = Response::new(Full::new(body));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(VERSION_HEADER, app.version.clone());
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        return Ok(response);
+        return Ok(match n.parse::<usize>() {
+            Ok(n) if n <= text.len() => plain_text(&app, StatusCode::OK, text.slice(..n)),
+            _ => plain_text(
+                &app,
+                StatusCode::BAD_REQUEST,
+                Bytes::from(format!("N must be 0 to {}\n", text.len())),
+            ),
+        });
     }
     #[cfg(feature = "postgres")]
     if let Some(id) = req.uri().path().strip_prefix("/ledger/") {
@@ -708,6 +922,50 @@ mod tests {
         }
         app.shutdown();
         assert_eq!(app.task.await.unwrap().unwrap(), Ended::Graceful);
+    }
+
+    #[tokio::test]
+    async fn text_route_answers_prose_or_the_text_file() {
+        let mut app = Running::start(config()).await;
+        let (status, _, body) = app.get("/text/100000").await;
+        assert_eq!((status, body.len()), (StatusCode::OK, 100_000));
+        // Prose: printable ASCII in lines of words, many distinct ones,
+        // and the same bytes on every request.
+        assert!(
+            body.bytes()
+                .all(|b| b == b'\n' || (b' '..=b'~').contains(&b))
+        );
+        assert!(body.lines().all(|l| l.len() < 100));
+        let words: std::collections::HashSet<&str> = body
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .filter(|w| !w.is_empty())
+            .map(|w| w.trim())
+            .collect();
+        assert!(words.len() > 100, "{} distinct words", words.len());
+        assert_eq!(app.get("/text/100").await.2, body[..100]);
+        assert_eq!(app.get("/text/16777217").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(app.get("/text/x").await.0, StatusCode::BAD_REQUEST);
+        app.shutdown();
+        app.task.await.unwrap().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("page.html");
+        std::fs::write(&file, "<html><body>hello</body></html>\n").unwrap();
+        let mut with_file = config();
+        with_file.text_file = Some(file);
+        let mut app = Running::start(with_file).await;
+        assert_eq!(app.get("/text/12").await.2, "<html><body>");
+        assert_eq!(app.get("/text/33").await.0, StatusCode::BAD_REQUEST);
+        app.shutdown();
+        app.task.await.unwrap().unwrap();
+
+        let mut missing = config();
+        missing.text_file = Some(dir.path().join("absent"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = serve(listener, missing, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("--text-file"), "{err}");
     }
 
     #[tokio::test]
