@@ -203,6 +203,7 @@ impl RelayBody {
         client_body: Arc<BodyBreak>,
         gzip: Option<u32>,
     ) -> Self {
+        let gzip = gzip.map(|level| Some(GzipStream::new(level, inner.size_hint().exact())));
         RelayBody::Upstream(Box::new(Streamed {
             inner,
             exchange,
@@ -211,7 +212,7 @@ impl RelayBody {
             deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
             idle: IdleTimer::new(idle),
             client_body,
-            gzip: gzip.map(|level| Some(GzipStream::new(level))),
+            gzip,
         }))
     }
 }

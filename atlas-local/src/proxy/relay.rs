@@ -1527,11 +1527,12 @@ where
     let status = head.status;
     let gone = ResponseEnd::ClientGone { status };
     let broke = ResponseEnd::UpstreamBroke { status };
-    let mut encoder = GzipStream::new(level);
-    let mut left = match head.from {
-        Framing::Length(n) => n,
-        _ => 0,
+    let length = match head.from {
+        Framing::Length(n) => Some(n),
+        _ => None,
     };
+    let mut encoder = GzipStream::new(level, length);
+    let mut left = length.unwrap_or(0);
     let mut scanner = ChunkScanner::default();
     loop {
         if !buf.is_empty() {
