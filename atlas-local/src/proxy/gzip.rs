@@ -22,6 +22,11 @@ use super::h1::Framing;
 /// bytes differ. Every response of a listed media type carries
 /// `Vary: Accept-Encoding`, compressed or not, so caches keep both forms
 /// apart.
+///
+/// A body of declared length up to 256 KiB is compressed in one call
+/// once it has arrived (libdeflate: at level 1 about twice as fast as
+/// zlib, and smaller); longer bodies and chunked ones are compressed as
+/// they pass (zlib-rs), so a stream of unknown length is not held back.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GzipPolicy {
