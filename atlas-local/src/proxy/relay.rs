@@ -33,7 +33,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::access_log::Entry;
 use super::balance::Route;
-use super::body::{BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, read_some};
+use super::body::{BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, read_body, read_some, shrink};
 use super::gzip::{self, GzipPolicy, GzipStream};
 use super::h1::{
     ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, RequestLineCheck, SLOT_HEADER,
@@ -935,6 +935,8 @@ impl<C: ClientIo> ClientConn<C> {
         end: ResponseEnd,
         request_complete: bool,
     ) -> bool {
+        shrink(&mut self.upstream_in);
+        shrink(&mut self.client_in);
         match end {
             ResponseEnd::Done {
                 status,
@@ -1581,23 +1583,25 @@ where
                 client_keep: head.client_keep,
             };
         }
-        match read_within(r, buf, idle).await {
+        let expected = if length.is_some() { left } else { u64::MAX };
+        match read_within(r, buf, idle, expected).await {
             Ok(0) | Err(_) => return broke,
             Ok(_) => {}
         }
     }
 }
 
-/// Reads from the upstream as [`read_some`] does, failing with
+/// Reads from the upstream as [`read_body`] does, failing with
 /// `TimedOut` when nothing came within `idle`.
 async fn read_within<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     idle: Option<Duration>,
+    left: u64,
 ) -> io::Result<usize> {
     match idle {
-        None => read_some(r, buf).await,
-        Some(idle) => tokio::time::timeout(idle, read_some(r, buf))
+        None => read_body(r, buf, left).await,
+        Some(idle) => tokio::time::timeout(idle, read_body(r, buf, left))
             .await
             .unwrap_or_else(|_| {
                 tracing::debug!(?idle, "upstream sent nothing of the response body in time");
@@ -1693,7 +1697,7 @@ where
                 if left == 0 {
                     return done(true);
                 }
-                match read_within(r, buf, idle).await {
+                match read_within(r, buf, idle, left).await {
                     Ok(0) | Err(_) => return broke,
                     Ok(_) => {}
                 }
@@ -1731,7 +1735,7 @@ where
                 if scanner.done() {
                     return done(true);
                 }
-                match read_within(r, buf, idle).await {
+                match read_within(r, buf, idle, u64::MAX).await {
                     Ok(0) | Err(_) => return broke,
                     Ok(_) => {}
                 }
@@ -1748,7 +1752,7 @@ where
                     }
                     buf.clear();
                 }
-                match read_within(r, buf, idle).await {
+                match read_within(r, buf, idle, u64::MAX).await {
                     Ok(0) => return done(false),
                     Err(_) => return broke,
                     Ok(_) => {}
