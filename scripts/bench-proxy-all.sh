@@ -7,7 +7,7 @@
 #
 # usage: scripts/bench-proxy-all.sh [DURATION_S] [CONNECTIONS] [ROUNDS]
 # ATLAS_BENCH_BIN and ATLAS_BENCH_TEXT are handed on (see bench-proxy.sh).
-# The full tables of each shape go to standard error.
+# The full tables of each shape, and every round, go to standard error.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -33,7 +33,7 @@ for shape in "${SHAPES[@]}"; do
   echo "=== $name: ${envs:+$envs }scripts/bench-proxy.sh $DUR $CONNS $ROUNDS $path $body" >&2
   out=$(env ${envs:+"$envs"} scripts/bench-proxy.sh "$DUR" "$CONNS" "$ROUNDS" "$path" "$body" 2>&1)
   rc=$?
-  echo "$out" | grep -v '^round ' >&2
+  echo "$out" >&2
   [ $rc -ne 0 ] && status=1
   # The Atlas row: | Atlas ... | rps | p50 | p99 | cpu | sock | non2xx | thr | p99r | cpur |
   row=$(echo "$out" | grep '^| Atlas ProxyRouter')
