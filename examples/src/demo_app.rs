@@ -482,127 +482,18 @@ fn plain_text(app: &App, status: StatusCode, body: Bytes) -> Response<Full<Bytes
 /// text with the repetition of real prose rather than one repeated byte
 /// (which every compressor turns into a few hundred bytes at once).
 fn generated_prose(n: usize) -> Bytes {
-    const WORDS: &[&str] = &[
-        "the",
-        "of",
-        "and",
-        "to",
-        "a",
-        "in",
-        "is",
-        "that",
-        "for",
-        "it",
-        "as",
-        "was",
-        "with",
-        "be",
-        "by",
-        "on",
-        "not",
-        "he",
-        "this",
-        "are",
-        "or",
-        "his",
-        "from",
-        "at",
-        "which",
-        "but",
-        "have",
-        "an",
-        "had",
-        "they",
-        "you",
-        "were",
-        "their",
-        "one",
-        "all",
-        "we",
-        "can",
-        "her",
-        "has",
-        "there",
-        "been",
-        "if",
-        "more",
-        "when",
-        "will",
-        "would",
-        "who",
-        "so",
-        "no",
-        "service",
-        "request",
-        "replica",
-        "traffic",
-        "version",
-        "rollout",
-        "canary",
-        "health",
-        "probe",
-        "backup",
-        "restore",
-        "snapshot",
-        "region",
-        "failover",
-        "metric",
-        "latency",
-        "error",
-        "budget",
-        "cluster",
-        "deployment",
-        "migration",
-        "database",
-        "schema",
-        "table",
-        "index",
-        "query",
-        "window",
-        "weight",
-        "upstream",
-        "connection",
-        "response",
-        "header",
-        "body",
-        "timeout",
-        "retry",
-        "policy",
-        "schedule",
-        "retention",
-        "bucket",
-        "object",
-        "archive",
-        "segment",
-        "checkpoint",
-        "promote",
-        "abort",
-        "drain",
-        "analysis",
-        "threshold",
-        "success",
-        "failure",
-        "configuration",
-        "environment",
-        "operator",
-        "engineer",
-        "morning",
-        "evening",
-        "between",
-        "through",
-        "against",
-        "without",
-        "because",
-        "however",
-        "therefore",
-        "quickly",
-        "slowly",
-        "carefully",
-        "always",
-        "never",
-        "often",
-        "sometimes",
-    ];
+    const WORDS: &str = "\
+        the of and to a in is that for it as was with be by on not he this are or his from \
+        at which but have an had they you were their one all we can her has there been if \
+        more when will would who so no service request replica traffic version rollout \
+        canary health probe backup restore snapshot region failover metric latency error \
+        budget cluster deployment migration database schema table index query window weight \
+        upstream connection response header body timeout retry policy schedule retention \
+        bucket object archive segment checkpoint promote abort drain analysis threshold \
+        success failure configuration environment operator engineer morning evening between \
+        through against without because however therefore quickly slowly carefully always \
+        never often sometimes";
+    let words: Vec<&str> = WORDS.split_ascii_whitespace().collect();
     let mut out = Vec::with_capacity(n + 16);
     // xorshift64*: deterministic, so every run serves the same bytes.
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -616,7 +507,7 @@ fn generated_prose(n: usize) -> Bytes {
     let mut sentence = 0usize;
     while out.len() < n {
         let r = next();
-        let word = WORDS[(r % WORDS.len() as u64) as usize];
+        let word = words[(r % words.len() as u64) as usize];
         if sentence == 0 {
             let mut chars = word.chars();
             if let Some(first) = chars.next() {
