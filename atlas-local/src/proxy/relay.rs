@@ -80,6 +80,10 @@ const FIRST_REQUEST_ON_STOP: Duration = Duration::from_secs(1);
 /// up to this size.
 const COALESCE: usize = 16 * 1024;
 
+/// How long a connection waits for its next request before letting go of
+/// buffers grown for a long body.
+const SHRINK_WHEN_IDLE: Duration = Duration::from_millis(100);
+
 /// Serves one client connection until the client closes it, an exchange
 /// ends it, or the router stops (then after the exchange in progress).
 /// `tls` is `Some` on a TLS connection, with the HSTS value if any.
@@ -355,12 +359,21 @@ impl<C: ClientIo> ClientConn<C> {
                 }
             }
             let idle = self.client_in.is_empty();
+            // Buffers grown for a long body are kept while requests follow
+            // each other, and let go of once the connection idles.
+            let grown = idle
+                && (self.upstream_in.capacity() > 2 * READ_CHUNK
+                    || self.client_in.capacity() > 2 * READ_CHUNK);
             tokio::select! {
                 biased;
                 read = read_some(&mut self.client, &mut self.client_in) => match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
                 },
+                () = tokio::time::sleep(SHRINK_WHEN_IDLE), if grown => {
+                    shrink(&mut self.upstream_in);
+                    shrink(&mut self.client_in);
+                }
                 () = self.timer.expired() => {
                     if !idle {
                         tracing::debug!("client sent no complete request head in time");
@@ -935,8 +948,6 @@ impl<C: ClientIo> ClientConn<C> {
         end: ResponseEnd,
         request_complete: bool,
     ) -> bool {
-        shrink(&mut self.upstream_in);
-        shrink(&mut self.client_in);
         match end {
             ResponseEnd::Done {
                 status,
