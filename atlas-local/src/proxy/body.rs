@@ -62,10 +62,16 @@ pub(crate) async fn read_body<R: AsyncRead + Unpin>(
     read_some(r, buf).await
 }
 
-/// Lets go of a buffer grown for a long body once it is empty, so that
-/// an idle keep-alive connection does not hold it.
+/// Whether `buf` grew beyond what requests and heads need ([`read_body`]
+/// for a long body).
+pub(crate) fn grown(buf: &BytesMut) -> bool {
+    buf.capacity() > 2 * READ_CHUNK
+}
+
+/// Lets go of a [`grown`] buffer once it is empty, so that an idle
+/// keep-alive connection does not hold it.
 pub(crate) fn shrink(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 2 * READ_CHUNK {
+    if buf.is_empty() && grown(buf) {
         *buf = BytesMut::new();
     }
 }

@@ -33,7 +33,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::access_log::Entry;
 use super::balance::Route;
-use super::body::{BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, read_body, read_some, shrink};
+use super::body::{
+    BodyProgress, DISCARD_LIMIT, READ_CHUNK, Upload, grown, read_body, read_some, shrink,
+};
 use super::gzip::{self, GzipPolicy, GzipStream};
 use super::h1::{
     ChunkScanner, Facts, Framing, MAX_HEAD, MAX_HEADERS, Refusal, RequestLineCheck, SLOT_HEADER,
@@ -361,16 +363,14 @@ impl<C: ClientIo> ClientConn<C> {
             let idle = self.client_in.is_empty();
             // Buffers grown for a long body are kept while requests follow
             // each other, and let go of once the connection idles.
-            let grown = idle
-                && (self.upstream_in.capacity() > 2 * READ_CHUNK
-                    || self.client_in.capacity() > 2 * READ_CHUNK);
+            let let_go = idle && (grown(&self.upstream_in) || grown(&self.client_in));
             tokio::select! {
                 biased;
                 read = read_some(&mut self.client, &mut self.client_in) => match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
                 },
-                () = tokio::time::sleep(SHRINK_WHEN_IDLE), if grown => {
+                () = tokio::time::sleep(SHRINK_WHEN_IDLE), if let_go => {
                     shrink(&mut self.upstream_in);
                     shrink(&mut self.client_in);
                 }
